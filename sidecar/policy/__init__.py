@@ -1,0 +1,1 @@
+"""Policy files: model, strict loader, JSON Schema."""
