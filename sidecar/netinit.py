@@ -471,8 +471,7 @@ class Executor:
                 + (
                     "--require-ipv6 is set"
                     if require_ipv6
-                    else "this kernel has IPv6: without ip6tables rules IPv6 egress would be "
-                    "open"
+                    else "this kernel has IPv6: without ip6tables rules IPv6 egress would be open"
                 )
                 + ": install the iptables package (it ships ip6tables)"
             )

@@ -82,7 +82,9 @@ def _init_command() -> list[str]:
     return [str(VENV_BIN / "python"), "-m", "sidecar.netinit"]
 
 
-def sh(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    *argv: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, timeout=TIMEOUT, input=stdin, check=False
     )
@@ -135,7 +137,10 @@ def pod() -> Iterator[Pod]:
         sh("ip", "netns", "add", p.net)
         sh("ip", "link", "add", veth_pod, "netns", p.pod, "type", "veth",
            "peer", "name", veth_net, "netns", p.net)  # fmt: skip
-        for ns, dev, v4, v6 in ((p.pod, veth_pod, POD_V4, POD_V6), (p.net, veth_net, NET_V4, NET_V6)):
+        for ns, dev, v4, v6 in (
+            (p.pod, veth_pod, POD_V4, POD_V6),
+            (p.net, veth_net, NET_V4, NET_V6),
+        ):
             ex = ["ip", "netns", "exec", ns]
             sh(*ex, "ip", "link", "set", "lo", "up")
             sh(*ex, "ip", "addr", "add", f"{v4}/24", "dev", dev)
@@ -278,7 +283,9 @@ def test_install_verify_and_rerun_is_identical(pod: Pod, backend: str) -> None:
 
 
 def test_auto_backend_follows_existing_legacy_rules(pod: Pod) -> None:
-    pod.run("iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
+    pod.run(
+        "iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"
+    )
     assert pod.init().returncode == 0
     assert "EGRESS_SIDECAR_OUTPUT" in pod.save("4", "legacy")
     assert "EGRESS_SIDECAR_OUTPUT" not in pod.save("4", "nft")
@@ -290,8 +297,8 @@ def test_auto_backend_follows_existing_legacy_rules(pod: Pod) -> None:
 
 def test_verify_names_a_deleted_rule_and_rerun_repairs(pod: Pod) -> None:
     assert pod.init().returncode == 0
-    pod.run("iptables", "-t", "filter", "-D", "EGRESS_SIDECAR_OUTPUT", "-d", "127.0.0.0/8",
-            "-p", "tcp", "--dport", "15020", "-j", "REJECT", "--reject-with", "tcp-reset")  # fmt: skip
+    rule = "-d 127.0.0.0/8 -p tcp --dport 15020 -j REJECT --reject-with tcp-reset"
+    pod.run("iptables", "-t", "filter", "-D", "EGRESS_SIDECAR_OUTPUT", *rule.split())
     bad = pod.init("--verify")
     assert bad.returncode == 1
     assert "missing rule" in bad.stderr and "--dport 15020" in bad.stderr
