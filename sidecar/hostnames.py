@@ -127,7 +127,9 @@ def _parse_ipv6(text: str, raw: str) -> IPAddress:
         raise HostError(f"malformed IPv6 address {raw!r}") from None
 
 
-def split_host_port(authority: str, default_port: int | None = None) -> tuple[str, int]:
+def split_host_port(
+    authority: str, default_port: int | None = None, *, allow_zero: bool = False
+) -> tuple[str, int]:
     """Split "host:port" / "[v6]:port" as found in CONNECT lines and Host headers."""
     if authority.startswith("["):
         end = authority.find("]")
@@ -147,7 +149,8 @@ def split_host_port(authority: str, default_port: int | None = None) -> tuple[st
         if default_port is None:
             raise HostError(f"missing port in {authority!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    lowest = 0 if allow_zero else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise HostError(f"invalid port in {authority!r}")
     return host, int(port_text)
 

@@ -1,0 +1,239 @@
+"""mitmproxy addon that enforces the policy: hooks -> Attempt -> Decision -> action.
+
+Runs first in the addon chain. Every hook fails closed: an exception refuses the
+flow (mitmproxy itself would log the exception and carry on, i.e. fail open).
+
+Where the destination comes from, per mode, never from what mitmproxy later
+rewrites (it replaces the server address with the pinned IP after connect):
+- explicit, inside a CONNECT tunnel: the CONNECT authority, remembered per client;
+- explicit, absolute-form plain HTTP: the request URL;
+- reverse: the listener's configured provider host.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from mitmproxy import connection, http, tls
+from mitmproxy.proxy import mode_specs, server_hooks
+
+from sidecar.decision import Decision, Reason, Verdict
+from sidecar.engine import Attempt, PolicyEngine
+from sidecar.hostnames import HostError, parse_host, split_host_port
+from sidecar.resolver import ResolutionError, Resolver
+
+logger = logging.getLogger("egress_sidecar")
+
+# Status codes for refusals the gateway sees. Everything else is 403.
+_STATUS: dict[Reason, int] = {
+    Reason.DNS_FAILURE: 502,
+    Reason.UPSTREAM_TLS_FAILURE: 502,
+    Reason.CREDENTIAL_UNAVAILABLE: 503,
+    Reason.UNKNOWN_VIRTUAL_KEY: 401,
+}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+class EngineHolder:
+    """The policy in force. Reload swaps the engine in one assignment."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+
+
+def refusal_response(decision: Decision) -> http.Response:
+    body = {
+        "error": "egress_refused",
+        "reason": decision.reason.value,
+        "rule": decision.rule,
+        "host": decision.host,
+        "port": decision.port,
+    }
+    if decision.detail:
+        body["detail"] = decision.detail
+    return http.Response.make(
+        _STATUS.get(decision.reason, 403),
+        json.dumps(body).encode() + b"\n",
+        {
+            "content-type": "application/json",
+            "x-egress-sidecar-reason": decision.reason.value,
+            "connection": "close",
+        },
+    )
+
+
+def _fail_closed(hook: F) -> F:
+    @functools.wraps(hook)
+    async def wrapper(self: Enforcer, target: Any) -> None:
+        try:
+            await hook(self, target)
+        except Exception:
+            logger.exception("enforcer hook %s failed; refusing", hook.__name__)
+            if isinstance(target, http.HTTPFlow):
+                target.response = http.Response.make(
+                    500, b'{"error":"egress_sidecar_internal_error"}\n',
+                    {"content-type": "application/json", "connection": "close"},
+                )
+            elif isinstance(target, server_hooks.ServerConnectionHookData):
+                target.server.error = "egress-sidecar internal error"
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Enforcer:
+    def __init__(
+        self,
+        holder: EngineHolder,
+        resolver: Resolver,
+        record: Callable[[Decision], None],
+    ) -> None:
+        self.holder = holder
+        self.resolver = resolver
+        self.record = record
+        self._tunnels: dict[str, tuple[str, int]] = {}  # client id -> CONNECT authority
+
+    # --- explicit proxy: CONNECT ------------------------------------------------------
+
+    @_fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        attempt = Attempt(
+            host=flow.request.host,
+            port=flow.request.port,
+            mode="explicit",
+            client=_client(flow.client_conn),
+        )
+        decision = await self._decide_and_vet(attempt)
+        if decision.refused:
+            self.record(decision)
+            flow.response = refusal_response(decision)
+            return
+        if decision.verdict is Verdict.WOULD_BLOCK:
+            self.record(decision)
+        self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
+
+    # --- every HTTP request -----------------------------------------------------------
+
+    @_fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        host, port, mode = self._destination(flow.client_conn, request.host, request.port)
+        in_tunnel = mode == "explicit" and flow.client_conn.id in self._tunnels
+        attempt = Attempt(
+            host=host,
+            port=port,
+            mode=mode,
+            client=_client(flow.client_conn),
+            scheme=request.scheme,
+            method=request.method,
+            path=request.path,
+            # Reverse mode: the gateway addresses 127.0.0.1; the listener fixes the host.
+            sni=flow.client_conn.sni if in_tunnel else None,
+            host_header=_host_part(request.host_header) if mode != "reverse" else None,
+            authority=_host_part(request.authority) if request.authority else None,
+        )
+        decision = await self._decide_and_vet(attempt)
+        self.record(decision)
+        if decision.refused:
+            flow.response = refusal_response(decision)
+            return
+        if mode == "reverse":
+            # mitmproxy rewrote Host to the server address, which is the pinned IP
+            # after the first connect: the provider must see its own name.
+            request.host_header = host if port == 443 else f"{host}:{port}"
+        flow.metadata["egress_decision"] = decision
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # S10: hand every response to the gateway as it arrives.
+        if flow.response is not None:
+            flow.response.stream = True
+
+    # --- the only place an upstream connection is opened --------------------------------
+
+    @_fail_closed
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        assert data.server.address is not None
+        host, port, mode = self._destination(data.client, *data.server.address[:2])
+        attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
+        decision = await self._decide_and_vet(attempt)
+        if decision.refused or decision.address is None:
+            if decision.refused:
+                self.record(decision)
+            data.server.error = f"egress refused: {decision.reason.value}"
+            return
+        # S3: dial exactly the vetted address; keep the name for SNI and cert checks.
+        parsed = parse_host(host)
+        data.server.address = (decision.address, port)
+        data.server.sni = parsed.name  # None for an allowed IP literal: verify the IP SAN
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        server = data.conn
+        host = server.sni or (server.address[0] if server.address else "?")
+        port = server.address[1] if server.address else 0
+        self.record(
+            Decision(
+                verdict=Verdict.BLOCK,
+                reason=Reason.UPSTREAM_TLS_FAILURE,
+                rule="netguard",
+                host=host,
+                port=port,
+                client=_client(data.context.client),
+                address=str(server.peername[0]) if server.peername else None,
+                detail=(server.error or "handshake failed")[:200],
+            )
+        )
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _destination(
+        self, client: connection.Client, host: str, port: int
+    ) -> tuple[str, int, str]:
+        proxy_mode = client.proxy_mode
+        if isinstance(proxy_mode, mode_specs.ReverseMode):
+            return proxy_mode.address[0], proxy_mode.address[1], "reverse"
+        tunnel = self._tunnels.get(client.id)
+        if tunnel is not None:
+            return tunnel[0], tunnel[1], "explicit"
+        return host, port, "explicit"
+
+    async def _decide_and_vet(self, attempt: Attempt) -> Decision:
+        """Policy decision, then S3 on the resolved name; the vetted address is recorded."""
+        engine = self.holder.engine
+        decision = engine.decide(attempt)
+        if decision.refused:
+            return decision
+        host = parse_host(attempt.host)  # decide() accepted it, so it parses
+        endpoint = engine.endpoint(decision.rule)
+        if host.address is not None:
+            vetting = engine.vet_answers((host.address,), endpoint)
+        else:
+            assert host.name is not None
+            try:
+                answers = await self.resolver.resolve(host.name)
+            except ResolutionError as exc:
+                return engine.refusal(decision, Reason.DNS_FAILURE, str(exc)[:200])
+            vetting = engine.vet_answers(answers, endpoint)
+        if vetting.address is None:
+            return engine.refusal(decision, vetting.reason, vetting.detail)
+        return decision.with_context(address=str(vetting.address))
+
+
+def _client(client: connection.Client) -> str:
+    host, port, *_ = client.peername
+    return f"{host}:{port}"
+
+
+def _host_part(authority: str) -> str | None:
+    if not authority:
+        return None
+    try:
+        return split_host_port(authority, default_port=0)[0]
+    except HostError:
+        return authority  # the engine refuses it as unparseable

@@ -1,0 +1,54 @@
+"""Admin listener: /metrics (Prometheus), /healthz (alive), /readyz (policy + listeners)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class AdminServer:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        readiness: Callable[[], dict[str, bool]],
+    ) -> None:
+        self._registry = registry
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.address = (str(bound[0]), int(bound[1]))
+        return self.address
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks = self._readiness()
+        ready = all(checks.values())
+        return web.Response(
+            status=200 if ready else 503,
+            text=json.dumps({"ready": ready, "checks": checks}) + "\n",
+            content_type="application/json",
+        )

@@ -1,0 +1,384 @@
+"""Runtime alert configuration: strict YAML, secrets only from files.
+
+Errors name file, line and key (``alerts.yaml:12: sinks[1].url: ...``). Secret values
+(routing keys, webhook URLs, HMAC keys, bearer tokens) are read from the files the
+config names and are never part of an error message, a log line or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import urllib.parse
+from typing import Any
+
+import yaml
+
+from sidecar.alerts.grouping import GroupingSettings
+from sidecar.alerts.model import Severity
+
+SINK_TYPES = ("alertmanager", "pagerduty", "slack", "webhook")
+PAGERDUTY_DEFAULT_URL = "https://events.pagerduty.com"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A config problem, already formatted as ``file:line: key: message``."""
+
+
+class Secret:
+    """A secret value that never prints itself."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str) -> None:
+        self._value = value
+        self.origin = origin  # the file it came from, safe to show
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.origin})"
+
+    __str__ = __repr__
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliverySettings:
+    max_queue: int = 10000
+    max_age: float = 24 * 3600.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_retry_after: float = 300.0
+    timeout: float = 10.0
+    batch_size: int = 64
+    drain_timeout: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+    name: str
+    type: str
+    url: str | Secret  # Secret when read from url_file (may carry a token)
+    min_severity: Severity = Severity.INFO
+    include_audit: bool = True
+    send_updates: bool = True
+    routing_key: Secret | None = None  # pagerduty
+    hmac_key: Secret | None = None  # webhook
+    bearer_token: Secret | None = None  # alertmanager / webhook
+    ca_file: str | None = None
+    generator_url: str | None = None  # alertmanager
+
+    def url_value(self) -> str:
+        return self.url.reveal() if isinstance(self.url, Secret) else self.url
+
+    def display(self) -> str:
+        """Loggable: name, type and scheme://host only (never path, query or token)."""
+        return f"{self.name} ({self.type} {safe_url(self.url_value())})"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertsConfig:
+    grouping: GroupingSettings = dataclasses.field(default_factory=GroupingSettings)
+    delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
+    sinks: tuple[SinkConfig, ...] = ()
+    tick: float = 0.2
+    state_interval: float = 5.0
+    file: str | None = None
+
+
+def safe_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    return f"{parts.scheme}://{host}{port}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _Ctx:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.base = os.path.dirname(os.path.abspath(file))
+
+    def err(self, node: yaml.Node, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.file}:{node.start_mark.line + 1}: {key}: {msg}")
+
+
+def _mapping(ctx: _Ctx, node: yaml.Node, key: str, allowed: set[str]) -> dict[str, yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, key or "<top>", "expected a mapping")
+    out: dict[str, yaml.Node] = {}
+    for k_node, v_node in node.value:
+        if not isinstance(k_node, yaml.ScalarNode):
+            raise ctx.err(k_node, key or "<top>", "keys must be plain strings")
+        name = str(k_node.value)
+        full = f"{key}.{name}" if key else name
+        if name not in allowed:
+            raise ctx.err(k_node, full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        if name in out:
+            raise ctx.err(k_node, full, "duplicate key")
+        out[name] = v_node
+    return out
+
+
+def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.err(node, key, "expected a single value")
+    return yaml.SafeLoader(  # type: ignore[no-untyped-call]
+        ""
+    ).construct_object(node)
+
+
+def _str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _scalar(ctx, node, key)
+    if not isinstance(value, str) or not value:
+        raise ctx.err(node, key, "expected a non-empty string")
+    return value
+
+
+def _bool(ctx: _Ctx, node: yaml.Node, key: str) -> bool:
+    value = _scalar(ctx, node, key)
+    if not isinstance(value, bool):
+        raise ctx.err(node, key, "expected true or false")
+    return value
+
+
+def _int(ctx: _Ctx, node: yaml.Node, key: str, lo: int, hi: int) -> int:
+    value = _scalar(ctx, node, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ctx.err(node, key, f"expected an integer from {lo} to {hi}")
+    return value
+
+
+def _duration(ctx: _Ctx, node: yaml.Node, key: str, lo: float, hi: float) -> float:
+    value = _scalar(ctx, node, key)
+    if isinstance(value, bool):
+        raise ctx.err(node, key, "expected a duration like 30s, 5m, 1h or seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ctx.err(node, key, "expected a duration like 30s, 5m, 1h or seconds")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not lo <= seconds <= hi:
+        raise ctx.err(node, key, f"duration must be between {lo}s and {hi}s")
+    return seconds
+
+
+def _path(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    return value if os.path.isabs(value) else os.path.join(ctx.base, value)
+
+
+def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> Secret:
+    path = _path(ctx, node, key)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(65536)
+    except OSError as exc:
+        raise ctx.err(node, key, f"cannot read secret file {path}: {exc.strerror}") from None
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ctx.err(node, key, f"secret file {path} is not UTF-8") from None
+    if not value:
+        raise ctx.err(node, key, f"secret file {path} is empty")
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ctx.err(node, key, f"secret file {path} must hold a single line")
+    return Secret(value, path)
+
+
+def _check_url(ctx: _Ctx, node: yaml.Node, key: str, url: str, *, inline: bool) -> None:
+    where = "" if inline else " (in the secret file)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise ctx.err(node, key, f"not a valid URL{where}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ctx.err(node, key, f"URL must be http(s)://host[:port]/...{where}")
+    if inline and (parts.username or parts.password or parts.query or parts.fragment):
+        raise ctx.err(
+            node,
+            key,
+            "inline URLs must not carry credentials, a query or a fragment; "
+            "put a URL with a token in a file and name it with url_file",
+        )
+
+
+_SINK_KEYS: dict[str, set[str]] = {
+    "alertmanager": {"url", "url_file", "bearer_token_file", "generator_url"},
+    "pagerduty": {"url", "routing_key_file"},
+    "slack": {"url_file"},
+    "webhook": {"url", "url_file", "hmac_key_file", "bearer_token_file"},
+}
+_COMMON_SINK_KEYS = {"name", "type", "min_severity", "include_audit", "send_updates", "ca_file"}
+
+
+def _sink(ctx: _Ctx, node: yaml.Node, key: str, seen: set[str]) -> SinkConfig:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, key, "expected a mapping")
+    type_node = next((v for k, v in node.value if getattr(k, "value", None) == "type"), None)
+    if type_node is None:
+        raise ctx.err(node, f"{key}.type", f"required (one of {', '.join(SINK_TYPES)})")
+    sink_type = _str(ctx, type_node, f"{key}.type")
+    if sink_type not in SINK_TYPES:
+        raise ctx.err(type_node, f"{key}.type", f"must be one of {', '.join(SINK_TYPES)}")
+    fields = _mapping(ctx, node, key, _COMMON_SINK_KEYS | _SINK_KEYS[sink_type])
+    if "name" not in fields:
+        raise ctx.err(node, f"{key}.name", "required")
+    name = _str(ctx, fields["name"], f"{key}.name")
+    if not _NAME.match(name):
+        raise ctx.err(fields["name"], f"{key}.name", "use 1-32 of [a-z0-9_-], starting alnum")
+    if name in seen:
+        raise ctx.err(fields["name"], f"{key}.name", f"duplicate sink name {name!r}")
+    seen.add(name)
+
+    url: str | Secret
+    if "url" in fields and "url_file" in fields:
+        raise ctx.err(fields["url_file"], f"{key}.url_file", "give url or url_file, not both")
+    if "url_file" in fields:
+        url = _secret(ctx, fields["url_file"], f"{key}.url_file")
+        _check_url(ctx, fields["url_file"], f"{key}.url_file", url.reveal(), inline=False)
+    elif "url" in fields:
+        url = _str(ctx, fields["url"], f"{key}.url")
+        _check_url(ctx, fields["url"], f"{key}.url", url, inline=True)
+    elif sink_type == "pagerduty":
+        url = PAGERDUTY_DEFAULT_URL
+    else:
+        need = "url_file" if sink_type == "slack" else "url or url_file"
+        raise ctx.err(node, f"{key}.{need}", "required")
+
+    kwargs: dict[str, Any] = {}
+    if sink_type == "pagerduty":
+        if "routing_key_file" not in fields:
+            raise ctx.err(node, f"{key}.routing_key_file", "required")
+        kwargs["routing_key"] = _secret(ctx, fields["routing_key_file"], f"{key}.routing_key_file")
+    if sink_type == "webhook":
+        if "hmac_key_file" not in fields:
+            raise ctx.err(node, f"{key}.hmac_key_file", "required (payloads are signed)")
+        kwargs["hmac_key"] = _secret(ctx, fields["hmac_key_file"], f"{key}.hmac_key_file")
+    if "bearer_token_file" in fields:
+        kwargs["bearer_token"] = _secret(
+            ctx, fields["bearer_token_file"], f"{key}.bearer_token_file"
+        )
+    if "ca_file" in fields:
+        ca = _path(ctx, fields["ca_file"], f"{key}.ca_file")
+        if not os.path.isfile(ca):
+            raise ctx.err(fields["ca_file"], f"{key}.ca_file", f"no such file {ca}")
+        kwargs["ca_file"] = ca
+    if "generator_url" in fields:
+        gen = _str(ctx, fields["generator_url"], f"{key}.generator_url")
+        _check_url(ctx, fields["generator_url"], f"{key}.generator_url", gen, inline=True)
+        kwargs["generator_url"] = gen
+    if "min_severity" in fields:
+        sev = _str(ctx, fields["min_severity"], f"{key}.min_severity")
+        if sev not in {s.value for s in Severity}:
+            raise ctx.err(
+                fields["min_severity"], f"{key}.min_severity", "one of info, warning, critical"
+            )
+        kwargs["min_severity"] = Severity(sev)
+    for flag in ("include_audit", "send_updates"):
+        if flag in fields:
+            kwargs[flag] = _bool(ctx, fields[flag], f"{key}.{flag}")
+    if sink_type in ("pagerduty", "slack") and "send_updates" not in fields:
+        kwargs["send_updates"] = False  # trigger + resolve only: no chat spam
+    return SinkConfig(name=name, type=sink_type, url=url, **kwargs)
+
+
+def load_config(path: str) -> AlertsConfig:
+    """Load and validate the alert config. Raises ConfigError (file:line: key: msg)."""
+    ctx = _Ctx(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{path}:1: version: required (the file is empty)")
+    top = _mapping(ctx, root, "", {"version", "grouping", "delivery", "sinks", "tick"})
+    if "version" not in top:
+        raise ctx.err(root, "version", "required (version: 1)")
+    if _scalar(ctx, top["version"], "version") != 1:
+        raise ctx.err(top["version"], "version", "only version 1 is supported")
+
+    grouping = GroupingSettings()
+    if "grouping" in top:
+        g = _mapping(
+            ctx,
+            top["grouping"],
+            "grouping",
+            {"resend_interval", "resolve_after", "max_new_per_minute", "burst", "max_active",
+             "max_destinations_per_reason", "sample_hosts"},
+        )
+        changes: dict[str, Any] = {}
+        for name in ("resend_interval", "resolve_after"):
+            if name in g:
+                changes[name] = _duration(ctx, g[name], f"grouping.{name}", 0.1, 7 * 86400)
+        if "max_new_per_minute" in g:
+            changes["max_new_per_minute"] = float(
+                _int(ctx, g["max_new_per_minute"], "grouping.max_new_per_minute", 1, 10000)
+            )
+        limits = {"burst": 1000, "max_active": 100000, "max_destinations_per_reason": 1000,
+                  "sample_hosts": 20}
+        for name, hi in limits.items():
+            if name in g:
+                changes[name] = _int(ctx, g[name], f"grouping.{name}", 1, hi)
+        grouping = dataclasses.replace(grouping, **changes)
+
+    delivery = DeliverySettings()
+    if "delivery" in top:
+        d = _mapping(
+            ctx,
+            top["delivery"],
+            "delivery",
+            {"max_queue", "max_age", "backoff_initial", "backoff_max", "max_retry_after",
+             "timeout", "batch_size", "drain_timeout"},
+        )
+        dchanges: dict[str, Any] = {}
+        if "max_queue" in d:
+            dchanges["max_queue"] = _int(ctx, d["max_queue"], "delivery.max_queue", 1, 1000000)
+        if "batch_size" in d:
+            dchanges["batch_size"] = _int(ctx, d["batch_size"], "delivery.batch_size", 1, 1000)
+        bounds = {"max_age": (1.0, 30 * 86400.0), "backoff_initial": (0.001, 3600.0),
+                  "backoff_max": (0.001, 86400.0), "max_retry_after": (0.0, 86400.0),
+                  "timeout": (0.1, 600.0), "drain_timeout": (0.0, 600.0)}
+        for name, (lo, hi) in bounds.items():
+            if name in d:
+                dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", lo, hi)
+        delivery = dataclasses.replace(delivery, **dchanges)
+
+    tick = 0.2
+    if "tick" in top:
+        tick = _duration(ctx, top["tick"], "tick", 0.01, 10.0)
+
+    sinks: list[SinkConfig] = []
+    if "sinks" in top:
+        node = top["sinks"]
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.err(node, "sinks", "expected a list")
+        seen: set[str] = set()
+        for i, item in enumerate(node.value):
+            sinks.append(_sink(ctx, item, f"sinks[{i}]", seen))
+    return AlertsConfig(
+        grouping=grouping, delivery=delivery, sinks=tuple(sinks), tick=tick, file=path
+    )

@@ -1,0 +1,275 @@
+"""Alert model: severity, bounded destination class, fingerprint, safe evidence.
+
+Pure code (no I/O, no mitmproxy, no aiohttp). Everything that leaves the process in an
+alert is derived here from a `Decision`, and every free-text field of a `Decision`
+(host, path, detail, rule, tenant, ...) is treated as attacker-chosen: it is cut to a
+bounded length, stripped of control characters and passed through `redact()`.
+
+Redaction rule (documented in docs/alerts.md, pinned by tests/alerts/test_model.py):
+
+1. A path loses everything from the first ``?`` or ``#`` (query strings carry keys).
+2. Each field is cut to its limit *before* anything else looks at it (path 200,
+   detail 200, host 253, other fields 64 characters), control characters become ``?``.
+3. Tokens with a known credential prefix (``sk-``, ``sk-proj-``, ``sk-ant-``, ``AKIA``,
+   ``ASIA``, ``ghp_``, ``github_pat_``, ``xox?-``, ``AIza``, ``glpat-``, ``hf_``, JWTs
+   ``eyJ...``, ``Bearer ...``, ``Basic ...``) become ``[REDACTED]``.
+4. Any other run of 32 or more characters from ``[A-Za-z0-9_+/=%~-]`` that mixes letters
+   and digits (a key, a token, base64 or percent-encoded data) becomes ``[REDACTED]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from sidecar.decision import (
+    RULE_DEFAULT_DENY,
+    RULE_HOST_AGREEMENT,
+    RULE_NETGUARD,
+    Decision,
+    Reason,
+    Verdict,
+)
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+SEVERITY_RANK: Mapping[Severity, int] = {
+    Severity.INFO: 0,
+    Severity.WARNING: 1,
+    Severity.CRITICAL: 2,
+}
+
+# Severity of a *block*. A would_block (audit mode) is one level lower and marked audit.
+# Reasons that are not listed (future additions) are warnings.
+SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
+    # Someone is trying to steal credentials or reach what a gateway never needs.
+    Reason.METADATA_ADDRESS: Severity.CRITICAL,
+    Reason.PRIVATE_ADDRESS: Severity.CRITICAL,
+    Reason.GATEWAY_HOLDS_CREDENTIAL: Severity.CRITICAL,
+    Reason.CREDENTIAL_REFLECTED: Severity.CRITICAL,
+    Reason.DNS_TUNNEL_SUSPECTED: Severity.CRITICAL,
+    Reason.DESTINATION_MISMATCH: Severity.CRITICAL,
+    Reason.HOST_MISMATCH: Severity.CRITICAL,
+    # Policy violations: unlisted destinations and requests outside an entry.
+    Reason.HOST_NOT_ALLOWED: Severity.WARNING,
+    Reason.PORT_NOT_ALLOWED: Severity.WARNING,
+    Reason.PATH_NOT_ALLOWED: Severity.WARNING,
+    Reason.METHOD_NOT_ALLOWED: Severity.WARNING,
+    Reason.IP_LITERAL: Severity.WARNING,
+    Reason.DNS_NAME_NOT_ALLOWED: Severity.WARNING,
+    Reason.INVALID_HOST: Severity.WARNING,
+    Reason.INVALID_PATH: Severity.WARNING,
+    Reason.TLS_REQUIRED: Severity.WARNING,
+    Reason.PROTOCOL_NOT_ALLOWED: Severity.WARNING,
+    Reason.UNKNOWN_VIRTUAL_KEY: Severity.WARNING,
+    Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
+    Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
+    # Operational, mostly not an attack.
+    Reason.DNS_FAILURE: Severity.INFO,
+    Reason.ALLOWED: Severity.INFO,
+}
+
+_LOWER: Mapping[Severity, Severity] = {
+    Severity.CRITICAL: Severity.WARNING,
+    Severity.WARNING: Severity.INFO,
+    Severity.INFO: Severity.INFO,
+}
+
+
+def severity_for(reason: Reason | str, verdict: Verdict | str) -> tuple[Severity, bool]:
+    """(severity, audit) of a refusal. would_block is one level lower and audit=True."""
+    try:
+        base = SEVERITY_BY_REASON.get(Reason(reason), Severity.WARNING)
+    except ValueError:
+        base = Severity.WARNING
+    if verdict == Verdict.WOULD_BLOCK:
+        return _LOWER[base], True
+    return base, False
+
+
+# ----------------------------------------------------------------------------- limits
+
+PATH_LIMIT = 200
+DETAIL_LIMIT = 200
+HOST_LIMIT = 253
+SHORT_LIMIT = 64
+REDACTED = "[REDACTED]"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_KNOWN_PREFIX = re.compile(
+    r"(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?:sk-(?:proj-|ant-|live_|test_)?|rk_live_|pk_live_|ghp_|gho_|ghs_|ghu_|github_pat_"
+    r"|glpat-|hf_|xox[abposr]-|AIza|AKIA|ASIA|eyJ)[A-Za-z0-9_+/=%~.-]{8,}"
+)
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9_+/=%~-]{32,}")
+_HAS_ALPHA = re.compile(r"[A-Za-z]")
+_HAS_DIGIT = re.compile(r"[0-9]")
+
+
+def _long_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if _HAS_ALPHA.search(token) and _HAS_DIGIT.search(token):
+        return REDACTED
+    return token
+
+
+def redact(text: str | None, limit: int) -> str | None:
+    """Bound, de-control and redact one attacker-influenced text field."""
+    if text is None:
+        return None
+    text = _CONTROL.sub("?", str(text)[:limit])
+    text = _KNOWN_PREFIX.sub(REDACTED, text)
+    return _LONG_TOKEN.sub(_long_token, text)
+
+
+def redact_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    path = str(path)[: PATH_LIMIT * 2]
+    for sep in ("?", "#"):
+        cut = path.find(sep)
+        if cut >= 0:
+            path = path[:cut]
+    return redact(path, PATH_LIMIT)
+
+
+_LABEL_SAFE = re.compile(r"[^A-Za-z0-9._:@/*-]")
+
+
+def label_value(text: str | None, limit: int = SHORT_LIMIT) -> str:
+    """A short identifier (tenant, rule, provider, pod) made safe for labels and keys."""
+    if not text:
+        return ""
+    cleaned = _LABEL_SAFE.sub("_", str(text)[:limit])
+    return redact(cleaned, limit) or ""
+
+
+# ------------------------------------------------------------------ destination class
+
+# Second-level labels under which country-code TLDs register names (co.uk, com.au, ...).
+_CC_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "ne", "or", "go"})
+_SPECIFIC_RULES_EXCLUDED = frozenset({RULE_DEFAULT_DENY, RULE_NETGUARD, RULE_HOST_AGREEMENT, ""})
+OVERFLOW_DESTINATION = "*"
+
+
+def registrable_domain(host: str) -> str:
+    """eTLD+1-ish: the part of a name an attacker must own. Bounded and cheap.
+
+    Random labels under one domain (``<data>.evil.example``) collapse into one class;
+    spraying many registrable domains is bounded separately by the grouper.
+    """
+    host = host[:HOST_LIMIT].strip().lower().rstrip(".")
+    if not host:
+        return "invalid"
+    if host.startswith("[") or ":" in host:
+        return "ip:v6"
+    labels = host.rsplit(".", 3)
+    if len(labels) >= 2 and labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "invalid"
+        return "ip:v4"
+    if len(labels) <= 2:
+        name = host
+    elif len(labels[-1]) == 2 and labels[-2] in _CC_SECOND_LEVEL:
+        name = ".".join(labels[-3:])
+    else:
+        name = ".".join(labels[-2:])
+    return redact(_LABEL_SAFE.sub("_", name), SHORT_LIMIT) or "invalid"
+
+
+def destination_class(decision: Decision) -> str:
+    """Bounded description of where the refused attempt went.
+
+    A policy entry's name when one decided (bounded by the policy), else the
+    registrable domain of the host (``ip:v4`` / ``ip:v6`` for literals).
+    """
+    rule = decision.rule or ""
+    if rule not in _SPECIFIC_RULES_EXCLUDED:
+        return "rule:" + label_value(rule)
+    return registrable_domain(decision.host or "")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertKey:
+    """What makes two refusals "the same alert"."""
+
+    reason: str
+    audit: bool
+    destination: str
+    tenant: str
+
+    def fingerprint(self, namespace: str = "") -> str:
+        raw = "\x1f".join(
+            ("v1", self.reason, "audit" if self.audit else "enforce", self.destination,
+             self.tenant, namespace)
+        )
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def key_for(decision: Decision, destination: str | None = None) -> AlertKey:
+    _severity, audit = severity_for(decision.reason, decision.verdict)
+    return AlertKey(
+        reason=str(decision.reason.value if isinstance(decision.reason, Reason)
+                   else label_value(str(decision.reason))),
+        audit=audit,
+        destination=destination if destination is not None else destination_class(decision),
+        tenant=label_value(decision.tenant),
+    )
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def safe_evidence(decision: Decision) -> dict[str, Any]:
+    """What one refusal may tell a pager: no headers, no bodies, nothing unbounded."""
+    port = decision.port if isinstance(decision.port, int) and 0 <= decision.port < 65536 else 0
+    return {
+        "verdict": str(decision.verdict.value),
+        "reason": str(decision.reason.value),
+        "host": redact(decision.host, HOST_LIMIT),
+        "port": port,
+        "method": label_value(decision.method, 16) or None,
+        "path": redact_path(decision.path),
+        "rule": label_value(decision.rule) or None,
+        "provider": label_value(decision.provider) or None,
+        "tenant": label_value(decision.tenant) or None,
+        "mode": label_value(decision.mode, 16) or None,
+        "address": redact(decision.address, SHORT_LIMIT),
+        "source": redact(decision.source, 128),
+        "detail": redact(decision.detail, DETAIL_LIMIT) or None,
+    }
+
+
+POD_ENV = {"name": "POD_NAME", "namespace": "POD_NAMESPACE", "node": "NODE_NAME"}
+
+
+def pod_identity(
+    override: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Pod identity from the downward API (POD_NAME, POD_NAMESPACE, NODE_NAME)."""
+    source = os.environ if env is None else env
+    result: dict[str, str] = {}
+    for key, var in POD_ENV.items():
+        value = (override or {}).get(key) or source.get(var, "")
+        result[key] = label_value(value, 128)
+    return result
+
+
+def iso(ts: float) -> str:
+    import time
+
+    secs = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
+    return f"{secs}.{int((ts % 1) * 1000):03d}Z"

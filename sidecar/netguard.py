@@ -1,0 +1,124 @@
+"""Address classification (S3, S4): may the sidecar connect to this address?
+
+Every address the sidecar would connect to passes through `classify_address` after
+resolution, and the sidecar then dials exactly that address. Embedded IPv4 forms
+(IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo) are unwrapped and classified as
+the IPv4 address they carry, so `::ffff:169.254.169.254` is metadata, not "IPv6".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+
+from sidecar.hostnames import IPAddress
+
+IPv4 = ipaddress.IPv4Address
+IPv6 = ipaddress.IPv6Address
+net = ipaddress.ip_network
+
+
+class AddressClass(StrEnum):
+    PUBLIC = "public"
+    METADATA = "metadata"
+    LOOPBACK = "loopback"
+    PRIVATE = "private"  # RFC 1918, ULA
+    LINK_LOCAL = "link_local"
+    CGNAT = "cgnat"
+    MULTICAST = "multicast"
+    UNSPECIFIED = "unspecified"
+    RESERVED = "reserved"  # documentation, benchmarking, broadcast, "this network", ...
+    OWN = "own"  # one of the sidecar's own addresses
+
+
+# Cloud instance metadata and credential endpoints. Never allowed, not even by policy.
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    {
+        IPv4("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
+        IPv4("169.254.170.2"),  # AWS ECS task credentials
+        IPv4("169.254.170.23"),  # AWS EKS pod identity agent
+        IPv4("100.100.100.200"),  # Alibaba Cloud
+        IPv4("192.0.0.192"),  # Oracle Cloud
+        IPv6("fd00:ec2::254"),  # AWS IMDS over IPv6
+        IPv6("fd00:ec2::23"),  # AWS EKS pod identity agent over IPv6
+    }
+)
+
+# Ordered: the first matching range names the class.
+_RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, AddressClass], ...] = (
+    (net("0.0.0.0/8"), AddressClass.UNSPECIFIED),
+    (net("127.0.0.0/8"), AddressClass.LOOPBACK),
+    (net("10.0.0.0/8"), AddressClass.PRIVATE),
+    (net("172.16.0.0/12"), AddressClass.PRIVATE),
+    (net("192.168.0.0/16"), AddressClass.PRIVATE),
+    (net("100.64.0.0/10"), AddressClass.CGNAT),
+    (net("169.254.0.0/16"), AddressClass.LINK_LOCAL),
+    (net("192.0.0.0/24"), AddressClass.RESERVED),
+    (net("192.0.2.0/24"), AddressClass.RESERVED),
+    (net("198.18.0.0/15"), AddressClass.RESERVED),
+    (net("198.51.100.0/24"), AddressClass.RESERVED),
+    (net("203.0.113.0/24"), AddressClass.RESERVED),
+    (net("224.0.0.0/4"), AddressClass.MULTICAST),
+    (net("240.0.0.0/4"), AddressClass.RESERVED),  # includes 255.255.255.255
+    (net("::/128"), AddressClass.UNSPECIFIED),
+    (net("::1/128"), AddressClass.LOOPBACK),
+    (net("fc00::/7"), AddressClass.PRIVATE),
+    (net("fe80::/10"), AddressClass.LINK_LOCAL),
+    (net("fec0::/10"), AddressClass.PRIVATE),  # deprecated site-local
+    (net("ff00::/8"), AddressClass.MULTICAST),
+    (net("100::/64"), AddressClass.RESERVED),  # discard-only
+    (net("2001:db8::/32"), AddressClass.RESERVED),
+    (net("2001:10::/28"), AddressClass.RESERVED),  # ORCHID
+    (net("2001:20::/28"), AddressClass.RESERVED),  # ORCHIDv2
+    (net("::/96"), AddressClass.RESERVED),  # IPv4-compatible (deprecated) after unwrapping fails
+)
+
+_NAT64 = (net("64:ff9b::/96"), net("64:ff9b:1::/48"))
+_6TO4 = net("2002::/16")
+_TEREDO = net("2001::/32")
+
+
+def embedded_ipv4(address: IPv6) -> IPv4 | None:
+    """The IPv4 address an IPv6 address carries, for the forms routers translate."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    packed = address.packed
+    for prefix in _NAT64:
+        if address in prefix:
+            return IPv4(packed[-4:])
+    if address in _6TO4:
+        return address.sixtofour
+    if address in _TEREDO and address.teredo is not None:
+        return address.teredo[1]  # the client's address
+    # IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
+    if packed[:12] == bytes(12) and int(address) > 1:
+        return IPv4(packed[-4:])
+    return None
+
+
+def classify_address(
+    address: IPAddress, own_addresses: frozenset[IPAddress] = frozenset()
+) -> AddressClass:
+    if isinstance(address, IPv6):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            inner_class = classify_address(inner, own_addresses)
+            # An embedded public address still goes through a translator: treat the
+            # IPv6 form as public only when the carried IPv4 address is.
+            return inner_class
+    if address in METADATA_ADDRESSES:
+        return AddressClass.METADATA
+    if address in own_addresses:
+        return AddressClass.OWN
+    for network, cls in _RANGES:
+        if address.version == network.version and address in network:
+            return cls
+    return AddressClass.PUBLIC
+
+
+def is_metadata(address: IPAddress) -> bool:
+    if isinstance(address, IPv6):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return inner in METADATA_ADDRESSES
+    return address in METADATA_ADDRESSES

@@ -1,0 +1,110 @@
+"""Sinks fed by one `Decision`: the JSON decision log and the Prometheus counters.
+
+Label values are bounded: decision and reason come from enums, provider from the
+policy's provider names (anything else is "none"), so an attacker choosing host
+names cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+
+from sidecar.decision import Decision
+
+NO_PROVIDER = "none"
+
+# *_created series double the exposition for no use to alerting rules.
+disable_created_metrics()
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "egress_sidecar_decisions",
+            "Egress decisions by outcome, reason code and provider.",
+            ["decision", "reason", "provider"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "egress_sidecar_policy_reload",
+            "Policy (re)loads by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reload_ok = Gauge(
+            "egress_sidecar_policy_last_reload_success",
+            "1 if the last policy (re)load succeeded, 0 if the last good policy is kept.",
+            registry=self.registry,
+        )
+        self.policy_loaded_at = Gauge(
+            "egress_sidecar_policy_loaded_timestamp_seconds",
+            "When the policy in force was loaded.",
+            registry=self.registry,
+        )
+        self.policy_endpoints = Gauge(
+            "egress_sidecar_policy_endpoints",
+            "Number of endpoints in the policy in force.",
+            registry=self.registry,
+        )
+        self.dns_errors = Counter(
+            "egress_sidecar_upstream_dns_errors",
+            "Upstream name resolutions that failed.",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "egress_sidecar_ready",
+            "1 once the policy is loaded and every listener is bound.",
+            registry=self.registry,
+        )
+        self._providers: frozenset[str] = frozenset()
+
+    def set_providers(self, providers: frozenset[str]) -> None:
+        self._providers = providers
+
+    def provider_label(self, provider: str | None) -> str:
+        return provider if provider in self._providers else NO_PROVIDER
+
+    def record(self, decision: Decision) -> None:
+        self.decisions.labels(
+            decision.verdict.value,
+            decision.reason.value,
+            self.provider_label(decision.provider),
+        ).inc()
+
+
+class DecisionLog:
+    """One JSON object per line on stdout (or another stream)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+
+    def record(self, decision: Decision) -> None:
+        self.write(decision.as_log_record())
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n")
+        self._stream.flush()
+
+
+class Recorder:
+    """Fans one decision out to every sink; a failing sink never fails the request."""
+
+    def __init__(self, sinks: list[Callable[[Decision], None]], on_error: Callable[[str], None]):
+        self._sinks = sinks
+        self._on_error = on_error
+
+    def add(self, sink: Callable[[Decision], None]) -> None:
+        self._sinks.append(sink)
+
+    def __call__(self, decision: Decision) -> None:
+        for sink in self._sinks:
+            try:
+                sink(decision)
+            except Exception as exc:  # noqa: BLE001 - a sink must never break the proxy
+                self._on_error(f"decision sink {type(exc).__name__}")

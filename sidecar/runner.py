@@ -1,0 +1,266 @@
+"""`egress-sidecar run`: mitmproxy embedded with a trimmed, ordered addon list.
+
+No mitmdump, no default addon set. Only the built-ins a proxy needs, with our
+enforcement addon first so it decides before anything else sees the flow, and the
+options that fail open (MITMPROXY-NOTES.md) pinned to safe values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sidecar import settings as settings_mod
+from sidecar.hostnames import IPAddress
+from sidecar.settings import Settings, SettingsError
+
+logger = logging.getLogger("egress_sidecar")
+
+EXIT_BAD_POLICY = 2
+EXIT_BAD_SETTINGS = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_mod.add_arguments(parser)
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Operational events (not decisions) as JSON lines on stderr."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event}
+    record.update(fields)
+    sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+    sys.stderr.flush()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    try:
+        settings = settings_mod.resolve(args)
+    except SettingsError as exc:
+        emit("config_error", error=str(exc))
+        return EXIT_BAD_SETTINGS
+    from sidecar.policy.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(settings.policies)
+    except PolicyError as exc:
+        emit("policy_error", error=str(exc))
+        sys.stderr.write(f"egress-sidecar: policy rejected, not starting:\n{exc}\n")
+        return EXIT_BAD_POLICY
+    try:
+        return asyncio.run(_serve(settings, policy))
+    except SettingsError as exc:
+        emit("config_error", error=str(exc))
+        return EXIT_BAD_SETTINGS
+
+
+def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, str]]:
+    """mitmproxy mode specs for our listeners, and a label for each (for the banner)."""
+    specs: list[str] = []
+    labels: dict[str, str] = {}
+    if settings.proxy_listen is not None:
+        host, port = settings.proxy_listen
+        spec = f"regular@{_bracket(host)}:{port}"
+        specs.append(spec)
+        labels[spec] = "explicit"
+    for reverse in settings.reverse:
+        endpoint = policy.provider(reverse.provider)
+        if endpoint is None:
+            raise SettingsError(f"--reverse {reverse.provider}: no such provider in the policy")
+        target = reverse.host or next((h for h in endpoint.hosts if not h.startswith("*.")), None)
+        if target is None:
+            raise SettingsError(
+                f"--reverse {reverse.provider}: its hosts are all wildcards; name one, "
+                f"e.g. {reverse.provider}:myresource{endpoint.hosts[0][1:]}@PORT"
+            )
+        port = 443 if 443 in endpoint.ports else min(endpoint.ports)
+        spec = f"reverse:https://{target}:{port}@{_bracket(reverse.listen_host)}:{reverse.listen_port}"
+        specs.append(spec)
+        labels[spec] = f"reverse:{reverse.provider}"
+    return specs, labels
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def upstream_trust_bundle(extra: str | None) -> str | None:
+    """mitmproxy's trusted-CA option replaces the public roots; add to them instead (S6)."""
+    if extra is None:
+        return None
+    import certifi
+
+    directory = Path(tempfile.mkdtemp(prefix="egress-sidecar-trust-"))
+    bundle = directory / "upstream-ca.pem"
+    bundle.write_bytes(
+        Path(certifi.where()).read_bytes() + b"\n" + Path(extra).read_bytes() + b"\n"
+    )
+    return str(bundle)
+
+
+def own_addresses(settings: Settings) -> set[IPAddress]:
+    """Addresses of this host, refused as upstream destinations (no loops, S3)."""
+    import ipaddress
+
+    found: set[IPAddress] = set()
+    hosts = {socket.gethostname()}
+    hosts.update(h for h, _ in ([settings.proxy_listen] if settings.proxy_listen else []))
+    hosts.update(r.listen_host for r in settings.reverse)
+    for name in hosts:
+        try:
+            for *_, sockaddr in socket.getaddrinfo(name, None):
+                found.add(ipaddress.ip_address(sockaddr[0]))
+        except (OSError, ValueError):
+            continue
+    return {a for a in found if not a.is_unspecified}
+
+
+async def _serve(settings: Settings, policy: Any) -> int:
+    from mitmproxy import options
+    from mitmproxy.exceptions import OptionsError
+    from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
+    from mitmproxy.master import Master
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.addons.enforcer import EngineHolder, Enforcer
+    from sidecar.admin import AdminServer
+    from sidecar.engine import PolicyEngine
+    from sidecar.policy.loader import load_policy
+    from sidecar.records import DecisionLog, Metrics, Recorder
+    from sidecar.reload import PolicyWatcher
+    from sidecar.resolver import Resolver
+
+    specs, labels = mode_specs(settings, policy)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    own = own_addresses(settings)
+    holder = EngineHolder(PolicyEngine(policy, own))
+
+    def applied(new_policy: Any) -> None:
+        # Reverse listeners name providers: a policy that drops one is refused.
+        mode_specs(settings, new_policy)
+        holder.engine = PolicyEngine(new_policy, own)
+        metrics.set_providers(frozenset(e.provider for e in new_policy.endpoints if e.provider))
+        metrics.reloads.labels("success").inc()
+        metrics.reload_ok.set(1)
+        metrics.policy_loaded_at.set(time.time())
+        metrics.policy_endpoints.set(len(new_policy.endpoints))
+        emit("policy_loaded", digest=new_policy.digest[:12], endpoints=len(new_policy.endpoints),
+             mode=new_policy.mode.value, files=list(new_policy.files))
+
+    def rejected(exc: Exception) -> None:
+        metrics.reloads.labels("failure").inc()
+        metrics.reload_ok.set(0)
+        emit("policy_reload_rejected", error=str(exc), kept=holder.engine.policy.digest[:12])
+
+    applied(policy)
+    metrics.reloads.clear()  # the first load is not a reload
+
+    decision_log = DecisionLog()
+    recorder = Recorder([decision_log.record, metrics.record], on_error=lambda m: emit("error",
+                        error=m))
+    alerts = _alert_pipeline(settings, registry)
+    if alerts is not None:
+        recorder.add(lambda d: alerts.submit(d) if d.is_violation else None)
+
+    opts = options.Options()
+    master = Master(opts, event_loop=asyncio.get_running_loop())
+    resolver = Resolver(settings.resolver)
+    enforcer = Enforcer(holder, resolver, recorder)
+    ps = proxyserver.Proxyserver()
+    master.addons.add(enforcer, ps, next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                      errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
+    Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        _configure(opts, settings, specs)
+    except OptionsError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+    watcher = PolicyWatcher(settings.policies, load_policy, applied, rejected,
+                            settings.reload_interval)
+    watcher.prime()
+    admin = AdminServer(registry, lambda: {
+        "policy_loaded": holder.engine is not None,
+        "listeners_bound": ps.is_running and all(s.is_running for s in ps.servers),
+    })
+    admin_address = await admin.start(*settings.admin_listen)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (emit("signal", signal=int(s)), master.shutdown()))
+
+    tasks: list[asyncio.Task[None]] = []
+
+    class Lifecycle:
+        async def running(self) -> None:
+            listeners: dict[str, list[str]] = {}
+            for server in ps.servers:
+                label = labels.get(server.mode.full_spec, server.mode.full_spec)
+                listeners[label] = [f"{_bracket(str(a[0]))}:{a[1]}" for a in server.listen_addrs]
+            metrics.ready.set(1)
+            emit("listening", listeners=listeners,
+                 admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
+                 ca_cert=str(Path(settings.ca_dir) / "mitmproxy-ca-cert.pem"),
+                 resolver=resolver.nameservers, mode=holder.engine.policy.mode.value)
+            tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
+            if alerts is not None:
+                await alerts.start()
+
+        async def done(self) -> None:
+            metrics.ready.set(0)
+            for task in tasks:
+                task.cancel()
+            if alerts is not None:
+                await alerts.stop()
+            await admin.stop()
+
+    master.addons.add(Lifecycle())
+    try:
+        await master.run()
+    finally:
+        emit("stopped")
+    return 0
+
+
+def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:
+    opts.update(
+        mode=specs,
+        confdir=settings.ca_dir,
+        connection_strategy="lazy",  # no upstream connection before our hooks decide
+        upstream_cert=False,  # would open upstream connections during the client handshake
+        rawtcp=False,  # no uninspected byte streams through an allowed tunnel
+        http3=False,  # no QUIC/UDP path
+        ssl_insecure=False,
+        ssl_verify_upstream_trusted_ca=upstream_trust_bundle(settings.upstream_ca),
+        validate_inbound_headers=True,
+        keep_host_header=False,
+        allow_hosts=[],
+        ignore_hosts=[],
+        tcp_hosts=[],
+        udp_hosts=[],
+        store_streamed_bodies=False,
+        body_size_limit="64m",
+    )
+
+
+def _alert_pipeline(settings: Settings, registry: Any) -> Any:
+    """The alert pipeline, when its package is present (issue #5)."""
+    try:
+        from sidecar.alerts import AlertPipeline  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    import os
+
+    pod = {k: v for k in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME") if (v := os.environ.get(k))}
+    return AlertPipeline.from_config(settings.alerts_config, spool_dir=settings.alert_spool_dir,
+                                     registry=registry, pod=pod)

@@ -1,0 +1,165 @@
+"""Runtime options of `egress-sidecar run`: each a flag and an EGRESS_SIDECAR_* variable.
+
+Precedence: flag, then environment, then default. No mitmproxy import here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from sidecar.hostnames import HostError, split_host_port
+
+ENV_PREFIX = "EGRESS_SIDECAR_"
+
+DEFAULT_PROXY_LISTEN = "127.0.0.1:15080"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:15020"
+
+
+def bundled_policy_dir() -> Path:
+    """`policies/` of a source checkout, or the copy packed into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "policies", here / "_bundled_policies"):
+        if (candidate / "default.yaml").is_file():
+            return candidate
+    return here.parent / "policies"
+
+
+def default_ca_dir() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "egress-sidecar" / "ca")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReverseListener:
+    """`--reverse openai@15081` or `--reverse azure:myres.openai.azure.com@127.0.0.1:15083`."""
+
+    provider: str
+    host: str | None  # None: the provider's first exact host
+    listen_host: str
+    listen_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ReverseListener:
+        match = re.fullmatch(r"([a-z0-9][a-z0-9_-]*)(?::([^@]+))?@(.+)", text)
+        if not match:
+            raise SettingsError(
+                f"--reverse {text!r}: expected PROVIDER[:HOST]@[ADDRESS:]PORT, "
+                "e.g. openai@15081 or openai:api.openai.com@127.0.0.1:15081"
+            )
+        provider, host, listen = match.groups()
+        listen_host, listen_port = parse_listen(listen, flag="--reverse")
+        return cls(provider, host, listen_host, listen_port)
+
+
+def parse_listen(text: str, *, flag: str) -> tuple[str, int]:
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    try:
+        host, port = split_host_port(text, allow_zero=True)  # 0: any free port
+    except HostError as exc:
+        raise SettingsError(f"{flag} {text!r}: {exc}; expected ADDRESS:PORT") from None
+    return host.strip("[]"), port
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    policies: tuple[str, ...]
+    proxy_listen: tuple[str, int] | None
+    reverse: tuple[ReverseListener, ...]
+    admin_listen: tuple[str, int]
+    ca_dir: str
+    resolver: str | None
+    upstream_ca: str | None
+    reload_interval: float
+    alerts_config: str | None
+    alert_spool_dir: str | None
+
+
+# (flag, env suffix, help, repeatable)
+_OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
+    ("--policy", "POLICY", "policy file or directory; repeatable (default: bundled default)", True),
+    ("--listen", "LISTEN", f"explicit proxy ADDRESS:PORT, or 'off' (default {DEFAULT_PROXY_LISTEN})",
+     False),
+    ("--reverse", "REVERSE", "reverse listener PROVIDER[:HOST]@[ADDRESS:]PORT; repeatable", True),
+    ("--admin", "ADMIN", f"admin ADDRESS:PORT for /metrics /healthz /readyz (default "
+     f"{DEFAULT_ADMIN_LISTEN})", False),
+    ("--ca-dir", "CA_DIR", "directory of the interception CA; created if missing", False),
+    ("--resolver", "RESOLVER", "upstream DNS resolver ADDRESS[:PORT] (default: /etc/resolv.conf)",
+     False),
+    ("--upstream-ca", "UPSTREAM_CA", "extra CA bundle (PEM) trusted upstream, added to the "
+     "public roots", False),
+    ("--reload-interval", "RELOAD_INTERVAL", "seconds between policy file checks (default 1)",
+     False),
+    ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
+    ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env, help_text, repeatable in _OPTIONS:
+        parser.add_argument(
+            flag,
+            action="append" if repeatable else "store",
+            default=None,
+            help=f"{help_text} [env {ENV_PREFIX}{env}"
+            + (", comma-separated]" if repeatable else "]"),
+        )
+
+
+def _value(args: argparse.Namespace, flag: str, env: str) -> str | list[str] | None:
+    value: str | list[str] | None = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if value is not None:
+        return value
+    return os.environ.get(ENV_PREFIX + env) or None
+
+
+def _list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else value.split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def _single(value: str | list[str] | None) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def resolve(args: argparse.Namespace) -> Settings:
+    values = {flag: _value(args, flag, env) for flag, env, _, _ in _OPTIONS}
+    policies = _list(values["--policy"]) or [str(bundled_policy_dir() / "default.yaml")]
+    listen = _single(values["--listen"]) or DEFAULT_PROXY_LISTEN
+    proxy_listen = None if listen == "off" else parse_listen(listen, flag="--listen")
+    reverse = tuple(ReverseListener.parse(r) for r in _list(values["--reverse"]))
+    admin = parse_listen(_single(values["--admin"]) or DEFAULT_ADMIN_LISTEN, flag="--admin")
+    interval_text = _single(values["--reload-interval"]) or "1"
+    try:
+        interval = float(interval_text)
+    except ValueError:
+        raise SettingsError(f"--reload-interval {interval_text!r}: not a number") from None
+    if not 0.05 <= interval <= 3600:
+        raise SettingsError("--reload-interval must be between 0.05 and 3600 seconds")
+    upstream_ca = _single(values["--upstream-ca"])
+    if upstream_ca and not Path(upstream_ca).is_file():
+        raise SettingsError(f"--upstream-ca {upstream_ca!r}: no such file")
+    if proxy_listen is None and not reverse:
+        raise SettingsError("nothing to serve: --listen off and no --reverse listener")
+    return Settings(
+        policies=tuple(policies),
+        proxy_listen=proxy_listen,
+        reverse=reverse,
+        admin_listen=admin,
+        ca_dir=_single(values["--ca-dir"]) or default_ca_dir(),
+        resolver=_single(values["--resolver"]),
+        upstream_ca=upstream_ca,
+        reload_interval=interval,
+        alerts_config=_single(values["--alerts-config"]),
+        alert_spool_dir=_single(values["--alert-spool"]),
+    )
