@@ -149,7 +149,8 @@ def test_conflicts_via_directory_name_both_files(write_files: WriteFiles, tmp_pa
     ("text", "line", "key"),
     [
         pytest.param(
-            "version: 1\nproviders:\n  a: {hosts: [x.example.com]}\n  b: {hosts: [x.example.com]}\n",
+            "version: 1\nproviders:\n  a: {hosts: [x.example.com]}\n"
+            "  b: {hosts: [x.example.com]}\n",
             4,
             "providers.b.hosts[0]",
             id="host_in_two_providers_same_file",
@@ -162,7 +163,8 @@ def test_conflicts_via_directory_name_both_files(write_files: WriteFiles, tmp_pa
             id="exact_shadowed_by_wildcard_same_file",
         ),
         pytest.param(
-            "version: 1\nproviders:\n  a: {hosts: [x.a.example.com]}\n  b: {hosts: ['*.example.com']}\n",
+            "version: 1\nproviders:\n  a: {hosts: [x.a.example.com]}\n"
+            "  b: {hosts: ['*.example.com']}\n",
             3,
             "providers.a.hosts[0]",
             id="wildcard_after_the_exact_name",
@@ -197,11 +199,13 @@ def test_same_file_conflicts(write_files: WriteFiles, text: str, line: int, key:
             id="exact_under_own_wildcard",
         ),
         pytest.param(
-            "version: 1\nproviders:\n  a: {hosts: [example.com]}\n  b: {hosts: ['*.example.com']}\n",
+            "version: 1\nproviders:\n  a: {hosts: [example.com]}\n"
+            "  b: {hosts: ['*.example.com']}\n",
             id="apex_and_wildcard_are_different_names",
         ),
         pytest.param(
-            "version: 1\nallow:\n  - {cidr: 10.1.0.0/16, ports: [1]}\n  - {cidr: 10.2.0.0/16, ports: [1]}\n",
+            "version: 1\nallow:\n  - {cidr: 10.1.0.0/16, ports: [1]}\n"
+            "  - {cidr: 10.2.0.0/16, ports: [1]}\n",
             id="adjacent_cidrs",
         ),
         pytest.param(
@@ -210,7 +214,8 @@ def test_same_file_conflicts(write_files: WriteFiles, text: str, line: int, key:
             id="same_addresses_range_in_two_entries",
         ),
         pytest.param(
-            "version: 1\nallow:\n  - {host: a.example.com, ports: [1]}\n  - {host: b.example.com, ports: [1]}\n",
+            "version: 1\nallow:\n  - {host: a.example.com, ports: [1]}\n"
+            "  - {host: b.example.com, ports: [1]}\n",
             id="unnamed_allow_entries",
         ),
     ],
