@@ -133,9 +133,7 @@ def _mapping(ctx: _Ctx, node: yaml.Node, key: str, allowed: set[str]) -> dict[st
 def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.err(node, key, "expected a single value")
-    return yaml.SafeLoader(  # type: ignore[no-untyped-call]
-        ""
-    ).construct_object(node)
+    return yaml.SafeLoader("").construct_object(node)
 
 
 def _str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
@@ -362,12 +360,12 @@ def load_config(path: str) -> AlertsConfig:
         bounds = {"max_age": (1.0, 30 * 86400.0), "backoff_initial": (0.001, 3600.0),
                   "backoff_max": (0.001, 86400.0), "max_retry_after": (0.0, 86400.0),
                   "timeout": (0.1, 600.0), "drain_timeout": (0.0, 600.0)}
-        for name, (lo, hi) in bounds.items():
+        for name, (low, high) in bounds.items():
             if name in d:
-                dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", lo, hi)
+                dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", low, high)
         delivery = dataclasses.replace(delivery, **dchanges)
 
-    tick = 0.2
+    tick: float = 0.2
     if "tick" in top:
         tick = _duration(ctx, top["tick"], "tick", 0.01, 10.0)
 
