@@ -1,0 +1,257 @@
+"""What is outside the product, faked on loopback: an LLM provider and a DNS server.
+
+The fake provider speaks the OpenAI and Anthropic wire formats (JSON and SSE
+streaming), serves TLS with a certificate from a test CA, and records every request
+it received (method, path, headers) and when it sent each stream chunk. The fake DNS
+server answers from a table the test controls and records every question, so a test
+can prove a refused name never reached "upstream".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import trustme
+from aiohttp import web
+
+
+class BackgroundLoop:
+    """An asyncio loop in a daemon thread, for servers the synchronous tests talk to."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@dataclasses.dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class FakeProvider:
+    """TLS server on 127.0.0.1 answering like OpenAI and Anthropic do."""
+
+    def __init__(self, bg: BackgroundLoop, ca: trustme.CA, names: list[str]) -> None:
+        self._bg = bg
+        self._cert = ca.issue_cert(*names)
+        self.received: list[Received] = []
+        self.chunk_sent_at: dict[str, list[float]] = {}
+        self.stream_chunks = 20
+        self.stream_interval = 0.05
+        self.reflect: dict[str, str] = {}  # extra response headers to echo (tests of S7)
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> FakeProvider:
+        self.port = self._bg.run(self._start())
+        return self
+
+    async def _start(self) -> int:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_route("*", "/{tail:.*}", self._anything)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._cert.configure_cert(context)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._bg.run(self._runner.cleanup())
+
+    async def _record(self, request: web.Request) -> bytes:
+        body = await request.read()
+        self.received.append(
+            Received(
+                request.method,
+                request.path,
+                request.query_string,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+                time.monotonic(),
+            )
+        )
+        return body
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"object": "list", "data": [{"id": "gpt-fake", "object": "model",
+                                                              "created": 0, "owned_by": "fake"}]})
+
+    async def _anything(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"path": request.path, "method": request.method})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        payload = json.loads(await self._record(request) or b"{}")
+        stream_id = payload.get("user") or f"chat-{len(self.received)}"
+        if not payload.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": payload.get("model", "gpt-fake"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "hello from fake"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+                },
+                headers=self.reflect,
+            )
+
+        def chunk(i: int) -> dict[str, Any]:
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": payload.get("model", "gpt-fake"),
+                "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+            }
+
+        events = [f"data: {json.dumps(chunk(i))}\n\n" for i in range(self.stream_chunks)]
+        events.append("data: [DONE]\n\n")
+        return await self._sse(request, stream_id, events)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        payload = json.loads(await self._record(request) or b"{}")
+        stream_id = (payload.get("metadata") or {}).get("user_id") or f"msg-{len(self.received)}"
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": payload.get("model", "claude-fake"),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 0},
+        }
+        if not payload.get("stream"):
+            message["content"] = [{"type": "text", "text": "hello from fake"}]
+            message["stop_reason"] = "end_turn"
+            return web.json_response(message, headers=self.reflect)
+
+        def event(name: str, data: dict[str, Any]) -> str:
+            return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+        events = [event("message_start", {"type": "message_start", "message": message})]
+        events.append(event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}}))
+        for i in range(self.stream_chunks):
+            events.append(event("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": f"tok{i} "}}))
+        events.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        events.append(event("message_delta", {"type": "message_delta",
+                                              "delta": {"stop_reason": "end_turn",
+                                                        "stop_sequence": None},
+                                              "usage": {"output_tokens": self.stream_chunks}}))
+        events.append(event("message_stop", {"type": "message_stop"}))
+        return await self._sse(request, stream_id, events)
+
+    async def _sse(self, request: web.Request, stream_id: str, events: list[str]) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache", **self.reflect}
+        )
+        await response.prepare(request)
+        sent = self.chunk_sent_at.setdefault(stream_id, [])
+        for i, text in enumerate(events):
+            if i:
+                await asyncio.sleep(self.stream_interval)
+            await response.write(text.encode())
+            sent.append(time.monotonic())
+        await response.write_eof()
+        return response
+
+
+class FakeDNS:
+    """UDP DNS server on 127.0.0.1: answers A/AAAA from `records`, REFUSED otherwise."""
+
+    def __init__(self, bg: BackgroundLoop) -> None:
+        self._bg = bg
+        self.records: dict[str, list[str]] = {}
+        self.questions: list[tuple[str, str]] = []
+        self.port = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def start(self) -> FakeDNS:
+        self.port = self._bg.run(self._start())
+        return self
+
+    async def _start(self) -> int:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DNSProtocol(self.answer), local_addr=("127.0.0.1", 0)
+        )
+        self._transport = transport
+        return int(transport.get_extra_info("sockname")[1])
+
+    def stop(self) -> None:
+        if self._transport is not None:
+            self._bg.loop.call_soon_threadsafe(self._transport.close)
+
+    def asked(self, name: str) -> bool:
+        return any(q == name.rstrip(".").lower() for q, _ in self.questions)
+
+    def answer(self, wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text().rstrip(".").lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.questions.append((name, rdtype))
+        addresses = self.records.get(name)
+        if addresses is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            return response.to_wire()
+        wanted = [a for a in addresses if (":" in a) == (rdtype == "AAAA")]
+        if wanted and rdtype in ("A", "AAAA"):
+            response.answer.append(dns.rrset.from_text(question.name, 5, "IN", rdtype, *wanted))
+        return response.to_wire()
+
+
+class _DNSProtocol(asyncio.DatagramProtocol):
+    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+        self._answer = answer
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self._transport is not None
+        self._transport.sendto(self._answer(data), addr)

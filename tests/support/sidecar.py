@@ -1,0 +1,131 @@
+"""Run the real `egress-sidecar run` process, as the README says to, and read its records."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = shutil.which("egress-sidecar", path=str(Path(sys.executable).parent)) or "egress-sidecar"
+
+
+class SidecarProcess:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = [BIN, "run", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.decisions: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
+        self._listening: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.proc: subprocess.Popen[str] | None = None
+        self.listening: dict[str, Any] = {}
+
+    def start(self, timeout: float = 30.0) -> SidecarProcess:
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.listening = self._listening.get(timeout=0.2)
+                return self
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    time.sleep(0.2)
+                    raise RuntimeError(
+                        f"sidecar exited {self.proc.returncode}:\n" + "".join(self.stderr_lines)
+                    )
+        self.stop()
+        raise RuntimeError("sidecar did not start:\n" + "".join(self.stderr_lines))
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line)
+            try:
+                self.decisions.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.events.append(record)
+            if record.get("event") == "listening":
+                self._listening.put(record)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    # --- addresses --------------------------------------------------------------------
+
+    def listener(self, label: str) -> str:
+        return str(self.listening["listeners"][label][0])
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.listener('explicit')}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.listening['admin']}"
+
+    @property
+    def ca_cert(self) -> str:
+        return str(self.listening["ca_cert"])
+
+    def reverse_url(self, provider: str) -> str:
+        return f"http://{self.listener('reverse:' + provider)}"
+
+    def metrics(self) -> str:
+        return httpx.get(self.admin_url + "/metrics", timeout=5).text
+
+    # --- records ----------------------------------------------------------------------
+
+    def wait_for_decision(self, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in list(self.decisions):
+                if all(record.get(k) == v for k, v in fields.items()):
+                    return record
+            time.sleep(0.02)
+        raise AssertionError(f"no decision matching {fields}; got {self.decisions[-5:]}")
+
+    def wait_for_event(self, event: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.events[after:]:
+                if record.get("event") == event:
+                    return record
+            time.sleep(0.05)
+        raise AssertionError(f"no {event} event; stderr: {''.join(self.stderr_lines[-20:])}")
