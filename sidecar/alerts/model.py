@@ -13,8 +13,11 @@ Redaction rule (documented in docs/alerts.md, pinned by tests/alerts/test_model.
 3. Tokens with a known credential prefix (``sk-``, ``sk-proj-``, ``sk-ant-``, ``AKIA``,
    ``ASIA``, ``ghp_``, ``github_pat_``, ``xox?-``, ``AIza``, ``glpat-``, ``hf_``, JWTs
    ``eyJ...``, ``Bearer ...``, ``Basic ...``) become ``[REDACTED]``.
-4. Any other run of 32 or more characters from ``[A-Za-z0-9_+/=%~-]`` that mixes letters
-   and digits (a key, a token, base64 or percent-encoded data) becomes ``[REDACTED]``.
+4. Any other run of 32 or more characters from ``[A-Za-z0-9_+=%~-]`` that mixes letters
+   and digits (a key, a token, base64url or percent-encoded data) becomes ``[REDACTED]``,
+   and so does a run of exactly 40 characters of ``[A-Za-z0-9/+]`` that mixes letters and
+   digits (an AWS secret access key). ``/`` is not a token character otherwise, so
+   ordinary paths such as ``/v1/models/gpt-4o-mini-2024-07-18`` stay readable.
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ _KNOWN_PREFIX = re.compile(
     r"|(?:sk-(?:proj-|ant-|live_|test_)?|rk_live_|pk_live_|ghp_|gho_|ghs_|ghu_|github_pat_"
     r"|glpat-|hf_|xox[abposr]-|AIza|AKIA|ASIA|eyJ)[A-Za-z0-9_+/=%~.-]{8,}"
 )
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9_+/=%~-]{32,}")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9_+=%~-]{32,}")
+# AWS secret access keys: 40 characters of base64 that may include "/".
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _HAS_ALPHA = re.compile(r"[A-Za-z]")
 _HAS_DIGIT = re.compile(r"[0-9]")
 
@@ -130,6 +135,7 @@ def redact(text: str | None, limit: int) -> str | None:
         return None
     text = _CONTROL.sub("?", str(text)[:limit])
     text = _KNOWN_PREFIX.sub(REDACTED, text)
+    text = _AWS_SECRET.sub(_long_token, text)
     return _LONG_TOKEN.sub(_long_token, text)
 
 

@@ -59,6 +59,7 @@ class AlertPipeline:
         self.config = config
         self.spool_dir = spool_dir
         self.pod = pod_identity(pod)
+        self.registry = registry
         self.metrics = AlertMetrics(registry, [s.name for s in config.sinks])
         self.grouper = Grouper(config.grouping, pod=self.pod,
                                on_suppressed=self._suppressed)
