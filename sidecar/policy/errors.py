@@ -21,10 +21,18 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = self.file if self.line <= 0 else f"{self.file}:{self.line}"
+        file = _one_line(self.file)
+        where = file if self.line <= 0 else f"{file}:{self.line}"
         if self.key:
-            return f"{where}: {self.key}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{where}: {_one_line(self.key)}: {_one_line(self.message)}"
+        return f"{where}: {_one_line(self.message)}"
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters so that one problem is always one line of output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class PolicyError(ValueError):

@@ -935,10 +935,15 @@ class _Merger:
             what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
             self.problems.append(Problem(file, line, "", f"YAML syntax error: {what}"))
             return None
+        except yaml.reader.ReaderError as exc:
+            line = text[: exc.position].count("\n") + 1
+            char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+            self.problems.append(
+                Problem(file, line, "", f"character {char!r} is not allowed in a YAML file")
+            )
+            return None
         except yaml.YAMLError as exc:
-            position = getattr(exc, "position", None)
-            line = text[:position].count("\n") + 1 if isinstance(position, int) else 0
-            self.problems.append(Problem(file, line, "", f"YAML error: {exc}"))
+            self.problems.append(Problem(file, 0, "", f"YAML error: {exc}"))
             return None
         except RecursionError:
             self.problems.append(Problem(file, 0, "", "YAML nesting is too deep"))

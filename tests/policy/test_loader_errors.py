@@ -865,3 +865,20 @@ def test_error_string_is_one_problem_per_line(write_files: WriteFiles) -> None:
 )
 def test_problem_rendering(problem: Problem, text: str) -> None:
     assert str(problem) == text
+
+
+def test_control_character_in_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nmode: \x1b[31menforce\n")
+    assert problems_of([path]) == [
+        Problem(str(path), 2, "", "character '\\x1b' is not allowed in a YAML file")
+    ]
+
+
+def test_problem_with_newline_in_key_still_renders_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text('version: 1\n"evil\\nkey": 1\n')
+    (problem,) = problems_of([path])
+    assert problem.key == "evil\nkey"
+    assert str(problem).startswith(f"{path}:2: evil\\nkey: unknown key 'evil\\nkey'")
+    assert "\n" not in str(problem)
