@@ -46,8 +46,6 @@ __all__ = [
     "POLICY_VERSION",
     "PolicyError",
     "Problem",
-    "bundled_policy_dir",
-    "default_policy_path",
     "find_policy_files",
     "load_policy",
     "load_policy_bytes",
@@ -226,20 +224,6 @@ def find_policy_files(paths: Sequence[str | Path]) -> list[Path]:
     if problems:
         raise PolicyError(problems)
     return files
-
-
-def bundled_policy_dir() -> Path:
-    """Where the shipped policies are: in the wheel, or `policies/` in a source tree."""
-    package = Path(__file__).resolve().parent.parent
-    installed = package / "_bundled_policies"
-    if installed.is_dir():
-        return installed
-    return package.parent / "policies"
-
-
-def default_policy_path() -> Path:
-    """The shipped `default.yaml` (major providers' public API hosts on 443)."""
-    return bundled_policy_dir() / "default.yaml"
 
 
 # --- internals -------------------------------------------------------------------------

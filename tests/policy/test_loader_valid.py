@@ -12,7 +12,6 @@ from policy_helpers import REPO, WriteFiles, problems_of
 
 from sidecar.policy.errors import Problem
 from sidecar.policy.loader import (
-    default_policy_path,
     find_policy_files,
     load_policy,
     load_policy_bytes,
@@ -404,8 +403,29 @@ def test_default_policy_never_widens_to_shared_hosting_domains() -> None:
     assert "REPLACE THE WILDCARD WITH YOUR OWN RESOURCE NAME" in text
 
 
-def test_default_policy_path_points_at_the_shipped_file() -> None:
-    assert default_policy_path().resolve() == (REPO / "policies" / "default.yaml").resolve()
+EXAMPLES = REPO / "policies" / "examples"
+
+
+def test_add_on_examples_merge_with_the_default() -> None:
+    policy = load_policy(
+        [REPO / "policies", EXAMPLES / "telemetry.yaml", EXAMPLES / "internal-cidr.yaml"]
+    )
+    assert [e.rule for e in policy.endpoints][-2:] == ["allow.otel", "allow.vector-db"]
+
+
+def test_pinned_azure_example_replaces_rather_than_adds() -> None:
+    pinned = load_policy([EXAMPLES / "azure-openai-pinned.yaml"])
+    assert pinned.endpoints[0].hosts == (
+        "contoso-prod-eastus.openai.azure.com",
+        "contoso-prod-swedencentral.openai.azure.com",
+    )
+    problems = problems_of([REPO / "policies", EXAMPLES / "azure-openai-pinned.yaml"])
+    assert [p.key for p in problems] == [
+        "providers.azure-openai",
+        "providers.azure-openai.hosts[0]",
+        "providers.azure-openai.hosts[1]",
+        "providers.azure-openai.credential.secret",
+    ]
 
 
 def test_shipped_policy_files_all_load() -> None:

@@ -75,7 +75,7 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
             header, fmt = draw(credentials)
             fields["credential"] = {"header": header, "format": fmt, "secret": name}
         providers[name] = fields
-    if providers or draw(st.booleans()):
+    if draw(st.booleans()) or providers:
         doc["providers"] = providers
     allow: list[dict[str, Any]] = []
     for j in range(draw(st.integers(0, 3))):
