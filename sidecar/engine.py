@@ -223,6 +223,9 @@ class PolicyEngine:
     def refusal(self, decision: Decision, reason: Reason, detail: str) -> Decision:
         """Turn an earlier decision into a refusal found later (e.g. by S3 after DNS)."""
         audit = self.policy.mode is Mode.AUDIT and reason not in ALWAYS_ENFORCED
+        if decision.verdict is Verdict.WOULD_BLOCK:
+            # Keep what audit mode let pass in the one line this attempt gets.
+            detail = f"{detail}; audit: would_block {decision.reason.value}"
         return decision.with_context(
             verdict=Verdict.WOULD_BLOCK if audit else Verdict.BLOCK,
             reason=reason,
