@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # subcommand path -> (module, help)
 _COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module_name: str) -> object:
+def _load(module_name: str) -> Any:
     return importlib.import_module(module_name)
 
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module = _load(args._module)
-    code: int = module.main(args)  # type: ignore[attr-defined]
+    code: int = module.main(args)
     return code
 
 

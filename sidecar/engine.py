@@ -150,7 +150,9 @@ class PolicyEngine:
 
     def _decide_on_endpoint(self, endpoint: Endpoint, attempt: Attempt, host: Host) -> Decision:
         def refuse(reason: Reason, detail: str) -> Decision:
-            return self._refuse(attempt, reason, endpoint.rule, detail, host=host, endpoint=endpoint)
+            return self._refuse(
+                attempt, reason, endpoint.rule, detail, host=host, endpoint=endpoint
+            )
 
         if attempt.port not in endpoint.ports:
             return refuse(Reason.PORT_NOT_ALLOWED, f"port {attempt.port} not listed")

@@ -126,12 +126,12 @@ def own_addresses(settings: Settings) -> set[IPAddress]:
 
 async def _serve(settings: Settings, policy: Any) -> int:
     from mitmproxy import options
-    from mitmproxy.exceptions import OptionsError
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
+    from mitmproxy.exceptions import OptionsError
     from mitmproxy.master import Master
     from prometheus_client import CollectorRegistry
 
-    from sidecar.addons.enforcer import EngineHolder, Enforcer
+    from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.admin import AdminServer
     from sidecar.engine import PolicyEngine
     from sidecar.policy.loader import load_policy
@@ -196,8 +196,13 @@ async def _serve(settings: Settings, policy: Any) -> int:
     admin_address = await admin.start(*settings.admin_listen)
 
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        emit("signal", signal=sig.name)
+        master.shutdown()  # no draining in mitmproxy: stop accepting, finish the loop
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (emit("signal", signal=int(s)), master.shutdown()))
+        loop.add_signal_handler(sig, on_signal, sig)
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -256,7 +261,7 @@ def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:
 def _alert_pipeline(settings: Settings, registry: Any) -> Any:
     """The alert pipeline, when its package is present (issue #5)."""
     try:
-        from sidecar.alerts import AlertPipeline  # type: ignore[attr-defined]
+        from sidecar.alerts import AlertPipeline
     except ImportError:
         return None
     import os

@@ -86,18 +86,38 @@ class Settings:
 # (flag, env suffix, help, repeatable)
 _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ("--policy", "POLICY", "policy file or directory; repeatable (default: bundled default)", True),
-    ("--listen", "LISTEN", f"explicit proxy ADDRESS:PORT, or 'off' (default {DEFAULT_PROXY_LISTEN})",
-     False),
+    (
+        "--listen",
+        "LISTEN",
+        f"explicit proxy ADDRESS:PORT, or 'off' (default {DEFAULT_PROXY_LISTEN})",
+        False,
+    ),
     ("--reverse", "REVERSE", "reverse listener PROVIDER[:HOST]@[ADDRESS:]PORT; repeatable", True),
-    ("--admin", "ADMIN", f"admin ADDRESS:PORT for /metrics /healthz /readyz (default "
-     f"{DEFAULT_ADMIN_LISTEN})", False),
+    (
+        "--admin",
+        "ADMIN",
+        f"admin ADDRESS:PORT for /metrics /healthz /readyz (default {DEFAULT_ADMIN_LISTEN})",
+        False,
+    ),
     ("--ca-dir", "CA_DIR", "directory of the interception CA; created if missing", False),
-    ("--resolver", "RESOLVER", "upstream DNS resolver ADDRESS[:PORT] (default: /etc/resolv.conf)",
-     False),
-    ("--upstream-ca", "UPSTREAM_CA", "extra CA bundle (PEM) trusted upstream, added to the "
-     "public roots", False),
-    ("--reload-interval", "RELOAD_INTERVAL", "seconds between policy file checks (default 1)",
-     False),
+    (
+        "--resolver",
+        "RESOLVER",
+        "upstream DNS resolver ADDRESS[:PORT] (default: /etc/resolv.conf)",
+        False,
+    ),
+    (
+        "--upstream-ca",
+        "UPSTREAM_CA",
+        "extra CA bundle (PEM) trusted upstream, added to the public roots",
+        False,
+    ),
+    (
+        "--reload-interval",
+        "RELOAD_INTERVAL",
+        "seconds between policy file checks (default 1)",
+        False,
+    ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
 )

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
@@ -36,7 +36,6 @@ _STATUS: dict[Reason, int] = {
     Reason.UNKNOWN_VIRTUAL_KEY: 401,
 }
 
-F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 
 class EngineHolder:
@@ -67,7 +66,7 @@ def refusal_response(decision: Decision) -> http.Response:
     )
 
 
-def _fail_closed(hook: F) -> F:
+def _fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
     @functools.wraps(hook)
     async def wrapper(self: Enforcer, target: Any) -> None:
         try:
@@ -134,7 +133,7 @@ class Enforcer:
             # Reverse mode: the gateway addresses 127.0.0.1; the listener fixes the host.
             sni=flow.client_conn.sni if in_tunnel else None,
             host_header=_host_part(request.host_header) if mode != "reverse" else None,
-            authority=_host_part(request.authority) if request.authority else None,
+            authority=_host_part(request.authority),
         )
         decision = await self._decide_and_vet(attempt)
         self.record(decision)
@@ -172,6 +171,7 @@ class Enforcer:
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         server = data.conn
+        assert isinstance(server, connection.Server)
         host = server.sni or (server.address[0] if server.address else "?")
         port = server.address[1] if server.address else 0
         self.record(
@@ -230,7 +230,7 @@ def _client(client: connection.Client) -> str:
     return f"{host}:{port}"
 
 
-def _host_part(authority: str) -> str | None:
+def _host_part(authority: str | None) -> str | None:
     if not authority:
         return None
     try:

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.fakes import FakeDNS, FakeProvider
+from tests.support.fakes import FakeProvider
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -117,12 +117,19 @@ def test_anthropic_sdk_messages_and_stream(sidecar, provider):
 def test_curl_through_proxy(sidecar, provider):
     result = subprocess.run(
         [
-            "curl", "-sS", "--max-time", "10",
-            "--proxy", sidecar.proxy_url,
-            "--cacert", sidecar.ca_cert,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--proxy",
+            sidecar.proxy_url,
+            "--cacert",
+            sidecar.ca_cert,
             f"https://api.openai.com:{provider.port}/v1/models",
         ],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["data"][0]["id"] == "gpt-fake"
@@ -150,8 +157,16 @@ def connect_status(sidecar: SidecarProcess, authority: str) -> tuple[int, bytes]
                 break
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), b"0"))
+        length = int(
+            next(
+                (
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                b"0",
+            )
+        )
         while len(body) < length:
             chunk = s.recv(4096)
             if not chunk:
@@ -234,7 +249,9 @@ def test_sni_of_another_host_is_refused(sidecar, provider):
     """Domain fronting: CONNECT to an allowed host, TLS SNI names another."""
     mark = len(provider.received)
     reply = raw_tls_request(
-        sidecar, f"api.openai.com:{provider.port}", "api.anthropic.com",
+        sidecar,
+        f"api.openai.com:{provider.port}",
+        "api.anthropic.com",
         b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
     )
     assert reply.startswith(b"HTTP/1.1 403")
@@ -255,7 +272,9 @@ def test_sni_of_another_host_is_refused(sidecar, provider):
 def test_request_refused_by_path_or_method(sidecar, provider, attack, method, path, reason):
     mark = len(provider.received)
     reply = raw_tls_request(
-        sidecar, f"api.openai.com:{provider.port}", "api.openai.com",
+        sidecar,
+        f"api.openai.com:{provider.port}",
+        "api.openai.com",
         f"{method} {path} HTTP/1.1\r\nHost: api.openai.com:{provider.port}\r\n\r\n".encode(),
     )
     head, _, body = reply.partition(b"\r\n\r\n")
@@ -277,7 +296,8 @@ def test_upstream_certificate_is_verified(start_sidecar, provider):
     from tests.conftest import provider_policy
 
     untrusting = start_sidecar(
-        provider_policy(provider.port), extra_args=("--upstream-ca", "/etc/ssl/certs/ca-certificates.crt")
+        provider_policy(provider.port),
+        extra_args=("--upstream-ca", "/etc/ssl/certs/ca-certificates.crt"),
     )
     mark = len(provider.received)
     with client(untrusting) as c:
@@ -298,8 +318,11 @@ def test_metric_labels_stay_bounded_under_hostname_spray(sidecar):
 def _counter(metrics: str, decision: str, reason: str, provider: str | None = None) -> float:
     total = 0.0
     for line in metrics.splitlines():
-        if line.startswith("egress_sidecar_decisions_total{") and \
-                f'decision="{decision}"' in line and f'reason="{reason}"' in line:
+        if (
+            line.startswith("egress_sidecar_decisions_total{")
+            and f'decision="{decision}"' in line
+            and f'reason="{reason}"' in line
+        ):
             if provider is None or f'provider="{provider}"' in line:
                 total += float(line.rsplit(" ", 1)[1])
     return total

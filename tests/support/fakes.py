@@ -104,8 +104,12 @@ class FakeProvider:
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
-        return web.json_response({"object": "list", "data": [{"id": "gpt-fake", "object": "model",
-                                                              "created": 0, "owned_by": "fake"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}],
+            }
+        )
 
     async def _anything(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -168,23 +172,50 @@ class FakeProvider:
             return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
         events = [event("message_start", {"type": "message_start", "message": message})]
-        events.append(event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                    "content_block": {"type": "text", "text": ""}}))
+        events.append(
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        )
         for i in range(self.stream_chunks):
-            events.append(event("content_block_delta", {
-                "type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": f"tok{i} "}}))
+            events.append(
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": f"tok{i} "},
+                    },
+                )
+            )
         events.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        events.append(event("message_delta", {"type": "message_delta",
-                                              "delta": {"stop_reason": "end_turn",
-                                                        "stop_sequence": None},
-                                              "usage": {"output_tokens": self.stream_chunks}}))
+        events.append(
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": self.stream_chunks},
+                },
+            )
+        )
         events.append(event("message_stop", {"type": "message_stop"}))
         return await self._sse(request, stream_id, events)
 
-    async def _sse(self, request: web.Request, stream_id: str, events: list[str]) -> web.StreamResponse:
+    async def _sse(
+        self, request: web.Request, stream_id: str, events: list[str]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"content-type": "text/event-stream", "cache-control": "no-cache", **self.reflect}
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                **self.reflect,
+            }
         )
         await response.prepare(request)
         sent = self.chunk_sent_at.setdefault(stream_id, [])

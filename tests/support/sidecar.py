@@ -50,7 +50,7 @@ class SidecarProcess:
                     time.sleep(0.2)
                     raise RuntimeError(
                         f"sidecar exited {self.proc.returncode}:\n" + "".join(self.stderr_lines)
-                    )
+                    ) from None
         self.stop()
         raise RuntimeError("sidecar did not start:\n" + "".join(self.stderr_lines))
 
