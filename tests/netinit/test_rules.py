@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ DEFAULT = Settings()
 
 def test_module_imports_no_mitmproxy() -> None:
     code = "import sys, sidecar.netinit; assert 'mitmproxy' not in sys.modules"
-    subprocess.run([__import__("sys").executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_default_ipv4_rules_exact() -> None:
