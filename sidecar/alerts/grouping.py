@@ -33,14 +33,12 @@ from sidecar.alerts.model import (
     OVERFLOW_DESTINATION,
     SEVERITY_RANK,
     AlertKey,
+    KeyMemo,
     Severity,
-    destination_class,
     iso,
-    key_for,
     label_value,
     redact,
     safe_evidence,
-    severity_for,
 )
 from sidecar.decision import Decision, Verdict
 
@@ -129,26 +127,19 @@ class Grouper:
         self._active: dict[AlertKey, ActiveAlert] = {}
         self._dest_counts: dict[tuple[str, bool, str], int] = {}
         self._bucket = _Bucket(self.settings.max_new_per_minute, self.settings.burst, clock())
-        self._dest_cache: dict[tuple[str, str], str] = {}
+        self._memo = KeyMemo()
         self._on_suppressed = on_suppressed
         self.submitted = 0
         self.suppressed = 0
 
     # ------------------------------------------------------------ request path
 
-    def submit(self, decision: Decision) -> None:
-        """Record one refusal. O(1); never raises for well-typed input."""
+    def submit(self, decision: Decision) -> Severity | None:
+        """Record one refusal; returns its severity (None for allow). O(1)."""
         if decision.verdict is Verdict.ALLOW:
-            return
+            return None
         now = self._clock()
-        cache_key = (decision.rule or "", (decision.host or "")[:HOST_LIMIT])
-        destination = self._dest_cache.get(cache_key)
-        if destination is None:
-            destination = destination_class(decision)
-            if len(self._dest_cache) >= 4096:
-                self._dest_cache.clear()
-            self._dest_cache[cache_key] = destination
-        key = key_for(decision, destination)
+        key, severity = self._memo.key(decision)
         cause: str | None = None
         with self._lock:
             self.submitted += 1
@@ -164,9 +155,9 @@ class Grouper:
                 elif not self._bucket.take(now):
                     cause = "rate_cap"
                 else:
-                    alert = self._new(key, decision, now)
+                    alert = self._new(key, severity, decision, now)
             if alert is None:
-                alert = self._flood(decision, now)
+                alert = self._flood(severity, decision, now)
                 alert.suppressed += 1
                 reason = key.reason
                 if reason in alert.suppressed_by_reason or len(alert.suppressed_by_reason) < 32:
@@ -185,9 +176,10 @@ class Grouper:
                     hosts.append(host)
         if cause is not None and self._on_suppressed is not None:
             self._on_suppressed(cause)
+        return severity
 
-    def _new(self, key: AlertKey, decision: Decision, now: float) -> ActiveAlert:
-        severity, _audit = severity_for(decision.reason, decision.verdict)
+    def _new(self, key: AlertKey, severity: Severity, decision: Decision,
+             now: float) -> ActiveAlert:
         alert = ActiveAlert(
             key=key,
             fingerprint=key.fingerprint(self._namespace),
@@ -202,8 +194,7 @@ class Grouper:
             self._dest_counts[group] = self._dest_counts.get(group, 0) + 1
         return alert
 
-    def _flood(self, decision: Decision, now: float) -> ActiveAlert:
-        severity, _audit = severity_for(decision.reason, decision.verdict)
+    def _flood(self, severity: Severity, decision: Decision, now: float) -> ActiveAlert:
         key = AlertKey(reason=FLOOD_REASON, audit=False, destination=str(severity), tenant="")
         alert = self._active.get(key)
         if alert is None:

@@ -70,4 +70,3 @@ class AlertMetrics:
             self.spool_errors.labels(sink)
             for reason in DROP_REASONS:
                 self.dropped.labels(sink, reason)
-        self.refusal_children = {sev: self.refusals.labels(sev.value) for sev in Severity}

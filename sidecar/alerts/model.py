@@ -169,31 +169,44 @@ _SPECIFIC_RULES_EXCLUDED = frozenset({RULE_DEFAULT_DENY, RULE_NETGUARD, RULE_HOS
 OVERFLOW_DESTINATION = "*"
 
 
+def _candidate(host: str) -> str:
+    """Cheap first step of `registrable_domain` (no regex): used as a cache key."""
+    host = host[:HOST_LIMIT].strip().lower().rstrip(".")
+    if not host:
+        return ""
+    if host.startswith("[") or ":" in host:
+        return "ip:v6"
+    labels = host.rsplit(".", 3)
+    if len(labels) >= 2 and labels[-1].isdigit():
+        return host  # an IPv4 literal (checked in _finish) or nonsense
+    if len(labels) <= 2:
+        return host
+    if len(labels[-1]) == 2 and labels[-2] in _CC_SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def _finish(name: str) -> str:
+    if not name:
+        return "invalid"
+    if name == "ip:v6":
+        return name
+    if name.rsplit(".", 1)[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "invalid"
+        return "ip:v4"
+    return redact(_LABEL_SAFE.sub("_", name), SHORT_LIMIT) or "invalid"
+
+
 def registrable_domain(host: str) -> str:
     """eTLD+1-ish: the part of a name an attacker must own. Bounded and cheap.
 
     Random labels under one domain (``<data>.evil.example``) collapse into one class;
     spraying many registrable domains is bounded separately by the grouper.
     """
-    host = host[:HOST_LIMIT].strip().lower().rstrip(".")
-    if not host:
-        return "invalid"
-    if host.startswith("[") or ":" in host:
-        return "ip:v6"
-    labels = host.rsplit(".", 3)
-    if len(labels) >= 2 and labels[-1].isdigit():
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return "invalid"
-        return "ip:v4"
-    if len(labels) <= 2:
-        name = host
-    elif len(labels[-1]) == 2 and labels[-2] in _CC_SECOND_LEVEL:
-        name = ".".join(labels[-3:])
-    else:
-        name = ".".join(labels[-2:])
-    return redact(_LABEL_SAFE.sub("_", name), SHORT_LIMIT) or "invalid"
+    return _finish(_candidate(host))
 
 
 def destination_class(decision: Decision) -> str:
@@ -225,15 +238,67 @@ class AlertKey:
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def _reason_text(reason: object) -> str:
+    if isinstance(reason, Reason):
+        return reason.value
+    return label_value(str(reason)) or "unknown"
+
+
 def key_for(decision: Decision, destination: str | None = None) -> AlertKey:
     _severity, audit = severity_for(decision.reason, decision.verdict)
     return AlertKey(
-        reason=str(decision.reason.value if isinstance(decision.reason, Reason)
-                   else label_value(str(decision.reason))),
+        reason=_reason_text(decision.reason),
         audit=audit,
         destination=destination if destination is not None else destination_class(decision),
         tenant=label_value(decision.tenant),
     )
+
+
+_SEVERITY_FAST: dict[tuple[object, object], tuple[Severity, bool]] = {
+    (reason, verdict): severity_for(reason, verdict)
+    for reason in Reason
+    for verdict in (Verdict.BLOCK, Verdict.WOULD_BLOCK)
+}
+
+
+class KeyMemo:
+    """`key_for` + severity for the request path, memoised in bounded dictionaries
+    (each is cleared when it reaches `size` entries, so memory stays bounded whatever
+    an attacker sprays)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._dest: dict[str, str] = {}
+        self._tenant: dict[str | None, str] = {}
+
+    def key(self, decision: Decision) -> tuple[AlertKey, Severity]:
+        reason, verdict = decision.reason, decision.verdict
+        sev = _SEVERITY_FAST.get((reason, verdict))
+        if sev is None:
+            sev = severity_for(reason, verdict)
+        rule = decision.rule or ""
+        if rule in _SPECIFIC_RULES_EXCLUDED:
+            candidate = _candidate(decision.host or "")
+        else:
+            candidate = "\x00" + rule[:SHORT_LIMIT]
+        dest = self._dest.get(candidate)
+        if dest is None:
+            if candidate.startswith("\x00"):
+                dest = "rule:" + label_value(candidate[1:])
+            else:
+                dest = _finish(candidate)
+            if len(self._dest) >= self.size:
+                self._dest.clear()
+            self._dest[candidate] = dest
+        raw_tenant = decision.tenant
+        tenant = self._tenant.get(raw_tenant)
+        if tenant is None:
+            tenant = label_value(raw_tenant)
+            if raw_tenant is None or isinstance(raw_tenant, str):
+                if len(self._tenant) >= self.size:
+                    self._tenant.clear()
+                self._tenant[raw_tenant] = tenant
+        return AlertKey(_reason_text(reason), sev[1], dest, tenant), sev[0]
 
 
 # --------------------------------------------------------------------------- evidence

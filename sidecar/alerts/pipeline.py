@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.alerts.config import AlertsConfig, load_config
 from sidecar.alerts.grouping import TRIGGER, UPDATE, Grouper, Notification
 from sidecar.alerts.metrics import AlertMetrics
-from sidecar.alerts.model import Severity, pod_identity, severity_for
+from sidecar.alerts.model import Severity, pod_identity
 from sidecar.alerts.sinks import Sink, build_sink
 from sidecar.alerts.spool import DiskOp, Sequence, SinkQueue, atomic_write, quarantine
 from sidecar.decision import Decision
@@ -61,6 +61,10 @@ class AlertPipeline:
         self.pod = pod_identity(pod)
         self.registry = registry
         self.metrics = AlertMetrics(registry, [s.name for s in config.sinks])
+        self._refusal_counters = {s: self.metrics.refusals.labels(s.value) for s in Severity}
+        self._suppressed_counters = {
+            c: self.metrics.suppressed.labels(c) for c in ("rate_cap", "table_full")
+        }
         self.grouper = Grouper(config.grouping, pod=self.pod,
                                on_suppressed=self._suppressed)
         firing_ttl = 3 * config.grouping.resend_interval
@@ -111,15 +115,15 @@ class AlertPipeline:
         try:
             if not decision.is_violation:
                 return
-            self.grouper.submit(decision)
-            severity, _audit = severity_for(decision.reason, decision.verdict)
-            self.metrics.refusal_children[severity].inc()
+            severity = self.grouper.submit(decision)
+            if severity is not None:
+                self._refusal_counters[severity].inc()
         except Exception:  # noqa: BLE001 - the request path must never see our errors
             with contextlib.suppress(Exception):
                 self.metrics.internal_errors.labels("submit").inc()
 
     def _suppressed(self, cause: str) -> None:
-        self.metrics.suppressed.labels(cause).inc()
+        self._suppressed_counters[cause].inc()
 
     # ----------------------------------------------------------------- lifecycle
 
