@@ -462,6 +462,17 @@ class _FileReader:
         credential = None
         if "credential" in fields:
             credential = self._credential(fields["credential"][1], f"{key}.credential", draft)
+            wildcards = [h for h, _, _ in draft.hosts if h.startswith("*.")]
+            if wildcards:
+                # S7: a key bound to "*.openai.azure.com" goes to resources anyone can
+                # create; the key must only ever reach hosts the team owns.
+                self.err(
+                    fields["credential"][0],
+                    f"{key}.credential",
+                    f"a credential cannot be bound to wildcard host {wildcards[0]!r}: anyone "
+                    "may own a name under it; list your exact hosts (e.g. "
+                    "myresource.openai.azure.com) or drop the credential",
+                )
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common

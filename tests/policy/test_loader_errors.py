@@ -882,3 +882,19 @@ def test_problem_with_newline_in_key_still_renders_on_one_line(tmp_path: Path) -
     assert problem.key == "evil\nkey"
     assert str(problem).startswith(f"{path}:2: evil\\nkey: unknown key 'evil\\nkey'")
     assert "\n" not in str(problem)
+
+
+def test_key_bound_to_wildcard_host_is_refused(tmp_path: Path) -> None:
+    """Attack: anyone can own a name under *.openai.azure.com; our key must not go there."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  azure:\n"
+        '    hosts: [mine.openai.azure.com, "*.openai.azure.com"]\n'
+        '    credential: {header: api-key, format: "{secret}", secret: azure}\n'
+    )
+    with pytest.raises(PolicyError) as info:
+        load_policy([path])
+    assert [(p.line, p.key) for p in info.value.problems] == [(5, "providers.azure.credential")]
+    assert "wildcard host '*.openai.azure.com'" in info.value.problems[0].message

@@ -23,14 +23,14 @@ version: 1
 mode: audit
 providers:
   openai:
-    hosts: [api.openai.com, "*.openai.example.com"]
+    hosts: [api.openai.com, eu.openai.example.com]
     ports: [443, 8443]
     paths: [/v1/models, "/v1/chat/*", "/v2/"]
     methods: [GET, POST, DELETE]
     addresses: [10.20.0.0/16, "fd12:3456::/32"]
     credential: {header: authorization, format: "Bearer {secret}", secret: openai}
   anthropic:
-    hosts: [api.anthropic.com]
+    hosts: [api.anthropic.com, "*.anthropic.example.com"]
 allow:
   - name: otel
     host: otel-collector.monitoring.svc.cluster.local
@@ -57,7 +57,7 @@ def test_full_policy_maps_to_exact_endpoints(tmp_path: Path) -> None:
         Endpoint(
             rule="providers.openai",
             provider="openai",
-            hosts=("api.openai.com", "*.openai.example.com"),
+            hosts=("api.openai.com", "eu.openai.example.com"),
             cidrs=(),
             ports=frozenset({443, 8443}),
             paths=PathRules(
@@ -72,7 +72,7 @@ def test_full_policy_maps_to_exact_endpoints(tmp_path: Path) -> None:
         Endpoint(
             rule="providers.anthropic",
             provider="anthropic",
-            hosts=("api.anthropic.com",),
+            hosts=("api.anthropic.com", "*.anthropic.example.com"),
             cidrs=(),
             ports=frozenset({443}),
             paths=ANY_PATH,
@@ -350,7 +350,6 @@ DEFAULT_PROVIDERS = {
 
 DEFAULT_CREDENTIALS = {
     "openai": ("authorization", "Bearer {secret}"),
-    "azure-openai": ("api-key", "{secret}"),
     "anthropic": ("x-api-key", "{secret}"),
     "gemini": ("x-goog-api-key", "{secret}"),
     "mistral": ("authorization", "Bearer {secret}"),
@@ -401,6 +400,8 @@ def test_default_policy_never_widens_to_shared_hosting_domains() -> None:
         assert forbidden not in hosts
     assert [h for h in hosts if h.startswith("*.")] == ["*.openai.azure.com"]
     assert "REPLACE THE WILDCARD WITH YOUR OWN RESOURCE NAME" in text
+    # The wildcard carries no key: the loader refuses credentials on wildcard hosts.
+    assert policy.provider("azure-openai").credential is None  # type: ignore[union-attr]
 
 
 EXAMPLES = REPO / "policies" / "examples"
@@ -424,7 +425,6 @@ def test_pinned_azure_example_replaces_rather_than_adds() -> None:
         "providers.azure-openai",
         "providers.azure-openai.hosts[0]",
         "providers.azure-openai.hosts[1]",
-        "providers.azure-openai.credential.secret",
     ]
 
 

@@ -71,7 +71,8 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
     providers: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         fields = draw(provider_fields(i))
-        if draw(st.booleans()):
+        # A credential is only valid on exact hosts (never bound to a wildcard, S7).
+        if draw(st.booleans()) and not any(h.startswith("*.") for h in fields["hosts"]):
             header, fmt = draw(credentials)
             fields["credential"] = {"header": header, "format": fmt, "secret": name}
         providers[name] = fields
