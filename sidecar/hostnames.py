@@ -16,8 +16,9 @@ import idna
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_NAME_LENGTH = 253
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-_NUMERIC_PART = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+# Used with fullmatch: "$" alone would also match before a trailing newline.
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_NUMERIC_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
 
 class HostError(ValueError):
@@ -75,9 +76,11 @@ def normalize_name(text: str) -> str:
         raise HostError(f"name longer than {MAX_NAME_LENGTH} characters")
     labels = ascii_name.split(".")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise HostError(f"invalid label {label!r} in {text!r}")
-    if labels[-1].isdigit():
+    # Also hex ("0x7f000001"): an IPv4 spelling that IDNA mapping produced from
+    # fullwidth digits would otherwise pass as a name.
+    if _NUMERIC_PART.fullmatch(labels[-1]):
         raise HostError(f"numeric top-level label in {text!r}")
     return ascii_name
 
@@ -92,9 +95,9 @@ def parse_ipv4_literal(text: str) -> ipaddress.IPv4Address | None:
     lowered = text.lower()
     parts = lowered.split(".")
     # A DNS name never ends in a numeric label; anything that does is an address attempt.
-    if not _NUMERIC_PART.match(parts[-1]):
+    if not _NUMERIC_PART.fullmatch(parts[-1]):
         return None
-    if len(parts) > 4 or not all(_NUMERIC_PART.match(p) for p in parts):
+    if len(parts) > 4 or not all(_NUMERIC_PART.fullmatch(p) for p in parts):
         raise HostError(f"malformed numeric address {text!r}")
     try:
         values = [_parse_number(p) for p in parts]
@@ -150,7 +153,8 @@ def split_host_port(
             raise HostError(f"missing port in {authority!r}")
         return host, default_port
     lowest = 0 if allow_zero else 1
-    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+    # ASCII digits only: str.isdigit() also accepts "²" and other scripts' digits.
+    if not (port_text.isascii() and port_text.isdigit()) or not lowest <= int(port_text) < 65536:
         raise HostError(f"invalid port in {authority!r}")
     return host, int(port_text)
 
