@@ -55,6 +55,9 @@ class Vetting:
 
 
 _BAD_PATH_ESCAPES = re.compile(r"%(2f|5c|00|25)", re.IGNORECASE)
+# A "%" not starting an escape: "%zz", "%u002e", or nibble-wise double encoding
+# ("%%32%65" and "%2%65" decode to "%2e", which a second decoding turns into ".").
+_STRAY_PERCENT = re.compile(r"%(?![0-9a-f]{2})", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f\\]")
 
 
@@ -275,6 +278,8 @@ def normalize_request_path(raw: str) -> tuple[str, str]:
         return path, "path must start with '/'"
     if _BAD_PATH_ESCAPES.search(path):
         return path, "encoded '/', '\\', '%' or NUL in path"
+    if _STRAY_PERCENT.search(path):
+        return path, "'%' that is not a valid escape in path"
     try:
         decoded = unquote(path, errors="strict") if "%" in path else path
     except UnicodeDecodeError:
