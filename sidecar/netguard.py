@@ -2,8 +2,9 @@
 
 Every address the sidecar would connect to passes through `classify_address` after
 resolution, and the sidecar then dials exactly that address. Embedded IPv4 forms
-(IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo) are unwrapped and classified as
-the IPv4 address they carry, so `::ffff:169.254.169.254` is metadata, not "IPv6".
+(IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64, 6to4, Teredo) are unwrapped
+and classified as the IPv4 address they carry, so `::ffff:169.254.169.254` is
+metadata, not "IPv6".
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
         IPv4("192.0.0.192"),  # Oracle Cloud
         IPv6("fd00:ec2::254"),  # AWS IMDS over IPv6
         IPv6("fd00:ec2::23"),  # AWS EKS pod identity agent over IPv6
+        IPv6("fd20:ce::254"),  # GCP metadata over IPv6 (the policy loader lists it too)
     }
 )
 
@@ -74,6 +76,7 @@ _RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, AddressClass
 )
 
 _NAT64 = (net("64:ff9b::/96"), net("64:ff9b:1::/48"))
+_IPV4_TRANSLATED = net("::ffff:0:0:0/96")  # SIIT (RFC 2765): ::ffff:0:a.b.c.d
 _6TO4 = net("2002::/16")
 _TEREDO = net("2001::/32")
 
@@ -83,7 +86,7 @@ def embedded_ipv4(address: IPv6) -> IPv4 | None:
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     packed = address.packed
-    for prefix in _NAT64:
+    for prefix in (*_NAT64, _IPV4_TRANSLATED):
         if address in prefix:
             return IPv4(packed[-4:])
     if address in _6TO4:
