@@ -315,9 +315,13 @@ def _path_only(path: str | None) -> str | None:
     return _printable(path.split("?", 1)[0][:256])
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _printable(text: str) -> str:
-    """Attacker-chosen text made safe for one log line."""
-    return text[:256].encode("ascii", "backslashreplace").decode()
+    """Attacker-chosen text made safe for one log line: ASCII, no control characters."""
+    escaped = text[:256].encode("ascii", "backslashreplace").decode()
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped)
 
 
 def parse_address(text: str) -> IPAddress:
