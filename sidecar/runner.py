@@ -72,6 +72,14 @@ def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, st
         spec = f"regular@{_bracket(host)}:{port}"
         specs.append(spec)
         labels[spec] = "explicit"
+    for host, port in settings.transparent:
+        spec = f"transparent@{_bracket(host)}:{port}"
+        specs.append(spec)
+        labels[spec] = "transparent"
+    for host, port in settings.dns:
+        spec = f"dns@{_bracket(host)}:{port}"
+        specs.append(spec)
+        labels[spec] = "dns"
     for reverse in settings.reverse:
         endpoint = policy.provider(reverse.provider)
         if endpoint is None:
@@ -131,6 +139,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from mitmproxy.master import Master
     from prometheus_client import CollectorRegistry
 
+    from sidecar.addons.dns_listener import DnsListener
     from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.admin import AdminServer
     from sidecar.engine import PolicyEngine
@@ -177,8 +186,11 @@ async def _serve(settings: Settings, policy: Any) -> int:
     resolver = Resolver(settings.resolver)
     enforcer = Enforcer(holder, resolver, recorder)
     ps = proxyserver.Proxyserver()
-    master.addons.add(enforcer, ps, next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                      errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
+    # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
+    # loaded, so no DNS question is forwarded unless our listener resolved it itself.
+    dns_listener = DnsListener(holder, resolver, recorder, settings.dns_refuse_with)
+    master.addons.add(enforcer, dns_listener, ps, next_layer.NextLayer(),
+                      tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)

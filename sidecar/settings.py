@@ -81,6 +81,9 @@ class Settings:
     reload_interval: float
     alerts_config: str | None
     alert_spool_dir: str | None
+    transparent: tuple[tuple[str, int], ...] = ()
+    dns: tuple[tuple[str, int], ...] = ()
+    dns_refuse_with: str = "refused"
 
 
 # (flag, env suffix, help, repeatable)
@@ -116,6 +119,20 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
         "--reload-interval",
         "RELOAD_INTERVAL",
         "seconds between policy file checks (default 1)",
+        False,
+    ),
+    (
+        "--transparent",
+        "TRANSPARENT",
+        "transparent listener ADDRESS:PORT for iptables-redirected TCP; repeatable "
+        "(e.g. 127.0.0.1:15001 and [::1]:15001)",
+        True,
+    ),
+    ("--dns", "DNS", "DNS listener ADDRESS:PORT for the pod's redirected DNS; repeatable", True),
+    (
+        "--dns-refuse-with",
+        "DNS_REFUSE_WITH",
+        "answer for refused names: refused (default) or nxdomain",
         False,
     ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
@@ -169,8 +186,17 @@ def resolve(args: argparse.Namespace) -> Settings:
     upstream_ca = _single(values["--upstream-ca"])
     if upstream_ca and not Path(upstream_ca).is_file():
         raise SettingsError(f"--upstream-ca {upstream_ca!r}: no such file")
-    if proxy_listen is None and not reverse:
-        raise SettingsError("nothing to serve: --listen off and no --reverse listener")
+    transparent = tuple(
+        parse_listen(t, flag="--transparent") for t in _list(values["--transparent"])
+    )
+    dns = tuple(parse_listen(d, flag="--dns") for d in _list(values["--dns"]))
+    refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
+    if refuse_with not in ("refused", "nxdomain"):
+        raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
+    if proxy_listen is None and not reverse and not transparent:
+        raise SettingsError(
+            "nothing to serve: --listen off and no --reverse or --transparent listener"
+        )
     return Settings(
         policies=tuple(policies),
         proxy_listen=proxy_listen,
@@ -182,4 +208,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         reload_interval=interval,
         alerts_config=_single(values["--alerts-config"]),
         alert_spool_dir=_single(values["--alert-spool"]),
+        transparent=transparent,
+        dns=dns,
+        dns_refuse_with=refuse_with,
     )

@@ -13,6 +13,7 @@ rewrites (it replaces the server address with the pinned IP after connect):
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
-from sidecar.hostnames import HostError, parse_host, split_host_port
+from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
 from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
@@ -120,8 +121,12 @@ class Enforcer:
     @_fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
-        host, port, mode = self._destination(flow.client_conn, request.host, request.port)
-        in_tunnel = mode == "explicit" and flow.client_conn.id in self._tunnels
+        host, port, mode = self._destination(
+            flow.client_conn, request.host, request.port, request.host_header
+        )
+        in_tunnel = (mode == "explicit" and flow.client_conn.id in self._tunnels) or (
+            mode == "transparent"
+        )
         attempt = Attempt(
             host=host,
             port=port,
@@ -135,11 +140,20 @@ class Enforcer:
             host_header=_host_part(request.host_header) if mode != "reverse" else None,
             authority=_host_part(request.authority),
         )
-        decision = await self._decide_and_vet(attempt)
+        if _is_h2c_upgrade(request.headers):
+            # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
+            decision = self.holder.engine.decide(attempt)
+            decision = self.holder.engine.refusal(
+                decision, Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
+            )
+        else:
+            decision = await self._decide_and_vet(attempt, _original(flow.client_conn))
         self.record(decision)
         if decision.refused:
             flow.response = refusal_response(decision)
             return
+        if mode == "transparent" and not flow.client_conn.sni:
+            self._tunnels[flow.client_conn.id] = (host, port)
         if mode == "reverse":
             # mitmproxy rewrote Host to the server address, which is the pinned IP
             # after the first connect: the provider must see its own name.
@@ -158,7 +172,7 @@ class Enforcer:
         assert data.server.address is not None
         host, port, mode = self._destination(data.client, *data.server.address[:2])
         attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
-        decision = await self._decide_and_vet(attempt)
+        decision = await self._decide_and_vet(attempt, _original(data.client))
         if decision.refused or decision.address is None:
             if decision.refused:
                 self.record(decision)
@@ -193,18 +207,36 @@ class Enforcer:
     # --- helpers ----------------------------------------------------------------------
 
     def _destination(
-        self, client: connection.Client, host: str, port: int
+        self, client: connection.Client, host: str, port: int, host_header: str | None = None
     ) -> tuple[str, int, str]:
         proxy_mode = client.proxy_mode
         if isinstance(proxy_mode, mode_specs.ReverseMode):
             return proxy_mode.address[0], proxy_mode.address[1], "reverse"
+        if isinstance(proxy_mode, mode_specs.TransparentMode):
+            # The name comes from SNI (or, for plain HTTP, the Host header); the
+            # original destination address is only ever checked against its answers.
+            original_ip, original_port = _original_destination(client)
+            remembered = self._tunnels.get(client.id)  # plain HTTP: the Host that passed
+            name = (
+                client.sni
+                or _host_part(host_header)
+                or (remembered[0] if remembered else None)
+                or original_ip
+            )
+            return name, original_port, "transparent"
         tunnel = self._tunnels.get(client.id)
         if tunnel is not None:
             return tunnel[0], tunnel[1], "explicit"
         return host, port, "explicit"
 
-    async def _decide_and_vet(self, attempt: Attempt) -> Decision:
-        """Policy decision, then S3 on the resolved name; the vetted address is recorded."""
+    async def _decide_and_vet(
+        self, attempt: Attempt, original: IPAddress | None = None
+    ) -> Decision:
+        """Policy decision, then S3 on the resolved name; the vetted address is recorded.
+
+        `original` is a redirected connection's original destination (transparent
+        mode): it must be one of the name's answers, and is then the address dialled.
+        """
         engine = self.holder.engine
         decision = engine.decide(attempt)
         if decision.refused:
@@ -212,17 +244,42 @@ class Enforcer:
         host = parse_host(attempt.host)  # decide() accepted it, so it parses
         endpoint = engine.endpoint(decision.rule)
         if host.address is not None:
-            vetting = engine.vet_answers((host.address,), endpoint)
+            answers: tuple[IPAddress, ...] = (host.address,)
         else:
             assert host.name is not None
             try:
                 answers = await self.resolver.resolve(host.name)
             except ResolutionError as exc:
                 return engine.refusal(decision, Reason.DNS_FAILURE, str(exc)[:200])
-            vetting = engine.vet_answers(answers, endpoint)
+        vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
             return engine.refusal(decision, vetting.reason, vetting.detail)
-        return decision.with_context(address=str(vetting.address))
+        if original is None:
+            return decision.with_context(address=str(vetting.address))
+        if original not in answers:
+            return engine.refusal(
+                decision,
+                Reason.DESTINATION_MISMATCH,
+                f"redirected to {original}, which {attempt.host} does not resolve to",
+            )
+        return decision.with_context(address=str(original))
+
+
+def _original_destination(client: connection.Client) -> tuple[str, int]:
+    # mitmproxy stores SO_ORIGINAL_DST of a redirected connection as the client's sockname.
+    host, port, *_ = client.sockname
+    return str(host), int(port)
+
+
+def _original(client: connection.Client) -> IPAddress | None:
+    if not isinstance(client.proxy_mode, mode_specs.TransparentMode):
+        return None
+    return ipaddress.ip_address(_original_destination(client)[0])
+
+
+def _is_h2c_upgrade(headers: Any) -> bool:
+    upgrade = headers.get("upgrade", "").lower()
+    return "h2c" in upgrade or "http2-settings" in headers
 
 
 def _client(client: connection.Client) -> str:

@@ -1,0 +1,77 @@
+"""The pod DNS listener on loopback: allowed names answered (vetted), the rest refused
+without ever being asked upstream; tunnelling shapes flagged even when refused."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dns_sidecar(start_sidecar):
+    return start_sidecar(extra_args=("--dns", f"127.0.0.1:{free_port()}"))
+
+
+def ask(sidecar, name: str, rdtype: str = "A") -> dns.message.Message:
+    host, port = sidecar.listener("dns").rsplit(":", 1)
+    query = dns.message.make_query(name, rdtype)
+    return dns.query.udp(query, host, port=int(port), timeout=5)
+
+
+def test_allowed_name_is_answered_from_vetted_resolution(dns_sidecar, dns_server):
+    reply = ask(dns_sidecar, "api.openai.com")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert [r.to_text() for rrset in reply.answer for r in rrset] == ["127.0.0.1"]
+
+
+def test_allowed_name_other_type_gets_no_data(dns_sidecar):
+    reply = ask(dns_sidecar, "api.openai.com", "TXT")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer == []
+
+
+@pytest.mark.parametrize(
+    ("attack", "name", "rdtype"),
+    [
+        ("exfiltration_name_a", "secret-data.exfil.attacker.example", "A"),
+        ("exfiltration_name_txt", "more-data.exfil.attacker.example", "TXT"),
+        ("lookalike_domain", "models.litellm.cloud", "A"),
+    ],
+)
+def test_unlisted_name_refused_and_never_forwarded(dns_sidecar, dns_server, attack, name, rdtype):
+    reply = ask(dns_sidecar, name, rdtype)
+    assert reply.rcode() == dns.rcode.REFUSED, attack
+    assert not dns_server.asked(name)
+    decision = dns_sidecar.wait_for_decision(host=name, mode="dns")
+    assert decision["reason"] == "dns_name_not_allowed"
+    assert decision["decision"] == "block"
+
+
+def test_dns_tunnel_label_refused_and_flagged(dns_sidecar, dns_server):
+    label = "mzxw6ytboi4dcmrtgq2tmnzyhe3dknrsgiztinjwg4ydsmbrgeztgmzu"  # base32 payload
+    name = f"{label}.t.attacker.example"
+    reply = ask(dns_sidecar, name, "TXT")
+    assert reply.rcode() == dns.rcode.REFUSED
+    assert not dns_server.asked(name)
+    decision = dns_sidecar.wait_for_decision(host=name, reason="dns_tunnel_suspected")
+    assert decision["decision"] == "block"
+    assert "long_label" in decision["detail"]
+
+
+def test_rebinding_answer_is_not_handed_to_the_gateway(dns_sidecar):
+    reply = ask(dns_sidecar, "rebind.openai.com")
+    assert reply.rcode() == dns.rcode.REFUSED
+    assert dns_sidecar.wait_for_decision(host="rebind.openai.com", mode="dns")["reason"] == (
+        "private_address"
+    )
+    reply = ask(dns_sidecar, "meta.openai.com")
+    assert reply.rcode() == dns.rcode.REFUSED
+    assert dns_sidecar.wait_for_decision(host="meta.openai.com", mode="dns")["reason"] == (
+        "metadata_address"
+    )
