@@ -1,0 +1,197 @@
+"""Recognise real credentials in what the gateway sends (S7: keys never enter the gateway).
+
+If the gateway sends something that looks like a real provider key, the key has leaked
+into the gateway (its environment, its config, its memory): the request is refused
+with `gateway_holds_credential` and alerted. Findings name *where* and *which family*,
+never the value.
+
+Two kinds of rules:
+
+- **Prefixed families** (`sk-proj-`, `sk-ant-api03-`, `AIza...`, `gsk_`, ...): precise,
+  searched anywhere in every header value and query parameter.
+- **Generic rules** (a long random `sk-...`, Azure's 32 hex digits, any long random
+  token, a JWT): only in credential-bearing places (Authorization, x-api-key, api-key,
+  `key=`, ...) of requests to an endpoint that gets a key injected, where the gateway
+  is supposed to send a dummy or a virtual key. "Random" means: at least 32
+  characters, Shannon entropy >= 3.5 bits per character, and at least 3 digits and
+  3 letters, so `sk-dummy`, `sk-xxxxxxxx...`, `none`, `dummy-key-for-the-gateway` are
+  not keys. Virtual keys (`vk-...`) are never real keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from sidecar.credentials.virtual_keys import is_virtual_key
+
+__all__ = [
+    "DUMMY_VALUES",
+    "FAMILIES",
+    "Finding",
+    "KeyFamily",
+    "looks_random",
+    "scan_generic",
+    "scan_prefixed",
+    "shannon_entropy",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFamily:
+    name: str  # stable id, used in findings, logs, docs
+    label: str  # human-readable
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One credential found in a request. Safe to log: no value."""
+
+    location: str  # e.g. "header authorization", "query key", "header sec-websocket-protocol"
+    family: str  # KeyFamily.name
+    label: str
+
+    def describe(self) -> str:
+        return f"{self.label} in {self.location}"
+
+
+def _f(name: str, label: str, regex: str) -> KeyFamily:
+    return KeyFamily(name, label, re.compile(regex))
+
+
+# Boundaries: a key is not preceded/followed by another key character.
+_B = r"(?<![A-Za-z0-9_-])"
+_E = r"(?![A-Za-z0-9_-])"
+
+FAMILIES: tuple[KeyFamily, ...] = (
+    _f("openai_project_key", "OpenAI project key", _B + r"sk-proj-[A-Za-z0-9_-]{20,}"),
+    _f(
+        "openai_service_account_key",
+        "OpenAI service account key",
+        _B + r"sk-svcacct-[A-Za-z0-9_-]{20,}",
+    ),
+    _f("openai_admin_key", "OpenAI admin key", _B + r"sk-admin-[A-Za-z0-9_-]{20,}"),
+    _f("anthropic_api_key", "Anthropic API key", _B + r"sk-ant-api\d\d-[A-Za-z0-9_-]{20,}"),
+    _f("anthropic_admin_key", "Anthropic admin key", _B + r"sk-ant-admin\d\d-[A-Za-z0-9_-]{20,}"),
+    _f(
+        "anthropic_oauth_token",
+        "Anthropic OAuth token",
+        _B + r"sk-ant-o(?:at|rt)\d\d-[A-Za-z0-9_-]{20,}",
+    ),
+    _f("openrouter_api_key", "OpenRouter key", _B + r"sk-or-v1-[0-9a-f]{32,}"),
+    _f("google_api_key", "Google API key (Gemini)", _B + r"AIza[0-9A-Za-z_-]{35}" + _E),
+    _f("groq_api_key", "Groq key", _B + r"gsk_[A-Za-z0-9]{32,}"),
+    _f("xai_api_key", "xAI key", _B + r"xai-[A-Za-z0-9]{32,}"),
+    _f("fireworks_api_key", "Fireworks key", _B + r"fw_[A-Za-z0-9]{20,}"),
+    _f("together_api_key", "Together key", _B + r"tgp_v1_[A-Za-z0-9_-]{30,}"),
+    _f("perplexity_api_key", "Perplexity key", _B + r"pplx-[A-Za-z0-9]{40,}"),
+    _f("huggingface_token", "Hugging Face token", _B + r"hf_[A-Za-z0-9]{30,}"),
+    _f("github_token", "GitHub token", _B + r"gh[pousr]_[A-Za-z0-9]{36,}"),
+    _f(
+        "aws_access_key_id",
+        "AWS access key id",
+        r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])",
+    ),
+)
+
+_GENERIC_SK = re.compile(r"sk-[A-Za-z0-9_-]{32,}")
+_AZURE_HEX = re.compile(r"[0-9a-fA-F]{32}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/]+=*")
+_OPAQUE = re.compile(r"[A-Za-z0-9_\-.~+/]{32,}=*")
+
+# Values gateways are commonly configured with when the sidecar holds the key. They
+# are not keys (and nothing above would match them anyway); listed for the docs/tests.
+DUMMY_VALUES = frozenset(
+    {
+        "dummy",
+        "none",
+        "null",
+        "sk-dummy",
+        "sk-xxx",
+        "sk-placeholder",
+        "placeholder",
+        "fake",
+        "sk-fake",
+        "unused",
+        "sidecar",
+        "injected-by-sidecar",
+        "x",
+    }
+)
+
+
+def shannon_entropy(text: str) -> float:
+    if not text:
+        return 0.0
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def looks_random(token: str, *, min_len: int = 32) -> bool:
+    """Long, high-entropy, with digits and letters: a machine-made secret."""
+    if len(token) < min_len:
+        return False
+    digits = sum(ch.isdigit() for ch in token)
+    letters = sum(ch.isalpha() for ch in token)
+    return digits >= 3 and letters >= 3 and shannon_entropy(token) >= 3.5
+
+
+def scan_prefixed(
+    value: str, location: str, *, skip: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """Prefixed key families anywhere in `value` (and in a decoded `Basic` payload)."""
+    found: list[Finding] = []
+    texts = [value]
+    decoded = _basic_payload(value)
+    if decoded is not None:
+        texts.append(decoded)
+    for family in FAMILIES:
+        if family.name in skip:
+            continue
+        if any(family.pattern.search(text) for text in texts):
+            found.append(Finding(location, family.name, family.label))
+    return found
+
+
+def scan_generic(value: str, location: str, *, header: str | None) -> list[Finding]:
+    """Generic rules for a credential-bearing header or parameter value."""
+    texts = [value]
+    decoded = _basic_payload(value)
+    if decoded is not None:
+        texts.append(decoded)
+    for text in texts:
+        finding = _generic_one(text, location, header)
+        if finding is not None:
+            return [finding]
+    return []
+
+
+def _generic_one(text: str, location: str, header: str | None) -> Finding | None:
+    if _JWT.search(text):
+        return Finding(location, "jwt_bearer_token", "bearer token (JWT)")
+    for token in _TOKEN.findall(text):
+        if is_virtual_key(token) or token.lower() in DUMMY_VALUES:
+            continue
+        if _GENERIC_SK.fullmatch(token) and looks_random(token[3:]):
+            return Finding(location, "generic_sk_key", "sk- style secret key")
+        if header == "api-key" and _AZURE_HEX.fullmatch(token):
+            return Finding(location, "azure_openai_key", "Azure OpenAI key")
+        if _OPAQUE.fullmatch(token) and looks_random(token.rstrip("=")):
+            return Finding(location, "opaque_random_token", "long random token")
+    return None
+
+
+def _basic_payload(value: str) -> str | None:
+    parts = value.strip().split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(parts[1].strip(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return None
