@@ -325,8 +325,15 @@ def load_config(path: str) -> AlertsConfig:
             ctx,
             top["grouping"],
             "grouping",
-            {"resend_interval", "resolve_after", "max_new_per_minute", "burst", "max_active",
-             "max_destinations_per_reason", "sample_hosts"},
+            {
+                "resend_interval",
+                "resolve_after",
+                "max_new_per_minute",
+                "burst",
+                "max_active",
+                "max_destinations_per_reason",
+                "sample_hosts",
+            },
         )
         changes: dict[str, Any] = {}
         for name in ("resend_interval", "resolve_after"):
@@ -336,8 +343,12 @@ def load_config(path: str) -> AlertsConfig:
             changes["max_new_per_minute"] = float(
                 _int(ctx, g["max_new_per_minute"], "grouping.max_new_per_minute", 1, 10000)
             )
-        limits = {"burst": 1000, "max_active": 100000, "max_destinations_per_reason": 1000,
-                  "sample_hosts": 20}
+        limits = {
+            "burst": 1000,
+            "max_active": 100000,
+            "max_destinations_per_reason": 1000,
+            "sample_hosts": 20,
+        }
         for name, hi in limits.items():
             if name in g:
                 changes[name] = _int(ctx, g[name], f"grouping.{name}", 1, hi)
@@ -349,17 +360,30 @@ def load_config(path: str) -> AlertsConfig:
             ctx,
             top["delivery"],
             "delivery",
-            {"max_queue", "max_age", "backoff_initial", "backoff_max", "max_retry_after",
-             "timeout", "batch_size", "drain_timeout"},
+            {
+                "max_queue",
+                "max_age",
+                "backoff_initial",
+                "backoff_max",
+                "max_retry_after",
+                "timeout",
+                "batch_size",
+                "drain_timeout",
+            },
         )
         dchanges: dict[str, Any] = {}
         if "max_queue" in d:
             dchanges["max_queue"] = _int(ctx, d["max_queue"], "delivery.max_queue", 1, 1000000)
         if "batch_size" in d:
             dchanges["batch_size"] = _int(ctx, d["batch_size"], "delivery.batch_size", 1, 1000)
-        bounds = {"max_age": (1.0, 30 * 86400.0), "backoff_initial": (0.001, 3600.0),
-                  "backoff_max": (0.001, 86400.0), "max_retry_after": (0.0, 86400.0),
-                  "timeout": (0.1, 600.0), "drain_timeout": (0.0, 600.0)}
+        bounds = {
+            "max_age": (1.0, 30 * 86400.0),
+            "backoff_initial": (0.001, 3600.0),
+            "backoff_max": (0.001, 86400.0),
+            "max_retry_after": (0.0, 86400.0),
+            "timeout": (0.1, 600.0),
+            "drain_timeout": (0.0, 600.0),
+        }
         for name, (low, high) in bounds.items():
             if name in d:
                 dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", low, high)

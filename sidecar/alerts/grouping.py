@@ -166,7 +166,7 @@ class Grouper:
                     )
                 self.suppressed += 1
             alert.count += 1
-            alert.last_seen = decision.at
+            alert.last_seen = self._at(decision)
             alert.last_seen_tick = now
             alert.last = decision
             hosts = alert.sample_hosts
@@ -178,14 +178,19 @@ class Grouper:
             self._on_suppressed(cause)
         return severity
 
-    def _new(self, key: AlertKey, severity: Severity, decision: Decision,
-             now: float) -> ActiveAlert:
+    def _at(self, decision: Decision) -> float:
+        at = decision.at
+        return float(at) if isinstance(at, float | int) else self._wall()
+
+    def _new(
+        self, key: AlertKey, severity: Severity, decision: Decision, now: float
+    ) -> ActiveAlert:
         alert = ActiveAlert(
             key=key,
             fingerprint=key.fingerprint(self._namespace),
             severity=severity,
-            first_seen=decision.at,
-            last_seen=decision.at,
+            first_seen=self._at(decision),
+            last_seen=self._at(decision),
             last_seen_tick=now,
         )
         self._active[key] = alert
@@ -202,8 +207,8 @@ class Grouper:
                 key=key,
                 fingerprint=key.fingerprint(self._namespace),
                 severity=severity,
-                first_seen=decision.at,
-                last_seen=decision.at,
+                first_seen=self._at(decision),
+                last_seen=self._at(decision),
                 last_seen_tick=now,
             )
             self._active[key] = alert

@@ -20,39 +20,70 @@ class AlertMetrics:
     def __init__(self, registry: CollectorRegistry, sinks: list[str]) -> None:
         p = "egress_sidecar_alerts_"
         self.refusals = Counter(
-            p + "refusals", "Refusals (block and would_block) submitted to the alert pipeline.",
-            ["severity"], registry=registry)
+            p + "refusals",
+            "Refusals (block and would_block) submitted to the alert pipeline.",
+            ["severity"],
+            registry=registry,
+        )
         self.suppressed = Counter(
-            p + "suppressed", "Refusals folded into an alert_flood alert by the alert caps.",
-            ["cause"], registry=registry)
+            p + "suppressed",
+            "Refusals folded into an alert_flood alert by the alert caps.",
+            ["cause"],
+            registry=registry,
+        )
         self.notifications = Counter(
-            p + "notifications", "Alert notifications produced by grouping (before sinks).",
-            ["kind"], registry=registry)
+            p + "notifications",
+            "Alert notifications produced by grouping (before sinks).",
+            ["kind"],
+            registry=registry,
+        )
         self.active = Gauge(
-            p + "active", "Alerts currently firing (grouped).", ["severity"], registry=registry)
+            p + "active", "Alerts currently firing (grouped).", ["severity"], registry=registry
+        )
         self.sent = Counter(
-            p + "sent", "Alert notifications delivered (2xx).", ["sink"], registry=registry)
+            p + "sent", "Alert notifications delivered (2xx).", ["sink"], registry=registry
+        )
         self.retried = Counter(
-            p + "retried", "Delivery attempts that failed and will be retried.",
-            ["sink"], registry=registry)
+            p + "retried",
+            "Delivery attempts that failed and will be retried.",
+            ["sink"],
+            registry=registry,
+        )
         self.dropped = Counter(
-            p + "dropped", "Alert notifications given up (rejected = non-retryable 4xx/3xx).",
-            ["sink", "reason"], registry=registry)
+            p + "dropped",
+            "Alert notifications given up (rejected = non-retryable 4xx/3xx).",
+            ["sink", "reason"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
-            p + "queue_depth", "Alert notifications waiting for delivery.", ["sink"],
-            registry=registry)
+            p + "queue_depth",
+            "Alert notifications waiting for delivery.",
+            ["sink"],
+            registry=registry,
+        )
         self.last_success = Gauge(
-            p + "last_success_timestamp_seconds", "Unix time of the last delivery.",
-            ["sink"], registry=registry)
+            p + "last_success_timestamp_seconds",
+            "Unix time of the last delivery.",
+            ["sink"],
+            registry=registry,
+        )
         self.spool_errors = Counter(
-            p + "spool_errors", "Spool directory writes or removals that failed.",
-            ["sink"], registry=registry)
+            p + "spool_errors",
+            "Spool directory writes or removals that failed.",
+            ["sink"],
+            registry=registry,
+        )
         self.quarantined = Counter(
-            p + "spool_quarantined", "Spool files that could not be read and were quarantined.",
-            registry=registry)
+            p + "spool_quarantined",
+            "Spool files that could not be read and were quarantined.",
+            registry=registry,
+        )
         self.internal_errors = Counter(
-            p + "internal_errors", "Unexpected errors inside the alert pipeline (contained).",
-            ["where"], registry=registry)
+            p + "internal_errors",
+            "Unexpected errors inside the alert pipeline (contained).",
+            ["where"],
+            registry=registry,
+        )
         for sev in Severity:
             self.refusals.labels(sev.value)
             self.active.labels(sev.value)

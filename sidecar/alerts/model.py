@@ -232,8 +232,14 @@ class AlertKey:
 
     def fingerprint(self, namespace: str = "") -> str:
         raw = "\x1f".join(
-            ("v1", self.reason, "audit" if self.audit else "enforce", self.destination,
-             self.tenant, namespace)
+            (
+                "v1",
+                self.reason,
+                "audit" if self.audit else "enforce",
+                self.destination,
+                self.tenant,
+                namespace,
+            )
         )
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

@@ -65,8 +65,7 @@ class AlertPipeline:
         self._suppressed_counters = {
             c: self.metrics.suppressed.labels(c) for c in ("rate_cap", "table_full")
         }
-        self.grouper = Grouper(config.grouping, pod=self.pod,
-                               on_suppressed=self._suppressed)
+        self.grouper = Grouper(config.grouping, pod=self.pod, on_suppressed=self._suppressed)
         firing_ttl = 3 * config.grouping.resend_interval
         self.sinks: list[Sink] = [
             build_sink(s, config.delivery, firing_ttl=firing_ttl) for s in config.sinks
@@ -74,7 +73,10 @@ class AlertPipeline:
         self._sequence = Sequence()
         self.queues: dict[str, SinkQueue] = {
             s.name: SinkQueue(
-                s.name, spool_dir, config.delivery.max_queue, self._sequence,
+                s.name,
+                spool_dir,
+                config.delivery.max_queue,
+                self._sequence,
                 on_spool_error=self.metrics.spool_errors.labels(s.name).inc,
             )
             for s in self.sinks
@@ -154,8 +156,9 @@ class AlertPipeline:
             if bad:
                 self.metrics.quarantined.inc(bad)
             if loaded:
-                log.info("alerts: %d pending notifications for sink %s from the spool",
-                         loaded, name)
+                log.info(
+                    "alerts: %d pending notifications for sink %s from the spool", loaded, name
+                )
             self.metrics.queue_depth.labels(name).set(len(queue))
         path = os.path.join(self.spool_dir, STATE_FILE)
         if not os.path.exists(path):
@@ -248,11 +251,23 @@ class AlertPipeline:
 
     def _log(self, note: Notification) -> None:
         a = note.alert
-        level = logging.DEBUG if note.kind == UPDATE else (
-            logging.WARNING if note.kind == TRIGGER else logging.INFO)
-        log.log(level, "alert %s %s severity=%s reason=%s destination=%s tenant=%s count=%d "
-                "suppressed=%d", note.kind, note.fingerprint, a["severity"], a["reason"],
-                a["destination"], a["tenant"] or "-", a["count"], a["suppressed"])
+        level = (
+            logging.DEBUG
+            if note.kind == UPDATE
+            else (logging.WARNING if note.kind == TRIGGER else logging.INFO)
+        )
+        log.log(
+            level,
+            "alert %s %s severity=%s reason=%s destination=%s tenant=%s count=%d suppressed=%d",
+            note.kind,
+            note.fingerprint,
+            a["severity"],
+            a["reason"],
+            a["destination"],
+            a["tenant"] or "-",
+            a["count"],
+            a["suppressed"],
+        )
 
     async def _disk(self, ops: list[DiskOp]) -> None:
         if self._executor is None:
@@ -271,13 +286,15 @@ class AlertPipeline:
         if self.spool_dir is None or self._executor is None:
             return
         now = time.monotonic()
-        if not force and (not self._state_dirty or now - self._last_state
-                          < self.config.state_interval):
+        if not force and (
+            not self._state_dirty or now - self._last_state < self.config.state_interval
+        ):
             return
         self._last_state = now
         self._state_dirty = False
-        data = json.dumps({"v": 1, "saved": time.time(),
-                           "alerts": self.grouper.export_state()}).encode()
+        data = json.dumps(
+            {"v": 1, "saved": time.time(), "alerts": self.grouper.export_state()}
+        ).encode()
         path = os.path.join(self.spool_dir, STATE_FILE)
 
         def write() -> None:
@@ -325,17 +342,27 @@ class AlertPipeline:
                         delay = min(outcome.retry_after, settings.max_retry_after)
                         delay += random.uniform(0, min(1.0, delay * 0.1))
                     else:
-                        delay = backoff_delay(attempt, settings.backoff_initial,
-                                              settings.backoff_max)
-                    log.warning("alerts: sink %s failed (%s), retry %d in %.1fs",
-                                sink.config.display(), outcome.error, attempt, delay)
+                        delay = backoff_delay(
+                            attempt, settings.backoff_initial, settings.backoff_max
+                        )
+                    log.warning(
+                        "alerts: sink %s failed (%s), retry %d in %.1fs",
+                        sink.config.display(),
+                        outcome.error,
+                        attempt,
+                        delay,
+                    )
                     await self._sleep(delay)
                     continue
                 else:
                     attempt = 0
                     self.metrics.dropped.labels(sink.name, "rejected").inc(len(batch))
-                    log.error("alerts: sink %s rejected %d notification(s) (%s); not retried",
-                              sink.config.display(), len(batch), outcome.error)
+                    log.error(
+                        "alerts: sink %s rejected %d notification(s) (%s); not retried",
+                        sink.config.display(),
+                        len(batch),
+                        outcome.error,
+                    )
                     ops = queue.ack(batch)
                 self.metrics.queue_depth.labels(sink.name).set(len(queue))
                 await self._disk(ops)

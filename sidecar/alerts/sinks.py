@@ -83,8 +83,15 @@ def sign(key: bytes, timestamp: str, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
-def verify(key: bytes, timestamp: str, body: bytes, signature: str, *,
-           tolerance: float = 300.0, now: float | None = None) -> bool:
+def verify(
+    key: bytes,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance: float = 300.0,
+    now: float | None = None,
+) -> bool:
     """Reference verifier (what a receiver does); see docs/alerts.md."""
     try:
         ts = int(timestamp)
@@ -101,8 +108,9 @@ class Sink:
     max_batch = 1
     path = ""
 
-    def __init__(self, config: SinkConfig, delivery: DeliverySettings, *,
-                 firing_ttl: float = 180.0) -> None:
+    def __init__(
+        self, config: SinkConfig, delivery: DeliverySettings, *, firing_ttl: float = 180.0
+    ) -> None:
         self.config = config
         self.delivery = delivery
         self.firing_ttl = firing_ttl
@@ -120,8 +128,10 @@ class Sink:
         return kind in (TRIGGER, RESOLVE) or self.config.send_updates
 
     def url(self) -> str:
-        return self.config.url_value().rstrip("/") + self.path if self.path else (
-            self.config.url_value()
+        return (
+            self.config.url_value().rstrip("/") + self.path
+            if self.path
+            else (self.config.url_value())
         )
 
     def headers(self, body: bytes) -> dict[str, str]:
@@ -133,10 +143,8 @@ class Sink:
     def render(self, entries: list[dict[str, Any]]) -> Any:
         raise NotImplementedError
 
-    async def send(self, session: aiohttp.ClientSession,
-                   entries: list[dict[str, Any]]) -> Outcome:
-        body = json.dumps(self.render(entries), separators=(",", ":"),
-                          ensure_ascii=True).encode()
+    async def send(self, session: aiohttp.ClientSession, entries: list[dict[str, Any]]) -> Outcome:
+        body = json.dumps(self.render(entries), separators=(",", ":"), ensure_ascii=True).encode()
         headers = self.headers(body)
         if len(entries) == 1:
             headers[EVENT_ID_HEADER] = str(entries[0]["id"])
@@ -157,8 +165,8 @@ class Sink:
 
 
 def _alertname(alert: dict[str, Any]) -> str:
-    return "EgressSidecarAlertFlood" if alert["reason"] == FLOOD_REASON else (
-        "EgressSidecarRefusal"
+    return (
+        "EgressSidecarAlertFlood" if alert["reason"] == FLOOD_REASON else ("EgressSidecarRefusal")
     )
 
 
@@ -210,8 +218,17 @@ class AlertmanagerSink(Sink):
             "sample_hosts": ", ".join(h for h in alert.get("sample_hosts") or [] if h),
             "node": pod.get("node") or "",
         }
-        for field in ("host", "port", "path", "method", "rule", "provider", "mode", "detail",
-                      "verdict"):
+        for field in (
+            "host",
+            "port",
+            "path",
+            "method",
+            "rule",
+            "provider",
+            "mode",
+            "detail",
+            "verdict",
+        ):
             annotations[field] = _s(ev.get(field))
         if alert.get("suppressed_by_reason"):
             annotations["suppressed_by_reason"] = _s(alert["suppressed_by_reason"])
@@ -279,8 +296,7 @@ class PagerDutySink(Sink):
 def slack_escape(text: Any) -> str:
     """Slack mrkdwn escaping: no mentions (<!channel>), links or code-span breaks."""
     return (
-        str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        .replace("`", "'")
+        str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
     )
 
 
@@ -301,10 +317,14 @@ class SlackSink(Sink):
         pod = alert.get("pod") or {}
         lines = [head]
         for label, value in (
-            ("host", ev.get("host")), ("port", ev.get("port")), ("path", ev.get("path")),
-            ("rule", ev.get("rule")), ("tenant", alert.get("tenant")),
+            ("host", ev.get("host")),
+            ("port", ev.get("port")),
+            ("path", ev.get("path")),
+            ("rule", ev.get("rule")),
+            ("tenant", alert.get("tenant")),
             ("pod", f"{pod.get('namespace', '')}/{pod.get('name', '')}"),
-            ("count", alert["count"]), ("fingerprint", alert["fingerprint"]),
+            ("count", alert["count"]),
+            ("fingerprint", alert["fingerprint"]),
         ):
             if value not in (None, "", "/"):
                 lines.append(f"{label}: `{slack_escape(value)}`")
@@ -322,8 +342,11 @@ class WebhookSink(Sink):
             "kind": entry["kind"],
             "status": entry["alert"]["status"],
             "dedup_key": entry["fingerprint"],
-            "alert": {k: v for k, v in entry["alert"].items()
-                      if k not in ("first_seen_ts", "last_seen_ts")},
+            "alert": {
+                k: v
+                for k, v in entry["alert"].items()
+                if k not in ("first_seen_ts", "last_seen_ts")
+            },
         }
 
     def headers(self, body: bytes) -> dict[str, str]:

@@ -62,12 +62,23 @@ class Entry:
         return f"{self.fingerprint}-{self.seq}"
 
     def record(self) -> dict[str, Any]:
-        return {"v": 1, "seq": self.seq, "kind": self.kind, "fingerprint": self.fingerprint,
-                "enqueued": self.enqueued, "alert": self.alert}
+        return {
+            "v": 1,
+            "seq": self.seq,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "enqueued": self.enqueued,
+            "alert": self.alert,
+        }
 
     def wire(self) -> dict[str, Any]:
-        return {"id": self.id, "seq": self.seq, "kind": self.kind,
-                "fingerprint": self.fingerprint, "alert": self.alert}
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "alert": self.alert,
+        }
 
 
 DiskOp = Callable[[], None]
@@ -154,8 +165,9 @@ class SinkQueue:
             try:
                 entry = self._parse(name, path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("alert spool: quarantining %s/%s (%s)", self.name, name,
-                            type(exc).__name__)
+                log.warning(
+                    "alert spool: quarantining %s/%s (%s)", self.name, name, type(exc).__name__
+                )
                 quarantine(self.spool_dir, path, self.name)
                 bad += 1
                 continue
@@ -183,22 +195,34 @@ class SinkQueue:
         seq, fingerprint = int(match.group(1)), match.group(2)
         kind = record["kind"]
         alert = record["alert"]
-        if (kind not in _KINDS or record["seq"] != seq or record["fingerprint"] != fingerprint
-                or not isinstance(alert, dict) or alert.get("fingerprint") != fingerprint):
+        if (
+            kind not in _KINDS
+            or record["seq"] != seq
+            or record["fingerprint"] != fingerprint
+            or not isinstance(alert, dict)
+            or alert.get("fingerprint") != fingerprint
+        ):
             raise ValueError("inconsistent record")
         for field in ("reason", "severity", "destination", "summary", "count", "status"):
             if field not in alert:
                 raise KeyError(field)
-        entry = Entry(seq=seq, kind=kind, fingerprint=fingerprint, alert=alert,
-                      enqueued=float(record["enqueued"]), filename=name)
+        entry = Entry(
+            seq=seq,
+            kind=kind,
+            fingerprint=fingerprint,
+            alert=alert,
+            enqueued=float(record["enqueued"]),
+            filename=name,
+        )
         if entry.phase != match.group(3):
             raise ValueError("phase mismatch")
         return entry
 
     # ------------------------------------------------------------ loop side
 
-    def put(self, kind: str, fingerprint: str, alert: dict[str, Any]) -> tuple[
-            Entry | None, list[DiskOp]]:
+    def put(
+        self, kind: str, fingerprint: str, alert: dict[str, Any]
+    ) -> tuple[Entry | None, list[DiskOp]]:
         """Queue one notification (memory now; returns the disk work to do).
 
         Returns (None, []) when the queue is full and the notification is dropped."""
@@ -208,8 +232,13 @@ class SinkQueue:
             return None, []
         if old is not None and old.kind == "trigger" and kind == "update":
             kind = "trigger"  # the page has not gone out yet: keep it a page
-        entry = Entry(seq=self.sequence.next(), kind=kind, fingerprint=fingerprint,
-                      alert=alert, enqueued=old.enqueued if old else time.time())
+        entry = Entry(
+            seq=self.sequence.next(),
+            kind=kind,
+            fingerprint=fingerprint,
+            alert=alert,
+            enqueued=old.enqueued if old else time.time(),
+        )
         if old is not None:
             del self._entries[old.key]
             old.acked = True

@@ -24,7 +24,7 @@ T = TypeVar("T")
 PLANTED_KEY = "sk-proj-" + "AbC123xYz" * 6  # looks like an OpenAI project key
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+def run[T](coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, timeout)
 
@@ -87,15 +87,19 @@ class FakeReceiver:
         if self.handler is not None:
             custom = await self.handler(request, body)
             if custom is not None:
-                self.requests.append(Recorded(request.path, dict(request.headers), body,
-                                              time.monotonic(), custom.status))
+                self.requests.append(
+                    Recorded(
+                        request.path, dict(request.headers), body, time.monotonic(), custom.status
+                    )
+                )
                 return custom
         status, headers = self.responses.pop(0) if self.responses else (self.default, {})
         self.requests.append(
             Recorded(request.path, dict(request.headers), body, time.monotonic(), status)
         )
-        return web.json_response({"status": "ok" if status < 300 else "error"},
-                                 status=status, headers=headers)
+        return web.json_response(
+            {"status": "ok" if status < 300 else "error"}, status=status, headers=headers
+        )
 
     async def start(self, port: int = 0) -> FakeReceiver:
         app = web.Application()

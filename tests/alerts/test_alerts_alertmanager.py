@@ -29,8 +29,10 @@ BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 def _require_binary() -> str:
     if BINARY:
         return BINARY
-    message = ("Alertmanager binary not found: apt-get install -y prometheus-alertmanager "
-               "(/usr/bin/prometheus-alertmanager)")
+    message = (
+        "Alertmanager binary not found: apt-get install -y prometheus-alertmanager "
+        "(/usr/bin/prometheus-alertmanager)"
+    )
     if os.environ.get("CI"):
         pytest.fail(message + " -- required under CI")
     pytest.skip(message)
@@ -59,12 +61,18 @@ class Alertmanager:
         config = tmp / "alertmanager.yml"
         config.write_text(AM_CONFIG.format(port=receiver_port))
         (tmp / "am-data").mkdir()
-        self.log = open(tmp / "alertmanager.log", "wb")  # noqa: SIM115
+        self.log = open(tmp / "alertmanager.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={tmp / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
-             "--log.level=info"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={tmp / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=info",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.logfile = tmp / "alertmanager.log"
 
@@ -85,9 +93,10 @@ class Alertmanager:
                 await asyncio.sleep(0.05)
 
     async def alerts(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as session, session.get(
-            self.url + "/api/v2/alerts"
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url + "/api/v2/alerts") as resp,
+        ):
             assert resp.status == 200
             data: list[dict[str, Any]] = await resp.json()
             return data
@@ -154,9 +163,17 @@ def test_one_refusal_one_notification_active_then_resolved(
         p = pipeline(am_pipeline_config(tmp_path, am), tmp_path / "spool")
         await p.start()
         try:
-            p.submit(refusal(Reason.METADATA_ADDRESS, host="169.254.169.254", rule="netguard",
-                             port=80, path="/latest/meta-data/iam/security-credentials/",
-                             method="GET", mode="transparent"))
+            p.submit(
+                refusal(
+                    Reason.METADATA_ADDRESS,
+                    host="169.254.169.254",
+                    rule="netguard",
+                    port=80,
+                    path="/latest/meta-data/iam/security-credentials/",
+                    method="GET",
+                    mode="transparent",
+                )
+            )
 
             async def active() -> bool:
                 return any(a["status"]["state"] == "active" for a in await am.alerts())
@@ -186,15 +203,17 @@ def test_one_refusal_one_notification_active_then_resolved(
             assert firing[0]["commonLabels"]["pod"] == "gw-7d9f"
 
             async def resolved() -> bool:
-                return (len(notifications(rx, "resolved")) >= 1
-                        and not any(a["status"]["state"] == "active"
-                                    for a in await am.alerts()))
+                return len(notifications(rx, "resolved")) >= 1 and not any(
+                    a["status"]["state"] == "active" for a in await am.alerts()
+                )
 
             await wait_for(resolved, 15, "resolution (notification and API)", am)
             done = notifications(rx, "resolved")
             assert len(done) == 1
-            assert done[0]["alerts"][0]["labels"]["egress_fingerprint"] == (
-                firing[0]["alerts"][0]["labels"]["egress_fingerprint"])
+            assert (
+                done[0]["alerts"][0]["labels"]["egress_fingerprint"]
+                == (firing[0]["alerts"][0]["labels"]["egress_fingerprint"])
+            )
             assert len(notifications(rx, "firing")) == 1
         finally:
             await p.stop()
@@ -215,8 +234,14 @@ def test_flood_of_1000_is_one_grouped_notification(
         await p.start()
         try:
             for i in range(1000):
-                p.submit(refusal(Reason.HOST_NOT_ALLOWED, host=f"x{i}.models.litellm.cloud",
-                                 path=f"/exfil/{i}", method="POST"))
+                p.submit(
+                    refusal(
+                        Reason.HOST_NOT_ALLOWED,
+                        host=f"x{i}.models.litellm.cloud",
+                        path=f"/exfil/{i}",
+                        method="POST",
+                    )
+                )
                 if i % 100 == 0:
                     await asyncio.sleep(0.01)  # spread over a few flusher ticks
 

@@ -90,33 +90,84 @@ def test_full_config_loads(tmp_path: Path) -> None:
 ERROR_ROWS = [
     ("version: 2\n", 1, "version", "only version 1"),
     ("version: 1\nsinkz: []\n", 2, "sinkz", "unknown key"),
-    ("version: 1\ngrouping:\n  resolve_after: soon\n", 3, "grouping.resolve_after",
-     "duration"),
+    ("version: 1\ngrouping:\n  resolve_after: soon\n", 3, "grouping.resolve_after", "duration"),
     ("version: 1\ngrouping:\n  burst: -1\n", 3, "grouping.burst", "integer"),
-    ("version: 1\nsinks:\n  - {name: a, type: carrier-pigeon, url: http://x}\n", 3,
-     "sinks[0].type", "must be one of"),
-    ("version: 1\nsinks:\n  - name: a\n    type: webhook\n    url: http://h/x\n"
-     "    hmac_key_file: nope.key\n", 6, "sinks[0].hmac_key_file", "cannot read secret"),
-    ("version: 1\nsinks:\n  - name: a\n    type: webhook\n    url: http://h/x?token=s3cr3t\n"
-     "    hmac_key_file: hook.key\n", 5, "sinks[0].url", "put a URL with a token in a file"),
-    ("version: 1\nsinks:\n  - name: a\n    type: alertmanager\n    url: http://u:pw@h\n", 5,
-     "sinks[0].url", "must not carry credentials"),
-    ("version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key: inline\n", 5,
-     "sinks[0].routing_key", "unknown key"),
-    ("version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key_file: empty\n", 5,
-     "sinks[0].routing_key_file", "is empty"),
-    ("version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key_file: two-lines\n",
-     5, "sinks[0].routing_key_file", "single line"),
-    ("version: 1\nsinks:\n  - name: a\n    type: slack\n    url: http://h/x\n", 5,
-     "sinks[0].url", "unknown key"),
-    ("version: 1\nsinks:\n  - name: a\n    type: slack\n    url_file: pd.key\n", 5,
-     "sinks[0].url_file", "in the secret file"),
-    ("version: 1\nsinks:\n  - {name: a, type: alertmanager, url: 'http://h'}\n"
-     "  - {name: a, type: alertmanager, url: 'http://h'}\n", 4, "sinks[1].name", "duplicate"),
-    ("version: 1\nsinks:\n  - {name: Bad Name, type: alertmanager, url: 'http://h'}\n", 3,
-     "sinks[0].name", "[a-z0-9_-]"),
-    ("version: 1\nsinks:\n  - {name: a, type: pagerduty, routing_key_file: pd.key,"
-     " min_severity: page}\n", 3, "sinks[0].min_severity", "one of"),
+    (
+        "version: 1\nsinks:\n  - {name: a, type: carrier-pigeon, url: http://x}\n",
+        3,
+        "sinks[0].type",
+        "must be one of",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: webhook\n    url: http://h/x\n"
+        "    hmac_key_file: nope.key\n",
+        6,
+        "sinks[0].hmac_key_file",
+        "cannot read secret",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: webhook\n    url: http://h/x?token=s3cr3t\n"
+        "    hmac_key_file: hook.key\n",
+        5,
+        "sinks[0].url",
+        "put a URL with a token in a file",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: alertmanager\n    url: http://u:pw@h\n",
+        5,
+        "sinks[0].url",
+        "must not carry credentials",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key: inline\n",
+        5,
+        "sinks[0].routing_key",
+        "unknown key",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key_file: empty\n",
+        5,
+        "sinks[0].routing_key_file",
+        "is empty",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: pagerduty\n    routing_key_file: two-lines\n",
+        5,
+        "sinks[0].routing_key_file",
+        "single line",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: slack\n    url: http://h/x\n",
+        5,
+        "sinks[0].url",
+        "unknown key",
+    ),
+    (
+        "version: 1\nsinks:\n  - name: a\n    type: slack\n    url_file: pd.key\n",
+        5,
+        "sinks[0].url_file",
+        "in the secret file",
+    ),
+    (
+        "version: 1\nsinks:\n  - {name: a, type: alertmanager, url: 'http://h'}\n"
+        "  - {name: a, type: alertmanager, url: 'http://h'}\n",
+        4,
+        "sinks[1].name",
+        "duplicate",
+    ),
+    (
+        "version: 1\nsinks:\n  - {name: Bad Name, type: alertmanager, url: 'http://h'}\n",
+        3,
+        "sinks[0].name",
+        "[a-z0-9_-]",
+    ),
+    (
+        "version: 1\nsinks:\n  - {name: a, type: pagerduty, routing_key_file: pd.key,"
+        " min_severity: page}\n",
+        3,
+        "sinks[0].min_severity",
+        "one of",
+    ),
     ("version: 1\nversion: 1\n", 2, "version", "duplicate"),
     ("version: 1\nsinks: {a: 1}\n", 2, "sinks", "expected a list"),
 ]
@@ -152,15 +203,25 @@ def test_no_config_means_log_and_count_only(caplog: pytest.LogCaptureFixture) ->
         p.submit(refusal(Reason.METADATA_ADDRESS, host="169.254.169.254", rule="netguard"))
         await asyncio.sleep(0.5)
         await p.stop()
-        assert p.registry.get_sample_value(
-            "egress_sidecar_alerts_refusals_total", {"severity": "critical"}) == 1
-        assert p.registry.get_sample_value(
-            "egress_sidecar_alerts_notifications_total", {"kind": "trigger"}) == 1
+        assert (
+            p.registry.get_sample_value(
+                "egress_sidecar_alerts_refusals_total", {"severity": "critical"}
+            )
+            == 1
+        )
+        assert (
+            p.registry.get_sample_value(
+                "egress_sidecar_alerts_notifications_total", {"kind": "trigger"}
+            )
+            == 1
+        )
 
     with caplog.at_level(logging.INFO, logger="sidecar.alerts"):
         run(main(), 10)
-    assert any("alert trigger" in r.getMessage() and "metadata_address" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "alert trigger" in r.getMessage() and "metadata_address" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_secret_never_prints() -> None:
@@ -200,16 +261,23 @@ sinks:
         p = pipeline(cfg, tmp_path / "spool")
         await p.start()
         try:
-            for reason, verdict in [(Reason.GATEWAY_HOLDS_CREDENTIAL, Verdict.BLOCK),
-                                    (Reason.CREDENTIAL_REFLECTED, Verdict.BLOCK),
-                                    (Reason.PATH_NOT_ALLOWED, Verdict.WOULD_BLOCK)]:
-                p.submit(refusal(
-                    reason, verdict=verdict,
-                    host=f"{PLANTED_KEY}.api.openai.com", rule="providers.openai",
-                    path=f"/v1/chat/{PLANTED_KEY}?key={PLANTED_KEY}" + "/a" * 3000,
-                    detail=f"body said: Bearer {PLANTED_KEY} " + "B" * 10_000,
-                    tenant=PLANTED_KEY, method="POST",
-                ))
+            for reason, verdict in [
+                (Reason.GATEWAY_HOLDS_CREDENTIAL, Verdict.BLOCK),
+                (Reason.CREDENTIAL_REFLECTED, Verdict.BLOCK),
+                (Reason.PATH_NOT_ALLOWED, Verdict.WOULD_BLOCK),
+            ]:
+                p.submit(
+                    refusal(
+                        reason,
+                        verdict=verdict,
+                        host=f"{PLANTED_KEY}.api.openai.com",
+                        rule="providers.openai",
+                        path=f"/v1/chat/{PLANTED_KEY}?key={PLANTED_KEY}" + "/a" * 3000,
+                        detail=f"body said: Bearer {PLANTED_KEY} " + "B" * 10_000,
+                        tenant=PLANTED_KEY,
+                        method="POST",
+                    )
+                )
             # 3 each to PagerDuty, Slack and the webhook; Alertmanager gets them batched
             await rx.wait_for(10, timeout=10)
             await asyncio.sleep(0.3)
@@ -230,5 +298,6 @@ sinks:
     for secret in (PLANTED_KEY[8:24], PD_KEY, SLACK_TOKEN, HMAC_KEY, "token=abc"):
         assert secret not in logs
     # the routing key reaches PagerDuty's body (it must) and nothing else
-    assert sum(PD_KEY.encode() in b for b in bodies) == sum(
-        b'"routing_key"' in b for b in bodies) > 0
+    assert (
+        sum(PD_KEY.encode() in b for b in bodies) == sum(b'"routing_key"' in b for b in bodies) > 0
+    )

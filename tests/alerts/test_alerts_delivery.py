@@ -38,7 +38,7 @@ sinks:
     routing_key_file: pd.key
 """
     if kind == "webhook":
-        return f"""
+        return """
 sinks:
   - name: hook
     type: webhook
@@ -57,8 +57,11 @@ def config(tmp_path: Path, kind: str, url: str, **kw: str) -> str:
     return write_config(
         tmp_path,
         sink_yaml(kind, url),
-        secrets={"pd.key": ROUTING_KEY, "hook.url": url + "/hooks/T0K3N-in-url",
-                 "hook.key": HMAC_KEY},
+        secrets={
+            "pd.key": ROUTING_KEY,
+            "hook.url": url + "/hooks/T0K3N-in-url",
+            "hook.key": HMAC_KEY,
+        },
         **kw,
     )
 
@@ -72,8 +75,7 @@ def verify_documented(headers: dict[str, str], body: bytes, key: str) -> bool:
     sig = headers["X-Egress-Sidecar-Signature"]
     if abs(time.time() - int(ts)) > 300:
         return False
-    expected = "v1=" + hmac.new(key.encode(), ts.encode() + b"." + body,
-                                hashlib.sha256).hexdigest()
+    expected = "v1=" + hmac.new(key.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, sig)
 
 
@@ -105,8 +107,11 @@ def test_202_delivers_once(tmp_path: Path, kind: str) -> None:
                 assert not verify_documented(req.headers, req.body, "wrong-key")
                 assert body["kind"] == "trigger" and body["status"] == "firing"
                 assert body["alert"]["severity"] == "critical"
-            await wait_until(lambda: metric(p, "egress_sidecar_alerts_sent_total",
-                                            sink=SINK[kind]) == 1, 2, "sent metric")
+            await wait_until(
+                lambda: metric(p, "egress_sidecar_alerts_sent_total", sink=SINK[kind]) == 1,
+                2,
+                "sent metric",
+            )
             assert metric(p, "egress_sidecar_alerts_queue_depth", sink=SINK[kind]) == 0
         finally:
             await p.stop()
@@ -129,8 +134,11 @@ def test_429_honours_retry_after(tmp_path: Path, kind: str) -> None:
             assert [r.status for r in rx.requests] == [429, 202]
             assert rx.requests[0].body == rx.requests[1].body or kind == "webhook"
             assert metric(p, "egress_sidecar_alerts_retried_total", sink=SINK[kind]) == 1
-            await wait_until(lambda: metric(p, "egress_sidecar_alerts_sent_total",
-                                            sink=SINK[kind]) == 1, 2, "sent")
+            await wait_until(
+                lambda: metric(p, "egress_sidecar_alerts_sent_total", sink=SINK[kind]) == 1,
+                2,
+                "sent",
+            )
         finally:
             await p.stop()
             await rx.stop()
@@ -172,8 +180,10 @@ def test_client_error_is_never_retried(tmp_path: Path, kind: str, status: int) -
             await rx.wait_for(1)
             await asyncio.sleep(0.5)  # 25 backoff periods: a retry would have happened
             assert len(rx.requests) == 1
-            assert metric(p, "egress_sidecar_alerts_dropped_total", sink=SINK[kind],
-                          reason="rejected") == 1
+            assert (
+                metric(p, "egress_sidecar_alerts_dropped_total", sink=SINK[kind], reason="rejected")
+                == 1
+            )
             assert metric(p, "egress_sidecar_alerts_retried_total", sink=SINK[kind]) == 0
             assert metric(p, "egress_sidecar_alerts_queue_depth", sink=SINK[kind]) == 0
             assert list((tmp_path / "spool" / SINK[kind]).iterdir()) == []
@@ -187,13 +197,18 @@ def test_client_error_is_never_retried(tmp_path: Path, kind: str, status: int) -
 def test_pagerduty_trigger_then_resolve_with_one_dedup_key(tmp_path: Path) -> None:
     async def main() -> None:
         rx = await FakeReceiver(default=202).start()
-        p = pipeline(config(tmp_path, "pagerduty", rx.url, resolve="300ms", resend="100ms"),
-                     tmp_path / "spool")
+        p = pipeline(
+            config(tmp_path, "pagerduty", rx.url, resolve="300ms", resend="100ms"),
+            tmp_path / "spool",
+        )
         await p.start()
         try:
             for _ in range(50):
-                p.submit(refusal(Reason.DNS_TUNNEL_SUSPECTED, host="abc.t.evil.example",
-                                 rule="default_deny"))
+                p.submit(
+                    refusal(
+                        Reason.DNS_TUNNEL_SUSPECTED, host="abc.t.evil.example", rule="default_deny"
+                    )
+                )
             await rx.wait_for(2, timeout=5)
             await asyncio.sleep(0.3)
             bodies = [r.json() for r in rx.requests]
@@ -214,8 +229,9 @@ def test_slack_message_is_escaped(tmp_path: Path) -> None:
         p = pipeline(config(tmp_path, "slack", rx.url), tmp_path / "spool")
         await p.start()
         try:
-            p.submit(refusal(host="evil.example", path="/<!channel> `x` <http://a|b>",
-                             detail="<!here>"))
+            p.submit(
+                refusal(host="evil.example", path="/<!channel> `x` <http://a|b>", detail="<!here>")
+            )
             await rx.wait_for(1)
             text = rx.requests[0].json()["text"]
             assert "<!channel>" not in text and "<http" not in text

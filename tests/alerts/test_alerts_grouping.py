@@ -84,8 +84,9 @@ def test_flood_of_distinct_fingerprints_is_rate_capped_and_says_so() -> None:
     reasons = list(Reason)
     rng = random.Random(3)
     for i in range(10_000):
-        g.submit(refusal(reason=rng.choice(reasons[1:]), host=f"x{i}.example",
-                         tenant=f"tenant-{i}"))
+        g.submit(
+            refusal(reason=rng.choice(reasons[1:]), host=f"x{i}.example", tenant=f"tenant-{i}")
+        )
     notes = g.due()
     floods = [n for n in notes if n.alert["reason"] == FLOOD_REASON]
     normal = [n for n in notes if n.alert["reason"] != FLOOD_REASON]
@@ -124,3 +125,10 @@ def test_state_round_trip_restores_active_alerts() -> None:
     resolved = g2.due()
     assert {n.fingerprint for n in resolved} == first
     assert all(n.kind == RESOLVE for n in resolved)
+
+
+def test_bad_timestamp_does_not_break_the_flusher() -> None:
+    g, _ = make()
+    g.submit(refusal(at="yesterday"))  # type: ignore[arg-type]
+    notes = g.due()
+    assert [n.kind for n in notes] == [TRIGGER]

@@ -49,8 +49,9 @@ def extract(tmp_path: Path) -> Path:
 def test_promtool_check_rules(tmp_path: Path) -> None:
     promtool = tool("promtool", "prometheus")
     rules = extract(tmp_path)
-    out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout + out.stderr
 
@@ -58,8 +59,13 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
 def test_promtool_test_rules(tmp_path: Path) -> None:
     promtool = tool("promtool", "prometheus")
     extract(tmp_path)
-    out = subprocess.run([promtool, "test", "rules", RULE_TEST.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "test", "rules", RULE_TEST.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -69,21 +75,32 @@ def test_promtool_test_rules_can_fail(tmp_path: Path) -> None:
     extract(tmp_path)
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules.read_text().replace("metadata_address|", "", 1))
-    out = subprocess.run([promtool, "test", "rules", RULE_TEST.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "test", "rules", RULE_TEST.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
 
 
 def test_amtool_check_config() -> None:
     amtool = tool("amtool", "prometheus-alertmanager")
-    out = subprocess.run([amtool, "check-config", str(AM_EXAMPLE)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [amtool, "check-config", str(AM_EXAMPLE)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_alert_has_severity_summary_and_known_metric() -> None:
-    known = ("egress_sidecar_decisions_total", "egress_sidecar_policy_reload_total",
-             "egress_sidecar_policy_last_reload_success", "egress_sidecar_alerts_", "up{")
+    known = (
+        "egress_sidecar_decisions_total",
+        "egress_sidecar_policy_reload_total",
+        "egress_sidecar_policy_last_reload_success",
+        "egress_sidecar_alerts_",
+        "up{",
+    )
     for group in rules_spec()["groups"]:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in {"critical", "warning", "info"}
@@ -99,6 +116,7 @@ def test_rule_reason_lists_match_the_model() -> None:
     assert set(critical.group(1).split("|")) == model_critical
     excluded = re.search(r'reason!~"([^"]+)"', rules["EgressSidecarBlockedEgress"]["expr"])
     assert excluded is not None
-    model_not_warning = {r.value for r, s in SEVERITY_BY_REASON.items()
-                         if s is not Severity.WARNING}
+    model_not_warning = {
+        r.value for r, s in SEVERITY_BY_REASON.items() if s is not Severity.WARNING
+    }
     assert set(excluded.group(1).split("|")) == model_not_warning

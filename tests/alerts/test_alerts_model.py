@@ -28,13 +28,21 @@ from sidecar.alerts.model import (
 from sidecar.decision import Reason, Verdict
 
 CRITICAL = [
-    Reason.METADATA_ADDRESS, Reason.PRIVATE_ADDRESS, Reason.GATEWAY_HOLDS_CREDENTIAL,
-    Reason.CREDENTIAL_REFLECTED, Reason.DNS_TUNNEL_SUSPECTED, Reason.DESTINATION_MISMATCH,
+    Reason.METADATA_ADDRESS,
+    Reason.PRIVATE_ADDRESS,
+    Reason.GATEWAY_HOLDS_CREDENTIAL,
+    Reason.CREDENTIAL_REFLECTED,
+    Reason.DNS_TUNNEL_SUSPECTED,
+    Reason.DESTINATION_MISMATCH,
     Reason.HOST_MISMATCH,
 ]
 WARNING = [
-    Reason.HOST_NOT_ALLOWED, Reason.PORT_NOT_ALLOWED, Reason.PATH_NOT_ALLOWED,
-    Reason.METHOD_NOT_ALLOWED, Reason.IP_LITERAL, Reason.DNS_NAME_NOT_ALLOWED,
+    Reason.HOST_NOT_ALLOWED,
+    Reason.PORT_NOT_ALLOWED,
+    Reason.PATH_NOT_ALLOWED,
+    Reason.METHOD_NOT_ALLOWED,
+    Reason.IP_LITERAL,
+    Reason.DNS_NAME_NOT_ALLOWED,
 ]
 
 
@@ -77,8 +85,9 @@ def test_registrable_domain(host: str, expected: str) -> None:
 def test_spraying_subdomains_keeps_one_destination_class() -> None:
     rng = random.Random(1)
     classes = {
-        destination_class(refusal(host="".join(rng.choices(string.ascii_lowercase, k=40))
-                                  + f".{i}.exfil.example"))
+        destination_class(
+            refusal(host="".join(rng.choices(string.ascii_lowercase, k=40)) + f".{i}.exfil.example")
+        )
         for i in range(500)
     }
     assert classes == {"exfil.example"}
@@ -90,8 +99,9 @@ def test_data_in_the_domain_label_is_redacted_from_the_class() -> None:
 
 
 def test_policy_rule_is_the_destination_class_when_an_entry_decided() -> None:
-    d = refusal(Reason.PATH_NOT_ALLOWED, host="api.openai.com", rule="providers.openai",
-                path="/v1/files")
+    d = refusal(
+        Reason.PATH_NOT_ALLOWED, host="api.openai.com", rule="providers.openai", path="/v1/files"
+    )
     assert destination_class(d) == "rule:providers.openai"
     d2 = refusal(Reason.METADATA_ADDRESS, host="169.254.169.254", rule="netguard")
     assert destination_class(d2) == "ip:v4"
@@ -100,8 +110,9 @@ def test_policy_rule_is_the_destination_class_when_an_entry_decided() -> None:
 def test_fingerprint_is_stable_and_separates_tenant_audit_and_reason() -> None:
     base = key_for(refusal(host="a.evil.example", tenant="team-a"))
     assert base == key_for(refusal(host="b.evil.example", tenant="team-a", path="/x"))
-    assert base.fingerprint("llm") == key_for(refusal(host="c.evil.example",
-                                                      tenant="team-a")).fingerprint("llm")
+    assert base.fingerprint("llm") == key_for(
+        refusal(host="c.evil.example", tenant="team-a")
+    ).fingerprint("llm")
     others = [
         key_for(refusal(host="a.evil.example", tenant="team-b")),
         key_for(refusal(host="a.evil.example", tenant="team-a", verdict=Verdict.WOULD_BLOCK)),

@@ -30,9 +30,15 @@ from alerts_helpers import (
 from sidecar.decision import Reason
 
 HMAC_KEY = "k" * 32
-REASONS = [Reason.HOST_NOT_ALLOWED, Reason.METADATA_ADDRESS, Reason.PORT_NOT_ALLOWED,
-           Reason.IP_LITERAL, Reason.DNS_TUNNEL_SUSPECTED, Reason.PRIVATE_ADDRESS,
-           Reason.HOST_MISMATCH]
+REASONS = [
+    Reason.HOST_NOT_ALLOWED,
+    Reason.METADATA_ADDRESS,
+    Reason.PORT_NOT_ALLOWED,
+    Reason.IP_LITERAL,
+    Reason.DNS_TUNNEL_SUSPECTED,
+    Reason.PRIVATE_ADDRESS,
+    Reason.HOST_MISMATCH,
+]
 
 
 def webhook_config(tmp_path: Path, port: int, **kw: str) -> str:
@@ -66,8 +72,11 @@ def test_outage_and_clean_restart_lose_nothing(tmp_path: Path) -> None:
         for reason in REASONS[:4]:
             p.submit(refusal(reason, host="x.evil.example"))
         await wait_until(lambda: len(spooled(spool)) == 4, 5, "4 spooled notifications")
-        await wait_until(lambda: metric(p, "egress_sidecar_alerts_retried_total",
-                                        sink="hook") >= 2, 5, "retries while the sink is down")
+        await wait_until(
+            lambda: metric(p, "egress_sidecar_alerts_retried_total", sink="hook") >= 2,
+            5,
+            "retries while the sink is down",
+        )
         await p.stop()
 
     async def second_life() -> FakeReceiver:
@@ -173,7 +182,8 @@ def test_corrupt_spool_files_are_quarantined_and_counted(tmp_path: Path) -> None
     (spool / "hook").mkdir(parents=True)
     (spool / "hook" / f"{time.time_ns():020d}-0123456789abcdef-open.json").write_text("{nope")
     (spool / "hook" / f"{time.time_ns():020d}-0123456789abcdef-close.json").write_text(
-        json.dumps({"v": 1, "seq": 1, "kind": "resolve"}))
+        json.dumps({"v": 1, "seq": 1, "kind": "resolve"})
+    )
     (spool / "hook" / "stray.txt").write_text("x")
     (spool / "hook" / ".tmp-123-half-written").write_text("x")
     (spool / "state.json").write_bytes(b"\xff\x00garbage")
@@ -199,8 +209,13 @@ def test_corrupt_spool_files_are_quarantined_and_counted(tmp_path: Path) -> None
 
 def _time_submits(p_submit: object, n: int) -> float:
     decisions = [
-        refusal(REASONS[i % len(REASONS)], host=f"h{i}.d{i % 50}.example", tenant=f"t{i % 7}",
-                path=f"/v1/x/{i}", detail="refused")
+        refusal(
+            REASONS[i % len(REASONS)],
+            host=f"h{i}.d{i % 50}.example",
+            tenant=f"t{i % 7}",
+            path=f"/v1/x/{i}",
+            detail="refused",
+        )
         for i in range(n)
     ]
     submit = p_submit  # bound method
@@ -252,8 +267,10 @@ def test_dead_sink_does_not_slow_submit(tmp_path: Path, dead: str) -> None:
         return baseline, with_dead, lag
 
     baseline, with_dead, lag = run(main(), 60)
-    print(f"10k submits: no sink {baseline * 1e3:.1f} ms, dead sink ({dead}) "
-          f"{with_dead * 1e3:.1f} ms, loop lag {lag * 1e3:.1f} ms")
+    print(
+        f"10k submits: no sink {baseline * 1e3:.1f} ms, dead sink ({dead}) "
+        f"{with_dead * 1e3:.1f} ms, loop lag {lag * 1e3:.1f} ms"
+    )
     assert with_dead < max(3 * baseline, 0.25), (baseline, with_dead)
     assert with_dead < 2.0  # 10k refusals a second are absorbed with room to spare
     assert lag < 0.5
