@@ -178,8 +178,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     recorder = Recorder([decision_log.record, metrics.record], on_error=lambda m: emit("error",
                         error=m))
     alerts = _alert_pipeline(settings, registry)
-    if alerts is not None:
-        recorder.add(lambda d: alerts.submit(d) if d.is_violation else None)
+    recorder.add(alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
 
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
@@ -230,15 +229,13 @@ async def _serve(settings: Settings, policy: Any) -> int:
                  ca_cert=str(Path(settings.ca_dir) / "mitmproxy-ca-cert.pem"),
                  resolver=resolver.nameservers, mode=holder.engine.policy.mode.value)
             tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
-            if alerts is not None:
-                await alerts.start()
+            await alerts.start()
 
         async def done(self) -> None:
             metrics.ready.set(0)
             for task in tasks:
                 task.cancel()
-            if alerts is not None:
-                await alerts.stop()
+            await alerts.stop()
             await admin.stop()
 
     master.addons.add(Lifecycle())
@@ -271,13 +268,15 @@ def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:
 
 
 def _alert_pipeline(settings: Settings, registry: Any) -> Any:
-    """The alert pipeline, when its package is present (issue #5)."""
-    try:
-        from sidecar.alerts import AlertPipeline
-    except ImportError:
-        return None
+    """Alert grouping and delivery; a bad alerts config stops the start like a bad policy."""
     import os
 
+    from sidecar.alerts import AlertPipeline, ConfigError
+
     pod = {k: v for k in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME") if (v := os.environ.get(k))}
-    return AlertPipeline.from_config(settings.alerts_config, spool_dir=settings.alert_spool_dir,
-                                     registry=registry, pod=pod)
+    try:
+        return AlertPipeline.from_config(
+            settings.alerts_config, spool_dir=settings.alert_spool_dir, registry=registry, pod=pod
+        )
+    except ConfigError as exc:
+        raise SettingsError(f"alerts config rejected:\n{exc}") from None
