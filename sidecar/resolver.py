@@ -94,20 +94,25 @@ class Resolver:
         return answer.addresses
 
     async def _query(self, name: str) -> Answer:
-        addresses: list[IPAddress] = []
-        ttl = MAX_TTL
-        errors: list[str] = []
-        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            try:
-                result = await self._resolver.resolve(name + ".", rdtype, search=False)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as exc:
-                errors.append(type(exc).__name__)
-                continue
-            except dns.exception.DNSException as exc:
-                raise ResolutionError(f"{type(exc).__name__} asking for {name}") from None
-            ttl = min(ttl, float(result.rrset.ttl if result.rrset is not None else MIN_TTL))
-            for record in result:
-                addresses.append(ipaddress.ip_address(record.to_text()))
+        # A and AAAA in parallel: the first request to a name waits for one round trip.
+        results = await asyncio.gather(
+            self._query_type(name, dns.rdatatype.A),
+            self._query_type(name, dns.rdatatype.AAAA),
+        )
+        addresses = [a for found, _ in results for a in found]
         if not addresses:
-            raise ResolutionError(f"no address for {name} ({', '.join(errors)})")
+            raise ResolutionError(f"no address for {name}")
+        ttl = min(ttl for _, ttl in results)
         return Answer(tuple(addresses), time.monotonic() + max(MIN_TTL, ttl))
+
+    async def _query_type(
+        self, name: str, rdtype: dns.rdatatype.RdataType
+    ) -> tuple[list[IPAddress], float]:
+        try:
+            result = await self._resolver.resolve(name + ".", rdtype, search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return [], MAX_TTL
+        except dns.exception.DNSException as exc:
+            raise ResolutionError(f"{type(exc).__name__} asking for {name}") from None
+        ttl = float(result.rrset.ttl) if result.rrset is not None else MIN_TTL
+        return [ipaddress.ip_address(record.to_text()) for record in result], ttl
