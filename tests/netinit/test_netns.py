@@ -12,179 +12,29 @@ deleted.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import secrets
-import shutil
-import subprocess
 import sys
-import textwrap
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
-SIDECAR_UID = 1337
-GATEWAY_UID = 1000
-POD_V4, NET_V4 = "10.77.0.1", "10.77.0.2"
-POD_V6, NET_V6 = "fd77::1", "fd77::2"
-TIMEOUT = 20
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespace tests need root (euid is not 0)"
-    if shutil.which("ip") is None:
-        return "network namespace tests need `ip netns` (iproute2 not installed)"
-    name = f"esc-test-probe-{secrets.token_hex(3)}"
-    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"network namespace tests need `ip netns`, which fails here: {probe.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return None
-
+from tests.support.netns import (
+    GATEWAY_UID,
+    NET_V4,
+    NET_V6,
+    POD_V4,
+    SIDECAR_UID,
+    TIMEOUT,
+    VENV_BIN,
+    Pod,
+    background,
+    finish,
+    pod_fixture,  # noqa: F401  (the `pod` fixture)
+    sh,
+)
+from tests.support.netns import child_python as _child_python
+from tests.support.netns import netns_unavailable_reason as _skip_reason
 
 _REASON = _skip_reason()
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
-
-
-def _child_python() -> str:
-    """A python3 that an unprivileged UID can execute (the venv lives under /root)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("no system python3 for the unprivileged test processes (apt-get install python3)")
-
-
-def _require_iptables() -> None:
-    missing = [b for b in ("iptables-save", "ip6tables-save") if shutil.which(b) is None]
-    if missing:
-        pytest.fail(f"{missing} not found: apt-get install iptables (root and netns are here)")
-
-
-def _init_command() -> list[str]:
-    """The real console command; `python -m sidecar.netinit` only while the CLI is broken.
-
-    `egress-sidecar` imports every subcommand module to build its parser; while a
-    sibling module is still missing, the same `add_arguments`/`main` are run through
-    the module entry point so that these tests keep covering the rules.
-    `test_console_script_runs_init` fails loudly in that case.
-    """
-    exe = VENV_BIN / "egress-sidecar"
-    probe = subprocess.run([str(exe), "init", "--help"], capture_output=True, text=True)
-    if probe.returncode == 0:
-        return [str(exe), "init"]
-    return [str(VENV_BIN / "python"), "-m", "sidecar.netinit"]
-
-
-def sh(
-    *argv: str, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=TIMEOUT, input=stdin, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{argv} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@dataclass
-class Pod:
-    pod: str
-    net: str
-
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.pod, *argv, check=check)
-
-    def init(self, *flags: str) -> subprocess.CompletedProcess[str]:
-        return self.run(*_init_command(), *flags, check=False)
-
-    def save(self, family: str = "4", backend: str | None = None) -> str:
-        tool = "iptables" if family == "4" else "ip6tables"
-        name = f"{tool}-{backend}-save" if backend else f"{tool}-save"
-        return normalize_save(self.run(name).stdout)
-
-    def as_uid(self, uid: int, ns: str | None = None) -> list[str]:
-        return [
-            "ip", "netns", "exec", ns or self.pod,
-            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        ]  # fmt: skip
-
-    def py(self, uid: int, code: str, ns: str | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [*self.as_uid(uid, ns), _child_python(), "-c", textwrap.dedent(code)]
-        return sh(*argv, check=False)
-
-
-def normalize_save(text: str) -> str:
-    """iptables-save output without the comment lines and packet/byte counters."""
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
-    return "\n".join(re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in lines)
-
-
-@pytest.fixture
-def pod() -> Iterator[Pod]:
-    _require_iptables()
-    tag = secrets.token_hex(3)
-    p = Pod(pod=f"esc-test-{tag}-pod", net=f"esc-test-{tag}-net")
-    veth_pod, veth_net = f"escp{tag}", f"escn{tag}"
-    try:
-        sh("ip", "netns", "add", p.pod)
-        sh("ip", "netns", "add", p.net)
-        sh("ip", "link", "add", veth_pod, "netns", p.pod, "type", "veth",
-           "peer", "name", veth_net, "netns", p.net)  # fmt: skip
-        for ns, dev, v4, v6 in (
-            (p.pod, veth_pod, POD_V4, POD_V6),
-            (p.net, veth_net, NET_V4, NET_V6),
-        ):
-            ex = ["ip", "netns", "exec", ns]
-            sh(*ex, "ip", "link", "set", "lo", "up")
-            sh(*ex, "ip", "addr", "add", f"{v4}/24", "dev", dev)
-            sh(*ex, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            sh(*ex, "ip", "link", "set", dev, "up")
-        # Default routes inside the pod namespace only, so "the internet" is routable.
-        p.run("ip", "route", "add", "default", "via", NET_V4)
-        p.run("ip", "-6", "route", "add", "default", "via", NET_V6)
-        # Unprivileged ICMP echo sockets, so the test can show ICMP is rejected.
-        p.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647")
-        yield p
-    finally:
-        for ns in (p.pod, p.net):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=TIMEOUT)
-
-
-@contextlib.contextmanager
-def background(argv: list[str], ready: str = "READY") -> Iterator[subprocess.Popen[str]]:
-    """Start a helper process and wait (bounded) until it prints `ready`."""
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + TIMEOUT
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if ready in line or not line:
-                break
-        if ready not in line:
-            proc.kill()
-            raise AssertionError(f"helper did not start: {argv}\n{proc.stderr.read()}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=TIMEOUT)
-
-
-def finish(proc: subprocess.Popen[str]) -> str:
-    out, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, err
-    return out
 
 
 # A stand-in for the transparent listener: accepts one connection, reports the
