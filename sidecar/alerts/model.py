@@ -336,11 +336,16 @@ POD_ENV = {"name": "POD_NAME", "namespace": "POD_NAMESPACE", "node": "NODE_NAME"
 def pod_identity(
     override: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Pod identity from the downward API (POD_NAME, POD_NAMESPACE, NODE_NAME)."""
+    """Pod identity from the downward API (POD_NAME, POD_NAMESPACE, NODE_NAME).
+
+    `override` (the `pod=` argument of `AlertPipeline.from_config`) wins per field and
+    may be keyed ``name``/``namespace``/``node`` or by the env var names."""
     source = os.environ if env is None else env
+    given = override or {}
     result: dict[str, str] = {}
     for key, var in POD_ENV.items():
-        value = (override or {}).get(key) or source.get(var, "")
+        # `override` may use either spelling: {"name": ...} or {"POD_NAME": ...}
+        value = given.get(key) or given.get(var) or source.get(var, "")
         result[key] = label_value(value, 128)
     return result
 

@@ -209,4 +209,5 @@ def test_pod_identity_from_downward_api_env() -> None:
     env = {"POD_NAME": "gw-0", "POD_NAMESPACE": "llm", "NODE_NAME": "n1\nX"}
     assert pod_identity(env=env) == {"name": "gw-0", "namespace": "llm", "node": "n1_X"}
     assert pod_identity({"name": "override"}, env=env)["name"] == "override"
+    assert pod_identity({"POD_NAMESPACE": "other"}, env=env)["namespace"] == "other"
     assert pod_identity(env={}) == {"name": "", "namespace": "", "node": ""}
