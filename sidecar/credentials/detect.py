@@ -9,20 +9,22 @@ Two kinds of rules:
 
 - **Prefixed families** (`sk-proj-`, `sk-ant-api03-`, `AIza...`, `gsk_`, ...): precise,
   searched anywhere in every header value and query parameter.
-- **Generic rules** (a long random `sk-...`, Azure's 32 hex digits, any long random
+- **Generic rules** (a long random `sk-<32+ letters/digits>`, Azure's 32 hex digits, any long random
   token, a JWT): only in credential-bearing places (Authorization, x-api-key, api-key,
   `key=`, ...) of requests to an endpoint that gets a key injected, where the gateway
-  is supposed to send a dummy or a virtual key. "Random" means: at least 32
-  characters, Shannon entropy >= 3.5 bits per character, and at least 3 digits and
-  3 letters, so `sk-dummy`, `sk-xxxxxxxx...`, `none`, `dummy-key-for-the-gateway` are
-  not keys. Virtual keys (`vk-...`) are never real keys.
+  is supposed to send a dummy or a virtual key. "Random" (`looks_random`) means: at
+  least 32 characters, digits and letters, and a Shannon entropy within 0.5 bit of
+  what random text over the same alphabet would have, so `sk-dummy`, `sk-xxxx...`,
+  `none`, `DummyKeyForTheLocalGateway1` are not keys. Virtual keys (`vk-...`) are never real keys.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -99,7 +101,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
     ),
 )
 
-_GENERIC_SK = re.compile(r"sk-[A-Za-z0-9_-]{32,}")
+_GENERIC_SK = re.compile(r"sk-[A-Za-z0-9]{32,}")
 _AZURE_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/]+=*")
@@ -134,12 +136,42 @@ def shannon_entropy(text: str) -> float:
 
 
 def looks_random(token: str, *, min_len: int = 32) -> bool:
-    """Long, high-entropy, with digits and letters: a machine-made secret."""
-    if len(token) < min_len:
+    """Long, with digits and letters, and about as varied as random text over its alphabet.
+
+    The bar is the expected entropy of `len(token)` random characters drawn from the
+    alphabet the token uses (digits, lower, upper, others), minus 0.5 bit: random keys
+    clear it (hex and base62 alike), words and repeated patterns do not.
+    """
+    n = len(token)
+    if n < min_len:
         return False
-    digits = sum(ch.isdigit() for ch in token)
-    letters = sum(ch.isalpha() for ch in token)
-    return digits >= 3 and letters >= 3 and shannon_entropy(token) >= 3.5
+    has_digit = any(ch.isdigit() for ch in token)
+    has_alpha = any(ch.isalpha() for ch in token)
+    if not (has_digit and has_alpha):
+        return False
+    lower = any(ch.islower() for ch in token)
+    upper = any(ch.isupper() for ch in token)
+    others = len({ch for ch in token if not ch.isalnum()})
+    hexish = all(ch in "0123456789abcdef" for ch in token) or all(
+        ch in "0123456789ABCDEF" for ch in token
+    )
+    if hexish:
+        alphabet = 16
+    else:
+        alphabet = 10 + (26 if lower else 0) + (26 if upper else 0) + others
+    return shannon_entropy(token) >= _entropy_bar(min(n, 512), alphabet)
+
+
+@functools.lru_cache(maxsize=1024)
+def _entropy_bar(n: int, alphabet: int) -> float:
+    """Mean minus 2.5 standard deviations of the entropy of n random draws (simulated
+    once per (n, alphabet) with a fixed seed, so the result is deterministic)."""
+    rng = random.Random(n * 1000 + alphabet)
+    symbols = [chr(0x100 + i) for i in range(alphabet)]
+    samples = [shannon_entropy("".join(rng.choices(symbols, k=n))) for _ in range(200)]
+    mean = sum(samples) / len(samples)
+    std = math.sqrt(sum((x - mean) ** 2 for x in samples) / len(samples))
+    return mean - max(2.5 * std, 0.1)
 
 
 def scan_prefixed(

@@ -220,6 +220,9 @@ class _Scan:
     findings: list[Finding] = field(default_factory=list)
     virtual_keys: set[str] = field(default_factory=set)
     stripped: list[str] = field(default_factory=list)
+    # Headers / params that held a finding but were not stripped: removed on refusal.
+    tainted_headers: list[str] = field(default_factory=list)
+    tainted_params: list[str] = field(default_factory=list)
 
 
 def prepare_request(
@@ -246,6 +249,7 @@ def prepare_request(
         values = headers.get_all(name)
         credential_place = is_credential_header(lower)
         location = f"header {lower}"
+        before = len(scan.findings)
         for value in values:
             skip: frozenset[str] = frozenset()
             if not injecting and lower == "authorization" and value.lower().startswith(_AWS_SIGV4):
@@ -260,19 +264,24 @@ def prepare_request(
             if kept != values:
                 headers.set_all(name, kept)
                 scan.stripped.append(f"{location} (key entry)")
-            continue
-        if injecting and (credential_place or lower == spec.header):  # type: ignore[union-attr]
+                values = kept
+        elif injecting and (credential_place or lower == spec.header):  # type: ignore[union-attr]
             headers.set_all(name, [])
             scan.stripped.append(location)
+            continue
         elif not injecting and any(_holds_virtual_key(v) for v in values):
             headers.set_all(name, [])
             scan.stripped.append(location)
+            continue
+        if len(scan.findings) > before and values:
+            scan.tainted_headers.append(name)
 
     if query is not None:
         for name in list(query):
             values = query.get_all(name)
             location = f"query {name.lower()}"
             credential_place = is_credential_param(name)
+            before = len(scan.findings)
             for value in values:
                 scan.findings += scan_prefixed(value, location)
                 if credential_place:
@@ -280,11 +289,23 @@ def prepare_request(
             if (injecting and credential_place) or any(_holds_virtual_key(v) for v in values):
                 query.set_all(name, [])
                 scan.stripped.append(location)
+            elif len(scan.findings) > before:
+                scan.tainted_params.append(name)
 
     stripped = tuple(scan.stripped)
     findings = tuple(_dedupe(scan.findings))
     provider = endpoint.provider
     if findings:
+        # Defence in depth: the request is refused, but if a caller forwarded it
+        # anyway, the gateway's key would still not leave.
+        for name in scan.tainted_headers:
+            headers.set_all(name, [])
+            scan.stripped.append(f"header {name.lower()}")
+        if query is not None:
+            for name in scan.tainted_params:
+                query.set_all(name, [])
+                scan.stripped.append(f"query {name.lower()}")
+        stripped = tuple(scan.stripped)
         where = "; ".join(f.describe() for f in findings)
         return CredentialResult(
             Outcome.GATEWAY_HOLDS_CREDENTIAL,
