@@ -18,8 +18,9 @@ are followed by the gateway, so each hop is a new request that is vetted again.
 What happens, in order:
 
 1. Detection, before anything is changed: prefixed key families in every header value
-   and query parameter; generic rules (random `sk-`, Azure hex, JWT, long random
-   token) and the sidecar's own secret values in credential-bearing places of requests
+   and query parameter; the sidecar's own secret values (current and recently
+   rotated out) in credential-bearing places of any request; generic rules (random
+   `sk-`, Azure hex, JWT, long random token) in credential-bearing places of requests
    to endpoints that get a key. Any finding -> `GATEWAY_HOLDS_CREDENTIAL`.
 2. Stripping (endpoints with a credential spec only): every credential-bearing header
    and query parameter, cookies, `openai-insecure-api-key.*` WebSocket sub-protocols.
@@ -241,7 +242,7 @@ def prepare_request(
     """
     spec = endpoint.credential
     injecting = endpoint.provider is not None and spec is not None
-    own_values = _own_values(store) if injecting else {}
+    own_values = _own_values(store)
     scan = _Scan()
 
     for name in list(headers):
@@ -401,15 +402,14 @@ def _credential_value(
     for token in _tokens(value):
         if is_virtual_key(token):
             scan.virtual_keys.add(token)
-    if not injecting:
-        return
-    scan.findings += scan_generic(value, location, header=header)
     for token in _tokens(value):
         name = own_values.get(token)
         if name is not None:
             scan.findings.append(
                 Finding(location, "sidecar_secret", f"the sidecar's own {name!r} key")
             )
+    if injecting:
+        scan.findings += scan_generic(value, location, header=header)
 
 
 def _websocket_protocols(

@@ -495,6 +495,12 @@ def test_provider_key_towards_allow_entry_refused(store: SecretStore):
     assert result.outcome is Outcome.GATEWAY_HOLDS_CREDENTIAL
 
 
+def test_sidecar_key_replayed_to_allow_entry_refused(store: SecretStore):
+    result, hl, _ = run(h.allow_endpoint(), [("x-token", OWN["azure-openai"])], store)
+    assert result.outcome is Outcome.GATEWAY_HOLDS_CREDENTIAL
+    assert OWN["azure-openai"] not in repr(hl.fields)
+
+
 def test_provider_without_spec_keeps_gateway_auth(store: SecretStore):
     """Bedrock: the gateway signs with its own role (SigV4). Nothing stripped or added."""
     sig = (
