@@ -30,7 +30,7 @@ cost milliseconds on every request. The lookup hashes the presented key once and
 the digest up in a dictionary, then confirms with `hmac.compare_digest`; timing reveals
 nothing useful because an attacker learns at most something about a digest, not a key.
 
-Run `python -m sidecar.credentials.virtual_keys new` to create a key and its hash, or
+Run `python -m sidecar.credentials new` to create a key and its hash, or
 `... hash` to hash a key read from stdin (never pass keys as arguments: they end up in
 shell history and `ps`).
 """
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    print("usage: python -m sidecar.credentials.virtual_keys new | hash  (key on stdin)")
+    print("usage: python -m sidecar.credentials new | hash  (key on stdin)")
     return 2
 
 
