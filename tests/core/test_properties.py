@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sidecar.decision import Reason
 from sidecar.engine import Attempt, PolicyEngine, normalize_request_path
-from sidecar.hostnames import HostError, parse_host
+from sidecar.hostnames import HostError, normalize_policy_host, parse_host, split_host_port
 from sidecar.netguard import classify_address
 
 from .conftest import MakeEngine
@@ -228,3 +228,20 @@ def test_normalized_path_without_problem_is_unambiguous(raw: str) -> None:
     assert "//" not in path and "\\" not in path and "\x00" not in path
     assert "%" not in path  # nothing left for a second decoding to turn into "." or "/"
     assert path.startswith("/")
+
+
+@SETTINGS
+@given(st.one_of(st.text(max_size=30), host_text))
+@example("a.com:\u00b2")
+@example("\ud800.com")
+def test_parsers_raise_only_host_error(text: str) -> None:
+    """Adapters catch HostError; any other exception would escape the refusal path."""
+    for parse in (
+        parse_host,
+        normalize_policy_host,
+        lambda t: split_host_port(t, 443),
+    ):
+        try:
+            parse(text)
+        except HostError:
+            pass
