@@ -1,0 +1,149 @@
+"""The fake provider and fake DNS, in their own process (so they never share a GIL
+with the load generator or the proxy under test).
+
+Provider: aiohttp over TLS, OpenAI-shaped paths. Dedicated to benchmarking rather than
+`tests.support.fakes.FakeProvider`, which keeps every request body it receives (1 MB
+bodies times thousands of requests) and records send times in its own process only.
+Here every SSE event carries the monotonic time it was written (`"t"`), which the
+client compares with its arrival time (CLOCK_MONOTONIC is system-wide on Linux).
+
+DNS: `tests.support.fakes.FakeDNS.answer` (the test fake's table logic), served on UDP.
+
+Prints one JSON line `{"https": PORT, "dns": PORT}` on stdout once both listen; stops
+on SIGTERM/SIGINT or when stdin closes (its parent went away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import ssl
+import sys
+import time
+
+from aiohttp import web
+
+from tests.support.fakes import FakeDNS
+
+SMALL = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "gpt-fake",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from fake"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+}
+SMALL_BODY = json.dumps(SMALL).encode()
+
+
+class Provider:
+    def __init__(self) -> None:
+        self.active_streams = 0
+        self.requests = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/bench/active", self.active)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.Response(body=b'{"object":"list","data":[{"id":"gpt-fake"}]}',
+                            content_type="application/json")
+
+    async def active(self, request: web.Request) -> web.Response:
+        return web.json_response({"active_streams": self.active_streams,
+                                  "requests": self.requests})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.read()
+        if len(body) > 65536:  # large prompt: acknowledge its size, do not parse
+            return web.json_response({"received": len(body)})
+        payload = json.loads(body or b"{}")
+        if not payload.get("stream"):
+            return web.Response(body=SMALL_BODY, content_type="application/json")
+        chunks = int(payload.get("chunks", 200))
+        interval = float(payload.get("interval", 0.01))
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        self.active_streams += 1
+        try:
+            start = time.monotonic()
+            for i in range(chunks):
+                delay = start + i * interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                event = {"i": i, "t": time.monotonic(),
+                         "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            self.active_streams -= 1
+        return response
+
+
+class _DNS(asyncio.DatagramProtocol):
+    def __init__(self, fake: FakeDNS) -> None:
+        self.fake = fake
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.sendto(self.fake.answer(data), addr)
+        except Exception as exc:
+            print(f"fake dns: {exc}", file=sys.stderr)
+        del self.fake.questions[:]  # the test fake records questions; keep memory flat
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert)
+    context.set_alpn_protocols(["http/1.1"])
+    runner = web.AppRunner(Provider().app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context, backlog=1024)
+    await site.start()
+    https_port = int(runner.addresses[0][1])
+
+    fake_dns = FakeDNS(bg=None)  # type: ignore[arg-type]  # only its answer() is used
+    fake_dns.records.update({name: ["127.0.0.1"] for name in args.name})
+    transport, _ = await loop.create_datagram_endpoint(lambda: _DNS(fake_dns),
+                                                       local_addr=("127.0.0.1", 0))
+    dns_port = int(transport.get_extra_info("sockname")[1])
+    print(json.dumps({"https": https_port, "dns": dns_port}), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cert", required=True, help="PEM with key and certificate chain")
+    parser.add_argument("--name", action="append", default=[], help="DNS name -> 127.0.0.1")
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
