@@ -12,7 +12,6 @@ internet lives on loopback, and loopback answers are otherwise refused (S3).
 
 from __future__ import annotations
 
-import socket
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import trustme
 
 from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
+from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 
 PROVIDER_NAMES = [
@@ -32,12 +32,6 @@ PROVIDER_NAMES = [
     "meta.openai.com",
     "unlisted.example.com",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
+from sidecar.netguard import METADATA_ADDRESSES
 from sidecar.policy.errors import PolicyError, Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -56,33 +57,21 @@ ALLOWED_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELE
 DEFAULT_PROVIDER_PORTS = frozenset({443})
 DEFAULT_PROVIDER_METHODS = frozenset({"GET", "POST"})
 
-# Cloud metadata / credential endpoints. A policy CIDR that touches any of these is an
-# error: they hand out cloud credentials, and nothing in a gateway pod needs them.
-# IPv6 forms that a resolver or NAT may translate to the IPv4 ones are listed too.
-_METADATA_V4 = (
-    "169.254.169.254",  # AWS, GCP, Azure, OCI, OpenStack
-    "169.254.170.2",  # AWS ECS task credentials
-    "169.254.170.23",  # AWS EKS Pod Identity agent
-    "100.100.100.200",  # Alibaba Cloud
-)
-_METADATA_V6 = (
-    "fd00:ec2::254",  # AWS IMDS over IPv6
-    "fd00:ec2::23",  # AWS EKS Pod Identity agent over IPv6
-    "fd20:ce::254",  # GCP metadata over IPv6
-)
+# Cloud metadata / credential endpoints (netguard's one list). A policy CIDR that
+# touches any of these is an error: they hand out cloud credentials, and nothing in a
+# gateway pod needs them. IPv6 forms a resolver or NAT may translate to them count too.
 
 
 def _metadata_networks() -> tuple[IPNetwork, ...]:
     nets: list[IPNetwork] = []
-    for text in _METADATA_V4:
-        v4 = ipaddress.IPv4Address(text)
-        nets.append(ipaddress.IPv4Network(v4))
-        n = int(v4)
-        nets.append(ipaddress.IPv6Network(f"::ffff:{v4}/128"))  # IPv4-mapped
-        nets.append(ipaddress.IPv6Network(f"::{v4}/128"))  # IPv4-compatible (deprecated)
-        nets.append(ipaddress.IPv6Network(f"64:ff9b::{v4}/128"))  # NAT64 well-known
-        nets.append(ipaddress.IPv6Network(((0x2002 << 112) | (n << 80), 48)))  # 6to4
-    nets.extend(ipaddress.IPv6Network(f"{text}/128") for text in _METADATA_V6)
+    for address in sorted(METADATA_ADDRESSES, key=lambda a: (a.version, int(a))):
+        nets.append(ipaddress.ip_network(address))
+        if isinstance(address, ipaddress.IPv4Address):
+            n = int(address)
+            nets.append(ipaddress.IPv6Network(f"::ffff:{address}/128"))  # IPv4-mapped
+            nets.append(ipaddress.IPv6Network(f"::{address}/128"))  # IPv4-compatible
+            nets.append(ipaddress.IPv6Network(f"64:ff9b::{address}/128"))  # NAT64
+            nets.append(ipaddress.IPv6Network(((0x2002 << 112) | (n << 80), 48)))  # 6to4
     return tuple(nets)
 
 

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.alerts.pipeline import AlertPipeline
 from sidecar.decision import Decision, Reason, Verdict
+from tests.support.ports import free_port  # noqa: F401 - re-exported for the alert tests
 
 T = TypeVar("T")
 
@@ -41,12 +41,6 @@ def refusal(
     **kw: Any,
 ) -> Decision:
     return Decision(verdict=verdict, reason=reason, rule=rule, host=host, port=port, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclasses.dataclass

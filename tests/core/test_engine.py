@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.decision import ALWAYS_ENFORCED, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine, normalize_request_path, path_allowed
+from sidecar.policy.errors import PolicyError
 
 from .conftest import LoadProblems, MakeEngine
 
@@ -494,13 +495,13 @@ def test_metadata_literal_refused_even_when_cidr_covers_neighbours(
     assert eng.decide(attempt("169.254.169.254", 80)).reason is R.METADATA_ADDRESS
 
 
-def test_oracle_metadata_literal_refused_although_loader_accepts_its_cidr(
+def test_oracle_metadata_cidr_refused_by_loader_and_literal_by_engine(
     make_engine: MakeEngine,
 ) -> None:
-    # The loader's metadata list lacks Oracle's 192.0.0.192 (see report); netguard has it,
-    # so the engine still refuses the address.
-    eng = make_engine("version: 1\nallow:\n  - cidr: 192.0.0.0/24\n    ports: [80]\n")
-    assert eng.decide(attempt("192.0.0.1", 80)).reason is R.ALLOWED
+    # The loader and netguard share one metadata list: Oracle's 192.0.0.192 included.
+    with pytest.raises(PolicyError, match=r"192\.0\.0\.192"):
+        make_engine("version: 1\nallow:\n  - cidr: 192.0.0.0/24\n    ports: [80]\n")
+    eng = make_engine("version: 1\nallow:\n  - cidr: 192.0.0.0/25\n    ports: [80]\n")
     d = eng.decide(attempt("192.0.0.192", 80))
     assert (d.reason, d.verdict) == (R.METADATA_ADDRESS, BLOCK)
 

@@ -756,7 +756,7 @@ DOCUMENT_CASES = [
         "version: 1\nallow:\n  - {cidr: 'fd00:ec2::/64', ports: [80]}\n",
         3,
         "allow[0].cidr",
-        "fd00:ec2::254",
+        "covers the cloud metadata address fd00:ec2::",
     ),
     (
         "metadata_ipv4_mapped",
