@@ -43,6 +43,7 @@ class Reason(StrEnum):
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"
     CREDENTIAL_REFLECTED = "credential_reflected"
     UNKNOWN_VIRTUAL_KEY = "unknown_virtual_key"
+    TENANT_NOT_ALLOWED = "tenant_not_allowed"  # known virtual key, provider not granted
     # Transparent mode / DNS listener reasons.
     DESTINATION_MISMATCH = "destination_mismatch"
     DNS_NAME_NOT_ALLOWED = "dns_name_not_allowed"
@@ -66,6 +67,7 @@ ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
         Reason.CREDENTIAL_UNAVAILABLE,
         Reason.CREDENTIAL_REFLECTED,
         Reason.UNKNOWN_VIRTUAL_KEY,
+        Reason.TENANT_NOT_ALLOWED,
     }
 )
 

@@ -180,10 +180,12 @@ async def _serve(settings: Settings, policy: Any) -> int:
     alerts = _alert_pipeline(settings, registry)
     recorder.add(alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
 
+    credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
+
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     resolver = Resolver(settings.resolver)
-    enforcer = Enforcer(holder, resolver, recorder)
+    enforcer = Enforcer(holder, resolver, recorder, credentials)
     ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
@@ -200,9 +202,12 @@ async def _serve(settings: Settings, policy: Any) -> int:
     watcher = PolicyWatcher(settings.policies, load_policy, applied, rejected,
                             settings.reload_interval)
     watcher.prime()
+    reverse_secrets = _reverse_secrets(settings, holder)
     admin = AdminServer(registry, lambda: {
         "policy_loaded": holder.engine is not None,
         "listeners_bound": ps.is_running and all(s.is_running for s in ps.servers),
+        # A reverse listener exists to reach its provider: without its key, not ready.
+        "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
     })
     admin_address = await admin.start(*settings.admin_listen)
 
@@ -229,6 +234,8 @@ async def _serve(settings: Settings, policy: Any) -> int:
                  ca_cert=str(Path(settings.ca_dir) / "mitmproxy-ca-cert.pem"),
                  resolver=resolver.nameservers, mode=holder.engine.policy.mode.value)
             tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
+            tasks.extend(asyncio.create_task(t(), name="credential-refresh")
+                         for t in credential_tasks)
             await alerts.start()
 
         async def done(self) -> None:
@@ -244,6 +251,83 @@ async def _serve(settings: Settings, policy: Any) -> int:
     finally:
         emit("stopped")
     return 0
+
+
+def _credential_layer(
+    settings: Settings, policy: Any, registry: Any, holder: Any
+) -> tuple[Any, list[Any]]:
+    """Secret store, virtual keys and their refresh loop (every 250 ms: rotation < 1 s)."""
+    import os
+
+    from prometheus_client import Counter, Gauge
+
+    from sidecar.addons.credentials import CredentialLayer
+    from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
+
+    store = SecretStore(settings.secrets_dir, environ=os.environ if settings.secrets_from_env
+                        else None)
+    try:
+        virtual_keys = VirtualKeySource(settings.virtual_keys) if settings.virtual_keys else None
+    except (VirtualKeyError, OSError) as exc:
+        raise SettingsError(f"virtual keys file rejected: {exc}") from None
+    injections = Counter("egress_sidecar_credential_injections", "Provider keys added.",
+                         ["provider"], registry=registry)
+    changes = Counter("egress_sidecar_secret_changes",
+                      "Secret value changes seen (rotations), by policy secret name.",
+                      ["secret"], registry=registry)
+    available = Gauge("egress_sidecar_secret_available",
+                      "1 if the secret a provider's credential names has a usable value.",
+                      ["secret"], registry=registry)
+
+    def policy_secrets() -> set[str]:
+        return {e.credential.secret for e in holder.engine.policy.endpoints if e.credential}
+
+    def update_available() -> None:
+        names = policy_secrets()
+        missing = store.missing(names)
+        for name in names:
+            available.labels(name).set(0 if name in missing else 1)
+
+    def injected(provider: str | None) -> None:
+        injections.labels(provider or "none").inc()  # providers come from the policy
+
+    async def refresh_loop() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            changed = await asyncio.to_thread(store.refresh)
+            if changed:
+                known = policy_secrets()
+                for name in changed:
+                    changes.labels(name if name in known else "other").inc()
+                emit("secrets_changed", secrets=sorted(n for n in changed if n in known),
+                     other=len([n for n in changed if n not in known]))
+            if virtual_keys is not None:
+                try:
+                    if await asyncio.to_thread(virtual_keys.refresh):
+                        emit("virtual_keys_loaded")
+                except (VirtualKeyError, OSError) as exc:
+                    emit("virtual_keys_rejected", error=str(exc)[:500])
+            update_available()
+
+    update_available()
+    missing = sorted(store.missing(policy_secrets()))
+    if missing:
+        emit("secrets_missing", secrets=missing,
+             effect="requests to these providers are refused: credential_unavailable")
+    layer = CredentialLayer(store, virtual_keys, on_injected=injected)
+    return layer, [refresh_loop]
+
+
+def _reverse_secrets(settings: Settings, holder: Any) -> Any:
+    def names() -> set[str]:
+        found = set()
+        for reverse in settings.reverse:
+            endpoint = holder.engine.policy.provider(reverse.provider)
+            if endpoint is not None and endpoint.credential is not None:
+                found.add(endpoint.credential.secret)
+        return found
+
+    return names
 
 
 def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:

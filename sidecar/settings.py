@@ -81,6 +81,9 @@ class Settings:
     reload_interval: float
     alerts_config: str | None
     alert_spool_dir: str | None
+    secrets_dir: str | None = None
+    secrets_from_env: bool = False
+    virtual_keys: str | None = None
     transparent: tuple[tuple[str, int], ...] = ()
     dns: tuple[tuple[str, int], ...] = ()
     dns_refuse_with: str = "refused"
@@ -135,12 +138,25 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
         "answer for refused names: refused (default) or nxdomain",
         False,
     ),
+    (
+        "--secrets-dir",
+        "SECRETS_DIR",
+        "directory of provider keys, one file per secret name (a mounted Kubernetes Secret)",
+        False,
+    ),
+    (
+        "--virtual-keys",
+        "VIRTUAL_KEYS",
+        "virtual keys file: tenants, their hashed keys and providers (docs/credentials.md)",
+        False,
+    ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flag_arguments(parser)
     for flag, env, help_text, repeatable in _OPTIONS:
         parser.add_argument(
             flag,
@@ -149,6 +165,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{help_text} [env {ENV_PREFIX}{env}"
             + (", comma-separated]" if repeatable else "]"),
         )
+
+
+def add_flag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secrets-from-env",
+        action="store_true",
+        default=None,
+        help=f"also read keys from {ENV_PREFIX}SECRET_<NAME> variables (weaker: any process "
+        f"in the container can read them) [env {ENV_PREFIX}SECRETS_FROM_ENV=1]",
+    )
 
 
 def _value(args: argparse.Namespace, flag: str, env: str) -> str | list[str] | None:
@@ -208,6 +234,11 @@ def resolve(args: argparse.Namespace) -> Settings:
         reload_interval=interval,
         alerts_config=_single(values["--alerts-config"]),
         alert_spool_dir=_single(values["--alert-spool"]),
+        secrets_dir=_single(values["--secrets-dir"]),
+        secrets_from_env=bool(
+            args.secrets_from_env or os.environ.get(ENV_PREFIX + "SECRETS_FROM_ENV") == "1"
+        ),
+        virtual_keys=_single(values["--virtual-keys"]),
         transparent=transparent,
         dns=dns,
         dns_refuse_with=refuse_with,

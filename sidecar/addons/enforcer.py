@@ -22,6 +22,8 @@ from typing import Any
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
+from sidecar.addons.credentials import CredentialLayer
+from sidecar.credentials import SecretStore
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
@@ -35,7 +37,12 @@ _STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_TLS_FAILURE: 502,
     Reason.CREDENTIAL_UNAVAILABLE: 503,
     Reason.UNKNOWN_VIRTUAL_KEY: 401,
+    Reason.TENANT_NOT_ALLOWED: 403,
 }
+
+
+def refusal_status(decision: Decision) -> int:
+    return _STATUS.get(decision.reason, 403)
 
 
 
@@ -57,7 +64,7 @@ def refusal_response(decision: Decision) -> http.Response:
     if decision.detail:
         body["detail"] = decision.detail
     return http.Response.make(
-        _STATUS.get(decision.reason, 403),
+        refusal_status(decision),
         json.dumps(body).encode() + b"\n",
         {
             "content-type": "application/json",
@@ -91,10 +98,12 @@ class Enforcer:
         holder: EngineHolder,
         resolver: Resolver,
         record: Callable[[Decision], None],
+        credentials: CredentialLayer | None = None,
     ) -> None:
         self.holder = holder
         self.resolver = resolver
         self.record = record
+        self.credentials = credentials or CredentialLayer(SecretStore(None))
         self._tunnels: dict[str, tuple[str, int]] = {}  # client id -> CONNECT authority
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
@@ -140,14 +149,20 @@ class Enforcer:
             host_header=_host_part(request.host_header) if mode != "reverse" else None,
             authority=_host_part(request.authority),
         )
+        engine = self.holder.engine
         if _is_h2c_upgrade(request.headers):
             # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
-            decision = self.holder.engine.decide(attempt)
-            decision = self.holder.engine.refusal(
-                decision, Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
+            decision = engine.refusal(
+                engine.decide(attempt), Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
             )
         else:
             decision = await self._decide_and_vet(attempt, _original(flow.client_conn))
+        if not decision.refused:
+            # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
+            # holds, add ours only for the provider of the vetted destination.
+            decision = self.credentials.prepare(
+                flow, decision, engine.endpoint(decision.rule), engine
+            )
         self.record(decision)
         if decision.refused:
             flow.response = refusal_response(decision)
@@ -161,9 +176,20 @@ class Enforcer:
         flow.metadata["egress_decision"] = decision
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # S10: hand every response to the gateway as it arrives.
+        # S10: hand every response to the gateway as it arrives; where we added a key,
+        # through the reflection redactor (S7).
         if flow.response is not None:
-            flow.response.stream = True
+            self.credentials.guard_response(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        reflected = self.credentials.reflection_found(flow)
+        if reflected:
+            self.record(reflected)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        reflected = self.credentials.reflection_found(flow)
+        if reflected:
+            self.record(reflected)
 
     # --- the only place an upstream connection is opened --------------------------------
 

@@ -669,9 +669,10 @@ def test_virtual_keys(
         assert result.refused and result.secret is None
         for value in OWN.values():
             assert value not in everything
-    if outcome in (Outcome.UNKNOWN_VIRTUAL_KEY, Outcome.TENANT_NOT_ALLOWED):
-        assert result.reason is Reason.UNKNOWN_VIRTUAL_KEY
-        assert result.http_status in (401, 403)
+    if outcome is Outcome.UNKNOWN_VIRTUAL_KEY:
+        assert (result.reason, result.http_status) == (Reason.UNKNOWN_VIRTUAL_KEY, 401)
+    if outcome is Outcome.TENANT_NOT_ALLOWED:
+        assert (result.reason, result.http_status) == (Reason.TENANT_NOT_ALLOWED, 403)
 
 
 def test_virtual_key_required_but_absent(store: SecretStore):

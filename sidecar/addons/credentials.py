@@ -1,0 +1,129 @@
+"""The credential side of the enforcer (S7): strip, refuse gateway-held keys, inject,
+and redact reflected keys from responses. Thin: the logic is in sidecar.credentials.
+
+Called by the Enforcer only after the destination passed the policy, S3 and S5, with
+the policy entry of that vetted destination: a key can only ever go to its provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import http
+
+from sidecar.credentials import (
+    Outcome,
+    ReflectionGuard,
+    SecretStore,
+    StreamRedactor,
+    VirtualKeySource,
+    prepare_request,
+)
+from sidecar.decision import Decision, Reason, Verdict
+from sidecar.engine import PolicyEngine
+from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
+
+# The entry used for destinations audit mode lets through without a policy entry:
+# nothing is injected, but gateway-held keys are still detected and stripped.
+UNLISTED = Endpoint(
+    rule="default_deny",
+    provider=None,
+    hosts=(),
+    cidrs=(),
+    ports=frozenset(),
+    paths=ANY_PATH,
+    methods=None,
+    addresses=(),
+    tls_required=False,
+    credential=None,
+    source=SourceRef("<none>", 0),
+)
+
+_INJECTED = "egress_injected"
+_REDACTOR = "egress_redactor"
+_HEADER_HITS = "egress_reflected_headers"
+_BUFFERED = "egress_redact_whole_body"
+
+
+class CredentialLayer:
+    def __init__(
+        self,
+        store: SecretStore,
+        virtual_keys: VirtualKeySource | None = None,
+        on_injected: Any = None,
+    ) -> None:
+        self.store = store
+        self.guard = ReflectionGuard(store)
+        self.virtual_keys = virtual_keys
+        self._on_injected = on_injected  # callable(provider) for the injections counter
+
+    # --- requests ---------------------------------------------------------------------
+
+    def prepare(
+        self,
+        flow: http.HTTPFlow,
+        decision: Decision,
+        endpoint: Endpoint | None,
+        engine: PolicyEngine,
+    ) -> Decision:
+        result = prepare_request(
+            endpoint or UNLISTED,
+            flow.request.headers,
+            flow.request.query,
+            self.store,
+            virtual_keys=self.virtual_keys.current if self.virtual_keys else None,
+        )
+        if result.refused:
+            assert result.reason is not None
+            return engine.refusal(decision, result.reason, result.detail[:300]).with_context(
+                tenant=result.tenant
+            )
+        if result.outcome is Outcome.INJECTED:
+            flow.metadata[_INJECTED] = True
+            if self._on_injected is not None:
+                self._on_injected(result.provider)
+        return decision.with_context(tenant=result.tenant)
+
+    # --- responses --------------------------------------------------------------------
+
+    def guard_response(self, flow: http.HTTPFlow) -> None:
+        """Called at response headers. Streams everything; scans where a key went out."""
+        response = flow.response
+        assert response is not None
+        if not flow.metadata.get(_INJECTED):
+            response.stream = True
+            return
+        flow.metadata[_HEADER_HITS] = self.guard.redact_headers(response.headers)
+        if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+            # We asked for identity; a provider that compresses anyway is redacted whole
+            # (decoded first) in the response hook, not streamed.
+            flow.metadata[_BUFFERED] = True
+            return
+        redactor = self.guard.redactor()
+        flow.metadata[_REDACTOR] = redactor
+        response.stream = redactor.stream_callable()
+
+    def reflection_found(self, flow: http.HTTPFlow) -> Decision | None:
+        """At the end of a response: redact a buffered body; one decision if a key echoed."""
+        if not flow.metadata.pop(_INJECTED, False):
+            return None
+        places: list[str] = [f"header {h}" for h in flow.metadata.pop(_HEADER_HITS, [])]
+        redactor: StreamRedactor | None = flow.metadata.pop(_REDACTOR, None)
+        if redactor is not None and redactor.found:
+            places.append("streamed body")
+        if flow.metadata.pop(_BUFFERED, False) and flow.response is not None:
+            flow.response.decode(strict=False)
+            body, count = self.guard.redact_body(flow.response.content or b"")
+            if count:
+                flow.response.content = body
+                places.append("body")
+        if not places:
+            return None
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return None
+        return decision.with_context(
+            verdict=Verdict.BLOCK,
+            reason=Reason.CREDENTIAL_REFLECTED,
+            detail=f"injected key echoed in {', '.join(places)}; redacted",
+        )
