@@ -95,14 +95,26 @@ class DecisionLog:
 class Recorder:
     """Fans one decision out to every sink; a failing sink never fails the request."""
 
-    def __init__(self, sinks: list[Callable[[Decision], None]], on_error: Callable[[str], None]):
+    def __init__(
+        self,
+        sinks: list[Callable[[Decision], None]],
+        on_error: Callable[[str], None],
+        scrub: Callable[[Decision], Decision] | None = None,
+    ) -> None:
         self._sinks = sinks
         self._on_error = on_error
+        self._scrub = scrub
 
     def add(self, sink: Callable[[Decision], None]) -> None:
         self._sinks.append(sink)
 
     def __call__(self, decision: Decision) -> None:
+        if self._scrub is not None:
+            try:
+                decision = self._scrub(decision)
+            except Exception:  # noqa: BLE001 - never log an unscrubbed decision
+                self._on_error("decision scrubber failed; decision dropped from records")
+                return
         for sink in self._sinks:
             try:
                 sink(decision)

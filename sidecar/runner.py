@@ -174,13 +174,12 @@ async def _serve(settings: Settings, policy: Any) -> int:
     applied(policy)
     metrics.reloads.clear()  # the first load is not a reload
 
+    credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
     decision_log = DecisionLog()
     recorder = Recorder([decision_log.record, metrics.record], on_error=lambda m: emit("error",
-                        error=m))
+                        error=m), scrub=credentials.scrub)
     alerts = _alert_pipeline(settings, registry)
     recorder.add(alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
-
-    credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
 
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())

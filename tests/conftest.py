@@ -31,6 +31,7 @@ PROVIDER_NAMES = [
     "rebind.openai.com",
     "meta.openai.com",
     "unlisted.example.com",
+    "api.mistral.ai",
 ]
 
 
@@ -70,6 +71,7 @@ def dns_server(bg: BackgroundLoop) -> Iterator[FakeDNS]:
             "generativelanguage.googleapis.com": ["127.0.0.1"],
             "myres.openai.azure.com": ["127.0.0.1"],
             "unlisted.example.com": ["127.0.0.1"],
+            "api.mistral.ai": ["127.0.0.1"],
             # DNS rebinding: allowed names whose answers point inside.
             "rebind.openai.com": ["10.0.0.5"],
             "meta.openai.com": ["169.254.169.254"],

@@ -19,6 +19,7 @@ from sidecar.credentials import (
     VirtualKeySource,
     prepare_request,
 )
+from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
 from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
@@ -56,6 +57,24 @@ class CredentialLayer:
         self.guard = ReflectionGuard(store)
         self.virtual_keys = virtual_keys
         self._on_injected = on_injected  # callable(provider) for the injections counter
+
+    # --- records ----------------------------------------------------------------------
+
+    def scrub(self, decision: Decision) -> Decision:
+        """Remove our keys and anything key-shaped from the attacker-chosen text of a
+        decision (host, path, detail) before any sink sees it: a gateway that puts a key
+        in a URL must not get it written to logs, metrics or pages."""
+        changes = {}
+        for field in ("host", "path", "detail"):
+            text = getattr(decision, field)
+            if not text:
+                continue
+            clean = redact_known_keys(text)
+            if self.guard.patterns().may_contain(clean.encode()):
+                clean = self.guard.redact_body(clean.encode())[0].decode(errors="replace")
+            if clean != text:
+                changes[field] = clean
+        return decision.with_context(**changes) if changes else decision
 
     # --- requests ---------------------------------------------------------------------
 
@@ -102,6 +121,11 @@ class CredentialLayer:
         redactor = self.guard.redactor()
         flow.metadata[_REDACTOR] = redactor
         response.stream = redactor.stream_callable()
+        if "content-length" in response.headers:
+            # Redaction changes the length: re-frame instead of announcing a wrong one.
+            del response.headers["content-length"]
+            if flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
 
     def reflection_found(self, flow: http.HTTPFlow) -> Decision | None:
         """At the end of a response: redact a buffered body; one decision if a key echoed."""

@@ -37,6 +37,7 @@ __all__ = [
     "Finding",
     "KeyFamily",
     "looks_random",
+    "redact_known_keys",
     "scan_generic",
     "scan_prefixed",
     "shannon_entropy",
@@ -227,3 +228,14 @@ def _basic_payload(value: str) -> str | None:
         return base64.b64decode(parts[1].strip(), validate=True).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         return None
+
+
+_REDACTABLE = (*(family.pattern for family in FAMILIES), _GENERIC_SK, _JWT)
+
+
+def redact_known_keys(text: str, replacement: str = "[REDACTED]") -> str:
+    """Every substring of a known key format replaced: for text that is logged, counted or
+    sent to a pager (paths, details), where a gateway-held key must never appear."""
+    for pattern in _REDACTABLE:
+        text = pattern.sub(replacement, text)
+    return text

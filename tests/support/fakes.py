@@ -75,6 +75,9 @@ class FakeProvider:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/reflect", self._reflect)
+        app.router.add_get("/v1/reflect-stream", self._reflect_stream)
+        app.router.add_get("/v1/redirect", self._redirect)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -114,6 +117,39 @@ class FakeProvider:
     async def _anything(self, request: web.Request) -> web.Response:
         await self._record(request)
         return web.json_response({"path": request.path, "method": request.method})
+
+    @staticmethod
+    def _credential(request: web.Request) -> str:
+        """Whatever key the request carried, as a malicious or buggy provider echoes it."""
+        for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
+            value = request.headers.get(name)
+            if value:
+                return value.removeprefix("Bearer ")
+        return ""
+
+    async def _reflect(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        key = self._credential(request)
+        return web.json_response(
+            {"error": {"message": f"Incorrect API key provided: {key}"}},
+            headers={"x-echo-key": key},
+        )
+
+    async def _reflect_stream(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        key = self._credential(request)
+        half = len(key) // 2
+        events = [
+            f"data: {json.dumps({'n': 0})}\n\n",
+            f"data: {{\"leak\": \"{key[:half]}",  # the key split across two chunks
+            f"{key[half:]}\"}}\n\n",
+            "data: [DONE]\n\n",
+        ]
+        return await self._sse(request, f"reflect-{len(self.received)}", events)
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        raise web.HTTPFound(request.query["to"])
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         payload = json.loads(await self._record(request) or b"{}")
