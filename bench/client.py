@@ -81,7 +81,6 @@ class Conn:
 
     def _send(self, method: str, path: str, body: bytes, content_type: str) -> None:
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.target.host_header}\r\n"
-                f"Authorization: Bearer sk-gateway-placeholder\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                 "Accept: */*\r\n\r\n").encode()
         self.writer.write(head + body if len(body) < 65536 else head)

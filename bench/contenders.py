@@ -156,16 +156,30 @@ def bench_policy(world: World) -> tuple[Path, list[str]]:
     return path, secrets
 
 
+# How egress-sidecar is started: the venv's console script, or (--sidecar-tree DIR) the
+# CLI of a source snapshot, e.g. `git archive HEAD | tar -x -C DIR`, so that a long run
+# measures one consistent version while the working tree changes.
+SIDECAR_TREE: str | None = None
+
+
+def sidecar_command() -> list[str]:
+    if SIDECAR_TREE is None:
+        return [str(VENV_BIN / "egress-sidecar")]
+    code = (f"import sys; sys.path.insert(0, {SIDECAR_TREE!r}); "
+            "from sidecar.cli import main; sys.exit(main())")
+    return [sys.executable, "-c", code]
+
+
 @functools.cache
 def run_help() -> str:
     """`egress-sidecar run --help`: the CLI contract the harness adapts to."""
-    return subprocess.run([str(VENV_BIN / "egress-sidecar"), "run", "--help"],
+    return subprocess.run([*sidecar_command(), "run", "--help"], cwd="/",
                           capture_output=True, text=True, timeout=60).stdout
 
 
 def _secrets_flag() -> str | None:
     """Key injection: if `run` takes a secrets directory, give it one."""
-    match = re.search(r"(--(?:secrets?|credentials?)(?:-dir(?:ectory)?)?)\b", run_help())
+    match = re.search(r"(--(?:secrets?|credentials?)(?:-dir(?:ectory)?)?)(?![\w-])", run_help())
     return match.group(1) if match else None
 
 
@@ -177,7 +191,7 @@ def start_sidecar(procs: Procs, world: World, label: str = "sidecar",
                   dns_port: int | None = None) -> Contender:
     policy, secrets = bench_policy(world)
     args = [
-        str(VENV_BIN / "egress-sidecar"), "run",
+        *sidecar_command(), "run",
         "--policy", str(policy),
         "--listen", "127.0.0.1:0",
         "--admin", "127.0.0.1:0",

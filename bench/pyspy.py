@@ -29,6 +29,7 @@ def find_pyspy() -> str | None:
 def summarize(raw: str, top: int = 18) -> dict[str, Any]:
     """Collapsed stacks ("a;b;c N") -> self and inclusive shares per function."""
     own: collections.Counter[str] = collections.Counter()
+    area: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
@@ -40,17 +41,35 @@ def summarize(raw: str, top: int = 18) -> dict[str, Any]:
                   if " (" in f else f for f in stack.split(";")]
         total += n
         own[frames[-1]] += n
+        area[_area(stack.split(";"))] += n
         for frame in set(frames):
             inclusive[frame] += n
     def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(f, round(100 * n / total, 1)) for f, n in counter.most_common(top)]
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+    return {"samples": total, "self": share(own), "inclusive": share(inclusive),
+            "areas": share(area)}
+
+
+def _area(frames: list[str]) -> str:
+    """Who the sample's innermost known frame belongs to."""
+    for frame in reversed(frames):
+        if "/sidecar/" in frame:
+            return "egress-sidecar code"
+        if "OpenSSL/" in frame or "/ssl.py" in frame:
+            return "TLS (pyOpenSSL/ssl)"
+        if "/mitmproxy/" in frame:
+            return "mitmproxy"
+        if "/asyncio/" in frame or "selectors.py" in frame:
+            return "asyncio event loop"
+        if "/threading.py" in frame or "concurrent/futures" in frame:
+            return "idle worker threads"
+    return "other"
 
 
 async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict[str, Any]:
     pyspy = find_pyspy()
     if pyspy is None:
-        return {"text": "py-spy not found (see bench/profile.py)"}
+        return {"text": "py-spy not found (see bench/pyspy.py)"}
     out = tmp / "sidecar.pyspy.txt"
     proc = await asyncio.create_subprocess_exec(
         pyspy, "record", "--pid", str(sidecar.pid), "--duration", str(seconds), "--rate", "250",
@@ -68,7 +87,9 @@ async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict
         return {"text": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
     result = summarize(out.read_text())
     lines = [f"{result['samples']} samples of the sidecar at 32 connections"
-             " (a new connection every 5 requests)", "", "self time:"]
+             " (a new connection every 5 requests)", "", "by area (innermost frame):"]
+    lines += [f"  {p:5.1f}%  {f}" for f, p in result["areas"]]
+    lines += ["", "self time:"]
     lines += [f"  {p:5.1f}%  {f}" for f, p in result["self"]]
     lines += ["", "inclusive time:"]
     lines += [f"  {p:5.1f}%  {f}" for f, p in result["inclusive"]]
