@@ -51,8 +51,8 @@ class Reason(StrEnum):
 
 
 # Reasons enforced even in audit mode (S11): address vetting (S3), IP literals (S4),
-# Host/SNI agreement (S5, because the request would go to the wrong host) and
-# everything about credentials (S7).
+# Host/SNI agreement and the protocol tricks around it (S5, because the request would
+# go to the wrong host) and everything about credentials (S7).
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
     {
         Reason.INVALID_HOST,
@@ -63,6 +63,7 @@ ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
         Reason.DNS_FAILURE,
         Reason.UPSTREAM_TLS_FAILURE,
         Reason.DESTINATION_MISMATCH,
+        Reason.PROTOCOL_NOT_ALLOWED,  # h2c, TLS without SNI: ways around S5
         Reason.GATEWAY_HOLDS_CREDENTIAL,
         Reason.CREDENTIAL_UNAVAILABLE,
         Reason.CREDENTIAL_REFLECTED,

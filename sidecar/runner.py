@@ -69,15 +69,15 @@ def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, st
     labels: dict[str, str] = {}
     if settings.proxy_listen is not None:
         host, port = settings.proxy_listen
-        spec = f"regular@{_bracket(host)}:{port}"
+        spec = f"regular@{host}:{port}"  # mitmproxy splits at the last ':', no brackets
         specs.append(spec)
         labels[spec] = "explicit"
     for host, port in settings.transparent:
-        spec = f"transparent@{_bracket(host)}:{port}"
+        spec = f"transparent@{host}:{port}"
         specs.append(spec)
         labels[spec] = "transparent"
     for host, port in settings.dns:
-        spec = f"dns@{_bracket(host)}:{port}"
+        spec = f"dns@{host}:{port}"
         specs.append(spec)
         labels[spec] = "dns"
     for reverse in settings.reverse:
@@ -91,7 +91,7 @@ def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, st
                 f"e.g. {reverse.provider}:myresource{endpoint.hosts[0][1:]}@PORT"
             )
         port = 443 if 443 in endpoint.ports else min(endpoint.ports)
-        spec = f"reverse:https://{target}:{port}@{_bracket(reverse.listen_host)}:{reverse.listen_port}"
+        spec = f"reverse:https://{target}:{port}@{reverse.listen_host}:{reverse.listen_port}"
         specs.append(spec)
         labels[spec] = f"reverse:{reverse.provider}"
     return specs, labels

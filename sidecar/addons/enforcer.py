@@ -150,13 +150,28 @@ class Enforcer:
             authority=_host_part(request.authority),
         )
         engine = self.holder.engine
+        original = _original(flow.client_conn)
         if _is_h2c_upgrade(request.headers):
             # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
             decision = engine.refusal(
                 engine.decide(attempt), Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
             )
+        elif (
+            original is not None
+            and flow.client_conn.tls
+            and not flow.client_conn.sni
+            and engine.match_address(original) is None
+        ):
+            # Redirected TLS without SNI: the name would come only from inside the
+            # tunnel. Refused unless a cidr: entry allows that destination itself; an
+            # address refusal (metadata, private, literal) is the more telling reason.
+            decision = engine.decide(attempt)
+            if not decision.refused:
+                decision = engine.refusal(
+                    decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI"
+                )
         else:
-            decision = await self._decide_and_vet(attempt, _original(flow.client_conn))
+            decision = await self._decide_and_vet(attempt, original)
         if not decision.refused:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.

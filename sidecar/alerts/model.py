@@ -76,6 +76,7 @@ SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
     Reason.TLS_REQUIRED: Severity.WARNING,
     Reason.PROTOCOL_NOT_ALLOWED: Severity.WARNING,
     Reason.UNKNOWN_VIRTUAL_KEY: Severity.WARNING,
+    Reason.TENANT_NOT_ALLOWED: Severity.WARNING,
     Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
     Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
     # Operational, mostly not an attack.
