@@ -5,7 +5,7 @@ so standard library only and Python 3.9+ syntax. Every probe prints one JSON obj
 and exits 0; every network wait is bounded by a few seconds.
 
     probes.py dns SERVER NAME TYPE [udp|tcp]
-    probes.py udp HOST PORT
+    probes.py udp HOST PORT [WAIT]
     probes.py icmp HOST
     probes.py tcp HOST PORT PAYLOAD
 """
@@ -92,9 +92,9 @@ def dns(server, name, qtype, proto="udp"):
     }
 
 
-def udp(host, port):
+def udp(host, port, wait=WAIT):
     sock = socket.socket(family(host), socket.SOCK_DGRAM)
-    sock.settimeout(WAIT)
+    sock.settimeout(float(wait))
     try:
         sock.sendto(b"\xc0\x00\x00\x00\x01quic-initial-lookalike", (host, int(port)))
         data, _ = sock.recvfrom(2048)

