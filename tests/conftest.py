@@ -20,6 +20,7 @@ import pytest
 import trustme
 
 from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
+from tests.support.keys import KEYS, SecretMount, key_policy
 from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 
@@ -156,3 +157,17 @@ def start_sidecar(
 def sidecar(start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
     """Enforcing sidecar on the test provider policy, explicit and reverse listeners."""
     return start_sidecar(reverse=("openai", "anthropic"))
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory) -> SecretMount:
+    return SecretMount(tmp_path_factory.mktemp("secrets") / "mount", dict(KEYS))
+
+
+@pytest.fixture(scope="module")
+def keyed(start_sidecar, provider, secrets) -> SidecarProcess:
+    return start_sidecar(
+        key_policy(provider.port),
+        reverse=("openai",),
+        extra_args=("--secrets-dir", str(secrets.root)),
+    )
