@@ -14,7 +14,7 @@ Real Linux networking, no mocks. A "pod" namespace is joined by veth to an
 In the pod namespace the real `egress-sidecar init` installs the rules, the real
 `egress-sidecar run` runs as UID 1337 (transparent 15001, DNS 15053, admin 15020),
 and the "gateway" runs as UID 1000 (curl, and the stdlib probes in probes.py). The
-gateway's resolv.conf names the attacker's resolver (/etc/netns/<pod>/resolv.conf):
+gateway's resolv.conf names the attacker's resolver (bind-mounted per command):
 every port-53 question is redirected to the sidecar anyway, which is what the DNS
 tests prove.
 
@@ -139,7 +139,15 @@ class World:
     # running things in the pod
 
     def run(self, *argv: str, uid: int = GATEWAY_UID, timeout: float = 15) -> Any:
-        return sh(*self.pod.as_uid(uid), *argv, check=False, timeout=timeout)
+        """`argv` as `uid` in the pod, with the pod's resolv.conf (the attacker's resolver)."""
+        resolv = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+        return sh(
+            "ip", "netns", "exec", self.pod.pod,
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", resolv, "sh", str(self.work / "resolv.conf"),
+            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv,
+            check=False, timeout=timeout,
+        )  # fmt: skip
 
     def curl(self, url: str, *extra: str, uid: int = GATEWAY_UID) -> Curl:
         proc = self.run(
@@ -330,14 +338,11 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         policy = _write(work / "policy.yaml", _policy())
         _write(work / "secrets" / "openai", PROVIDER_KEY, 0o400, SIDECAR_UID)
 
-        # The gateway's resolver is the attacker's (ip netns exec bind-mounts it).
-        etc_netns = Path("/etc/netns")
-        made_etc_netns = not etc_netns.exists()
-        etc_pod = etc_netns / pod.pod
-        etc_pod.mkdir(parents=True)
-        stack.callback(lambda: made_etc_netns and _rmdir_quietly(etc_netns))
-        stack.callback(shutil.rmtree, etc_pod, ignore_errors=True)
-        _write(etc_pod / "resolv.conf", f"nameserver {ATTACKER_V4}\noptions timeout:2 attempts:1\n")
+        # The gateway's resolver is the attacker's: World.run bind-mounts this file on
+        # /etc/resolv.conf in a private mount namespace per command (what
+        # /etc/netns/<ns>/resolv.conf would do, with nothing created under /etc, so
+        # concurrent or killed runs leave nothing behind).
+        _write(work / "resolv.conf", f"nameserver {ATTACKER_V4}\noptions timeout:2 attempts:1\n")
 
         # The internet's servers, on sockets made inside the internet namespace.
         def make_sockets() -> dict[str, socket.socket]:
@@ -468,11 +473,6 @@ def _exited_for_ipv6_listeners(sidecar: SidecarProcess) -> bool:
             break
         time.sleep(0.05)
     return bool(re.search(r"failed to listen on \[::1\]", "".join(sidecar.stderr_lines)))
-
-
-def _rmdir_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()
 
 
 def _gateway_headers() -> list[str]:
@@ -615,6 +615,7 @@ def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
 
 def test_dns_to_attacker_resolver_is_answered_by_sidecar(world: World) -> None:
     """Every port-53 question, to any resolver, is answered by the sidecar."""
+    assert f"nameserver {ATTACKER_V4}" in world.run("cat", "/etc/resolv.conf").stdout
     mark = world.mark()
     asked_upstream = len(world.upstream.questions)
     name = f"exfil-{secrets.token_hex(4)}.unlisted.example"
