@@ -53,15 +53,15 @@ def summarize(raw: str, top: int = 18) -> dict[str, Any]:
 def _area(frames: list[str]) -> str:
     """Who the sample's innermost known frame belongs to."""
     for frame in reversed(frames):
-        if "/sidecar/" in frame:
+        if "sidecar/" in frame:
             return "egress-sidecar code"
         if "OpenSSL/" in frame or "/ssl.py" in frame:
             return "TLS (pyOpenSSL/ssl)"
-        if "/mitmproxy/" in frame:
+        if "mitmproxy/" in frame:
             return "mitmproxy"
-        if "/asyncio/" in frame or "selectors.py" in frame:
+        if "asyncio/" in frame or "selectors.py" in frame:
             return "asyncio event loop"
-        if "/threading.py" in frame or "concurrent/futures" in frame:
+        if "threading.py" in frame or "concurrent/futures" in frame:
             return "idle worker threads"
     return "other"
 
