@@ -182,7 +182,7 @@ class Grouper:
         at = decision.at
         return float(at) if isinstance(at, float | int) else self._wall()
 
-    def _new(
+    def _open(
         self, key: AlertKey, severity: Severity, decision: Decision, now: float
     ) -> ActiveAlert:
         alert = ActiveAlert(
@@ -194,6 +194,12 @@ class Grouper:
             last_seen_tick=now,
         )
         self._active[key] = alert
+        return alert
+
+    def _new(
+        self, key: AlertKey, severity: Severity, decision: Decision, now: float
+    ) -> ActiveAlert:
+        alert = self._open(key, severity, decision, now)
         if key.destination != OVERFLOW_DESTINATION and key.reason != FLOOD_REASON:
             group = (key.reason, key.audit, key.tenant)
             self._dest_counts[group] = self._dest_counts.get(group, 0) + 1
@@ -201,18 +207,7 @@ class Grouper:
 
     def _flood(self, severity: Severity, decision: Decision, now: float) -> ActiveAlert:
         key = AlertKey(reason=FLOOD_REASON, audit=False, destination=str(severity), tenant="")
-        alert = self._active.get(key)
-        if alert is None:
-            alert = ActiveAlert(
-                key=key,
-                fingerprint=key.fingerprint(self._namespace),
-                severity=severity,
-                first_seen=self._at(decision),
-                last_seen=self._at(decision),
-                last_seen_tick=now,
-            )
-            self._active[key] = alert
-        return alert
+        return self._active.get(key) or self._open(key, severity, decision, now)
 
     # ------------------------------------------------------------- flusher side
 
