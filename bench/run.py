@@ -791,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run_all(cfg, procs, tmp, log, args.profile))
     finally:
         procs.stop_all()
+        if os.environ.get("BENCH_KEEP_TMP") != "1":  # logs of every process live there
+            shutil.rmtree(tmp, ignore_errors=True)
     load_after = load_average()
     result = {
         "meta": {"mode": cfg.mode, "config": dataclasses.asdict(cfg),
@@ -813,5 +815,4 @@ def main(argv: list[str] | None = None) -> int:
     if result.get("profiles"):
         print("\n## Profile (py-spy, sidecar under load)\n" + result["profiles"].get("text", ""))
     print(f"\nresults: {output}")
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
