@@ -9,6 +9,7 @@ of the path's directory prefixes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -182,7 +183,7 @@ class PolicyEngine:
             ("request authority", attempt.authority),
         )
         for label, other in claims:
-            if other is None or other == "":
+            if not other or other == attempt.host:
                 continue
             try:
                 parsed = parse_host(other)
@@ -266,6 +267,7 @@ class PolicyEngine:
         )
 
 
+@functools.lru_cache(maxsize=8192)  # pure; gateways repeat a handful of paths
 def normalize_request_path(raw: str) -> tuple[str, str]:
     """Percent-decode the path part the way servers route on it; refuse ambiguous forms.
 
@@ -309,6 +311,7 @@ def _within(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
 
 
+@functools.lru_cache(maxsize=8192)
 def _path_only(path: str | None) -> str | None:
     if path is None:
         return None

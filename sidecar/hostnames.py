@@ -8,6 +8,7 @@ never be treated as two names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 
@@ -37,6 +38,7 @@ class Host:
         return self.name if self.name is not None else str(self.address)
 
 
+@functools.lru_cache(maxsize=8192)  # pure and hot (several calls per request); bounded
 def parse_host(raw: str) -> Host:
     """Parse what a client wrote as a host into its one canonical form.
 

@@ -105,6 +105,10 @@ class Enforcer:
         self.record = record
         self.credentials = credentials or CredentialLayer(SecretStore(None))
         self._tunnels: dict[str, tuple[str, int]] = {}  # client id -> CONNECT authority
+        # client id -> {(vetted address, port): name}. Requests are routed by the vetted
+        # address so mitmproxy reuses the pinned upstream connection (it matches
+        # connections by address); server_connect maps the address back to its name.
+        self._pins: dict[str, dict[tuple[str, int], str]] = {}
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
@@ -184,6 +188,10 @@ class Enforcer:
             return
         if mode == "transparent" and not flow.client_conn.sni:
             self._tunnels[flow.client_conn.id] = (host, port)
+        if decision.address is not None:
+            pins = self._pins.setdefault(flow.client_conn.id, {})
+            pins[(decision.address, request.port)] = host
+            request.data.host = decision.address  # routing only: Host header untouched
         if mode == "reverse":
             # mitmproxy rewrote Host to the server address, which is the pinned IP
             # after the first connect: the provider must see its own name.
@@ -211,7 +219,9 @@ class Enforcer:
     @_fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         assert data.server.address is not None
-        host, port, mode = self._destination(data.client, *data.server.address[:2])
+        address, address_port = data.server.address[:2]
+        pinned = self._pins.get(data.client.id, {}).get((address, address_port))
+        host, port, mode = self._destination(data.client, pinned or address, address_port)
         attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
         decision = await self._decide_and_vet(attempt, _original(data.client))
         if decision.refused or decision.address is None:
@@ -244,6 +254,7 @@ class Enforcer:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
+        self._pins.pop(client.id, None)
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -135,6 +135,23 @@ def test_curl_through_proxy(sidecar, provider):
     assert json.loads(result.stdout)["data"][0]["id"] == "gpt-fake"
 
 
+@pytest.mark.parametrize("upstream_closes", [False, True], ids=["keep_alive", "upstream_closes"])
+def test_one_client_connection_many_requests(sidecar, provider, upstream_closes):
+    """Regression: requests are routed by the pinned address, so mitmproxy reuses the
+    upstream connection (it used to open one per request and hang on the sixth)."""
+    mark = len(provider.received)
+    query = "?close=1" if upstream_closes else ""
+    with client(sidecar) as c:
+        for _ in range(12):
+            response = c.get(f"https://api.openai.com:{provider.port}/v1/x{query}")
+            assert response.status_code == 200
+    seen = provider.received[mark:]
+    assert len(seen) == 12
+    assert {r.headers["host"] for r in seen} == {f"api.openai.com:{provider.port}"}
+    peers = {r.peer for r in seen}
+    assert len(peers) == (12 if upstream_closes else 1)
+
+
 def test_wildcard_provider_host(sidecar, provider):
     with client(sidecar) as c:
         response = c.get(f"https://myres.openai.azure.com:{provider.port}/openai/deployments")

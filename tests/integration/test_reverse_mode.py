@@ -25,6 +25,7 @@ def test_openai_sdk_through_reverse_listener(sidecar, provider):
         assert reply.choices[0].message.content == "hello from fake"
     seen = provider.received[mark:]
     assert [r.path for r in seen] == ["/v1/chat/completions"] * 3
+    assert len({r.peer for r in seen}) == 1  # one pinned upstream connection, reused
     # The provider sees its own name, never 127.0.0.1 or the pinned address.
     assert {r.headers["host"] for r in seen} == {f"api.openai.com:{provider.port}"}
     decision = sidecar.wait_for_decision(mode="reverse", path="/v1/chat/completions")

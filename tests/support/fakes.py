@@ -50,6 +50,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    peer: tuple[str, int] | None = None  # the upstream TCP connection it came on
 
 
 class FakeProvider:
@@ -101,6 +102,7 @@ class FakeProvider:
                 {k.lower(): v for k, v in request.headers.items()},
                 body,
                 time.monotonic(),
+                request.transport.get_extra_info("peername") if request.transport else None,
             )
         )
         return body
@@ -116,7 +118,10 @@ class FakeProvider:
 
     async def _anything(self, request: web.Request) -> web.Response:
         await self._record(request)
-        return web.json_response({"path": request.path, "method": request.method})
+        response = web.json_response({"path": request.path, "method": request.method})
+        if "close" in request.query:
+            response.force_close()  # the provider ends keep-alive: a new upstream connection
+        return response
 
     @staticmethod
     def _credential(request: web.Request) -> str:
