@@ -53,7 +53,10 @@ class EngineHolder:
         self.engine = engine
 
 
-def refusal_response(decision: Decision) -> http.Response:
+def refusal_response(decision: Decision, *, close: bool = False) -> http.Response:
+    """The local answer to a refused request. Inside a kept-alive connection the next
+    request is decided on its own; closing would only make a flood cost us a TLS
+    handshake per refusal. A refused CONNECT closes (there is no tunnel to keep)."""
     body = {
         "error": "egress_refused",
         "reason": decision.reason.value,
@@ -69,7 +72,7 @@ def refusal_response(decision: Decision) -> http.Response:
         {
             "content-type": "application/json",
             "x-egress-sidecar-reason": decision.reason.value,
-            "connection": "close",
+            **({"connection": "close"} if close else {}),
         },
     )
 
@@ -123,7 +126,7 @@ class Enforcer:
         decision = await self._decide_and_vet(attempt)
         if decision.refused:
             self.record(decision)
-            flow.response = refusal_response(decision)
+            flow.response = refusal_response(decision, close=True)
             return
         if decision.verdict is Verdict.WOULD_BLOCK:
             self.record(decision)

@@ -253,13 +253,24 @@ def raw_tls_request(sidecar: SidecarProcess, authority: str, sni: str, request: 
         context = ssl.create_default_context(cafile=sidecar.ca_cert)
         with context.wrap_socket(raw, server_hostname=sni) as tls:
             tls.sendall(request)
-            reply = b""
-            for _ in range(100):  # refusals close the connection; stop at EOF
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply
+            return _read_response(tls)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length (what the sidecar's refusals carry)."""
+    data = b""
+    for _ in range(100):  # bounded: headers, then the announced body
+        if b"\r\n\r\n" in data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")]
+            if lengths and len(body) >= int(lengths[0]):
+                break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_sni_of_another_host_is_refused(sidecar, provider):
