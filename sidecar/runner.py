@@ -43,6 +43,9 @@ def emit(event: str, **fields: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    # mitmproxy's warnings can quote raw request lines (paths with keys in their query);
+    # its errors still reach stderr and the start-up check.
+    logging.getLogger("mitmproxy").setLevel(logging.ERROR)
     try:
         settings = settings_mod.resolve(args)
     except SettingsError as exc:

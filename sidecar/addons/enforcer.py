@@ -204,11 +204,21 @@ class Enforcer:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # S10: hand every response to the gateway as it arrives; where we added a key,
         # through the reflection redactor (S7).
-        if flow.response is not None:
-            self.credentials.guard_response(flow)
+        try:
+            if flow.response is not None:
+                self.credentials.guard_response(flow)
+        except Exception:
+            # Unscanned bytes must not reach the gateway: drop the connection instead.
+            logger.exception("response guard failed; killing the flow")
+            flow.kill()
 
     def response(self, flow: http.HTTPFlow) -> None:
-        reflected = self.credentials.reflection_found(flow)
+        try:
+            reflected = self.credentials.reflection_found(flow)
+        except Exception:
+            logger.exception("reflection check failed; killing the flow")
+            flow.kill()
+            return
         if reflected:
             self.record(reflected)
 

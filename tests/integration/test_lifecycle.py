@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -145,3 +146,17 @@ def test_configmap_symlink_swap_is_detected(start_sidecar, provider, tmp_path):
     while connect_status(sidecar, "unlisted.example.com:443")[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_listener_that_cannot_bind_stops_the_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [BIN, "run", "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0",
+             "--ca-dir", str(tmp_path / "ca")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
