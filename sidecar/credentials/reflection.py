@@ -100,6 +100,23 @@ class RedactionPatterns:
     qgrams: frozenset[bytes] = frozenset()  # every q-byte substring of every needle
     q: int = 0
     step: int = 1
+    prefixes: frozenset[bytes] = frozenset()  # every proper prefix of every needle
+    alphabet: frozenset[int] = frozenset()  # every byte value that occurs in a needle
+
+    def pending(self, buf: bytes) -> int:
+        """Length of the longest suffix of `buf` that could still become a needle.
+
+        Only that much has to wait for the next chunk: an SSE event ending in "\n\n"
+        (no key contains a newline) is emitted at once, not one chunk late.
+        """
+        alphabet, limit = self.alphabet, min(len(buf), self.max_len - 1)
+        run = 0
+        while run < limit and buf[-1 - run] in alphabet:
+            run += 1
+        for k in range(run, 0, -1):
+            if buf[-k:] in self.prefixes:
+                return k
+        return 0
 
     def may_contain(self, buf: bytes) -> bool:
         """False only if no needle occurs in `buf` (cheap, sampled q-gram filter)."""
@@ -136,8 +153,11 @@ def compile_patterns(values: Iterable[Secret | bytes | str]) -> RedactionPattern
     shortest = len(ordered[-1])
     q = min(8, shortest)
     grams = frozenset(n[j : j + q] for n in ordered for j in range(len(n) - q + 1))
+    prefixes = frozenset(n[:k] for n in ordered for k in range(1, len(n)))
+    alphabet = frozenset(b for n in ordered for b in n)
     return RedactionPatterns(
-        needle_re, ordered, len(ordered[0]), owners, grams, q, shortest - q + 1
+        needle_re, ordered, len(ordered[0]), owners, grams, q, shortest - q + 1, prefixes,
+        alphabet,
     )
 
 
@@ -150,12 +170,11 @@ class StreamRedactor:
     `found` is True once anything was redacted; `names` are the secret names seen.
     """
 
-    __slots__ = ("_done", "_hold", "_p", "_tail", "count", "names")
+    __slots__ = ("_done", "_p", "_tail", "count", "names")
 
     def __init__(self, patterns: RedactionPatterns) -> None:
         self._p = patterns
         self._tail = b""
-        self._hold = max(patterns.max_len - 1, 0)
         self._done = False
         self.count = 0
         self.names: set[str] = set()
@@ -177,7 +196,7 @@ class StreamRedactor:
         if self._p.needle_re is None:
             return bytes(chunk)
         buf = self._tail + chunk
-        cut = len(buf) - self._hold
+        cut = len(buf) - self._p.pending(buf)
         if cut <= 0:
             self._tail = buf
             return b""

@@ -95,10 +95,23 @@ def test_clean_stream_passes_unchanged_and_holds_back_little():
     assert not r.found
 
 
-def test_short_chunks_emit_nothing_then_everything():
+def test_possible_key_start_is_held_until_the_next_chunk():
     r = StreamRedactor(PATTERNS)
-    assert r.feed(b"ab") == b""  # "nothing yet": the adapter sends [] to mitmproxy
-    assert r.finish() == b"ab"
+    assert r.feed(KEY[:2]) == b""  # "nothing yet": the adapter sends [] to mitmproxy
+    assert r.finish() == KEY[:2]
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [b'data: {"delta": "hello"}\n\n', b"plain words ", b"ab"],
+    ids=["sse_event", "text_ending_in_space", "no_key_starts_like_this"],
+)
+def test_chunk_that_cannot_start_a_key_is_emitted_at_once(chunk):
+    """S10: nothing waits for the next chunk unless it could be the start of a key."""
+    assert not any(n.startswith(b"ab") for n in PATTERNS.needles)
+    r = StreamRedactor(PATTERNS)
+    assert r.feed(chunk) == chunk
+    assert r.held_back == 0
 
 
 def test_stream_callable_never_returns_empty_bytes():
