@@ -293,16 +293,17 @@ def _credential_layer(
     def injected(provider: str | None) -> None:
         injections.labels(provider or "none").inc()  # providers come from the policy
 
+    def changed(names: set[str]) -> None:
+        known = policy_secrets()
+        for name in names:
+            changes.labels(name if name in known else "other").inc()
+        emit("secrets_changed", secrets=sorted(n for n in names if n in known),
+             other=len([n for n in names if n not in known]))
+
     async def refresh_loop() -> None:
         while True:
-            await asyncio.sleep(0.25)
-            changed = await asyncio.to_thread(store.refresh)
-            if changed:
-                known = policy_secrets()
-                for name in changed:
-                    changes.labels(name if name in known else "other").inc()
-                emit("secrets_changed", secrets=sorted(n for n in changed if n in known),
-                     other=len([n for n in changed if n not in known]))
+            await asyncio.sleep(CredentialLayer.MAX_STALENESS)
+            await asyncio.to_thread(layer.refresh)
             if virtual_keys is not None:
                 try:
                     if await asyncio.to_thread(virtual_keys.refresh):
@@ -311,12 +312,12 @@ def _credential_layer(
                     emit("virtual_keys_rejected", error=str(exc)[:500])
             update_available()
 
+    layer = CredentialLayer(store, virtual_keys, on_injected=injected, on_changed=changed)
     update_available()
     missing = sorted(store.missing(policy_secrets()))
     if missing:
         emit("secrets_missing", secrets=missing,
              effect="requests to these providers are refused: credential_unavailable")
-    layer = CredentialLayer(store, virtual_keys, on_injected=injected)
     return layer, [refresh_loop]
 
 

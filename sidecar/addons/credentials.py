@@ -7,6 +7,7 @@ the policy entry of that vetted destination: a key can only ever go to its provi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from mitmproxy import http
@@ -47,16 +48,32 @@ _BUFFERED = "egress_redact_whole_body"
 
 
 class CredentialLayer:
+    # A rotated key must be in use within a second (issue #3). The background loop
+    # refreshes every 250 ms, but under load the event loop can run it late; a request
+    # that finds the last refresh older than this refreshes first (a few stat calls).
+    MAX_STALENESS = 0.25
+
     def __init__(
         self,
         store: SecretStore,
         virtual_keys: VirtualKeySource | None = None,
         on_injected: Any = None,
+        on_changed: Any = None,
     ) -> None:
         self.store = store
         self.guard = ReflectionGuard(store)
         self.virtual_keys = virtual_keys
         self._on_injected = on_injected  # callable(provider) for the injections counter
+        self._on_changed = on_changed  # callable(set of changed secret names)
+        self._refreshed_at = time.monotonic()
+
+    def refresh(self) -> set[str]:
+        """Re-read the secret sources; report changed names once, whoever noticed."""
+        self._refreshed_at = time.monotonic()
+        changed = self.store.refresh()
+        if changed and self._on_changed is not None:
+            self._on_changed(changed)
+        return changed
 
     # --- records ----------------------------------------------------------------------
 
@@ -85,6 +102,8 @@ class CredentialLayer:
         endpoint: Endpoint | None,
         engine: PolicyEngine,
     ) -> Decision:
+        if time.monotonic() - self._refreshed_at > self.MAX_STALENESS:
+            self.refresh()
         result = prepare_request(
             endpoint or UNLISTED,
             flow.request.headers,
