@@ -58,11 +58,15 @@ class DnsListener:
 
     async def _answer(self, flow: dns.DNSFlow) -> dns.DNSMessage:
         request = flow.request
-        if len(request.questions) != 1 or request.query is False:
-            return request.fail(response_codes.FORMERR)
-        question = request.questions[0]
         client = f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}"
         engine = self.holder.engine
+        if len(request.questions) != 1 or request.query is False:
+            # Resolvers send exactly one question; anything else is a side channel.
+            self.record(Decision(Verdict.BLOCK, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD,
+                                 "-", 53, client=client, mode="dns",
+                                 detail=f"DNS message with {len(request.questions)} questions"))
+            return request.fail(response_codes.FORMERR)
+        question = request.questions[0]
         tunnel = self.detector.observe(
             question.name, question.type, client=str(flow.client_conn.peername[0]),
             now=time.monotonic(),

