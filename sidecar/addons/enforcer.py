@@ -112,6 +112,7 @@ class Enforcer:
         # address so mitmproxy reuses the pinned upstream connection (it matches
         # connections by address); server_connect maps the address back to its name.
         self._pins: dict[str, dict[tuple[str, int], str]] = {}
+        self._spoke_http: set[str] = set()  # client ids that sent at least one request
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Enforcer:
     @_fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
+        self._spoke_http.add(flow.client_conn.id)
         host, port, mode = self._destination(
             flow.client_conn, request.host, request.port, request.host_header
         )
@@ -266,8 +268,34 @@ class Enforcer:
         )
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._tunnels.pop(client.id, None)
+        tunnel = self._tunnels.pop(client.id, None)
         self._pins.pop(client.id, None)
+        if client.id in self._spoke_http:
+            self._spoke_http.discard(client.id)
+            return
+        # A redirected connection (or a CONNECT tunnel) that ended without one HTTP
+        # request and without TLS: SSH, raw bytes, a port probe. mitmproxy refused it
+        # (rawtcp is off) without any flow hook; S9 wants it seen.
+        if client.tls:
+            return
+        if isinstance(client.proxy_mode, mode_specs.TransparentMode):
+            (host, port), mode = _original_destination(client), "transparent"
+        elif tunnel is not None:
+            (host, port), mode = tunnel, "explicit"
+        else:
+            return
+        self.record(
+            Decision(
+                verdict=Verdict.BLOCK,
+                reason=Reason.PROTOCOL_NOT_ALLOWED,
+                rule="netguard",
+                host=host,
+                port=port,
+                client=_client(client),
+                mode=mode,
+                detail="connection ended without an HTTP request or TLS (non-HTTP protocol)",
+            )
+        )
 
     # --- helpers ----------------------------------------------------------------------
 

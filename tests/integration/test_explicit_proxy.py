@@ -354,3 +354,19 @@ def _counter(metrics: str, decision: str, reason: str, provider: str | None = No
             if provider is None or f'provider="{provider}"' in line:
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_non_http_bytes_in_an_allowed_tunnel_are_refused_and_seen(sidecar, provider):
+    """rawtcp is off: an SSH banner inside a CONNECT to an allowed host goes nowhere, and
+    the attempt is logged once the connection ends."""
+    mark = len(provider.received)
+    host, port = sidecar.proxy_url.removeprefix("http://").rsplit(":", 1)
+    authority = f"api.openai.com:{provider.port}"
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        raw.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")  # the sidecar waits for a request; we leave
+    decision = sidecar.wait_for_decision(reason="protocol_not_allowed", mode="explicit",
+                                         host="api.openai.com", timeout=10)
+    assert decision["decision"] == "block"
+    assert provider.received[mark:] == []

@@ -579,9 +579,15 @@ def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
     world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V4, port=443,
                                      mode="transparent")  # fmt: skip
     # Raw bytes (neither TLS nor HTTP): held by the sidecar, nothing comes back.
+    raw_mark = world.mark()
     raw = world.probe("tcp", ATTACKER_V4, "443", "stolen-bytes\\r\\n")
     assert ATTACKER_BANNER.decode() not in raw.get("reply", ""), raw
     world.assert_attacker_saw_nothing(mark)
+    # ... and seen (S9), once the connection is over.
+    seen = world.wait_decision(raw_mark, reason="protocol_not_allowed", host=ATTACKER_V4,
+                               port=443, timeout=20)
+    assert seen["detail"].startswith("connection ended without an HTTP request")
+    assert seen["decision"] == "block" and seen["mode"] == "transparent"
 
 
 def test_direct_tcp_to_attacker_ip_80(world: World) -> None:
