@@ -222,18 +222,21 @@ class PolicyEngine:
         host: Host | None = None,
         endpoint: Endpoint | None = None,
     ) -> Decision:
-        audit = self.policy.mode is Mode.AUDIT and reason not in ALWAYS_ENFORCED
-        verdict = Verdict.WOULD_BLOCK if audit else Verdict.BLOCK
+        verdict = self.refusal_verdict(reason)
         return self._decision(attempt, verdict, reason, rule, detail, host=host, endpoint=endpoint)
+
+    def refusal_verdict(self, reason: Reason) -> Verdict:
+        """S11: audit mode lets policy refusals through, never the ALWAYS_ENFORCED ones."""
+        audit = self.policy.mode is Mode.AUDIT and reason not in ALWAYS_ENFORCED
+        return Verdict.WOULD_BLOCK if audit else Verdict.BLOCK
 
     def refusal(self, decision: Decision, reason: Reason, detail: str) -> Decision:
         """Turn an earlier decision into a refusal found later (e.g. by S3 after DNS)."""
-        audit = self.policy.mode is Mode.AUDIT and reason not in ALWAYS_ENFORCED
         if decision.verdict is Verdict.WOULD_BLOCK:
             # Keep what audit mode let pass in the one line this attempt gets.
             detail = f"{detail}; audit: would_block {decision.reason.value}"
         return decision.with_context(
-            verdict=Verdict.WOULD_BLOCK if audit else Verdict.BLOCK,
+            verdict=self.refusal_verdict(reason),
             reason=reason,
             rule=RULE_NETGUARD if reason in ALWAYS_ENFORCED else decision.rule,
             detail=detail,

@@ -21,14 +21,14 @@ from sidecar.credentials import (
     prepare_request,
 )
 from sidecar.credentials.detect import redact_known_keys
-from sidecar.decision import Decision, Reason, Verdict
+from sidecar.decision import RULE_DEFAULT_DENY, Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
 from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
 
 # The entry used for destinations audit mode lets through without a policy entry:
 # nothing is injected, but gateway-held keys are still detected and stripped.
 UNLISTED = Endpoint(
-    rule="default_deny",
+    rule=RULE_DEFAULT_DENY,
     provider=None,
     hosts=(),
     cidrs=(),

@@ -24,7 +24,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.credentials import SecretStore
-from sidecar.decision import Decision, Reason, Verdict
+from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
 from sidecar.resolver import ResolutionError, Resolver
@@ -258,7 +258,7 @@ class Enforcer:
             Decision(
                 verdict=Verdict.BLOCK,
                 reason=Reason.UPSTREAM_TLS_FAILURE,
-                rule="netguard",
+                rule=RULE_NETGUARD,
                 host=host,
                 port=port,
                 client=_client(data.context.client),
@@ -288,7 +288,7 @@ class Enforcer:
             Decision(
                 verdict=Verdict.BLOCK,
                 reason=Reason.PROTOCOL_NOT_ALLOWED,
-                rule="netguard",
+                rule=RULE_NETGUARD,
                 host=host,
                 port=port,
                 client=_client(client),
