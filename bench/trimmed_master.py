@@ -1,6 +1,6 @@
 """Bare mitmproxy, trimmed: a `Master` with only the addons a proxy needs.
 
-The ceiling any mitmproxy addon can reach (MITMPROXY-NOTES.md, speed section): the same
+The ceiling any mitmproxy addon can reach (hook dispatch dominates mitmproxy's cost): the same
 built-in addons and safety options egress-sidecar uses (proxyserver, next_layer,
 tlsconfig, errorcheck; lazy connections, no raw TCP, no HTTP/3), plus one one-hook
 addon that streams responses (an LLM proxy that buffers SSE is not usable, and the

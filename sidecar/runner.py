@@ -2,7 +2,7 @@
 
 No mitmdump, no default addon set. Only the built-ins a proxy needs, with our
 enforcement addon first so it decides before anything else sees the flow, and the
-options that fail open (MITMPROXY-NOTES.md) pinned to safe values.
+options that fail open (docs/mitmproxy-traps.md) pinned to safe values.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     resolver = Resolver(settings.resolver)
     enforcer = Enforcer(holder, resolver, recorder, credentials)
     ps = proxyserver.Proxyserver()
-    # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
+    # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
     dns_listener = DnsListener(holder, resolver, recorder, settings.dns_refuse_with)
     master.addons.add(enforcer, dns_listener, ps, next_layer.NextLayer(),

@@ -35,7 +35,7 @@ The adapter must (a) ask the provider for uncompressed responses (`prepare_reque
 sets `accept-encoding: identity`) or decode before redacting, and (b) translate an
 empty result of `feed()` into `[]` for mitmproxy: returning `b""` from a stream
 callable writes a chunked terminator and desynchronises the connection
-(MITMPROXY-NOTES item 3). `stream_callable()` does both for you.
+(docs/mitmproxy-traps.md, stream callables). `stream_callable()` does both for you.
 """
 
 from __future__ import annotations
