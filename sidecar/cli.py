@@ -1,4 +1,4 @@
-"""`egress-sidecar` command line: run | policy check | init.
+"""`egress-sidecar` command line: run | policy check | init | virtual-key new|hash.
 
 Each subcommand lives in its own module and contributes `add_arguments(parser)` and
 `main(args) -> int`; this file only wires them, so importing the CLI for `policy
@@ -24,6 +24,14 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "sidecar.netinit",
         "install the pod's iptables/ip6tables redirect rules (init container)",
     ),
+    ("virtual-key", "new"): (
+        "sidecar.virtual_key_cli",
+        "create a tenant's virtual key; prints the key and the hash for the keys file",
+    ),
+    ("virtual-key", "hash"): (
+        "sidecar.virtual_key_cli",
+        "hash a virtual key read from stdin (never pass keys as arguments)",
+    ),
 }
 
 
@@ -41,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             if path[0] not in groups:
                 group = top.add_parser(path[0], help=f"{path[0]} commands")
                 groups[path[0]] = group.add_subparsers(
-                    dest=f"{path[0]}_command", required=True, metavar="COMMAND"
+                    dest=f"{path[0].replace('-', '_')}_command", required=True, metavar="COMMAND"
                 )
             sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)

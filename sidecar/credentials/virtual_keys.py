@@ -43,7 +43,6 @@ import json
 import os
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,26 +290,3 @@ class VirtualKeySource:
         self._stat = key
         self.current = load_virtual_keys(self.path)
         return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["new"]:
-        key = generate_virtual_key()
-        print(f"key:  {key}")
-        print(f"hash: {hash_virtual_key(key)}")
-        print("Give the key to the gateway's tenant config; put only the hash in the file.")
-        return 0
-    if args == ["hash"]:
-        try:
-            print(hash_virtual_key(sys.stdin.readline()))
-        except VirtualKeyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    print("usage: python -m sidecar.credentials new | hash  (key on stdin)")
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,6 @@ from sidecar.credentials.virtual_keys import (
     generate_virtual_key,
     hash_virtual_key,
     is_virtual_key,
-    main,
     parse_virtual_keys,
 )
 
@@ -175,17 +174,3 @@ def test_source_reload_keeps_last_good(tmp_path: Path):
         source.refresh()
     assert source.current.lookup(VK2) is not None  # last good version stays
 
-
-def test_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    assert main(["new"]) == 0
-    out = capsys.readouterr().out
-    key = out.split("key:")[1].split()[0]
-    assert f"hash: {hash_virtual_key(key)}" in out
-    import io
-
-    monkeypatch.setattr("sys.stdin", io.StringIO(VK + "\n"))
-    assert main(["hash"]) == 0
-    assert capsys.readouterr().out.strip() == hash_virtual_key(VK)
-    monkeypatch.setattr("sys.stdin", io.StringIO("nope\n"))
-    assert main(["hash"]) == 2
-    assert main([]) == 2
