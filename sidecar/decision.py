@@ -50,27 +50,111 @@ class Reason(StrEnum):
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
 
 
-# Reasons enforced even in audit mode (S11): address vetting (S3), IP literals (S4),
-# Host/SNI agreement and the protocol tricks around it (S5, because the request would
-# go to the wrong host) and everything about credentials (S7).
+class Severity(StrEnum):
+    """How loudly a *block* pages; a would_block (audit mode) is one level lower."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReasonSpec:
+    """Everything the product says about one reason code, in one row."""
+
+    answer: str  # what the gateway gets: an HTTP status, a DNS rcode, or "-" (nothing of ours)
+    severity: Severity  # of a block
+    enforced_in_audit: bool  # S11: audit mode still refuses it
+    meaning: str  # the README's reason table says exactly this
+
+    @property
+    def http_status(self) -> int:
+        """Status of our local HTTP refusal (403 where the answer is not an HTTP status)."""
+        head = self.answer.split(" ", 1)[0]
+        return int(head) if head.isdigit() else 403
+
+
+_C, _W, _I = Severity.CRITICAL, Severity.WARNING, Severity.INFO
+
+# The one table of reason codes. The enforcer's statuses, audit mode (S11), the alert
+# severities, the PrometheusRule's reason lists and the README's table are all derived
+# from it or checked against it (tests/core/test_reason_table.py). Enforced in audit
+# mode: address vetting (S3), IP literals (S4), host agreement and the protocol tricks
+# around it (S5: the request would go to the wrong host), TLS (S6), credentials (S7).
+REASONS: dict[Reason, ReasonSpec] = {
+    Reason.ALLOWED: ReasonSpec("-", _I, False, "the request was allowed"),
+    Reason.HOST_NOT_ALLOWED: ReasonSpec("403", _W, False, "no policy entry lists the host"),
+    Reason.PORT_NOT_ALLOWED: ReasonSpec("403", _W, False, "the entry does not list the port"),
+    Reason.PATH_NOT_ALLOWED: ReasonSpec("403", _W, False, "the entry does not list the path"),
+    Reason.METHOD_NOT_ALLOWED: ReasonSpec(
+        "403", _W, False, "the entry does not list the method"
+    ),
+    Reason.INVALID_PATH: ReasonSpec(
+        "403", _W, False,
+        "dot segments, encoded `/` `\\` `%` NUL, empty segments, non-UTF-8 escapes",
+    ),
+    Reason.TLS_REQUIRED: ReasonSpec("403", _W, False, "plain HTTP towards a provider"),
+    Reason.INVALID_HOST: ReasonSpec(
+        "403", _W, True, "the host is neither a valid name nor an address"
+    ),
+    Reason.IP_LITERAL: ReasonSpec(
+        "403", _W, True, "a public IP literal that no `cidr:` entry allows (S4)"
+    ),
+    Reason.PRIVATE_ADDRESS: ReasonSpec(
+        "403", _C, True,
+        "loopback, RFC 1918, ULA, link-local, CGNAT, multicast, reserved, or the sidecar's "
+        "own address, as a literal or a DNS answer (S3)",
+    ),
+    Reason.METADATA_ADDRESS: ReasonSpec(
+        "403", _C, True,
+        "a cloud metadata address (169.254.169.254, fd00:ec2::254, ...), in any form, "
+        "never allowed",
+    ),
+    Reason.HOST_MISMATCH: ReasonSpec(
+        "403", _C, True,
+        "CONNECT authority, TLS SNI, Host / `:authority` name different hosts (S5)",
+    ),
+    Reason.DNS_FAILURE: ReasonSpec("502", _I, True, "the sidecar could not resolve the name"),
+    Reason.UPSTREAM_TLS_FAILURE: ReasonSpec(
+        "502", _W, True, "the upstream certificate did not verify (S6)"
+    ),
+    Reason.PROTOCOL_NOT_ALLOWED: ReasonSpec(
+        "403 / FORMERR / -", _W, True,
+        "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
+        "questions, a redirected connection or CONNECT tunnel that ended without TLS or any "
+        "HTTP request (SSH, raw bytes; logged when the connection ends)",
+    ),
+    Reason.DESTINATION_MISMATCH: ReasonSpec(
+        "403", _C, True,
+        "a redirected connection's original address is not one the name resolves to",
+    ),
+    Reason.GATEWAY_HOLDS_CREDENTIAL: ReasonSpec(
+        "403", _C, True, "the gateway sent a real provider key (S7)"
+    ),
+    Reason.CREDENTIAL_UNAVAILABLE: ReasonSpec(
+        "503", _W, True, "the provider's key file is missing or invalid"
+    ),
+    Reason.UNKNOWN_VIRTUAL_KEY: ReasonSpec("401", _W, True, "unknown or revoked virtual key"),
+    Reason.TENANT_NOT_ALLOWED: ReasonSpec(
+        "403", _W, True, "a known tenant asked for a provider it was not granted"
+    ),
+    Reason.CREDENTIAL_REFLECTED: ReasonSpec(
+        "-", _C, True,
+        "a response echoed the injected key; it was redacted, the response delivered",
+    ),
+    Reason.DNS_NAME_NOT_ALLOWED: ReasonSpec(
+        "REFUSED", _W, False, "the DNS listener refused an unlisted name"
+    ),
+    Reason.DNS_TUNNEL_SUSPECTED: ReasonSpec(
+        "REFUSED", _C, False,
+        "a DNS question with a tunnel's shape (refused if unlisted, logged if listed)",
+    ),
+}
+
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
-    {
-        Reason.INVALID_HOST,
-        Reason.IP_LITERAL,
-        Reason.PRIVATE_ADDRESS,
-        Reason.METADATA_ADDRESS,
-        Reason.HOST_MISMATCH,
-        Reason.DNS_FAILURE,
-        Reason.UPSTREAM_TLS_FAILURE,
-        Reason.DESTINATION_MISMATCH,
-        Reason.PROTOCOL_NOT_ALLOWED,  # h2c, TLS without SNI: ways around S5
-        Reason.GATEWAY_HOLDS_CREDENTIAL,
-        Reason.CREDENTIAL_UNAVAILABLE,
-        Reason.CREDENTIAL_REFLECTED,
-        Reason.UNKNOWN_VIRTUAL_KEY,
-        Reason.TENANT_NOT_ALLOWED,
-    }
+    reason for reason, spec in REASONS.items() if spec.enforced_in_audit
 )
+
 
 # Rule names used when no policy entry decided.
 RULE_DEFAULT_DENY = "default_deny"

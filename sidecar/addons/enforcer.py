@@ -24,26 +24,15 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.credentials import SecretStore
-from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
+from sidecar.decision import REASONS, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
 from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
 
-# Status codes for refusals the gateway sees. Everything else is 403.
-_STATUS: dict[Reason, int] = {
-    Reason.DNS_FAILURE: 502,
-    Reason.UPSTREAM_TLS_FAILURE: 502,
-    Reason.CREDENTIAL_UNAVAILABLE: 503,
-    Reason.UNKNOWN_VIRTUAL_KEY: 401,
-    Reason.TENANT_NOT_ALLOWED: 403,
-}
-
-
 def refusal_status(decision: Decision) -> int:
-    return _STATUS.get(decision.reason, 403)
-
+    return REASONS[decision.reason].http_status
 
 
 class EngineHolder:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.alerts.grouping import GroupingSettings
-from sidecar.alerts.model import Severity
+from sidecar.decision import Severity
 
 SINK_TYPES = ("alertmanager", "pagerduty", "slack", "webhook")
 PAGERDUTY_DEFAULT_URL = "https://events.pagerduty.com"

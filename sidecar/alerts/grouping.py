@@ -34,13 +34,12 @@ from sidecar.alerts.model import (
     SEVERITY_RANK,
     AlertKey,
     KeyMemo,
-    Severity,
     iso,
     label_value,
     redact,
     safe_evidence,
 )
-from sidecar.decision import Decision, Verdict
+from sidecar.decision import Decision, Severity, Verdict
 
 FLOOD_REASON = "alert_flood"
 TRIGGER = "trigger"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sidecar.alerts.model import Severity
+from sidecar.decision import Severity
 
 DROP_REASONS = ("rejected", "queue_full", "expired")
 SUPPRESS_CAUSES = ("rate_cap", "table_full")

@@ -28,24 +28,18 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from sidecar.decision import (
+    REASONS,
     RULE_DEFAULT_DENY,
     RULE_HOST_AGREEMENT,
     RULE_NETGUARD,
     Decision,
     Reason,
+    Severity,
     Verdict,
 )
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    WARNING = "warning"
-    INFO = "info"
-
 
 SEVERITY_RANK: Mapping[Severity, int] = {
     Severity.INFO: 0,
@@ -53,36 +47,9 @@ SEVERITY_RANK: Mapping[Severity, int] = {
     Severity.CRITICAL: 2,
 }
 
-# Severity of a *block*. A would_block (audit mode) is one level lower and marked audit.
-# Reasons that are not listed (future additions) are warnings.
-SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
-    # Someone is trying to steal credentials or reach what a gateway never needs.
-    Reason.METADATA_ADDRESS: Severity.CRITICAL,
-    Reason.PRIVATE_ADDRESS: Severity.CRITICAL,
-    Reason.GATEWAY_HOLDS_CREDENTIAL: Severity.CRITICAL,
-    Reason.CREDENTIAL_REFLECTED: Severity.CRITICAL,
-    Reason.DNS_TUNNEL_SUSPECTED: Severity.CRITICAL,
-    Reason.DESTINATION_MISMATCH: Severity.CRITICAL,
-    Reason.HOST_MISMATCH: Severity.CRITICAL,
-    # Policy violations: unlisted destinations and requests outside an entry.
-    Reason.HOST_NOT_ALLOWED: Severity.WARNING,
-    Reason.PORT_NOT_ALLOWED: Severity.WARNING,
-    Reason.PATH_NOT_ALLOWED: Severity.WARNING,
-    Reason.METHOD_NOT_ALLOWED: Severity.WARNING,
-    Reason.IP_LITERAL: Severity.WARNING,
-    Reason.DNS_NAME_NOT_ALLOWED: Severity.WARNING,
-    Reason.INVALID_HOST: Severity.WARNING,
-    Reason.INVALID_PATH: Severity.WARNING,
-    Reason.TLS_REQUIRED: Severity.WARNING,
-    Reason.PROTOCOL_NOT_ALLOWED: Severity.WARNING,
-    Reason.UNKNOWN_VIRTUAL_KEY: Severity.WARNING,
-    Reason.TENANT_NOT_ALLOWED: Severity.WARNING,
-    Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
-    Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
-    # Operational, mostly not an attack.
-    Reason.DNS_FAILURE: Severity.INFO,
-    Reason.ALLOWED: Severity.INFO,
-}
+# Severity of a *block*, from the reason table. A would_block (audit mode) is one level
+# lower and marked audit. Reasons that are not known (future additions) are warnings.
+SEVERITY_BY_REASON: Mapping[Reason, Severity] = {r: s.severity for r, s in REASONS.items()}
 
 _LOWER: Mapping[Severity, Severity] = {
     Severity.CRITICAL: Severity.WARNING,

@@ -29,7 +29,8 @@ import aiohttp
 
 from sidecar.alerts.config import DeliverySettings, SinkConfig
 from sidecar.alerts.grouping import FLOOD_REASON, RESOLVE, TRIGGER
-from sidecar.alerts.model import SEVERITY_RANK, Severity, iso
+from sidecar.alerts.model import SEVERITY_RANK, iso
+from sidecar.decision import Severity
 
 SIGNATURE_HEADER = "X-Egress-Sidecar-Signature"
 TIMESTAMP_HEADER = "X-Egress-Sidecar-Timestamp"

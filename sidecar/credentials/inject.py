@@ -45,7 +45,7 @@ from typing import Protocol
 from sidecar.credentials.detect import Finding, scan_generic, scan_prefixed
 from sidecar.credentials.secrets import Secret, SecretStore
 from sidecar.credentials.virtual_keys import VirtualKeys, is_virtual_key
-from sidecar.decision import Reason
+from sidecar.decision import REASONS, Reason
 from sidecar.policy.model import Endpoint
 
 __all__ = [
@@ -179,14 +179,6 @@ _REASONS: dict[Outcome, Reason] = {
     Outcome.UNKNOWN_VIRTUAL_KEY: Reason.UNKNOWN_VIRTUAL_KEY,
     Outcome.TENANT_NOT_ALLOWED: Reason.TENANT_NOT_ALLOWED,
 }
-_STATUS: dict[Outcome, int] = {
-    Outcome.GATEWAY_HOLDS_CREDENTIAL: 403,
-    Outcome.CREDENTIAL_UNAVAILABLE: 503,
-    Outcome.UNKNOWN_VIRTUAL_KEY: 401,
-    Outcome.TENANT_NOT_ALLOWED: 403,
-}
-
-
 @dataclass(frozen=True, slots=True)
 class CredentialResult:
     """What the credential layer did to one request. Safe to log (no values)."""
@@ -212,8 +204,9 @@ class CredentialResult:
 
     @property
     def http_status(self) -> int:
-        """Status for the local refusal answer: 403, 503 (missing key), 401 (virtual key)."""
-        return _STATUS.get(self.outcome, 200)
+        """Status for the local refusal answer (the reason table's), 200 when not refused."""
+        reason = self.reason
+        return 200 if reason is None else REASONS[reason].http_status
 
 
 @dataclass(slots=True)

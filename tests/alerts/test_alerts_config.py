@@ -11,8 +11,7 @@ import pytest
 from alerts_helpers import PLANTED_KEY, FakeReceiver, pipeline, refusal, run, write_config
 
 from sidecar.alerts.config import ConfigError, Secret, load_config
-from sidecar.alerts.model import Severity
-from sidecar.decision import Reason, Verdict
+from sidecar.decision import Reason, Severity, Verdict
 
 PD_KEY = "PDROUTINGKEYsecret0123456789abcd"
 SLACK_TOKEN = "T000/B000/XXXXsecretXXXX"

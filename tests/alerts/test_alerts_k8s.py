@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.alerts.model import SEVERITY_BY_REASON, Severity
+from sidecar.alerts.model import SEVERITY_BY_REASON
+from sidecar.decision import Severity
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = ROOT / "k8s" / "prometheus-rule.yaml"

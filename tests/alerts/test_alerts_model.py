@@ -15,7 +15,6 @@ from sidecar.alerts.model import (
     PATH_LIMIT,
     REDACTED,
     SEVERITY_BY_REASON,
-    Severity,
     destination_class,
     key_for,
     pod_identity,
@@ -25,7 +24,7 @@ from sidecar.alerts.model import (
     safe_evidence,
     severity_for,
 )
-from sidecar.decision import Reason, Verdict
+from sidecar.decision import Reason, Severity, Verdict
 
 CRITICAL = [
     Reason.METADATA_ADDRESS,
