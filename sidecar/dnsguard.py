@@ -23,7 +23,7 @@ Per-question rules (no state):
 Window rules (bounded state, sliding window of ``window_seconds``):
 
 * ``many_subnames``: at least ``max_unique_subnames`` (50) distinct names under one
-  registrable-ish domain (`base_domain`).
+  registrable domain (`base_domain`, the Public Suffix List).
 * ``rare_qtype_burst``: at least ``max_rare_qtypes`` (10) TXT/NULL/ANY/PRIVATE
   questions from one client.
 * ``domain_spray``: at least ``max_new_domains`` (200) base domains first seen from
@@ -42,6 +42,8 @@ import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
+
+from sidecar.domains import registrable_domain
 
 # Query type numbers (RFC 1035 and successors); names accepted by `qtype_number`.
 QTYPES: dict[str, int] = {
@@ -78,15 +80,13 @@ class DnsGuardConfig:
     max_new_domains: int = 200
     max_tracked_domains: int = 4096
     max_tracked_clients: int = 1024
-    # Names under these suffixes have registrable domains of one more label, so
-    # that e.g. every Kubernetes namespace counts as its own domain.
+    # Suffixes the Public Suffix List does not know, under which each next label is a
+    # domain of its own: every Kubernetes namespace counts as its own domain.
     multi_label_suffixes: tuple[str, ...] = (
         "svc.cluster.local",
         "cluster.local",
-        "co.uk", "org.uk", "ac.uk", "gov.uk", "com.au", "net.au", "org.au", "co.jp", "ne.jp",
-        "co.nz", "co.in", "com.br", "com.cn", "com.tw", "co.kr", "co.za",
-        "compute.amazonaws.com", "compute.internal",
-    )  # fmt: skip
+        "compute.internal",
+    )
     # Names under these suffixes are never flagged nor tracked (e.g. the policy's
     # own provider domains, if their alerts are not wanted). Empty by default.
     exempt_suffixes: tuple[str, ...] = ()
@@ -149,19 +149,18 @@ def _under(name: str, suffix: str) -> bool:
 
 
 def base_domain(name: str, multi_label_suffixes: Iterable[str] = ()) -> str:
-    """Registrable-ish domain of a normalized name: suffix + one label.
-
-    The public suffix is taken as the last label unless the name ends with one of
-    `multi_label_suffixes` (longest wins); no public suffix list is needed for a
-    counter key.
-    """
+    """Registrable domain of a normalized name: the Public Suffix List's eTLD+1, or,
+    under one of `multi_label_suffixes` (local suffixes the list does not know; the
+    longest wins), that suffix and one more label."""
     labels = name.split(".") if name else []
-    suffix_len = 1
+    suffix_len = 0
     for suffix in multi_label_suffixes:
         n = suffix.count(".") + 1
         if n > suffix_len and _under(name, suffix) and len(labels) > n:
             suffix_len = n
-    return ".".join(labels[-(suffix_len + 1) :])
+    if suffix_len:
+        return ".".join(labels[-(suffix_len + 1) :])
+    return registrable_domain(name)
 
 
 class _Window:

@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar import domains
 from sidecar.decision import (
     REASONS,
     RULE_DEFAULT_DENY,
@@ -131,27 +132,20 @@ def label_value(text: str | None, limit: int = SHORT_LIMIT) -> str:
 
 # ------------------------------------------------------------------ destination class
 
-# Second-level labels under which country-code TLDs register names (co.uk, com.au, ...).
-_CC_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "ne", "or", "go"})
 _SPECIFIC_RULES_EXCLUDED = frozenset({RULE_DEFAULT_DENY, RULE_NETGUARD, RULE_HOST_AGREEMENT, ""})
 OVERFLOW_DESTINATION = "*"
 
 
 def _candidate(host: str) -> str:
-    """Cheap first step of `registrable_domain` (no regex): used as a cache key."""
+    """First step of `registrable_domain` (no regex): used as a cache key."""
     host = host[:HOST_LIMIT].strip().lower().rstrip(".")
     if not host:
         return ""
     if host.startswith("[") or ":" in host:
         return "ip:v6"
-    labels = host.rsplit(".", 3)
-    if len(labels) >= 2 and labels[-1].isdigit():
+    if host.rsplit(".", 1)[-1].isdigit():
         return host  # an IPv4 literal (checked in _finish) or nonsense
-    if len(labels) <= 2:
-        return host
-    if len(labels[-1]) == 2 and labels[-2] in _CC_SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    return domains.registrable_domain(host)
 
 
 def _finish(name: str) -> str:
@@ -169,7 +163,7 @@ def _finish(name: str) -> str:
 
 
 def registrable_domain(host: str) -> str:
-    """eTLD+1-ish: the part of a name an attacker must own. Bounded and cheap.
+    """eTLD+1 (Public Suffix List): the part of a name an attacker must own. Bounded.
 
     Random labels under one domain (``<data>.evil.example``) collapse into one class;
     spraying many registrable domains is bounded separately by the grouper.
