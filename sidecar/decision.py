@@ -195,7 +195,7 @@ class Decision:
     def as_log_record(self) -> dict[str, Any]:
         """The canonical decision log line (one JSON object per decision)."""
         record: dict[str, Any] = {
-            "time": _iso(self.at),
+            "time": iso_time(self.at),
             "decision": self.verdict.value,
             "reason": self.reason.value,
             "rule": self.rule,
@@ -217,6 +217,7 @@ class Decision:
         return record
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
+    """UTC, millisecond precision, `Z`: the one timestamp format of every output."""
     secs = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
     return f"{secs}.{int((ts % 1) * 1000):03d}Z"

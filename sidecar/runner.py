@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import settings as settings_mod
+from sidecar.decision import iso_time
 from sidecar.hostnames import IPAddress
 from sidecar.settings import Settings, SettingsError
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def emit(event: str, **fields: Any) -> None:
     """Operational events (not decisions) as JSON lines on stderr."""
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event}
+    record = {"time": iso_time(time.time()), "event": event}
     record.update(fields)
     sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
     sys.stderr.flush()

@@ -34,12 +34,11 @@ from sidecar.alerts.model import (
     SEVERITY_RANK,
     AlertKey,
     KeyMemo,
-    iso,
     label_value,
     redact,
     safe_evidence,
 )
-from sidecar.decision import Decision, Severity, Verdict
+from sidecar.decision import Decision, Severity, Verdict, iso_time
 
 FLOOD_REASON = "alert_flood"
 TRIGGER = "trigger"
@@ -281,8 +280,8 @@ class Grouper:
             "destination": key.destination,
             "tenant": key.tenant or None,
             "count": alert.count,
-            "first_seen": iso(alert.first_seen),
-            "last_seen": iso(alert.last_seen),
+            "first_seen": iso_time(alert.first_seen),
+            "last_seen": iso_time(alert.last_seen),
             "first_seen_ts": alert.first_seen,
             "last_seen_ts": alert.last_seen,
             "suppressed": alert.suppressed,

@@ -311,9 +311,3 @@ def pod_identity(
         result[key] = label_value(value, 128)
     return result
 
-
-def iso(ts: float) -> str:
-    import time
-
-    secs = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
-    return f"{secs}.{int((ts % 1) * 1000):03d}Z"

@@ -29,8 +29,8 @@ import aiohttp
 
 from sidecar.alerts.config import DeliverySettings, SinkConfig
 from sidecar.alerts.grouping import FLOOD_REASON, RESOLVE, TRIGGER
-from sidecar.alerts.model import SEVERITY_RANK, iso
-from sidecar.decision import Severity
+from sidecar.alerts.model import SEVERITY_RANK
+from sidecar.decision import Severity, iso_time
 
 SIGNATURE_HEADER = "X-Egress-Sidecar-Signature"
 TIMESTAMP_HEADER = "X-Egress-Sidecar-Timestamp"
@@ -239,8 +239,8 @@ class AlertmanagerSink(Sink):
         out: dict[str, Any] = {
             "labels": labels,
             "annotations": annotations,
-            "startsAt": iso(min(starts, now)),
-            "endsAt": iso(max(ends, starts)),
+            "startsAt": iso_time(min(starts, now)),
+            "endsAt": iso_time(max(ends, starts)),
         }
         if self.config.generator_url:
             out["generatorURL"] = self.config.generator_url
