@@ -160,6 +160,19 @@ def test_kubectl_is_kustomize_v5() -> None:
     assert found and int(found[1]) >= 5, out.stdout
 
 
+def test_missing_kubectl_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI must render with the real kustomize: a missing kubectl is a failure there."""
+    from tests.k8s import helpers
+
+    monkeypatch.setattr(helpers, "_find_kubectl", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="kubectl not found"):
+        helpers.kubectl()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="kubectl not found"):
+        helpers.kubectl()
+
+
 def test_images_lock_and_kustomize_block_agree() -> None:
     images = images_module()
     assert images.check() == []
