@@ -226,9 +226,3 @@ class Reader:
             return str(node.value)
         self.err(node, key, f"expected {what}, got {describe(node)}{quote_hint(node)}")
         return None
-
-    def boolean(self, node: Node, key: str) -> bool | None:
-        if isinstance(node, ScalarNode) and node.tag == BOOL:
-            return bool(yaml.SafeLoader("").construct_yaml_bool(node))
-        self.err(node, key, f"expected true or false, got {describe(node)}")
-        return None
