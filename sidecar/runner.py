@@ -272,7 +272,7 @@ def _credential_layer(
     try:
         virtual_keys = VirtualKeySource(settings.virtual_keys) if settings.virtual_keys else None
     except (VirtualKeyError, OSError) as exc:
-        raise SettingsError(f"virtual keys file rejected: {exc}") from None
+        raise SettingsError(f"virtual keys file rejected:\n{exc}") from None
     injections = Counter("egress_sidecar_credential_injections", "Provider keys added.",
                          ["provider"], registry=registry)
     changes = Counter("egress_sidecar_secret_changes",

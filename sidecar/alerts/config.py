@@ -1,32 +1,45 @@
 """Runtime alert configuration: strict YAML, secrets only from files.
 
-Errors name file, line and key (``alerts.yaml:12: sinks[1].url: ...``). Secret values
-(routing keys, webhook URLs, HMAC keys, bearer tokens) are read from the files the
+Read with the shared reader (`sidecar/yamlfile.py`): duplicate keys refused, every
+problem collected. Errors name file, line and key (``alerts.yaml:12: sinks[1].url: ...``).
+Secret values (routing keys, webhook URLs, HMAC keys, bearer tokens) are read from the files the
 config names and are never part of an error message, a log line or a ``repr``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import urllib.parse
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 
+from sidecar import yamlfile
 from sidecar.alerts.grouping import GroupingSettings
 from sidecar.decision import Severity
+from sidecar.yamlfile import Problem
 
 SINK_TYPES = ("alertmanager", "pagerduty", "slack", "webhook")
 PAGERDUTY_DEFAULT_URL = "https://events.pagerduty.com"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_EMPTY = "empty file: an alerts config starts with 'version: 1'"
 
 
 class ConfigError(ValueError):
-    """A config problem, already formatted as ``file:line: key: message``."""
+    """The alerts config is invalid: ``file:line: key: message``, one problem a line.
+
+    `problems` lists them (empty when the file could not be read at all).
+    """
+
+    def __init__(self, problems: str | Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
+        super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, problems)))
 
 
 class Secret:
@@ -104,30 +117,31 @@ def safe_url(url: str) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
+class _Invalid(Exception):
+    """A value problem, already recorded: stop reading this section or sink."""
+
+
 class _Ctx:
+    """The file's shared reader (sidecar/yamlfile.py) and where relative paths start."""
+
     def __init__(self, file: str) -> None:
         self.file = file
         self.base = os.path.dirname(os.path.abspath(file))
+        self.problems: list[Problem] = []
+        self.reader = yamlfile.Reader(file, self.problems)
 
-    def err(self, node: yaml.Node, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.file}:{node.start_mark.line + 1}: {key}: {msg}")
+    def err(self, node: yaml.Node, key: str, msg: str) -> _Invalid:
+        self.reader.err(node, key, msg)
+        return _Invalid()
 
 
 def _mapping(ctx: _Ctx, node: yaml.Node, key: str, allowed: set[str]) -> dict[str, yaml.Node]:
+    """Duplicate and unknown keys are recorded (the rest is still read); the value is not
+    shown when it is not a mapping (it may be a URL with a token)."""
     if not isinstance(node, yaml.MappingNode):
         raise ctx.err(node, key or "<top>", "expected a mapping")
-    out: dict[str, yaml.Node] = {}
-    for k_node, v_node in node.value:
-        if not isinstance(k_node, yaml.ScalarNode):
-            raise ctx.err(k_node, key or "<top>", "keys must be plain strings")
-        name = str(k_node.value)
-        full = f"{key}.{name}" if key else name
-        if name not in allowed:
-            raise ctx.err(k_node, full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        if name in out:
-            raise ctx.err(k_node, full, "duplicate key")
-        out[name] = v_node
-    return out
+    fields = ctx.reader.mapping(node, key, sorted(allowed)) or {}
+    return {name: value for name, (_, value) in fields.items()}
 
 
 def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
@@ -232,7 +246,10 @@ def _sink(ctx: _Ctx, node: yaml.Node, key: str, seen: set[str]) -> SinkConfig:
     sink_type = _str(ctx, type_node, f"{key}.type")
     if sink_type not in SINK_TYPES:
         raise ctx.err(type_node, f"{key}.type", f"must be one of {', '.join(SINK_TYPES)}")
+    before = len(ctx.problems)
     fields = _mapping(ctx, node, key, _COMMON_SINK_KEYS | _SINK_KEYS[sink_type])
+    if len(ctx.problems) > before:
+        raise _Invalid()  # a misspelt or doubled key: "required" problems would be noise
     if "name" not in fields:
         raise ctx.err(node, f"{key}.name", "required")
     name = _str(ctx, fields["name"], f"{key}.name")
@@ -295,103 +312,43 @@ def _sink(ctx: _Ctx, node: yaml.Node, key: str, seen: set[str]) -> SinkConfig:
 
 
 def load_config(path: str) -> AlertsConfig:
-    """Load and validate the alert config. Raises ConfigError (file:line: key: msg)."""
+    """Load and validate the alert config. Raises ConfigError listing every problem found
+    (one ``file:line: key: message`` a line); a sink or section stops at its first bad
+    value, the others are still checked."""
     ctx = _Ctx(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}{line}: {problem}") from None
-    if root is None:
-        raise ConfigError(f"{path}:1: version: required (the file is empty)")
+    root = yamlfile.compose(path, data, ctx.problems, empty=_EMPTY)
+    config = None
+    if root is not None:
+        with contextlib.suppress(_Invalid):
+            config = _read(ctx, root)
+    if ctx.problems or config is None:
+        raise ConfigError(sorted(ctx.problems, key=lambda p: p.line))
+    return config
+
+
+def _read(ctx: _Ctx, root: yaml.Node) -> AlertsConfig:
     top = _mapping(ctx, root, "", {"version", "grouping", "delivery", "sinks", "tick"})
     if "version" not in top:
-        raise ctx.err(root, "version", "required (version: 1)")
-    if _scalar(ctx, top["version"], "version") != 1:
-        raise ctx.err(top["version"], "version", "only version 1 is supported")
+        ctx.err(root, "version", "required (version: 1)")
+    else:
+        with contextlib.suppress(_Invalid):
+            if _scalar(ctx, top["version"], "version") != 1:
+                ctx.err(top["version"], "version", "only version 1 is supported")
 
     grouping = GroupingSettings()
     if "grouping" in top:
-        g = _mapping(
-            ctx,
-            top["grouping"],
-            "grouping",
-            {
-                "resend_interval",
-                "resolve_after",
-                "max_new_per_minute",
-                "burst",
-                "max_active",
-                "max_destinations_per_reason",
-                "sample_hosts",
-            },
-        )
-        changes: dict[str, Any] = {}
-        for name in ("resend_interval", "resolve_after"):
-            if name in g:
-                changes[name] = _duration(ctx, g[name], f"grouping.{name}", 0.1, 7 * 86400)
-        if "max_new_per_minute" in g:
-            changes["max_new_per_minute"] = float(
-                _int(ctx, g["max_new_per_minute"], "grouping.max_new_per_minute", 1, 10000)
-            )
-        limits = {
-            "burst": 1000,
-            "max_active": 100000,
-            "max_destinations_per_reason": 1000,
-            "sample_hosts": 20,
-        }
-        for name, hi in limits.items():
-            if name in g:
-                changes[name] = _int(ctx, g[name], f"grouping.{name}", 1, hi)
-        grouping = dataclasses.replace(grouping, **changes)
-
+        grouping = _section(ctx, _grouping, top["grouping"], grouping)
     delivery = DeliverySettings()
     if "delivery" in top:
-        d = _mapping(
-            ctx,
-            top["delivery"],
-            "delivery",
-            {
-                "max_queue",
-                "max_age",
-                "backoff_initial",
-                "backoff_max",
-                "max_retry_after",
-                "timeout",
-                "batch_size",
-                "drain_timeout",
-            },
-        )
-        dchanges: dict[str, Any] = {}
-        if "max_queue" in d:
-            dchanges["max_queue"] = _int(ctx, d["max_queue"], "delivery.max_queue", 1, 1000000)
-        if "batch_size" in d:
-            dchanges["batch_size"] = _int(ctx, d["batch_size"], "delivery.batch_size", 1, 1000)
-        bounds = {
-            "max_age": (1.0, 30 * 86400.0),
-            "backoff_initial": (0.001, 3600.0),
-            "backoff_max": (0.001, 86400.0),
-            "max_retry_after": (0.0, 86400.0),
-            "timeout": (0.1, 600.0),
-            "drain_timeout": (0.0, 600.0),
-        }
-        for name, (low, high) in bounds.items():
-            if name in d:
-                dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", low, high)
-        delivery = dataclasses.replace(delivery, **dchanges)
-
+        delivery = _section(ctx, _delivery, top["delivery"], delivery)
     tick: float = 0.2
     if "tick" in top:
-        tick = _duration(ctx, top["tick"], "tick", 0.01, 10.0)
+        tick = _section(ctx, lambda c, n: _duration(c, n, "tick", 0.01, 10.0), top["tick"], tick)
 
     sinks: list[SinkConfig] = []
     if "sinks" in top:
@@ -400,7 +357,92 @@ def load_config(path: str) -> AlertsConfig:
             raise ctx.err(node, "sinks", "expected a list")
         seen: set[str] = set()
         for i, item in enumerate(node.value):
-            sinks.append(_sink(ctx, item, f"sinks[{i}]", seen))
+            with contextlib.suppress(_Invalid):
+                sinks.append(_sink(ctx, item, f"sinks[{i}]", seen))
     return AlertsConfig(
-        grouping=grouping, delivery=delivery, sinks=tuple(sinks), tick=tick, file=path
+        grouping=grouping, delivery=delivery, sinks=tuple(sinks), tick=tick, file=ctx.file
     )
+
+
+def _section[T](
+    ctx: _Ctx, read: Callable[[_Ctx, yaml.Node], T], node: yaml.Node, default: T
+) -> T:
+    """Read one section; on a bad value (already recorded) go on with the default."""
+    try:
+        return read(ctx, node)
+    except _Invalid:
+        return default
+
+
+def _grouping(ctx: _Ctx, node: yaml.Node) -> GroupingSettings:
+    grouping = GroupingSettings()
+    g = _mapping(
+        ctx,
+        node,
+        "grouping",
+        {
+            "resend_interval",
+            "resolve_after",
+            "max_new_per_minute",
+            "burst",
+            "max_active",
+            "max_destinations_per_reason",
+            "sample_hosts",
+        },
+    )
+    changes: dict[str, Any] = {}
+    for name in ("resend_interval", "resolve_after"):
+        if name in g:
+            changes[name] = _duration(ctx, g[name], f"grouping.{name}", 0.1, 7 * 86400)
+    if "max_new_per_minute" in g:
+        changes["max_new_per_minute"] = float(
+            _int(ctx, g["max_new_per_minute"], "grouping.max_new_per_minute", 1, 10000)
+        )
+    limits = {
+        "burst": 1000,
+        "max_active": 100000,
+        "max_destinations_per_reason": 1000,
+        "sample_hosts": 20,
+    }
+    for name, hi in limits.items():
+        if name in g:
+            changes[name] = _int(ctx, g[name], f"grouping.{name}", 1, hi)
+    grouping = dataclasses.replace(grouping, **changes)
+    return grouping
+
+
+def _delivery(ctx: _Ctx, node: yaml.Node) -> DeliverySettings:
+    delivery = DeliverySettings()
+    d = _mapping(
+        ctx,
+        node,
+        "delivery",
+        {
+            "max_queue",
+            "max_age",
+            "backoff_initial",
+            "backoff_max",
+            "max_retry_after",
+            "timeout",
+            "batch_size",
+            "drain_timeout",
+        },
+    )
+    dchanges: dict[str, Any] = {}
+    if "max_queue" in d:
+        dchanges["max_queue"] = _int(ctx, d["max_queue"], "delivery.max_queue", 1, 1000000)
+    if "batch_size" in d:
+        dchanges["batch_size"] = _int(ctx, d["batch_size"], "delivery.batch_size", 1, 1000)
+    bounds = {
+        "max_age": (1.0, 30 * 86400.0),
+        "backoff_initial": (0.001, 3600.0),
+        "backoff_max": (0.001, 86400.0),
+        "max_retry_after": (0.0, 86400.0),
+        "timeout": (0.1, 600.0),
+        "drain_timeout": (0.0, 600.0),
+    }
+    for name, (low, high) in bounds.items():
+        if name in d:
+            dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", low, high)
+    delivery = dataclasses.replace(delivery, **dchanges)
+    return delivery

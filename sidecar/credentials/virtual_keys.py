@@ -43,12 +43,14 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sidecar import yamlfile
+from sidecar.yamlfile import Problem
 
 __all__ = [
     "VIRTUAL_KEY_PREFIX",
@@ -72,7 +74,14 @@ _KEY_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class VirtualKeyError(ValueError):
-    """The virtual keys file is invalid. Messages name the file and key, never a key."""
+    """The virtual keys file is invalid. Messages name the file, line and key, never a key.
+
+    `problems` lists every problem of the file (`file:line: key: message`, one a line).
+    """
+
+    def __init__(self, problems: str | Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
+        super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, problems)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,115 +161,195 @@ def _digest(presented: str) -> str:
 
 
 # -- loading --------------------------------------------------------------------
+#
+# Read with the shared reader (sidecar/yamlfile.py): every problem of the file at once,
+# each with its line; a tenant, key or provider written twice is refused (a plain YAML
+# load would let the second `team-a:` replace the first without a word). Messages never
+# repeat a value the user wrote (a key pasted where its hash belongs must not reach a
+# log): they name the file, the line and the key path only.
+
+_EMPTY = "empty file: a virtual keys file starts with 'version: 1'"
 
 
 def load_virtual_keys(path: str | os.PathLike[str]) -> VirtualKeys:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise VirtualKeyError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise VirtualKeyError(f"{path}: not UTF-8") from None
-    return parse_virtual_keys(text, source=str(path))
+    return _parse(data, str(path))
 
 
 def parse_virtual_keys(text: str, *, source: str = "<virtual keys>") -> VirtualKeys:
-    try:
-        if source.endswith(".json"):
-            doc = json.loads(text)
+    return _parse(text.encode("utf-8", "surrogatepass"), source)
+
+
+def _parse(data: bytes, source: str) -> VirtualKeys:
+    problems: list[Problem] = []
+    if source.endswith(".json"):
+        try:
+            json.loads(data)
+        except UnicodeDecodeError:
+            pass  # reported by the reader, with its line
+        except json.JSONDecodeError as exc:
+            problem = Problem(source, exc.lineno, "", f"not valid JSON: {exc.msg}")
+            raise VirtualKeyError([problem]) from None
+        # Valid JSON is YAML but for tab indentation; a raw tab inside a JSON string is
+        # invalid JSON, so every tab left is whitespace between tokens.
+        data = data.replace(b"\t", b" ")
+    root = yamlfile.compose(source, data, problems, empty=_EMPTY)
+    keys = _FileReader(source, problems).read(root) if root is not None else None
+    if problems or keys is None:
+        raise VirtualKeyError(sorted(problems, key=lambda p: p.line))
+    return keys
+
+
+class _FileReader(yamlfile.Reader):
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        super().__init__(file, problems)
+        self.by_digest: dict[str, tuple[str, Tenant, bool]] = {}
+        self.owners: dict[str, tuple[str, int]] = {}  # digest -> (key path, line)
+
+    def read(self, root: Node) -> VirtualKeys | None:
+        if not isinstance(root, MappingNode):
+            self.err(root, "<top>", "the file must be a mapping with 'version' and 'tenants'")
+            return None
+        top = self.mapping(root, "", ("version", "tenants"))
+        assert top is not None
+        if "version" not in top:
+            self.err(1, "version", "missing: the file starts with 'version: 1'")
         else:
-            doc = yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise VirtualKeyError(f"{source}: not valid YAML/JSON: {type(exc).__name__}") from None
-    err = _Errors(source)
-    if not isinstance(doc, dict):
-        raise err.at("", "the file must be a mapping with 'version' and 'tenants'")
-    _only(err, "", doc, {"version", "tenants"})
-    if doc.get("version") != 1:
-        raise err.at("version", "must be 1")
-    raw_tenants = doc.get("tenants")
-    if not isinstance(raw_tenants, dict):
-        raise err.at("tenants", "must be a mapping of tenant name to tenant")
-    tenants: dict[str, Tenant] = {}
-    by_digest: dict[str, tuple[str, Tenant, bool]] = {}
-    owners: dict[str, str] = {}
-    for name, body in raw_tenants.items():
-        where = f"tenants.{name}"
-        if not isinstance(name, str) or not _TENANT.match(name):
-            raise err.at(where, "tenant names use lower-case letters, digits, '_', '.', '-'")
-        if not isinstance(body, dict):
-            raise err.at(where, "must be a mapping with 'keys' and 'providers'")
-        _only(err, where, body, {"keys", "providers", "revoked"})
-        revoked = body.get("revoked", False)
-        if not isinstance(revoked, bool):
-            raise err.at(f"{where}.revoked", "must be true or false")
-        providers = _providers(err, f"{where}.providers", body.get("providers"))
+            node = top["version"][1]
+            if not (_scalar(node, yamlfile.INT) == "1"):
+                self.err(node, "version", "must be 1")
+        if "tenants" not in top:
+            self.err(1, "tenants", "missing: a mapping of tenant name to tenant")
+            return None
+        node = top["tenants"][1]
+        if not isinstance(node, MappingNode):
+            self.err(node, "tenants", "must be a mapping of tenant name to tenant")
+            return None
+        tenants: dict[str, Tenant] = {}
+        for name, (knode, body) in (self.mapping(node, "tenants", None) or {}).items():
+            tenant = self._tenant(name, knode, body)
+            if tenant is not None:
+                tenants[name] = tenant
+        return VirtualKeys(tenants=tenants, _by_digest=self.by_digest, source=self.file)
+
+    def _tenant(self, name: str, knode: Node, body: Node) -> Tenant | None:
+        where = f"tenants.{_shown(name)}"
+        if not _TENANT.match(name):
+            self.err(knode, where, "tenant names use lower-case letters, digits, '_', '.', '-'")
+            return None
+        if not isinstance(body, MappingNode):
+            self.err(body, where, "must be a mapping with 'keys' and 'providers'")
+            return None
+        fields = self.mapping(body, where, ("keys", "providers", "revoked")) or {}
+        revoked = False
+        if "revoked" in fields:
+            revoked = self._flag(fields["revoked"][1], f"{where}.revoked")
+        if "providers" in fields:
+            providers = self._providers(fields["providers"][1], f"{where}.providers")
+        else:
+            self.err(knode, f"{where}.providers", "missing: list the providers the tenant may use")
+            providers = {}
         tenant = Tenant(name=name, providers=providers, revoked=revoked)
-        keys = body.get("keys")
-        if not isinstance(keys, list) or not keys:
-            raise err.at(f"{where}.keys", "must be a non-empty list of 'sha256:<hex>' hashes")
-        for i, item in enumerate(keys):
-            kwhere = f"{where}.keys[{i}]"
-            key_revoked = False
-            if isinstance(item, dict):
-                _only(err, kwhere, item, {"hash", "revoked"})
-                key_revoked = item.get("revoked", False)
-                if not isinstance(key_revoked, bool):
-                    raise err.at(f"{kwhere}.revoked", "must be true or false")
-                item = item.get("hash")
-            if not isinstance(item, str) or not _HASH.match(item):
-                hint = ""
-                if isinstance(item, str) and item.startswith(VIRTUAL_KEY_PREFIX):
-                    hint = " (this looks like a key itself: store only its hash)"
-                raise err.at(kwhere, f"must be 'sha256:' and 64 lower-case hex digits{hint}")
-            if item in owners:
-                raise err.at(kwhere, f"the same hash is already listed under {owners[item]}")
-            owners[item] = kwhere
-            by_digest[item] = (item, tenant, key_revoked)
-        tenants[name] = tenant
-    return VirtualKeys(tenants=tenants, _by_digest=by_digest, source=source)
+        keys = fields["keys"][1] if "keys" in fields else None
+        if not isinstance(keys, SequenceNode) or not keys.value:
+            self.err(
+                keys if keys is not None else knode,
+                f"{where}.keys",
+                "must be a non-empty list of 'sha256:<hex>' hashes",
+            )
+            return tenant
+        for i, item in enumerate(keys.value):
+            self._key(tenant, item, f"{where}.keys[{i}]")
+        return tenant
+
+    def _key(self, tenant: Tenant, item: Node, where: str) -> None:
+        key_revoked = False
+        if isinstance(item, MappingNode):
+            fields = self.mapping(item, where, ("hash", "revoked")) or {}
+            if "revoked" in fields:
+                key_revoked = self._flag(fields["revoked"][1], f"{where}.revoked")
+            if "hash" not in fields:
+                self.err(item, f"{where}.hash", "missing: 'sha256:' and 64 lower-case hex digits")
+                return
+            item = fields["hash"][1]
+        text = _scalar(item, yamlfile.STR)
+        if not isinstance(text, str) or not _HASH.match(text):
+            hint = ""
+            if isinstance(text, str) and text.strip().startswith(VIRTUAL_KEY_PREFIX):
+                hint = " (this looks like a key itself: store only its hash)"
+            self.err(item, where, f"must be 'sha256:' and 64 lower-case hex digits{hint}")
+            return
+        if text in self.owners:
+            first, first_line = self.owners[text]
+            message = f"the same hash is already listed under {first} (line {first_line})"
+            self.err(item, where, message)
+            return
+        self.owners[text] = (where, yamlfile.line(item))
+        self.by_digest[text] = (text, tenant, key_revoked)
+
+    def _flag(self, node: Node, where: str) -> bool:
+        if isinstance(node, ScalarNode) and node.tag == yamlfile.BOOL:
+            return node.value.lower() in ("true", "yes", "on")
+        self.err(node, where, "must be true or false")
+        return False
+
+    def _providers(self, node: Node, where: str) -> dict[str, str | None]:
+        result: dict[str, str | None] = {}
+        if isinstance(node, SequenceNode):
+            first: dict[str, int] = {}
+            for i, item in enumerate(node.value):
+                name = _scalar(item, yamlfile.STR)
+                if not isinstance(name, str) or not _NAME.match(name):
+                    self.err(item, f"{where}[{i}]", "must be a provider name")
+                    continue
+                if name in first:
+                    self.err(item, f"{where}[{i}]", f"listed twice (first at line {first[name]})")
+                    continue
+                first[name] = yamlfile.line(item)
+                result[name] = None
+        elif isinstance(node, MappingNode):
+            for name, (knode, body) in (self.mapping(node, where, None) or {}).items():
+                pwhere = f"{where}.{_shown(name)}"
+                if not _NAME.match(name):
+                    self.err(knode, pwhere, "must be a provider name")
+                    continue
+                result[name] = self._provider_secret(body, pwhere)
+        else:
+            self.err(node, where, "must list the providers the tenant may use")
+            return result
+        if not result and not node.value:
+            self.err(node, where, "must list at least one provider")
+        return result
+
+    def _provider_secret(self, body: Node, where: str) -> str | None:
+        if isinstance(body, ScalarNode) and body.tag == yamlfile.NULL:
+            return None
+        if not isinstance(body, MappingNode):
+            self.err(body, where, "must be a mapping, e.g. {} or {secret: name}")
+            return None
+        fields = self.mapping(body, where, ("secret",)) or {}
+        if "secret" not in fields:
+            return None
+        node = fields["secret"][1]
+        secret = _scalar(node, yamlfile.STR)
+        if not isinstance(secret, str) or not _NAME.match(secret):
+            self.err(node, f"{where}.secret", "must be a secret name")
+            return None
+        return secret
 
 
-def _providers(err: _Errors, where: str, node: Any) -> dict[str, str | None]:
-    result: dict[str, str | None] = {}
-    if isinstance(node, list):
-        for i, name in enumerate(node):
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise err.at(f"{where}[{i}]", "must be a provider name")
-            result[name] = None
-    elif isinstance(node, dict):
-        for name, body in node.items():
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise err.at(f"{where}.{name}", "must be a provider name")
-            if body is None:
-                body = {}
-            if not isinstance(body, dict):
-                raise err.at(f"{where}.{name}", "must be a mapping, e.g. {} or {secret: name}")
-            _only(err, f"{where}.{name}", body, {"secret"})
-            secret = body.get("secret")
-            if secret is not None and (not isinstance(secret, str) or not _NAME.match(secret)):
-                raise err.at(f"{where}.{name}.secret", "must be a secret name")
-            result[name] = secret
-    else:
-        raise err.at(where, "must list the providers the tenant may use")
-    if not result:
-        raise err.at(where, "must list at least one provider")
-    return result
+def _scalar(node: Node, tag: str) -> str | None:
+    """The text of a scalar YAML read with `tag` (e.g. a string, not `yes` or `443`)."""
+    return str(node.value) if isinstance(node, ScalarNode) and node.tag == tag else None
 
 
-class _Errors:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def at(self, where: str, problem: str) -> VirtualKeyError:
-        return VirtualKeyError(f"{self.source}: {where or '<top>'}: {problem}")
-
-
-def _only(err: _Errors, where: str, node: dict[Any, Any], allowed: set[str]) -> None:
-    for key in node:
-        if key not in allowed:
-            raise err.at(f"{where}.{key}" if where else str(key), f"unknown key {key!r}")
+def _shown(name: str) -> str:
+    """A user-chosen name for a message, unless it looks like a key pasted in the wrong place."""
+    return "<a virtual key>" if is_virtual_key(name) and len(name) > 20 else name
 
 
 class VirtualKeySource:

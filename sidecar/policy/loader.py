@@ -5,7 +5,9 @@ keys are visible (PyYAML's constructor silently keeps the last one), and YAML 1.
 surprises (`0443` read as octal, `on` read as a boolean) are caught before they turn
 into a policy. Each file is checked on its own, then the files are checked against
 each other (same provider, same host, overlapping wildcards or CIDRs, shared secrets,
-conflicting modes). All problems are collected and raised together.
+conflicting modes). All problems are collected and raised together. The reading layer
+(composing, lines, duplicate and unknown keys) is `sidecar/yamlfile.py`, shared with the
+alerts config and the virtual keys file.
 
 Pure: no mitmproxy, no network.
 """
@@ -13,17 +15,16 @@ Pure: no mitmproxy, no network.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node, ScalarNode
 
+from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
 from sidecar.netguard import METADATA_ADDRESSES
 from sidecar.policy.errors import PolicyError, Problem
@@ -130,9 +131,9 @@ _DECIMAL_PORT = re.compile(r"^[1-9][0-9]{0,4}$")
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._~!$&'()+,;=:@/*-]*$")
 _HOST_WITH_PORT = re.compile(r"^[^:\[\]]+:[0-9]*$")
 
-_TAG = "tag:yaml.org,2002:"
-_STR, _INT, _BOOL, _NULL, _FLOAT = (_TAG + t for t in ("str", "int", "bool", "null", "float"))
-_MERGE = _TAG + "merge"
+_STR, _INT, _BOOL, _NULL, _FLOAT = (
+    yamlfile.STR, yamlfile.INT, yamlfile.BOOL, yamlfile.NULL, yamlfile.FLOAT,
+)  # fmt: skip
 
 
 # --- public API ------------------------------------------------------------------------
@@ -222,36 +223,11 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _describe(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    value = str(node.value)
-    tag = node.tag
-    if tag == _STR:
-        return f"the string {value!r}"
-    if tag == _INT or tag == _FLOAT:
-        return f"the number {value}"
-    if tag == _BOOL:
-        return f"{value!r}, which YAML reads as a boolean"
-    if tag == _NULL:
-        return "nothing (null)"
-    return f"{value!r} tagged {tag}"
-
-
-def _quote_hint(node: Node) -> str:
-    if isinstance(node, ScalarNode) and node.tag in (_BOOL, _NULL, _INT, _FLOAT):
-        return "; put it in quotes if you meant text"
-    return ""
+# The reading layer (lines, duplicates, unknown keys) is shared: sidecar/yamlfile.py.
+_line = yamlfile.line
+_join = yamlfile.join
+_describe = yamlfile.describe
+_quote_hint = yamlfile.quote_hint
 
 
 @dataclasses.dataclass(slots=True)
@@ -281,93 +257,13 @@ class _Draft:
     endpoint: Endpoint | None = None
 
 
-class _FileReader:
+class _FileReader(yamlfile.Reader):
     """Checks one composed YAML document; appends to `problems`, returns drafts."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
-        self.file = file
-        self.problems = problems
+        super().__init__(file, problems)
         self.drafts: list[_Draft] = []
         self.mode: tuple[Mode, int] | None = None
-        self._errors = 0
-
-    # -- reporting
-
-    def err(self, where: Node | int, key: str, message: str) -> None:
-        line = where if isinstance(where, int) else _line(where)
-        self.problems.append(Problem(self.file, line, key, message))
-        self._errors += 1
-
-    # -- structure helpers
-
-    def mapping(
-        self,
-        node: Node,
-        key: str,
-        allowed: Collection[str] | None,
-        hints: dict[str, str] | None = None,
-    ) -> dict[str, tuple[ScalarNode, Node]] | None:
-        if not isinstance(node, MappingNode):
-            self.err(node, key, f"expected a mapping (key: value), got {_describe(node)}")
-            return None
-        out: dict[str, tuple[ScalarNode, Node]] = {}
-        first_line: dict[str, int] = {}
-        for knode, vnode in node.value:
-            if not isinstance(knode, ScalarNode):
-                self.err(knode, key or "<top>", "keys must be plain names")
-                continue
-            name = str(knode.value)
-            path = _join(key, name)
-            if knode.tag == _MERGE or name == "<<":
-                self.err(knode, path, "YAML merge keys ('<<') are not supported: write keys out")
-                continue
-            if name in first_line:
-                self.err(
-                    knode,
-                    path,
-                    f"duplicate key (first at line {first_line[name]}); YAML would silently "
-                    "keep only the last one: merge them into one",
-                )
-                continue
-            first_line[name] = _line(knode)
-            if allowed is not None and name not in allowed:
-                self.err(knode, path, self._unknown_key(name, allowed, hints or {}))
-                continue
-            out[name] = (knode, vnode)
-        return out
-
-    @staticmethod
-    def _unknown_key(name: str, allowed: Collection[str], hints: dict[str, str]) -> str:
-        message = f"unknown key {name!r}"
-        if name in hints:
-            return f"{message}: {hints[name]}"
-        close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
-        if close:
-            return f"{message}: did you mean {close[0]!r}?"
-        return f"{message}: allowed keys are {', '.join(allowed)}"
-
-    def seq(self, node: Node, key: str, what: str, plural: str = "") -> list[Node] | None:
-        plural = plural or what + "s"
-        if isinstance(node, SequenceNode):
-            if not node.value:
-                self.err(
-                    node,
-                    key,
-                    f"empty list: list at least one {what}, or remove the key to get the default",
-                )
-                return None
-            return list(node.value)
-        hint = ""
-        if isinstance(node, ScalarNode) and node.tag != _NULL:
-            hint = f": write it as a list, e.g. [{node.value}]"
-        self.err(node, key, f"expected a list of {plural}, got {_describe(node)}{hint}")
-        return None
-
-    def string(self, node: Node, key: str, what: str = "a string") -> str | None:
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            return str(node.value)
-        self.err(node, key, f"expected {what}, got {_describe(node)}{_quote_hint(node)}")
-        return None
 
     # -- document
 
@@ -905,43 +801,8 @@ class _Merger:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
 
     def _compose(self, file: str, data: bytes) -> Node | None:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            self.problems.append(Problem(file, line, "", "the file is not valid UTF-8"))
-            return None
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = int(mark.line) + 1 if mark is not None else 0
-            what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-            self.problems.append(Problem(file, line, "", f"YAML syntax error: {what}"))
-            return None
-        except yaml.reader.ReaderError as exc:
-            line = text[: exc.position].count("\n") + 1
-            char = exc.character if isinstance(exc.character, str) else chr(exc.character)
-            self.problems.append(
-                Problem(file, line, "", f"character {char!r} is not allowed in a YAML file")
-            )
-            return None
-        except yaml.YAMLError as exc:
-            self.problems.append(Problem(file, 0, "", f"YAML error: {exc}"))
-            return None
-        except RecursionError:
-            self.problems.append(Problem(file, 0, "", "YAML nesting is too deep"))
-            return None
-        if root is None:
-            self.problems.append(
-                Problem(
-                    file,
-                    1,
-                    "",
-                    f"empty file: a policy file starts with 'version: {POLICY_VERSION}'",
-                )
-            )
-        return root
+        empty = f"empty file: a policy file starts with 'version: {POLICY_VERSION}'"
+        return yamlfile.compose(file, data, self.problems, empty=empty)
 
     def finish(self) -> Policy:
         self._check_modes()

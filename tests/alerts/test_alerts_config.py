@@ -195,6 +195,75 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
         load_config(str(path))
 
 
+def _problems(tmp_path: Path, text: str | bytes) -> list[str]:
+    secrets(tmp_path)
+    path = tmp_path / "alerts.yaml"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    lines = str(info.value).splitlines()
+    assert [str(p) for p in info.value.problems] == lines
+    prefix = f"{path}:"
+    assert all(line.startswith(prefix) for line in lines), lines
+    return [line.removeprefix(prefix) for line in lines]
+
+
+def test_alerts_config_duplicate_sink_key_is_refused_with_line(tmp_path: Path) -> None:
+    """A second `url:` in a sink would silently replace the first: the reviewed receiver
+    is not the one that gets the alerts."""
+    text = (
+        "version: 1\nsinks:\n  - name: am\n    type: alertmanager\n"
+        "    url: http://alertmanager.monitoring:9093\n"
+        "    url: http://collector.example:8080\n"
+    )
+    assert _problems(tmp_path, text) == [
+        "6: sinks[0].url: duplicate key (first at line 5); YAML would silently keep only "
+        "the last one: merge them into one"
+    ]
+
+
+def test_alerts_config_duplicate_section_is_refused_with_line(tmp_path: Path) -> None:
+    """A second `sinks:` (say, appended by another tool) would drop every sink above it."""
+    text = (
+        "version: 1\nsinks:\n  - {name: am, type: alertmanager, url: 'http://am:9093'}\n"
+        "tick: 1s\nsinks: []\n"
+    )
+    (problem,) = _problems(tmp_path, text)
+    assert problem.startswith("5: sinks: duplicate key (first at line 2)"), problem
+
+
+def test_alerts_config_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        "version: 1\ngrouping:\n  burst: 0\n"
+        "sinks:\n  - {name: a, type: pagerduty, routing_key_file: nope}\n"
+        "  - {name: b, type: alertmanager, url: 'http://am:9093', min_severity: page}\n"
+        "  - {name: c, type: slack, url_file: slack.url, retries: 3}\n"
+    )
+    found = _problems(tmp_path, text)
+    assert [p.split(": ")[1] for p in found] == [
+        "grouping.burst",
+        "sinks[0].routing_key_file",
+        "sinks[1].min_severity",
+        "sinks[2].retries",
+    ], found
+    assert [p.split(":")[0] for p in found] == ["3", "5", "6", "7"], found
+    assert "allowed keys are ca_file, include_audit" in found[3]
+
+
+def test_alerts_config_misplaced_secret_url_is_not_echoed(tmp_path: Path) -> None:
+    """A webhook URL (with its token) written where a sink goes: the error names the place."""
+    url = f"https://hooks.example/services/{SLACK_TOKEN}"
+    for text in (f"version: 1\nsinks:\n  - {url}\n", f"version: 1\nsinks: {url}\n", f"{url}\n"):
+        found = _problems(tmp_path, text)
+        assert found and all(SLACK_TOKEN not in p for p in found), found
+
+
+def test_alerts_config_not_utf8_has_a_line(tmp_path: Path) -> None:
+    assert _problems(tmp_path, b"version: 1\ntick: \xff\n") == [
+        "2: the file is not valid UTF-8"
+    ]
+
+
 def test_no_config_means_log_and_count_only(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         p = pipeline(None, None)

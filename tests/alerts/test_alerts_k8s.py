@@ -121,3 +121,13 @@ def test_rule_reason_lists_match_the_model() -> None:
         r.value for r, s in SEVERITY_BY_REASON.items() if s is not Severity.WARNING
     }
     assert set(excluded.group(1).split("|")) == model_not_warning
+
+
+def test_the_deployed_rule_is_the_checked_one() -> None:
+    """What `kubectl kustomize k8s/overlays/example` deploys is the rule promtool checks
+    above (kustomize adds only the namespace and the common labels)."""
+    from tests.k8s.helpers import one, rendered
+
+    deployed = one(rendered(), "PrometheusRule", "egress-sidecar")
+    assert deployed["spec"] == rules_spec()
+    assert deployed["metadata"]["namespace"] == "llm-gateway"

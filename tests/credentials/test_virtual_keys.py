@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,7 @@ def test_strict_loading(text: str, fragment: str):
     with pytest.raises(VirtualKeyError) as info:
         parse_virtual_keys(text, source="vk.yaml")
     message = str(info.value)
-    assert message.startswith("vk.yaml: ") and fragment in message
+    assert re.match(r"^vk\.yaml:\d+: ", message) and fragment in message, message
     assert VK not in message  # even a wrongly stored plain key is not echoed
 
 
@@ -174,3 +175,90 @@ def test_source_reload_keeps_last_good(tmp_path: Path):
         source.refresh()
     assert source.current.lookup(VK2) is not None  # last good version stays
 
+
+# -- the shared YAML reader: lines, duplicates, every problem at once ------------------
+
+
+def _problems(text: str, source: str = "vk.yaml") -> list[str]:
+    with pytest.raises(VirtualKeyError) as info:
+        parse_virtual_keys(text, source=source)
+    lines = str(info.value).splitlines()
+    assert [str(p) for p in info.value.problems] == lines
+    return lines
+
+
+def test_virtual_keys_duplicate_tenant_is_refused_with_line():
+    """A second `team-a:` would silently replace the first tenant (and its revocation)."""
+    text = doc(
+        f'  team-a:\n    revoked: true\n    keys: ["{hash_virtual_key(VK)}"]\n'
+        "    providers: [openai]\n"
+        f'  team-a:\n    keys: ["{hash_virtual_key(VK2)}"]\n    providers: [openai]\n'
+    )
+    assert _problems(text) == [
+        "vk.yaml:7: tenants.team-a: duplicate key (first at line 3); YAML would silently "
+        "keep only the last one: merge them into one"
+    ]
+
+
+def test_virtual_keys_revoked_written_twice_is_refused_not_last_wins():
+    """`revoked: true` then `revoked: false`: a plain YAML load un-revokes the tenant."""
+    text = doc(
+        f'  t:\n    revoked: true\n    keys: ["{hash_virtual_key(VK)}"]\n'
+        "    providers: [openai]\n    revoked: false\n"
+    )
+    (problem,) = _problems(text)
+    assert problem.startswith("vk.yaml:7: tenants.t.revoked: duplicate key (first at line 4)")
+
+
+def test_virtual_keys_duplicate_tenant_in_json_is_refused_with_line(tmp_path: Path):
+    path = tmp_path / "vk.json"
+    tenant = {"keys": [hash_virtual_key(VK)], "providers": ["openai"]}
+    body = json.dumps({"version": 1, "tenants": {"t": tenant}}, indent="\t")
+    # json.dumps cannot write a duplicate key: add the second "t" by hand.
+    body = body.replace('"tenants": {', '"tenants": {\n\t\t"t": {"keys": [], "providers": []},', 1)
+    path.write_text(body)
+    with pytest.raises(VirtualKeyError) as info:
+        VirtualKeySource(path)
+    assert f"{path}:5: tenants.t: duplicate key (first at line 4)" in str(info.value)
+
+
+def test_virtual_keys_json_syntax_error_has_line(tmp_path: Path):
+    path = tmp_path / "vk.json"
+    path.write_text('{\n  "version": 1,\n  "tenants": {,}\n}\n')
+    with pytest.raises(VirtualKeyError, match=rf"^{re.escape(str(path))}:3: not valid JSON: "):
+        VirtualKeySource(path)
+
+
+def test_virtual_keys_yaml_syntax_error_has_line():
+    (problem,) = _problems("version: 1\ntenants:\n  t: [\n")
+    assert re.match(r"^vk\.yaml:4: YAML syntax error: ", problem), problem
+
+
+def test_virtual_keys_every_problem_is_reported_at_once_each_with_its_line():
+    text = doc(
+        '  a:\n    keys: ["sha256:abc"]\n    providers: [openai]\n'
+        f'  b:\n    keys: ["{hash_virtual_key(VK)}"]\n    providers: [openai, openai]\n'
+        f'  c:\n    keys: ["{hash_virtual_key(VK)}"]\n    providers: [openai]\n    admin: yes\n'
+    )
+    assert _problems(text) == [
+        "vk.yaml:4: tenants.a.keys[0]: must be 'sha256:' and 64 lower-case hex digits",
+        "vk.yaml:8: tenants.b.providers[1]: listed twice (first at line 8)",
+        "vk.yaml:10: tenants.c.keys[0]: the same hash is already listed under "
+        "tenants.b.keys[0] (line 7)",
+        "vk.yaml:12: tenants.c.admin: unknown key 'admin': allowed keys are keys, providers, "
+        "revoked",
+    ]
+
+
+def test_virtual_keys_error_never_echoes_a_key_pasted_in_the_wrong_place():
+    """A key written where a name, a mapping or a hash goes stays out of the message."""
+    for text in (
+        doc(f'  {VK}:\n    keys: ["{hash_virtual_key(VK2)}"]\n    providers: [openai]'),
+        f"version: 1\ntenants: {VK}\n",
+        doc(f'  t:\n    keys: ["{hash_virtual_key(VK2)}"]\n    providers: {VK}'),
+        doc(f'  t:\n    keys: ["{hash_virtual_key(VK2)}"]\n    providers: {{openai: {VK}}}'),
+        doc(f'  t:\n    keys: [{{hash: "{VK}"}}]\n    providers: [openai]'),
+        f"{VK}\n",
+    ):
+        problems = _problems(text)
+        assert problems and all(VK not in p and VK[3:20] not in p for p in problems), problems

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
-import stat
 import tempfile
 import textwrap
 import time
@@ -55,6 +53,7 @@ from tests.support.netns import (
     GATEWAY_UID,
     NET_V4,
     POD_V4,
+    ROOT,
     SIDECAR_UID,
     VENV_BIN,
     Pod,
@@ -67,6 +66,7 @@ from tests.support.netns import (
     require_iptables,
     sh,
 )
+from tests.support.reach import reach_prefix
 from tests.support.sidecar import SidecarProcess
 from tests.transparent.fake_internet import (
     ATTACKER_BANNER,
@@ -164,7 +164,7 @@ class World:
         return Curl(proc.returncode, status, headers, body, proc.stderr)
 
     def probe(self, *args: str, uid: int = GATEWAY_UID) -> dict[str, Any]:
-        proc = self.run(child_python(), str(PROBES), *args, uid=uid)
+        proc = self.run(child_python(), str(self.work / PROBES.name), *args, uid=uid)
         assert proc.returncode == 0, proc.stderr
         return dict(json.loads(proc.stdout))
 
@@ -255,29 +255,11 @@ def _require_prerequisites() -> None:
 
 
 def _interpreter_wrapper(stage: Path) -> list[str]:
-    """A command prefix that lets UID 1337 execute the venv's interpreter, host unchanged.
-
-    The venv's python is a symlink into /root/.pyenv, and /root is 0700. Instead of
-    changing permissions on the host, the sidecar starts in a private mount namespace
-    (`unshare --mount --propagation private`, as root, before dropping to 1337) in
-    which the untraversable directory is covered by an empty tmpfs holding only a
-    bind mount of the one subdirectory on the interpreter's path. The mounts exist
-    only in that namespace and vanish with the process: nothing to restore, even if
-    the test process is killed. Empty when no directory on the path blocks 1337.
+    """A command prefix that lets UID 1337 execute the venv's interpreter and the
+    checkout, host unchanged (/root is 0700, and so may be the folder of a clone):
+    see `tests.support.reach`. Empty when no directory on the way blocks 1337.
     """
-    real = Path(os.path.realpath(VENV_BIN / "python"))
-    chain = [*reversed(real.parents), real]
-    for directory, child in itertools.pairwise(chain):
-        if directory == Path("/") or os.stat(directory).st_mode & stat.S_IXOTH:
-            continue
-        script = (
-            'mount --bind "$1/$2" "$3" && '
-            'mount -t tmpfs -o mode=0755,size=1m egress-test "$1" && '
-            'mkdir "$1/$2" && mount --bind "$3" "$1/$2" && shift 3 && exec "$@"'
-        )
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                "sh", str(directory), child.name, str(stage)]  # fmt: skip
-    return []
+    return reach_prefix([VENV_BIN / "python", ROOT], stage)
 
 
 def _policy() -> str:
@@ -336,6 +318,8 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         (work / "stage").mkdir()
         upstream_ca = _write(work / "upstream-ca.pem", test_ca.cert_pem.bytes().decode())
         policy = _write(work / "policy.yaml", _policy())
+        # The probes run as 1000/1337, who may not reach the checkout (a 0700 folder).
+        shutil.copy(PROBES, work / PROBES.name)
         _write(work / "secrets" / "openai", PROVIDER_KEY, 0o400, SIDECAR_UID)
 
         # The gateway's resolver is the attacker's: World.run bind-mounts this file on
