@@ -48,6 +48,8 @@ class Reason(StrEnum):
     DESTINATION_MISMATCH = "destination_mismatch"
     DNS_NAME_NOT_ALLOWED = "dns_name_not_allowed"
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
+    # issue 10: DNS listener limits (questions per second, pending questions, TCP).
+    DNS_RATE_LIMITED = "dns_rate_limited"
 
 
 # Reasons enforced even in audit mode (S11): address vetting (S3), IP literals (S4),
@@ -69,6 +71,7 @@ ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
         Reason.CREDENTIAL_REFLECTED,
         Reason.UNKNOWN_VIRTUAL_KEY,
         Reason.TENANT_NOT_ALLOWED,
+        Reason.DNS_RATE_LIMITED,  # issue 10: protects the sidecar itself
     }
 )
 
