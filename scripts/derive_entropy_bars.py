@@ -53,7 +53,7 @@ def main() -> None:
         f"MAX_LEN = {MAX_LEN}",
         "",
         "# alphabet size -> bars for token lengths MIN_LEN..MAX_LEN (bits/char, 6 decimals,",
-        "# rounded down so a rounded bar never lets a token pass that the exact one refused)",
+        "# rounded down: whatever the exact bar flags as random, the rounded one flags too)",
         "BARS: dict[int, tuple[float, ...]] = {",
     ]
     for alphabet, bars in columns.items():

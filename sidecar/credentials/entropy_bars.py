@@ -4,7 +4,7 @@ MIN_LEN = 32
 MAX_LEN = 512
 
 # alphabet size -> bars for token lengths MIN_LEN..MAX_LEN (bits/char, 6 decimals,
-# rounded down so a rounded bar never lets a token pass that the exact one refused)
+# rounded down: whatever the exact bar flags as random, the rounded one flags too)
 BARS: dict[int, tuple[float, ...]] = {
     16: (
         3.266394, 3.306622, 3.324473, 3.361039, 3.360851, 3.387599, 3.400148, 3.415957, 3.391279,
