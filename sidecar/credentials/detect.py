@@ -139,6 +139,10 @@ DUMMY_VALUES = frozenset(
 )
 
 
+_HEX_LOWER = frozenset("0123456789abcdef")
+_HEX_UPPER = frozenset("0123456789ABCDEF")
+
+
 def shannon_entropy(text: str) -> float:
     if not text:
         return 0.0
@@ -156,16 +160,17 @@ def looks_random(token: str, *, min_len: int = 32) -> bool:
     n = len(token)
     if n < min_len:
         return False
-    has_digit = any(ch.isdigit() for ch in token)
-    has_alpha = any(ch.isalpha() for ch in token)
+    # Character classes are judged on the set of distinct characters (built in C), so
+    # the Python work per token is bounded by its alphabet, not its length (issue 10).
+    chars = set(token)
+    has_digit = any(ch.isdigit() for ch in chars)
+    has_alpha = any(ch.isalpha() for ch in chars)
     if not (has_digit and has_alpha):
         return False
-    lower = any(ch.islower() for ch in token)
-    upper = any(ch.isupper() for ch in token)
-    others = len({ch for ch in token if not ch.isalnum()})
-    hexish = all(ch in "0123456789abcdef" for ch in token) or all(
-        ch in "0123456789ABCDEF" for ch in token
-    )
+    lower = any(ch.islower() for ch in chars)
+    upper = any(ch.isupper() for ch in chars)
+    others = len({ch for ch in chars if not ch.isalnum()})
+    hexish = chars <= _HEX_LOWER or chars <= _HEX_UPPER
     if hexish:
         alphabet = 16
     else:
