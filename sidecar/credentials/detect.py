@@ -103,6 +103,30 @@ FAMILIES: tuple[KeyFamily, ...] = (
     ),
 )
 
+# The literal every match of a family starts with (after its boundary). A family's
+# regex only runs on text that holds one of them: 16 substring searches in C instead of
+# 16 regex passes, each trying a look-behind at every offset (issue 10).
+_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "openai_project_key": ("sk-proj-",),
+    "openai_service_account_key": ("sk-svcacct-",),
+    "openai_admin_key": ("sk-admin-",),
+    "anthropic_api_key": ("sk-ant-api",),
+    "anthropic_admin_key": ("sk-ant-admin",),
+    "anthropic_oauth_token": ("sk-ant-o",),
+    "openrouter_api_key": ("sk-or-v1-",),
+    "google_api_key": ("AIza",),
+    "groq_api_key": ("gsk_",),
+    "xai_api_key": ("xai-",),
+    "fireworks_api_key": ("fw_",),
+    "together_api_key": ("tgp_v1_",),
+    "perplexity_api_key": ("pplx-",),
+    "huggingface_token": ("hf_",),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    "aws_access_key_id": ("AKIA", "ASIA"),
+}
+
+_ALL_TRIGGERS = tuple(sorted({t for ts in _TRIGGERS.values() for t in ts}))
+
 _GENERIC_SK = re.compile(r"sk-[A-Za-z0-9]{32,}")
 _AZURE_HEX = re.compile(r"[0-9a-fA-F]{32}")
 # A JWT: three dot-separated runs, the first two holding base64url JSON ("eyJ..."). The
@@ -201,10 +225,17 @@ def scan_prefixed(
     decoded = _basic_payload(value)
     if decoded is not None:
         texts.append(decoded)
+    present = [(text, {t for t in _ALL_TRIGGERS if t in text}) for text in texts]
+    if not any(triggers for _, triggers in present):
+        return found  # the common case: no family can match
     for family in FAMILIES:
         if family.name in skip:
             continue
-        if any(family.pattern.search(text) for text in texts):
+        if any(
+            family.pattern.search(text)
+            for text, triggers in present
+            if not triggers.isdisjoint(_TRIGGERS[family.name])
+        ):
             found.append(Finding(location, family.name, family.label))
     return found
 
