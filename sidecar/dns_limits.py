@@ -18,8 +18,11 @@ Logging a flood: refusals are reported per source at most once per
 `report_interval` seconds: the first refusal of a quiet source is reported at once
 (`admit` returns it as `first=True`), the rest are counted and handed out by
 `summaries(now)` once the interval has passed, one line with the count. The caller
-counts every refusal in a metric; the decision log and alerts see at most
-`2 * sources / report_interval` lines per second whatever the flood rate.
+counts every refusal in a metric; the decision log and alerts see at most two lines
+per source per interval, and, however many sources come and go, at most
+`3 * max_sources` lines per interval in all (first lines are capped at `max_sources`
+per interval; summaries come from at most `max_sources` tracked and `max_sources`
+evicted entries).
 """
 
 from __future__ import annotations
@@ -55,19 +58,20 @@ class DnsLimits:
 
 
 class _Bucket:
-    """Token bucket holding at most one second of its rate."""
+    """Token bucket holding at most one second of its rate (or `capacity`)."""
 
-    __slots__ = ("rate", "stamp", "tokens")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, now: float) -> None:
+    def __init__(self, rate: float, now: float, capacity: float | None = None) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.capacity = rate if capacity is None else capacity
+        self.tokens = self.capacity
         self.stamp = now
 
     def refill(self, now: float) -> None:
         elapsed = now - self.stamp
         if elapsed > 0:
-            self.tokens = min(self.rate, self.tokens + elapsed * self.rate)
+            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
             self.stamp = now
 
     def take(self, now: float) -> bool:
@@ -114,6 +118,10 @@ class DnsAdmission:
     def __init__(self, limits: DnsLimits, now: float = 0.0) -> None:
         self.limits = limits
         self._total = _Bucket(limits.max_qps, now)
+        # Sources forgotten and seen again would each get a "first" line: the first
+        # lines of all sources together are capped at max_sources per report interval.
+        self._first_lines = _Bucket(limits.max_sources / limits.report_interval, now,
+                                    capacity=float(limits.max_sources))
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._evicted: list[LimitReport] = []
 
@@ -127,7 +135,7 @@ class DnsAdmission:
             if self._total.take(now):
                 return _ALLOWED
             # Give the source its token back: the total limit refused, not its own.
-            state.bucket.tokens = min(state.bucket.rate, state.bucket.tokens + 1.0)
+            state.bucket.tokens = min(state.bucket.capacity, state.bucket.tokens + 1.0)
             return self._refused(state, LIMIT_TOTAL, now)
         return self._refused(state, LIMIT_SOURCE, now)
 
@@ -150,7 +158,7 @@ class DnsAdmission:
         state.refused += 1
         state.limit = limit
         quiet = state.reported_at is None or now - state.reported_at >= self.limits.report_interval
-        if quiet and state.unreported == 0:
+        if quiet and state.unreported == 0 and self._first_lines.take(now):
             state.reported_at = now
             return Admission(False, limit, first=True)
         state.unreported += 1
