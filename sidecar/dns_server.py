@@ -203,7 +203,7 @@ class DnsServer:
     ) -> bytes | None:
         try:
             query = dns.message.from_wire(wire)
-        except dns.exception.DNSException:
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):  # malformed
             return refusal_wire(wire, dns.rcode.FORMERR)
         if max_size is None:  # UDP: what the client said it can take
             max_size = max(UDP_PLAIN_SIZE, min(query.payload, 4096)) if query.edns >= 0 \
