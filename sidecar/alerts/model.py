@@ -79,6 +79,7 @@ SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
     Reason.TENANT_NOT_ALLOWED: Severity.WARNING,
     Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
     Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
+    Reason.DNS_RATE_LIMITED: Severity.WARNING,  # issue 10: a DNS flood, bounded lines
     # Operational, mostly not an attack.
     Reason.DNS_FAILURE: Severity.INFO,
     Reason.ALLOWED: Severity.INFO,
