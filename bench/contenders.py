@@ -202,6 +202,8 @@ def start_sidecar(procs: Procs, world: World, label: str = "sidecar",
     ]
     if dns_port is not None:
         args += ["--dns", f"127.0.0.1:{dns_port}"]
+        if "--dns-max-qps" in run_help():  # measure the listener, not its rate limit
+            args += ["--dns-max-qps", "1000000", "--dns-max-qps-per-source", "1000000"]
     # Key injection: provider keys as files (if `run` takes a directory) and as the
     # development-only EGRESS_SIDECAR_SECRET_<NAME> variables; whichever the CLI reads.
     env = {"EGRESS_SIDECAR_SECRET_" + re.sub(r"[-.]", "_", n).upper(): f"sk-bench-{n}"

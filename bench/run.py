@@ -550,6 +550,16 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
     else:
         scenarios["dns_listener"]["sidecar"] = na("not available: no --dns listener in this build")
 
+    # (8) scanners on the request path (issue 10): worst-case vs typical MB/s
+    log("scenario: scanners (key detection, reflection guard, DNS tunnel detector)")
+    scan_run = subprocess.run([sys.executable, str(Path(__file__).with_name("scanners.py")),
+                               "--seconds", "0.2" if cfg.mode == "quick" else "1"],
+                              capture_output=True, text=True, timeout=600, cwd="/", env=core_env)
+    scenarios["scanners"] = {c.name: na("the scanners are the sidecar's") for c in everyone}
+    scenarios["scanners"]["sidecar"] = (json.loads(scan_run.stdout.splitlines()[-1])
+                                        if scan_run.returncode == 0
+                                        else {"status": "error", "why": scan_run.stderr[-500:]})
+
     profiles: dict[str, Any] = {}
     if profile:
         from bench.pyspy import profile_sidecar
@@ -742,6 +752,14 @@ def report(result: dict[str, Any]) -> str:
     else:
         rows.append(["DNS listener", status_of(dns_row) or "-", ""])
     out.append(table("Sidecar alone", ["what", "result", "detail"], rows))
+
+    scan = s.get("scanners", {}).get("sidecar", {})
+    rows = [[name.replace("_", " "), e["typical_mb_s"], e["worst_mb_s"], e["worst_over_typical"],
+             e["worst_input"]] for name, e in scan.items() if isinstance(e, dict)
+            and "worst_mb_s" in e]
+    out.append(table("Scanners on the request path, one core (issue 10)",
+                     ["scanner", "typical MB/s", "worst MB/s", "worst/typical", "worst input"],
+                     rows or [["-", status_of(scan) or "-", "", "", ""]]))
 
     rows = [[t["target"], t["status"].upper(), t["value"], f"{t['op']} {t['threshold']}",
              t["detail"]] for t in result["targets"]]

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     DESTINATION_MISMATCH = "destination_mismatch"
     DNS_NAME_NOT_ALLOWED = "dns_name_not_allowed"
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
+    # issue 10: DNS listener limits (questions per second, pending questions, TCP).
+    DNS_RATE_LIMITED = "dns_rate_limited"
 
 
 class Severity(StrEnum):
@@ -148,6 +150,13 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.DNS_TUNNEL_SUSPECTED: ReasonSpec(
         "REFUSED", _C, False,
         "a DNS question with a tunnel's shape (refused if unlisted, logged if listed)",
+    ),
+    # Issue 10: limits that protect the sidecar itself hold in audit mode too.
+    Reason.DNS_RATE_LIMITED: ReasonSpec(
+        "REFUSED / closed", _W, True,
+        "a DNS question over a listener limit (per-source or total rate, pending questions, "
+        "TCP connections); one line per source per 10 s with the count, every question in "
+        "`egress_sidecar_dns_questions_limited_total`",
     ),
 }
 

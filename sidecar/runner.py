@@ -80,10 +80,7 @@ def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, st
         spec = f"transparent@{host}:{port}"
         specs.append(spec)
         labels[spec] = "transparent"
-    for host, port in settings.dns:
-        spec = f"dns@{host}:{port}"
-        specs.append(spec)
-        labels[spec] = "dns"
+    # settings.dns: our own DNS server (sidecar.dns_server), not a mitmproxy mode (issue 10)
     for reverse in settings.reverse:
         endpoint = policy.provider(reverse.provider)
         if endpoint is None:
@@ -143,9 +140,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from mitmproxy.master import Master
     from prometheus_client import CollectorRegistry
 
-    from sidecar.addons.dns_listener import DnsListener
     from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.admin import AdminServer
+    from sidecar.dns_server import start_dns_server
     from sidecar.engine import PolicyEngine
     from sidecar.policy.loader import load_policy
     from sidecar.records import DecisionLog, Metrics, Recorder
@@ -192,8 +189,12 @@ async def _serve(settings: Settings, policy: Any) -> int:
     ps = proxyserver.Proxyserver()
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
-    dns_listener = DnsListener(holder, resolver, recorder, settings.dns_refuse_with)
-    master.addons.add(enforcer, dns_listener, ps, next_layer.NextLayer(),
+    try:
+        dns_server = await start_dns_server(settings, holder, resolver, recorder, registry)
+    except OSError as exc:
+        emit("error", error=f"--dns listener could not be bound: {exc}")
+        return 1
+    master.addons.add(enforcer, ps, next_layer.NextLayer(),
                       tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -208,7 +209,8 @@ async def _serve(settings: Settings, policy: Any) -> int:
     reverse_secrets = _reverse_secrets(settings, holder)
     admin = AdminServer(registry, lambda: {
         "policy_loaded": holder.engine is not None,
-        "listeners_bound": ps.is_running and all(s.is_running for s in ps.servers),
+        "listeners_bound": ps.is_running and all(s.is_running for s in ps.servers)
+        and dns_server.is_running,
         # A reverse listener exists to reach its provider: without its key, not ready.
         "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
     })
@@ -231,6 +233,8 @@ async def _serve(settings: Settings, policy: Any) -> int:
             for server in ps.servers:
                 label = labels.get(server.mode.full_spec, server.mode.full_spec)
                 listeners[label] = [f"{_bracket(str(a[0]))}:{a[1]}" for a in server.listen_addrs]
+            if dns_server.listen_addrs:
+                listeners["dns"] = [f"{_bracket(h)}:{p}" for h, p in dns_server.listen_addrs]
             metrics.ready.set(1)
             emit("listening", listeners=listeners,
                  admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
@@ -247,6 +251,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
                 task.cancel()
             await alerts.stop()
             await admin.stop()
+            await dns_server.stop()
 
     master.addons.add(Lifecycle())
     try:

@@ -87,6 +87,12 @@ class Settings:
     transparent: tuple[tuple[str, int], ...] = ()
     dns: tuple[tuple[str, int], ...] = ()
     dns_refuse_with: str = "refused"
+    # issue 10: DNS listener limits (see docs/limits.md, "DNS listener")
+    dns_max_qps: float = 2000.0
+    dns_max_qps_per_source: float = 500.0
+    dns_max_sources: int = 4096
+    dns_max_pending: int = 256
+    dns_max_tcp_connections: int = 64
 
 
 # (flag, env suffix, help, repeatable)
@@ -152,6 +158,17 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
+    # issue 10: DNS listener limits
+    ("--dns-max-qps", "DNS_MAX_QPS", "DNS questions per second, all sources (default 2000)",
+     False),
+    ("--dns-max-qps-per-source", "DNS_MAX_QPS_PER_SOURCE",
+     "DNS questions per second from one source address (default 500)", False),
+    ("--dns-max-sources", "DNS_MAX_SOURCES",
+     "source addresses the DNS rate limiter remembers (default 4096)", False),
+    ("--dns-max-pending", "DNS_MAX_PENDING",
+     "DNS questions being answered at once (default 256)", False),
+    ("--dns-max-tcp-connections", "DNS_MAX_TCP_CONNECTIONS",
+     "open DNS-over-TCP connections (default 64)", False),
 )
 
 
@@ -219,6 +236,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
+    dns_limits = _dns_limits(values)
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
@@ -242,4 +260,38 @@ def resolve(args: argparse.Namespace) -> Settings:
         transparent=transparent,
         dns=dns,
         dns_refuse_with=refuse_with,
+        **dns_limits,  # type: ignore[arg-type]
     )
+
+
+def _dns_limits(values: dict[str, str | list[str] | None]) -> dict[str, float | int]:
+    """issue 10: the DNS listener's limits, checked like every other option."""
+    out: dict[str, float | int] = {}
+    for flag, field, kind, low, high in (
+        ("--dns-max-qps", "dns_max_qps", float, 1, 1_000_000),
+        ("--dns-max-qps-per-source", "dns_max_qps_per_source", float, 1, 1_000_000),
+        ("--dns-max-sources", "dns_max_sources", int, 1, 1_000_000),
+        ("--dns-max-pending", "dns_max_pending", int, 1, 100_000),
+        ("--dns-max-tcp-connections", "dns_max_tcp_connections", int, 1, 100_000),
+    ):
+        text = _single(values[flag])
+        if text is None:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            raise SettingsError(f"{flag} {text!r}: expected a number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{flag} {text!r}: must be between {low} and {high}")
+        out[field] = value
+    defaults = Settings(policies=(), proxy_listen=None, reverse=(), admin_listen=("", 0),
+                        ca_dir="", resolver=None, upstream_ca=None, reload_interval=1.0,
+                        alerts_config=None, alert_spool_dir=None)
+    total = out.get("dns_max_qps", defaults.dns_max_qps)
+    per_source = out.get("dns_max_qps_per_source", defaults.dns_max_qps_per_source)
+    if per_source > total:
+        raise SettingsError(
+            f"--dns-max-qps-per-source {per_source:g} exceeds --dns-max-qps {total:g}: "
+            "one source could then take the whole budget; lower it or raise --dns-max-qps"
+        )
+    return out

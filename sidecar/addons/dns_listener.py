@@ -1,4 +1,4 @@
-"""mitmproxy addon for the pod's DNS listener: answer allowed names, refuse the rest.
+"""The pod's DNS listener: answer allowed names, refuse the rest.
 
 Unlisted names are refused here and never asked upstream, so nothing reaches an
 attacker's authoritative server. Allowed names are answered from the same resolver
@@ -6,19 +6,26 @@ attacker's authoritative server. Allowed names are answered from the same resolv
 matches what the sidecar itself vetted. Every question also feeds the tunnelling
 detector, which flags even questions that end up refused.
 
-Requires that mitmproxy's own `dns_resolver` addon is NOT loaded: this addon is the
-only one that answers, and it answers every question (fail closed: REFUSED).
+This is the policy half; `sidecar.dns_server` owns the sockets, the rate limits and
+the listener's bounded state (issue 10). It used to be a mitmproxy `dns@` mode, which
+keeps a client connection object per UDP source address:port until it times out: a
+flood from many source ports grew the process by ~80 MB. It stays in `addons/` because
+it is the DNS counterpart of the enforcer; it uses no mitmproxy type.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 
-from mitmproxy import dns
-from mitmproxy.net.dns import response_codes, types
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 
 from sidecar.addons.enforcer import EngineHolder
 from sidecar.decision import RULE_DEFAULT_DENY, RULE_NETGUARD, Decision, Reason, Verdict
@@ -33,6 +40,12 @@ TYPE_AAAA = 28
 ANSWER_TTL = 5  # short: the sidecar's own cache decides what stays valid
 
 
+def reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
+    response = dns.message.make_response(query, recursion_available=True)
+    response.set_rcode(rcode)
+    return response
+
+
 class DnsListener:
     def __init__(
         self,
@@ -45,54 +58,61 @@ class DnsListener:
         self.resolver = resolver
         self.record = record
         self.detector = DnsTunnelDetector()
-        self._refuse_code = (
-            response_codes.NXDOMAIN if refuse_with == "nxdomain" else response_codes.REFUSED
-        )
+        self.refuse_code = dns.rcode.NXDOMAIN if refuse_with == "nxdomain" else dns.rcode.REFUSED
 
-    async def dns_request(self, flow: dns.DNSFlow) -> None:
+    async def answer(
+        self, query: dns.message.Message, client: tuple[str, int]
+    ) -> dns.message.Message:
+        """The reply to one parsed query; never raises (fail closed: SERVFAIL)."""
         try:
-            flow.response = await self._answer(flow)
+            return await self._answer(query, client)
         except Exception:
             logger.exception("dns listener failed; refusing")
-            flow.response = flow.request.fail(response_codes.SERVFAIL)
+            return reply(query, dns.rcode.SERVFAIL)
 
-    async def _answer(self, flow: dns.DNSFlow) -> dns.DNSMessage:
-        request = flow.request
-        client = f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}"
+    async def _answer(
+        self, request: dns.message.Message, peer: tuple[str, int]
+    ) -> dns.message.Message:
+        client = f"{peer[0]}:{peer[1]}"
         engine = self.holder.engine
-        if len(request.questions) != 1 or request.query is False:
+        if (
+            len(request.question) != 1
+            or request.flags & dns.flags.QR
+            or request.opcode() != dns.opcode.QUERY
+        ):
             # Resolvers send exactly one question; anything else is a side channel.
             self.record(Decision(Verdict.BLOCK, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD,
                                  "-", 53, client=client, mode="dns",
-                                 detail=f"DNS message with {len(request.questions)} questions"))
-            return request.fail(response_codes.FORMERR)
-        question = request.questions[0]
-        tunnel = self.detector.observe(
-            question.name, question.type, client=str(flow.client_conn.peername[0]),
-            now=time.monotonic(),
-        )
+                                 detail=f"DNS message with {len(request.question)} questions"
+                                 if len(request.question) != 1 else
+                                 "DNS message that is not a standard query"))
+            return reply(request, dns.rcode.FORMERR)
+        question = request.question[0]
+        qname = question.name.to_text(omit_final_dot=True)
+        qtype = dns.rdatatype.RdataType.make(question.rdtype)
+        tunnel = self.detector.observe(qname, qtype, client=str(peer[0]), now=time.monotonic())
 
         def refuse(
             reason: Reason, rule: str, detail: str, host: str, provider: str | None = None
-        ) -> dns.DNSMessage | None:
+        ) -> dns.message.Message | None:
             """Record the refusal; None when audit mode only logs it (would_block)."""
             decision = engine.refusal(
                 Decision(Verdict.ALLOW, Reason.ALLOWED, rule, host, 53, provider=provider,
-                         client=client, mode="dns", method=types.to_str(question.type)),
+                         client=client, mode="dns", method=dns.rdatatype.to_text(qtype)),
                 reason,
                 detail,
             )
             self.record(decision)
-            return request.fail(self._refuse_code) if decision.refused else None
+            return reply(request, self.refuse_code) if decision.refused else None
 
         try:
-            host = parse_host(question.name)
+            host = parse_host(qname)
         except HostError as exc:
             return refuse(Reason.INVALID_HOST, RULE_NETGUARD, str(exc)[:200],
-                          question.name[:256]) or request.fail(self._refuse_code)
+                          qname[:256]) or reply(request, self.refuse_code)
         if host.name is None:  # an address-shaped name: nothing to resolve
             return refuse(Reason.INVALID_HOST, RULE_NETGUARD, "address as a name",
-                          host.text) or request.fail(self._refuse_code)
+                          host.text) or reply(request, self.refuse_code)
         endpoint = engine.match_name(host.name)
         if endpoint is None:
             if tunnel.suspicious:
@@ -109,25 +129,25 @@ class DnsListener:
             self.record(Decision(Verdict.WOULD_BLOCK, Reason.DNS_TUNNEL_SUSPECTED,
                                  endpoint.rule, host.name, 53, provider=endpoint.provider,
                                  client=client, mode="dns", detail=tunnel.detail))
-        if question.type not in (TYPE_A, TYPE_AAAA):
-            return request.succeed([])  # NODATA: no TXT/HTTPS/SVCB side channels
+        if qtype not in (TYPE_A, TYPE_AAAA):
+            return reply(request, dns.rcode.NOERROR)  # NODATA: no TXT/HTTPS/SVCB side channels
         try:
             answers = await self.resolver.resolve(host.name)
         except ResolutionError:
-            return request.fail(response_codes.NXDOMAIN)
+            return reply(request, dns.rcode.NXDOMAIN)
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
             # S3 applies to answers handed to the gateway too: no rebinding via our DNS.
             return refuse(vetting.reason, RULE_NETGUARD, vetting.detail, host.name,
-                          endpoint.provider if endpoint else None) or request.fail(
-                self._refuse_code)
-        version = 4 if question.type == TYPE_A else 6
-        records = [
-            dns.ResourceRecord.A(question.name, a, ttl=ANSWER_TTL)
-            if isinstance(a, ipaddress.IPv4Address)
-            else dns.ResourceRecord.AAAA(question.name, a, ttl=ANSWER_TTL)
-            for a in answers
-            if a.version == version
-        ]
-        return request.succeed(records)
+                          endpoint.provider if endpoint else None) or reply(
+                request, self.refuse_code)
+        version = 4 if qtype == TYPE_A else 6
+        addresses = [str(a) for a in answers if a.version == version]
+        response = reply(request, dns.rcode.NOERROR)
+        if addresses:
+            response.answer.append(dns.rrset.from_text_list(
+                question.name, ANSWER_TTL, dns.rdataclass.IN, qtype, addresses))
+        return response
 
+
+__all__ = ["ANSWER_TTL", "DnsListener", "reply"]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import math
-import random
 import re
 from collections import Counter
 from dataclasses import dataclass
 
+from sidecar.credentials.entropy_bars import BARS
+from sidecar.credentials.entropy_bars import MAX_LEN as BARS_MAX_LEN
+from sidecar.credentials.entropy_bars import MIN_LEN as BARS_MIN_LEN
 from sidecar.credentials.virtual_keys import is_virtual_key
 
 __all__ = [
@@ -102,9 +103,42 @@ FAMILIES: tuple[KeyFamily, ...] = (
     ),
 )
 
+# The literal every match of a family starts with (after its boundary). A family's
+# regex only runs on text that holds one of them: 16 substring searches in C instead of
+# 16 regex passes, each trying a look-behind at every offset (issue 10).
+_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "openai_project_key": ("sk-proj-",),
+    "openai_service_account_key": ("sk-svcacct-",),
+    "openai_admin_key": ("sk-admin-",),
+    "anthropic_api_key": ("sk-ant-api",),
+    "anthropic_admin_key": ("sk-ant-admin",),
+    "anthropic_oauth_token": ("sk-ant-o",),
+    "openrouter_api_key": ("sk-or-v1-",),
+    "google_api_key": ("AIza",),
+    "groq_api_key": ("gsk_",),
+    "xai_api_key": ("xai-",),
+    "fireworks_api_key": ("fw_",),
+    "together_api_key": ("tgp_v1_",),
+    "perplexity_api_key": ("pplx-",),
+    "huggingface_token": ("hf_",),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    "aws_access_key_id": ("AKIA", "ASIA"),
+}
+
+_ALL_TRIGGERS = tuple(sorted({t for ts in _TRIGGERS.values() for t in ts}))
+
 _GENERIC_SK = re.compile(r"sk-[A-Za-z0-9]{32,}")
 _AZURE_HEX = re.compile(r"[0-9a-fA-F]{32}")
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+# A JWT: three dot-separated runs, the first two holding base64url JSON ("eyJ..."). The
+# match starts at the beginning of a run and skips, atomically, to the run's first
+# "eyJ"; the runs are taken possessively. Same texts match as with a plain
+# `eyJ[...]{8,}\.eyJ[...]{8,}\.[...]{8,}` (a later "eyJ" in the same run can only be
+# shorter), but each run is tried from one place only: linear, where the plain form is
+# quadratic on "eyJeyJeyJ..." (issue 10, bounded detector cost).
+_JWT = re.compile(
+    r"(?<![A-Za-z0-9_-])(?>[A-Za-z0-9_-]*?eyJ)[A-Za-z0-9_-]{8,}+"
+    r"\.eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
+)
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/]+=*")
 _OPAQUE = re.compile(r"[A-Za-z0-9_\-.~+/]{32,}=*")
 
@@ -129,6 +163,10 @@ DUMMY_VALUES = frozenset(
 )
 
 
+_HEX_LOWER = frozenset("0123456789abcdef")
+_HEX_UPPER = frozenset("0123456789ABCDEF")
+
+
 def shannon_entropy(text: str) -> float:
     if not text:
         return 0.0
@@ -146,16 +184,17 @@ def looks_random(token: str, *, min_len: int = 32) -> bool:
     n = len(token)
     if n < min_len:
         return False
-    has_digit = any(ch.isdigit() for ch in token)
-    has_alpha = any(ch.isalpha() for ch in token)
+    # Character classes are judged on the set of distinct characters (built in C), so
+    # the Python work per token is bounded by its alphabet, not its length (issue 10).
+    chars = set(token)
+    has_digit = any(ch.isdigit() for ch in chars)
+    has_alpha = any(ch.isalpha() for ch in chars)
     if not (has_digit and has_alpha):
         return False
-    lower = any(ch.islower() for ch in token)
-    upper = any(ch.isupper() for ch in token)
-    others = len({ch for ch in token if not ch.isalnum()})
-    hexish = all(ch in "0123456789abcdef" for ch in token) or all(
-        ch in "0123456789ABCDEF" for ch in token
-    )
+    lower = any(ch.islower() for ch in chars)
+    upper = any(ch.isupper() for ch in chars)
+    others = len({ch for ch in chars if not ch.isalnum()})
+    hexish = chars <= _HEX_LOWER or chars <= _HEX_UPPER
     if hexish:
         alphabet = 16
     else:
@@ -163,16 +202,18 @@ def looks_random(token: str, *, min_len: int = 32) -> bool:
     return shannon_entropy(token) >= _entropy_bar(min(n, 512), alphabet)
 
 
-@functools.lru_cache(maxsize=1024)
 def _entropy_bar(n: int, alphabet: int) -> float:
-    """Mean minus 2.5 standard deviations of the entropy of n random draws (simulated
-    once per (n, alphabet) with a fixed seed, so the result is deterministic)."""
-    rng = random.Random(n * 1000 + alphabet)
-    symbols = [chr(0x100 + i) for i in range(alphabet)]
-    samples = [shannon_entropy("".join(rng.choices(symbols, k=n))) for _ in range(200)]
-    mean = sum(samples) / len(samples)
-    std = math.sqrt(sum((x - mean) ** 2 for x in samples) / len(samples))
-    return mean - max(2.5 * std, 0.1)
+    """Mean minus max(2.5 standard deviations, 0.1 bit) of the entropy of n random draws
+    from `alphabet` symbols: read from a table derived once, offline, by
+    `scripts/derive_entropy_bars.py` (a seeded simulation; issue 10: no request pays for
+    sampling). An alphabet size the table lacks (only reachable with unusual characters)
+    uses the next smaller one: a lower bar, so such a token is flagged rather than missed.
+    """
+    column = BARS.get(alphabet)
+    if column is None:
+        smaller = [k for k in BARS if k <= alphabet]
+        column = BARS[max(smaller) if smaller else min(BARS)]
+    return column[min(max(n, BARS_MIN_LEN), BARS_MAX_LEN) - BARS_MIN_LEN]
 
 
 def scan_prefixed(
@@ -184,10 +225,17 @@ def scan_prefixed(
     decoded = _basic_payload(value)
     if decoded is not None:
         texts.append(decoded)
+    present = [(text, {t for t in _ALL_TRIGGERS if t in text}) for text in texts]
+    if not any(triggers for _, triggers in present):
+        return found  # the common case: no family can match
     for family in FAMILIES:
         if family.name in skip:
             continue
-        if any(family.pattern.search(text) for text in texts):
+        if any(
+            family.pattern.search(text)
+            for text, triggers in present
+            if not triggers.isdisjoint(_TRIGGERS[family.name])
+        ):
             found.append(Finding(location, family.name, family.label))
     return found
 

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar.credentials.prefix_automaton import PrefixAutomaton
 from sidecar.credentials.secrets import Secret, SecretStore
 
 __all__ = [
@@ -102,6 +103,7 @@ class RedactionPatterns:
     step: int = 1
     prefixes: frozenset[bytes] = frozenset()  # every proper prefix of every needle
     alphabet: frozenset[int] = frozenset()  # every byte value that occurs in a needle
+    automaton: PrefixAutomaton | None = None  # issue 10: `pending` in O(1) per new byte
 
     def pending(self, buf: bytes) -> int:
         """Length of the longest suffix of `buf` that could still become a needle.
@@ -157,7 +159,7 @@ def compile_patterns(values: Iterable[Secret | bytes | str]) -> RedactionPattern
     alphabet = frozenset(b for n in ordered for b in n)
     return RedactionPatterns(
         needle_re, ordered, len(ordered[0]), owners, grams, q, shortest - q + 1, prefixes,
-        alphabet,
+        alphabet, PrefixAutomaton(ordered),
     )
 
 
@@ -170,11 +172,12 @@ class StreamRedactor:
     `found` is True once anything was redacted; `names` are the secret names seen.
     """
 
-    __slots__ = ("_done", "_p", "_tail", "count", "names")
+    __slots__ = ("_done", "_p", "_state", "_tail", "count", "names")
 
     def __init__(self, patterns: RedactionPatterns) -> None:
         self._p = patterns
         self._tail = b""
+        self._state = 0  # the automaton's state after everything fed so far
         self._done = False
         self.count = 0
         self.names: set[str] = set()
@@ -196,7 +199,12 @@ class StreamRedactor:
         if self._p.needle_re is None:
             return bytes(chunk)
         buf = self._tail + chunk
-        cut = len(buf) - self._p.pending(buf)
+        automaton = self._p.automaton
+        if automaton is None:
+            cut = len(buf) - self._p.pending(buf)
+        else:  # same answer as pending(buf), without re-reading the held-back tail
+            self._state = automaton.advance(self._state, chunk)
+            cut = len(buf) - automaton.pending(self._state, len(buf))
         if cut <= 0:
             self._tail = buf
             return b""

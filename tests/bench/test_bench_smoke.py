@@ -15,7 +15,7 @@ from bench.contenders import CONTENDERS, squid_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ["small_c1", "small_c32", "reverse_wrk_c32", "stream_sse", "large_body_1mb",
-             "refused_flood", "memory", "decision_core", "dns_listener"]
+             "refused_flood", "memory", "decision_core", "dns_listener", "scanners"]
 
 
 @pytest.mark.timeout(260)
