@@ -48,6 +48,9 @@ class Reason(StrEnum):
     DESTINATION_MISMATCH = "destination_mismatch"
     DNS_NAME_NOT_ALLOWED = "dns_name_not_allowed"
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
+    # issue 11: a response to a keyed request that cannot be decoded within bounds
+    # (unknown or too many encodings, corrupt, decompression bomb) is refused (S7).
+    RESPONSE_NOT_INSPECTABLE = "response_not_inspectable"
 
 
 # Reasons enforced even in audit mode (S11): address vetting (S3), IP literals (S4),
@@ -69,6 +72,7 @@ ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
         Reason.CREDENTIAL_REFLECTED,
         Reason.UNKNOWN_VIRTUAL_KEY,
         Reason.TENANT_NOT_ALLOWED,
+        Reason.RESPONSE_NOT_INSPECTABLE,  # issue 11: unscanned bytes never pass (S7)
     }
 )
 

@@ -38,6 +38,7 @@ _STATUS: dict[Reason, int] = {
     Reason.CREDENTIAL_UNAVAILABLE: 503,
     Reason.UNKNOWN_VIRTUAL_KEY: 401,
     Reason.TENANT_NOT_ALLOWED: 403,
+    Reason.RESPONSE_NOT_INSPECTABLE: 502,  # issue 11: the upstream's answer, not ours
 }
 
 
@@ -216,16 +217,31 @@ class Enforcer:
 
     def response(self, flow: http.HTTPFlow) -> None:
         try:
-            reflected = self.credentials.reflection_found(flow)
+            reflected = self.credentials.reflection_found(flow, self.holder.engine)
         except Exception:
             logger.exception("reflection check failed; killing the flow")
             flow.kill()
             return
         if reflected:
             self.record(reflected)
+            if reflected.reason is Reason.RESPONSE_NOT_INSPECTABLE:
+                # Nothing of a buffered response was sent yet: answer with the refusal.
+                flow.response = refusal_response(reflected)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        reflected = self.credentials.reflection_found(flow)
+        reflected = self.credentials.reflection_found(flow, self.holder.engine, sending=False)
+        if reflected:
+            self.record(reflected)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        # S7 after a WebSocket handshake that carried a key: every provider message.
+        try:
+            reflected = self.credentials.websocket_message(flow)
+        except Exception:
+            logger.exception("WebSocket reflection check failed; dropping the message")
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            return
         if reflected:
             self.record(reflected)
 

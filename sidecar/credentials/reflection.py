@@ -49,6 +49,7 @@ from typing import Protocol
 from sidecar.credentials.secrets import Secret, SecretStore
 
 __all__ = [
+    "HEADER_NAME_HIT",
     "REDACTED",
     "RedactionPatterns",
     "ReflectionGuard",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 REDACTED = b"[REDACTED]"
+HEADER_NAME_HIT = "(a header name)"  # what redact_headers reports for a dropped header
 MIN_B64_NEEDLE = 16
 
 
@@ -67,6 +69,8 @@ class _Headers(Protocol):
     def get_all(self, name: str) -> list[str]: ...
 
     def set_all(self, name: str, values: list[str]) -> None: ...
+
+    def __delitem__(self, name: str) -> None: ...
 
 
 def _b64_cores(value: bytes) -> set[bytes]:
@@ -285,12 +289,22 @@ class ReflectionGuard:
         return redact_bytes(self.patterns(), body)
 
     def redact_headers(self, headers: _Headers) -> list[str]:
-        """Redact header values in place; return the (lower-case) names that had a key."""
+        """Redact header values in place and drop every header whose *name* reveals a
+        key (a name cannot carry the marker: `[` is not a token character). Returns
+        where keys were found, safe to log: a value hit is the lower-case header name,
+        a name hit is `HEADER_NAME_HIT`, never the name itself."""
         p = self.patterns()
         if p.needle_re is None:
             return []
         hit: list[str] = []
         for name in list(headers):
+            # Case-insensitively: HTTP/2 lower-cases names, and a case-folded key is
+            # still most of the key.
+            folded = name.encode("utf-8", "surrogateescape").lower()
+            if any(n.lower() in folded for n in p.needles):
+                del headers[name]
+                hit.append(HEADER_NAME_HIT)
+                continue
             values = headers.get_all(name)
             new: list[str] = []
             changed = False
