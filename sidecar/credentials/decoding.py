@@ -77,7 +77,7 @@ def decode_layers(
     for coding in reversed(layers):
         decoder = _DECODERS.get(coding)
         if decoder is None:
-            raise NotInspectable(f"unknown encoding {_safe(coding)!r}")
+            raise NotInspectable(_unsupported(coding))
         if not body:
             continue  # HEAD, 204, 304: nothing to decode or scan
         try:
@@ -165,6 +165,14 @@ _DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
 }
 
 
-def _safe(coding: str) -> str:
-    """A coding name for a log line: attacker-chosen, so short and printable only."""
-    return "".join(c if c.isalnum() or c in "-_." else "?" for c in coding[:32])
+# Registered codings we do not decode: named in the refusal. Anything else is attacker
+# chosen text (it could be a key) and is never echoed.
+_KNOWN_UNSUPPORTED = frozenset(
+    {"compress", "x-compress", "exi", "pack200-gzip", "aes128gcm", "dcb", "dcz"}
+)
+
+
+def _unsupported(coding: str) -> str:
+    if coding in _KNOWN_UNSUPPORTED:
+        return f"encoding {coding!r} is not supported (only gzip, deflate, br, zstd)"
+    return "unknown encoding (only gzip, deflate, br, zstd are decoded)"

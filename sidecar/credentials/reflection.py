@@ -70,8 +70,6 @@ class _Headers(Protocol):
 
     def set_all(self, name: str, values: list[str]) -> None: ...
 
-    def __delitem__(self, name: str) -> None: ...
-
 
 def _b64_cores(value: bytes) -> set[bytes]:
     """Base64 text that any encoding containing `value` must contain, per alignment."""
@@ -302,7 +300,7 @@ class ReflectionGuard:
             # still most of the key.
             folded = name.encode("utf-8", "surrogateescape").lower()
             if any(n.lower() in folded for n in p.needles):
-                del headers[name]
+                headers.set_all(name, [])  # drops every field of that name
                 hit.append(HEADER_NAME_HIT)
                 continue
             values = headers.get_all(name)
