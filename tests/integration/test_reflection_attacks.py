@@ -23,6 +23,7 @@ from tests.conftest import PROVIDER_NAMES
 from tests.support.fakes import BackgroundLoop, FakeProvider
 from tests.support.h2_upstream import FakeH2Provider, h2_get
 from tests.support.keys import KEYS, key_policy
+from tests.support.raw_upstream import RawUpstream, chunked
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -207,6 +208,63 @@ def test_undecodable_response_is_refused_in_audit_mode_too(
     assert_refused_not_inspectable(response)
     assert audit.wait_for_decision(reason="response_not_inspectable")["decision"] == "block"
     _assert_no_key_in_outputs(audit)
+
+
+def _gzip_transfer_coded(key: str) -> bytes:
+    import gzip
+
+    body = gzip.compress(b'{"error": "Incorrect API key provided: ' + key.encode() + b'"}')
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n" + chunked(body))
+
+
+@pytest.fixture(scope="module")
+def te_upstream(bg: BackgroundLoop, test_ca) -> Iterator[RawUpstream]:
+    fake = RawUpstream(bg, test_ca, PROVIDER_NAMES, _gzip_transfer_coded).start()
+    yield fake
+    fake.stop()
+
+
+def test_gzip_transfer_coding_cannot_smuggle_the_key(
+    start_sidecar, te_upstream, secrets, test_ca_file
+):
+    """HTTP/1.1 `Transfer-Encoding: gzip, chunked`: mitmproxy removes the chunking, not
+    the gzip; the redactor must see the decoded bytes."""
+    import gzip
+
+    # Control (a raw socket: httpx refuses transfer codings other than chunked; curl
+    # --tr-encoding and others decode them).
+    import socket
+
+    sock = direct_context(test_ca_file).wrap_socket(
+        socket.create_connection(("127.0.0.1", te_upstream.port), timeout=30),
+        server_hostname=OPENAI,
+    )
+    sock.sendall(f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\n"
+                 f"authorization: Bearer {KEY}\r\n\r\n".encode())
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    sock.close()
+    head, _, framed = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: gzip, chunked" in head and KEY.encode() not in framed
+    body, rest = b"", framed
+    while (size := int(rest.split(b"\r\n", 1)[0], 16)) > 0:
+        start = rest.index(b"\r\n") + 2
+        body, rest = body + rest[start : start + size], rest[start + size + 2 :]
+    assert KEY.encode() in gzip.decompress(body)  # the key is there, one decode away
+
+    sidecar = start_sidecar(
+        key_policy(te_upstream.port), extra_args=("--secrets-dir", str(secrets.root))
+    )
+    with gateway(sidecar) as c:
+        response = c.get(f"https://{OPENAI}:{te_upstream.port}/v1/x")
+    assert te_upstream.received[-1]["authorization"] == f"Bearer {KEY}"  # injected
+    assert response.status_code == 200
+    assert "gzip" not in response.headers.get("transfer-encoding", "")
+    assert response.content == b'{"error": "Incorrect API key provided: [REDACTED]"}'
+    assert sidecar.wait_for_decision(reason="credential_reflected")["decision"] == "block"
+    _assert_no_key_in_outputs(sidecar)
 
 
 # --- WebSocket messages after the handshake ------------------------------------------
