@@ -27,7 +27,7 @@ from sidecar.credentials.decoding import (
     parse_codings,
 )
 from sidecar.credentials.detect import redact_known_keys
-from sidecar.credentials.messages import MessageRedactor
+from sidecar.credentials.messages import MessageRedactor, uninspectable_extensions
 from sidecar.credentials.reflection import HEADER_NAME_HIT
 from sidecar.decision import RULE_DEFAULT_DENY, Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
@@ -195,7 +195,15 @@ class CredentialLayer:
                 if count:
                     places.append("body")
             if flow.websocket is not None:
-                # A WebSocket handshake that carried a key: scan what the provider sends.
+                # A WebSocket handshake that carried a key: scan what the provider sends,
+                # unless it negotiated an extension mitmproxy does not decode.
+                if uninspectable_extensions(response.headers.get_all("sec-websocket-extensions")):
+                    if decision is None or engine is None:
+                        raise NotInspectable("WebSocket extension")
+                    return engine.refusal(
+                        decision, Reason.RESPONSE_NOT_INSPECTABLE,
+                        "WebSocket extension other than permessage-deflate; refused",
+                    )
                 flow.metadata[_WS_REDACTOR] = MessageRedactor(self.guard.patterns())
         if not places or decision is None:
             return None

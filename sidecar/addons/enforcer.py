@@ -225,8 +225,10 @@ class Enforcer:
         if reflected:
             self.record(reflected)
             if reflected.reason is Reason.RESPONSE_NOT_INSPECTABLE:
-                # Nothing of a buffered response was sent yet: answer with the refusal.
+                # Nothing of a buffered response was sent yet: answer with the refusal
+                # (and no WebSocket follows a refused handshake).
                 flow.response = refusal_response(reflected)
+                flow.websocket = None
 
     def error(self, flow: http.HTTPFlow) -> None:
         reflected = self.credentials.reflection_found(flow, self.holder.engine, sending=False)

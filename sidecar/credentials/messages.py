@@ -24,9 +24,19 @@ from __future__ import annotations
 
 from sidecar.credentials.reflection import REDACTED, RedactionPatterns
 
-__all__ = ["MIN_FRAGMENT", "MessageRedactor"]
+__all__ = ["MIN_FRAGMENT", "MessageRedactor", "uninspectable_extensions"]
 
 MIN_FRAGMENT = 16
+# The only WebSocket extension mitmproxy decodes before its message hook. Any other one
+# the provider accepts would transform payloads only the gateway then undoes.
+INSPECTABLE_EXTENSIONS = frozenset({"permessage-deflate"})
+
+
+def uninspectable_extensions(values: list[str]) -> bool:
+    """True if a 101 response's `Sec-WebSocket-Extensions` lines accept any extension
+    other than permessage-deflate (its parameters do not matter)."""
+    names = (item.split(";", 1)[0].strip().lower() for v in values for item in v.split(","))
+    return any(name and name not in INSPECTABLE_EXTENSIONS for name in names)
 
 
 class MessageRedactor:

@@ -8,7 +8,7 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.credentials.messages import MIN_FRAGMENT, MessageRedactor
+from sidecar.credentials.messages import MIN_FRAGMENT, MessageRedactor, uninspectable_extensions
 from sidecar.credentials.reflection import REDACTED, compile_patterns, needles_for
 from tests.credentials import helpers as h
 
@@ -94,3 +94,11 @@ def test_any_split_never_reveals_the_key(before: bytes, after: bytes, cuts: list
     assert not leaks(joined, which)
     assert sum(counts) >= 1
     assert len(out) == len(messages)  # one message out for every message in
+
+
+def test_only_permessage_deflate_is_an_inspectable_extension():
+    assert not uninspectable_extensions([])
+    assert not uninspectable_extensions(["permessage-deflate; client_max_window_bits=15"])
+    assert uninspectable_extensions(["x-smuggle"])
+    assert uninspectable_extensions(["permessage-deflate", "x-webkit-deflate-frame"])
+    assert uninspectable_extensions(["permessage-deflate, bbf-usp-protocol"])

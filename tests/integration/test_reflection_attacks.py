@@ -324,6 +324,27 @@ def test_websocket_frame_echoing_the_key_is_redacted(keyed, provider, bg, test_c
     assert KEY not in json.dumps(found)
 
 
+def test_websocket_with_an_uninspectable_extension_is_refused(keyed, provider, bg, test_ca_file):
+    async def handshake(url: str, context: ssl.SSLContext, proxy: str | None, auth: str):
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, proxy=proxy, ssl=context, compress=0,
+                                          headers={"authorization": auth}) as ws:
+                return ws._response.headers.get("sec-websocket-extensions")
+
+    control = bg.run(handshake(f"wss://127.0.0.1:{provider.port}/v1/realtime-ext",
+                               direct_context(test_ca_file), None, f"Bearer {KEY}"), 60)
+    assert control == "x-smuggle"  # the upstream accepts an extension nobody offered
+
+    mark = len(keyed.decisions)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        bg.run(handshake(f"wss://{OPENAI}:{provider.port}/v1/realtime-ext",
+                         ssl.create_default_context(cafile=keyed.ca_cert), keyed.proxy_url,
+                         "Bearer dummy"), 60)
+    assert refused.value.status == 502
+    decision = wait_decision(keyed, mark, "response_not_inspectable")
+    assert "WebSocket extension" in decision["detail"]
+
+
 # --- HTTP/2 response trailers -------------------------------------------------------
 
 

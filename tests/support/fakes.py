@@ -10,6 +10,7 @@ can prove a refused name never reached "upstream".
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import gzip
 import json
@@ -85,6 +86,7 @@ class FakeProvider:
         app.router.add_get("/v1/reflect-header-name", self._reflect_header_name)
         app.router.add_get("/v1/reflect-encoded", self._reflect_encoded)
         app.router.add_get("/v1/realtime", self._realtime)
+        app.router.add_get("/v1/realtime-ext", self._realtime_ext)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -198,6 +200,17 @@ class FakeProvider:
         await ws.send_str(json.dumps({"type": "response.done"}))
         async for _ in ws:  # until the client closes
             pass
+        return ws
+
+    async def _realtime_ext(self, request: web.Request) -> web.WebSocketResponse:
+        """Accepts a WebSocket extension nobody offered (`x-smuggle`): payloads in a
+        form only the gateway would undo."""
+        await self._record(request)
+        ws = web.WebSocketResponse(compress=False)
+        ws.headers["sec-websocket-extensions"] = "x-smuggle"
+        await ws.prepare(request)
+        await ws.send_bytes(base64.b64encode(self._credential(request).encode()[::-1]))
+        await ws.close()
         return ws
 
     async def _redirect(self, request: web.Request) -> web.Response:
