@@ -79,6 +79,8 @@ SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
     Reason.TENANT_NOT_ALLOWED: Severity.WARNING,
     Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
     Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
+    # issue 11: a provider answer the guard cannot scan (refused): broken or hostile.
+    Reason.RESPONSE_NOT_INSPECTABLE: Severity.WARNING,
     # Operational, mostly not an attack.
     Reason.DNS_FAILURE: Severity.INFO,
     Reason.ALLOWED: Severity.INFO,
