@@ -54,6 +54,7 @@ _REDACTOR = "egress_redactor"
 _HEADER_HITS = "egress_reflected_headers"
 _BUFFERED = "egress_redact_whole_body"
 _WS_REDACTOR = "egress_websocket_redactor"
+_REASON_HIT = "egress_reflected_reason_phrase"
 
 
 class CredentialLayer:
@@ -141,6 +142,11 @@ class CredentialLayer:
             response.stream = True
             return
         flow.metadata[_HEADER_HITS] = self.guard.redact_headers(response.headers)
+        if response.reason:  # HTTP/1.1 reason phrase: free text sent on to the gateway
+            phrase, count = self.guard.redact_body(response.reason.encode("utf-8", "replace"))
+            if count:
+                response.reason = phrase.decode("utf-8", "replace")
+                flow.metadata[_REASON_HIT] = True
         if needs_decoding(_codings(response, "content-encoding"),
                           _codings(response, "transfer-encoding")):
             # We asked for identity; a provider that compresses anyway (any number of
@@ -172,6 +178,8 @@ class CredentialLayer:
         decision: Decision | None = flow.metadata.get("egress_decision")
         response = flow.response
         places: list[str] = [_place("header", h) for h in flow.metadata.pop(_HEADER_HITS, [])]
+        if flow.metadata.pop(_REASON_HIT, False):
+            places.insert(0, "status reason phrase")
         redactor: StreamRedactor | None = flow.metadata.pop(_REDACTOR, None)
         if redactor is not None and redactor.found:
             places.append("streamed body")

@@ -219,19 +219,25 @@ def _gzip_transfer_coded(key: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def te_upstream(bg: BackgroundLoop, test_ca) -> Iterator[RawUpstream]:
+def raw_upstream(bg: BackgroundLoop, test_ca) -> Iterator[RawUpstream]:
     fake = RawUpstream(bg, test_ca, PROVIDER_NAMES, _gzip_transfer_coded).start()
     yield fake
     fake.stop()
 
 
-def test_gzip_transfer_coding_cannot_smuggle_the_key(
-    start_sidecar, te_upstream, secrets, test_ca_file
-):
+@pytest.fixture(scope="module")
+def raw_keyed(start_sidecar, raw_upstream, secrets) -> SidecarProcess:
+    return start_sidecar(
+        key_policy(raw_upstream.port), extra_args=("--secrets-dir", str(secrets.root))
+    )
+
+
+def test_gzip_transfer_coding_cannot_smuggle_the_key(raw_keyed, raw_upstream, test_ca_file):
     """HTTP/1.1 `Transfer-Encoding: gzip, chunked`: mitmproxy removes the chunking, not
     the gzip; the redactor must see the decoded bytes."""
     import gzip
 
+    te_upstream, sidecar = raw_upstream, raw_keyed
     # Control (a raw socket: httpx refuses transfer codings other than chunked; curl
     # --tr-encoding and others decode them).
     import socket
@@ -254,17 +260,41 @@ def test_gzip_transfer_coding_cannot_smuggle_the_key(
         body, rest = body + rest[start : start + size], rest[start + size + 2 :]
     assert KEY.encode() in gzip.decompress(body)  # the key is there, one decode away
 
-    sidecar = start_sidecar(
-        key_policy(te_upstream.port), extra_args=("--secrets-dir", str(secrets.root))
-    )
+    mark = len(sidecar.decisions)
     with gateway(sidecar) as c:
         response = c.get(f"https://{OPENAI}:{te_upstream.port}/v1/x")
     assert te_upstream.received[-1]["authorization"] == f"Bearer {KEY}"  # injected
     assert response.status_code == 200
     assert "gzip" not in response.headers.get("transfer-encoding", "")
     assert response.content == b'{"error": "Incorrect API key provided: [REDACTED]"}'
-    assert sidecar.wait_for_decision(reason="credential_reflected")["decision"] == "block"
+    assert wait_decision(sidecar, mark, "credential_reflected")["decision"] == "block"
     _assert_no_key_in_outputs(sidecar)
+
+
+def _key_as_reason_phrase(key: str) -> bytes:
+    return (f"HTTP/1.1 401 {key}\r\ncontent-type: application/json\r\n"
+            "content-length: 2\r\nconnection: close\r\n\r\n{}").encode()
+
+
+def test_key_as_status_reason_phrase_is_redacted(raw_keyed, raw_upstream, test_ca_file):
+    raw_upstream.respond = _key_as_reason_phrase
+    try:
+        with httpx.Client(verify=direct_context(test_ca_file), timeout=60) as c:
+            control = c.get(f"https://127.0.0.1:{raw_upstream.port}/v1/x",
+                            headers={"authorization": f"Bearer {KEY}"})
+        assert control.reason_phrase == KEY  # the upstream really sends it there
+
+        mark = len(raw_keyed.decisions)
+        with gateway(raw_keyed) as c:
+            response = c.get(f"https://{OPENAI}:{raw_upstream.port}/v1/x")
+    finally:
+        raw_upstream.respond = _gzip_transfer_coded
+    assert response.status_code == 401
+    assert KEY not in response.reason_phrase
+    assert response.reason_phrase == "[REDACTED]"
+    decision = wait_decision(raw_keyed, mark, "credential_reflected")
+    assert "status reason phrase" in decision["detail"]
+    _assert_no_key_in_outputs(raw_keyed)
 
 
 # --- WebSocket messages after the handshake ------------------------------------------
