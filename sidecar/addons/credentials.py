@@ -7,6 +7,7 @@ the policy entry of that vetted destination: a key can only ever go to its provi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -220,6 +221,17 @@ class CredentialLayer:
             reason=Reason.CREDENTIAL_REFLECTED,
             detail=f"injected key echoed in {', '.join(places)}; redacted",
         )
+
+    async def finish_response(
+        self, flow: http.HTTPFlow, engine: PolicyEngine | None = None
+    ) -> Decision | None:
+        """`reflection_found` for the response hook. Decoding and scanning a buffered
+        body (up to 64 MiB decoded) runs in a worker thread, so one large or hostile
+        response does not stall every other connection on the event loop; mitmproxy
+        does not touch the flow while this hook is pending."""
+        if flow.metadata.get(_BUFFERED):
+            return await asyncio.to_thread(self.reflection_found, flow, engine)
+        return self.reflection_found(flow, engine)
 
     def _redact_encoded_body(self, response: http.Response) -> int:
         """Decode every layer (bounded), redact, and send the decoded bytes: exactly

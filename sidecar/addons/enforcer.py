@@ -215,9 +215,9 @@ class Enforcer:
             logger.exception("response guard failed; killing the flow")
             flow.kill()
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         try:
-            reflected = self.credentials.reflection_found(flow, self.holder.engine)
+            reflected = await self.credentials.finish_response(flow, self.holder.engine)
         except Exception:
             logger.exception("reflection check failed; killing the flow")
             flow.kill()
