@@ -29,7 +29,7 @@ from sidecar.credentials.decoding import (
 )
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.credentials.messages import MessageRedactor, uninspectable_extensions
-from sidecar.credentials.reflection import HEADER_NAME_HIT
+from sidecar.credentials.reflection import HEADER_NAME_HIT, UNNAMED_HEADER_HIT
 from sidecar.decision import RULE_DEFAULT_DENY, Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
 from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
@@ -277,5 +277,7 @@ def _codings(response: http.Response, header: str) -> list[str]:
 
 
 def _place(where: str, hit: str) -> str:
-    """"header x-echo" / "a header name": never the name when the name was the key."""
-    return f"a {where} name" if hit == HEADER_NAME_HIT else f"{where} {hit}"
+    """"header x-echo" / "a header name" / "a header": never a name holding key bytes."""
+    if hit == HEADER_NAME_HIT:
+        return f"a {where} name"
+    return f"a {where}" if hit == UNNAMED_HEADER_HIT else f"{where} {hit}"

@@ -51,6 +51,7 @@ from sidecar.credentials.secrets import Secret, SecretStore
 __all__ = [
     "HEADER_NAME_HIT",
     "REDACTED",
+    "UNNAMED_HEADER_HIT",
     "RedactionPatterns",
     "ReflectionGuard",
     "StreamRedactor",
@@ -60,6 +61,7 @@ __all__ = [
 
 REDACTED = b"[REDACTED]"
 HEADER_NAME_HIT = "(a header name)"  # what redact_headers reports for a dropped header
+UNNAMED_HEADER_HIT = "(a header)"  # a value hit whose name shares 8+ bytes with a key
 MIN_B64_NEEDLE = 16
 
 
@@ -264,6 +266,13 @@ def redact_bytes(patterns: RedactionPatterns, data: bytes) -> tuple[bytes, int]:
     return out, r.count
 
 
+def _shares_key_bytes(p: RedactionPatterns, folded: bytes) -> bool:
+    """True if a (lower-cased) header name holds any `q` bytes of a needle: such a name
+    is not written to a decision (it could be most of a key, with the value the rest)."""
+    grams = {g.lower() for g in p.qgrams}
+    return any(folded[i : i + p.q] in grams for i in range(len(folded) - p.q + 1))
+
+
 class ReflectionGuard:
     """Keeps redaction patterns in step with the `SecretStore` (recompiled on change)."""
 
@@ -316,7 +325,7 @@ class ReflectionGuard:
                     new.append(value)
             if changed:
                 headers.set_all(name, new)
-                hit.append(name.lower())
+                hit.append(UNNAMED_HEADER_HIT if _shares_key_bytes(p, folded) else name.lower())
         return hit
 
     def __repr__(self) -> str:

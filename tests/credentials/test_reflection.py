@@ -14,6 +14,7 @@ from sidecar.credentials.inject import HeaderList
 from sidecar.credentials.reflection import (
     HEADER_NAME_HIT,
     REDACTED,
+    UNNAMED_HEADER_HIT,
     ReflectionGuard,
     StreamRedactor,
     compile_patterns,
@@ -274,3 +275,15 @@ def test_innocent_header_names_are_kept(tmp_path: Path):
     headers = HeaderList([("sk-proj-request-id", "1"), ("x-ratelimit-remaining", "9")])
     assert guard.redact_headers(headers) == []
     assert len(headers.fields) == 2
+
+
+def test_header_named_after_most_of_the_key_is_not_named_in_the_report(tmp_path: Path):
+    """The name holds the key minus its last bytes (not a needle), the value the key:
+    the value is redacted, and the report must not write the name into a decision."""
+    key = h.azure_key()
+    (tmp_path / "azure").write_text(key)
+    guard = ReflectionGuard(SecretStore(tmp_path))
+    headers = HeaderList([("x-" + key[:-4], key), ("x-echo", key)])
+    hits = guard.redact_headers(headers)
+    assert sorted(hits) == sorted([UNNAMED_HEADER_HIT, "x-echo"])
+    assert key[:-4] not in repr(hits)
