@@ -50,6 +50,9 @@ class Reason(StrEnum):
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
     # issue 10: DNS listener limits (questions per second, pending questions, TCP).
     DNS_RATE_LIMITED = "dns_rate_limited"
+    # issue 11: a response to a keyed request that cannot be decoded within bounds
+    # (unknown or too many encodings, corrupt, decompression bomb) is refused (S7).
+    RESPONSE_NOT_INSPECTABLE = "response_not_inspectable"
 
 
 class Severity(StrEnum):
@@ -157,6 +160,14 @@ REASONS: dict[Reason, ReasonSpec] = {
         "a DNS question over a listener limit (per-source or total rate, pending questions, "
         "TCP connections); one line per source per 10 s with the count, every question in "
         "`egress_sidecar_dns_questions_limited_total`",
+    ),
+    # Issue 11: never pass bytes the reflection guard did not scan (S7).
+    Reason.RESPONSE_NOT_INSPECTABLE: ReasonSpec(
+        "502", _W, True,
+        "a response to a request that got a key cannot be scanned: an unknown or "
+        "unsupported coding, more than 4 coding layers, a corrupt layer, a layer decoding "
+        "past 64 MiB (decompression bomb), a WebSocket extension other than "
+        "permessage-deflate (S7)",
     ),
 }
 

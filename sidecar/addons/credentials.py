@@ -7,6 +7,7 @@ the policy entry of that vetted destination: a key can only ever go to its provi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,7 +21,15 @@ from sidecar.credentials import (
     VirtualKeySource,
     prepare_request,
 )
+from sidecar.credentials.decoding import (
+    NotInspectable,
+    decode_layers,
+    needs_decoding,
+    parse_codings,
+)
 from sidecar.credentials.detect import redact_known_keys
+from sidecar.credentials.messages import MessageRedactor, uninspectable_extensions
+from sidecar.credentials.reflection import HEADER_NAME_HIT, UNNAMED_HEADER_HIT
 from sidecar.decision import RULE_DEFAULT_DENY, Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
 from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
@@ -45,6 +54,8 @@ _INJECTED = "egress_injected"
 _REDACTOR = "egress_redactor"
 _HEADER_HITS = "egress_reflected_headers"
 _BUFFERED = "egress_redact_whole_body"
+_WS_REDACTOR = "egress_websocket_redactor"
+_REASON_HIT = "egress_reflected_reason_phrase"
 
 
 class CredentialLayer:
@@ -132,9 +143,16 @@ class CredentialLayer:
             response.stream = True
             return
         flow.metadata[_HEADER_HITS] = self.guard.redact_headers(response.headers)
-        if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
-            # We asked for identity; a provider that compresses anyway is redacted whole
-            # (decoded first) in the response hook, not streamed.
+        if response.reason:  # HTTP/1.1 reason phrase: free text sent on to the gateway
+            phrase, count = self.guard.redact_body(response.reason.encode("utf-8", "replace"))
+            if count:
+                response.reason = phrase.decode("utf-8", "replace")
+                flow.metadata[_REASON_HIT] = True
+        if needs_decoding(_codings(response, "content-encoding"),
+                          _codings(response, "transfer-encoding")):
+            # We asked for identity; a provider that compresses anyway (any number of
+            # layers, content or transfer codings) is decoded, bounded, and redacted
+            # whole in the response hook, not streamed: or refused if it cannot be.
             flow.metadata[_BUFFERED] = True
             return
         redactor = self.guard.redactor()
@@ -146,27 +164,120 @@ class CredentialLayer:
             if flow.request.http_version == "HTTP/1.1":
                 response.headers["transfer-encoding"] = "chunked"
 
-    def reflection_found(self, flow: http.HTTPFlow) -> Decision | None:
-        """At the end of a response: redact a buffered body; one decision if a key echoed."""
+    def reflection_found(
+        self, flow: http.HTTPFlow, engine: PolicyEngine | None = None, *, sending: bool = True
+    ) -> Decision | None:
+        """At the end of a response (before mitmproxy sends a buffered body and the
+        trailers): redact what is left; one decision if a key echoed.
+
+        Returns a `response_not_inspectable` refusal when a buffered body cannot be
+        decoded within bounds; the caller must then replace the response (nothing of
+        it was sent). `sending=False` (the error hook): nothing more will be sent.
+        """
         if not flow.metadata.pop(_INJECTED, False):
             return None
-        places: list[str] = [f"header {h}" for h in flow.metadata.pop(_HEADER_HITS, [])]
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        response = flow.response
+        places: list[str] = [_place("header", h) for h in flow.metadata.pop(_HEADER_HITS, [])]
+        if flow.metadata.pop(_REASON_HIT, False):
+            places.insert(0, "status reason phrase")
         redactor: StreamRedactor | None = flow.metadata.pop(_REDACTOR, None)
         if redactor is not None and redactor.found:
             places.append("streamed body")
-        if flow.metadata.pop(_BUFFERED, False) and flow.response is not None:
-            flow.response.decode(strict=False)
-            body, count = self.guard.redact_body(flow.response.content or b"")
-            if count:
-                flow.response.content = body
-                places.append("body")
-        if not places:
-            return None
-        decision: Decision | None = flow.metadata.get("egress_decision")
-        if decision is None:
+        buffered = flow.metadata.pop(_BUFFERED, False)
+        if sending and response is not None:
+            if response.trailers:
+                # HTTP/2 trailers arrive after the body and mitmproxy sends them after
+                # this hook, streamed or not: this is the last chance to scan them.
+                places += [_place("trailer", h) for h in self.guard.redact_headers(
+                    response.trailers)]
+            if buffered:
+                try:
+                    count = self._redact_encoded_body(response)
+                except NotInspectable as exc:
+                    if decision is None or engine is None:
+                        raise  # the caller kills the flow: never pass unscanned bytes
+                    return engine.refusal(
+                        decision, Reason.RESPONSE_NOT_INSPECTABLE,
+                        f"response body not inspectable: {exc}; refused",
+                    )
+                if count:
+                    places.append("body")
+            if flow.websocket is not None:
+                # A WebSocket handshake that carried a key: scan what the provider sends,
+                # unless it negotiated an extension mitmproxy does not decode.
+                if uninspectable_extensions(response.headers.get_all("sec-websocket-extensions")):
+                    if decision is None or engine is None:
+                        raise NotInspectable("WebSocket extension")
+                    return engine.refusal(
+                        decision, Reason.RESPONSE_NOT_INSPECTABLE,
+                        "WebSocket extension other than permessage-deflate; refused",
+                    )
+                flow.metadata[_WS_REDACTOR] = MessageRedactor(self.guard.patterns())
+        if not places or decision is None:
             return None
         return decision.with_context(
             verdict=Verdict.BLOCK,
             reason=Reason.CREDENTIAL_REFLECTED,
             detail=f"injected key echoed in {', '.join(places)}; redacted",
         )
+
+    async def finish_response(
+        self, flow: http.HTTPFlow, engine: PolicyEngine | None = None
+    ) -> Decision | None:
+        """`reflection_found` for the response hook. Decoding and scanning a buffered
+        body (up to 64 MiB decoded) runs in a worker thread, so one large or hostile
+        response does not stall every other connection on the event loop; mitmproxy
+        does not touch the flow while this hook is pending."""
+        if flow.metadata.get(_BUFFERED):
+            return await asyncio.to_thread(self.reflection_found, flow, engine)
+        return self.reflection_found(flow, engine)
+
+    def _redact_encoded_body(self, response: http.Response) -> int:
+        """Decode every layer (bounded), redact, and send the decoded bytes: exactly
+        what was scanned, whatever the gateway's decoders would make of the original."""
+        raw = response.raw_content or b""
+        if not raw:
+            return 0
+        body = decode_layers(
+            raw,
+            _codings(response, "content-encoding"),
+            _codings(response, "transfer-encoding"),
+        )
+        body, count = self.guard.redact_body(body)
+        response.headers.pop("content-encoding", None)
+        response.headers.pop("transfer-encoding", None)
+        response.content = body  # sets content-length
+        return count
+
+    def websocket_message(self, flow: http.HTTPFlow) -> Decision | None:
+        """Redact the key from a WebSocket message the provider sent; a decision if cut."""
+        redactor: MessageRedactor | None = flow.metadata.get(_WS_REDACTOR)
+        if redactor is None or flow.websocket is None or not flow.websocket.messages:
+            return None
+        message = flow.websocket.messages[-1]
+        if message.from_client or message.injected:
+            return None
+        content = redactor.redact(message.content)
+        if not redactor.count:
+            return None
+        message.content = content
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return None
+        return decision.with_context(
+            verdict=Verdict.BLOCK,
+            reason=Reason.CREDENTIAL_REFLECTED,
+            detail="injected key echoed in a WebSocket message; redacted",
+        )
+
+
+def _codings(response: http.Response, header: str) -> list[str]:
+    return parse_codings(response.headers.get_all(header))
+
+
+def _place(where: str, hit: str) -> str:
+    """"header x-echo" / "a header name" / "a header": never a name holding key bytes."""
+    if hit == HEADER_NAME_HIT:
+        return f"a {where} name"
+    return f"a {where}" if hit == UNNAMED_HEADER_HIT else f"{where} {hit}"

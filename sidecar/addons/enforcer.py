@@ -203,18 +203,35 @@ class Enforcer:
             logger.exception("response guard failed; killing the flow")
             flow.kill()
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         try:
-            reflected = self.credentials.reflection_found(flow)
+            reflected = await self.credentials.finish_response(flow, self.holder.engine)
         except Exception:
             logger.exception("reflection check failed; killing the flow")
             flow.kill()
             return
         if reflected:
             self.record(reflected)
+            if reflected.reason is Reason.RESPONSE_NOT_INSPECTABLE:
+                # Nothing of a buffered response was sent yet: answer with the refusal
+                # (and no WebSocket follows a refused handshake).
+                flow.response = refusal_response(reflected)
+                flow.websocket = None
 
     def error(self, flow: http.HTTPFlow) -> None:
-        reflected = self.credentials.reflection_found(flow)
+        reflected = self.credentials.reflection_found(flow, self.holder.engine, sending=False)
+        if reflected:
+            self.record(reflected)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        # S7 after a WebSocket handshake that carried a key: every provider message.
+        try:
+            reflected = self.credentials.websocket_message(flow)
+        except Exception:
+            logger.exception("WebSocket reflection check failed; dropping the message")
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            return
         if reflected:
             self.record(reflected)
 

@@ -50,7 +50,9 @@ from sidecar.credentials.prefix_automaton import PrefixAutomaton
 from sidecar.credentials.secrets import Secret, SecretStore
 
 __all__ = [
+    "HEADER_NAME_HIT",
     "REDACTED",
+    "UNNAMED_HEADER_HIT",
     "RedactionPatterns",
     "ReflectionGuard",
     "StreamRedactor",
@@ -59,6 +61,8 @@ __all__ = [
 ]
 
 REDACTED = b"[REDACTED]"
+HEADER_NAME_HIT = "(a header name)"  # what redact_headers reports for a dropped header
+UNNAMED_HEADER_HIT = "(a header)"  # a value hit whose name shares 8+ bytes with a key
 MIN_B64_NEEDLE = 16
 
 
@@ -270,6 +274,13 @@ def redact_bytes(patterns: RedactionPatterns, data: bytes) -> tuple[bytes, int]:
     return out, r.count
 
 
+def _shares_key_bytes(p: RedactionPatterns, folded: bytes) -> bool:
+    """True if a (lower-cased) header name holds any `q` bytes of a needle: such a name
+    is not written to a decision (it could be most of a key, with the value the rest)."""
+    grams = {g.lower() for g in p.qgrams}
+    return any(folded[i : i + p.q] in grams for i in range(len(folded) - p.q + 1))
+
+
 class ReflectionGuard:
     """Keeps redaction patterns in step with the `SecretStore` (recompiled on change)."""
 
@@ -293,12 +304,22 @@ class ReflectionGuard:
         return redact_bytes(self.patterns(), body)
 
     def redact_headers(self, headers: _Headers) -> list[str]:
-        """Redact header values in place; return the (lower-case) names that had a key."""
+        """Redact header values in place and drop every header whose *name* reveals a
+        key (a name cannot carry the marker: `[` is not a token character). Returns
+        where keys were found, safe to log: a value hit is the lower-case header name,
+        a name hit is `HEADER_NAME_HIT`, never the name itself."""
         p = self.patterns()
         if p.needle_re is None:
             return []
         hit: list[str] = []
         for name in list(headers):
+            # Case-insensitively: HTTP/2 lower-cases names, and a case-folded key is
+            # still most of the key.
+            folded = name.encode("utf-8", "surrogateescape").lower()
+            if any(n.lower() in folded for n in p.needles):
+                headers.set_all(name, [])  # drops every field of that name
+                hit.append(HEADER_NAME_HIT)
+                continue
             values = headers.get_all(name)
             new: list[str] = []
             changed = False
@@ -312,7 +333,7 @@ class ReflectionGuard:
                     new.append(value)
             if changed:
                 headers.set_all(name, new)
-                hit.append(name.lower())
+                hit.append(UNNAMED_HEADER_HIT if _shares_key_bytes(p, folded) else name.lower())
         return hit
 
     def __repr__(self) -> str:

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from sidecar.credentials.inject import HeaderList
 from sidecar.credentials.reflection import (
+    HEADER_NAME_HIT,
     REDACTED,
+    UNNAMED_HEADER_HIT,
     ReflectionGuard,
     StreamRedactor,
     compile_patterns,
@@ -248,3 +250,40 @@ def test_throughput_1mb(capsys: pytest.CaptureFixture[str]):
                 f"{len(data) / elapsed / 1e6:.0f} MB/s"
             )
         assert len(data) / elapsed > 5e6  # loose: CI machines vary
+
+
+def test_key_as_header_name_is_dropped_and_not_named(tmp_path: Path):
+    """Issue 11: a header *named* after the key (any case: HTTP/2 lower-cases names)."""
+    key = h.openai_project_key()
+    (tmp_path / "openai").write_text(key)
+    guard = ReflectionGuard(SecretStore(tmp_path))
+    headers = HeaderList(
+        [(key, "1"), ("x-" + key.lower(), "2"), ("content-type", "application/json"),
+         ("x-echo", key)]
+    )
+    hits = guard.redact_headers(headers)
+    assert sorted(hits) == sorted([HEADER_NAME_HIT, HEADER_NAME_HIT, "x-echo"])
+    assert not any(key.lower() in name.lower() for name, _ in headers.fields)
+    assert headers.get("content-type") == "application/json"
+    assert headers.get("x-echo") == "[REDACTED]"
+    assert key.lower() not in repr(hits).lower()
+
+
+def test_innocent_header_names_are_kept(tmp_path: Path):
+    (tmp_path / "openai").write_text(h.openai_project_key())
+    guard = ReflectionGuard(SecretStore(tmp_path))
+    headers = HeaderList([("sk-proj-request-id", "1"), ("x-ratelimit-remaining", "9")])
+    assert guard.redact_headers(headers) == []
+    assert len(headers.fields) == 2
+
+
+def test_header_named_after_most_of_the_key_is_not_named_in_the_report(tmp_path: Path):
+    """The name holds the key minus its last bytes (not a needle), the value the key:
+    the value is redacted, and the report must not write the name into a decision."""
+    key = h.azure_key()
+    (tmp_path / "azure").write_text(key)
+    guard = ReflectionGuard(SecretStore(tmp_path))
+    headers = HeaderList([("x-" + key[:-4], key), ("x-echo", key)])
+    hits = guard.redact_headers(headers)
+    assert sorted(hits) == sorted([UNNAMED_HEADER_HIT, "x-echo"])
+    assert key[:-4] not in repr(hits)

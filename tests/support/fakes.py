@@ -10,11 +10,14 @@ can prove a refused name never reached "upstream".
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import gzip
 import json
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +82,11 @@ class FakeProvider:
         app.router.add_get("/v1/reflect", self._reflect)
         app.router.add_get("/v1/reflect-stream", self._reflect_stream)
         app.router.add_get("/v1/redirect", self._redirect)
+        # Hostile upstreams for the reflection guard (issue 11).
+        app.router.add_get("/v1/reflect-header-name", self._reflect_header_name)
+        app.router.add_get("/v1/reflect-encoded", self._reflect_encoded)
+        app.router.add_get("/v1/realtime", self._realtime)
+        app.router.add_get("/v1/realtime-ext", self._realtime_ext)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -151,6 +159,59 @@ class FakeProvider:
             "data: [DONE]\n\n",
         ]
         return await self._sse(request, f"reflect-{len(self.received)}", events)
+
+    async def _reflect_header_name(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        key = self._credential(request)
+        return web.json_response({"ok": True}, headers={key: "1", "x-control": "1"})
+
+    async def _reflect_encoded(self, request: web.Request) -> web.Response:
+        """The key in a body compressed in the layers `?ce=gzip,br` names (applied in
+        that order, as Content-Encoding lists them). `?bomb=N`: N MiB of zeros before
+        the key. `?raw=1`: the body is not compressed, whatever the header says."""
+        await self._record(request)
+        key = self._credential(request)
+        layers = [c for c in request.query.get("ce", "").split(",") if c]
+        body = b'{"error": "Incorrect API key provided: ' + key.encode() + b'"}'
+        if request.query.get("bomb"):
+            body = b"\0" * (int(request.query["bomb"]) << 20) + body
+        if not request.query.get("raw"):
+            body = await asyncio.get_running_loop().run_in_executor(None, encode, body, layers)
+        return web.Response(
+            body=body,
+            headers={"content-type": "application/json", "content-encoding": ", ".join(layers)},
+        )
+
+    async def _realtime(self, request: web.Request) -> web.WebSocketResponse:
+        """OpenAI-Realtime-shaped WebSocket that echoes the key in its messages: whole
+        in a text and a binary message, split across two and across three messages."""
+        await self._record(request)
+        key = self._credential(request)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        third = len(key) // 3
+        await ws.send_str(json.dumps({"type": "session.created", "echo": key}))
+        await ws.send_bytes(b"\x00binary:" + key.encode())
+        await ws.send_str("split2:" + key[:third])
+        await ws.send_str(key[third:] + ":end")
+        await ws.send_str("split3:" + key[:third])
+        await ws.send_str(key[third : 2 * third])
+        await ws.send_str(key[2 * third :] + ":end")
+        await ws.send_str(json.dumps({"type": "response.done"}))
+        async for _ in ws:  # until the client closes
+            pass
+        return ws
+
+    async def _realtime_ext(self, request: web.Request) -> web.WebSocketResponse:
+        """Accepts a WebSocket extension nobody offered (`x-smuggle`): payloads in a
+        form only the gateway would undo."""
+        await self._record(request)
+        ws = web.WebSocketResponse(compress=False)
+        ws.headers["sec-websocket-extensions"] = "x-smuggle"
+        await ws.prepare(request)
+        await ws.send_bytes(base64.b64encode(self._credential(request).encode()[::-1]))
+        await ws.close()
+        return ws
 
     async def _redirect(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -267,6 +328,22 @@ class FakeProvider:
             sent.append(time.monotonic())
         await response.write_eof()
         return response
+
+
+def encode(body: bytes, layers: list[str]) -> bytes:
+    """Apply content codings in order (the first listed is applied first)."""
+    import brotli
+    import zstandard
+
+    coders = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+        "br": brotli.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+    }
+    for coding in layers:
+        body = coders[coding](body) if coding in coders else body
+    return body
 
 
 class FakeDNS:

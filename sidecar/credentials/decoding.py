@@ -1,0 +1,178 @@
+"""Bounded decoding of a response body's content and transfer codings (S7).
+
+The reflection guard can only find a key in bytes it can read. We ask providers for
+`accept-encoding: identity`; a response that is compressed anyway is decoded here,
+every layer (`Content-Encoding: gzip, gzip`, `br, gzip`, a `Transfer-Encoding: gzip,
+chunked` on HTTP/1.1), before it is scanned, and the gateway then gets exactly the
+decoded bytes that were scanned (never the compressed ones: a decoder that disagrees
+with ours would otherwise be a way around the scan).
+
+What cannot be decoded is not inspectable, and the adapter refuses the response:
+
+- an unknown coding (`x-unknown`, `compress`), or more than `MAX_LAYERS` layers;
+- a corrupt or truncated layer, or trailing bytes after the last gzip member;
+- a decompression bomb: any layer that would decode to more than `limit` bytes is
+  stopped at `limit + 1` bytes of output and refused, never expanded further.
+
+`limit` is the same as the proxy's body size limit (`DECODED_BODY_LIMIT`, 64 MiB): a
+compressed response may decode to no more than an uncompressed response may carry.
+Pure: no mitmproxy import, no network.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable, Iterable
+
+import brotli
+import zstandard
+
+__all__ = [
+    "DECODED_BODY_LIMIT",
+    "MAX_LAYERS",
+    "NotInspectable",
+    "decode_layers",
+    "needs_decoding",
+    "parse_codings",
+]
+
+DECODED_BODY_LIMIT = 64 * 1024 * 1024  # == body_size_limit in sidecar/runner.py
+MAX_LAYERS = 4
+_ZSTD_MAX_WINDOW = 8 * 1024 * 1024  # RFC 8878 section 3.1.1.1.2: 8 MiB for HTTP
+_IDENTITY = frozenset({"", "identity"})
+_CHUNKED = "chunked"
+
+
+class NotInspectable(ValueError):
+    """The body cannot be decoded within bounds. The message is safe to log: it names
+    codings and sizes, never content."""
+
+
+def parse_codings(values: Iterable[str]) -> list[str]:
+    """`["gzip, br", "gzip"]` (one or several header lines) -> `["gzip", "br", "gzip"]`,
+    in the order they were applied."""
+    return [c.strip().lower() for v in values for c in v.split(",") if c.strip()]
+
+
+def needs_decoding(content: list[str], transfer: list[str]) -> bool:
+    """True if the body as received is not the plain bytes the gateway will read."""
+    return any(c not in _IDENTITY for c in content) or any(
+        c not in _IDENTITY and c != _CHUNKED for c in transfer
+    )
+
+
+def decode_layers(
+    body: bytes,
+    content: list[str],
+    transfer: list[str] = (),  # type: ignore[assignment]
+    limit: int = DECODED_BODY_LIMIT,
+) -> bytes:
+    """Undo the transfer codings, then the content codings, last applied first."""
+    layers = [c for c in content if c not in _IDENTITY] + [
+        c for c in transfer if c not in _IDENTITY and c != _CHUNKED
+    ]
+    if len(layers) > MAX_LAYERS:
+        raise NotInspectable(f"{len(layers)} encoding layers (at most {MAX_LAYERS})")
+    for coding in reversed(layers):
+        decoder = _DECODERS.get(coding)
+        if decoder is None:
+            raise NotInspectable(_unsupported(coding))
+        if not body:
+            continue  # HEAD, 204, 304: nothing to decode or scan
+        try:
+            body = decoder(body, limit)
+        except NotInspectable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zlib.error, brotli.error, ZstdError, ...
+            raise NotInspectable(f"{coding} layer does not decode ({type(exc).__name__})") from None
+    return body
+
+
+def _bomb(coding: str, limit: int) -> NotInspectable:
+    return NotInspectable(f"{coding} layer decodes to more than {limit} bytes")
+
+
+def _gzip(body: bytes, limit: int) -> bytes:
+    out = bytearray()
+    data = body
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += d.decompress(data, limit + 1 - len(out))
+        if len(out) > limit or d.unconsumed_tail:
+            raise _bomb("gzip", limit)
+        if not d.eof:
+            raise NotInspectable("gzip layer is truncated")
+        data = d.unused_data
+        if not data.strip(b"\0"):  # another member follows, or only padding
+            return bytes(out)
+
+
+def _zlib_bounded(body: bytes, limit: int, wbits: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise _bomb("deflate", limit)
+    if not d.eof:
+        raise NotInspectable("deflate layer is truncated")
+    if d.unused_data:
+        raise NotInspectable("deflate layer has trailing bytes")
+    return out
+
+
+def _deflate(body: bytes, limit: int) -> bytes:
+    # "deflate" means zlib-wrapped (RFC 9110); some servers send raw deflate.
+    try:
+        return _zlib_bounded(body, limit, zlib.MAX_WBITS)
+    except zlib.error:
+        return _zlib_bounded(body, limit, -zlib.MAX_WBITS)
+
+
+def _brotli(body: bytes, limit: int) -> bytes:
+    d = brotli.Decompressor()
+    out = d.process(body, output_buffer_limit=limit + 1)
+    if len(out) > limit or not d.can_accept_more_data():
+        raise _bomb("br", limit)
+    if not d.is_finished():
+        raise NotInspectable("br layer is truncated")
+    return bytes(out)
+
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+    reader = dctx.stream_reader(io.BytesIO(body), read_across_frames=True)
+    out = reader.read(limit + 1)  # bounded: stops at limit + 1 bytes of output
+    if len(out) > limit:
+        raise _bomb("zstd", limit)
+    # The reader accepts a truncated last frame silently; now that the output is known
+    # to be small, walk the frames once more to check that each one ends.
+    data = body
+    while data:
+        frame = dctx.decompressobj()
+        frame.decompress(data)
+        if not frame.eof:
+            raise NotInspectable("zstd layer is truncated")
+        data = frame.unused_data
+    return bytes(out)
+
+
+_DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
+    "gzip": _gzip,
+    "x-gzip": _gzip,
+    "deflate": _deflate,
+    "br": _brotli,
+    "zstd": _zstd,
+}
+
+
+# Registered codings we do not decode: named in the refusal. Anything else is attacker
+# chosen text (it could be a key) and is never echoed.
+_KNOWN_UNSUPPORTED = frozenset(
+    {"compress", "x-compress", "exi", "pack200-gzip", "aes128gcm", "dcb", "dcz"}
+)
+
+
+def _unsupported(coding: str) -> str:
+    if coding in _KNOWN_UNSUPPORTED:
+        return f"encoding {coding!r} is not supported (only gzip, deflate, br, zstd)"
+    return "unknown encoding (only gzip, deflate, br, zstd are decoded)"
