@@ -158,10 +158,18 @@ async def _serve(settings: Settings, policy: Any) -> int:
     holder = EngineHolder(PolicyEngine(policy, own))
 
     def applied(new_policy: Any) -> None:
-        # Reverse listeners name providers: a policy that drops one is refused.
-        mode_specs(settings, new_policy)
-        holder.engine = PolicyEngine(new_policy, own)
-        metrics.set_providers(frozenset(e.provider for e in new_policy.endpoints if e.provider))
+        # Validate everything before swapping anything: a raise here is a rejected reload
+        # with the last good policy untouched. Reverse listeners name providers and are
+        # bound once: a policy that drops one, or moves its target, is refused.
+        new_specs, _ = mode_specs(settings, new_policy)
+        if new_specs != specs:
+            moved = sorted(set(specs) - set(new_specs))
+            raise SettingsError(f"listener {moved[0]} would change; listeners are fixed at "
+                                "start (keep its provider's host and port, or restart)")
+        engine = PolicyEngine(new_policy, own)
+        providers = frozenset(e.provider for e in new_policy.endpoints if e.provider)
+        holder.engine = engine
+        metrics.set_providers(providers)
         metrics.reloads.labels("success").inc()
         metrics.reload_ok.set(1)
         metrics.policy_loaded_at.set(time.time())
