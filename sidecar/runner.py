@@ -149,7 +149,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.policy.loader import load_policy
     from sidecar.records import DecisionLog, Metrics, Recorder
     from sidecar.reload import PolicyWatcher
-    from sidecar.resolver import Resolver
+    from sidecar.resolver import ERROR_KINDS, Resolver
 
     specs, labels = mode_specs(settings, policy)
     registry = CollectorRegistry()
@@ -194,7 +194,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
-    resolver = Resolver(settings.resolver)
+    for kind in ERROR_KINDS:
+        metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
+    resolver = Resolver(settings.resolver,
+                        on_error=lambda kind: metrics.dns_errors.labels(kind).inc())
     enforcer = Enforcer(holder, resolver, recorder, credentials)
     ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never

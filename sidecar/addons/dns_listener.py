@@ -113,8 +113,10 @@ class DnsListener:
             return request.succeed([])  # NODATA: no TXT/HTTPS/SVCB side channels
         try:
             answers = await self.resolver.resolve(host.name)
-        except ResolutionError:
-            return request.fail(response_codes.NXDOMAIN)
+        except ResolutionError as exc:
+            # A failing resolver is SERVFAIL (the gateway retries), not "no such name".
+            return request.fail(response_codes.SERVFAIL if exc.upstream_failed
+                                else response_codes.NXDOMAIN)
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
             # S3 applies to answers handed to the gateway too: no rebinding via our DNS.
