@@ -144,6 +144,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     from sidecar.addons.dns_listener import DnsListener
     from sidecar.addons.enforcer import Enforcer, EngineHolder
+    from sidecar.addons.informational import install as drop_informational_responses
     from sidecar.admin import AdminServer
     from sidecar.engine import PolicyEngine
     from sidecar.policy.loader import load_policy
@@ -194,6 +195,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
+    drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
     for kind in ERROR_KINDS:
         metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
     resolver = Resolver(settings.resolver,

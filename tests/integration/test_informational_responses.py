@@ -1,0 +1,138 @@
+"""Informational (1xx) responses from the upstream, through the real sidecar.
+
+Found: an upstream answering `103 Early Hints` then `200` made the final response go
+missing (mitmproxy took the 103 as the response and dropped the 200 as unexpected
+data); the gateway waited forever. The sidecar now drops 1xx responses (except 101)
+from HTTP/1 upstreams, as mitmproxy already does for HTTP/2 and RFC 8297 allows, so no
+1xx header block (which could carry a reflected key) reaches the gateway either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+
+import httpx
+import pytest
+
+from tests.conftest import PROVIDER_NAMES
+from tests.support.keys import KEYS, SecretMount, key_policy
+from tests.support.raw_upstream import RawUpstream
+
+pytestmark = pytest.mark.integration
+
+HINT = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n"
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
+            + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def sse(events: list[bytes]) -> bytes:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+
+
+def credential(head: bytes) -> bytes:
+    found = re.search(rb"\r\nauthorization: Bearer ([^\r]+)\r\n", head, re.IGNORECASE)
+    return found.group(1) if found else b""
+
+
+def respond(head: bytes) -> bytes | list[bytes]:
+    path = head.split(b" ", 2)[1]
+    if path == b"/v1/early-hints":
+        return HINT + ok(b'{"answer": "final"}')
+    if path == b"/v1/early-hints-split":  # the 103 and the 200 in separate segments
+        return [HINT, ok(b'{"answer": "final"}')]
+    if path == b"/v1/many-informational":
+        return (b"HTTP/1.1 102 Processing\r\n\r\n" + HINT + HINT
+                + b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b'{"answer": "final"}'))
+    if path == b"/v1/early-hints-stream":
+        events = [b'data: {"n": %d}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
+        return [HINT, sse(events)]
+    if path == b"/v1/early-hints-reflect":
+        # A hostile upstream echoes the key it was given in the 1xx header block.
+        key = credential(head)
+        hint = (b"HTTP/1.1 103 Early Hints\r\nLink: <https://cdn.example/" + key
+                + b">; rel=preload\r\nX-Echo: " + key + b"\r\n\r\n")
+        return hint + ok(b'{"answer": "final"}')
+    return ok(b'{"answer": "plain"}')
+
+
+@pytest.fixture(scope="module")
+def hinting_upstream(bg, test_ca):
+    upstream = RawUpstream(bg, test_ca, PROVIDER_NAMES, respond).start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def hint_sidecar(start_sidecar, hinting_upstream, tmp_path_factory):
+    secrets = SecretMount(tmp_path_factory.mktemp("hint-secrets") / "mount", dict(KEYS))
+    return start_sidecar(
+        key_policy(hinting_upstream.port),
+        reverse=("openai",),
+        extra_args=("--secrets-dir", str(secrets.root)),
+    )
+
+
+PATHS = ["/v1/early-hints", "/v1/early-hints-split", "/v1/many-informational"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_early_hints_do_not_swallow_final_response_reverse(hint_sidecar, path):
+    with httpx.Client(timeout=20) as client:
+        for _ in range(3):  # and the kept-alive connection stays usable
+            reply = client.get(hint_sidecar.reverse_url("openai") + path)
+            assert reply.status_code == 200
+            assert reply.json() == {"answer": "final"}
+            assert "link" not in reply.headers
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.parametrize("path", PATHS)
+def test_early_hints_do_not_swallow_final_response_explicit(
+    hint_sidecar, hinting_upstream, path, http2
+):
+    url = f"https://api.openai.com:{hinting_upstream.port}{path}"
+    verify = ssl.create_default_context(cafile=hint_sidecar.ca_cert)
+    with httpx.Client(proxy=hint_sidecar.proxy_url, verify=verify, timeout=20,
+                      http2=http2) as client:
+        for _ in range(3):
+            reply = client.get(url)
+            assert reply.status_code == 200
+            assert reply.json() == {"answer": "final"}
+
+
+def test_early_hints_before_a_stream_keep_the_stream(hint_sidecar):
+    with httpx.Client(timeout=20) as client, client.stream(
+        "GET", hint_sidecar.reverse_url("openai") + "/v1/early-hints-stream"
+    ) as reply:
+        assert reply.status_code == 200
+        lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert [json.loads(line[6:])["n"] for line in lines[:-1]] == list(range(5))
+
+
+def test_key_echoed_in_early_hints_never_reaches_gateway(hint_sidecar, hinting_upstream):
+    """Raw bytes on the gateway's side: no 1xx at all, no key anywhere."""
+    mark = len(hinting_upstream.requests)
+    host, port = hint_sidecar.listener("reverse:openai").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(b"GET /v1/early-hints-reflect HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b'"final"' not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    # The key really was injected upstream (so the test can fail) ...
+    assert credential(hinting_upstream.requests[mark]) == KEYS["openai"].encode()
+    # ... and neither the 103 nor the key came back.
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b" 103 " not in data and b"cdn.example" not in data
+    assert KEYS["openai"].encode() not in data
