@@ -24,12 +24,14 @@ from typing import Any
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
 # An informational status line at the start of the buffer (101 is a real upgrade), and
 # the blank line ending a head, as h11's ReceiveBuffer.maybe_extract_lines finds it.
 _INFORMATIONAL = re.compile(rb"HTTP/1\.[01] (1(?!01)\d\d)[ \r\n]")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-MAX_INFORMATIONAL = 16  # per response; more are left to mitmproxy (taken as final)
+MAX_INFORMATIONAL = 16  # per response; more end the response with an error (502)
 MAX_PEEK = 64 * 1024  # a head still incomplete at this size is no informational response
 
 
@@ -40,11 +42,21 @@ class InformationalDroppingHttp1Client(_http1.Http1Client):
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and self.request is not None:
-            while self._dropped < MAX_INFORMATIONAL and len(self.buf) <= MAX_PEEK:
+            while len(self.buf) <= MAX_PEEK:
                 data = bytes(self.buf)
                 status = _INFORMATIONAL.match(data)
                 if status is None or _BLANK_LINE.search(data) is None:
                     break  # not informational, or its head is not complete yet
+                if self._dropped >= MAX_INFORMATIONAL:
+                    # An endless run of 1xx: end it as mitmproxy ends an unparseable
+                    # response (the gateway gets a 502), rather than pass a 1xx on.
+                    assert self.stream_id is not None
+                    yield commands.CloseConnection(self.conn)
+                    yield ReceiveHttp(ResponseProtocolError(
+                        self.stream_id, "too many informational responses",
+                        ErrorCode.GENERIC_SERVER_ERROR,
+                    ))
+                    return
                 self.buf.maybe_extract_lines()  # consumes exactly that head
                 self._dropped += 1
                 yield commands.Log(

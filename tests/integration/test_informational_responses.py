@@ -53,6 +53,8 @@ def respond(head: bytes) -> bytes | list[bytes]:
     if path == b"/v1/many-informational":
         return (b"HTTP/1.1 102 Processing\r\n\r\n" + HINT + HINT
                 + b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b'{"answer": "final"}'))
+    if path == b"/v1/endless-hints":  # a hostile upstream that never gets to the point
+        return HINT * 40 + ok(b'{"answer": "final"}')
     if path == b"/v1/early-hints-stream":
         events = [b'data: {"n": %d}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
         return [HINT, sse(events)]
@@ -151,3 +153,14 @@ def test_key_echoed_in_early_hints_never_reaches_gateway(hint_sidecar, hinting_u
     assert data.startswith(b"HTTP/1.1 200 ")
     assert b" 103 " not in data and b"cdn.example" not in data
     assert KEYS["openai"].encode() not in data
+
+
+def test_endless_informational_responses_end_in_502_not_a_hang(hint_sidecar):
+    """Dropping is bounded (16 per response): beyond that the response fails cleanly."""
+    with httpx.Client(timeout=20) as client:
+        reply = client.get(hint_sidecar.reverse_url("openai") + "/v1/endless-hints")
+        assert reply.status_code == 502
+        assert b"Early Hints" not in reply.content and "link" not in reply.headers
+        # The gateway's connection is still usable afterwards.
+        again = client.get(hint_sidecar.reverse_url("openai") + "/v1/early-hints")
+        assert again.status_code == 200
