@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.mitmproxy_traps.sixth_request import reproduce
+
+pytestmark = pytest.mark.integration  # runs mitmproxy and a server on loopback
 
 
 def test_plain_mitmproxy_reuses_one_connection_without_address_pinning():
