@@ -46,33 +46,54 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     }
 )
 
-# Ordered: the first matching range names the class.
+# Ordered: the first matching range names the class. Checked against the IANA IPv4 and
+# IPv6 Special-Purpose Address Registries (RFC 6890); registry entries that are globally
+# reachable and could never be an LLM provider anyway (AS112, AMT, the PCP/TURN
+# anycasts) are left public, everything else is listed. Embedded-IPv4 forms (NAT64,
+# SIIT, 6to4, Teredo, mapped) are unwrapped before this table is consulted.
 _RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, AddressClass], ...] = (
-    (net("0.0.0.0/8"), AddressClass.UNSPECIFIED),
-    (net("127.0.0.0/8"), AddressClass.LOOPBACK),
-    (net("10.0.0.0/8"), AddressClass.PRIVATE),
-    (net("172.16.0.0/12"), AddressClass.PRIVATE),
-    (net("192.168.0.0/16"), AddressClass.PRIVATE),
-    (net("100.64.0.0/10"), AddressClass.CGNAT),
-    (net("169.254.0.0/16"), AddressClass.LINK_LOCAL),
+    (net("0.0.0.0/8"), AddressClass.UNSPECIFIED),  # "this network", RFC 791
+    (net("127.0.0.0/8"), AddressClass.LOOPBACK),  # RFC 1122
+    (net("10.0.0.0/8"), AddressClass.PRIVATE),  # RFC 1918
+    (net("172.16.0.0/12"), AddressClass.PRIVATE),  # RFC 1918
+    (net("192.168.0.0/16"), AddressClass.PRIVATE),  # RFC 1918
+    (net("100.64.0.0/10"), AddressClass.CGNAT),  # shared address space, RFC 6598
+    (net("169.254.0.0/16"), AddressClass.LINK_LOCAL),  # RFC 3927
+    # IETF protocol assignments, RFC 6890 (DS-Lite RFC 7335, dummy RFC 7600, PCP
+    # RFC 7723, TURN RFC 8155, NAT64 discovery RFC 8880)
     (net("192.0.0.0/24"), AddressClass.RESERVED),
-    (net("192.0.2.0/24"), AddressClass.RESERVED),
-    (net("198.18.0.0/15"), AddressClass.RESERVED),
-    (net("198.51.100.0/24"), AddressClass.RESERVED),
-    (net("203.0.113.0/24"), AddressClass.RESERVED),
-    (net("224.0.0.0/4"), AddressClass.MULTICAST),
-    (net("240.0.0.0/4"), AddressClass.RESERVED),  # includes 255.255.255.255
-    (net("::/128"), AddressClass.UNSPECIFIED),
-    (net("::1/128"), AddressClass.LOOPBACK),
-    (net("fc00::/7"), AddressClass.PRIVATE),
-    (net("fe80::/10"), AddressClass.LINK_LOCAL),
-    (net("fec0::/10"), AddressClass.PRIVATE),  # deprecated site-local
-    (net("ff00::/8"), AddressClass.MULTICAST),
-    (net("100::/64"), AddressClass.RESERVED),  # discard-only
-    (net("2001:db8::/32"), AddressClass.RESERVED),
-    (net("2001:10::/28"), AddressClass.RESERVED),  # ORCHID
-    (net("2001:20::/28"), AddressClass.RESERVED),  # ORCHIDv2
+    (net("192.0.2.0/24"), AddressClass.RESERVED),  # TEST-NET-1, RFC 5737
+    (net("192.88.99.0/24"), AddressClass.RESERVED),  # 6to4 relay anycast, RFC 7526
+    (net("198.18.0.0/15"), AddressClass.RESERVED),  # benchmarking, RFC 2544
+    (net("198.51.100.0/24"), AddressClass.RESERVED),  # TEST-NET-2, RFC 5737
+    (net("203.0.113.0/24"), AddressClass.RESERVED),  # TEST-NET-3, RFC 5737
+    (net("224.0.0.0/4"), AddressClass.MULTICAST),  # RFC 5771
+    # reserved, RFC 1112; includes limited broadcast 255.255.255.255, RFC 919/8190
+    (net("240.0.0.0/4"), AddressClass.RESERVED),
+    (net("::/128"), AddressClass.UNSPECIFIED),  # RFC 4291
+    (net("::1/128"), AddressClass.LOOPBACK),  # RFC 4291
+    (net("fc00::/7"), AddressClass.PRIVATE),  # unique local, RFC 4193
+    (net("fe80::/10"), AddressClass.LINK_LOCAL),  # RFC 4291
+    (net("fec0::/10"), AddressClass.PRIVATE),  # deprecated site-local, RFC 3879
+    (net("ff00::/8"), AddressClass.MULTICAST),  # RFC 4291
+    (net("100::/64"), AddressClass.RESERVED),  # discard-only, RFC 6666
+    (net("100:0:0:1::/64"), AddressClass.RESERVED),  # dummy IPv6 prefix, RFC 9780
+    (net("2001:2::/48"), AddressClass.RESERVED),  # benchmarking, RFC 5180
+    (net("2001:10::/28"), AddressClass.RESERVED),  # ORCHID (deprecated), RFC 4843
+    (net("2001:20::/28"), AddressClass.RESERVED),  # ORCHIDv2, RFC 7343: identifiers
+    (net("2001:30::/28"), AddressClass.RESERVED),  # DRIP entity tags, RFC 9374: ditto
+    # The rest of the IETF protocol assignments block, RFC 2928 (Teredo, 2001::/32, is
+    # unwrapped before; RIR allocations start at 2001:200::).
+    (net("2001::/23"), AddressClass.RESERVED),
+    (net("2001:db8::/32"), AddressClass.RESERVED),  # documentation, RFC 3849
+    (net("3fff::/20"), AddressClass.RESERVED),  # documentation, RFC 9637
+    (net("5f00::/16"), AddressClass.RESERVED),  # SRv6 SIDs, RFC 9602
     (net("::/96"), AddressClass.RESERVED),  # IPv4-compatible (deprecated) after unwrapping fails
+    # Only 2000::/3 is allocated as global unicast (RFC 4291 section 2.4, IANA IPv6
+    # Address Space); everything outside it is reserved by the IETF.
+    (net("::/3"), AddressClass.RESERVED),
+    (net("4000::/2"), AddressClass.RESERVED),
+    (net("8000::/1"), AddressClass.RESERVED),
 )
 
 _NAT64 = (net("64:ff9b::/96"), net("64:ff9b:1::/48"))

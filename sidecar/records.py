@@ -54,7 +54,8 @@ class Metrics:
         )
         self.dns_errors = Counter(
             "egress_sidecar_upstream_dns_errors",
-            "Upstream name resolutions that failed.",
+            "Upstream name resolutions that failed, by kind (sidecar.resolver.ERROR_KINDS).",
+            ["error"],
             registry=self.registry,
         )
         self.ready = Gauge(

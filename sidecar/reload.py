@@ -7,11 +7,14 @@ symlink, which stat()-ing the resolved targets sees and inotify on the file does
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sidecar.policy.model import Policy
+
+logger = logging.getLogger("egress_sidecar")
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
@@ -63,12 +66,15 @@ class PolicyWatcher:
         if current == self._seen:
             return False
         self._seen = current
+        # Any failure, loading or applying, is a rejected reload: the last good policy
+        # stays (apply validates everything before it swaps anything) and the watcher
+        # lives on to apply a later good file.
         try:
             policy = self._load(self._paths)
+            self._apply(policy)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the last good policy
             self._reject(exc)
             return False
-        self._apply(policy)
         return True
 
     async def run(self) -> None:
@@ -76,4 +82,7 @@ class PolicyWatcher:
             await asyncio.sleep(self._interval)
             # Parsing is small and synchronous; run it off the loop anyway so a huge
             # policy file cannot stall connections.
-            await asyncio.to_thread(self.check_once)
+            try:
+                await asyncio.to_thread(self.check_once)
+            except Exception as exc:  # noqa: BLE001 - a failing reject must not end the watch
+                logger.error("policy watcher: %s", type(exc).__name__)

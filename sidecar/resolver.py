@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import ipaddress
 import time
+from collections.abc import Callable
 
 import dns.asyncresolver
 import dns.exception
@@ -26,8 +27,25 @@ MIN_TTL = 1.0
 MAX_TTL = 300.0
 
 
+# Why a resolution failed: a bounded set, used as a metric label.
+NO_ADDRESS = "no_address"  # NXDOMAIN or no A/AAAA data: the name has no address
+TIMEOUT = "timeout"  # no answer from the resolver in time
+SERVER_FAILURE = "server_failure"  # the resolver answered SERVFAIL, REFUSED, ...
+OTHER = "other"  # anything else dnspython raised (malformed answers, ...)
+ERROR_KINDS = (NO_ADDRESS, TIMEOUT, SERVER_FAILURE, OTHER)
+
+
 class ResolutionError(Exception):
     """The name has no usable answer (NXDOMAIN, no data, timeout, server failure)."""
+
+    def __init__(self, message: str, kind: str = OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def upstream_failed(self) -> bool:
+        """The resolver failed (not: the name has no address); worth a retry later."""
+        return self.kind in (TIMEOUT, SERVER_FAILURE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,7 +68,13 @@ def parse_resolver_address(text: str) -> tuple[str, int]:
 
 
 class Resolver:
-    def __init__(self, nameserver: str | None = None, timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        nameserver: str | None = None,
+        timeout: float = 3.0,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._on_error = on_error  # called once per failed lookup with its kind
         if nameserver:
             host, port = parse_resolver_address(nameserver)
             self._resolver = dns.asyncresolver.Resolver(configure=False)
@@ -84,6 +108,8 @@ class Resolver:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it themselves
+            if isinstance(exc, ResolutionError) and self._on_error is not None:
+                self._on_error(exc.kind)  # once per lookup, not per coalesced waiter
             raise
         finally:
             del self._inflight[name]
@@ -101,7 +127,7 @@ class Resolver:
         )
         addresses = [a for found, _ in results for a in found]
         if not addresses:
-            raise ResolutionError(f"no address for {name}")
+            raise ResolutionError(f"no address for {name}", NO_ADDRESS)
         ttl = min(ttl for _, ttl in results)
         return Answer(tuple(addresses), time.monotonic() + max(MIN_TTL, ttl))
 
@@ -112,6 +138,12 @@ class Resolver:
             result = await self._resolver.resolve(name + ".", rdtype, search=False)
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return [], MAX_TTL
+        except dns.exception.Timeout:
+            raise ResolutionError(f"timeout asking for {name}", TIMEOUT) from None
+        except dns.resolver.NoNameservers:
+            raise ResolutionError(
+                f"resolver failure (SERVFAIL/REFUSED) asking for {name}", SERVER_FAILURE
+            ) from None
         except dns.exception.DNSException as exc:
             raise ResolutionError(f"{type(exc).__name__} asking for {name}") from None
         ttl = float(result.rrset.ttl) if result.rrset is not None else MIN_TTL

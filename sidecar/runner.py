@@ -141,13 +141,14 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from prometheus_client import CollectorRegistry
 
     from sidecar.addons.enforcer import Enforcer, EngineHolder
+    from sidecar.addons.informational import install as drop_informational_responses
     from sidecar.admin import AdminServer
     from sidecar.dns_server import start_dns_server
     from sidecar.engine import PolicyEngine
     from sidecar.policy.loader import load_policy
     from sidecar.records import DecisionLog, Metrics, Recorder
     from sidecar.reload import PolicyWatcher
-    from sidecar.resolver import Resolver
+    from sidecar.resolver import ERROR_KINDS, Resolver
 
     specs, labels = mode_specs(settings, policy)
     registry = CollectorRegistry()
@@ -156,10 +157,18 @@ async def _serve(settings: Settings, policy: Any) -> int:
     holder = EngineHolder(PolicyEngine(policy, own))
 
     def applied(new_policy: Any) -> None:
-        # Reverse listeners name providers: a policy that drops one is refused.
-        mode_specs(settings, new_policy)
-        holder.engine = PolicyEngine(new_policy, own)
-        metrics.set_providers(frozenset(e.provider for e in new_policy.endpoints if e.provider))
+        # Validate everything before swapping anything: a raise here is a rejected reload
+        # with the last good policy untouched. Reverse listeners name providers and are
+        # bound once: a policy that drops one, or moves its target, is refused.
+        new_specs, _ = mode_specs(settings, new_policy)
+        if new_specs != specs:
+            moved = sorted(set(specs) - set(new_specs))
+            raise SettingsError(f"listener {moved[0]} would change; listeners are fixed at "
+                                "start (keep its provider's host and port, or restart)")
+        engine = PolicyEngine(new_policy, own)
+        providers = frozenset(e.provider for e in new_policy.endpoints if e.provider)
+        holder.engine = engine
+        metrics.set_providers(providers)
         metrics.reloads.labels("success").inc()
         metrics.reload_ok.set(1)
         metrics.policy_loaded_at.set(time.time())
@@ -184,7 +193,11 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
-    resolver = Resolver(settings.resolver)
+    drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
+    for kind in ERROR_KINDS:
+        metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
+    resolver = Resolver(settings.resolver,
+                        on_error=lambda kind: metrics.dns_errors.labels(kind).inc())
     enforcer = Enforcer(holder, resolver, recorder, credentials)
     ps = proxyserver.Proxyserver()
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never

@@ -133,8 +133,10 @@ class DnsListener:
             return reply(request, dns.rcode.NOERROR)  # NODATA: no TXT/HTTPS/SVCB side channels
         try:
             answers = await self.resolver.resolve(host.name)
-        except ResolutionError:
-            return reply(request, dns.rcode.NXDOMAIN)
+        except ResolutionError as exc:
+            # A failing resolver is SERVFAIL (the gateway retries), not "no such name".
+            return reply(request, dns.rcode.SERVFAIL if exc.upstream_failed
+                         else dns.rcode.NXDOMAIN)
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
             # S3 applies to answers handed to the gateway too: no rebinding via our DNS.

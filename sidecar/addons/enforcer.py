@@ -100,6 +100,7 @@ class Enforcer:
         # client id -> {(vetted address, port): name}. Requests are routed by the vetted
         # address so mitmproxy reuses the pinned upstream connection (it matches
         # connections by address); server_connect maps the address back to its name.
+        # Without it the sixth request on a connection stalls: docs/mitmproxy-traps.md.
         self._pins: dict[str, dict[tuple[str, int], str]] = {}
         self._spoke_http: set[str] = set()  # client ids that sent at least one request
 

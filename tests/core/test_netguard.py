@@ -10,6 +10,7 @@ import ipaddress
 
 import pytest
 
+from sidecar.decision import Reason
 from sidecar.netguard import METADATA_ADDRESSES, AddressClass, classify_address, embedded_ipv4
 
 A = AddressClass
@@ -69,7 +70,7 @@ CASES: list[tuple[str, str, AddressClass]] = [
     # ULA fc00::/7
     ("ula-fc00", "fc00::1", PRIVATE),
     ("ula-fd-last", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", PRIVATE),
-    ("below-ula", "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", PUBLIC),
+    ("below-ula-unallocated", "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", RESERVED),
     ("site-local-deprecated", "fec0::1", PRIVATE),
     # multicast, broadcast, reserved
     ("ipv4-multicast", "224.0.0.1", MULTICAST),
@@ -82,6 +83,32 @@ CASES: list[tuple[str, str, AddressClass]] = [
     ("benchmarking", "198.18.0.1", RESERVED),
     ("ipv6-documentation", "2001:db8::1", RESERVED),
     ("ipv6-discard", "100::1", RESERVED),
+    # IANA special-purpose registries (issue 11): ranges that were missing, with edges
+    ("ipv6-documentation-3fff-first", "3fff::", RESERVED),  # RFC 9637
+    ("ipv6-documentation-3fff-last", "3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", RESERVED),
+    ("above-3fff/20", "3fff:1000::", PUBLIC),
+    ("below-3fff/20", "3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", PUBLIC),
+    ("ipv6-benchmarking-first", "2001:2::", RESERVED),  # RFC 5180
+    ("ipv6-benchmarking-last", "2001:2:0:ffff:ffff:ffff:ffff:ffff", RESERVED),
+    ("srv6-sid-first", "5f00::", RESERVED),  # RFC 9602
+    ("srv6-sid-last", "5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", RESERVED),
+    ("ipv6-dummy-prefix", "100:0:0:1::1", RESERVED),  # RFC 9780
+    ("drip-entity-tag", "2001:30::1", RESERVED),  # RFC 9374
+    ("orchid-v2", "2001:20::1", RESERVED),  # RFC 7343
+    ("ietf-protocol-assignments", "2001:1::1", RESERVED),  # RFC 2928 (PCP anycast)
+    ("ietf-protocol-assignments-last", "2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", RESERVED),
+    ("first-rir-allocation", "2001:200::1", PUBLIC),
+    ("6to4-relay-anycast", "192.88.99.1", RESERVED),  # RFC 7526
+    ("below-6to4-relay", "192.88.98.255", PUBLIC),
+    ("above-6to4-relay", "192.88.100.0", PUBLIC),
+    ("ds-lite", "192.0.0.1", RESERVED),  # RFC 7335, inside 192.0.0.0/24
+    ("nat64-discovery", "192.0.0.170", RESERVED),  # RFC 8880
+    # outside 2000::/3 nothing is allocated as global unicast (RFC 4291 2.4)
+    ("ipv6-unallocated-4000", "4000::1", RESERVED),
+    ("ipv6-unallocated-1fff", "1fff:ffff::1", RESERVED),
+    ("ipv6-unallocated-e000", "e000::1", RESERVED),
+    ("global-unicast-first", "2000::1", PUBLIC),
+    ("global-unicast-last", "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", PUBLIC),
     # embedded IPv4: classified as the address carried
     ("v4-mapped-private", "::ffff:10.0.0.1", PRIVATE),
     ("v4-mapped-metadata", "::ffff:169.254.169.254", METADATA),
@@ -166,3 +193,18 @@ def test_embedded_ipv4(text: str, inner: str | None) -> None:
 def test_every_metadata_address_classifies_as_metadata() -> None:
     for address in METADATA_ADDRESSES:
         assert classify_address(address) is METADATA, address
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["3fff::1", "2001:2::1", "5f00::1", "192.88.99.1", "4000::1", "2001:30::1"],
+    ids=["doc-3fff", "benchmarking-2001:2", "srv6-5f00", "6to4-relay", "unallocated-4000",
+         "drip-det"],
+)
+def test_rebinding_provider_name_to_special_purpose_range_is_refused(engine, answer) -> None:
+    """A provider name whose DNS answer lies in a special-purpose range is refused (S3)."""
+    vetting = engine.vet_answers([ipaddress.ip_address(answer)], engine.endpoint(
+        "providers.openai"))
+    assert vetting.address is None
+    assert vetting.reason is Reason.PRIVATE_ADDRESS
+    assert "reserved" in vetting.detail

@@ -24,7 +24,7 @@ from tests.conftest import PROVIDER_NAMES
 from tests.support.fakes import BackgroundLoop, FakeProvider
 from tests.support.h2_upstream import FakeH2Provider, h2_get
 from tests.support.keys import KEYS, key_policy
-from tests.support.raw_upstream import RawUpstream, chunked
+from tests.support.raw_upstream import RawUpstream, chunked, keyed
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -224,7 +224,9 @@ def _gzip_transfer_coded(key: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def raw_upstream(bg: BackgroundLoop, test_ca) -> Iterator[RawUpstream]:
-    fake = RawUpstream(bg, test_ca, PROVIDER_NAMES, _gzip_transfer_coded).start()
+    fake = RawUpstream(
+        bg, test_ca, PROVIDER_NAMES, keyed(_gzip_transfer_coded), keep_alive=False
+    ).start()
     yield fake
     fake.stop()
 
@@ -281,7 +283,7 @@ def _key_as_reason_phrase(key: str) -> bytes:
 
 
 def test_key_as_status_reason_phrase_is_redacted(raw_keyed, raw_upstream, test_ca_file):
-    raw_upstream.respond = _key_as_reason_phrase
+    raw_upstream.respond = keyed(_key_as_reason_phrase)
     try:
         with httpx.Client(verify=direct_context(test_ca_file), timeout=60) as c:
             control = c.get(f"https://127.0.0.1:{raw_upstream.port}/v1/x",
@@ -292,7 +294,7 @@ def test_key_as_status_reason_phrase_is_redacted(raw_keyed, raw_upstream, test_c
         with gateway(raw_keyed) as c:
             response = c.get(f"https://{OPENAI}:{raw_upstream.port}/v1/x")
     finally:
-        raw_upstream.respond = _gzip_transfer_coded
+        raw_upstream.respond = keyed(_gzip_transfer_coded)
     assert response.status_code == 401
     assert KEY not in response.reason_phrase
     assert response.reason_phrase == "[REDACTED]"

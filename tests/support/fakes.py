@@ -352,6 +352,9 @@ class FakeDNS:
     def __init__(self, bg: BackgroundLoop) -> None:
         self._bg = bg
         self.records: dict[str, list[str]] = {}
+        # A broken resolver for some names: "servfail" answers SERVFAIL, "timeout" never
+        # answers.
+        self.failures: dict[str, str] = {}
         self.questions: list[tuple[str, str]] = []
         self.port = 0
         self._transport: asyncio.DatagramTransport | None = None
@@ -375,13 +378,19 @@ class FakeDNS:
     def asked(self, name: str) -> bool:
         return any(q == name.rstrip(".").lower() for q, _ in self.questions)
 
-    def answer(self, wire: bytes) -> bytes:
+    def answer(self, wire: bytes) -> bytes | None:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         question = query.question[0]
         name = question.name.to_text().rstrip(".").lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.questions.append((name, rdtype))
+        failure = self.failures.get(name)
+        if failure == "timeout":
+            return None
+        if failure == "servfail":
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
         addresses = self.records.get(name)
         if addresses is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
@@ -393,7 +402,7 @@ class FakeDNS:
 
 
 class _DNSProtocol(asyncio.DatagramProtocol):
-    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
         self._answer = answer
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -403,4 +412,6 @@ class _DNSProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
-        self._transport.sendto(self._answer(data), addr)
+        reply = self._answer(data)
+        if reply is not None:
+            self._transport.sendto(reply, addr)
