@@ -550,6 +550,13 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
     else:
         scenarios["dns_listener"]["sidecar"] = na("not available: no --dns listener in this build")
 
+    # (8) hostile: each attack of issue 10 against the sidecar, mitmdump and Squid
+    from bench.hostile import run_hostile
+
+    log("scenario: hostile (issue 10 attacks)")
+    scenarios["hostile"] = await run_hostile(cfg.mode, world, tmp, log,
+                                             {"mitmdump": mitmdump, "squid": squid})
+
     profiles: dict[str, Any] = {}
     if profile:
         from bench.pyspy import profile_sidecar
@@ -742,6 +749,11 @@ def report(result: dict[str, Any]) -> str:
     else:
         rows.append(["DNS listener", status_of(dns_row) or "-", ""])
     out.append(table("Sidecar alone", ["what", "result", "detail"], rows))
+
+    if "hostile" in s:
+        from bench.hostile import report as hostile_report
+
+        out.append(hostile_report(s["hostile"]))
 
     rows = [[t["target"], t["status"].upper(), t["value"], f"{t['op']} {t['threshold']}",
              t["detail"]] for t in result["targets"]]
