@@ -57,6 +57,12 @@ class Metrics:
             "Upstream name resolutions that failed.",
             registry=self.registry,
         )
+        self.refusals_paced = Counter(  # issue 10: refusal pacing (--refusal-rate)
+            "egress_sidecar_refusals_paced",
+            "Refusals whose answer was held back because refusals came faster than "
+            "--refusal-rate (each is still logged, counted and alerted at once).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "egress_sidecar_ready",
             "1 once the policy is loaded and every listener is bound.",

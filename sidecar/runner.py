@@ -187,7 +187,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     resolver = Resolver(settings.resolver)
-    enforcer = Enforcer(holder, resolver, recorder, credentials)
+    from sidecar.pacing import RefusalPacer
+
+    pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
+    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer)
     ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.

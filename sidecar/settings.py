@@ -87,6 +87,7 @@ class Settings:
     transparent: tuple[tuple[str, int], ...] = ()
     dns: tuple[tuple[str, int], ...] = ()
     dns_refuse_with: str = "refused"
+    refusal_rate: float = 100.0  # issue 10: refusals/s answered at once (0 = no pacing)
 
 
 # (flag, env suffix, help, repeatable)
@@ -152,6 +153,13 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
+    (
+        "--refusal-rate",
+        "REFUSAL_RATE",
+        "refusals per second answered at once; above it (after a 2 s burst) each refused "
+        "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 100)",
+        False,
+    ),
 )
 
 
@@ -219,6 +227,13 @@ def resolve(args: argparse.Namespace) -> Settings:
     refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
+    rate_text = _single(values["--refusal-rate"]) or "100"
+    try:
+        refusal_rate = float(rate_text)
+    except ValueError:
+        raise SettingsError(f"--refusal-rate {rate_text!r}: not a number") from None
+    if not 0 <= refusal_rate <= 1_000_000:
+        raise SettingsError("--refusal-rate must be between 0 (off) and 1000000 per second")
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
@@ -242,4 +257,5 @@ def resolve(args: argparse.Namespace) -> Settings:
         transparent=transparent,
         dns=dns,
         dns_refuse_with=refuse_with,
+        refusal_rate=refusal_rate,
     )
