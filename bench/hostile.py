@@ -15,8 +15,8 @@ shrinks every size: the peaks are then cumulative, which the table says.
 Attacks (sizes for full / quick):
 - header_bomb: one request whose header line is 200 MB / 4 MB, streamed in 1 MB writes.
 - refused_bodies: 3 POSTs of 59 MB / 2 MB to an unlisted host, with `Expect: 100-continue`.
-- idle_connections: 2,000 / 100 TCP connections that never send a byte, held 5 s / 1 s.
-- dns_flood: 5,000 / 2,000 queries/s from 500 / 50 UDP source ports for 5 s / 1 s
+- idle_connections: 2,000 / 100 TCP connections that never send a byte, held 5 s / 0.5 s.
+- dns_flood: 5,000 / 2,000 queries/s from 500 / 50 UDP source ports for 5 s / 0.5 s
   (only contenders with a DNS listener: the sidecar with `--dns`).
 - auth_tokens: a 41 KB / 8 KB `Authorization` header of low-entropy tokens, each of a
   new (length, alphabet) pair, to the key-injecting provider; 8 / 1 requests.
@@ -76,8 +76,8 @@ FULL = Sizes(header_mb=200, body_mb=59, bodies=3, idle=2000, idle_seconds=5.0,
              dns_sockets=500, dns_rate=5000, dns_seconds=5.0, auth_requests=8, auth_kb=41,
              upstream_mb=200, quiet_seconds=1.5, attack_timeout=150.0, fresh_per_attack=True)
 QUICK = Sizes(header_mb=4, body_mb=2, bodies=3, idle=100, idle_seconds=0.5,
-              dns_sockets=50, dns_rate=2000, dns_seconds=1.0, auth_requests=1, auth_kb=8,
-              upstream_mb=4, quiet_seconds=0.5, attack_timeout=20.0, fresh_per_attack=False)
+              dns_sockets=50, dns_rate=2000, dns_seconds=0.5, auth_requests=1, auth_kb=8,
+              upstream_mb=4, quiet_seconds=0.3, attack_timeout=20.0, fresh_per_attack=False)
 
 
 @dataclasses.dataclass
@@ -390,7 +390,7 @@ async def dns_flood(victim: Victim, sizes: Sizes) -> dict[str, Any]:
                 next(ports).sendto(wires[sent % len(wires)])
                 sent += 1
             await asyncio.sleep(0.01)
-        await asyncio.sleep(1.0)  # late answers
+        await asyncio.sleep(min(1.0, sizes.dns_seconds))  # late answers
     finally:
         for transport in transports:
             transport.close()

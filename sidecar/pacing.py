@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-DEFAULT_RATE = 100.0  # refusals per second answered without delay
+DEFAULT_RATE = 20.0  # refusals per second answered without delay
 MAX_DELAY = 1.0  # seconds: the longest a refusal's answer waits
 
 

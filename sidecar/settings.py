@@ -87,7 +87,7 @@ class Settings:
     transparent: tuple[tuple[str, int], ...] = ()
     dns: tuple[tuple[str, int], ...] = ()
     dns_refuse_with: str = "refused"
-    refusal_rate: float = 100.0  # issue 10: refusals/s answered at once (0 = no pacing)
+    refusal_rate: float = 20.0  # issue 10: refusals/s answered at once (0 = no pacing)
 
 
 # (flag, env suffix, help, repeatable)
@@ -157,7 +157,7 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
         "--refusal-rate",
         "REFUSAL_RATE",
         "refusals per second answered at once; above it (after a 2 s burst) each refused "
-        "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 100)",
+        "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 20)",
         False,
     ),
 )
@@ -227,7 +227,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
-    rate_text = _single(values["--refusal-rate"]) or "100"
+    rate_text = _single(values["--refusal-rate"]) or "20"
     try:
         refusal_rate = float(rate_text)
     except ValueError:
