@@ -42,6 +42,7 @@ def test_refusal_flood_is_paced_and_every_refusal_still_logged_counted_and_answe
     sidecar: SidecarProcess = start_sidecar(extra_args=("--refusal-rate", "10"))
     host, port = sidecar.listener("explicit").rsplit(":", 1)
     before = _counter(sidecar.metrics(), "block", "host_not_allowed")
+    alerted_before = _alerted(sidecar.metrics())
     statuses: list[str] = []
     threads = [threading.Thread(target=_flood_one_connection, args=((host, int(port)), statuses))
                for _ in range(CONNECTIONS)]
@@ -68,9 +69,15 @@ def test_refusal_flood_is_paced_and_every_refusal_still_logged_counted_and_answe
     assert {d["decision"] for d in refused} == {"block"}
     metrics = sidecar.metrics()
     assert _counter(metrics, "block", "host_not_allowed") - before == total
+    assert _alerted(metrics) - alerted_before == total  # every refusal reached alerting
     paced = [line for line in metrics.splitlines()
              if line.startswith("egress_sidecar_refusals_paced_total ")]
     assert paced and float(paced[0].split()[1]) > 0, paced
+
+
+def _alerted(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("egress_sidecar_alerts_refusals_total{"))
 
 
 def test_refusal_rate_zero_turns_pacing_off(start_sidecar, provider):
