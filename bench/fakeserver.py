@@ -49,6 +49,7 @@ class Provider:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/bench/active", self.active)
+        app.router.add_get("/v1/bench/header-bomb", self.header_bomb)
         return app
 
     async def models(self, request: web.Request) -> web.Response:
@@ -58,6 +59,26 @@ class Provider:
     async def active(self, request: web.Request) -> web.Response:
         return web.json_response({"active_streams": self.active_streams,
                                   "requests": self.requests})
+
+    async def header_bomb(self, request: web.Request) -> web.StreamResponse:
+        """A malicious upstream (bench.hostile): a response header of `mb` MB, written raw
+        on the transport with flow control, then the connection is closed."""
+        transport = request.transport
+        mb = min(int(request.query.get("mb", "1")), 1024)
+        if transport is None:
+            raise web.HTTPBadRequest()
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Bomb: ")
+        chunk = b"a" * (1 << 20)
+        for _ in range(mb):
+            if transport.is_closing():
+                break
+            transport.write(chunk)
+            while transport.get_write_buffer_size() > (4 << 20) and not transport.is_closing():
+                await asyncio.sleep(0.005)
+        if not transport.is_closing():
+            transport.write(b"\r\n\r\n")
+        transport.close()
+        raise asyncio.CancelledError  # aiohttp must not write a response of its own
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1

@@ -559,6 +559,12 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
     scenarios["scanners"]["sidecar"] = (json.loads(scan_run.stdout.splitlines()[-1])
                                         if scan_run.returncode == 0
                                         else {"status": "error", "why": scan_run.stderr[-500:]})
+    # (9) hostile: each attack of issue 10 against the sidecar, mitmdump and Squid
+    from bench.hostile import run_hostile
+
+    log("scenario: hostile (issue 10 attacks)")
+    scenarios["hostile"] = await run_hostile(cfg.mode, world, tmp, log,
+                                             {"mitmdump": mitmdump, "squid": squid})
 
     profiles: dict[str, Any] = {}
     if profile:
@@ -760,6 +766,10 @@ def report(result: dict[str, Any]) -> str:
     out.append(table("Scanners on the request path, one core (issue 10)",
                      ["scanner", "typical MB/s", "worst MB/s", "worst/typical", "worst input"],
                      rows or [["-", status_of(scan) or "-", "", "", ""]]))
+    if "hostile" in s:
+        from bench.hostile import report as hostile_report
+
+        out.append(hostile_report(s["hostile"]))
 
     rows = [[t["target"], t["status"].upper(), t["value"], f"{t['op']} {t['threshold']}",
              t["detail"]] for t in result["targets"]]

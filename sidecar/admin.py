@@ -8,6 +8,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.settings import SettingsError
+
 
 class AdminServer:
     def __init__(
@@ -28,7 +30,15 @@ class AdminServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # After a restart, the likeliest holder is whatever bound the port while the
+            # sidecar was down; the init rules keep it from answering, we say it here.
+            raise SettingsError(
+                f"--admin {host}:{port}: cannot listen ({exc.strerror or exc}): another "
+                "process holds this port; free it or choose another --admin address"
+            ) from None
         bound = self._runner.addresses[0]
         self.address = (str(bound[0]), int(bound[1]))
         return self.address

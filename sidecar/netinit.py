@@ -10,6 +10,13 @@ What the rules do, for every UID except the sidecar's (``--proxy-uid``, default 
   - all other TCP is REDIRECTed to the transparent listener (``--proxy-port``).
 * filter OUTPUT (chain ``EGRESS_SIDECAR_OUTPUT``)
   - the sidecar's own traffic is accepted;
+  - packets *from* the sidecar's ports (TCP proxy, admin and DNS ports, UDP DNS port)
+    sent by a socket of any other process are rejected (dropped for UDP): while the
+    sidecar restarts, a gateway process that binds those ports cannot complete a
+    handshake or send a byte, so probes and scrapes cannot be answered by an impostor.
+    Before the ESTABLISHED accept, because an impostor's SYN-ACK is a reply and so
+    ESTABLISHED. Matched by a UID range, not `! --uid-owner`: packets no process owns
+    (kernel RSTs, the tail of a connection the sidecar already closed) must pass;
   - packets of connections conntrack already knows (ESTABLISHED, RELATED) are
     accepted: replies of inbound connections (probes, clients of the gateway) and
     ICMP errors about them. A new outbound flow never gets here as ESTABLISHED,
@@ -100,10 +107,8 @@ def expected_chains(settings: Settings, family: Family) -> dict[str, list[str]]:
         f"{a} -d {lo} -p tcp -j RETURN",
         f"{a} -p tcp -j REDIRECT --to-ports {s.proxy_port}",
     ]
-    filt = [
-        f"{a} {me} -j ACCEPT",
-        f"{a} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    ]
+    filt = [f"{a} {me} -j ACCEPT", *_impersonation_rules(s)]
+    filt.append(f"{a} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     if s.admin_port is not None:
         filt.append(
             f"{a} -d {lo} -p tcp -m tcp --dport {s.admin_port} -j REJECT --reject-with tcp-reset"
@@ -123,6 +128,42 @@ def expected_chains(settings: Settings, family: Family) -> dict[str, list[str]]:
     filt.append(f"{a} -p tcp -j REJECT --reject-with {tcp_reject}")
     filt.append(f"{a} -j REJECT --reject-with {other_reject}")
     return {"nat": nat, "filter": filt}
+
+
+# Any socket a process opened: iptables' owner match compares the UID of the file
+# that holds the socket. Written as a positive range on purpose: `! --uid-owner N`
+# also matches packets with no owning process (kernel RSTs for closed ports, the last
+# packets of a socket the sidecar already closed), which must pass.
+ANY_PROCESS_UID = "0-4294967294"
+
+
+def sidecar_ports(settings: Settings) -> tuple[list[int], list[int]]:
+    """(TCP ports, UDP ports) the sidecar listens on that only its UID may answer from."""
+    tcp = sorted({settings.proxy_port, settings.dns_port, *_admin(settings)})
+    return tcp, [settings.dns_port]
+
+
+def _admin(settings: Settings) -> list[int]:
+    return [] if settings.admin_port is None else [settings.admin_port]
+
+
+def _impersonation_rules(settings: Settings) -> list[str]:
+    """Only the sidecar's UID may send packets *from* the sidecar's ports.
+
+    Placed right after the sidecar's own ACCEPT, so what reaches them is not UID
+    `proxy_uid`; and before the ESTABLISHED accept, which would let the SYN-ACK (a
+    reply, so ESTABLISHED) of another UID's listener out. While the sidecar is down,
+    a gateway process that binds the admin port (or the proxy or DNS port) cannot
+    complete a handshake or send a byte, so kubelet probes and Prometheus scrapes
+    fail instead of reading a healthy answer from an impostor.
+    """
+    tcp, udp = sidecar_ports(settings)
+    owner = f"-m owner --uid-owner {ANY_PROCESS_UID}"
+    return [
+        f"-A {CHAIN} -p tcp -m multiport --sports {','.join(map(str, tcp))} {owner} "
+        "-j REJECT --reject-with tcp-reset",
+        *(f"-A {CHAIN} -p udp -m udp --sport {port} {owner} -j DROP" for port in udp),
+    ]
 
 
 JUMP = f"-A OUTPUT -j {CHAIN}"
@@ -495,7 +536,8 @@ class Executor:
             f"egress-sidecar init: rules installed ({names}, backend {backend}): "
             f"uid {settings.proxy_uid} exempt, TCP -> :{settings.proxy_port}, "
             f"DNS -> :{settings.dns_port}, admin :{settings.admin_port or '-'} closed, "
-            "everything else rejected"
+            f"only uid {settings.proxy_uid} answers from "
+            f":{','.join(map(str, sidecar_ports(settings)[0]))}, everything else rejected"
         )
         return EXIT_OK
 
@@ -541,5 +583,6 @@ __all__ = [
     "main",
     "parse_save",
     "render_restore",
+    "sidecar_ports",
     "verify_dump",
 ]

@@ -17,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from sidecar.decision import Decision
 
 NO_PROVIDER = "none"
+# One encoder for every line: json.dumps with non-default options builds a new one per
+# call, which shows in the profile of a refusal flood.
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 # *_created series double the exposition for no use to alerting rules.
 disable_created_metrics()
@@ -58,6 +61,12 @@ class Metrics:
             ["error"],
             registry=self.registry,
         )
+        self.refusals_paced = Counter(  # issue 10: refusal pacing (--refusal-rate)
+            "egress_sidecar_refusals_paced",
+            "Refusals whose answer was held back because refusals came faster than "
+            "--refusal-rate (each is still logged, counted and alerted at once).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "egress_sidecar_ready",
             "1 once the policy is loaded and every listener is bound.",
@@ -89,7 +98,7 @@ class DecisionLog:
         self.write(decision.as_log_record())
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n")
+        self._stream.write(_LINE_ENCODER.encode(record) + "\n")
         self._stream.flush()
 
 

@@ -198,7 +198,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
         metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
     resolver = Resolver(settings.resolver,
                         on_error=lambda kind: metrics.dns_errors.labels(kind).inc())
-    enforcer = Enforcer(holder, resolver, recorder, credentials)
+    from sidecar.pacing import RefusalPacer
+
+    pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
+    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer)
     ps = proxyserver.Proxyserver()
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.

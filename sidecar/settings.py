@@ -93,6 +93,7 @@ class Settings:
     dns_max_sources: int = 4096
     dns_max_pending: int = 256
     dns_max_tcp_connections: int = 64
+    refusal_rate: float = 20.0  # issue 10: refusals/s answered at once (0 = no pacing)
 
 
 # (flag, env suffix, help, repeatable)
@@ -169,6 +170,13 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
      "DNS questions being answered at once (default 256)", False),
     ("--dns-max-tcp-connections", "DNS_MAX_TCP_CONNECTIONS",
      "open DNS-over-TCP connections (default 64)", False),
+    (
+        "--refusal-rate",
+        "REFUSAL_RATE",
+        "refusals per second answered at once; above it (after a 2 s burst) each refused "
+        "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 20)",
+        False,
+    ),
 )
 
 
@@ -237,6 +245,13 @@ def resolve(args: argparse.Namespace) -> Settings:
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
     dns_limits = _dns_limits(values)
+    rate_text = _single(values["--refusal-rate"]) or "20"
+    try:
+        refusal_rate = float(rate_text)
+    except ValueError:
+        raise SettingsError(f"--refusal-rate {rate_text!r}: not a number") from None
+    if not 0 <= refusal_rate <= 1_000_000:
+        raise SettingsError("--refusal-rate must be between 0 (off) and 1000000 per second")
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
@@ -261,6 +276,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         dns=dns,
         dns_refuse_with=refuse_with,
         **dns_limits,  # type: ignore[arg-type]
+        refusal_rate=refusal_rate,
     )
 
 

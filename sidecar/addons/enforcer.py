@@ -12,6 +12,7 @@ rewrites (it replaces the server address with the pinned IP after connect):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import json
@@ -27,6 +28,7 @@ from sidecar.credentials import SecretStore
 from sidecar.decision import REASONS, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
+from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
@@ -91,8 +93,10 @@ class Enforcer:
         resolver: Resolver,
         record: Callable[[Decision], None],
         credentials: CredentialLayer | None = None,
+        pacer: RefusalPacer | None = None,
     ) -> None:
         self.holder = holder
+        self.pacer = pacer or RefusalPacer()  # issue 10: a refusal flood is slowed
         self.resolver = resolver
         self.record = record
         self.credentials = credentials or CredentialLayer(SecretStore(None))
@@ -118,6 +122,7 @@ class Enforcer:
         if decision.refused:
             self.record(decision)
             flow.response = refusal_response(decision, close=True)
+            await self._pace()
             return
         if decision.verdict is Verdict.WOULD_BLOCK:
             self.record(decision)
@@ -180,6 +185,7 @@ class Enforcer:
         self.record(decision)
         if decision.refused:
             flow.response = refusal_response(decision)
+            await self._pace()
             return
         if mode == "transparent" and not flow.client_conn.sni:
             self._tunnels[flow.client_conn.id] = (host, port)
@@ -305,6 +311,12 @@ class Enforcer:
         )
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        """Hold a refusal's answer (already recorded: S9) while refusals flood in."""
+        delay = self.pacer.delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _destination(
         self, client: connection.Client, host: str, port: int, host_header: str | None = None

@@ -15,7 +15,9 @@ from bench.contenders import CONTENDERS, squid_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ["small_c1", "small_c32", "reverse_wrk_c32", "stream_sse", "large_body_1mb",
-             "refused_flood", "memory", "decision_core", "dns_listener", "scanners"]
+             "refused_flood", "memory", "decision_core", "dns_listener", "scanners", "hostile"]
+HOSTILE_ATTACKS = ["header_bomb", "refused_bodies", "idle_connections", "dns_flood",
+                   "auth_tokens", "upstream_header_bomb"]
 
 
 @pytest.mark.timeout(260)
@@ -38,5 +40,9 @@ def test_quick_bench_produces_every_contender_and_scenario(tmp_path: Path) -> No
         assert scenario in result["scenarios"], scenario
         for contender in CONTENDERS:
             assert contender in result["scenarios"][scenario], (scenario, contender)
+    for contender in ("sidecar", "mitmdump", "squid"):
+        for attack in HOSTILE_ATTACKS:
+            assert attack in result["scenarios"]["hostile"][contender], (contender, attack)
+    assert "Hostile: header_bomb" in proc.stdout
     assert {t["target"] for t in result["targets"]}
     assert "Targets (issue 7)" in proc.stdout

@@ -160,3 +160,20 @@ def test_listener_that_cannot_bind_stops_the_start(tmp_path):
         )
     assert result.returncode == 1
     assert "address already in use" in result.stderr
+
+
+def test_admin_port_held_by_another_process_stops_the_start_with_a_clear_error(tmp_path):
+    """After a restart, an impostor holding the admin port: a config_error, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [BIN, "run", "--listen", "127.0.0.1:0", "--admin", f"127.0.0.1:{port}",
+             "--ca-dir", str(tmp_path / "ca")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 64, result.stderr
+    assert f"--admin 127.0.0.1:{port}: cannot listen" in result.stderr
+    assert "another process holds this port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -223,6 +223,20 @@ def test_sidecar_is_a_native_sidecar_probed_on_readyz() -> None:
             assert "restartPolicy" not in c
 
 
+def test_sidecar_probes_read_an_answer_so_an_impostor_cannot_pass_them() -> None:
+    """docs/pod-contract.md: the init rules stop every byte an impostor on the admin
+    port would send, but a bare TCP connect can still succeed under SYN cookies, so
+    the sidecar's probes must be httpGet (and on the port the init rules protect)."""
+    spec = pod_spec(rendered())
+    sidecar = container(spec, SIDECAR)
+    admin_port = {p["name"]: p["containerPort"] for p in sidecar["ports"]}["admin"]
+    init_args = container(spec, INIT)["args"]
+    assert init_args[init_args.index("--admin-port") + 1] == str(admin_port)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(sidecar[probe]) & {"tcpSocket", "exec", "grpc"} == set(), probe
+        assert "httpGet" in sidecar[probe], probe
+
+
 def test_uids_differ_and_no_container_but_the_sidecar_runs_as_1337() -> None:
     spec = pod_spec(rendered())
     uids = {c["name"]: c["securityContext"]["runAsUser"] for c in all_containers(spec)}

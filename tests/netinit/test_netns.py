@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.netns import (
     GATEWAY_UID,
+    IMPOSTOR_SERVER,
     NET_V4,
     NET_V6,
     POD_V4,
@@ -300,6 +301,115 @@ def test_gateway_loopback_tcp_is_untouched(pod: Pod) -> None:
         gw = sh(*helper(pod, GATEWAY_UID, TCP_CONNECT, "127.0.0.1", "18080"), check=False)
         assert gw.stdout.strip() == "CONNECTED 127.0.0.1 18080", gw.stdout
         finish(lst)
+
+
+# --- a dead sidecar must not be impersonated (issue 10 item 5) ------------------------
+
+# What kubelet's httpGet probe and a Prometheus scrape do: connect, GET, read the answer.
+PROBE_GET = """
+import socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    c = socket.create_connection((host, port), timeout=3)
+    c.sendall(f"GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n".encode())
+    data = b""
+    while chunk := c.recv(65536):
+        data += chunk
+    print("ANSWER", len(data), data[-40:])
+except OSError as e:
+    print("ERROR", type(e).__name__)
+"""
+
+
+def _probe_from_outside(pod: Pod, host: str, path: str, port: str = "15020") -> str:
+    """kubelet/Prometheus: from outside the pod (the internet namespace), as root."""
+    return sh(*helper(pod, 0, PROBE_GET, host, port, path, ns=pod.net), check=False).stdout
+
+
+@pytest.mark.parametrize("host", [POD_V4, NET_V6.replace("::2", "::1")])
+def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
+    pod: Pod, host: str
+) -> None:
+    """The gateway binds 15020 while the sidecar is down: no probe or scrape gets an answer.
+
+    Its SYN-ACK is a reply (conntrack ESTABLISHED), so without the source-port rule it
+    would leave through the ESTABLISHED accept; with it, the handshake never completes.
+    The same server as UID 1337 answers (the probe path works), and deleting the rule
+    lets the impostor answer (the rule is what holds), which `--verify` then names.
+    """
+    assert pod.init().returncode == 0
+    with background(helper(pod, GATEWAY_UID, IMPOSTOR_SERVER, "15020")):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            got = _probe_from_outside(pod, host, path)
+            assert got.startswith("ERROR"), (path, got)
+            assert "egress_sidecar_up" not in got
+    with background(helper(pod, SIDECAR_UID, IMPOSTOR_SERVER, "15020")):
+        got = _probe_from_outside(pod, host, "/readyz")
+        assert got.startswith("ANSWER") and "egress_sidecar_up" in got, got
+
+    tool = "ip6tables" if ":" in host else "iptables"
+    rule = [r for r in pod.run(f"{tool}-save").stdout.splitlines() if "--sports" in r]
+    assert len(rule) == 1, rule
+    pod.run(tool, "-w", "-D", *rule[0].split()[1:])
+    with background(helper(pod, GATEWAY_UID, IMPOSTOR_SERVER, "15020")):
+        got = _probe_from_outside(pod, host, "/metrics")
+        assert got.startswith("ANSWER") and "egress_sidecar_up" in got, got
+    verify = pod.init("--verify")
+    assert verify.returncode == 1, verify.stderr
+    assert "missing rule" in verify.stderr and "--sports" in verify.stderr
+
+
+def test_gateway_binding_proxy_port_cannot_impersonate_the_proxy_to_itself(pod: Pod) -> None:
+    """The gateway's own redirected connection reaches its listener but gets no byte back."""
+    assert pod.init().returncode == 0
+    with background(helper(pod, GATEWAY_UID, IMPOSTOR_SERVER, "15001")):
+        got = sh(*helper(pod, GATEWAY_UID, PROBE_GET, NET_V4, "443", "/"), check=False).stdout
+        assert got.startswith("ERROR"), got
+        got = _probe_from_outside(pod, POD_V4, "/", port="15001")
+        assert got.startswith("ERROR"), got
+
+
+def test_gateway_binding_dns_port_cannot_answer_redirected_queries(pod: Pod) -> None:
+    """UDP 15053 bound by the gateway: its own port-53 questions get no answer from it."""
+    assert pod.init().returncode == 0
+    with background(helper(pod, GATEWAY_UID, UDP_LISTENER, "127.0.0.1", "15053", "8")) as dns:
+        gw = sh(*helper(pod, GATEWAY_UID, UDP_SEND, "8.8.8.8", "53", "q-impostor"), check=False)
+        assert gw.stdout.startswith("ERROR"), gw.stdout
+        dns.kill()
+        out, _ = dns.communicate(timeout=TIMEOUT)
+    assert "GOT q-impostor" in out  # it did receive the question: only the answer is stopped
+    with background(helper(pod, SIDECAR_UID, UDP_LISTENER, "127.0.0.1", "15053", "8")):
+        sc = sh(*helper(pod, GATEWAY_UID, UDP_SEND, "8.8.8.8", "53", "q-real"), check=False)
+        assert sc.stdout.startswith("REPLY pong:q-real"), sc.stdout
+
+
+# The sidecar writes a large answer and closes at once: the tail leaves from a socket
+# that no process holds any more (an orphan), which the rule must not stop.
+CLOSE_AFTER_WRITE = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 15020)); s.listen(4); s.settimeout(15)
+print("READY", flush=True)
+c, _ = s.accept(); c.recv(4096)
+c.setblocking(False)
+sent = 0
+try:
+    while sent < 4_000_000:
+        sent += c.send(b"x" * 65536)
+except BlockingIOError:
+    pass
+c.close()
+print("SENT", sent, flush=True)
+"""
+
+
+def test_sidecar_answer_still_completes_after_it_closed_the_socket(pod: Pod) -> None:
+    """The rule matches sockets a process holds, not orphans: no truncated scrapes."""
+    assert pod.init().returncode == 0
+    with background(helper(pod, SIDECAR_UID, CLOSE_AFTER_WRITE)) as srv:
+        got = _probe_from_outside(pod, POD_V4, "/metrics")
+        sent = int(finish(srv).split()[-1])
+    assert got.startswith(f"ANSWER {sent} "), (sent, got)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,10 @@ def test_default_ipv4_rules_exact() -> None:
         ":EGRESS_SIDECAR_OUTPUT - [0:0]\n"
         "-I OUTPUT 1 -j EGRESS_SIDECAR_OUTPUT\n"
         "-A EGRESS_SIDECAR_OUTPUT -m owner --uid-owner 1337 -j ACCEPT\n"
+        "-A EGRESS_SIDECAR_OUTPUT -p tcp -m multiport --sports 15001,15020,15053"
+        " -m owner --uid-owner 0-4294967294 -j REJECT --reject-with tcp-reset\n"
+        "-A EGRESS_SIDECAR_OUTPUT -p udp -m udp --sport 15053"
+        " -m owner --uid-owner 0-4294967294 -j DROP\n"
         "-A EGRESS_SIDECAR_OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
         "-A EGRESS_SIDECAR_OUTPUT -d 127.0.0.0/8 -p tcp -m tcp --dport 15020"
         " -j REJECT --reject-with tcp-reset\n"
@@ -80,6 +84,11 @@ def test_ordering_invariants(family: Family) -> None:
     # filter: admin reject before the loopback accept; reject-all last
     assert filt[0].endswith("--uid-owner 1337 -j ACCEPT")
     assert _index(filt, "--dport 15020 -j REJECT") < _index(filt, f"-d {lo} -j ACCEPT")
+    # only the sidecar answers from its ports: after its own accept (so the rules see
+    # other UIDs only), before the ESTABLISHED accept (a SYN-ACK is ESTABLISHED)
+    established = _index(filt, "--ctstate RELATED,ESTABLISHED")
+    assert 0 < _index(filt, "-p tcp -m multiport --sports 15001,15020,15053") < established
+    assert 0 < _index(filt, "-p udp -m udp --sport 15053") < established
     assert filt[-1].startswith(f"-A {CHAIN} -j REJECT")
     # nothing but the sidecar UID, loopback, known flows and NDP is accepted
     accepts = [r for r in filt if r.endswith("-j ACCEPT")]
@@ -90,8 +99,11 @@ def test_ordering_invariants(family: Family) -> None:
             or "--ctstate RELATED,ESTABLISHED" in rule
             or "ipv6-icmp" in rule
         ), rule
-    # every rule with a port names the right one
-    assert all("--uid-owner" not in r or "1337" in r for r in nat + filt)
+    # every owner rule names the sidecar UID, or any process (the source-port rules)
+    assert all(
+        "--uid-owner" not in r or "1337" in r or "--uid-owner 0-4294967294 -j" in r
+        for r in nat + filt
+    )
 
 
 def test_ipv6_specifics() -> None:
@@ -115,13 +127,31 @@ def test_custom_settings_flow_into_every_rule() -> None:
     text = render_restore(s, V4) + render_restore(s, V6)
     for old in ("1337", "15001", "15053", "15020"):
         assert old not in text
-    for new in ("--uid-owner 4242", "--to-ports 16001", "--to-ports 16053", "--dport 16020"):
+    for new in ("--uid-owner 4242", "--to-ports 16001", "--to-ports 16053", "--dport 16020",
+                "--sports 16001,16020,16053", "--sport 16053"):  # fmt: skip
         assert new in text
+
+
+def test_source_port_rules_use_a_uid_range_not_a_negation() -> None:
+    """`! --uid-owner 1337` also matches socketless packets: the tail of an answer the
+    sidecar already closed would be cut (test_sidecar_answer_still_completes_after_it_
+    closed_the_socket shows it in a namespace). A positive range matches only sockets a
+    process holds."""
+    for family in (V4, V6):
+        ports = [r for r in expected_chains(DEFAULT, family)["filter"] if "-m owner" in r
+                 and "sport" in r]  # fmt: skip
+        assert len(ports) == 2
+        assert all("! --uid-owner" not in r and "--uid-owner 0-4294967294" in r for r in ports)
+
+
+def test_no_admin_port_still_guards_the_proxy_and_dns_ports() -> None:
+    rules = expected_chains(Settings(admin_port=None), V4)["filter"]
+    assert any("--sports 15001,15053 " in r for r in rules)
 
 
 def test_no_admin_port() -> None:
     rules = expected_chains(Settings(admin_port=None), V4)["filter"]
-    assert not any("--dport" in r for r in rules)
+    assert not any("--dport" in r or "15020" in r for r in rules)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +204,7 @@ def test_verify_accepts_a_correct_install(family: Family, counters: bool) -> Non
 
 def test_verify_names_each_missing_rule() -> None:
     dump = installed_dump(DEFAULT, V4)
-    victim = expected_chains(DEFAULT, V4)["filter"][2]
+    victim = expected_chains(DEFAULT, V4)["filter"][4]
     problems = verify_dump(DEFAULT, V4, parse_save(dump.replace(victim + "\n", "")))
     assert problems == [f"iptables -t filter: missing rule: {victim}"]
 
@@ -216,7 +246,7 @@ def test_verify_detects_tampering(mutate: object, expected: str) -> None:
 def test_verify_detects_reordering() -> None:
     rules = expected_chains(DEFAULT, V4)["filter"]
     dump = installed_dump(DEFAULT, V4)
-    a, b = rules[2], rules[3]  # admin reject and loopback accept swapped: admin exposed
+    a, b = rules[4], rules[5]  # admin reject and loopback accept swapped: admin exposed
     dump = dump.replace(f"{a}\n{b}\n", f"{b}\n{a}\n")
     problems = verify_dump(DEFAULT, V4, parse_save(dump))
     assert problems == ["iptables -t filter: rules of EGRESS_SIDECAR_OUTPUT are out of order or "

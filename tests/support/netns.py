@@ -36,6 +36,31 @@ POD_V6, NET_V6 = "fd77::1", "fd77::2"
 TIMEOUT = 20
 
 
+# A gateway's impostor of /healthz, /readyz and /metrics: what a gateway process would serve on
+# a port of the sidecar (argv[1]) while the sidecar restarts. Serves until killed.
+IMPOSTOR_SERVER = """
+import socket, sys, threading
+BODY = b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\negress_sidecar_up 1\\n"
+def serve(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, int(sys.argv[1]))); s.listen(16)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.settimeout(5); c.recv(4096); c.sendall(BODY)
+        except OSError:
+            pass
+        c.close()
+threading.Thread(target=serve, args=(socket.AF_INET6, "::"), daemon=True).start()
+threading.Thread(target=serve, args=(socket.AF_INET, "0.0.0.0"), daemon=True).start()
+print("READY", flush=True)
+threading.Event().wait(60)
+"""
+
+
 @functools.cache
 def netns_unavailable_reason() -> str | None:
     """Why namespace tests cannot run here (not root, no `ip netns`), or None."""

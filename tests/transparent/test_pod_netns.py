@@ -37,6 +37,7 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -51,12 +52,14 @@ import trustme
 from tests.support.fakes import BackgroundLoop
 from tests.support.netns import (
     GATEWAY_UID,
+    IMPOSTOR_SERVER,
     NET_V4,
     POD_V4,
     ROOT,
     SIDECAR_UID,
     VENV_BIN,
     Pod,
+    background,
     child_python,
     in_ci,
     in_netns,
@@ -793,3 +796,52 @@ def test_sidecar_binds_ipv6_listeners(world: World) -> None:
         assert f"[::1]:{DNS_PORT + 100}" in listeners["dns"]
     finally:
         sidecar.stop()
+
+
+def _probe_from_kubelet(pod: Pod, url: str) -> subprocess.CompletedProcess[str]:
+    """An httpGet probe or a scrape: curl from outside the pod (the internet namespace)."""
+    return pod.run_net("curl", "-sS", "-m", "4", "-w", "\n%{http_code}", url, check=False)
+
+
+def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
+    world: World,
+) -> None:
+    """The real sidecar (admin on 0.0.0.0:15020, as the manifests run it) answers probes
+    and scrapes from outside the pod; once it is down, the gateway binds 15020 (IPv4
+    and IPv6) and serves a healthy /readyz, /healthz and /metrics, and no probe gets it.
+
+    A pod of its own (same init, same sidecar), so the shared world's sidecar keeps
+    running for the other tests.
+    """
+    policy = world.work / "policy.yaml"
+    with pod_namespaces() as pod:
+        assert pod.init().returncode == 0
+        args = sidecar_args(world.work, policy, world.upstream_ca, ipv6=False)
+        args[args.index("--admin") + 1] = f"0.0.0.0:{ADMIN_PORT}"
+        args += ["--secrets-dir", str(world.work / "secrets")]
+        sidecar = sidecar_process(pod, world.work, args, SIDECAR_UID)
+        try:
+            sidecar.start(timeout=30)
+            for path in ("/readyz", "/healthz"):
+                got = _probe_from_kubelet(pod, f"http://{POD_V4}:{ADMIN_PORT}{path}")
+                assert got.stdout.endswith("\n200"), (path, got.stdout, got.stderr)
+            scrape = _probe_from_kubelet(pod, f"http://{POD_V4}:{ADMIN_PORT}/metrics")
+            assert "egress_sidecar" in scrape.stdout and scrape.stdout.endswith("\n200")
+        finally:
+            sidecar.stop()
+
+        impostor = [*pod.as_uid(GATEWAY_UID), child_python(), "-c", IMPOSTOR_SERVER,
+                    str(ADMIN_PORT)]  # fmt: skip
+        with background(impostor):
+            for host in (POD_V4, "[fd77::1]"):
+                for path in ("/readyz", "/healthz", "/metrics"):
+                    got = _probe_from_kubelet(pod, f"http://{host}:{ADMIN_PORT}{path}")
+                    assert got.returncode != 0, (host, path, got.stdout)
+                    assert got.stdout.endswith("\n000"), (host, path, got.stdout)
+                    assert "egress_sidecar" not in got.stdout
+            # While the impostor holds the port, the real sidecar cannot come back: it
+            # exits saying so (config_error); the probes keep failing, the pod restarts.
+            restarted = sidecar_process(pod, world.work, args, SIDECAR_UID)
+            with pytest.raises(RuntimeError, match="another process holds this port"):
+                restarted.start(timeout=30)
+            restarted.stop()
