@@ -120,7 +120,9 @@ def test_openai_sdk_refused_connect_is_answered_in_tunnel_not_a_connection_error
     mark, seen = len(refusing.decisions), len(provider.received)
     client = openai_sdk(refusing, f"https://api.openai.com:{port}/v1")
     with pytest.raises(openai.PermissionDeniedError) as caught:
-        client.chat.completions.create(model="gpt-fake", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "x"}]
+        )
     assert caught.value.code == "port_not_allowed"
     (line,) = settle(refusing, mark, reason="port_not_allowed")
     assert (line["decision"], line["host"], line["port"]) == ("block", "api.openai.com", port)
