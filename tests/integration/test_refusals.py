@@ -293,3 +293,35 @@ def test_listening_event_lists_each_address_once_with_resolver_port_and_absolute
         assert (tmp_path / "ca" / "mitmproxy-ca-cert.pem").is_file()
     finally:
         sidecar.stop()
+
+
+def test_upstream_tls_failure_in_reverse_mode_is_openai_shaped_and_final(
+    start_sidecar, provider
+):
+    """The gateway's own view: a reverse listener whose provider certificate does not
+    verify (the sidecar trusts only the public roots here). One 502 in OpenAI's format,
+    not retried, one block line in reverse mode, nothing of mitmproxy's."""
+    from tests.conftest import provider_policy
+
+    untrusting = start_sidecar(
+        provider_policy(provider.port),
+        reverse=("openai",),
+        extra_args=("--upstream-ca", "/etc/ssl/certs/ca-certificates.crt"),
+    )
+    mark, seen = len(untrusting.decisions), len(provider.received)
+    client = openai.OpenAI(
+        api_key="sk-dummy", base_url=untrusting.reverse_url("openai") + "/v1",
+        max_retries=RETRIES, timeout=10,
+    )
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "x"}]
+        )
+    error = caught.value
+    assert (error.status_code, error.code) == (502, "upstream_tls_failure")
+    assert "mitmproxy" not in (str(error.response.headers) + error.response.text).lower()
+    (line,) = settle(untrusting, mark, reason="upstream_tls_failure")
+    assert (line["mode"], line["provider"], line["path"]) == (
+        "reverse", "openai", "/v1/chat/completions")
+    assert not lines_for(untrusting, mark, decision="allow")
+    assert provider.received[seen:] == []
