@@ -89,7 +89,10 @@ class Resolver:
 
     @property
     def nameservers(self) -> list[str]:
-        return [str(ns) for ns in self._resolver.nameservers]
+        """The servers asked, as ADDRESS:PORT ([v6]:PORT), for the start-up event."""
+        port = self._resolver.port
+        return [f"[{ns}]:{port}" if ":" in str(ns) else f"{ns}:{port}"
+                for ns in self._resolver.nameservers]
 
     async def resolve(self, name: str) -> tuple[IPAddress, ...]:
         now = time.monotonic()

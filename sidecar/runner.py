@@ -140,6 +140,8 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from mitmproxy.master import Master
     from prometheus_client import CollectorRegistry
 
+    from sidecar.addons import error_pages
+    from sidecar.addons.client_tls import ClientTlsFailures
     from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.addons.informational import install as drop_informational_responses
     from sidecar.admin import AdminServer
@@ -150,6 +152,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.reload import PolicyWatcher
     from sidecar.resolver import ERROR_KINDS, Resolver
 
+    error_pages.install()  # our JSON in place of mitmproxy's own HTML error pages
     specs, labels = mode_specs(settings, policy)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -212,6 +215,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
         return 1
     master.addons.add(enforcer, ps, next_layer.NextLayer(),
                       tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
+    master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)
@@ -248,13 +252,15 @@ async def _serve(settings: Settings, policy: Any) -> int:
             listeners: dict[str, list[str]] = {}
             for server in ps.servers:
                 label = labels.get(server.mode.full_spec, server.mode.full_spec)
-                listeners[label] = [f"{_bracket(str(a[0]))}:{a[1]}" for a in server.listen_addrs]
+                # A listener can hold a TCP and a UDP socket on one address: list it once.
+                addresses = [f"{_bracket(str(a[0]))}:{a[1]}" for a in server.listen_addrs]
+                listeners[label] = list(dict.fromkeys(addresses))
             if dns_server.listen_addrs:
                 listeners["dns"] = [f"{_bracket(h)}:{p}" for h, p in dns_server.listen_addrs]
             metrics.ready.set(1)
             emit("listening", listeners=listeners,
                  admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
-                 ca_cert=str(Path(settings.ca_dir) / "mitmproxy-ca-cert.pem"),
+                 ca_cert=str(Path(settings.ca_dir).absolute() / "mitmproxy-ca-cert.pem"),
                  resolver=resolver.nameservers, mode=holder.engine.policy.mode.value)
             tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
             tasks.extend(asyncio.create_task(t(), name="credential-refresh")

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
+from sidecar import refusals
+from sidecar.addons import error_pages
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.credentials import SecretStore
 from sidecar.decision import REASONS, RULE_NETGUARD, Decision, Reason, Verdict
@@ -32,6 +34,9 @@ from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
+
+_UNRECORDED = "egress_unrecorded_decision"  # flow metadata: allowed, line not yet written
+
 
 def refusal_status(decision: Decision) -> int:
     return REASONS[decision.reason].http_status
@@ -45,27 +50,14 @@ class EngineHolder:
 
 
 def refusal_response(decision: Decision, *, close: bool = False) -> http.Response:
-    """The local answer to a refused request. Inside a kept-alive connection the next
-    request is decided on its own; closing would only make a flood cost us a TLS
-    handshake per refusal. A refused CONNECT closes (there is no tunnel to keep)."""
-    body = {
-        "error": "egress_refused",
-        "reason": decision.reason.value,
-        "rule": decision.rule,
-        "host": decision.host,
-        "port": decision.port,
-    }
-    if decision.detail:
-        body["detail"] = decision.detail
-    return http.Response.make(
-        refusal_status(decision),
-        json.dumps(body).encode() + b"\n",
-        {
-            "content-type": "application/json",
-            "x-egress-sidecar-reason": decision.reason.value,
-            **({"connection": "close"} if close else {}),
-        },
-    )
+    """THE builder of every refusal the gateway receives (requests, refused tunnels,
+    upstream TLS failures; reuse it for refused responses). Body, headers and status
+    come from `sidecar.refusals.render` (the destination's error format, the reason
+    header, `x-should-retry: false`). Inside a kept-alive connection the next request
+    is decided on its own; closing would only make a flood cost us a TLS handshake per
+    refusal. A refused CONNECT closes (there is no tunnel to keep)."""
+    answer = refusals.render(decision, refusal_status(decision), close=close)
+    return http.Response.make(answer.status, answer.body, answer.headers)
 
 
 def _fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
@@ -107,6 +99,11 @@ class Enforcer:
         # Without it the sixth request on a connection stalls: docs/mitmproxy-traps.md.
         self._pins: dict[str, dict[tuple[str, int], str]] = {}
         self._spoke_http: set[str] = set()  # client ids that sent at least one request
+        # client id -> the refusal of its CONNECT, answered to every request inside.
+        self._refused_tunnels: dict[str, Decision] = {}
+        # client id -> error texts of its failed upstream TLS handshakes (S6), matched
+        # against the flow's error so the refusal is the flow's one decision line.
+        self._tls_failures: dict[str, dict[str, str]] = {}
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
@@ -119,6 +116,13 @@ class Enforcer:
             client=_client(flow.client_conn),
         )
         decision = await self._decide_and_vet(attempt)
+        if decision.refused and refusals.answered_in_tunnel(decision.host):
+            # A provider API host (docs/refusals.md): accepted, and the client's first
+            # request gets the refusal in the provider's error format, so SDKs surface
+            # the reason instead of a connection error. No upstream connection is ever
+            # opened for it; recorded once: per request in it, or at its end.
+            self._refused_tunnels[flow.client_conn.id] = decision
+            return
         if decision.refused:
             self.record(decision)
             flow.response = refusal_response(decision, close=True)
@@ -134,6 +138,14 @@ class Enforcer:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         self._spoke_http.add(flow.client_conn.id)
+        tunnel_refusal = self._refused_tunnels.get(flow.client_conn.id)
+        if tunnel_refusal is not None:
+            decision = tunnel_refusal.with_context(
+                method=request.method, path=request.path.split("?", 1)[0], at=time.time()
+            )
+            self.record(decision)
+            flow.response = refusal_response(decision, close=True)
+            return
         host, port, mode = self._destination(
             flow.client_conn, request.host, request.port, request.host_header
         )
@@ -182,8 +194,8 @@ class Enforcer:
             decision = self.credentials.prepare(
                 flow, decision, engine.endpoint(decision.rule), engine
             )
-        self.record(decision)
         if decision.refused:
+            self.record(decision)
             flow.response = refusal_response(decision)
             await self._pace()
             return
@@ -198,10 +210,14 @@ class Enforcer:
             # after the first connect: the provider must see its own name.
             request.host_header = host if port == 443 else f"{host}:{port}"
         flow.metadata["egress_decision"] = decision
+        # Recorded when the response starts or the flow fails (see error): an upstream
+        # TLS failure then makes this request's one line a block, not allow + block.
+        flow.metadata[_UNRECORDED] = decision
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # S10: hand every response to the gateway as it arrives; where we added a key,
         # through the reflection redactor (S7).
+        self._record_allowed(flow)
         try:
             if flow.response is not None:
                 self.credentials.guard_response(flow)
@@ -226,6 +242,7 @@ class Enforcer:
                 flow.websocket = None
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._record_allowed(flow)
         reflected = self.credentials.reflection_found(flow, self.holder.engine, sending=False)
         if reflected:
             self.record(reflected)
@@ -249,6 +266,11 @@ class Enforcer:
         assert data.server.address is not None
         address, address_port = data.server.address[:2]
         pinned = self._pins.get(data.client.id, {}).get((address, address_port))
+        if data.client.id in self._refused_tunnels:
+            # Never reached (requests in a refused tunnel are answered locally); the
+            # refusal is recorded with the request, not here a second time.
+            data.server.error = "egress refused: tunnel refused"
+            return
         host, port, mode = self._destination(data.client, pinned or address, address_port)
         attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
         decision = await self._decide_and_vet(attempt, _original(data.client))
@@ -263,28 +285,44 @@ class Enforcer:
         data.server.sni = parsed.name  # None for an allowed IP literal: verify the IP SAN
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
+        # S6 held (mitmproxy refused the certificate). The decision is recorded by the
+        # error hook of the flow that wanted this connection, as its only line.
         server = data.conn
         assert isinstance(server, connection.Server)
-        host = server.sni or (server.address[0] if server.address else "?")
-        port = server.address[1] if server.address else 0
-        self.record(
-            Decision(
+        failures = self._tls_failures.setdefault(data.context.client.id, {})
+        if server.error and len(failures) < 16:
+            failures[server.error] = server.error[:200]
+
+    def _record_allowed(self, flow: http.HTTPFlow) -> None:
+        """Write the decision line of an allowed request, once: when its response
+        starts, or when it fails. Failing on upstream TLS verification, it becomes a
+        refusal (upstream_tls_failure) with our body instead of mitmproxy's page."""
+        decision = flow.metadata.pop(_UNRECORDED, None)
+        if decision is None:
+            return
+        failures = self._tls_failures.get(flow.client_conn.id, {})
+        if flow.response is None and flow.error is not None and flow.error.msg in failures:
+            decision = decision.with_context(
                 verdict=Verdict.BLOCK,
                 reason=Reason.UPSTREAM_TLS_FAILURE,
                 rule=RULE_NETGUARD,
-                host=host,
-                port=port,
-                client=_client(data.context.client),
-                address=str(server.peername[0]) if server.peername else None,
-                detail=(server.error or "handshake failed")[:200],
+                detail=failures[flow.error.msg],
             )
-        )
+            error_pages.expect(flow.error.msg, refusal_response(decision, close=True))
+        self.record(decision)
 
     def client_disconnected(self, client: connection.Client) -> None:
         tunnel = self._tunnels.pop(client.id, None)
         self._pins.pop(client.id, None)
+        self._tls_failures.pop(client.id, None)
+        tunnel_refusal = self._refused_tunnels.pop(client.id, None)
         if client.id in self._spoke_http:
             self._spoke_http.discard(client.id)
+            return
+        if tunnel_refusal is not None:
+            # A refused tunnel without a request (the client rejected our CA, or spoke
+            # no HTTP): the CONNECT's refusal is its one line.
+            self.record(tunnel_refusal)
             return
         # A redirected connection (or a CONNECT tunnel) that ended without one HTTP
         # request and without TLS: SSH, raw bytes, a port probe. mitmproxy refused it

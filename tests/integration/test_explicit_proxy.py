@@ -200,7 +200,8 @@ def connect_status(sidecar: SidecarProcess, authority: str) -> tuple[int, bytes]
         ("suffix_confusion", "api.openai.com.evil.com:443", "host_not_allowed"),
         ("prefix_confusion", "evilopenai.com:443", "host_not_allowed"),
         ("homoglyph_cyrillic_a", "xn--pi-6kc.openai.com:443", "host_not_allowed"),
-        ("allowed_host_other_port", "api.openai.com:8443", "port_not_allowed"),
+        # (api.openai.com itself is refused inside the tunnel: test_refusals.py)
+        ("allowed_host_other_port", "rebind.openai.com:8443", "port_not_allowed"),
         ("public_ip_literal", "93.184.216.34:443", "ip_literal"),
         ("metadata_ip_literal", "169.254.169.254:80", "metadata_address"),
         ("metadata_ipv6_literal", "[fd00:ec2::254]:80", "metadata_address"),

@@ -51,7 +51,7 @@ def test_env_variables_configure_run(tmp_path, provider, dns_server, test_ca_fil
     }
     sidecar = SidecarProcess([], env=env).start()
     try:
-        assert sidecar.listening["resolver"] == ["127.0.0.1"]
+        assert sidecar.listening["resolver"] == [f"127.0.0.1:{dns_server.port}"]
         assert (tmp_path / "ca" / "mitmproxy-ca-cert.pem").is_file()
         status, _ = connect_status(sidecar, f"api.openai.com:{provider.port}")
         assert status == 200
