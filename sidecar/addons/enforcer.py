@@ -24,6 +24,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.credentials import SecretStore
+from sidecar.credentials.confinement import key_withheld_because
 from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
@@ -184,8 +185,10 @@ class Enforcer:
         if not decision.refused:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
+            endpoint = engine.endpoint(decision.rule)
             decision = self.credentials.prepare(
-                flow, decision, engine.endpoint(decision.rule), engine
+                flow, decision, endpoint, engine,
+                withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
         self.record(decision)
         if decision.refused:
