@@ -90,11 +90,17 @@ def _audit_policy(provider_port: int, plain_listed: int) -> str:
         providers:
           openai:
             hosts: [api.openai.com]
-            ports: [{provider_port}, {plain_listed}]
+            ports: [{provider_port}]
             paths: [/v1/*]
             methods: [GET, POST]
             addresses: [127.0.0.0/8]
             credential: {{header: authorization, format: "Bearer {{secret}}", secret: openai}}
+          anthropic:
+            # A provider listing a port where only plain HTTP answers: tls_required.
+            hosts: [api.anthropic.com]
+            ports: [{plain_listed}]
+            addresses: [127.0.0.0/8]
+            credential: {{header: x-api-key, format: "{{secret}}", secret: anthropic}}
         """
     )
 
@@ -138,9 +144,10 @@ def _headers(marker: str, key: str = DUMMY) -> dict[str, str]:
 
 def _assert_no_key(raw: bytes | str) -> None:
     text = raw if isinstance(raw, str) else raw.decode("latin-1")
-    assert KEY not in text, "the provider key went out on a would_block request"
+    for name, key in KEYS.items():
+        assert key not in text, f"the {name} key went out on a would_block request"
     assert DUMMY not in text, "the gateway's credential was not stripped"
-    assert "authorization" not in text.lower(), text
+    assert "authorization" not in text.lower() and "x-api-key" not in text.lower(), text
 
 
 def _from_provider(provider: FakeProvider, marker: str) -> dict[str, str]:
@@ -186,10 +193,11 @@ def test_audit_plain_http_on_unlisted_port_gets_no_key(audit_keyed, listeners):
 
 
 def test_audit_plain_http_on_listed_port_gets_no_key(audit_keyed, listeners):
-    """tls_required: plain HTTP towards the provider on a port it lists."""
+    """tls_required: plain HTTP towards a provider on a port it lists."""
     port = listeners["plain_listed"].port
+    headers = {**_headers("p-lst"), "x-api-key": DUMMY}
     with _client(audit_keyed) as c:
-        got = c.get(f"http://api.openai.com:{port}/v1/models", headers=_headers("p-lst"))
+        got = c.get(f"http://api.anthropic.com:{port}/v1/messages", headers=headers)
     assert got.status_code == 200
     _assert_no_key(listeners["plain_listed"].saw("p-lst"))
     decision = audit_keyed.wait_for_decision(port=port, reason="tls_required")

