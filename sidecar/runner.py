@@ -187,7 +187,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     resolver = Resolver(settings.resolver)
-    enforcer = Enforcer(holder, resolver, recorder, credentials)
+    from sidecar.addons.h2_guard import H2HostMismatches
+
+    enforcer = Enforcer(holder, resolver, recorder, credentials, H2HostMismatches.install())
     ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.

@@ -24,10 +24,11 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar.addons.credentials import CredentialLayer
+from sidecar.addons.h2_guard import H2HostMismatches
 from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
 from sidecar.credentials import SecretStore
 from sidecar.credentials.confinement import key_withheld_because
-from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
+from sidecar.decision import RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
 from sidecar.netguard import AddressClass, classify_address
@@ -106,6 +107,7 @@ class Enforcer:
         resolver: Resolver,
         record: Callable[[Decision], None],
         credentials: CredentialLayer | None = None,
+        h2_mismatches: H2HostMismatches | None = None,
     ) -> None:
         self.holder = holder
         self.resolver = resolver
@@ -118,6 +120,7 @@ class Enforcer:
         self._pins: dict[str, dict[tuple[str, int], str]] = {}
         self._spoke_http: set[str] = set()  # client ids that sent at least one request
         self._hello_refused: set[str] = set()  # client ids refused (and logged) at ClientHello
+        self.h2_mismatches = h2_mismatches  # connections h2 closed for :authority != host
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
@@ -337,6 +340,12 @@ class Enforcer:
     def client_disconnected(self, client: connection.Client) -> None:
         tunnel = self._tunnels.pop(client.id, None)
         self._pins.pop(client.id, None)
+        mismatch = self.h2_mismatches.pop(client.peername) if self.h2_mismatches else None
+        if mismatch is not None:
+            self._hello_refused.discard(client.id)
+            self._spoke_http.discard(client.id)
+            self.record(self._h2_mismatch_decision(client, tunnel, *mismatch))
+            return
         if client.id in self._hello_refused:
             self._hello_refused.discard(client.id)  # its one line was written at the hello
             self._spoke_http.discard(client.id)
@@ -373,6 +382,32 @@ class Enforcer:
                 mode=mode,
                 detail=detail,
             )
+        )
+
+    def _h2_mismatch_decision(
+        self, client: connection.Client, tunnel: tuple[str, int] | None, authority: str, host: str
+    ) -> Decision:
+        """See h2_guard.py: the stream never became a request, so decide on the connection."""
+        proxy_mode = client.proxy_mode
+        if tunnel is not None:
+            (name, port), mode = tunnel, "explicit"
+        elif isinstance(proxy_mode, mode_specs.TransparentMode):
+            (name, port), mode = _original_destination(client), "transparent"
+            name = printable_sni(client.sni) if client.sni else name
+        elif isinstance(proxy_mode, mode_specs.ReverseMode):
+            (name, port), mode = (proxy_mode.address[0], proxy_mode.address[1]), "reverse"
+        else:
+            name, port, mode = printable_sni(client.sni or "?"), 0, "explicit"
+        return Decision(
+            verdict=Verdict.BLOCK,
+            reason=Reason.HOST_MISMATCH,
+            rule=RULE_HOST_AGREEMENT,
+            host=name,
+            port=port,
+            client=_client(client),
+            mode=mode,
+            detail=f"HTTP/2 :authority {authority!r} and host {host!r} differ; the "
+            "connection was closed (PROTOCOL_ERROR) before a request existed",
         )
 
     # --- helpers ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ mitmproxy has no "refuse this handshake" switch in `tls_clienthello`
 refusal is made in `tls_start_client`: the enforcer, first in the addon chain, hands
 mitmproxy a TLS server connection without any certificate. Every handshake on it
 fails with a `handshake_failure` alert, and mitmproxy's own `tlsconfig` leaves a
-connection it finds already set alone.
+connection it finds already set alone. More in docs/tls-and-http2.md.
 """
 
 from __future__ import annotations
