@@ -135,6 +135,9 @@ class World:
     gateway_ca: Path
     upstream_ca: Path
     ipv6_listeners: bool
+    # Listeners on the provider's own address, on ports its entry does not list (80
+    # plain, 8443 TLS): what audit mode forwards there is recorded (issue 11).
+    beside_provider: Attacker
 
     # running things in the pod
 
@@ -349,6 +352,8 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             udp = socket.SOCK_DGRAM
             socks = {
                 "provider": listening_socket(PROVIDER_V4, 443),
+                "beside/80": listening_socket(PROVIDER_V4, 80),
+                "beside/8443": listening_socket(PROVIDER_V4, 8443),
                 "upstream-dns": listening_socket(PROVIDER_V4, 53, udp),
             }
             for address in (ATTACKER_V4, ATTACKER_V6):
@@ -362,6 +367,10 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         socks = in_netns(pod.net, make_sockets)
         stack.callback(lambda: [s.close() for s in socks.values()])
         provider = NetnsProvider(bg, test_ca, [PROVIDER_HOST], socks["provider"]).start()
+        beside_provider = Attacker(bg, test_ca, [PROVIDER_HOST])
+        stack.callback(beside_provider.stop)
+        beside_provider.serve_tcp(socks["beside/80"], tls=False)
+        beside_provider.serve_tcp(socks["beside/8443"], tls=True)
         stack.callback(provider.stop)
         upstream = NetnsDNS(bg, socks["upstream-dns"]).start()
         stack.callback(upstream.stop)
@@ -405,6 +414,7 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             gateway_ca=gateway_ca,
             upstream_ca=upstream_ca,
             ipv6_listeners=ipv6_listeners,
+            beside_provider=beside_provider,
         )
 
 
@@ -930,3 +940,83 @@ def test_tls_connection_with_a_request_gets_only_the_request_line(world: World) 
     assert probe["handshake"] and "gpt-fake" in probe["reply"], probe
     lines = _lines_for(world, mark, probe)
     assert [(d["decision"], d["reason"]) for d in lines] == [("allow", "allowed")], lines
+
+
+# --- issue 11: audit mode never puts the key on a would_block request ----------------
+
+
+@contextlib.contextmanager
+def _policy_mode(world: World, mode: str) -> Iterator[None]:
+    """Reload the pod's policy in `mode`, and back to enforce afterwards (bounded waits)."""
+    policy = world.work / "policy.yaml"
+    original = policy.read_text()
+
+    def load(text: str, want: str) -> None:
+        after = len(world.sidecar.events)
+        policy.write_text(text)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(e.get("event") == "policy_loaded" and e.get("mode") == want
+                   for e in world.sidecar.events[after:]):  # fmt: skip
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the sidecar did not reload the policy in {want} mode")
+
+    load(original.replace("mode: enforce", f"mode: {mode}"), mode)
+    try:
+        yield
+    finally:
+        load(original, "enforce")
+
+
+def _no_key_in(data: bytes | str) -> None:
+    text = data if isinstance(data, str) else data.decode("latin-1")
+    assert PROVIDER_KEY not in text, "the provider key went out on a would_block request"
+    assert GATEWAY_DUMMY_KEY not in text, "the gateway's credential was not stripped"
+
+
+def _beside(world: World, headers: list[str], port: int) -> bytes:
+    marker = headers[1].split(": ", 1)[1].encode()
+    found = [
+        seen.data for seen in world.beside_provider.seen
+        if seen.kind == "request" and seen.local == f"{PROVIDER_V4}:{port}" and marker in seen.data
+    ]  # fmt: skip
+    assert len(found) == 1, "the request did not reach the listener (the test would pass blind)"
+    return found[0]
+
+
+def test_audit_mode_would_block_requests_carry_no_key(world: World) -> None:
+    """Transparent, audit mode: port_not_allowed in cleartext (:80) and over TLS (:8443)
+    and path_not_allowed pass as would_block, and none carries the provider key; the
+    allowed control does."""
+    with _policy_mode(world, "audit"):
+        mark = world.mark()
+        control = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}/v1/models", "--cacert",
+                         str(world.gateway_ca), *control)  # fmt: skip
+        assert got.status == 200, got
+        [allowed] = _received(world, control)
+        assert allowed.headers["authorization"] == f"Bearer {PROVIDER_KEY}"  # control
+
+        cleartext = _gateway_headers()
+        got = world.curl(f"http://{PROVIDER_HOST}/v1/models", *cleartext)
+        assert got.status == 200 and ATTACKER_BANNER.decode() in got.body, got  # it passed
+        _no_key_in(_beside(world, cleartext, 80))
+
+        tls_other_port = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}:8443/v1/models", "--cacert",
+                         str(world.gateway_ca), *tls_other_port)  # fmt: skip
+        assert got.status == 200, got
+        _no_key_in(_beside(world, tls_other_port, 8443))
+
+        path = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}/admin/keys", "--cacert",
+                         str(world.gateway_ca), *path)  # fmt: skip
+        [received] = _received(world, path)
+        _no_key_in(str(received.headers))
+
+        for port, reason in ((80, "port_not_allowed"), (8443, "port_not_allowed"),
+                             (443, "path_not_allowed")):  # fmt: skip
+            line = world.wait_decision(mark, port=port, reason=reason, host=PROVIDER_HOST)
+            assert line["decision"] == "would_block", line
+            assert line["detail"].endswith("provider key not added"), line
