@@ -1020,3 +1020,34 @@ def test_audit_mode_would_block_requests_carry_no_key(world: World) -> None:
             line = world.wait_decision(mark, port=port, reason=reason, host=PROVIDER_HOST)
             assert line["decision"] == "would_block", line
             assert line["detail"].endswith("provider key not added"), line
+
+
+# --- issue 11: HTTP/2 :authority and host that disagree ------------------------------
+
+
+def _h2_probe(world: World, authority: str, host_header: str) -> dict[str, Any]:
+    script = Path(__file__).with_name("h2_probe.py")
+    proc = world.run(str(VENV_BIN / "python"), str(script), PROVIDER_V4, "443",
+                     PROVIDER_HOST, authority, host_header, uid=0)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def test_h2_authority_and_host_disagreeing_is_host_mismatch(world: World) -> None:
+    """Domain fronting in HTTP/2 through the transparent listener: the h2 library kills
+    the connection; the attempt is host_mismatch, logged once and alerted."""
+    control_mark = world.mark()
+    control = _h2_probe(world, PROVIDER_HOST, PROVIDER_HOST)
+    assert control["alpn"] == "h2" and control["status"] == "200", control
+    assert [d["reason"] for d in _lines_for(world, control_mark, control)] == ["allowed"]
+
+    mark = world.mark()
+    received = len(world.provider.received)
+    probe = _h2_probe(world, PROVIDER_HOST, "exfil.attacker.example")
+    assert probe["status"] is None and probe["terminated"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "host_mismatch" and line["host"] == PROVIDER_HOST, line
+    assert "exfil.attacker.example" in line["detail"] and line["mode"] == "transparent"
+    world.assert_refused_and_alerted(mark, "host_mismatch", host=PROVIDER_HOST)
+    assert len(world.provider.received) == received
+    world.assert_attacker_saw_nothing(mark)
