@@ -111,23 +111,29 @@ REASONS: dict[Reason, ReasonSpec] = {
         "own address, as a literal or a DNS answer (S3)",
     ),
     Reason.METADATA_ADDRESS: ReasonSpec(
-        "403", _C, True,
-        "a cloud metadata address (169.254.169.254, fd00:ec2::254, ...), in any form, "
-        "never allowed",
+        "403 / TLS refused", _C, True,
+        "a cloud metadata address (169.254.169.254, fd00:ec2::254, ...), in any form "
+        "(literal, DNS answer, original destination of a redirected connection whatever its "
+        "SNI or Host says), never allowed",
     ),
     Reason.HOST_MISMATCH: ReasonSpec(
-        "403", _C, True,
-        "CONNECT authority, TLS SNI, Host / `:authority` name different hosts (S5)",
+        "403 / TLS refused / GOAWAY", _C, True,
+        "CONNECT authority, TLS SNI, Host / `:authority` name different hosts (S5); a "
+        "ClientHello inside a CONNECT tunnel is refused before the handshake; an HTTP/2 "
+        "request whose `:authority` and `host` differ closes its connection (h2 "
+        "PROTOCOL_ERROR, [docs/tls-and-http2.md](docs/tls-and-http2.md)) and is logged "
+        "when it ends",
     ),
     Reason.DNS_FAILURE: ReasonSpec("502", _I, True, "the sidecar could not resolve the name"),
     Reason.UPSTREAM_TLS_FAILURE: ReasonSpec(
         "502", _W, True, "the upstream certificate did not verify (S6)"
     ),
     Reason.PROTOCOL_NOT_ALLOWED: ReasonSpec(
-        "403 / FORMERR / -", _W, True,
+        "403 / TLS refused / FORMERR / -", _W, True,
         "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
-        "questions, a redirected connection or CONNECT tunnel that ended without TLS or any "
-        "HTTP request (SSH, raw bytes; logged when the connection ends)",
+        "questions, a redirected connection or CONNECT tunnel that ended without any HTTP "
+        "request (SSH, raw bytes, DNS over TLS, junk or nothing after a TLS handshake; "
+        "logged when the connection ends)",
     ),
     Reason.DESTINATION_MISMATCH: ReasonSpec(
         "403", _C, True,

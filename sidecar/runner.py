@@ -204,7 +204,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.pacing import RefusalPacer
 
     pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
-    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer)
+    from sidecar.addons.h2_guard import H2HostMismatches
+
+    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer,
+                        H2HostMismatches.install())
     ps = proxyserver.Proxyserver()
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.

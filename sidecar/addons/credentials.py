@@ -112,7 +112,9 @@ class CredentialLayer:
         decision: Decision,
         endpoint: Endpoint | None,
         engine: PolicyEngine,
+        withheld: str | None = None,
     ) -> Decision:
+        """`withheld`: why no key may be added (confinement.key_withheld_because)."""
         if time.monotonic() - self._refreshed_at > self.MAX_STALENESS:
             self.refresh()
         result = prepare_request(
@@ -121,6 +123,7 @@ class CredentialLayer:
             flow.request.query,
             self.store,
             virtual_keys=self.virtual_keys.current if self.virtual_keys else None,
+            add_key=withheld is None,
         )
         if result.refused:
             assert result.reason is not None
@@ -131,6 +134,10 @@ class CredentialLayer:
             flow.metadata[_INJECTED] = True
             if self._on_injected is not None:
                 self._on_injected(result.provider)
+        if result.outcome is Outcome.WITHHELD and decision.verdict is Verdict.WOULD_BLOCK:
+            # Audit mode: say why the provider will answer 401 to this one.
+            detail = f"{decision.detail}; provider key not added".lstrip("; ")
+            return decision.with_context(tenant=result.tenant, detail=detail)
         return decision.with_context(tenant=result.tenant)
 
     # --- responses --------------------------------------------------------------------

@@ -13,6 +13,7 @@ rewrites (it replaces the server address with the pinned IP after connect):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -26,10 +27,14 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from sidecar import refusals
 from sidecar.addons import error_pages
 from sidecar.addons.credentials import CredentialLayer
+from sidecar.addons.h2_guard import H2HostMismatches
+from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
 from sidecar.credentials import SecretStore
-from sidecar.decision import REASONS, RULE_NETGUARD, Decision, Reason, Verdict
+from sidecar.credentials.confinement import key_withheld_because
+from sidecar.decision import REASONS, RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
+from sidecar.netguard import AddressClass, classify_address
 from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
 
@@ -86,6 +91,7 @@ class Enforcer:
         record: Callable[[Decision], None],
         credentials: CredentialLayer | None = None,
         pacer: RefusalPacer | None = None,
+        h2_mismatches: H2HostMismatches | None = None,
     ) -> None:
         self.holder = holder
         self.pacer = pacer or RefusalPacer()  # issue 10: a refusal flood is slowed
@@ -104,6 +110,8 @@ class Enforcer:
         # client id -> error texts of its failed upstream TLS handshakes (S6), matched
         # against the flow's error so the refusal is the flow's one decision line.
         self._tls_failures: dict[str, dict[str, str]] = {}
+        self._hello_refused: set[str] = set()  # client ids refused (and logged) at ClientHello
+        self.h2_mismatches = h2_mismatches  # connections h2 closed for :authority != host
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
@@ -131,6 +139,61 @@ class Enforcer:
         if decision.verdict is Verdict.WOULD_BLOCK:
             self.record(decision)
         self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
+
+    # --- TLS ClientHello (see tls_hello.py) ----------------------------------------------
+
+    async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        try:
+            decision = await self._decide_hello(client, data.client_hello.sni)
+        except Exception:
+            logger.exception("ClientHello check failed; refusing the handshake")
+            decision = Decision(
+                verdict=Verdict.BLOCK, reason=Reason.PROTOCOL_NOT_ALLOWED, rule=RULE_NETGUARD,
+                host=_original_destination(client)[0], port=_original_destination(client)[1],
+                client=_client(client), detail="internal error at the TLS ClientHello",
+            )  # fmt: skip
+        if decision is not None and decision.refused:
+            self._hello_refused.add(client.id)
+            self.record(decision)
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        # Runs before mitmproxy's tlsconfig, which leaves a connection already set alone.
+        if data.context.client.id in self._hello_refused:
+            data.ssl_conn = refusing_tls_connection()
+
+    async def _decide_hello(self, client: connection.Client, sni: str | None) -> Decision | None:
+        """The decision a ClientHello gets; None when there is nothing to decide there."""
+        engine = self.holder.engine
+        if isinstance(client.proxy_mode, mode_specs.TransparentMode):
+            address, port = _original_destination(client)
+            original = ipaddress.ip_address(address)
+            attempt = Attempt(host=sni or address, port=port, mode="transparent",
+                              client=_client(client))  # fmt: skip
+            literal = dataclasses.replace(attempt, host=address)
+            if _is_metadata(original, engine):
+                decision = engine.decide(literal)  # metadata_address, whatever the SNI says
+            elif not sni and engine.match_address(original) is None:
+                decision = engine.decide(literal)  # as in requestheaders: no SNI, no name
+                if not decision.refused:
+                    decision = engine.refusal(
+                        decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI"
+                    )
+            else:
+                decision = await self._decide_and_vet(attempt, original)
+        else:
+            tunnel = self._tunnels.get(client.id)
+            if tunnel is None or not sni:
+                return None
+            decision = engine.decide(Attempt(host=tunnel[0], port=tunnel[1], mode="explicit",
+                                             client=_client(client), sni=sni))  # fmt: skip
+            if decision.reason is not Reason.HOST_MISMATCH:
+                return None  # the CONNECT itself was decided (and logged) already
+        if not decision.refused:
+            return decision
+        sni_text = f"SNI {sni[:100]!r}" if sni else "no SNI"
+        detail = f"{decision.detail}; refused at the TLS ClientHello ({sni_text})"
+        return decision.with_context(detail=detail.lstrip("; "))
 
     # --- every HTTP request -----------------------------------------------------------
 
@@ -167,7 +230,12 @@ class Enforcer:
         )
         engine = self.holder.engine
         original = _original(flow.client_conn)
-        if _is_h2c_upgrade(request.headers):
+        if original is not None and _is_metadata(original, engine):
+            # A redirected connection to a metadata address: that, whatever Host says.
+            decision = engine.decide(dataclasses.replace(
+                attempt, host=str(original), sni=None, host_header=None, authority=None
+            ))  # fmt: skip
+        elif _is_h2c_upgrade(request.headers):
             # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
             decision = engine.refusal(
                 engine.decide(attempt), Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
@@ -191,8 +259,10 @@ class Enforcer:
         if not decision.refused:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
+            endpoint = engine.endpoint(decision.rule)
             decision = self.credentials.prepare(
-                flow, decision, engine.endpoint(decision.rule), engine
+                flow, decision, endpoint, engine,
+                withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
         if decision.refused:
             self.record(decision)
@@ -316,6 +386,16 @@ class Enforcer:
         self._pins.pop(client.id, None)
         self._tls_failures.pop(client.id, None)
         tunnel_refusal = self._refused_tunnels.pop(client.id, None)
+        mismatch = self.h2_mismatches.pop(client.peername) if self.h2_mismatches else None
+        if mismatch is not None:
+            self._hello_refused.discard(client.id)
+            self._spoke_http.discard(client.id)
+            self.record(self._h2_mismatch_decision(client, tunnel, *mismatch))
+            return
+        if client.id in self._hello_refused:
+            self._hello_refused.discard(client.id)  # its one line was written at the hello
+            self._spoke_http.discard(client.id)
+            return
         if client.id in self._spoke_http:
             self._spoke_http.discard(client.id)
             return
@@ -325,12 +405,19 @@ class Enforcer:
             self.record(tunnel_refusal)
             return
         # A redirected connection (or a CONNECT tunnel) that ended without one HTTP
-        # request and without TLS: SSH, raw bytes, a port probe. mitmproxy refused it
-        # (rawtcp is off) without any flow hook; S9 wants it seen.
+        # request: SSH, raw bytes, a port probe, or TLS followed by no request (DNS over
+        # TLS, junk, a bare handshake). mitmproxy dropped it (rawtcp is off) without any
+        # flow hook; S9 wants it seen.
+        detail = "connection ended without an HTTP request or TLS (non-HTTP protocol)"
         if client.tls:
-            return
+            detail = (
+                "TLS connection ended without an HTTP request (non-HTTP protocol or none)"
+                if client.tls_established
+                else "TLS handshake with the client failed (does it trust the sidecar CA?)"
+            )
         if isinstance(client.proxy_mode, mode_specs.TransparentMode):
             (host, port), mode = _original_destination(client), "transparent"
+            host = printable_sni(client.sni) if client.sni else host
         elif tunnel is not None:
             (host, port), mode = tunnel, "explicit"
         else:
@@ -344,8 +431,34 @@ class Enforcer:
                 port=port,
                 client=_client(client),
                 mode=mode,
-                detail="connection ended without an HTTP request or TLS (non-HTTP protocol)",
+                detail=detail,
             )
+        )
+
+    def _h2_mismatch_decision(
+        self, client: connection.Client, tunnel: tuple[str, int] | None, authority: str, host: str
+    ) -> Decision:
+        """See h2_guard.py: the stream never became a request, so decide on the connection."""
+        proxy_mode = client.proxy_mode
+        if tunnel is not None:
+            (name, port), mode = tunnel, "explicit"
+        elif isinstance(proxy_mode, mode_specs.TransparentMode):
+            (name, port), mode = _original_destination(client), "transparent"
+            name = printable_sni(client.sni) if client.sni else name
+        elif isinstance(proxy_mode, mode_specs.ReverseMode):
+            (name, port), mode = (proxy_mode.address[0], proxy_mode.address[1]), "reverse"
+        else:
+            name, port, mode = printable_sni(client.sni or "?"), 0, "explicit"
+        return Decision(
+            verdict=Verdict.BLOCK,
+            reason=Reason.HOST_MISMATCH,
+            rule=RULE_HOST_AGREEMENT,
+            host=name,
+            port=port,
+            client=_client(client),
+            mode=mode,
+            detail=f"HTTP/2 :authority {authority!r} and host {host!r} differ; the "
+            "connection was closed (PROTOCOL_ERROR) before a request existed",
         )
 
     # --- helpers ----------------------------------------------------------------------
@@ -425,6 +538,10 @@ def _original(client: connection.Client) -> IPAddress | None:
     if not isinstance(client.proxy_mode, mode_specs.TransparentMode):
         return None
     return ipaddress.ip_address(_original_destination(client)[0])
+
+
+def _is_metadata(address: IPAddress, engine: PolicyEngine) -> bool:
+    return classify_address(address, engine.own_addresses) is AddressClass.METADATA
 
 
 def _is_h2c_upgrade(headers: Any) -> bool:

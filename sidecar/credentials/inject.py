@@ -167,6 +167,7 @@ def is_credential_param(name: str) -> bool:
 class Outcome(StrEnum):
     INJECTED = "injected"  # provider key added; the request may go
     NOT_APPLICABLE = "not_applicable"  # endpoint has no credential spec: nothing added
+    WITHHELD = "withheld"  # a provider's entry, but the request may not get a key (S7)
     GATEWAY_HOLDS_CREDENTIAL = "gateway_holds_credential"
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"
     UNKNOWN_VIRTUAL_KEY = "unknown_virtual_key"
@@ -195,7 +196,7 @@ class CredentialResult:
 
     @property
     def refused(self) -> bool:
-        return self.outcome not in (Outcome.INJECTED, Outcome.NOT_APPLICABLE)
+        return self.outcome not in (Outcome.INJECTED, Outcome.NOT_APPLICABLE, Outcome.WITHHELD)
 
     @property
     def reason(self) -> Reason | None:
@@ -228,10 +229,13 @@ def prepare_request(
     virtual_keys: VirtualKeys | None = None,
     require_virtual_key: bool = False,
     identity_encoding: bool = True,
+    add_key: bool = True,
 ) -> CredentialResult:
     """Detect, strip, inject. Edits `headers` and `query` in place. See module doc.
 
     `endpoint` MUST be the policy entry of the vetted destination of this request.
+    `add_key=False` (see `confinement.key_withheld_because`): detect and strip as for
+    this provider, but add no key (outcome WITHHELD).
     """
     spec = endpoint.credential
     injecting = endpoint.provider is not None and spec is not None
@@ -354,6 +358,15 @@ def prepare_request(
                 )
             secret_name = tenant.secret_for(provider, spec.secret)
 
+    if not add_key:
+        return CredentialResult(
+            Outcome.WITHHELD,
+            provider,
+            "provider key not added",
+            secret_name=secret_name,
+            tenant=tenant_name,
+            stripped=stripped,
+        )
     secret = store.get(secret_name)
     if secret is None:
         return CredentialResult(

@@ -275,17 +275,25 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 def test_sni_of_another_host_is_refused(sidecar, provider):
-    """Domain fronting: CONNECT to an allowed host, TLS SNI names another."""
+    """Domain fronting: CONNECT to an allowed host, TLS SNI names another. Refused at the
+    ClientHello (issue 11): no handshake, so the request inside is never even read."""
     mark = len(provider.received)
-    reply = raw_tls_request(
-        sidecar,
-        f"api.openai.com:{provider.port}",
-        "api.anthropic.com",
-        b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
-    )
-    assert reply.startswith(b"HTTP/1.1 403")
-    assert b"host_mismatch" in reply
+    decisions = len(sidecar.decisions)
+    with pytest.raises((ssl.SSLError, OSError)):
+        raw_tls_request(
+            sidecar,
+            f"api.openai.com:{provider.port}",
+            "api.anthropic.com",
+            b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+        )
     assert len(provider.received) == mark
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        d["reason"] == "host_mismatch" for d in sidecar.decisions[decisions:]
+    ):
+        time.sleep(0.05)
+    [line] = [d for d in sidecar.decisions[decisions:] if d["reason"] == "host_mismatch"]
+    assert line["decision"] == "block" and line["host"] == "api.openai.com"
 
 
 @pytest.mark.parametrize(

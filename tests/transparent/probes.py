@@ -8,11 +8,13 @@ and exits 0; every network wait is bounded by a few seconds.
     probes.py udp HOST PORT [WAIT]
     probes.py icmp HOST
     probes.py tcp HOST PORT PAYLOAD
+    probes.py tls HOST PORT SNI|- PAYLOAD|-   (no certificate check: the attacker's view)
 """
 
 import json
 import random
 import socket
+import ssl
 import struct
 import sys
 
@@ -136,7 +138,41 @@ def tcp(host, port, payload):
     return {"connected": True, "reply": data.decode("latin-1")}
 
 
+def tls(host, port, sni, payload):
+    """TLS with the given SNI ("-": none), then PAYLOAD ("-": close at once)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        raw = socket.create_connection((host, int(port)), timeout=WAIT)
+    except OSError as exc:
+        return {"connected": False, **error(exc)}
+    local = raw.getsockname()[1]
+    raw.settimeout(WAIT)
+    try:
+        sock = context.wrap_socket(raw, server_hostname=None if sni == "-" else sni)
+    except (OSError, ssl.SSLError) as exc:
+        raw.close()
+        return {"connected": True, "handshake": False, "local_port": local, **error(exc)}
+    data = b""
+    try:
+        if payload != "-":
+            sock.sendall(payload.encode().decode("unicode_escape").encode("latin-1"))
+            while len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except (OSError, ssl.SSLError) as exc:
+        return {"connected": True, "handshake": True, "local_port": local,
+                "reply": data.decode("latin-1"), **error(exc)}
+    finally:
+        sock.close()
+    return {"connected": True, "handshake": True, "local_port": local,
+            "reply": data.decode("latin-1")}
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    result = {"dns": dns, "udp": udp, "icmp": icmp, "tcp": tcp}[command](*args)
+    result = {"dns": dns, "udp": udp, "icmp": icmp, "tcp": tcp, "tls": tls}[command](*args)
     print(json.dumps(result))

