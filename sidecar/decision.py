@@ -48,6 +48,14 @@ class Reason(StrEnum):
     DESTINATION_MISMATCH = "destination_mismatch"
     DNS_NAME_NOT_ALLOWED = "dns_name_not_allowed"
     DNS_TUNNEL_SUSPECTED = "dns_tunnel_suspected"
+    # issue 10: limits on what a peer controls (HTTP and connections, docs/limits.md).
+    REQUEST_HEADERS_TOO_LARGE = "request_headers_too_large"
+    RESPONSE_HEADERS_TOO_LARGE = "response_headers_too_large"
+    REQUEST_BODY_TOO_LARGE = "request_body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_STREAMS = "too_many_streams"
 
 
 # Reasons enforced even in audit mode (S11): address vetting (S3), IP literals (S4),
@@ -69,6 +77,14 @@ ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
         Reason.CREDENTIAL_REFLECTED,
         Reason.UNKNOWN_VIRTUAL_KEY,
         Reason.TENANT_NOT_ALLOWED,
+        # issue 10: resource limits protect the sidecar itself; audit mode keeps them.
+        Reason.REQUEST_HEADERS_TOO_LARGE,
+        Reason.RESPONSE_HEADERS_TOO_LARGE,
+        Reason.REQUEST_BODY_TOO_LARGE,
+        Reason.REQUEST_TIMEOUT,
+        Reason.IDLE_TIMEOUT,
+        Reason.TOO_MANY_CONNECTIONS,
+        Reason.TOO_MANY_STREAMS,
     }
 )
 

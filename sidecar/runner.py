@@ -187,12 +187,16 @@ async def _serve(settings: Settings, policy: Any) -> int:
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     resolver = Resolver(settings.resolver)
-    enforcer = Enforcer(holder, resolver, recorder, credentials)
+    from sidecar.addons.limits import LimitsAddon
+
+    limits = LimitsAddon(settings.limits, recorder)  # issue 10: HTTP/connection limits
+    enforcer = Enforcer(holder, resolver, recorder, credentials,
+                        limit_check=limits.check_request)
     ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
     dns_listener = DnsListener(holder, resolver, recorder, settings.dns_refuse_with)
-    master.addons.add(enforcer, dns_listener, ps, next_layer.NextLayer(),
+    master.addons.add(enforcer, dns_listener, ps, next_layer.NextLayer(), limits,
                       tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:

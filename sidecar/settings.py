@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from sidecar import limits as limits_mod
 from sidecar.hostnames import HostError, split_host_port
 
 ENV_PREFIX = "EGRESS_SIDECAR_"
@@ -87,6 +88,8 @@ class Settings:
     transparent: tuple[tuple[str, int], ...] = ()
     dns: tuple[tuple[str, int], ...] = ()
     dns_refuse_with: str = "refused"
+    # issue 10: HTTP/connection limits
+    limits: limits_mod.Limits = dataclasses.field(default_factory=limits_mod.Limits)
 
 
 # (flag, env suffix, help, repeatable)
@@ -152,6 +155,8 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ),
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
+    # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
+    *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
 )
 
 
@@ -219,6 +224,10 @@ def resolve(args: argparse.Namespace) -> Settings:
     refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
+    try:
+        limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
+    except limits_mod.LimitError as exc:
+        raise SettingsError(str(exc)) from None
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
@@ -242,4 +251,5 @@ def resolve(args: argparse.Namespace) -> Settings:
         transparent=transparent,
         dns=dns,
         dns_refuse_with=refuse_with,
+        limits=limits,
     )

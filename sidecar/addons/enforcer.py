@@ -27,6 +27,7 @@ from sidecar.credentials import SecretStore
 from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
+from sidecar.limits import LIMIT_ERROR_PREFIX
 from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
@@ -38,6 +39,13 @@ _STATUS: dict[Reason, int] = {
     Reason.CREDENTIAL_UNAVAILABLE: 503,
     Reason.UNKNOWN_VIRTUAL_KEY: 401,
     Reason.TENANT_NOT_ALLOWED: 403,
+    # issue 10 (sidecar/addons/limits.py)
+    Reason.REQUEST_HEADERS_TOO_LARGE: 431,
+    Reason.RESPONSE_HEADERS_TOO_LARGE: 502,
+    Reason.REQUEST_BODY_TOO_LARGE: 413,
+    Reason.REQUEST_TIMEOUT: 408,
+    Reason.TOO_MANY_CONNECTIONS: 429,
+    Reason.TOO_MANY_STREAMS: 429,
 }
 
 
@@ -102,7 +110,9 @@ class Enforcer:
         resolver: Resolver,
         record: Callable[[Decision], None],
         credentials: CredentialLayer | None = None,
+        limit_check: Callable[[http.HTTPFlow, Decision, Any], Decision] | None = None,
     ) -> None:
+        self.limit_check = limit_check  # issue 10: request body limit (addons/limits.py)
         self.holder = holder
         self.resolver = resolver
         self.record = record
@@ -187,6 +197,8 @@ class Enforcer:
             decision = self.credentials.prepare(
                 flow, decision, engine.endpoint(decision.rule), engine
             )
+        if not decision.refused and self.limit_check is not None:
+            decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
         self.record(decision)
         if decision.refused:
             flow.response = refusal_response(decision)
@@ -270,6 +282,9 @@ class Enforcer:
     def client_disconnected(self, client: connection.Client) -> None:
         tunnel = self._tunnels.pop(client.id, None)
         self._pins.pop(client.id, None)
+        if (client.error or "").startswith(LIMIT_ERROR_PREFIX):
+            self._spoke_http.discard(client.id)
+            return  # issue 10: a limit refused it and recorded that already
         if client.id in self._spoke_http:
             self._spoke_http.discard(client.id)
             return
