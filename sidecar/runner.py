@@ -189,10 +189,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
     resolver = Resolver(settings.resolver)
     from sidecar.addons.limits import LimitsAddon
 
-    limits = LimitsAddon(settings.limits, recorder)  # issue 10: HTTP/connection limits
+    ps = proxyserver.Proxyserver()
+    limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
     enforcer = Enforcer(holder, resolver, recorder, credentials,
                         limit_check=limits.check_request)
-    ps = proxyserver.Proxyserver()
     # Order matters (MITMPROXY-NOTES.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
     dns_listener = DnsListener(holder, resolver, recorder, settings.dns_refuse_with)

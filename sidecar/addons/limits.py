@@ -83,14 +83,25 @@ def _head_too_large(buffered: ReceiveBuffer, data: bytes, limit: int) -> bool:
     return end is None or end.end() > limit
 
 
+def _half_close(context: Context) -> layer.CommandGenerator[None]:
+    """FIN after the answer, so it is read rather than lost to a TCP reset. Not inside a
+    CONNECT tunnel: mitmproxy turns a half-close there into a full close (a reset while
+    the gateway is still sending); there the linger alone keeps the answer readable."""
+    if not any(isinstance(outer, HttpStream) for outer in context.layers):
+        yield commands.CloseTcpConnection(context.client, half_close=True)
+
+
 def _is_h1(request: http.Request) -> bool:
     return not (request.is_http2 or request.is_http3)
 
 
 class LimitsAddon:
-    def __init__(self, limits: Limits, record: Callable[[Decision], None]) -> None:
+    def __init__(
+        self, limits: Limits, record: Callable[[Decision], None], proxyserver: Any = None
+    ) -> None:
         self.limits = limits
         self.record = record
+        self.proxyserver = proxyserver  # mitmproxy's Proxyserver addon: connection handlers
         self.connections = ConnectionCounter(limits.max_connections,
                                              limits.max_connections_per_source)
         self._counted: dict[str, str] = {}  # client id -> source address
@@ -103,11 +114,22 @@ class LimitsAddon:
             why = self.connections.open(source)
             if why is None:
                 self._counted[client.id] = source
+                self._time_first_request(client)
                 return
             self.refuse(client, None, Reason.TOO_MANY_CONNECTIONS, why)
         except Exception:  # fail closed: a connection we cannot count is not admitted
             logger.exception("connection limit check failed; refusing the connection")
             client.error = LIMIT_ERROR_PREFIX + "internal error"
+
+    def _time_first_request(self, client: connection.Client) -> None:
+        """Until a client's first bytes arrive mitmproxy has no HTTP layer (it waits to
+        see whether they are TLS), so our HTTP timers cannot see a silent connection.
+        Wrap the connection's top layer (made by mitmproxy's mode server just before
+        this hook) in a timer that closes a connection that stays silent."""
+        handler = getattr(self.proxyserver, "connections", {}).get(client.id)
+        if handler is None or client.transport_protocol != "tcp":
+            return
+        handler.layer = FirstRequestTimer(handler.layer.context, handler.layer, self)
 
     def client_disconnected(self, client: connection.Client) -> None:
         source = self._counted.pop(client.id, None)
@@ -196,6 +218,36 @@ class LimitsAddon:
         )
 
 
+class FirstRequestTimer(layer.Layer):
+    """Wraps the top layer of a TCP connection: a connection that sends nothing, or
+    stalls in its TLS handshake, for `first_request_timeout` is closed."""
+
+    def __init__(self, context: Context, child: layer.Layer, guard: LimitsAddon) -> None:
+        super().__init__(context)
+        context.layers.remove(self)  # invisible to layer matching, like NextLayer
+        self.child = child
+        self.guard = guard
+        self._heard = False
+        self._wakeup: commands.RequestWakeup | None = None
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        client = self.context.client
+        if isinstance(event, events.Start):
+            self._wakeup = commands.RequestWakeup(self.guard.limits.first_request_timeout)
+            yield self._wakeup
+        elif isinstance(event, events.Wakeup) and event.command is self._wakeup:
+            stalled = not self._heard or (client.tls and not client.tls_established)
+            if stalled and client.state is not connection.ConnectionState.CLOSED:
+                timeout = self.guard.limits.first_request_timeout
+                self.guard.refuse(client, self.context.server, Reason.IDLE_TIMEOUT,
+                                  f"no request within {timeout:g} s of the connection opening")
+                yield commands.CloseConnection(client)
+            return
+        elif isinstance(event, events.DataReceived) and event.connection == client:
+            self._heard = True
+        yield from self.child.handle_event(event)
+
+
 class GuardedHttpLayer(HttpLayer):
     def __init__(self, context: Context, mode: Any, guard: LimitsAddon) -> None:
         super().__init__(context, mode)
@@ -206,7 +258,7 @@ class GuardedHttpLayer(HttpLayer):
             client = self.context.client
             if client.alpn == b"h2":
                 self.connections[client] = GuardedHttp2Server(self.context.fork(), self.guard)
-            elif client.alpn is None or client.alpn.startswith(b"http/1"):
+            elif not (client.alpn or b"").startswith(b"h3"):  # as HttpLayer picks HTTP/1
                 self.connections[client] = GuardedHttp1Server(self.context.fork(), self.guard)
         elif isinstance(event, events.DataReceived) and event.connection != self.context.client:
             if (yield from self._response_head_guard(event)):
@@ -327,7 +379,7 @@ class GuardedHttp1Server(Http1Server):
         response = refusal_response(decision, close=True)
         if self.conn.state & connection.ConnectionState.CAN_WRITE:
             yield commands.SendData(self.conn, http1.assemble_response(response))
-            yield commands.CloseTcpConnection(self.conn, half_close=True)
+            yield from _half_close(self.context)
         self._phase = None
         yield from self._set_phase("linger")
 
@@ -443,7 +495,7 @@ class GuardedHttpStream(HttpStream):
         yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
         yield DropStream(self.stream_id)
         if h1 and body_pending:
-            yield commands.CloseTcpConnection(self.context.client, half_close=True)
+            yield from _half_close(self.context)
             self._linger = True
             yield commands.RequestWakeup(LINGER_SECONDS)
 
