@@ -58,6 +58,7 @@ def test_header_bomb_is_refused_and_memory_stays_bounded(
     assert b"request_headers_too_large" in answer
     limited.wait_for_decision(reason="request_headers_too_large", decision="block")
     wait_for_alert(receiver, "request_headers_too_large")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
     allowed_request_works(limited, provider)
 
@@ -78,6 +79,7 @@ def test_header_bomb_inside_tls_tunnel_is_refused(
     assert status_of(answer) == 431, (answer[:300], limited.decisions[-3:],
                                       limited.stderr_lines[-10:])
     limited.wait_for_decision(reason="request_headers_too_large", host="api.openai.com")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
@@ -118,6 +120,7 @@ def test_body_to_refused_host_gets_no_100_continue(
     limited.wait_for_decision(reason="host_not_allowed", host="unlisted.example.com",
                               method="POST")
     wait_for_alert(receiver, "host_not_allowed")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
@@ -133,6 +136,7 @@ def test_body_sent_without_waiting_to_refused_host_is_not_buffered(limited: Side
                 300 * MB,
             )
     assert status_of(answer) == 403, answer[:300]
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
@@ -182,6 +186,7 @@ def test_chunked_body_over_provider_limit_is_cut_off(
     assert status in (0, 413)
     limited.wait_for_decision(reason="request_body_too_large", provider="openai",
                               path="/v1/chat/completions")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
@@ -199,6 +204,7 @@ def test_upstream_header_bomb_is_refused(
     decision = limited.wait_for_decision(reason="response_headers_too_large")
     assert decision["host"] == BOMB_HOST
     wait_for_alert(receiver, "response_headers_too_large")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
     allowed_request_works(limited, provider)
 
@@ -238,6 +244,7 @@ def test_idle_connections_per_source_are_capped(
     assert len(refusals) >= 500
     assert refusals[0]["client"].startswith("127.0.0.2:")
     wait_for_alert(receiver, "too_many_connections")
+    print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
@@ -295,3 +302,87 @@ def test_idle_keepalive_connection_is_closed_without_a_refusal(
         answer = read_response(sock, timeout=30)
     assert status_of(answer) == 403  # answered, then closed after the idle timeout
     assert sum(1 for d in quick.decisions if d.get("reason") == "idle_timeout") == before
+
+
+def test_all_attacks_at_once_stay_under_the_ceiling_while_allowed_requests_succeed(
+    limited: SidecarProcess, provider: FakeProvider, bomb_upstream: HeaderBombUpstream
+):
+    """Item 4: every attack above at the same time, with default options; allowed
+    requests are served throughout and the RSS stays under the documented ceiling."""
+    import threading
+
+    stop = threading.Event()
+    failures: list[str] = []
+    host, port = proxy_address(limited)
+
+    def header_bomb() -> None:
+        head = f"GET http://api.openai.com:{provider.port}/ HTTP/1.1\r\nX-Bomb: ".encode()
+        while not stop.is_set():
+            with socket.create_connection((host, port), timeout=10) as sock:
+                flood(sock, head, b"a" * 65536, 100 * MB)
+
+    def refused_body() -> None:
+        head = (b"POST http://unlisted.example.com/ HTTP/1.1\r\nHost: unlisted.example.com\r\n"
+                b"Content-Length: 4000000000\r\n\r\n")
+        while not stop.is_set():
+            with socket.create_connection((host, port), timeout=10) as sock:
+                flood(sock, head, b"b" * 65536, 100 * MB)
+
+    def upstream_bomb() -> None:
+        with httpx.Client(proxy=limited.proxy_url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    client.get(f"http://{BOMB_HOST}:{bomb_upstream.port}/")
+                except httpx.HTTPError:
+                    pass
+
+    def slowloris() -> None:
+        socks = []
+        try:
+            for _ in range(50):
+                sock = socket.create_connection((host, port), timeout=10)
+                sock.sendall(b"GET http://api.openai.com/ HTTP/1.1\r\nX-Slow: ")
+                socks.append(sock)
+            while not stop.wait(0.5):
+                for sock in socks:
+                    try:
+                        sock.sendall(b"a")
+                    except OSError:
+                        pass
+        finally:
+            for sock in socks:
+                sock.close()
+
+    idle: list[socket.socket] = []
+    threads = [threading.Thread(target=t, daemon=True) for t in
+               (header_bomb, header_bomb, refused_body, refused_body, upstream_bomb,
+                upstream_bomb, slowloris)]
+    with PeakRss(limited) as rss:
+        try:
+            for _ in range(1000):  # idle sockets from another source address
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind(("127.0.0.3", 0))
+                sock.settimeout(10)
+                sock.connect((host, port))
+                idle.append(sock)
+            for thread in threads:
+                thread.start()
+            served = 0
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    allowed_request_works(limited, provider)
+                    served += 1
+                except (AssertionError, httpx.HTTPError) as exc:
+                    failures.append(repr(exc)[:200])
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+            for sock in idle:
+                sock.close()
+    print(f"peak RSS {rss.peak:.0f} MB, {served} allowed requests served, "
+          f"{len(failures)} failed")
+    assert served >= 5 and not failures, failures[:5]
+    print(f"peak RSS {rss.peak:.0f} MB")
+    assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
