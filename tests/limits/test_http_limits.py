@@ -26,6 +26,7 @@ from tests.limits.helpers import (
     wait_for_alert,
 )
 from tests.support.fakes import FakeProvider
+from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -253,6 +254,7 @@ def quick(start_limited) -> SidecarProcess:
     """Short timers, so the timeouts show within a test's patience."""
     return start_limited(
         "--header-timeout", "2", "--first-request-timeout", "2", "--idle-timeout", "3",
+        "--max-h2-streams", "10",
     )
 
 
@@ -385,4 +387,66 @@ def test_all_attacks_at_once_stay_under_the_ceiling_while_allowed_requests_succe
           f"{len(failures)} failed")
     assert served >= 5 and not failures, failures[:5]
     print(f"peak RSS {rss.peak:.0f} MB")
+    assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
+
+
+def test_h2_stream_flood_is_refused(
+    quick: SidecarProcess, receiver: FakeReceiver, provider: FakeProvider
+):
+    """A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS (10 here) and opens 40
+    streams in one write: the connection is closed with GOAWAY."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context(cafile=quick.ca_cert)
+    context.set_alpn_protocols(["h2"])
+    authority = f"api.openai.com:{provider.port}"
+    events: list[object] = []
+    with socket.create_connection(proxy_address(quick), timeout=10) as raw:
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        with context.wrap_socket(raw, server_hostname="api.openai.com") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            for i in range(40):  # before reading the server's SETTINGS: nothing stops us
+                conn.send_headers(
+                    1 + 2 * i,
+                    [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                     (":path", "/v1/models")],
+                    end_stream=True,
+                )
+            tls.sendall(conn.data_to_send())
+            tls.settimeout(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    data = tls.recv(65536)
+                except (TimeoutError, OSError):
+                    break
+                if not data:
+                    break
+                try:
+                    events.extend(conn.receive_data(data))
+                except Exception:  # noqa: BLE001 - the sidecar closed the connection
+                    break
+                if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                    break
+    assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events), events[:5]
+    decision = quick.wait_for_decision(reason="too_many_streams")
+    assert "10 concurrent" in decision["detail"]
+    wait_for_alert(receiver, "too_many_streams")
+
+
+def test_header_bomb_on_reverse_listener_is_refused(start_limited, provider: FakeProvider):
+    """Reverse mode (plain HTTP from the gateway) goes through the same guarded layer."""
+    sidecar = start_limited("--reverse", f"openai@127.0.0.1:{free_port()}")
+    host, port = sidecar.listener("reverse:openai").rsplit(":", 1)
+    with PeakRss(sidecar) as rss:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            answer = flood(sock, b"GET /v1/models HTTP/1.1\r\nX-Bomb: ", b"a" * 65536, 100 * MB)
+    assert status_of(answer) == 431, answer[:300]
+    decision = sidecar.wait_for_decision(reason="request_headers_too_large")
+    assert decision["mode"] == "reverse" and decision["host"] == "api.openai.com"
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
