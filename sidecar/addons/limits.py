@@ -296,8 +296,10 @@ class GuardedHttpLayer(HttpLayer):
 
 class GuardedHttp1Server(Http1Server):
     """Request head size and the timers (slowloris, idle) of one HTTP/1 client
-    connection. The phase is re-evaluated after every event; each phase change asks
-    for a wakeup at its deadline."""
+    connection. The phase is re-evaluated after every event. A wakeup is requested only
+    when the new deadline is earlier than every one already pending (mitmproxy keeps a
+    task per wakeup until the connection ends), so a busy kept-alive connection holds
+    about one timer, not one per request."""
 
     def __init__(self, context: Context, guard: LimitsAddon) -> None:
         super().__init__(context)
@@ -305,9 +307,11 @@ class GuardedHttp1Server(Http1Server):
         self._phase: str | None = None  # first | headers | idle | linger | None (busy)
         self._since = time.monotonic()
         self._refused = False
+        self._timers: dict[commands.RequestWakeup, float] = {}  # pending -> deadline
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup):
+            self._timers.pop(event.command, None)
             yield from self._on_wakeup()
             return
         if self._refused:
@@ -336,13 +340,23 @@ class GuardedHttp1Server(Http1Server):
             "linger": LINGER_SECONDS,
         }.get(phase or "")
 
+    def _deadline(self) -> float | None:
+        timeout = self._timeout(self._phase)
+        return None if timeout is None else self._since + timeout
+
+    def _arm(self) -> layer.CommandGenerator[None]:
+        deadline = self._deadline()
+        if deadline is None or (self._timers and min(self._timers.values()) <= deadline):
+            return
+        wakeup = commands.RequestWakeup(max(0.0, deadline - time.monotonic()))
+        self._timers[wakeup] = deadline
+        yield wakeup
+
     def _set_phase(self, phase: str | None) -> layer.CommandGenerator[None]:
         if phase == self._phase:
             return
         self._phase, self._since = phase, time.monotonic()
-        timeout = self._timeout(phase)
-        if timeout is not None:
-            yield commands.RequestWakeup(timeout)
+        yield from self._arm()
 
     def _update_phase(self) -> layer.CommandGenerator[None]:
         if self._refused or self.conn.state is connection.ConnectionState.CLOSED:
@@ -353,10 +367,15 @@ class GuardedHttp1Server(Http1Server):
         yield from self._set_phase(phase)
 
     def _on_wakeup(self) -> layer.CommandGenerator[None]:
-        timeout = self._timeout(self._phase)
-        if timeout is None or time.monotonic() - self._since < timeout - 0.05:
-            return  # an older timer; the current phase has its own
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if time.monotonic() < deadline - 0.05:
+            yield from self._arm()  # woken for an earlier phase: wait for this one's deadline
+            return
+        timeout = self._timeout(self._phase) or 0.0
         if self._phase == "linger":
+            self._phase = None
             yield commands.CloseConnection(self.conn)
         elif self._phase == "headers":
             yield from self._refuse(
