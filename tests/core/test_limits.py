@@ -101,3 +101,22 @@ def test_counter_never_exceeds_its_limits_and_forgets_empty_sources(ops):
 def test_provider_body_limit_overrides_the_default():
     assert body_limit(32 * MIB, None) == 32 * MIB
     assert body_limit(32 * MIB, 1024) == 1024
+
+
+def test_every_limit_and_reason_is_documented():
+    """The options and reason codes are a public contract: README and docs/limits.md."""
+    from pathlib import Path
+
+    from sidecar.decision import Reason
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    limits_doc = (root / "docs" / "limits.md").read_text()
+    for flag, env, *_ in OPTIONS:
+        for doc in (readme, limits_doc):
+            assert f"`{flag}" in doc and f"EGRESS_SIDECAR_{env}`" in doc, flag
+    for reason in ("request_headers_too_large", "response_headers_too_large",
+                   "request_body_too_large", "request_timeout", "idle_timeout",
+                   "too_many_connections", "too_many_streams"):
+        assert Reason(reason)
+        assert f"| `{reason}` |" in readme and f"`{reason}`" in limits_doc

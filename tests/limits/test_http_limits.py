@@ -429,7 +429,7 @@ def test_h2_stream_flood_is_refused(
                     break
                 try:
                     events.extend(conn.receive_data(data))
-                except Exception:  # noqa: BLE001 - the sidecar closed the connection
+                except Exception:  # the sidecar closed the connection
                     break
                 if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                     break
