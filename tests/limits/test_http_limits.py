@@ -450,3 +450,48 @@ def test_header_bomb_on_reverse_listener_is_refused(start_limited, provider: Fak
     decision = sidecar.wait_for_decision(reason="request_headers_too_large")
     assert decision["mode"] == "reverse" and decision["host"] == "api.openai.com"
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
+
+
+def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvider):
+    """HTTP/2: a 200 KB header list (HEADERS + CONTINUATION frames) over the 64 KiB limit
+    closes the connection."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context(cafile=limited.ca_cert)
+    context.set_alpn_protocols(["h2"])
+    authority = f"api.openai.com:{provider.port}"
+    events: list[object] = []
+    with socket.create_connection(proxy_address(limited), timeout=10) as raw:
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        with context.wrap_socket(raw, server_hostname="api.openai.com") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(
+                1,
+                [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                 (":path", "/v1/models"), ("x-bomb", "a" * 200_000)],
+                end_stream=True,
+            )
+            tls.sendall(conn.data_to_send())
+            tls.settimeout(10)
+            while True:
+                try:
+                    data = tls.recv(65536)
+                except (TimeoutError, OSError):
+                    break
+                if not data:
+                    break
+                try:
+                    events.extend(conn.receive_data(data))
+                except Exception:  # the sidecar closed the connection
+                    break
+                if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                    break
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events), events[:5]
+    decision = limited.wait_for_decision(reason="request_headers_too_large", mode="explicit",
+                                         host="api.openai.com", method=None)
+    assert "HTTP/2 header list" in decision["detail"]
