@@ -79,6 +79,14 @@ SEVERITY_BY_REASON: Mapping[Reason, Severity] = {
     Reason.TENANT_NOT_ALLOWED: Severity.WARNING,
     Reason.CREDENTIAL_UNAVAILABLE: Severity.WARNING,
     Reason.UPSTREAM_TLS_FAILURE: Severity.WARNING,
+    # issue 10: limits on what a peer controls (resource exhaustion attempts).
+    Reason.REQUEST_HEADERS_TOO_LARGE: Severity.WARNING,
+    Reason.RESPONSE_HEADERS_TOO_LARGE: Severity.WARNING,
+    Reason.REQUEST_BODY_TOO_LARGE: Severity.WARNING,
+    Reason.REQUEST_TIMEOUT: Severity.WARNING,
+    Reason.TOO_MANY_CONNECTIONS: Severity.WARNING,
+    Reason.TOO_MANY_STREAMS: Severity.WARNING,
+    Reason.IDLE_TIMEOUT: Severity.WARNING,
     # Operational, mostly not an attack.
     Reason.DNS_FAILURE: Severity.INFO,
     Reason.ALLOWED: Severity.INFO,
