@@ -495,3 +495,20 @@ def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvid
     decision = limited.wait_for_decision(reason="request_headers_too_large", mode="explicit",
                                          host="api.openai.com", method=None)
     assert "HTTP/2 header list" in decision["detail"]
+
+
+def test_stalled_tls_handshake_is_closed(quick: SidecarProcess, provider: FakeProvider):
+    """CONNECT, then the first bytes of a TLS ClientHello and nothing more."""
+    authority = f"api.openai.com:{provider.port}"
+    before = sum(1 for d in quick.decisions if d.get("reason") == "idle_timeout")
+    with socket.create_connection(proxy_address(quick), timeout=10) as sock:
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+        started = time.monotonic()
+        assert read_response(sock, timeout=30) == b""  # closed, nothing said
+        print(f"closed after {time.monotonic() - started:.1f} s")
+    deadline = time.monotonic() + 10
+    while sum(1 for d in quick.decisions if d.get("reason") == "idle_timeout") == before:
+        assert time.monotonic() < deadline, quick.decisions[-3:]
+        time.sleep(0.05)
