@@ -54,10 +54,16 @@ def test_header_bomb_is_refused_and_memory_stays_bounded(
     head = f"GET http://api.openai.com:{provider.port}/v1/models HTTP/1.1\r\nX-Bomb: ".encode()
     with PeakRss(limited) as rss:
         with socket.create_connection(proxy_address(limited), timeout=10) as sock:
+            client = f"127.0.0.1:{sock.getsockname()[1]}"
             answer = flood(sock, head, b"a" * 65536, 200 * MB)
     assert status_of(answer) == 431, answer[:300]
     assert b"request_headers_too_large" in answer
-    limited.wait_for_decision(reason="request_headers_too_large", decision="block")
+    limited.wait_for_decision(reason="request_headers_too_large", decision="block",
+                              client=client)
+    time.sleep(0.5)  # the connection has ended: nothing else may be recorded for it
+    assert [d["reason"] for d in limited.decisions if d["client"] == client] == [
+        "request_headers_too_large"
+    ]
     wait_for_alert(receiver, "request_headers_too_large")
     print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
@@ -103,6 +109,7 @@ def test_body_to_refused_host_gets_no_100_continue(
 ):
     with PeakRss(limited) as rss:
         with socket.create_connection(proxy_address(limited), timeout=10) as sock:
+            client = f"127.0.0.1:{sock.getsockname()[1]}"
             sock.sendall(
                 b"POST http://unlisted.example.com/upload HTTP/1.1\r\n"
                 b"Host: unlisted.example.com\r\nContent-Length: 4000000000\r\n"
@@ -119,7 +126,10 @@ def test_body_to_refused_host_gets_no_100_continue(
             rest = flood(sock, b"", b"b" * 65536, 300 * MB)
     assert b"HTTP/1.1" not in rest  # nothing more after the one answer
     limited.wait_for_decision(reason="host_not_allowed", host="unlisted.example.com",
-                              method="POST")
+                              method="POST", client=client)
+    assert [d["reason"] for d in limited.decisions if d["client"] == client] == [
+        "host_not_allowed"
+    ]  # one decision line for the one refusal
     wait_for_alert(receiver, "host_not_allowed")
     print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
@@ -464,6 +474,7 @@ def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvid
     authority = f"api.openai.com:{provider.port}"
     events: list[object] = []
     with socket.create_connection(proxy_address(limited), timeout=10) as raw:
+        client = f"127.0.0.1:{raw.getsockname()[1]}"
         raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
         assert raw.recv(4096).startswith(b"HTTP/1.1 200")
         with context.wrap_socket(raw, server_hostname="api.openai.com") as tls:
@@ -492,8 +503,8 @@ def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvid
                 if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                     break
     assert not any(isinstance(e, h2.events.ResponseReceived) for e in events), events[:5]
-    decision = limited.wait_for_decision(reason="request_headers_too_large", mode="explicit",
-                                         host="api.openai.com", method=None)
+    decision = limited.wait_for_decision(reason="request_headers_too_large", client=client,
+                                         host="api.openai.com")
     assert "HTTP/2 header list" in decision["detail"]
 
 
