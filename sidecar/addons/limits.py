@@ -58,6 +58,7 @@ from mitmproxy.proxy.layers.http._http2 import Http2Server
 
 from sidecar.addons.enforcer import refusal_response
 from sidecar.decision import Decision, Reason, Verdict
+from sidecar.hostnames import HostError, parse_host
 from sidecar.limits import LIMIT_ERROR_PREFIX, RULE_LIMITS, ConnectionCounter, Limits, body_limit
 from sidecar.policy.model import Endpoint
 
@@ -200,10 +201,16 @@ class LimitsAddon:
             mode, (host, port) = "reverse", proxy_mode.address
         elif isinstance(proxy_mode, mode_specs.TransparentMode):
             mode, (host, port) = "transparent", client.sockname[:2]  # original destination
+        elif server is not None and server.address:
+            mode, (host, port) = "explicit", server.address  # the CONNECT authority
         else:
-            mode, (host, port) = "explicit", (server.address if server is not None and
-                                              server.address else client.sockname[:2])
+            mode, (host, port) = "explicit", client.sockname[:2]  # our own listener
         request = flow.request if flow is not None else None
+        if mode == "explicit" and request is not None and not client.sni:
+            try:  # a plain request not yet decided: the host it asked for, canonical
+                host, port = parse_host(request.host).text, request.port
+            except HostError:
+                pass
         return Decision(
             verdict=Verdict.BLOCK,
             reason=reason,

@@ -102,6 +102,7 @@ def test_too_many_headers_are_refused(limited: SidecarProcess, provider: FakePro
     decision = limited.wait_for_decision(reason="request_headers_too_large",
                                          method="GET", path="/v1/models")
     assert "151 request headers" in decision["detail"]
+    assert (decision["host"], decision["port"]) == ("api.openai.com", provider.port)
 
 
 def test_body_to_refused_host_gets_no_100_continue(
