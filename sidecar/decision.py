@@ -53,6 +53,14 @@ class Reason(StrEnum):
     # issue 11: a response to a keyed request that cannot be decoded within bounds
     # (unknown or too many encodings, corrupt, decompression bomb) is refused (S7).
     RESPONSE_NOT_INSPECTABLE = "response_not_inspectable"
+    # issue 10: limits on what a peer controls (HTTP and connections, docs/limits.md).
+    REQUEST_HEADERS_TOO_LARGE = "request_headers_too_large"
+    RESPONSE_HEADERS_TOO_LARGE = "response_headers_too_large"
+    REQUEST_BODY_TOO_LARGE = "request_body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_STREAMS = "too_many_streams"
 
 
 class Severity(StrEnum):
@@ -174,6 +182,36 @@ REASONS: dict[Reason, ReasonSpec] = {
         "unsupported coding, more than 4 coding layers, a corrupt layer, a layer decoding "
         "past 64 MiB (decompression bomb), a WebSocket extension other than "
         "permessage-deflate (S7)",
+    ),
+    # Issue 10: limits on what a peer controls protect the sidecar itself; audit mode
+    # keeps them (docs/limits.md).
+    Reason.REQUEST_HEADERS_TOO_LARGE: ReasonSpec(
+        "431", _W, True,
+        "request line + headers over `--max-request-header-bytes`, or more than "
+        "`--max-header-count` headers",
+    ),
+    Reason.RESPONSE_HEADERS_TOO_LARGE: ReasonSpec(
+        "502", _W, True,
+        "an upstream's status line + headers over `--max-response-header-bytes`",
+    ),
+    Reason.REQUEST_BODY_TOO_LARGE: ReasonSpec(
+        "413 / closed", _W, True,
+        "a request body over the provider's `max_request_body` or `--max-request-body` "
+        "(declared: refused before reading; chunked: cut off)",
+    ),
+    Reason.REQUEST_TIMEOUT: ReasonSpec(
+        "408", _W, True, "request headers not complete within `--header-timeout` (slowloris)"
+    ),
+    Reason.IDLE_TIMEOUT: ReasonSpec(
+        "closed", _W, True,
+        "a new connection sent no request (or did not finish TLS) within "
+        "`--first-request-timeout`",
+    ),
+    Reason.TOO_MANY_CONNECTIONS: ReasonSpec(
+        "closed", _W, True, "over `--max-connections` or `--max-connections-per-source`"
+    ),
+    Reason.TOO_MANY_STREAMS: ReasonSpec(
+        "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
     ),
 }
 

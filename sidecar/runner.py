@@ -201,14 +201,15 @@ async def _serve(settings: Settings, policy: Any) -> int:
         metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
     resolver = Resolver(settings.resolver,
                         on_error=lambda kind: metrics.dns_errors.labels(kind).inc())
+    from sidecar.addons.h2_guard import H2HostMismatches
+    from sidecar.addons.limits import LimitsAddon
     from sidecar.pacing import RefusalPacer
 
     pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
-    from sidecar.addons.h2_guard import H2HostMismatches
-
-    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer,
-                        H2HostMismatches.install())
     ps = proxyserver.Proxyserver()
+    limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
+    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer,
+                        H2HostMismatches.install(), limit_check=limits.check_request)
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
     try:
@@ -216,7 +217,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     except OSError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
-    master.addons.add(enforcer, ps, next_layer.NextLayer(),
+    master.addons.add(enforcer, ps, next_layer.NextLayer(), limits,
                       tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)

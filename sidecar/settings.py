@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from sidecar import limits as limits_mod
 from sidecar.hostnames import HostError, split_host_port
 
 ENV_PREFIX = "EGRESS_SIDECAR_"
@@ -94,6 +95,8 @@ class Settings:
     dns_max_pending: int = 256
     dns_max_tcp_connections: int = 64
     refusal_rate: float = 20.0  # issue 10: refusals/s answered at once (0 = no pacing)
+    # issue 10: HTTP/connection limits
+    limits: limits_mod.Limits = dataclasses.field(default_factory=limits_mod.Limits)
 
 
 # (flag, env suffix, help, repeatable)
@@ -177,6 +180,8 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
         "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 20)",
         False,
     ),
+    # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
+    *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
 )
 
 
@@ -252,6 +257,10 @@ def resolve(args: argparse.Namespace) -> Settings:
         raise SettingsError(f"--refusal-rate {rate_text!r}: not a number") from None
     if not 0 <= refusal_rate <= 1_000_000:
         raise SettingsError("--refusal-rate must be between 0 (off) and 1000000 per second")
+    try:
+        limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
+    except limits_mod.LimitError as exc:
+        raise SettingsError(str(exc)) from None
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
@@ -277,6 +286,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         dns_refuse_with=refuse_with,
         **dns_limits,  # type: ignore[arg-type]
         refusal_rate=refusal_rate,
+        limits=limits,
     )
 
 

@@ -34,6 +34,7 @@ from sidecar.credentials.confinement import key_withheld_because
 from sidecar.decision import REASONS, RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
+from sidecar.limits import LIMIT_ERROR_PREFIX
 from sidecar.netguard import AddressClass, classify_address
 from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
@@ -92,7 +93,9 @@ class Enforcer:
         credentials: CredentialLayer | None = None,
         pacer: RefusalPacer | None = None,
         h2_mismatches: H2HostMismatches | None = None,
+        limit_check: Callable[[http.HTTPFlow, Decision, Any], Decision] | None = None,
     ) -> None:
+        self.limit_check = limit_check  # issue 10: request body limit (addons/limits.py)
         self.holder = holder
         self.pacer = pacer or RefusalPacer()  # issue 10: a refusal flood is slowed
         self.resolver = resolver
@@ -264,6 +267,8 @@ class Enforcer:
                 flow, decision, endpoint, engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
+        if not decision.refused and self.limit_check is not None:
+            decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
         if decision.refused:
             self.record(decision)
             flow.response = refusal_response(decision)
@@ -386,6 +391,10 @@ class Enforcer:
         self._pins.pop(client.id, None)
         self._tls_failures.pop(client.id, None)
         tunnel_refusal = self._refused_tunnels.pop(client.id, None)
+        if (client.error or "").startswith(LIMIT_ERROR_PREFIX):
+            self._spoke_http.discard(client.id)
+            self._hello_refused.discard(client.id)
+            return  # issue 10: a limit refused it and recorded that already
         mismatch = self.h2_mismatches.pop(client.peername) if self.h2_mismatches else None
         if mismatch is not None:
             self._hello_refused.discard(client.id)

@@ -108,7 +108,9 @@ FORBIDDEN_CREDENTIAL_HEADERS = frozenset(
 )
 
 _TOP_KEYS = ("version", "mode", "providers", "allow")
-_PROVIDER_KEYS = ("hosts", "ports", "paths", "methods", "addresses", "credential")
+_PROVIDER_KEYS = (
+    "hosts", "ports", "paths", "methods", "addresses", "credential", "max_request_body"
+)
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
 
@@ -358,10 +360,14 @@ class _FileReader(yamlfile.Reader):
                     "may own a name under it; list your exact hosts (e.g. "
                     "myresource.openai.azure.com) or drop the credential",
                 )
+        max_body = None
+        if "max_request_body" in fields:
+            max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
             draft.endpoint = Endpoint(
+                max_request_body=max_body,
                 rule=key,
                 provider=name,
                 hosts=tuple(h for h, _, _ in draft.hosts),
@@ -538,6 +544,25 @@ class _FileReader(yamlfile.Reader):
                 continue
             out[port] = item_key
         return frozenset(out)
+
+    def _size(self, node: Node, key: str) -> int | None:
+        """A byte size (issue 10): 33554432, "32m", "512k", "1g" (binary units)."""
+        from sidecar.limits import MAX_BODY_LIMIT, MIB, LimitError, parse_size
+
+        text = str(node.value) if isinstance(node, ScalarNode) else ""
+        if not isinstance(node, ScalarNode) or node.tag not in (_INT, _STR):
+            self.err(node, key, "expected a size in bytes, e.g. 33554432 or \"32m\"")
+            return None
+        try:
+            size = parse_size(int(text) if node.tag == _INT and text.isdigit() else text)
+        except LimitError as exc:
+            self.err(node, key, f"{exc}; sizes are bytes or end in k, m or g (binary units)")
+            return None
+        if size > MAX_BODY_LIMIT:
+            self.err(node, key, f"{text!r} is larger than the most accepted, "
+                     f"{MAX_BODY_LIMIT // MIB}m")
+            return None
+        return size
 
     def _port(self, node: Node, key: str) -> int | None:
         if isinstance(node, ScalarNode):

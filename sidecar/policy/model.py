@@ -64,6 +64,7 @@ class Endpoint:
     tls_required: bool
     credential: CredentialSpec | None
     source: SourceRef
+    max_request_body: int | None = None  # bytes; None: the --max-request-body default
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -898,3 +898,24 @@ def test_key_bound_to_wildcard_host_is_refused(tmp_path: Path) -> None:
         load_policy([path])
     assert [(p.line, p.key) for p in info.value.problems] == [(5, "providers.azure.credential")]
     assert "wildcard host '*.openai.azure.com'" in info.value.problems[0].message
+
+
+# issue 10: max_request_body on a provider entry
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("ten", "expected a size"), ("0", "greater than 0"), ("[1]", "expected a size"),
+     ("5g", "larger than the most accepted"), ("1.5m", "expected a size")],
+)
+def test_bad_max_request_body_names_file_line_and_key(tmp_path: Path, value, fragment):
+    _path, problems = _single(
+        tmp_path, _provider(f"hosts: [api.example.com]\nmax_request_body: {value}")
+    )
+    assert [(p.line, p.key) for p in problems] == [(5, "providers.p.max_request_body")]
+    assert fragment in problems[0].message
+
+
+def test_max_request_body_is_read_in_bytes(tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text(_provider("hosts: [api.example.com]\nmax_request_body: 2m"))
+    (endpoint,) = load_policy([path]).endpoints
+    assert endpoint.max_request_body == 2 * 1024 * 1024

@@ -1,0 +1,162 @@
+"""Limits on everything a peer controls on the HTTP side (issue 10): the values, how
+they are parsed from `run` options, and the per-source connection counter.
+
+Pure: no mitmproxy, no network. The thin addon in `sidecar/addons/limits.py` applies
+them; docs/limits.md says what each one bounds and how to size it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+KIB = 1024
+MIB = 1024 * 1024
+
+# Largest body limit accepted anywhere (option or policy): beyond this a "limit" is
+# no limit, and the number would more likely be a typo (bytes vs. megabytes).
+MAX_BODY_LIMIT = 4 * 1024 * MIB
+
+
+# The rule named in decisions of limit refusals that no policy entry decided.
+RULE_LIMITS = "limits"
+# Marks a client connection a limit refused (its decision is already recorded).
+LIMIT_ERROR_PREFIX = "egress-sidecar limit: "
+
+
+class LimitError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Defaults fit the shipped manifests (512 MiB memory limit, see docs/limits.md)."""
+
+    request_header_bytes: int = 64 * KIB  # request line + headers, HTTP/1
+    response_header_bytes: int = 64 * KIB  # status line + headers from upstream, HTTP/1
+    header_count: int = 100  # request headers, HTTP/1 and HTTP/2
+    request_body_bytes: int = 32 * MIB  # default; a provider entry may set its own
+    header_timeout: float = 10.0  # first byte of a request head -> its end (slowloris)
+    first_request_timeout: float = 10.0  # connection (or TLS) ready -> first request byte
+    idle_timeout: float = 60.0  # between requests, and any connection without activity
+    max_connections: int = 1024  # open client connections, all sources
+    max_connections_per_source: int = 512  # open client connections from one address
+    max_h2_streams: int = 100  # concurrent HTTP/2 streams per client connection
+
+
+# (flag, env suffix, Limits field, kind, help). kind: "size" (bytes, k/m/g suffixes),
+# "count" (integer), "seconds" (number).
+OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("--max-request-header-bytes", "MAX_REQUEST_HEADER_BYTES", "request_header_bytes", "size",
+     "request line + headers, bytes (default 64k); more: 431"),
+    ("--max-response-header-bytes", "MAX_RESPONSE_HEADER_BYTES", "response_header_bytes",
+     "size", "upstream status line + headers, bytes (default 64k); more: 502"),
+    ("--max-header-count", "MAX_HEADER_COUNT", "header_count", "count",
+     "request headers per request (default 100); more: 431"),
+    ("--max-request-body", "MAX_REQUEST_BODY", "request_body_bytes", "size",
+     "request body bytes unless the provider entry sets max_request_body (default 32m); "
+     "more: 413"),
+    ("--header-timeout", "HEADER_TIMEOUT", "header_timeout", "seconds",
+     "seconds to receive a request's headers once they start (default 10); more: 408"),
+    ("--first-request-timeout", "FIRST_REQUEST_TIMEOUT", "first_request_timeout", "seconds",
+     "seconds a new connection may wait before its first request (default 10); then closed"),
+    ("--idle-timeout", "IDLE_TIMEOUT", "idle_timeout", "seconds",
+     "seconds a connection may stay idle between requests (default 60); then closed"),
+    ("--max-connections", "MAX_CONNECTIONS", "max_connections", "count",
+     "open client connections in total (default 1024); more: closed"),
+    ("--max-connections-per-source", "MAX_CONNECTIONS_PER_SOURCE",
+     "max_connections_per_source", "count",
+     "open client connections from one source address (default 512); more: closed"),
+    ("--max-h2-streams", "MAX_H2_STREAMS", "max_h2_streams", "count",
+     "concurrent HTTP/2 streams per client connection (default 100); more: closed"),
+)
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": KIB, "m": MIB, "g": 1024 * MIB}
+
+
+def parse_size(text: str | int) -> int:
+    """`65536`, `64k`, `32m`, `32MiB`, `1g` -> bytes (binary units)."""
+    if isinstance(text, bool):
+        raise LimitError(f"{text!r}: expected a size such as 65536, 64k or 32m")
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE.fullmatch(text.strip())
+        if not match:
+            raise LimitError(f"{text!r}: expected a size such as 65536, 64k or 32m")
+        value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise LimitError(f"{text!r}: must be greater than 0")
+    return value
+
+
+def from_values(values: Mapping[str, str | None]) -> Limits:
+    """`Limits` from option values keyed by flag (None: the default)."""
+    changes: dict[str, int | float] = {}
+    for flag, _env, field, kind, _help in OPTIONS:
+        text = values.get(flag)
+        if text is None or text == "":
+            continue
+        try:
+            if kind == "size":
+                changes[field] = parse_size(text)
+                if changes[field] > MAX_BODY_LIMIT:
+                    raise LimitError(f"{text!r}: at most {MAX_BODY_LIMIT // MIB}m")
+            elif kind == "count":
+                if not text.strip().isdigit() or int(text) <= 0:
+                    raise LimitError(f"{text!r}: expected a whole number greater than 0")
+                changes[field] = int(text)
+            else:
+                seconds = float(text)
+                if not 0.1 <= seconds <= 86400:
+                    raise LimitError(f"{text!r}: expected seconds between 0.1 and 86400")
+                changes[field] = seconds
+        except (LimitError, ValueError) as exc:
+            raise LimitError(f"{flag} {exc}".replace("could not convert string to float: ",
+                                                    "not a number: ")) from None
+    return dataclasses.replace(Limits(), **changes)  # type: ignore[arg-type]
+
+
+class ConnectionCounter:
+    """Open client connections, in total and per source address.
+
+    `open` says whether one more is allowed and, if so, counts it; every counted
+    connection must be `close`d once. Memory is bounded by the number of open
+    connections (an address with none is forgotten)."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self.total_limit = total
+        self.per_source_limit = per_source
+        self.total = 0
+        self._by_source: dict[str, int] = {}
+
+    def open(self, source: str) -> str | None:
+        """None if admitted (and counted); otherwise why not, safe to log."""
+        if self.total >= self.total_limit:
+            return f"{self.total} open connections, limit {self.total_limit}"
+        count = self._by_source.get(source, 0)
+        if count >= self.per_source_limit:
+            return f"{count} open connections from this source, limit {self.per_source_limit}"
+        self.total += 1
+        self._by_source[source] = count + 1
+        return None
+
+    def close(self, source: str) -> None:
+        count = self._by_source.get(source, 0)
+        if count <= 0:
+            return
+        self.total -= 1
+        if count == 1:
+            del self._by_source[source]
+        else:
+            self._by_source[source] = count - 1
+
+    def open_from(self, source: str) -> int:
+        return self._by_source.get(source, 0)
+
+
+def body_limit(default: int, provider_limit: int | None) -> int:
+    """The request body limit for a request: the provider entry's, else the default."""
+    return provider_limit if provider_limit is not None else default
