@@ -232,13 +232,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     proxy_listen = None if listen == "off" else parse_listen(listen, flag="--listen")
     reverse = tuple(ReverseListener.parse(r) for r in _list(values["--reverse"]))
     admin = parse_listen(_single(values["--admin"]) or DEFAULT_ADMIN_LISTEN, flag="--admin")
-    interval_text = _single(values["--reload-interval"]) or "1"
-    try:
-        interval = float(interval_text)
-    except ValueError:
-        raise SettingsError(f"--reload-interval {interval_text!r}: not a number") from None
-    if not 0.05 <= interval <= 3600:
-        raise SettingsError("--reload-interval must be between 0.05 and 3600 seconds")
+    interval = _number(values, "--reload-interval", float, 0.05, 3600) or 1.0
     upstream_ca = _single(values["--upstream-ca"])
     if upstream_ca and not Path(upstream_ca).is_file():
         raise SettingsError(f"--upstream-ca {upstream_ca!r}: no such file")
@@ -250,13 +244,8 @@ def resolve(args: argparse.Namespace) -> Settings:
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
     dns_limits = _dns_limits(values)
-    rate_text = _single(values["--refusal-rate"]) or "20"
-    try:
-        refusal_rate = float(rate_text)
-    except ValueError:
-        raise SettingsError(f"--refusal-rate {rate_text!r}: not a number") from None
-    if not 0 <= refusal_rate <= 1_000_000:
-        raise SettingsError("--refusal-rate must be between 0 (off) and 1000000 per second")
+    rate = _number(values, "--refusal-rate", float, 0, 1_000_000)  # 0: pacing off
+    refusal_rate = 20.0 if rate is None else rate
     try:
         limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
     except limits_mod.LimitError as exc:
@@ -290,6 +279,27 @@ def resolve(args: argparse.Namespace) -> Settings:
     )
 
 
+def _number(
+    values: dict[str, str | list[str] | None],
+    flag: str,
+    kind: type[int] | type[float],
+    low: float,
+    high: float,
+) -> float | None:
+    """A numeric option's value within [low, high]; None when it is not set."""
+    text = _single(values[flag])
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise SettingsError(f"{flag} {text!r}: not a number") from None
+    if not low <= value <= high:
+        bounds = " and ".join(str(int(b)) if float(b).is_integer() else str(b) for b in (low, high))
+        raise SettingsError(f"{flag} {text!r}: must be between {bounds}")
+    return value
+
+
 def _dns_limits(values: dict[str, str | list[str] | None]) -> dict[str, float | int]:
     """issue 10: the DNS listener's limits, checked like every other option."""
     out: dict[str, float | int] = {}
@@ -300,16 +310,9 @@ def _dns_limits(values: dict[str, str | list[str] | None]) -> dict[str, float | 
         ("--dns-max-pending", "dns_max_pending", int, 1, 100_000),
         ("--dns-max-tcp-connections", "dns_max_tcp_connections", int, 1, 100_000),
     ):
-        text = _single(values[flag])
-        if text is None:
-            continue
-        try:
-            value = kind(text)
-        except ValueError:
-            raise SettingsError(f"{flag} {text!r}: expected a number") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{flag} {text!r}: must be between {low} and {high}")
-        out[field] = value
+        value = _number(values, flag, kind, low, high)
+        if value is not None:
+            out[field] = value
     defaults = Settings(policies=(), proxy_listen=None, reverse=(), admin_listen=("", 0),
                         ca_dir="", resolver=None, upstream_ca=None, reload_interval=1.0,
                         alerts_config=None, alert_spool_dir=None)

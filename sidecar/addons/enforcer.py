@@ -424,51 +424,64 @@ class Enforcer:
                 if client.tls_established
                 else "TLS handshake with the client failed (does it trust the sidecar CA?)"
             )
-        if isinstance(client.proxy_mode, mode_specs.TransparentMode):
+        decision = self._connection_decision(
+            client, tunnel, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD, detail
+        )
+        if decision is not None:
+            self.record(decision)
+
+    def _connection_decision(
+        self,
+        client: connection.Client,
+        tunnel: tuple[str, int] | None,
+        reason: Reason,
+        rule: str,
+        detail: str,
+        *,
+        reverse_too: bool = False,
+    ) -> Decision | None:
+        """A refusal of a connection that carried no request of its own (S9), towards
+        where it was going; None where that is not known (or, for a reverse listener's
+        connection without a request, not a refusal unless `reverse_too`)."""
+        proxy_mode = client.proxy_mode
+        if isinstance(proxy_mode, mode_specs.TransparentMode):
             (host, port), mode = _original_destination(client), "transparent"
             host = printable_sni(client.sni) if client.sni else host
         elif tunnel is not None:
             (host, port), mode = tunnel, "explicit"
+        elif reverse_too and isinstance(proxy_mode, mode_specs.ReverseMode):
+            (host, port), mode = (proxy_mode.address[0], proxy_mode.address[1]), "reverse"
         else:
-            return
-        self.record(
-            Decision(
-                verdict=Verdict.BLOCK,
-                reason=Reason.PROTOCOL_NOT_ALLOWED,
-                rule=RULE_NETGUARD,
-                host=host,
-                port=port,
-                client=_client(client),
-                mode=mode,
-                detail=detail,
-            )
+            return None
+        return Decision(
+            verdict=Verdict.BLOCK,
+            reason=reason,
+            rule=rule,
+            host=host,
+            port=port,
+            client=_client(client),
+            mode=mode,
+            detail=detail,
         )
 
     def _h2_mismatch_decision(
         self, client: connection.Client, tunnel: tuple[str, int] | None, authority: str, host: str
     ) -> Decision:
         """See h2_guard.py: the stream never became a request, so decide on the connection."""
-        proxy_mode = client.proxy_mode
-        if tunnel is not None:
-            (name, port), mode = tunnel, "explicit"
-        elif isinstance(proxy_mode, mode_specs.TransparentMode):
-            (name, port), mode = _original_destination(client), "transparent"
-            name = printable_sni(client.sni) if client.sni else name
-        elif isinstance(proxy_mode, mode_specs.ReverseMode):
-            (name, port), mode = (proxy_mode.address[0], proxy_mode.address[1]), "reverse"
-        else:
-            name, port, mode = printable_sni(client.sni or "?"), 0, "explicit"
-        return Decision(
-            verdict=Verdict.BLOCK,
-            reason=Reason.HOST_MISMATCH,
-            rule=RULE_HOST_AGREEMENT,
-            host=name,
-            port=port,
-            client=_client(client),
-            mode=mode,
-            detail=f"HTTP/2 :authority {authority!r} and host {host!r} differ; the "
-            "connection was closed (PROTOCOL_ERROR) before a request existed",
+        detail = (
+            f"HTTP/2 :authority {authority!r} and host {host!r} differ; the "
+            "connection was closed (PROTOCOL_ERROR) before a request existed"
         )
+        decision = self._connection_decision(
+            client, tunnel, Reason.HOST_MISMATCH, RULE_HOST_AGREEMENT, detail, reverse_too=True
+        )
+        if decision is None:  # explicit mode without a CONNECT: only the SNI names it
+            decision = Decision(
+                verdict=Verdict.BLOCK, reason=Reason.HOST_MISMATCH, rule=RULE_HOST_AGREEMENT,
+                host=printable_sni(client.sni or "?"), port=0, client=_client(client),
+                mode="explicit", detail=detail,
+            )  # fmt: skip
+        return decision
 
     # --- helpers ----------------------------------------------------------------------
 

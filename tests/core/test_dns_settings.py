@@ -30,7 +30,7 @@ def test_flag_and_environment(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dns-max-qps", "lots"], "--dns-max-qps 'lots': expected a number"),
+        (["--dns-max-qps", "lots"], "--dns-max-qps 'lots': not a number"),
         (["--dns-max-sources", "0"], "--dns-max-sources '0': must be between 1 and"),
         (["--dns-max-qps", "100", "--dns-max-qps-per-source", "200"],
          "--dns-max-qps-per-source 200 exceeds --dns-max-qps 100"),
