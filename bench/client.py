@@ -43,8 +43,9 @@ class Target:
 
 
 class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 target: Target) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.target = target
@@ -59,12 +60,14 @@ class Conn:
         if target.proxy is None:
             host, port = target.authority.rsplit(":", 1)
             reader, writer = await asyncio.open_connection(
-                host, int(port), ssl=context, server_hostname=target.sni, limit=1 << 20)
+                host, int(port), ssl=context, server_hostname=target.sni, limit=1 << 20
+            )
             return cls(reader, writer, target)
         reader, writer = await asyncio.open_connection(*target.proxy, limit=1 << 20)
         try:
-            writer.write(f"CONNECT {target.authority} HTTP/1.1\r\n"
-                         f"Host: {target.authority}\r\n\r\n".encode())
+            writer.write(
+                f"CONNECT {target.authority} HTTP/1.1\r\nHost: {target.authority}\r\n\r\n".encode()
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             if not 200 <= status < 300:
@@ -80,9 +83,11 @@ class Conn:
         self.writer.close()
 
     def _send(self, method: str, path: str, body: bytes, content_type: str) -> None:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.target.host_header}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Accept: */*\r\n\r\n").encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.target.host_header}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Accept: */*\r\n\r\n"
+        ).encode()
         self.writer.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.writer.write(body)
@@ -100,18 +105,23 @@ class Conn:
             self.closed = True
         return status, headers
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      content_type: str = "application/json",
-                      timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> tuple[int, bytes]:
         try:
-            return await asyncio.wait_for(self._request(method, path, body, content_type),
-                                          timeout)
+            return await asyncio.wait_for(self._request(method, path, body, content_type), timeout)
         except BaseException:
             self.close()  # the response may still arrive: never reuse this connection
             raise
 
-    async def _request(self, method: str, path: str, body: bytes,
-                       content_type: str) -> tuple[int, bytes]:
+    async def _request(
+        self, method: str, path: str, body: bytes, content_type: str
+    ) -> tuple[int, bytes]:
         self._send(method, path, body, content_type)
         status, headers = await self._head()
         if b"content-length" in headers:
@@ -187,8 +197,9 @@ async def open_many(target: Target, count: int, parallel: int = 16) -> list[Conn
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-SMALL_REQUEST = json.dumps({"model": "gpt-fake", "messages": [
-    {"role": "user", "content": "Say hello in one word."}]}).encode()
+SMALL_REQUEST = json.dumps(
+    {"model": "gpt-fake", "messages": [{"role": "user", "content": "Say hello in one word."}]}
+).encode()
 
 
 @dataclasses.dataclass
@@ -203,9 +214,16 @@ class LoadResult:
         return self.completed / self.elapsed if self.elapsed > 0 else 0.0
 
 
-async def closed_loop(target: Target, concurrency: int, *, duration: float | None = None,
-                      count: int | None = None, body: bytes = SMALL_REQUEST,
-                      per_connection: int = 0, warmup: int = 1) -> LoadResult:
+async def closed_loop(
+    target: Target,
+    concurrency: int,
+    *,
+    duration: float | None = None,
+    count: int | None = None,
+    body: bytes = SMALL_REQUEST,
+    per_connection: int = 0,
+    warmup: int = 1,
+) -> LoadResult:
     """`concurrency` keep-alive connections, each sending requests back to back.
 
     Connections are opened (and warmed with `warmup` requests, so the proxy has its
@@ -258,7 +276,6 @@ async def closed_loop(target: Target, concurrency: int, *, duration: float | Non
                 errors += 1
         conn.close()
 
-    await asyncio.wait_for(asyncio.gather(*(worker(c) for c in conns)),
-                           (duration or 3600) + 60)
+    await asyncio.wait_for(asyncio.gather(*(worker(c) for c in conns)), (duration or 3600) + 60)
     elapsed = time.perf_counter() - start
     return LoadResult(len(latencies), errors, elapsed, latencies)

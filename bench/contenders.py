@@ -80,8 +80,9 @@ def start_world(procs: Procs, tmp: Path) -> World:
     args = [sys.executable, "-m", "bench.fakeserver", "--cert", str(cert_file)]
     for name in FAKE_NAMES:
         args += ["--name", name]
-    proc = procs.start("fakeserver", args, cwd=str(REPO), stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE)
+    proc = procs.start(
+        "fakeserver", args, cwd=str(REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None
     import select
 
@@ -96,42 +97,76 @@ def start_world(procs: Procs, tmp: Path) -> World:
 
 
 def direct(world: World) -> Contender:
-    return Contender("direct", Target(None, f"127.0.0.1:{world.https_port}", PROVIDER_HOST,
-                                      PROVIDER_HOST, world.ca_file),
-                     reverse_url=f"https://127.0.0.1:{world.https_port}")
+    return Contender(
+        "direct",
+        Target(None, f"127.0.0.1:{world.https_port}", PROVIDER_HOST, PROVIDER_HOST, world.ca_file),
+        reverse_url=f"https://127.0.0.1:{world.https_port}",
+    )
 
 
 def _ip_target(world: World, port: int, cafile: str) -> Target:
-    return Target(("127.0.0.1", port), f"127.0.0.1:{world.https_port}", PROVIDER_HOST,
-                  f"{PROVIDER_HOST}:{world.https_port}", cafile)
+    return Target(
+        ("127.0.0.1", port),
+        f"127.0.0.1:{world.https_port}",
+        PROVIDER_HOST,
+        f"{PROVIDER_HOST}:{world.https_port}",
+        cafile,
+    )
 
 
 def start_mitmdump(procs: Procs, world: World) -> Contender:
     confdir = world.tmp / "mitmdump-conf"
     port, rport = free_port(), free_port()
-    proc = procs.start("mitmdump", [
-        str(VENV_BIN / "mitmdump"),
-        "--mode", f"regular@127.0.0.1:{port}",
-        "--mode", f"reverse:https://127.0.0.1:{world.https_port}@127.0.0.1:{rport}",
-        "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
-        "--set", f"ssl_verify_upstream_trusted_ca={world.ca_file}",
-    ])
-    return Contender("mitmdump", _ip_target(world, port, str(confdir / "mitmproxy-ca-cert.pem")),
-                     proc, reverse_url=f"http://127.0.0.1:{rport}")
+    proc = procs.start(
+        "mitmdump",
+        [
+            str(VENV_BIN / "mitmdump"),
+            "--mode",
+            f"regular@127.0.0.1:{port}",
+            "--mode",
+            f"reverse:https://127.0.0.1:{world.https_port}@127.0.0.1:{rport}",
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={world.ca_file}",
+        ],
+    )
+    return Contender(
+        "mitmdump",
+        _ip_target(world, port, str(confdir / "mitmproxy-ca-cert.pem")),
+        proc,
+        reverse_url=f"http://127.0.0.1:{rport}",
+    )
 
 
 def start_trimmed(procs: Procs, world: World) -> Contender:
     confdir = world.tmp / "trimmed-conf"
     port, rport = free_port(), free_port()
-    proc = procs.start("trimmed", [
-        sys.executable, "-m", "bench.trimmed_master",
-        "--mode", f"regular@127.0.0.1:{port}",
-        "--mode", f"reverse:https://127.0.0.1:{world.https_port}@127.0.0.1:{rport}",
-        "--confdir", str(confdir), "--upstream-ca", world.ca_file,
-    ], cwd=str(REPO))
-    return Contender("trimmed", _ip_target(world, port, str(confdir / "mitmproxy-ca-cert.pem")),
-                     proc, reverse_url=f"http://127.0.0.1:{rport}")
+    proc = procs.start(
+        "trimmed",
+        [
+            sys.executable,
+            "-m",
+            "bench.trimmed_master",
+            "--mode",
+            f"regular@127.0.0.1:{port}",
+            "--mode",
+            f"reverse:https://127.0.0.1:{world.https_port}@127.0.0.1:{rport}",
+            "--confdir",
+            str(confdir),
+            "--upstream-ca",
+            world.ca_file,
+        ],
+        cwd=str(REPO),
+    )
+    return Contender(
+        "trimmed",
+        _ip_target(world, port, str(confdir / "mitmproxy-ca-cert.pem")),
+        proc,
+        reverse_url=f"http://127.0.0.1:{rport}",
+    )
 
 
 def wait_mitm(contender: Contender) -> None:
@@ -151,8 +186,13 @@ def bench_policy(world: World) -> tuple[Path, list[str]]:
         entry["addresses"] = ["127.0.0.0/8"]
     path = world.tmp / "bench-policy.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
-    secrets = sorted({p["credential"]["secret"] for p in policy["providers"].values()
-                      if isinstance(p.get("credential"), dict)})
+    secrets = sorted(
+        {
+            p["credential"]["secret"]
+            for p in policy["providers"].values()
+            if isinstance(p.get("credential"), dict)
+        }
+    )
     return path, secrets
 
 
@@ -165,16 +205,19 @@ SIDECAR_TREE: str | None = None
 def sidecar_command() -> list[str]:
     if SIDECAR_TREE is None:
         return [str(VENV_BIN / "egress-sidecar")]
-    code = (f"import sys; sys.path.insert(0, {SIDECAR_TREE!r}); "
-            "from sidecar.cli import main; sys.exit(main())")
+    code = (
+        f"import sys; sys.path.insert(0, {SIDECAR_TREE!r}); "
+        "from sidecar.cli import main; sys.exit(main())"
+    )
     return [sys.executable, "-c", code]
 
 
 @functools.cache
 def run_help() -> str:
     """`egress-sidecar run --help`: the CLI contract the harness adapts to."""
-    return subprocess.run([*sidecar_command(), "run", "--help"], cwd="/",
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        [*sidecar_command(), "run", "--help"], cwd="/", capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def _secrets_flag() -> str | None:
@@ -187,18 +230,27 @@ def has_dns_listener() -> bool:
     return re.search(r"--dns\b(?!-)", run_help()) is not None
 
 
-def start_sidecar(procs: Procs, world: World, label: str = "sidecar",
-                  dns_port: int | None = None) -> Contender:
+def start_sidecar(
+    procs: Procs, world: World, label: str = "sidecar", dns_port: int | None = None
+) -> Contender:
     policy, secrets = bench_policy(world)
     args = [
-        *sidecar_command(), "run",
-        "--policy", str(policy),
-        "--listen", "127.0.0.1:0",
-        "--admin", "127.0.0.1:0",
-        "--ca-dir", str(world.tmp / f"{label}-ca"),
-        "--resolver", f"127.0.0.1:{world.dns_port}",
-        "--upstream-ca", world.ca_file,
-        "--reverse", f"openai@127.0.0.1:{free_port()}",  # two :0 listeners clash
+        *sidecar_command(),
+        "run",
+        "--policy",
+        str(policy),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--ca-dir",
+        str(world.tmp / f"{label}-ca"),
+        "--resolver",
+        f"127.0.0.1:{world.dns_port}",
+        "--upstream-ca",
+        world.ca_file,
+        "--reverse",
+        f"openai@127.0.0.1:{free_port()}",  # two :0 listeners clash
     ]
     if dns_port is not None:
         args += ["--dns", f"127.0.0.1:{dns_port}"]
@@ -206,8 +258,9 @@ def start_sidecar(procs: Procs, world: World, label: str = "sidecar",
             args += ["--dns-max-qps", "1000000", "--dns-max-qps-per-source", "1000000"]
     # Key injection: provider keys as files (if `run` takes a directory) and as the
     # development-only EGRESS_SIDECAR_SECRET_<NAME> variables; whichever the CLI reads.
-    env = {"EGRESS_SIDECAR_SECRET_" + re.sub(r"[-.]", "_", n).upper(): f"sk-bench-{n}"
-           for n in secrets}
+    env = {
+        "EGRESS_SIDECAR_SECRET_" + re.sub(r"[-.]", "_", n).upper(): f"sk-bench-{n}" for n in secrets
+    }
     flag = _secrets_flag()
     if flag:
         directory = world.tmp / "secrets"
@@ -219,11 +272,17 @@ def start_sidecar(procs: Procs, world: World, label: str = "sidecar",
     banner = wait_json_line(procs.logdir / f"{label}.err", proc, "event", "listening")
     explicit = banner["listeners"]["explicit"][0]
     host, port = explicit.rsplit(":", 1)
-    target = Target((host, int(port)), f"{PROVIDER_HOST}:{world.https_port}", PROVIDER_HOST,
-                    f"{PROVIDER_HOST}:{world.https_port}", banner["ca_cert"])
+    target = Target(
+        (host, int(port)),
+        f"{PROVIDER_HOST}:{world.https_port}",
+        PROVIDER_HOST,
+        f"{PROVIDER_HOST}:{world.https_port}",
+        banner["ca_cert"],
+    )
     reverse = banner["listeners"].get("reverse:openai", [None])[0]
-    return Contender(label, target, proc, reverse_url=f"http://{reverse}" if reverse else None,
-                     refuses=True)
+    return Contender(
+        label, target, proc, reverse_url=f"http://{reverse}" if reverse else None, refuses=True
+    )
 
 
 SQUID_CONF = """\
@@ -269,11 +328,17 @@ def start_squid(procs: Procs, world: World) -> Contender:
     acls = "\n".join(f"acl allowed_hosts dstdomain {d}" for d in domains)
     port = free_port()
     conf = directory / "squid.conf"
-    conf.write_text(SQUID_CONF.format(port=port, dir=directory, fake_port=world.https_port,
-                                      acls=acls))
+    conf.write_text(
+        SQUID_CONF.format(port=port, dir=directory, fake_port=world.https_port, acls=acls)
+    )
     proc = procs.start("squid", [binary, "-N", "-f", str(conf)])
-    target = Target(("127.0.0.1", port), f"{PROVIDER_HOST}:{world.https_port}", PROVIDER_HOST,
-                    f"{PROVIDER_HOST}:{world.https_port}", world.ca_file)
+    target = Target(
+        ("127.0.0.1", port),
+        f"{PROVIDER_HOST}:{world.https_port}",
+        PROVIDER_HOST,
+        f"{PROVIDER_HOST}:{world.https_port}",
+        world.ca_file,
+    )
     contender = Contender("squid", target, proc, refuses=True)
     wait_port(port, proc)
     return contender

@@ -23,8 +23,13 @@ def generate_policy(entries: int) -> str:
     lines = ["version: 1", "mode: enforce", "allow:"]
     for i in range(entries):
         host = f"*.zone{i}.wild.example" if i % 10 == 0 else f"svc{i}.team{i % 97}.example"
-        lines += [f"  - name: entry{i}", f"    host: \"{host}\"", "    ports: [443]",
-                  "    paths: [\"/v1/*\", \"/health\"]", "    methods: [GET, POST]"]
+        lines += [
+            f"  - name: entry{i}",
+            f'    host: "{host}"',
+            "    ports: [443]",
+            '    paths: ["/v1/*", "/health"]',
+            "    methods: [GET, POST]",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -46,9 +51,19 @@ def attempts(entries: int, count: int) -> list[Attempt]:
             path = "/admin/keys"
         elif roll < 0.25:
             port = 8443
-        out.append(Attempt(host=host, port=port, mode="explicit", client="127.0.0.1:40000",
-                           scheme="https", method="POST", path=path, sni=host,
-                           host_header=host))
+        out.append(
+            Attempt(
+                host=host,
+                port=port,
+                mode="explicit",
+                client="127.0.0.1:40000",
+                scheme="https",
+                method="POST",
+                path=path,
+                sni=host,
+                host_header=host,
+            )
+        )
     return out
 
 
@@ -76,10 +91,15 @@ def run(entries: int, seconds: float) -> dict[str, float | int]:
                 refused += 1
         done += len(batch)
     elapsed = time.perf_counter() - start
-    return {"entries": len(policy.endpoints), "decisions": done,
-            "decisions_per_s": round(done / elapsed), "refused_share": round(refused / done, 3),
-            "load_policy_s": round(load_s, 2), "index_s": round(index_s, 3),
-            "us_per_decision": round(elapsed / done * 1e6, 2)}
+    return {
+        "entries": len(policy.endpoints),
+        "decisions": done,
+        "decisions_per_s": round(done / elapsed),
+        "refused_share": round(refused / done, 3),
+        "load_policy_s": round(load_s, 2),
+        "index_s": round(index_s, 3),
+        "us_per_decision": round(elapsed / done * 1e6, 2),
+    }
 
 
 def main() -> None:

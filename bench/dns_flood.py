@@ -101,11 +101,23 @@ def run(queries: int, seconds: float, settle: float, extra: list[str]) -> dict[s
     tmp = Path(tempfile.mkdtemp(prefix="bench-dns-"))
     (tmp / "p.yaml").write_text(POLICY)
     dns_port = free_port()
-    sc = SidecarProcess([
-        "--policy", str(tmp / "p.yaml"), "--listen", f"127.0.0.1:{free_port()}",
-        "--admin", "127.0.0.1:0", "--ca-dir", str(tmp / "ca"),
-        "--resolver", f"127.0.0.1:{upstream.port}", "--dns", f"127.0.0.1:{dns_port}", *extra,
-    ]).start()
+    sc = SidecarProcess(
+        [
+            "--policy",
+            str(tmp / "p.yaml"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(tmp / "ca"),
+            "--resolver",
+            f"127.0.0.1:{upstream.port}",
+            "--dns",
+            f"127.0.0.1:{dns_port}",
+            *extra,
+        ]
+    ).start()
     try:
         pid = sc.proc.pid
         time.sleep(1)
@@ -121,8 +133,12 @@ def run(queries: int, seconds: float, settle: float, extra: list[str]) -> dict[s
             "queries_per_s_refused": round(tput_refused),
             "queries_per_s_allowed": round(tput_allowed),
             "many_ports": flood,
-            "rss_mb": {"start": round(before, 1), "after_throughput": round(after_tput, 1),
-                       "after_flood": round(after_flood, 1), "settled": round(settled, 1)},
+            "rss_mb": {
+                "start": round(before, 1),
+                "after_throughput": round(after_tput, 1),
+                "after_flood": round(after_flood, 1),
+                "settled": round(settled, 1),
+            },
             "rss_growth_flood_mb": round(after_flood - after_tput, 1),
             "rss_growth_settled_mb": round(settled - after_tput, 1),
         }

@@ -32,8 +32,13 @@ SMALL = {
     "object": "chat.completion",
     "created": 0,
     "model": "gpt-fake",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from fake"},
-                 "finish_reason": "stop"}],
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hello from fake"},
+            "finish_reason": "stop",
+        }
+    ],
     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
 }
 SMALL_BODY = json.dumps(SMALL).encode()
@@ -53,12 +58,12 @@ class Provider:
         return app
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.Response(body=b'{"object":"list","data":[{"id":"gpt-fake"}]}',
-                            content_type="application/json")
+        return web.Response(
+            body=b'{"object":"list","data":[{"id":"gpt-fake"}]}', content_type="application/json"
+        )
 
     async def active(self, request: web.Request) -> web.Response:
-        return web.json_response({"active_streams": self.active_streams,
-                                  "requests": self.requests})
+        return web.json_response({"active_streams": self.active_streams, "requests": self.requests})
 
     async def header_bomb(self, request: web.Request) -> web.StreamResponse:
         """A malicious upstream (bench.hostile): a response header of `mb` MB, written raw
@@ -91,7 +96,8 @@ class Provider:
         chunks = int(payload.get("chunks", 200))
         interval = float(payload.get("interval", 0.01))
         response = web.StreamResponse(
-            headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+        )
         await response.prepare(request)
         self.active_streams += 1
         try:
@@ -100,8 +106,11 @@ class Provider:
                 delay = start + i * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                event = {"i": i, "t": time.monotonic(),
-                         "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
+                event = {
+                    "i": i,
+                    "t": time.monotonic(),
+                    "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}],
+                }
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
@@ -148,8 +157,9 @@ async def serve(args: argparse.Namespace) -> None:
 
     fake_dns = FakeDNS(bg=None)  # type: ignore[arg-type]  # only its answer() is used
     fake_dns.records.update({name: ["127.0.0.1"] for name in args.name})
-    transport, _ = await loop.create_datagram_endpoint(lambda: _DNS(fake_dns),
-                                                       local_addr=("127.0.0.1", 0))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _DNS(fake_dns), local_addr=("127.0.0.1", 0)
+    )
     dns_port = int(transport.get_extra_info("sockname")[1])
     print(json.dumps({"https": https_port, "dns": dns_port}), flush=True)
     try:

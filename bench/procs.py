@@ -40,8 +40,9 @@ def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
         raise RuntimeError(f"{path} not created after {timeout}s")
 
 
-def wait_json_line(path: Path, proc: subprocess.Popen[bytes], key: str, value: str,
-                   timeout: float = 30.0) -> dict:  # type: ignore[type-arg]
+def wait_json_line(
+    path: Path, proc: subprocess.Popen[bytes], key: str, value: str, timeout: float = 30.0
+) -> dict:  # type: ignore[type-arg]
     """First JSON line in `path` whose `key` equals `value` (a process's log file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,14 +68,27 @@ class Procs:
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, args: list[str], *, cwd: str | None = None,
-              env: dict[str, str] | None = None, stdin: int | None = subprocess.DEVNULL,
-              stdout: int | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout: int | None = None,
+    ) -> subprocess.Popen[bytes]:
         out = open(self.logdir / f"{name}.out", "wb")
         err = open(self.logdir / f"{name}.err", "wb")
-        proc = subprocess.Popen(args, stdout=stdout if stdout is not None else out,
-                                stderr=err, stdin=stdin, cwd=cwd,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdout=stdout if stdout is not None else out,
+            stderr=err,
+            stdin=stdin,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         out.close()
         err.close()
         self.procs.append(proc)

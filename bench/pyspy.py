@@ -37,17 +37,27 @@ def summarize(raw: str, top: int = 18) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
         total += n
         own[frames[-1]] += n
         area[_area(stack.split(";"))] += n
         for frame in set(frames):
             inclusive[frame] += n
+
     def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(f, round(100 * n / total, 1)) for f, n in counter.most_common(top)]
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive),
-            "areas": share(area)}
+
+    return {
+        "samples": total,
+        "self": share(own),
+        "inclusive": share(inclusive),
+        "areas": share(area),
+    }
 
 
 def _area(frames: list[str]) -> str:
@@ -72,9 +82,23 @@ async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict
         return {"text": "py-spy not found (see bench/pyspy.py)"}
     out = tmp / "sidecar.pyspy.txt"
     proc = await asyncio.create_subprocess_exec(
-        pyspy, "record", "--pid", str(sidecar.pid), "--duration", str(seconds), "--rate", "250",
-        "--format", "raw", "--output", str(out), "--nonblocking",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        pyspy,
+        "record",
+        "--pid",
+        str(sidecar.pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         await asyncio.sleep(0.5)
         await closed_loop(sidecar.target, 32, duration=seconds, per_connection=5)
@@ -86,8 +110,12 @@ async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict
     if not out.exists():
         return {"text": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
     result = summarize(out.read_text())
-    lines = [f"{result['samples']} samples of the sidecar at 32 connections"
-             " (a new connection every 5 requests)", "", "by area (innermost frame):"]
+    lines = [
+        f"{result['samples']} samples of the sidecar at 32 connections"
+        " (a new connection every 5 requests)",
+        "",
+        "by area (innermost frame):",
+    ]
     lines += [f"  {p:5.1f}%  {f}" for f, p in result["areas"]]
     lines += ["", "self time:"]
     lines += [f"  {p:5.1f}%  {f}" for f, p in result["self"]]

@@ -29,8 +29,9 @@ from bench.procs import Procs
 from bench.run import FLOOD_LUA, flood_round, wrk
 
 
-async def profile_flood(sidecar: C.Contender, tmp: Path, script: Path,
-                        seconds: int, keep: Path | None = None) -> str:
+async def profile_flood(
+    sidecar: C.Contender, tmp: Path, script: Path, seconds: int, keep: Path | None = None
+) -> str:
     from bench.pyspy import find_pyspy, summarize
 
     pyspy = find_pyspy()
@@ -38,10 +39,23 @@ async def profile_flood(sidecar: C.Contender, tmp: Path, script: Path,
         return "py-spy not found (see bench/pyspy.py)"
     out = tmp / f"{sidecar.name}.flood.pyspy.txt"
     proc = await asyncio.create_subprocess_exec(
-        pyspy, "record", "--pid", str(sidecar.pid), "--duration", str(seconds), "--rate", "250",
-        "--format", "raw", "--output", str(out), "--nonblocking",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        pyspy,
+        "record",
+        "--pid",
+        str(sidecar.pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     assert sidecar.target.proxy is not None
     try:
         await asyncio.sleep(0.5)
@@ -56,8 +70,10 @@ async def profile_flood(sidecar: C.Contender, tmp: Path, script: Path,
     if keep is not None:
         shutil.copy(out, keep / out.name)
     result = summarize(out.read_text(), top=30)
-    lines = [f"{result['samples']} samples during a refused flood alone "
-             f"({flood.get('rps')} refused/s)", "by area:"]
+    lines = [
+        f"{result['samples']} samples during a refused flood alone ({flood.get('rps')} refused/s)",
+        "by area:",
+    ]
     lines += [f"  {p:5.1f}%  {f}" for f, p in result["areas"]]
     lines += ["self time:"] + [f"  {p:5.1f}%  {f}" for f, p in result["self"]]
     lines += ["inclusive time:"] + [f"  {p:5.1f}%  {f}" for f, p in result["inclusive"]]
@@ -75,7 +91,7 @@ async def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, An
         sidecars[-1].name = name
     rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in sidecars}
     for r in range(args.rounds):
-        for sidecar in sidecars[r % len(sidecars):] + sidecars[:r % len(sidecars)]:
+        for sidecar in sidecars[r % len(sidecars) :] + sidecars[: r % len(sidecars)]:
             rounds[sidecar.name].append(await flood_round(sidecar, args.seconds, script))
             print(f"round {r + 1} {sidecar.name}: {rounds[sidecar.name][-1]}", file=sys.stderr)
     out: dict[str, Any] = {}
@@ -83,30 +99,40 @@ async def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, An
         quiet = statistics.median(x["quiet_rps"] for x in rs)
         loud = statistics.median(x["flood_rps"] for x in rs)
         ratios = [round(x["flood_rps"] / x["quiet_rps"], 2) for x in rs if x["quiet_rps"]]
-        out[name] = {"allowed_rps_without": round(quiet, 1), "allowed_rps_during": round(loud, 1),
-                     "during_over_without": round(loud / quiet, 2) if quiet else None,
-                     "ratio_per_round": ratios,
-                     "refused_per_s": round(statistics.median(
-                         x["refused_per_s"] or 0 for x in rs), 1),
-                     "flood_all_refused": all(x["flood_non2xx"] == x["flood_requests"]
-                                              for x in rs)}
+        out[name] = {
+            "allowed_rps_without": round(quiet, 1),
+            "allowed_rps_during": round(loud, 1),
+            "during_over_without": round(loud / quiet, 2) if quiet else None,
+            "ratio_per_round": ratios,
+            "refused_per_s": round(statistics.median(x["refused_per_s"] or 0 for x in rs), 1),
+            "flood_all_refused": all(x["flood_non2xx"] == x["flood_requests"] for x in rs),
+        }
     if args.profile:
         for sidecar in sidecars:
             out[sidecar.name]["profile"] = await profile_flood(
-                sidecar, tmp, script, int(args.seconds) + 2, args.profile_raw)
+                sidecar, tmp, script, int(args.seconds) + 2, args.profile_raw
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.refused_flood",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", action="append", type=lambda s: tuple(s.split("=", 1)),
-                        default=[], metavar="NAME=DIR", help="a sidecar source tree; repeatable")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.refused_flood", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        type=lambda s: tuple(s.split("=", 1)),
+        default=[],
+        metavar="NAME=DIR",
+        help="a sidecar source tree; repeatable",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--profile-raw", type=Path, metavar="DIR",
-                        help="keep py-spy's raw collapsed stacks here")
+    parser.add_argument(
+        "--profile-raw", type=Path, metavar="DIR", help="keep py-spy's raw collapsed stacks here"
+    )
     args = parser.parse_args(argv)
     if not args.tree:
         args.tree = [("current", str(C.REPO))]
@@ -121,15 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"# refused flood, {args.rounds} rounds of {args.seconds} s per tree, "
-          f"{time.monotonic() - started:.0f} s")
-    print("| tree | allowed req/s without | during flood | during/without | per round | "
-          "refused/s | all refused |")
+    print(
+        f"# refused flood, {args.rounds} rounds of {args.seconds} s per tree, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    print(
+        "| tree | allowed req/s without | during flood | during/without | per round | "
+        "refused/s | all refused |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, e in result.items():
-        print(f"| {name} | {e['allowed_rps_without']} | {e['allowed_rps_during']} | "
-              f"{e['during_over_without']} | {e['ratio_per_round']} | {e['refused_per_s']} | "
-              f"{e['flood_all_refused']} |")
+        print(
+            f"| {name} | {e['allowed_rps_without']} | {e['allowed_rps_during']} | "
+            f"{e['during_over_without']} | {e['ratio_per_round']} | {e['refused_per_s']} | "
+            f"{e['flood_all_refused']} |"
+        )
     for name, e in result.items():
         if "profile" in e:
             print(f"\n## profile: {name}\n{e['profile']}")

@@ -53,20 +53,44 @@ class Config:
     dns_seconds: float
 
 
-QUICK = Config("quick", rounds=1, small_seconds=0.4, stream_chunks=30, streams_per_round=1,
-               large_requests=2, flood_seconds=1.0, mem_counts=(500, 1000), open_streams=20,
-               wrk_seconds=1, core_entries=1000, core_seconds=0.5, dns_seconds=0.5)
+QUICK = Config(
+    "quick",
+    rounds=1,
+    small_seconds=0.4,
+    stream_chunks=30,
+    streams_per_round=1,
+    large_requests=2,
+    flood_seconds=1.0,
+    mem_counts=(500, 1000),
+    open_streams=20,
+    wrk_seconds=1,
+    core_entries=1000,
+    core_seconds=0.5,
+    dns_seconds=0.5,
+)
 # 100k requests through today's sidecar (~200 req/s on 2 cores) would take ~8 minutes alone,
 # so the full run stops at 30k; `--memory-requests 10000,100000` runs the issue's counts.
-FULL = Config("full", rounds=3, small_seconds=2.5, stream_chunks=200, streams_per_round=2,
-              large_requests=8, flood_seconds=3.0, mem_counts=(10_000, 30_000),
-              open_streams=500, wrk_seconds=3, core_entries=10_000, core_seconds=3.0,
-              dns_seconds=2.0)
+FULL = Config(
+    "full",
+    rounds=3,
+    small_seconds=2.5,
+    stream_chunks=200,
+    streams_per_round=2,
+    large_requests=8,
+    flood_seconds=3.0,
+    mem_counts=(10_000, 30_000),
+    open_streams=500,
+    wrk_seconds=3,
+    core_entries=10_000,
+    core_seconds=3.0,
+    dns_seconds=2.0,
+)
 
 SIDECAR_R5 = "sidecar (reconnect every 5)"
 
 
 # --- statistics ------------------------------------------------------------------------
+
 
 def pct(values: list[float], q: float) -> float | None:
     if not values:
@@ -100,24 +124,32 @@ def na(why: str) -> dict[str, str]:
 
 # --- scenarios ---------------------------------------------------------------------------
 
-async def small(contender: C.Contender, concurrency: int, seconds: float,
-                per_connection: int = 0) -> dict[str, Any]:
-    result = await closed_loop(contender.target, concurrency, duration=seconds,
-                               per_connection=per_connection)
+
+async def small(
+    contender: C.Contender, concurrency: int, seconds: float, per_connection: int = 0
+) -> dict[str, Any]:
+    result = await closed_loop(
+        contender.target, concurrency, duration=seconds, per_connection=per_connection
+    )
     return {"rps": result.rps, "errors": result.errors, "latencies": result.latencies}
 
 
 def summarize_small(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [x for r in rounds for x in r["latencies"]]
-    return {"rps_median": round(med([r["rps"] for r in rounds]) or 0, 1),
-            "rps_rounds": [round(r["rps"], 1) for r in rounds],
-            "lat_p50_ms": ms(pct(latencies, 50)), "lat_p99_ms": ms(pct(latencies, 99)),
-            "requests": len(latencies), "errors": sum(r["errors"] for r in rounds)}
+    return {
+        "rps_median": round(med([r["rps"] for r in rounds]) or 0, 1),
+        "rps_rounds": [round(r["rps"], 1) for r in rounds],
+        "lat_p50_ms": ms(pct(latencies, 50)),
+        "lat_p99_ms": ms(pct(latencies, 99)),
+        "requests": len(latencies),
+        "errors": sum(r["errors"] for r in rounds),
+    }
 
 
 async def stream(contender: C.Contender, chunks: int, count: int) -> dict[str, Any]:
-    body = json.dumps({"model": "gpt-fake", "stream": True, "chunks": chunks,
-                       "interval": 0.01}).encode()
+    body = json.dumps(
+        {"model": "gpt-fake", "stream": True, "chunks": chunks, "interval": 0.01}
+    ).encode()
     ttfc: list[float] = []
     worst: list[float] = []
     delays: list[float] = []
@@ -143,15 +175,21 @@ def summarize_stream(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ttfc = [x for r in rounds for x in r["ttfc"]]
     worst = [x for r in rounds for x in r["worst"]]
     delays = [x for r in rounds for x in r["delays"]]
-    return {"ttfc_ms_median": ms(med(ttfc)), "ttfc_ms_p99": ms(pct(ttfc, 99)),
-            "worst_chunk_delay_ms_median": ms(med(worst)),
-            "worst_chunk_delay_ms_max": ms(max(worst) if worst else None),
-            "chunk_delay_ms_p50": ms(pct(delays, 50)), "chunk_delay_ms_p99": ms(pct(delays, 99)),
-            "streams": len(ttfc), "errors": sum(r["errors"] for r in rounds)}
+    return {
+        "ttfc_ms_median": ms(med(ttfc)),
+        "ttfc_ms_p99": ms(pct(ttfc, 99)),
+        "worst_chunk_delay_ms_median": ms(med(worst)),
+        "worst_chunk_delay_ms_max": ms(max(worst) if worst else None),
+        "chunk_delay_ms_p50": ms(pct(delays, 50)),
+        "chunk_delay_ms_p99": ms(pct(delays, 99)),
+        "streams": len(ttfc),
+        "errors": sum(r["errors"] for r in rounds),
+    }
 
 
-LARGE_BODY = json.dumps({"model": "gpt-fake", "messages": [
-    {"role": "user", "content": "x" * (1024 * 1024 - 80)}]}).encode()
+LARGE_BODY = json.dumps(
+    {"model": "gpt-fake", "messages": [{"role": "user", "content": "x" * (1024 * 1024 - 80)}]}
+).encode()
 
 
 async def large(contender: C.Contender, count: int) -> dict[str, Any]:
@@ -167,8 +205,7 @@ async def large(contender: C.Contender, count: int) -> dict[str, Any]:
         try:
             await conn.request("GET", "/v1/models")
             t0 = time.perf_counter()
-            status, _ = await conn.request("POST", "/v1/chat/completions", LARGE_BODY,
-                                           timeout=30)
+            status, _ = await conn.request("POST", "/v1/chat/completions", LARGE_BODY, timeout=30)
             if status == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -183,9 +220,13 @@ async def large(contender: C.Contender, count: int) -> dict[str, Any]:
 def summarize_large(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [x for r in rounds for x in r["latencies"]]
     p50 = pct(latencies, 50)
-    return {"lat_p50_ms": ms(p50), "lat_p99_ms": ms(pct(latencies, 99)),
-            "mb_per_s": round(len(LARGE_BODY) / 1e6 / p50, 1) if p50 else None,
-            "requests": len(latencies), "errors": sum(r["errors"] for r in rounds)}
+    return {
+        "lat_p50_ms": ms(p50),
+        "lat_p99_ms": ms(pct(latencies, 99)),
+        "mb_per_s": round(len(LARGE_BODY) / 1e6 / p50, 1) if p50 else None,
+        "requests": len(latencies),
+        "errors": sum(r["errors"] for r in rounds),
+    }
 
 
 FLOOD_LUA = """\
@@ -225,9 +266,20 @@ async def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[st
     binary = shutil.which("wrk")
     assert binary is not None
     proc = await asyncio.create_subprocess_exec(
-        binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "3s",
-        "-s", str(script), url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        binary,
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "3s",
+        "-s",
+        str(script),
+        url,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
     finally:
@@ -246,28 +298,37 @@ async def flood_round(contender: C.Contender, seconds: float, script: Path) -> d
     await asyncio.sleep(0.7)
     loud = await closed_loop(contender.target, 8, duration=seconds, per_connection=5)
     flood = await flood_task
-    return {"quiet_rps": quiet.rps, "flood_rps": loud.rps,
-            "refused_per_s": flood.get("rps"), "flood_non2xx": flood.get("non2xx"),
-            "flood_requests": flood.get("requests"), "errors": quiet.errors + loud.errors}
+    return {
+        "quiet_rps": quiet.rps,
+        "flood_rps": loud.rps,
+        "refused_per_s": flood.get("rps"),
+        "flood_non2xx": flood.get("non2xx"),
+        "flood_requests": flood.get("requests"),
+        "errors": quiet.errors + loud.errors,
+    }
 
 
 def summarize_flood(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     quiet = med([r["quiet_rps"] for r in rounds])
     loud = med([r["flood_rps"] for r in rounds])
     refused = [r["refused_per_s"] for r in rounds if r["refused_per_s"] is not None]
-    return {"allowed_rps_without": round(quiet or 0, 1), "allowed_rps_during": round(loud or 0, 1),
-            "during_over_without": ratio(loud, quiet),
-            "refused_per_s_median": round(med(refused) or 0, 1),
-            "flood_refused_all": all(r["flood_non2xx"] == r["flood_requests"] for r in rounds),
-            "errors": sum(r["errors"] for r in rounds)}
+    return {
+        "allowed_rps_without": round(quiet or 0, 1),
+        "allowed_rps_during": round(loud or 0, 1),
+        "during_over_without": ratio(loud, quiet),
+        "refused_per_s_median": round(med(refused) or 0, 1),
+        "flood_refused_all": all(r["flood_non2xx"] == r["flood_requests"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+    }
 
 
 async def open_streams(contender: C.Contender, count: int, world: C.World) -> dict[str, Any]:
     """Hold `count` SSE streams open through the proxy; RSS once the fake serves them all."""
     assert contender.pid is not None
     direct = C.direct(world)
-    body = json.dumps({"model": "gpt-fake", "stream": True, "chunks": 100000,
-                       "interval": 0.5}).encode()
+    body = json.dumps(
+        {"model": "gpt-fake", "stream": True, "chunks": 100000, "interval": 0.5}
+    ).encode()
     before = memory(contender.pid)
     conns: list[Conn] = []
     context = contender.target.ssl_context()
@@ -297,9 +358,13 @@ async def open_streams(contender: C.Contender, count: int, world: C.World) -> di
             if json.loads(data)["active_streams"] == 0:
                 break
         probe.close()
-    return {"streams_requested": count, "streams_open": active,
-            "rss_before_mb": before.get("vmrss_mb"), "rss_with_streams_mb": during.get("vmrss_mb"),
-            "peak_rss_mb": during.get("vmhwm_mb")}
+    return {
+        "streams_requested": count,
+        "streams_open": active,
+        "rss_before_mb": before.get("vmrss_mb"),
+        "rss_with_streams_mb": during.get("vmrss_mb"),
+        "peak_rss_mb": during.get("vmhwm_mb"),
+    }
 
 
 async def memory_growth(procs: Procs, world: C.World, counts: tuple[int, int]) -> dict[str, Any]:
@@ -313,8 +378,9 @@ async def memory_growth(procs: Procs, world: C.World, counts: tuple[int, int]) -
         errors = 0
         t0 = time.perf_counter()
         for target in counts:
-            result = await closed_loop(sidecar.target, 32, count=target - done, per_connection=5,
-                                       warmup=0, duration=1800)
+            result = await closed_loop(
+                sidecar.target, 32, count=target - done, per_connection=5, warmup=0, duration=1800
+            )
             done += result.completed + result.errors
             errors += result.errors
             await asyncio.sleep(0.5)
@@ -365,14 +431,19 @@ async def dns_queries(port: int, seconds: float, name: str) -> dict[str, Any]:
 
 # --- running ---------------------------------------------------------------------------
 
+
 def rotate(items: list[Any], n: int) -> list[Any]:
     n %= len(items)
     return items[n:] + items[:n]
 
 
-async def rounds(name: str, contenders: list[C.Contender], count: int,
-                 measure: Callable[[C.Contender], Awaitable[dict[str, Any]]],
-                 log: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+async def rounds(
+    name: str,
+    contenders: list[C.Contender],
+    count: int,
+    measure: Callable[[C.Contender], Awaitable[dict[str, Any]]],
+    log: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:
     collected: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
     for r in range(count):
         for contender in rotate(contenders, r):
@@ -381,13 +452,14 @@ async def rounds(name: str, contenders: list[C.Contender], count: int,
                 collected[contender.name].append(await measure(contender))
             except Exception as exc:
                 collected[contender.name].append({"exception": f"{type(exc).__name__}: {exc}"})
-            log(f"  {name} round {r + 1}/{count} {contender.name}: "
-                f"{time.perf_counter() - t0:.1f}s")
+            log(f"  {name} round {r + 1}/{count} {contender.name}: {time.perf_counter() - t0:.1f}s")
     return collected
 
 
-def finish(collected: dict[str, list[dict[str, Any]]],
-           summarize: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
+def finish(
+    collected: dict[str, list[dict[str, Any]]],
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, results in collected.items():
         good = [r for r in results if "exception" not in r]
@@ -414,15 +486,22 @@ def machine() -> dict[str, Any]:
     squid_version = ""
     if squid:
         with contextlib.suppress(Exception):
-            squid_version = subprocess.run([squid, "-v"], capture_output=True, text=True,
-                                           timeout=10).stdout.splitlines()[0]
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "mitmproxy": mitmproxy.version.VERSION, "squid": squid_version,
-            "kernel": platform.release()}
+            squid_version = subprocess.run(
+                [squid, "-v"], capture_output=True, text=True, timeout=10
+            ).stdout.splitlines()[0]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "mitmproxy": mitmproxy.version.VERSION,
+        "squid": squid_version,
+        "kernel": platform.release(),
+    }
 
 
-async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], None],
-                  profile: bool) -> dict[str, Any]:
+async def run_all(
+    cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], None], profile: bool
+) -> dict[str, Any]:
     log("starting fake provider, mitmdump, trimmed Master, egress-sidecar, squid ...")
     world = C.start_world(procs, tmp)
     mitmdump = C.start_mitmdump(procs, world)
@@ -444,12 +523,20 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
     # (1) small JSON, keep-alive, concurrency 1 and 32
     for conc in (1, 32):
         log(f"scenario: small JSON, concurrency {conc}")
-        collected = await rounds(f"small_c{conc}", everyone, cfg.rounds,
-                                 lambda c, n=conc: small(c, n, cfg.small_seconds), log)
-        variant = await rounds(f"small_c{conc}", [dataclasses.replace(sidecar, name=SIDECAR_R5)],
-                               cfg.rounds,
-                               lambda c, n=conc: small(c, n, cfg.small_seconds, per_connection=5),
-                               log)
+        collected = await rounds(
+            f"small_c{conc}",
+            everyone,
+            cfg.rounds,
+            lambda c, n=conc: small(c, n, cfg.small_seconds),
+            log,
+        )
+        variant = await rounds(
+            f"small_c{conc}",
+            [dataclasses.replace(sidecar, name=SIDECAR_R5)],
+            cfg.rounds,
+            lambda c, n=conc: small(c, n, cfg.small_seconds, per_connection=5),
+            log,
+        )
         scenarios[f"small_c{conc}"] = finish({**collected, **variant}, summarize_small)
 
     # (1b) reverse listeners with wrk (plain HTTP in, TLS out); direct = wrk over TLS
@@ -458,16 +545,17 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
         reverse = [c for c in everyone if c.reverse_url]
 
         async def wrk_reverse(c: C.Contender) -> dict[str, Any]:
-            return await wrk(f"{c.reverse_url}/v1/chat/completions", lua_post,
-                             cfg.wrk_seconds, 32)
+            return await wrk(f"{c.reverse_url}/v1/chat/completions", lua_post, cfg.wrk_seconds, 32)
 
         collected = await rounds("reverse_wrk_c32", reverse, cfg.rounds, wrk_reverse, log)
 
         def summarize_wrk(rs: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"rps_median": round(med([r.get("rps", 0) for r in rs]) or 0, 1),
-                    "lat_p50_ms": med([r["p50_ms"] for r in rs if "p50_ms" in r]),
-                    "lat_p99_ms": med([r["p99_ms"] for r in rs if "p99_ms" in r]),
-                    "errors": sum(r.get("non2xx", 0) + r.get("socket_errors", 0) for r in rs)}
+            return {
+                "rps_median": round(med([r.get("rps", 0) for r in rs]) or 0, 1),
+                "lat_p50_ms": med([r["p50_ms"] for r in rs if "p50_ms" in r]),
+                "lat_p99_ms": med([r["p99_ms"] for r in rs if "p99_ms" in r]),
+                "errors": sum(r.get("non2xx", 0) + r.get("socket_errors", 0) for r in rs),
+            }
 
         scenarios["reverse_wrk_c32"] = finish(collected, summarize_wrk)
         scenarios["reverse_wrk_c32"]["squid"] = na("no reverse listener (CONNECT allowlist)")
@@ -476,22 +564,33 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
 
     # (2) streaming
     log("scenario: SSE streaming")
-    collected = await rounds("stream_sse", everyone, cfg.rounds,
-                             lambda c: stream(c, cfg.stream_chunks, cfg.streams_per_round), log)
+    collected = await rounds(
+        "stream_sse",
+        everyone,
+        cfg.rounds,
+        lambda c: stream(c, cfg.stream_chunks, cfg.streams_per_round),
+        log,
+    )
     scenarios["stream_sse"] = finish(collected, summarize_stream)
 
     # (3) 1 MB request bodies
     log("scenario: 1 MB request bodies")
-    collected = await rounds("large_body_1mb", everyone, cfg.rounds,
-                             lambda c: large(c, cfg.large_requests), log)
+    collected = await rounds(
+        "large_body_1mb", everyone, cfg.rounds, lambda c: large(c, cfg.large_requests), log
+    )
     scenarios["large_body_1mb"] = finish(collected, summarize_large)
 
     # (4) refused-request flood
     log("scenario: refused-request flood")
     refusing = [c for c in everyone if c.refuses]
     if shutil.which("wrk"):
-        collected = await rounds("refused_flood", refusing, cfg.rounds,
-                                 lambda c: flood_round(c, cfg.flood_seconds, lua_flood), log)
+        collected = await rounds(
+            "refused_flood",
+            refusing,
+            cfg.rounds,
+            lambda c: flood_round(c, cfg.flood_seconds, lua_flood),
+            log,
+        )
         scenarios["refused_flood"] = finish(collected, summarize_flood)
     else:
         scenarios["refused_flood"] = {c.name: na("wrk not installed") for c in refusing}
@@ -520,13 +619,29 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
     # (6) decision core
     log(f"scenario: decision core ({cfg.core_entries} entries)")
     core_env = {**os.environ, "PYTHONPATH": C.SIDECAR_TREE or str(C.REPO)}
-    core = subprocess.run([sys.executable, str(Path(__file__).with_name("core.py")),
-                           "--entries", str(cfg.core_entries), "--seconds", str(cfg.core_seconds)],
-                          capture_output=True, text=True, timeout=300, cwd="/", env=core_env)
-    core_result: dict[str, Any] = (json.loads(core.stdout.splitlines()[-1]) if core.returncode == 0
-                                   else {"status": "error", "why": core.stderr[-500:]})
-    scenarios["decision_core"] = {c.name: na("the decision core is the sidecar's")
-                                  for c in everyone}
+    core = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("core.py")),
+            "--entries",
+            str(cfg.core_entries),
+            "--seconds",
+            str(cfg.core_seconds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+        env=core_env,
+    )
+    core_result: dict[str, Any] = (
+        json.loads(core.stdout.splitlines()[-1])
+        if core.returncode == 0
+        else {"status": "error", "why": core.stderr[-500:]}
+    )
+    scenarios["decision_core"] = {
+        c.name: na("the decision core is the sidecar's") for c in everyone
+    }
     scenarios["decision_core"]["sidecar"] = core_result
 
     # (7) DNS listener
@@ -545,26 +660,41 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
                 procs.stop(dns_sidecar.proc)  # type: ignore[arg-type]
             scenarios["dns_listener"]["sidecar"] = {"allowed": allowed, "refused": refused}
         except Exception as exc:
-            scenarios["dns_listener"]["sidecar"] = {"status": "error",
-                                                    "why": f"{type(exc).__name__}: {exc}"}
+            scenarios["dns_listener"]["sidecar"] = {
+                "status": "error",
+                "why": f"{type(exc).__name__}: {exc}",
+            }
     else:
         scenarios["dns_listener"]["sidecar"] = na("not available: no --dns listener in this build")
 
     # (8) scanners on the request path (issue 10): worst-case vs typical MB/s
     log("scenario: scanners (key detection, reflection guard, DNS tunnel detector)")
-    scan_run = subprocess.run([sys.executable, str(Path(__file__).with_name("scanners.py")),
-                               "--seconds", "0.2" if cfg.mode == "quick" else "1"],
-                              capture_output=True, text=True, timeout=600, cwd="/", env=core_env)
+    scan_run = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("scanners.py")),
+            "--seconds",
+            "0.2" if cfg.mode == "quick" else "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/",
+        env=core_env,
+    )
     scenarios["scanners"] = {c.name: na("the scanners are the sidecar's") for c in everyone}
-    scenarios["scanners"]["sidecar"] = (json.loads(scan_run.stdout.splitlines()[-1])
-                                        if scan_run.returncode == 0
-                                        else {"status": "error", "why": scan_run.stderr[-500:]})
+    scenarios["scanners"]["sidecar"] = (
+        json.loads(scan_run.stdout.splitlines()[-1])
+        if scan_run.returncode == 0
+        else {"status": "error", "why": scan_run.stderr[-500:]}
+    )
     # (9) hostile: each attack of issue 10 against the sidecar, mitmdump and Squid
     from bench.hostile import run_hostile
 
     log("scenario: hostile (issue 10 attacks)")
-    scenarios["hostile"] = await run_hostile(cfg.mode, world, tmp, log,
-                                             {"mitmdump": mitmdump, "squid": squid})
+    scenarios["hostile"] = await run_hostile(
+        cfg.mode, world, tmp, log, {"mitmdump": mitmdump, "squid": squid}
+    )
 
     profiles: dict[str, Any] = {}
     if profile:
@@ -577,6 +707,7 @@ async def run_all(cfg: Config, procs: Procs, tmp: Path, log: Callable[[str], Non
 
 
 # --- targets and tables ------------------------------------------------------------------
+
 
 def get(d: dict[str, Any], *path: str) -> Any:
     for key in path:
@@ -595,43 +726,94 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             ok = value >= threshold if op == ">=" else value <= threshold
             status = "met" if ok else "missed"
-        out.append({"target": name, "status": status, "value": value, "op": op,
-                    "threshold": threshold, "detail": detail})
+        out.append(
+            {
+                "target": name,
+                "status": status,
+                "value": value,
+                "op": op,
+                "threshold": threshold,
+                "detail": detail,
+            }
+        )
 
     for conc in (1, 32):
         sc = get(s, f"small_c{conc}", "sidecar", "rps_median")
         md = get(s, f"small_c{conc}", "mitmdump", "rps_median")
         tr = get(s, f"small_c{conc}", "trimmed", "rps_median")
-        add(f"throughput c={conc} >= 1.5x mitmdump", ratio(sc, md), ">=", 1.5,
-            f"sidecar {sc} req/s, mitmdump {md} req/s")
-        add(f"throughput c={conc} >= 0.8x trimmed Master", ratio(sc, tr), ">=", 0.8,
-            f"sidecar {sc} req/s, trimmed {tr} req/s")
+        add(
+            f"throughput c={conc} >= 1.5x mitmdump",
+            ratio(sc, md),
+            ">=",
+            1.5,
+            f"sidecar {sc} req/s, mitmdump {md} req/s",
+        )
+        add(
+            f"throughput c={conc} >= 0.8x trimmed Master",
+            ratio(sc, tr),
+            ">=",
+            0.8,
+            f"sidecar {sc} req/s, trimmed {tr} req/s",
+        )
     for q, limit in (("p50", 1.0), ("p99", 5.0)):
         a = get(s, "small_c1", "sidecar", f"lat_{q}_ms")
         b = get(s, "small_c1", "trimmed", f"lat_{q}_ms")
-        add(f"added {q} latency over trimmed Master at c=1 < {limit} ms", diff(a, b), "<=", limit,
-            f"sidecar {a} ms, trimmed {b} ms")
+        add(
+            f"added {q} latency over trimmed Master at c=1 < {limit} ms",
+            diff(a, b),
+            "<=",
+            limit,
+            f"sidecar {a} ms, trimmed {b} ms",
+        )
     a = get(s, "stream_sse", "sidecar", "ttfc_ms_median")
     b = get(s, "stream_sse", "direct", "ttfc_ms_median")
-    add("streaming: first chunk within 5 ms of direct", diff(a, b), "<=", 5.0,
-        f"sidecar {a} ms, direct {b} ms (median time to first chunk)")
+    add(
+        "streaming: first chunk within 5 ms of direct",
+        diff(a, b),
+        "<=",
+        5.0,
+        f"sidecar {a} ms, direct {b} ms (median time to first chunk)",
+    )
     worst = get(s, "stream_sse", "sidecar", "worst_chunk_delay_ms_max")
-    add("streaming: no chunk held back more than 10 ms", worst, "<=", 10.0,
+    add(
+        "streaming: no chunk held back more than 10 ms",
+        worst,
+        "<=",
+        10.0,
         f"worst chunk delay over all streams (direct: "
-        f"{get(s, 'stream_sse', 'direct', 'worst_chunk_delay_ms_max')} ms)")
+        f"{get(s, 'stream_sse', 'direct', 'worst_chunk_delay_ms_max')} ms)",
+    )
     growth = get(s, "memory", "sidecar", "growth", "rss_growth")
-    add("memory flat between the two request counts (within 10%)", growth, "<=", 1.10,
-        "RSS after the larger count / after the smaller count")
+    add(
+        "memory flat between the two request counts (within 10%)",
+        growth,
+        "<=",
+        1.10,
+        "RSS after the larger count / after the smaller count",
+    )
     streams_rss = get(s, "memory", "sidecar", "open_streams", "rss_with_streams_mb")
     n_streams = get(s, "memory", "sidecar", "open_streams", "streams_open")
-    add("memory under 200 MB with the open streams", streams_rss, "<=", 200.0,
-        f"RSS with {n_streams} streams open")
-    add("decision core >= 200,000 decisions/s on one core",
-        get(s, "decision_core", "sidecar", "decisions_per_s"), ">=", 200_000,
-        f"{get(s, 'decision_core', 'sidecar', 'entries')}-entry policy")
-    add("allowed throughput during refused flood >= 70% of without",
-        get(s, "refused_flood", "sidecar", "during_over_without"), ">=", 0.70,
-        f"refused/s during flood: {get(s, 'refused_flood', 'sidecar', 'refused_per_s_median')}")
+    add(
+        "memory under 200 MB with the open streams",
+        streams_rss,
+        "<=",
+        200.0,
+        f"RSS with {n_streams} streams open",
+    )
+    add(
+        "decision core >= 200,000 decisions/s on one core",
+        get(s, "decision_core", "sidecar", "decisions_per_s"),
+        ">=",
+        200_000,
+        f"{get(s, 'decision_core', 'sidecar', 'entries')}-entry policy",
+    )
+    add(
+        "allowed throughput during refused flood >= 70% of without",
+        get(s, "refused_flood", "sidecar", "during_over_without"),
+        ">=",
+        0.70,
+        f"refused/s during flood: {get(s, 'refused_flood', 'sidecar', 'refused_per_s_median')}",
+    )
     return out
 
 
@@ -665,25 +847,50 @@ def report(result: dict[str, Any]) -> str:
             return f"{entry['status']}: {why}" if why else entry["status"]
         return None
 
-    for key, title in (("small_c1", "Small JSON over HTTPS, keep-alive, concurrency 1"),
-                       ("small_c32", "Small JSON over HTTPS, keep-alive, concurrency 32"),
-                       ("reverse_wrk_c32", "Reverse listener, wrk, 32 connections "
-                                           "(plain HTTP in, TLS out; direct = wrk over TLS)")):
+    for key, title in (
+        ("small_c1", "Small JSON over HTTPS, keep-alive, concurrency 1"),
+        ("small_c32", "Small JSON over HTTPS, keep-alive, concurrency 32"),
+        (
+            "reverse_wrk_c32",
+            "Reverse listener, wrk, 32 connections (plain HTTP in, TLS out; direct = wrk over TLS)",
+        ),
+    ):
         rows = []
         base = s[key]
         for name, entry in base.items():
             if (st := status_of(entry)) is not None:
                 rows.append([name, st, "", "", "", "", "", "", ""])
                 continue
-            rows.append([name, entry["rps_median"], entry["lat_p50_ms"], entry["lat_p99_ms"],
-                         diff(entry["lat_p50_ms"], get(base, "direct", "lat_p50_ms")),
-                         ratio(entry["rps_median"], get(base, "direct", "rps_median")),
-                         ratio(entry["rps_median"], get(base, "mitmdump", "rps_median")),
-                         ratio(entry["rps_median"], get(base, "trimmed", "rps_median")),
-                         entry.get("errors")])
-        out.append(table(title, ["contender", "req/s (median)", "p50 ms", "p99 ms",
-                                 "added p50 ms vs direct", "x direct", "x mitmdump",
-                                 "x trimmed", "errors"], rows))
+            rows.append(
+                [
+                    name,
+                    entry["rps_median"],
+                    entry["lat_p50_ms"],
+                    entry["lat_p99_ms"],
+                    diff(entry["lat_p50_ms"], get(base, "direct", "lat_p50_ms")),
+                    ratio(entry["rps_median"], get(base, "direct", "rps_median")),
+                    ratio(entry["rps_median"], get(base, "mitmdump", "rps_median")),
+                    ratio(entry["rps_median"], get(base, "trimmed", "rps_median")),
+                    entry.get("errors"),
+                ]
+            )
+        out.append(
+            table(
+                title,
+                [
+                    "contender",
+                    "req/s (median)",
+                    "p50 ms",
+                    "p99 ms",
+                    "added p50 ms vs direct",
+                    "x direct",
+                    "x mitmdump",
+                    "x trimmed",
+                    "errors",
+                ],
+                rows,
+            )
+        )
 
     rows = []
     base = s["stream_sse"]
@@ -691,14 +898,34 @@ def report(result: dict[str, Any]) -> str:
         if (st := status_of(e)) is not None:
             rows.append([name, st, "", "", "", "", "", ""])
             continue
-        rows.append([name, e["ttfc_ms_median"], e["ttfc_ms_p99"],
-                     diff(e["ttfc_ms_median"], get(base, "direct", "ttfc_ms_median")),
-                     e["chunk_delay_ms_p50"], e["chunk_delay_ms_p99"],
-                     e["worst_chunk_delay_ms_max"], e["errors"]])
-    out.append(table("SSE streaming (chunks 10 ms apart): first chunk, and chunk delay "
-                     "(arrival - send)", ["contender", "first chunk ms (median)", "p99",
-                                          "vs direct ms", "chunk delay p50 ms", "p99 ms",
-                                          "worst ms", "errors"], rows))
+        rows.append(
+            [
+                name,
+                e["ttfc_ms_median"],
+                e["ttfc_ms_p99"],
+                diff(e["ttfc_ms_median"], get(base, "direct", "ttfc_ms_median")),
+                e["chunk_delay_ms_p50"],
+                e["chunk_delay_ms_p99"],
+                e["worst_chunk_delay_ms_max"],
+                e["errors"],
+            ]
+        )
+    out.append(
+        table(
+            "SSE streaming (chunks 10 ms apart): first chunk, and chunk delay (arrival - send)",
+            [
+                "contender",
+                "first chunk ms (median)",
+                "p99",
+                "vs direct ms",
+                "chunk delay p50 ms",
+                "p99 ms",
+                "worst ms",
+                "errors",
+            ],
+            rows,
+        )
+    )
 
     rows = []
     base = s["large_body_1mb"]
@@ -706,24 +933,65 @@ def report(result: dict[str, Any]) -> str:
         if (st := status_of(e)) is not None:
             rows.append([name, st, "", "", "", "", ""])
             continue
-        rows.append([name, e["lat_p50_ms"], e["lat_p99_ms"], e["mb_per_s"],
-                     ratio(e["lat_p50_ms"], get(base, "direct", "lat_p50_ms")),
-                     ratio(e["lat_p50_ms"], get(base, "trimmed", "lat_p50_ms")), e["errors"]])
-    out.append(table("1 MB request bodies (latency of one POST)", ["contender", "p50 ms", "p99 ms",
-                     "MB/s", "x direct (latency)", "x trimmed (latency)", "errors"], rows))
+        rows.append(
+            [
+                name,
+                e["lat_p50_ms"],
+                e["lat_p99_ms"],
+                e["mb_per_s"],
+                ratio(e["lat_p50_ms"], get(base, "direct", "lat_p50_ms")),
+                ratio(e["lat_p50_ms"], get(base, "trimmed", "lat_p50_ms")),
+                e["errors"],
+            ]
+        )
+    out.append(
+        table(
+            "1 MB request bodies (latency of one POST)",
+            [
+                "contender",
+                "p50 ms",
+                "p99 ms",
+                "MB/s",
+                "x direct (latency)",
+                "x trimmed (latency)",
+                "errors",
+            ],
+            rows,
+        )
+    )
 
     rows = []
     for name, e in s["refused_flood"].items():
         if (st := status_of(e)) is not None:
             rows.append([name, st, "", "", "", "", ""])
             continue
-        rows.append([name, e["allowed_rps_without"], e["allowed_rps_during"],
-                     e["during_over_without"], e["refused_per_s_median"],
-                     e["flood_refused_all"], e["errors"]])
-    out.append(table("Refused-request flood (wrk, 16 connections, absolute-form requests to an "
-                     "unlisted host) vs 8 allowed connections",
-                     ["contender", "allowed req/s without", "during flood", "during/without",
-                      "refused/s", "all flood refused", "errors"], rows))
+        rows.append(
+            [
+                name,
+                e["allowed_rps_without"],
+                e["allowed_rps_during"],
+                e["during_over_without"],
+                e["refused_per_s_median"],
+                e["flood_refused_all"],
+                e["errors"],
+            ]
+        )
+    out.append(
+        table(
+            "Refused-request flood (wrk, 16 connections, absolute-form requests to an "
+            "unlisted host) vs 8 allowed connections",
+            [
+                "contender",
+                "allowed req/s without",
+                "during flood",
+                "during/without",
+                "refused/s",
+                "all flood refused",
+                "errors",
+            ],
+            rows,
+        )
+    )
 
     rows = []
     for name, e in s["memory"].items():
@@ -736,43 +1004,83 @@ def report(result: dict[str, Any]) -> str:
         if g.get("status"):
             growth = f"{g['status']}: {g.get('why')}"
         os_ = e.get("open_streams") or {}
-        rows.append([name, growth or "not measured (sidecar only)", g.get("rss_growth"),
-                     get(e, "after_scenarios", "vmhwm_mb"),
-                     f"{os_.get('streams_open')} open: {os_.get('rss_with_streams_mb')} MB"
-                     if "rss_with_streams_mb" in os_ else status_of(os_),
-                     os_.get("peak_rss_mb")])
-    out.append(table("Memory (RSS from /proc)", ["contender",
-                                                  "RSS after N requests (fresh process)", "growth",
-                                                  "peak RSS after scenarios MB",
-                                                  "RSS with open streams", "peak RSS MB"], rows))
+        rows.append(
+            [
+                name,
+                growth or "not measured (sidecar only)",
+                g.get("rss_growth"),
+                get(e, "after_scenarios", "vmhwm_mb"),
+                f"{os_.get('streams_open')} open: {os_.get('rss_with_streams_mb')} MB"
+                if "rss_with_streams_mb" in os_
+                else status_of(os_),
+                os_.get("peak_rss_mb"),
+            ]
+        )
+    out.append(
+        table(
+            "Memory (RSS from /proc)",
+            [
+                "contender",
+                "RSS after N requests (fresh process)",
+                "growth",
+                "peak RSS after scenarios MB",
+                "RSS with open streams",
+                "peak RSS MB",
+            ],
+            rows,
+        )
+    )
 
     core = s["decision_core"]["sidecar"]
     dns_row = s["dns_listener"]["sidecar"]
-    rows = [["decision core", fmt(core.get("decisions_per_s")) + " decisions/s",
-             f"{core.get('entries')} entries, {core.get('us_per_decision')} us/decision, "
-             f"policy load {core.get('load_policy_s')} s"]]
+    rows = [
+        [
+            "decision core",
+            fmt(core.get("decisions_per_s")) + " decisions/s",
+            f"{core.get('entries')} entries, {core.get('us_per_decision')} us/decision, "
+            f"policy load {core.get('load_policy_s')} s",
+        ]
+    ]
     if "allowed" in dns_row:
-        rows.append(["DNS listener", f"{dns_row['allowed']['qps']} q/s allowed, "
-                     f"{dns_row['refused']['qps']} q/s refused",
-                     f"rcodes {dns_row['allowed']['rcodes']} / {dns_row['refused']['rcodes']}"])
+        rows.append(
+            [
+                "DNS listener",
+                f"{dns_row['allowed']['qps']} q/s allowed, {dns_row['refused']['qps']} q/s refused",
+                f"rcodes {dns_row['allowed']['rcodes']} / {dns_row['refused']['rcodes']}",
+            ]
+        )
     else:
         rows.append(["DNS listener", status_of(dns_row) or "-", ""])
     out.append(table("Sidecar alone", ["what", "result", "detail"], rows))
 
     scan = s.get("scanners", {}).get("sidecar", {})
-    rows = [[name.replace("_", " "), e["typical_mb_s"], e["worst_mb_s"], e["worst_over_typical"],
-             e["worst_input"]] for name, e in scan.items() if isinstance(e, dict)
-            and "worst_mb_s" in e]
-    out.append(table("Scanners on the request path, one core (issue 10)",
-                     ["scanner", "typical MB/s", "worst MB/s", "worst/typical", "worst input"],
-                     rows or [["-", status_of(scan) or "-", "", "", ""]]))
+    rows = [
+        [
+            name.replace("_", " "),
+            e["typical_mb_s"],
+            e["worst_mb_s"],
+            e["worst_over_typical"],
+            e["worst_input"],
+        ]
+        for name, e in scan.items()
+        if isinstance(e, dict) and "worst_mb_s" in e
+    ]
+    out.append(
+        table(
+            "Scanners on the request path, one core (issue 10)",
+            ["scanner", "typical MB/s", "worst MB/s", "worst/typical", "worst input"],
+            rows or [["-", status_of(scan) or "-", "", "", ""]],
+        )
+    )
     if "hostile" in s:
         from bench.hostile import report as hostile_report
 
         out.append(hostile_report(s["hostile"]))
 
-    rows = [[t["target"], t["status"].upper(), t["value"], f"{t['op']} {t['threshold']}",
-             t["detail"]] for t in result["targets"]]
+    rows = [
+        [t["target"], t["status"].upper(), t["value"], f"{t['op']} {t['threshold']}", t["detail"]]
+        for t in result["targets"]
+    ]
     out.append(table("Targets (issue 7)", ["target", "status", "value", "needed", "detail"], rows))
     return "\n".join(out)
 
@@ -780,14 +1088,23 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: seconds, tiny counts")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample the sidecar with py-spy under load (needs py-spy)")
-    parser.add_argument("--memory-requests", metavar="N,M",
-                        help="request counts for the memory-growth scenario "
-                             "(default 500,1000 quick; 10000,30000 full)")
-    parser.add_argument("--sidecar-tree", metavar="DIR",
-                        help="run egress-sidecar (and the decision core) from this source tree, "
-                             "e.g. a `git archive HEAD` snapshot (default: the venv's install)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also sample the sidecar with py-spy under load (needs py-spy)",
+    )
+    parser.add_argument(
+        "--memory-requests",
+        metavar="N,M",
+        help="request counts for the memory-growth scenario "
+        "(default 500,1000 quick; 10000,30000 full)",
+    )
+    parser.add_argument(
+        "--sidecar-tree",
+        metavar="DIR",
+        help="run egress-sidecar (and the decision core) from this source tree, "
+        "e.g. a `git archive HEAD` snapshot (default: the venv's install)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     args = parser.parse_args(argv)
     if args.sidecar_tree:
@@ -801,8 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    missing = [tool for tool, found in (("squid", C.squid_binary()), ("wrk", shutil.which("wrk")))
-               if not found]
+    missing = [
+        tool
+        for tool, found in (("squid", C.squid_binary()), ("wrk", shutil.which("wrk")))
+        if not found
+    ]
     if missing:
         log(f"missing tools: {', '.join(missing)} (apt-get install -y squid wrk)")
         if "squid" in missing:
@@ -823,12 +1143,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     load_after = load_average()
     result = {
-        "meta": {"mode": cfg.mode, "config": dataclasses.asdict(cfg),
-                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                 "machine": machine(), "loadavg_before": load_before,
-                 "loadavg_after": load_after, "seconds": round(time.monotonic() - started, 1),
-                 "contenders": C.CONTENDERS, "missing_tools": missing,
-                 "sidecar": C.sidecar_command(), "sidecar_tree": C.SIDECAR_TREE},
+        "meta": {
+            "mode": cfg.mode,
+            "config": dataclasses.asdict(cfg),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+            "seconds": round(time.monotonic() - started, 1),
+            "contenders": C.CONTENDERS,
+            "missing_tools": missing,
+            "sidecar": C.sidecar_command(),
+            "sidecar_tree": C.SIDECAR_TREE,
+        },
         **result,
     }
     result["targets"] = targets(result["scenarios"])
@@ -836,9 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, default=str))
     m = result["meta"]
-    print(f"# egress-sidecar benchmark ({cfg.mode}), {m['date']}\n"
-          f"machine: {m['machine']['nproc']} CPUs, {m['machine']['cpu']}; "
-          f"load average before {load_before}, after {load_after}; took {m['seconds']} s")
+    print(
+        f"# egress-sidecar benchmark ({cfg.mode}), {m['date']}\n"
+        f"machine: {m['machine']['nproc']} CPUs, {m['machine']['cpu']}; "
+        f"load average before {load_before}, after {load_after}; took {m['seconds']} s"
+    )
     print(report(result))
     if result.get("profiles"):
         print("\n## Profile (py-spy, sidecar under load)\n" + result["profiles"].get("text", ""))

@@ -45,12 +45,14 @@ def _rand(rng: random.Random, n: int, alphabet: str = B64URL) -> str:
 
 # --- key detection -----------------------------------------------------------------------
 
+
 def detection(seconds: float) -> dict[str, object]:
     rng = random.Random(1)
 
     def scan(values: list[str], others: tuple[str, ...] = ()) -> Callable[[], int]:
         """As the credential layer does: prefixed families in every header value, the
         generic rules in the credential-bearing one (`values`)."""
+
         def work() -> int:
             for value in others:
                 scan_prefixed(value, "header other")
@@ -58,14 +60,28 @@ def detection(seconds: float) -> dict[str, object]:
                 scan_prefixed(value, "header authorization")
                 scan_generic(value, "header authorization", header="authorization")
             return sum(len(v) for v in values) + sum(len(v) for v in others)
+
         return work
 
     # A gateway's request headers: a dummy or virtual key, and the usual others.
     typical_auth = ["Bearer vk-" + _rand(rng, 43)]
-    typical_others = ("application/json", "AsyncOpenAI/Python 1.54.0", "gzip, deflate",
-                      "api.openai.com", "keep-alive", "1.54.0", "async:asyncio", "Linux",
-                      "x86_64", "CPython", "3.12.7", "2", "600", "stainless-retry-count=0",
-                      "req_" + _rand(rng, 24, string.hexdigits.lower()))
+    typical_others = (
+        "application/json",
+        "AsyncOpenAI/Python 1.54.0",
+        "gzip, deflate",
+        "api.openai.com",
+        "keep-alive",
+        "1.54.0",
+        "async:asyncio",
+        "Linux",
+        "x86_64",
+        "CPython",
+        "3.12.7",
+        "2",
+        "600",
+        "stainless-retry-count=0",
+        "req_" + _rand(rng, 24, string.hexdigits.lower()),
+    )
     medium, n = [], 0
     while sum(len(t) + 1 for t in medium) < 41_000:  # the issue's 41 KB header
         medium.append(("ab1" * 200)[: 32 + n % 480] + "Q" * (n % 3) + "_-.~+/"[: n % 7])
@@ -80,11 +96,14 @@ def detection(seconds: float) -> dict[str, object]:
         "near_bar_tokens": ["Bearer " + " ".join(near_bar)],
         "basic_of_medium_tokens": ["Basic " + base64.b64encode(" ".join(medium).encode()).decode()],
     }
-    return _summary(rate(scan(typical_auth, typical_others), seconds),
-                    {name: rate(scan(v), seconds) for name, v in worst.items()})
+    return _summary(
+        rate(scan(typical_auth, typical_others), seconds),
+        {name: rate(scan(v), seconds) for name, v in worst.items()},
+    )
 
 
 # --- reflection guard ---------------------------------------------------------------------
+
 
 def reflection(seconds: float) -> dict[str, object]:
     rng = random.Random(2)
@@ -101,6 +120,7 @@ def reflection(seconds: float) -> dict[str, object]:
                 r.feed(c)
             r.finish()
             return len(data)
+
         return work
 
     sse = b'data: {"choices":[{"delta":{"content":"hello world, here is a token "}}]}\n\n'
@@ -108,17 +128,21 @@ def reflection(seconds: float) -> dict[str, object]:
     prefix_heavy = (key[:-1] + b".") * (1_000_000 // len(key))
     b64 = base64.b64encode(key)
     b64_heavy = (b64[:-4] + b"!") * (1_000_000 // len(b64))
-    out = _summary(rate(body(typical, 16_384), seconds), {
-        "key_prefixes_16KB_chunks": rate(body(prefix_heavy, 16_384), seconds),
-        "base64_key_prefixes_16KB_chunks": rate(body(b64_heavy, 16_384), seconds),
-        "key_prefixes_1B_chunks": rate(body(prefix_heavy[:20_000], 1), seconds),
-        "base64_key_prefixes_1B_chunks": rate(body(b64_heavy[:20_000], 1), seconds),
-    })
+    out = _summary(
+        rate(body(typical, 16_384), seconds),
+        {
+            "key_prefixes_16KB_chunks": rate(body(prefix_heavy, 16_384), seconds),
+            "base64_key_prefixes_16KB_chunks": rate(body(b64_heavy, 16_384), seconds),
+            "key_prefixes_1B_chunks": rate(body(prefix_heavy[:20_000], 1), seconds),
+            "base64_key_prefixes_1B_chunks": rate(body(b64_heavy[:20_000], 1), seconds),
+        },
+    )
     out["typical_1B_chunks_mb_s"] = rate(body(typical[:20_000], 1), seconds)
     return out
 
 
 # --- DNS tunnel detector ----------------------------------------------------------------
+
 
 def dnsguard(seconds: float) -> dict[str, object]:
     rng = random.Random(3)
@@ -132,33 +156,51 @@ def dnsguard(seconds: float) -> dict[str, object]:
                 clock[0] += 0.001
                 detector.observe(name, qtype, client=f"10.0.0.{i % 200}", now=clock[0])
             return sum(len(n) for n in names)
+
         return work
 
-    typical = ["api.openai.com", "api.anthropic.com", "litellm.llm.svc.cluster.local",
-               "generativelanguage.googleapis.com", "redis.llm.svc.cluster.local"] * 20
+    typical = [
+        "api.openai.com",
+        "api.anthropic.com",
+        "litellm.llm.svc.cluster.local",
+        "generativelanguage.googleapis.com",
+        "redis.llm.svc.cluster.local",
+    ] * 20
     lower = string.ascii_lowercase + string.digits
-    longest = [".".join(_rand(rng, 63, lower) for _ in range(3)) + f".t{i}.example"
-               for i in range(200)]
+    longest = [
+        ".".join(_rand(rng, 63, lower) for _ in range(3)) + f".t{i}.example" for i in range(200)
+    ]
     spray = [f"{_rand(rng, 40, lower)}.d{i}.example" for i in range(2000)]
     deep = [".".join(["a"] * 120) + f".{i}.svc.cluster.local" for i in range(100)]
-    return _summary(rate(observe(typical), seconds), {
-        "max_length_random_labels": rate(observe(longest), seconds),
-        "unique_domain_spray": rate(observe(spray), seconds),
-        "many_one_char_labels": rate(observe(deep), seconds),
-        "rare_qtype_max_length": rate(observe(longest, 16), seconds),
-    })
+    return _summary(
+        rate(observe(typical), seconds),
+        {
+            "max_length_random_labels": rate(observe(longest), seconds),
+            "unique_domain_spray": rate(observe(spray), seconds),
+            "many_one_char_labels": rate(observe(deep), seconds),
+            "rare_qtype_max_length": rate(observe(longest, 16), seconds),
+        },
+    )
 
 
 def _summary(typical: float, worst: dict[str, float]) -> dict[str, object]:
     name = min(worst, key=lambda k: worst[k])
-    return {"typical_mb_s": typical, "worst_mb_s": worst[name], "worst_input": name,
-            "worst_over_typical": round(worst[name] / typical, 3) if typical else None,
-            "inputs_mb_s": worst}
+    return {
+        "typical_mb_s": typical,
+        "worst_mb_s": worst[name],
+        "worst_input": name,
+        "worst_over_typical": round(worst[name] / typical, 3) if typical else None,
+        "inputs_mb_s": worst,
+    }
 
 
 def run(seconds: float) -> dict[str, object]:
-    return {"key_detection": detection(seconds), "reflection_guard": reflection(seconds),
-            "dns_tunnel_detector": dnsguard(seconds), "seconds_per_input": seconds}
+    return {
+        "key_detection": detection(seconds),
+        "reflection_guard": reflection(seconds),
+        "dns_tunnel_detector": dnsguard(seconds),
+        "seconds_per_input": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,8 +30,13 @@ class StreamResponses:
 async def run(args: argparse.Namespace) -> None:
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
-    master.addons.add(StreamResponses(), proxyserver.Proxyserver(), next_layer.NextLayer(),
-                      tlsconfig.TlsConfig(), errorcheck.ErrorCheck())
+    master.addons.add(
+        StreamResponses(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+    )
     opts.update(
         mode=args.mode,
         confdir=args.confdir,

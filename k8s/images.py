@@ -70,8 +70,10 @@ def load(path: Path = LOCK) -> list[Image]:
         if "@" in image or ":" not in image.rsplit("/", 1)[-1]:
             raise LockError(f"{path.name}:{number}: {image!r}: give registry/repository:tag")
         if digest != UNPINNED and not DIGEST.fullmatch(digest):
-            raise LockError(f"{path.name}:{number}: {digest!r}: expected sha256:<64 hex> "
-                            f"or {UNPINNED} (never a guessed digest)")
+            raise LockError(
+                f"{path.name}:{number}: {digest!r}: expected sha256:<64 hex> "
+                f"or {UNPINNED} (never a guessed digest)"
+            )
         if any(i.name == name for i in images):
             raise LockError(f"{path.name}:{number}: {name!r} listed twice")
         images.append(Image(name, image, digest))
@@ -111,15 +113,26 @@ def look_up(image: str) -> str:
     """The manifest-list (index) digest of IMAGE, so every platform stays pullable."""
     if shutil.which("docker"):
         out = subprocess.run(
-            ["docker", "buildx", "imagetools", "inspect", image,
-             "--format", "{{json .Manifest.Digest}}"],
-            capture_output=True, text=True, check=False)
+            [
+                "docker",
+                "buildx",
+                "imagetools",
+                "inspect",
+                image,
+                "--format",
+                "{{json .Manifest.Digest}}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode == 0:
             return str(json.loads(out.stdout))
         sys.stderr.write(f"docker buildx imagetools inspect {image}: {out.stderr.strip()}\n")
     if shutil.which("crane"):
-        out = subprocess.run(["crane", "digest", image], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(
+            ["crane", "digest", image], capture_output=True, text=True, check=False
+        )
         if out.returncode == 0:
             return out.stdout.strip()
         sys.stderr.write(f"crane digest {image}: {out.stderr.strip()}\n")
@@ -133,8 +146,11 @@ def refresh() -> None:
         digest = look_up(image.image)
         if not DIGEST.fullmatch(digest):
             raise LockError(f"{image.image}: registry answered {digest!r}, not a sha256 digest")
-        text = re.sub(rf"(?m)^({re.escape(image.name)}\s+{re.escape(image.image)}\s+)\S+",
-                      lambda m, d=digest: m.group(1) + d, text)
+        text = re.sub(
+            rf"(?m)^({re.escape(image.name)}\s+{re.escape(image.image)}\s+)\S+",
+            lambda m, d=digest: m.group(1) + d,
+            text,
+        )
         print(f"{image.name}: {image.image}@{digest}")
     LOCK.write_text(text)
     write_kustomize_block(load())
@@ -146,7 +162,8 @@ def build_args() -> list[str]:
     if unpinned:
         raise LockError(
             f"images.lock: {', '.join(unpinned)} not pinned yet; run "
-            "'python3 k8s/images.py refresh' (registry access) and commit images.lock")
+            "'python3 k8s/images.py refresh' (registry access) and commit images.lock"
+        )
     return [f"--build-arg={arg}={images[name].reference}" for name, arg in BUILD_ARGS.items()]
 
 
@@ -155,8 +172,10 @@ def check() -> list[str]:
     images = load()
     problems = []
     if current_block(KUSTOMIZATION.read_text()) != kustomize_block(images):
-        problems.append(f"{KUSTOMIZATION.relative_to(ROOT)}: images block differs from "
-                        "images.lock; run 'python3 k8s/images.py refresh' or restore it")
+        problems.append(
+            f"{KUSTOMIZATION.relative_to(ROOT)}: images block differs from "
+            "images.lock; run 'python3 k8s/images.py refresh' or restore it"
+        )
     return problems
 
 
@@ -173,8 +192,11 @@ def main(argv: list[str]) -> int:
                 print(problem, file=sys.stderr)
             unpinned = [i.image for i in load() if not i.pinned]
             if unpinned:
-                print(f"images.lock: UNPINNED (builds refused until refreshed): "
-                      f"{', '.join(unpinned)}", file=sys.stderr)
+                print(
+                    f"images.lock: UNPINNED (builds refused until refreshed): "
+                    f"{', '.join(unpinned)}",
+                    file=sys.stderr,
+                )
             return 1 if problems else 0
         else:
             print(__doc__, file=sys.stderr)

@@ -99,11 +99,11 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.HOST_NOT_ALLOWED: ReasonSpec("403", _W, False, "no policy entry lists the host"),
     Reason.PORT_NOT_ALLOWED: ReasonSpec("403", _W, False, "the entry does not list the port"),
     Reason.PATH_NOT_ALLOWED: ReasonSpec("403", _W, False, "the entry does not list the path"),
-    Reason.METHOD_NOT_ALLOWED: ReasonSpec(
-        "403", _W, False, "the entry does not list the method"
-    ),
+    Reason.METHOD_NOT_ALLOWED: ReasonSpec("403", _W, False, "the entry does not list the method"),
     Reason.INVALID_PATH: ReasonSpec(
-        "403", _W, False,
+        "403",
+        _W,
+        False,
         "dot segments, encoded `/` `\\` `%` NUL, empty segments, non-UTF-8 escapes",
     ),
     Reason.TLS_REQUIRED: ReasonSpec("403", _W, False, "plain HTTP towards a provider"),
@@ -114,18 +114,24 @@ REASONS: dict[Reason, ReasonSpec] = {
         "403", _W, True, "a public IP literal that no `cidr:` entry allows (S4)"
     ),
     Reason.PRIVATE_ADDRESS: ReasonSpec(
-        "403", _C, True,
+        "403",
+        _C,
+        True,
         "loopback, RFC 1918, ULA, link-local, CGNAT, multicast, reserved, or the sidecar's "
         "own address, as a literal or a DNS answer (S3)",
     ),
     Reason.METADATA_ADDRESS: ReasonSpec(
-        "403 / TLS refused", _C, True,
+        "403 / TLS refused",
+        _C,
+        True,
         "a cloud metadata address (169.254.169.254, fd00:ec2::254, ...), in any form "
         "(literal, DNS answer, original destination of a redirected connection whatever its "
         "SNI or Host says), never allowed",
     ),
     Reason.HOST_MISMATCH: ReasonSpec(
-        "403 / TLS refused / GOAWAY", _C, True,
+        "403 / TLS refused / GOAWAY",
+        _C,
+        True,
         "CONNECT authority, TLS SNI, Host / `:authority` name different hosts (S5); a "
         "ClientHello inside a CONNECT tunnel is refused before the handshake; an HTTP/2 "
         "request whose `:authority` and `host` differ closes its connection (h2 "
@@ -137,14 +143,18 @@ REASONS: dict[Reason, ReasonSpec] = {
         "502", _W, True, "the upstream certificate did not verify (S6)"
     ),
     Reason.PROTOCOL_NOT_ALLOWED: ReasonSpec(
-        "403 / TLS refused / FORMERR / -", _W, True,
+        "403 / TLS refused / FORMERR / -",
+        _W,
+        True,
         "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
         "questions, a redirected connection or CONNECT tunnel that ended without any HTTP "
         "request (SSH, raw bytes, DNS over TLS, junk or nothing after a TLS handshake; "
         "logged when the connection ends)",
     ),
     Reason.DESTINATION_MISMATCH: ReasonSpec(
-        "403", _C, True,
+        "403",
+        _C,
+        True,
         "a redirected connection's original address is not one the name resolves to",
     ),
     Reason.GATEWAY_HOLDS_CREDENTIAL: ReasonSpec(
@@ -158,26 +168,34 @@ REASONS: dict[Reason, ReasonSpec] = {
         "403", _W, True, "a known tenant asked for a provider it was not granted"
     ),
     Reason.CREDENTIAL_REFLECTED: ReasonSpec(
-        "-", _C, True,
+        "-",
+        _C,
+        True,
         "a response echoed the injected key; it was redacted, the response delivered",
     ),
     Reason.DNS_NAME_NOT_ALLOWED: ReasonSpec(
         "REFUSED", _W, False, "the DNS listener refused an unlisted name"
     ),
     Reason.DNS_TUNNEL_SUSPECTED: ReasonSpec(
-        "REFUSED", _C, False,
+        "REFUSED",
+        _C,
+        False,
         "a DNS question with a tunnel's shape (refused if unlisted, logged if listed)",
     ),
     # Issue 10: limits that protect the sidecar itself hold in audit mode too.
     Reason.DNS_RATE_LIMITED: ReasonSpec(
-        "REFUSED / closed", _W, True,
+        "REFUSED / closed",
+        _W,
+        True,
         "a DNS question over a listener limit (per-source or total rate, pending questions, "
         "TCP connections); one line per source per 10 s with the count, every question in "
         "`egress_sidecar_dns_questions_limited_total`",
     ),
     # Issue 11: never pass bytes the reflection guard did not scan (S7).
     Reason.RESPONSE_NOT_INSPECTABLE: ReasonSpec(
-        "502", _W, True,
+        "502",
+        _W,
+        True,
         "a response to a request that got a key cannot be scanned: an unknown or "
         "unsupported coding, more than 4 coding layers, a corrupt layer, a layer decoding "
         "past 64 MiB (decompression bomb), a WebSocket extension other than "
@@ -186,16 +204,22 @@ REASONS: dict[Reason, ReasonSpec] = {
     # Issue 10: limits on what a peer controls protect the sidecar itself; audit mode
     # keeps them (docs/limits.md).
     Reason.REQUEST_HEADERS_TOO_LARGE: ReasonSpec(
-        "431", _W, True,
+        "431",
+        _W,
+        True,
         "request line + headers over `--max-request-header-bytes`, or more than "
         "`--max-header-count` headers",
     ),
     Reason.RESPONSE_HEADERS_TOO_LARGE: ReasonSpec(
-        "502", _W, True,
+        "502",
+        _W,
+        True,
         "an upstream's status line + headers over `--max-response-header-bytes`",
     ),
     Reason.REQUEST_BODY_TOO_LARGE: ReasonSpec(
-        "413 / closed", _W, True,
+        "413 / closed",
+        _W,
+        True,
         "a request body over the provider's `max_request_body` or `--max-request-body` "
         "(declared: refused before reading; chunked: cut off)",
     ),
@@ -203,9 +227,10 @@ REASONS: dict[Reason, ReasonSpec] = {
         "408", _W, True, "request headers not complete within `--header-timeout` (slowloris)"
     ),
     Reason.IDLE_TIMEOUT: ReasonSpec(
-        "closed", _W, True,
-        "a new connection sent no request (or did not finish TLS) within "
-        "`--first-request-timeout`",
+        "closed",
+        _W,
+        True,
+        "a new connection sent no request (or did not finish TLS) within `--first-request-timeout`",
     ),
     Reason.TOO_MANY_CONNECTIONS: ReasonSpec(
         "closed", _W, True, "over `--max-connections` or `--max-connections-per-source`"

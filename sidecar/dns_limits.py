@@ -120,8 +120,9 @@ class DnsAdmission:
         self._total = _Bucket(limits.max_qps, now)
         # Sources forgotten and seen again would each get a "first" line: the first
         # lines of all sources together are capped at max_sources per report interval.
-        self._first_lines = _Bucket(limits.max_sources / limits.report_interval, now,
-                                    capacity=float(limits.max_sources))
+        self._first_lines = _Bucket(
+            limits.max_sources / limits.report_interval, now, capacity=float(limits.max_sources)
+        )
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._evicted: list[LimitReport] = []
 
@@ -186,5 +187,6 @@ class DnsAdmission:
                 self._evicted.append(LimitReport(source, state.limit, state.unreported))
             else:
                 last = self._evicted[-1]
-                self._evicted[-1] = LimitReport("(many sources)", last.limit,
-                                                last.count + state.unreported)
+                self._evicted[-1] = LimitReport(
+                    "(many sources)", last.limit, last.count + state.unreported
+                )

@@ -132,9 +132,7 @@ class DnsServer:
 
     @property
     def is_running(self) -> bool:
-        return all(not t.is_closing() for t in self._udp) and all(
-            s.is_serving() for s in self._tcp
-        )
+        return all(not t.is_closing() for t in self._udp) and all(s.is_serving() for s in self._tcp)
 
     async def stop(self) -> None:
         if self._reporter is not None:
@@ -168,16 +166,30 @@ class DnsServer:
 
     def _decision(self, report: LimitReport, *, first: bool) -> None:
         what = _LIMIT_TEXT.get(report.limit, report.limit).format(
-            per_source=self.limits.max_qps_per_source, total=self.limits.max_qps,
-            pending=self.max_pending, tcp=self.max_tcp_connections,
+            per_source=self.limits.max_qps_per_source,
+            total=self.limits.max_qps,
+            pending=self.max_pending,
+            tcp=self.max_tcp_connections,
         )
         if first:
-            detail = f"{what}; refusing (further refusals counted, reported every " \
-                     f"{self.limits.report_interval:g}s)"
+            detail = (
+                f"{what}; refusing (further refusals counted, reported every "
+                f"{self.limits.report_interval:g}s)"
+            )
         else:
             detail = f"{what}; {report.count} more questions refused"
-        self.record(Decision(Verdict.BLOCK, Reason.DNS_RATE_LIMITED, RULE_NETGUARD, "-", 53,
-                             client=report.source, mode="dns", detail=detail))
+        self.record(
+            Decision(
+                Verdict.BLOCK,
+                Reason.DNS_RATE_LIMITED,
+                RULE_NETGUARD,
+                "-",
+                53,
+                client=report.source,
+                mode="dns",
+                detail=detail,
+            )
+        )
 
     def _flush(self, now: float) -> None:
         for report in self.admission.summaries(now):
@@ -206,8 +218,9 @@ class DnsServer:
         except (dns.exception.DNSException, ValueError, IndexError, struct.error):  # malformed
             return refusal_wire(wire, dns.rcode.FORMERR)
         if max_size is None:  # UDP: what the client said it can take
-            max_size = max(UDP_PLAIN_SIZE, min(query.payload, 4096)) if query.edns >= 0 \
-                else UDP_PLAIN_SIZE
+            max_size = (
+                max(UDP_PLAIN_SIZE, min(query.payload, 4096)) if query.edns >= 0 else UDP_PLAIN_SIZE
+            )
         response = await self.listener.answer(query, peer)
         try:
             return response.to_wire(max_size=max_size)
@@ -228,8 +241,9 @@ class DnsServer:
         self.pending += 1
         self._spawn(self._udp_answer(transport, wire, peer, addr))
 
-    async def _udp_answer(self, transport: asyncio.DatagramTransport, wire: bytes,
-                          peer: tuple[str, int], addr: Any) -> None:
+    async def _udp_answer(
+        self, transport: asyncio.DatagramTransport, wire: bytes, peer: tuple[str, int], addr: Any
+    ) -> None:
         try:
             self._send(transport, await self._respond(wire, peer, None), addr)
         except Exception:
@@ -300,20 +314,21 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         pass
 
 
-async def start_dns_server(settings: Any, holder: Any, resolver: Any,
-                           record: Callable[[Decision], None], registry: Any) -> DnsServer:
+async def start_dns_server(
+    settings: Any, holder: Any, resolver: Any, record: Callable[[Decision], None], registry: Any
+) -> DnsServer:
     """The runner's one call: build the listener and server from the settings, bind them."""
     from prometheus_client import Counter
 
     limited = Counter(
         "egress_sidecar_dns_questions_limited",
         "DNS questions refused by a listener limit (every one, unlike decision lines).",
-        ["limit"], registry=registry,
+        ["limit"],
+        registry=registry,
     )
     server = DnsServer(
         DnsListener(holder, resolver, record, settings.dns_refuse_with),
-        DnsLimits(settings.dns_max_qps, settings.dns_max_qps_per_source,
-                  settings.dns_max_sources),
+        DnsLimits(settings.dns_max_qps, settings.dns_max_qps_per_source, settings.dns_max_sources),
         record,
         lambda limit: limited.labels(limit).inc(),
         max_pending=settings.dns_max_pending,

@@ -48,28 +48,77 @@ class Limits:
 # (flag, env suffix, Limits field, kind, help). kind: "size" (bytes, k/m/g suffixes),
 # "count" (integer), "seconds" (number).
 OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("--max-request-header-bytes", "MAX_REQUEST_HEADER_BYTES", "request_header_bytes", "size",
-     "request line + headers, bytes (default 64k); more: 431"),
-    ("--max-response-header-bytes", "MAX_RESPONSE_HEADER_BYTES", "response_header_bytes",
-     "size", "upstream status line + headers, bytes (default 64k); more: 502"),
-    ("--max-header-count", "MAX_HEADER_COUNT", "header_count", "count",
-     "request headers per request (default 100); more: 431"),
-    ("--max-request-body", "MAX_REQUEST_BODY", "request_body_bytes", "size",
-     "request body bytes unless the provider entry sets max_request_body (default 32m); "
-     "more: 413"),
-    ("--header-timeout", "HEADER_TIMEOUT", "header_timeout", "seconds",
-     "seconds to receive a request's headers once they start (default 10); more: 408"),
-    ("--first-request-timeout", "FIRST_REQUEST_TIMEOUT", "first_request_timeout", "seconds",
-     "seconds a new connection may wait before its first request (default 10); then closed"),
-    ("--idle-timeout", "IDLE_TIMEOUT", "idle_timeout", "seconds",
-     "seconds a connection may stay idle between requests (default 60); then closed"),
-    ("--max-connections", "MAX_CONNECTIONS", "max_connections", "count",
-     "open client connections in total (default 1024); more: closed"),
-    ("--max-connections-per-source", "MAX_CONNECTIONS_PER_SOURCE",
-     "max_connections_per_source", "count",
-     "open client connections from one source address (default 512); more: closed"),
-    ("--max-h2-streams", "MAX_H2_STREAMS", "max_h2_streams", "count",
-     "concurrent HTTP/2 streams per client connection (default 100); more: closed"),
+    (
+        "--max-request-header-bytes",
+        "MAX_REQUEST_HEADER_BYTES",
+        "request_header_bytes",
+        "size",
+        "request line + headers, bytes (default 64k); more: 431",
+    ),
+    (
+        "--max-response-header-bytes",
+        "MAX_RESPONSE_HEADER_BYTES",
+        "response_header_bytes",
+        "size",
+        "upstream status line + headers, bytes (default 64k); more: 502",
+    ),
+    (
+        "--max-header-count",
+        "MAX_HEADER_COUNT",
+        "header_count",
+        "count",
+        "request headers per request (default 100); more: 431",
+    ),
+    (
+        "--max-request-body",
+        "MAX_REQUEST_BODY",
+        "request_body_bytes",
+        "size",
+        "request body bytes unless the provider entry sets max_request_body (default 32m); "
+        "more: 413",
+    ),
+    (
+        "--header-timeout",
+        "HEADER_TIMEOUT",
+        "header_timeout",
+        "seconds",
+        "seconds to receive a request's headers once they start (default 10); more: 408",
+    ),
+    (
+        "--first-request-timeout",
+        "FIRST_REQUEST_TIMEOUT",
+        "first_request_timeout",
+        "seconds",
+        "seconds a new connection may wait before its first request (default 10); then closed",
+    ),
+    (
+        "--idle-timeout",
+        "IDLE_TIMEOUT",
+        "idle_timeout",
+        "seconds",
+        "seconds a connection may stay idle between requests (default 60); then closed",
+    ),
+    (
+        "--max-connections",
+        "MAX_CONNECTIONS",
+        "max_connections",
+        "count",
+        "open client connections in total (default 1024); more: closed",
+    ),
+    (
+        "--max-connections-per-source",
+        "MAX_CONNECTIONS_PER_SOURCE",
+        "max_connections_per_source",
+        "count",
+        "open client connections from one source address (default 512); more: closed",
+    ),
+    (
+        "--max-h2-streams",
+        "MAX_H2_STREAMS",
+        "max_h2_streams",
+        "count",
+        "concurrent HTTP/2 streams per client connection (default 100); more: closed",
+    ),
 )
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
@@ -114,8 +163,9 @@ def from_values(values: Mapping[str, str | None]) -> Limits:
                     raise LimitError(f"{text!r}: expected seconds between 0.1 and 86400")
                 changes[field] = seconds
         except (LimitError, ValueError) as exc:
-            raise LimitError(f"{flag} {exc}".replace("could not convert string to float: ",
-                                                    "not a number: ")) from None
+            raise LimitError(
+                f"{flag} {exc}".replace("could not convert string to float: ", "not a number: ")
+            ) from None
     return dataclasses.replace(Limits(), **changes)  # type: ignore[arg-type]
 
 

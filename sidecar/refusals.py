@@ -50,9 +50,7 @@ _EXACT_HOSTS: dict[str, ErrorFormat] = {
     "api.fireworks.ai": ErrorFormat.OPENAI,
     "api.anthropic.com": ErrorFormat.ANTHROPIC,
 }
-_SUFFIX_HOSTS: tuple[tuple[str, ErrorFormat], ...] = (
-    (".openai.azure.com", ErrorFormat.OPENAI),
-)
+_SUFFIX_HOSTS: tuple[tuple[str, ErrorFormat], ...] = ((".openai.azure.com", ErrorFormat.OPENAI),)
 
 # Anthropic's error types by status (docs.anthropic.com, "Errors").
 _ANTHROPIC_TYPES: dict[int, str] = {
@@ -153,8 +151,11 @@ def proxy_error(status: int) -> Refusal:
     """What replaces mitmproxy's own HTML error pages (a request it could not parse or
     forward, not a policy decision): JSON, no product name or version, no echo of the
     request (its line can carry keys in the query string)."""
-    body = {"error": "egress_sidecar_error", "status": status, "message": _PROXY_ERRORS.get(
-        status, "the sidecar could not handle this request")}
+    body = {
+        "error": "egress_sidecar_error",
+        "status": status,
+        "message": _PROXY_ERRORS.get(status, "the sidecar could not handle this request"),
+    }
     return Refusal(
         status,
         {"content-type": "application/json", "connection": "close"},

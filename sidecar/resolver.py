@@ -55,7 +55,7 @@ class Answer:
 
 
 def parse_resolver_address(text: str) -> tuple[str, int]:
-    """"127.0.0.1", "127.0.0.1:5353", "[::1]:53" -> (address, port)."""
+    """ "127.0.0.1", "127.0.0.1:5353", "[::1]:53" -> (address, port)."""
     if text.startswith("["):
         host, _, port = text[1:].partition("]")
         port = port.lstrip(":")
@@ -91,8 +91,10 @@ class Resolver:
     def nameservers(self) -> list[str]:
         """The servers asked, as ADDRESS:PORT ([v6]:PORT), for the start-up event."""
         port = self._resolver.port
-        return [f"[{ns}]:{port}" if ":" in str(ns) else f"{ns}:{port}"
-                for ns in self._resolver.nameservers]
+        return [
+            f"[{ns}]:{port}" if ":" in str(ns) else f"{ns}:{port}"
+            for ns in self._resolver.nameservers
+        ]
 
     async def resolve(self, name: str) -> tuple[IPAddress, ...]:
         now = time.monotonic()

@@ -166,8 +166,10 @@ async def _serve(settings: Settings, policy: Any) -> int:
         new_specs, _ = mode_specs(settings, new_policy)
         if new_specs != specs:
             moved = sorted(set(specs) - set(new_specs))
-            raise SettingsError(f"listener {moved[0]} would change; listeners are fixed at "
-                                "start (keep its provider's host and port, or restart)")
+            raise SettingsError(
+                f"listener {moved[0]} would change; listeners are fixed at "
+                "start (keep its provider's host and port, or restart)"
+            )
         engine = PolicyEngine(new_policy, own)
         providers = frozenset(e.provider for e in new_policy.endpoints if e.provider)
         holder.engine = engine
@@ -176,8 +178,13 @@ async def _serve(settings: Settings, policy: Any) -> int:
         metrics.reload_ok.set(1)
         metrics.policy_loaded_at.set(time.time())
         metrics.policy_endpoints.set(len(new_policy.endpoints))
-        emit("policy_loaded", digest=new_policy.digest[:12], endpoints=len(new_policy.endpoints),
-             mode=new_policy.mode.value, files=list(new_policy.files))
+        emit(
+            "policy_loaded",
+            digest=new_policy.digest[:12],
+            endpoints=len(new_policy.endpoints),
+            mode=new_policy.mode.value,
+            files=list(new_policy.files),
+        )
 
     def rejected(exc: Exception) -> None:
         metrics.reloads.labels("failure").inc()
@@ -189,8 +196,11 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
     decision_log = DecisionLog()
-    recorder = Recorder([decision_log.record, metrics.record], on_error=lambda m: emit("error",
-                        error=m), scrub=credentials.scrub)
+    recorder = Recorder(
+        [decision_log.record, metrics.record],
+        on_error=lambda m: emit("error", error=m),
+        scrub=credentials.scrub,
+    )
     alerts = _alert_pipeline(settings, registry)
     recorder.add(alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
 
@@ -199,8 +209,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
     for kind in ERROR_KINDS:
         metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
-    resolver = Resolver(settings.resolver,
-                        on_error=lambda kind: metrics.dns_errors.labels(kind).inc())
+    resolver = Resolver(
+        settings.resolver, on_error=lambda kind: metrics.dns_errors.labels(kind).inc()
+    )
     from sidecar.addons.h2_guard import H2HostMismatches
     from sidecar.addons.limits import LimitsAddon
     from sidecar.pacing import RefusalPacer
@@ -208,8 +219,15 @@ async def _serve(settings: Settings, policy: Any) -> int:
     pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
     ps = proxyserver.Proxyserver()
     limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
-    enforcer = Enforcer(holder, resolver, recorder, credentials, pacer,
-                        H2HostMismatches.install(), limit_check=limits.check_request)
+    enforcer = Enforcer(
+        holder,
+        resolver,
+        recorder,
+        credentials,
+        pacer,
+        H2HostMismatches.install(),
+        limit_check=limits.check_request,
+    )
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
     try:
@@ -217,8 +235,14 @@ async def _serve(settings: Settings, policy: Any) -> int:
     except OSError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
-    master.addons.add(enforcer, ps, next_layer.NextLayer(), limits,
-                      tlsconfig.TlsConfig(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
+    master.addons.add(
+        enforcer,
+        ps,
+        next_layer.NextLayer(),
+        limits,
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+    )
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -226,18 +250,22 @@ async def _serve(settings: Settings, policy: Any) -> int:
     except OptionsError as exc:
         raise SettingsError(str(exc)) from None
 
-
-    watcher = PolicyWatcher(settings.policies, load_policy, applied, rejected,
-                            settings.reload_interval)
+    watcher = PolicyWatcher(
+        settings.policies, load_policy, applied, rejected, settings.reload_interval
+    )
     watcher.prime()
     reverse_secrets = _reverse_secrets(settings, holder)
-    admin = AdminServer(registry, lambda: {
-        "policy_loaded": holder.engine is not None,
-        "listeners_bound": ps.is_running and all(s.is_running for s in ps.servers)
-        and dns_server.is_running,
-        # A reverse listener exists to reach its provider: without its key, not ready.
-        "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
-    })
+    admin = AdminServer(
+        registry,
+        lambda: {
+            "policy_loaded": holder.engine is not None,
+            "listeners_bound": ps.is_running
+            and all(s.is_running for s in ps.servers)
+            and dns_server.is_running,
+            # A reverse listener exists to reach its provider: without its key, not ready.
+            "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
+        },
+    )
     admin_address = await admin.start(*settings.admin_listen)
 
     loop = asyncio.get_running_loop()
@@ -262,13 +290,18 @@ async def _serve(settings: Settings, policy: Any) -> int:
             if dns_server.listen_addrs:
                 listeners["dns"] = [f"{_bracket(h)}:{p}" for h, p in dns_server.listen_addrs]
             metrics.ready.set(1)
-            emit("listening", listeners=listeners,
-                 admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
-                 ca_cert=str(Path(settings.ca_dir).absolute() / "mitmproxy-ca-cert.pem"),
-                 resolver=resolver.nameservers, mode=holder.engine.policy.mode.value)
+            emit(
+                "listening",
+                listeners=listeners,
+                admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
+                ca_cert=str(Path(settings.ca_dir).absolute() / "mitmproxy-ca-cert.pem"),
+                resolver=resolver.nameservers,
+                mode=holder.engine.policy.mode.value,
+            )
             tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
-            tasks.extend(asyncio.create_task(t(), name="credential-refresh")
-                         for t in credential_tasks)
+            tasks.extend(
+                asyncio.create_task(t(), name="credential-refresh") for t in credential_tasks
+            )
             await alerts.start()
 
         async def done(self) -> None:
@@ -298,20 +331,31 @@ def _credential_layer(
     from sidecar.addons.credentials import CredentialLayer
     from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
 
-    store = SecretStore(settings.secrets_dir, environ=os.environ if settings.secrets_from_env
-                        else None)
+    store = SecretStore(
+        settings.secrets_dir, environ=os.environ if settings.secrets_from_env else None
+    )
     try:
         virtual_keys = VirtualKeySource(settings.virtual_keys) if settings.virtual_keys else None
     except (VirtualKeyError, OSError) as exc:
         raise SettingsError(f"virtual keys file rejected:\n{exc}") from None
-    injections = Counter("egress_sidecar_credential_injections", "Provider keys added.",
-                         ["provider"], registry=registry)
-    changes = Counter("egress_sidecar_secret_changes",
-                      "Secret value changes seen (rotations), by policy secret name.",
-                      ["secret"], registry=registry)
-    available = Gauge("egress_sidecar_secret_available",
-                      "1 if the secret a provider's credential names has a usable value.",
-                      ["secret"], registry=registry)
+    injections = Counter(
+        "egress_sidecar_credential_injections",
+        "Provider keys added.",
+        ["provider"],
+        registry=registry,
+    )
+    changes = Counter(
+        "egress_sidecar_secret_changes",
+        "Secret value changes seen (rotations), by policy secret name.",
+        ["secret"],
+        registry=registry,
+    )
+    available = Gauge(
+        "egress_sidecar_secret_available",
+        "1 if the secret a provider's credential names has a usable value.",
+        ["secret"],
+        registry=registry,
+    )
 
     def policy_secrets() -> set[str]:
         return {e.credential.secret for e in holder.engine.policy.endpoints if e.credential}
@@ -329,8 +373,11 @@ def _credential_layer(
         known = policy_secrets()
         for name in names:
             changes.labels(name if name in known else "other").inc()
-        emit("secrets_changed", secrets=sorted(n for n in names if n in known),
-             other=len([n for n in names if n not in known]))
+        emit(
+            "secrets_changed",
+            secrets=sorted(n for n in names if n in known),
+            other=len([n for n in names if n not in known]),
+        )
 
     async def refresh_loop() -> None:
         while True:
@@ -348,8 +395,11 @@ def _credential_layer(
     update_available()
     missing = sorted(store.missing(policy_secrets()))
     if missing:
-        emit("secrets_missing", secrets=missing,
-             effect="requests to these providers are refused: credential_unavailable")
+        emit(
+            "secrets_missing",
+            secrets=missing,
+            effect="requests to these providers are refused: credential_unavailable",
+        )
     return layer, [refresh_loop]
 
 

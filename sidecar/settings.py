@@ -163,16 +163,31 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
     ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
     # issue 10: DNS listener limits
-    ("--dns-max-qps", "DNS_MAX_QPS", "DNS questions per second, all sources (default 2000)",
-     False),
-    ("--dns-max-qps-per-source", "DNS_MAX_QPS_PER_SOURCE",
-     "DNS questions per second from one source address (default 500)", False),
-    ("--dns-max-sources", "DNS_MAX_SOURCES",
-     "source addresses the DNS rate limiter remembers (default 4096)", False),
-    ("--dns-max-pending", "DNS_MAX_PENDING",
-     "DNS questions being answered at once (default 256)", False),
-    ("--dns-max-tcp-connections", "DNS_MAX_TCP_CONNECTIONS",
-     "open DNS-over-TCP connections (default 64)", False),
+    ("--dns-max-qps", "DNS_MAX_QPS", "DNS questions per second, all sources (default 2000)", False),
+    (
+        "--dns-max-qps-per-source",
+        "DNS_MAX_QPS_PER_SOURCE",
+        "DNS questions per second from one source address (default 500)",
+        False,
+    ),
+    (
+        "--dns-max-sources",
+        "DNS_MAX_SOURCES",
+        "source addresses the DNS rate limiter remembers (default 4096)",
+        False,
+    ),
+    (
+        "--dns-max-pending",
+        "DNS_MAX_PENDING",
+        "DNS questions being answered at once (default 256)",
+        False,
+    ),
+    (
+        "--dns-max-tcp-connections",
+        "DNS_MAX_TCP_CONNECTIONS",
+        "open DNS-over-TCP connections (default 64)",
+        False,
+    ),
     (
         "--refusal-rate",
         "REFUSAL_RATE",
@@ -313,9 +328,18 @@ def _dns_limits(values: dict[str, str | list[str] | None]) -> dict[str, float | 
         value = _number(values, flag, kind, low, high)
         if value is not None:
             out[field] = value
-    defaults = Settings(policies=(), proxy_listen=None, reverse=(), admin_listen=("", 0),
-                        ca_dir="", resolver=None, upstream_ca=None, reload_interval=1.0,
-                        alerts_config=None, alert_spool_dir=None)
+    defaults = Settings(
+        policies=(),
+        proxy_listen=None,
+        reverse=(),
+        admin_listen=("", 0),
+        ca_dir="",
+        resolver=None,
+        upstream_ca=None,
+        reload_interval=1.0,
+        alerts_config=None,
+        alert_spool_dir=None,
+    )
     total = out.get("dns_max_qps", defaults.dns_max_qps)
     per_source = out.get("dns_max_qps_per_source", defaults.dns_max_qps_per_source)
     if per_source > total:

@@ -84,8 +84,9 @@ def dns_server(bg: BackgroundLoop) -> Iterator[FakeDNS]:
 
 
 def provider_policy(port: int, mode: str = "enforce", extra: str = "") -> str:
-    return textwrap.dedent(
-        f"""\
+    return (
+        textwrap.dedent(
+            f"""\
         version: 1
         mode: {mode}
         providers:
@@ -109,7 +110,9 @@ def provider_policy(port: int, mode: str = "enforce", extra: str = "") -> str:
             ports: [{port}]
             addresses: [127.0.0.0/8]
         """
-    ) + extra
+        )
+        + extra
+    )
 
 
 @pytest.fixture(scope="session")
@@ -134,13 +137,20 @@ def start_sidecar(
             policy_path = tmp_path_factory.mktemp("policy") / "policy.yaml"
             policy_path.write_text(policy_text or provider_policy(provider.port))
         args = [
-            "--policy", str(policy_path),
-            "--listen", f"127.0.0.1:{free_port()}",
-            "--admin", "127.0.0.1:0",
-            "--ca-dir", str(ca_dir),
-            "--resolver", f"127.0.0.1:{dns_server.port}",
-            "--upstream-ca", test_ca_file,
-            "--reload-interval", "0.2",
+            "--policy",
+            str(policy_path),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(ca_dir),
+            "--resolver",
+            f"127.0.0.1:{dns_server.port}",
+            "--upstream-ca",
+            test_ca_file,
+            "--reload-interval",
+            "0.2",
         ]
         for name in reverse:
             args += ["--reverse", f"{name}@127.0.0.1:{free_port()}"]

@@ -79,24 +79,47 @@ class Outside:
             auth = request.headers.get("authorization", "").removeprefix("Bearer ")
             self.received.append({"method": request.method, "path": request.path, "key": auth})
             if request.path.endswith("/models"):
-                return web.json_response({"object": "list", "data": [
-                    {"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]})
+                return web.json_response(
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}
+                        ],
+                    }
+                )
             payload = json.loads(body or b"{}")
             if payload.get("stream"):
                 response = web.StreamResponse(headers={"content-type": "text/event-stream"})
                 await response.prepare(request)
                 for word in ("hello ", "from ", "the ", "fake ", "provider"):
-                    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0,
-                             "model": "gpt-fake", "choices": [{"index": 0, "delta": {
-                                 "content": word}, "finish_reason": None}]}
+                    chunk = {
+                        "id": "c1",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": "gpt-fake",
+                        "choices": [
+                            {"index": 0, "delta": {"content": word}, "finish_reason": None}
+                        ],
+                    }
                     await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 await response.write(b"data: [DONE]\n\n")
                 return response
-            return web.json_response({
-                "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-fake",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "hello from fake"}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}})
+            return web.json_response(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "gpt-fake",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "hello from fake"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+                }
+            )
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
@@ -122,11 +145,13 @@ class Outside:
                     reply.set_rcode(dns.rcode.NXDOMAIN)
                 elif question.rdtype == 1:  # A
                     reply.answer.append(
-                        dns.rrset.from_text(question.name, 5, "IN", "A", "127.0.0.1"))
+                        dns.rrset.from_text(question.name, 5, "IN", "A", "127.0.0.1")
+                    )
                 self.transport.sendto(reply.to_wire(), addr)
 
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            Answer, local_addr=("127.0.0.1", 0))
+            Answer, local_addr=("127.0.0.1", 0)
+        )
         return int(transport.get_extra_info("sockname")[1])
 
 
@@ -138,7 +163,11 @@ class Process:
         self.name, self.log = name, log
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
             start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -165,8 +194,10 @@ def wait_for(what: str, check: Any, processes: list[Process]) -> Any:
             return result
         for p in processes:
             if p.proc.poll() is not None:
-                raise SystemExit(f"{p.name} exited {p.proc.returncode} while waiting for "
-                                 f"{what}:\n{p.log.read_text()[-3000:]}")
+                raise SystemExit(
+                    f"{p.name} exited {p.proc.returncode} while waiting for "
+                    f"{what}:\n{p.log.read_text()[-3000:]}"
+                )
         time.sleep(0.2)
     raise SystemExit(f"timed out waiting for {what}")
 
@@ -200,23 +231,48 @@ def trial(work: Path, processes: list[Process]) -> int:
     )
     proxy_port, reverse_port, litellm_port = free_port(), free_port(), free_port()
     sidecar_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    sidecar = Process("egress-sidecar", [
-        str(VENV_BIN / "egress-sidecar"), "run", "--policy", str(work / "policy.yaml"),
-        "--listen", f"127.0.0.1:{proxy_port}", "--admin", "127.0.0.1:0",
-        "--reverse", f"openai@127.0.0.1:{reverse_port}", "--ca-dir", str(work / "ca"),
-        "--secrets-dir", str(work / "keys"), "--resolver", f"127.0.0.1:{outside.dns_port}",
-        "--upstream-ca", str(provider_ca),
-    ], sidecar_env, work / "sidecar.log")
+    sidecar = Process(
+        "egress-sidecar",
+        [
+            str(VENV_BIN / "egress-sidecar"),
+            "run",
+            "--policy",
+            str(work / "policy.yaml"),
+            "--listen",
+            f"127.0.0.1:{proxy_port}",
+            "--admin",
+            "127.0.0.1:0",
+            "--reverse",
+            f"openai@127.0.0.1:{reverse_port}",
+            "--ca-dir",
+            str(work / "ca"),
+            "--secrets-dir",
+            str(work / "keys"),
+            "--resolver",
+            f"127.0.0.1:{outside.dns_port}",
+            "--upstream-ca",
+            str(provider_ca),
+        ],
+        sidecar_env,
+        work / "sidecar.log",
+    )
     processes.append(sidecar)
     wait_for("the sidecar", lambda: '"listening"' in sidecar.log.read_text(), processes)
 
     # --- 3. LiteLLM's proxy server, explicit-mode recipe ---
     bundle = work / "ca-bundle.pem"  # public roots + the sidecar CA: SSL_CERT_FILE
-    bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n"
-                       + (work / "ca" / "mitmproxy-ca-cert.pem").read_bytes())
+    bundle.write_bytes(
+        Path(certifi.where()).read_bytes()
+        + b"\n"
+        + (work / "ca" / "mitmproxy-ca-cert.pem").read_bytes()
+    )
+
     def model(name: str, api_base: str) -> str:
-        return (f"  - model_name: {name}\n    litellm_params:\n      model: openai/gpt-fake\n"
-                f"      api_base: {api_base}\n      api_key: {DUMMY_KEY}\n")
+        return (
+            f"  - model_name: {name}\n    litellm_params:\n      model: openai/gpt-fake\n"
+            f"      api_base: {api_base}\n      api_key: {DUMMY_KEY}\n"
+        )
+
     (work / "litellm.yaml").write_text(
         # LiteLLM's router retries a 403 and 5xx on the same deployment (num_retries,
         # default 2): each retry is refused and logged again. 0: one refusal, one line.
@@ -230,7 +286,8 @@ def trial(work: Path, processes: list[Process]) -> int:
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     litellm_env = {
         **sidecar_env,
-        "HTTPS_PROXY": proxy_url, "HTTP_PROXY": proxy_url,
+        "HTTPS_PROXY": proxy_url,
+        "HTTP_PROXY": proxy_url,
         "NO_PROXY": "127.0.0.1,localhost",  # the reverse listener is reached directly
         "SSL_CERT_FILE": str(bundle),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else it fetches the map from GitHub
@@ -239,15 +296,27 @@ def trial(work: Path, processes: list[Process]) -> int:
         litellm_env.pop(name, None)
     if "SSL_CERT_FILE" in WITHOUT:
         litellm_env["REQUESTS_CA_BUNDLE"] = str(bundle)
-    litellm = Process("litellm", [
-        str(VENV_BIN / "litellm"), "--config", str(work / "litellm.yaml"),
-        "--host", "127.0.0.1", "--port", str(litellm_port),
-    ], litellm_env, work / "litellm.log")
+    litellm = Process(
+        "litellm",
+        [
+            str(VENV_BIN / "litellm"),
+            "--config",
+            str(work / "litellm.yaml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(litellm_port),
+        ],
+        litellm_env,
+        work / "litellm.log",
+    )
     processes.append(litellm)
 
     def litellm_ready() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", litellm_port), timeout=1) as s:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", litellm_port), timeout=1) as s,
+        ):
             s.sendall(b"GET /health/liveliness HTTP/1.0\r\n\r\n")
             return s.recv(100).startswith(b"HTTP/1.1 200")
         return False
@@ -255,14 +324,16 @@ def trial(work: Path, processes: list[Process]) -> int:
     wait_for("LiteLLM's proxy server", litellm_ready, processes)
 
     # --- 4. a client calling LiteLLM ---
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{litellm_port}", api_key="anything",
-                           max_retries=2, timeout=60)
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{litellm_port}", api_key="anything", max_retries=2, timeout=60
+    )
     failures: list[str] = []
     print("== the client, through LiteLLM")
     for name in ("via-explicit-proxy", "via-reverse-listener"):
         try:
             stream = client.chat.completions.create(
-                model=name, messages=[{"role": "user", "content": "hi"}], stream=True)
+                model=name, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
             text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         except openai.APIError as exc:
             text = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -270,8 +341,10 @@ def trial(work: Path, processes: list[Process]) -> int:
         if text != "hello from the fake provider":
             failures.append(f"{name}: unexpected answer {text!r}")
     refused: dict[str, str] = {}
-    for name, reason in (("refused-path", "path_not_allowed"),
-                         ("refused-port", "port_not_allowed")):
+    for name, reason in (
+        ("refused-path", "path_not_allowed"),
+        ("refused-port", "port_not_allowed"),
+    ):
         try:
             client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
             failures.append(f"{name}: was not refused")
@@ -294,8 +367,10 @@ def trial(work: Path, processes: list[Process]) -> int:
     decisions = [json.loads(line) for line in sidecar.lines if line.startswith("{")]
     blocks = [d for d in decisions if d["decision"] != "allow"]
     for d in blocks:
-        print(f"  {d['decision']} {d['reason']}: {d['method']} {d['host']}:{d['port']}"
-              f"{d['path'] or ''}")
+        print(
+            f"  {d['decision']} {d['reason']}: {d['method']} {d['host']}:{d['port']}"
+            f"{d['path'] or ''}"
+        )
     for name, reason in refused.items():
         count = sum(1 for d in blocks if d["reason"] == reason)
         if count != 1:

@@ -155,8 +155,9 @@ class CredentialLayer:
             if count:
                 response.reason = phrase.decode("utf-8", "replace")
                 flow.metadata[_REASON_HIT] = True
-        if needs_decoding(_codings(response, "content-encoding"),
-                          _codings(response, "transfer-encoding")):
+        if needs_decoding(
+            _codings(response, "content-encoding"), _codings(response, "transfer-encoding")
+        ):
             # We asked for identity; a provider that compresses anyway (any number of
             # layers, content or transfer codings) is decoded, bounded, and redacted
             # whole in the response hook, not streamed: or refused if it cannot be.
@@ -196,8 +197,9 @@ class CredentialLayer:
             if response.trailers:
                 # HTTP/2 trailers arrive after the body and mitmproxy sends them after
                 # this hook, streamed or not: this is the last chance to scan them.
-                places += [_place("trailer", h) for h in self.guard.redact_headers(
-                    response.trailers)]
+                places += [
+                    _place("trailer", h) for h in self.guard.redact_headers(response.trailers)
+                ]
             if buffered:
                 try:
                     count = self._redact_encoded_body(response)
@@ -205,7 +207,8 @@ class CredentialLayer:
                     if decision is None or engine is None:
                         raise  # the caller kills the flow: never pass unscanned bytes
                     return engine.refusal(
-                        decision, Reason.RESPONSE_NOT_INSPECTABLE,
+                        decision,
+                        Reason.RESPONSE_NOT_INSPECTABLE,
                         f"response body not inspectable: {exc}; refused",
                     )
                 if count:
@@ -217,7 +220,8 @@ class CredentialLayer:
                     if decision is None or engine is None:
                         raise NotInspectable("WebSocket extension")
                     return engine.refusal(
-                        decision, Reason.RESPONSE_NOT_INSPECTABLE,
+                        decision,
+                        Reason.RESPONSE_NOT_INSPECTABLE,
                         "WebSocket extension other than permessage-deflate; refused",
                     )
                 flow.metadata[_WS_REDACTOR] = MessageRedactor(self.guard.patterns())
@@ -284,7 +288,7 @@ def _codings(response: http.Response, header: str) -> list[str]:
 
 
 def _place(where: str, hit: str) -> str:
-    """"header x-echo" / "a header name" / "a header": never a name holding key bytes."""
+    """ "header x-echo" / "a header name" / "a header": never a name holding key bytes."""
     if hit == HEADER_NAME_HIT:
         return f"a {where} name"
     return f"a {where}" if hit == UNNAMED_HEADER_HIT else f"{where} {hit}"

@@ -81,11 +81,20 @@ class DnsListener:
             or request.opcode() != dns.opcode.QUERY
         ):
             # Resolvers send exactly one question; anything else is a side channel.
-            self.record(Decision(Verdict.BLOCK, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD,
-                                 "-", 53, client=client, mode="dns",
-                                 detail=f"DNS message with {len(request.question)} questions"
-                                 if len(request.question) != 1 else
-                                 "DNS message that is not a standard query"))
+            self.record(
+                Decision(
+                    Verdict.BLOCK,
+                    Reason.PROTOCOL_NOT_ALLOWED,
+                    RULE_NETGUARD,
+                    "-",
+                    53,
+                    client=client,
+                    mode="dns",
+                    detail=f"DNS message with {len(request.question)} questions"
+                    if len(request.question) != 1
+                    else "DNS message that is not a standard query",
+                )
+            )
             return reply(request, dns.rcode.FORMERR)
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True)
@@ -97,8 +106,17 @@ class DnsListener:
         ) -> dns.message.Message | None:
             """Record the refusal; None when audit mode only logs it (would_block)."""
             decision = engine.refusal(
-                Decision(Verdict.ALLOW, Reason.ALLOWED, rule, host, 53, provider=provider,
-                         client=client, mode="dns", method=dns.rdatatype.to_text(qtype)),
+                Decision(
+                    Verdict.ALLOW,
+                    Reason.ALLOWED,
+                    rule,
+                    host,
+                    53,
+                    provider=provider,
+                    client=client,
+                    mode="dns",
+                    method=dns.rdatatype.to_text(qtype),
+                ),
                 reason,
                 detail,
             )
@@ -108,47 +126,70 @@ class DnsListener:
         try:
             host = parse_host(qname)
         except HostError as exc:
-            return refuse(Reason.INVALID_HOST, RULE_NETGUARD, str(exc)[:200],
-                          qname[:256]) or reply(request, self.refuse_code)
+            return refuse(Reason.INVALID_HOST, RULE_NETGUARD, str(exc)[:200], qname[:256]) or reply(
+                request, self.refuse_code
+            )
         if host.name is None:  # an address-shaped name: nothing to resolve
-            return refuse(Reason.INVALID_HOST, RULE_NETGUARD, "address as a name",
-                          host.text) or reply(request, self.refuse_code)
+            return refuse(
+                Reason.INVALID_HOST, RULE_NETGUARD, "address as a name", host.text
+            ) or reply(request, self.refuse_code)
         endpoint = engine.match_name(host.name)
         if endpoint is None:
             if tunnel.suspicious:
-                refused = refuse(Reason.DNS_TUNNEL_SUSPECTED, RULE_DEFAULT_DENY,
-                                 f"{tunnel.detail}; name not allowed", host.name)
+                refused = refuse(
+                    Reason.DNS_TUNNEL_SUSPECTED,
+                    RULE_DEFAULT_DENY,
+                    f"{tunnel.detail}; name not allowed",
+                    host.name,
+                )
             else:
-                refused = refuse(Reason.DNS_NAME_NOT_ALLOWED, RULE_DEFAULT_DENY,
-                                 "no policy entry", host.name)
+                refused = refuse(
+                    Reason.DNS_NAME_NOT_ALLOWED, RULE_DEFAULT_DENY, "no policy entry", host.name
+                )
             if refused is not None:
                 return refused
             # audit mode: logged as would_block, answered as usual below
         elif tunnel.suspicious:
             # An allowed name with a tunnel's shape: answered, but made seen.
-            self.record(Decision(Verdict.WOULD_BLOCK, Reason.DNS_TUNNEL_SUSPECTED,
-                                 endpoint.rule, host.name, 53, provider=endpoint.provider,
-                                 client=client, mode="dns", detail=tunnel.detail))
+            self.record(
+                Decision(
+                    Verdict.WOULD_BLOCK,
+                    Reason.DNS_TUNNEL_SUSPECTED,
+                    endpoint.rule,
+                    host.name,
+                    53,
+                    provider=endpoint.provider,
+                    client=client,
+                    mode="dns",
+                    detail=tunnel.detail,
+                )
+            )
         if qtype not in (TYPE_A, TYPE_AAAA):
             return reply(request, dns.rcode.NOERROR)  # NODATA: no TXT/HTTPS/SVCB side channels
         try:
             answers = await self.resolver.resolve(host.name)
         except ResolutionError as exc:
             # A failing resolver is SERVFAIL (the gateway retries), not "no such name".
-            return reply(request, dns.rcode.SERVFAIL if exc.upstream_failed
-                         else dns.rcode.NXDOMAIN)
+            return reply(request, dns.rcode.SERVFAIL if exc.upstream_failed else dns.rcode.NXDOMAIN)
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
             # S3 applies to answers handed to the gateway too: no rebinding via our DNS.
-            return refuse(vetting.reason, RULE_NETGUARD, vetting.detail, host.name,
-                          endpoint.provider if endpoint else None) or reply(
-                request, self.refuse_code)
+            return refuse(
+                vetting.reason,
+                RULE_NETGUARD,
+                vetting.detail,
+                host.name,
+                endpoint.provider if endpoint else None,
+            ) or reply(request, self.refuse_code)
         version = 4 if qtype == TYPE_A else 6
         addresses = [str(a) for a in answers if a.version == version]
         response = reply(request, dns.rcode.NOERROR)
         if addresses:
-            response.answer.append(dns.rrset.from_text_list(
-                question.name, ANSWER_TTL, dns.rdataclass.IN, qtype, addresses))
+            response.answer.append(
+                dns.rrset.from_text_list(
+                    question.name, ANSWER_TTL, dns.rdataclass.IN, qtype, addresses
+                )
+            )
         return response
 
 

@@ -75,7 +75,8 @@ def _fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
             logger.exception("enforcer hook %s failed; refusing", hook.__name__)
             if isinstance(target, http.HTTPFlow):
                 target.response = http.Response.make(
-                    500, b'{"error":"egress_sidecar_internal_error"}\n',
+                    500,
+                    b'{"error":"egress_sidecar_internal_error"}\n',
                     {"content-type": "application/json", "connection": "close"},
                 )
             elif isinstance(target, server_hooks.ServerConnectionHookData):
@@ -254,9 +255,7 @@ class Enforcer:
             # address refusal (metadata, private, literal) is the more telling reason.
             decision = engine.decide(attempt)
             if not decision.refused:
-                decision = engine.refusal(
-                    decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI"
-                )
+                decision = engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
         else:
             decision = await self._decide_and_vet(attempt, original)
         if not decision.refused:
@@ -264,7 +263,10 @@ class Enforcer:
             # holds, add ours only for the provider of the vetted destination.
             endpoint = engine.endpoint(decision.rule)
             decision = self.credentials.prepare(
-                flow, decision, endpoint, engine,
+                flow,
+                decision,
+                endpoint,
+                engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
         if not decision.refused and self.limit_check is not None:

@@ -52,10 +52,13 @@ class InformationalDroppingHttp1Client(_http1.Http1Client):
                     # response (the gateway gets a 502), rather than pass a 1xx on.
                     assert self.stream_id is not None
                     yield commands.CloseConnection(self.conn)
-                    yield ReceiveHttp(ResponseProtocolError(
-                        self.stream_id, "too many informational responses",
-                        ErrorCode.GENERIC_SERVER_ERROR,
-                    ))
+                    yield ReceiveHttp(
+                        ResponseProtocolError(
+                            self.stream_id,
+                            "too many informational responses",
+                            ErrorCode.GENERIC_SERVER_ERROR,
+                        )
+                    )
                     return
                 self.buf.maybe_extract_lines()  # consumes exactly that head
                 self._dropped += 1

@@ -103,8 +103,9 @@ class LimitsAddon:
         self.limits = limits
         self.record = record
         self.proxyserver = proxyserver  # mitmproxy's Proxyserver addon: connection handlers
-        self.connections = ConnectionCounter(limits.max_connections,
-                                             limits.max_connections_per_source)
+        self.connections = ConnectionCounter(
+            limits.max_connections, limits.max_connections_per_source
+        )
         self._counted: dict[str, str] = {}  # client id -> source address
 
     # --- connection caps --------------------------------------------------------------
@@ -162,8 +163,10 @@ class LimitsAddon:
     ) -> Decision:
         """Refuse a declared body over the limit (413, before any body byte is read);
         otherwise stream the body upstream, counted, instead of buffering it."""
-        limit = body_limit(self.limits.request_body_bytes,
-                           endpoint.max_request_body if endpoint is not None else None)
+        limit = body_limit(
+            self.limits.request_body_bytes,
+            endpoint.max_request_body if endpoint is not None else None,
+        )
         flow.metadata[BODY_LIMIT_KEY] = limit
         declared = flow.request.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
@@ -178,8 +181,12 @@ class LimitsAddon:
     # --- decisions --------------------------------------------------------------------
 
     def refuse(
-        self, client: connection.Client, server: connection.Server | None, reason: Reason,
-        detail: str, flow: http.HTTPFlow | None = None,
+        self,
+        client: connection.Client,
+        server: connection.Server | None,
+        reason: Reason,
+        detail: str,
+        flow: http.HTTPFlow | None = None,
     ) -> Decision:
         """Record one limit refusal and mark the connection (so the enforcer does not
         report the same connection again as a non-HTTP attempt)."""
@@ -189,13 +196,18 @@ class LimitsAddon:
         return decision
 
     def _decision(
-        self, client: connection.Client, server: connection.Server | None, reason: Reason,
-        detail: str, flow: http.HTTPFlow | None,
+        self,
+        client: connection.Client,
+        server: connection.Server | None,
+        reason: Reason,
+        detail: str,
+        flow: http.HTTPFlow | None,
     ) -> Decision:
         allowed = flow.metadata.get(DECISION_KEY) if flow is not None else None
         if isinstance(allowed, Decision):
-            return allowed.with_context(verdict=Verdict.BLOCK, reason=reason, detail=detail,
-                                        at=time.time())
+            return allowed.with_context(
+                verdict=Verdict.BLOCK, reason=reason, detail=detail, at=time.time()
+            )
         proxy_mode = client.proxy_mode
         if isinstance(proxy_mode, mode_specs.ReverseMode):
             mode, (host, port) = "reverse", proxy_mode.address
@@ -246,8 +258,12 @@ class FirstRequestTimer(layer.Layer):
             stalled = not self._heard or (client.tls and not client.tls_established)
             if stalled and client.state is not connection.ConnectionState.CLOSED:
                 timeout = self.guard.limits.first_request_timeout
-                self.guard.refuse(client, self.context.server, Reason.IDLE_TIMEOUT,
-                                  f"no request within {timeout:g} s of the connection opening")
+                self.guard.refuse(
+                    client,
+                    self.context.server,
+                    Reason.IDLE_TIMEOUT,
+                    f"no request within {timeout:g} s of the connection opening",
+                )
                 yield commands.CloseConnection(client)
             return
         elif isinstance(event, events.DataReceived) and event.connection == client:
@@ -281,8 +297,9 @@ class GuardedHttpLayer(HttpLayer):
         """A malicious upstream's endless status line or headers: mitmproxy's HTTP/1
         client reader would buffer them without bound."""
         handler = self.connections.get(event.connection)
-        reader = getattr(handler, "child_layer", None) if isinstance(handler, HttpClient) \
-            else handler
+        reader = (
+            getattr(handler, "child_layer", None) if isinstance(handler, HttpClient) else handler
+        )
         if not isinstance(reader, Http1Client) or reader.state != reader.read_headers:
             return False
         limit = self.guard.limits.response_header_bytes
@@ -290,7 +307,9 @@ class GuardedHttpLayer(HttpLayer):
             return False
         stream = self.streams.get(reader.stream_id)
         self.guard.refuse(
-            self.context.client, self.context.server, Reason.RESPONSE_HEADERS_TOO_LARGE,
+            self.context.client,
+            self.context.server,
+            Reason.RESPONSE_HEADERS_TOO_LARGE,
             f"upstream response head exceeds {limit} bytes",
             stream.flow if isinstance(stream, HttpStream) else None,
         )
@@ -332,8 +351,9 @@ class GuardedHttp1Server(Http1Server):
             and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
         ):
             limit = self.guard.limits.request_header_bytes
-            yield from self._refuse(Reason.REQUEST_HEADERS_TOO_LARGE,
-                                    f"request line and headers exceed {limit} bytes")
+            yield from self._refuse(
+                Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
+            )
             return
         yield from super()._handle_event(event)
         yield from self._update_phase()
@@ -391,8 +411,12 @@ class GuardedHttp1Server(Http1Server):
             )
         elif self._phase == "first":
             self._refused = True
-            self.guard.refuse(self.context.client, self.context.server, Reason.IDLE_TIMEOUT,
-                              f"no request within {timeout:g} s of the connection opening")
+            self.guard.refuse(
+                self.context.client,
+                self.context.server,
+                Reason.IDLE_TIMEOUT,
+                f"no request within {timeout:g} s of the connection opening",
+            )
             yield commands.CloseConnection(self.conn)
         elif self._phase == "idle":  # an ordinary keep-alive expiry: not a refusal
             self._refused = True
@@ -424,14 +448,19 @@ class GuardedHttp2Server(Http2Server):
 
     def handle_h2_event(self, event: h2.events.Event) -> layer.CommandGenerator[bool]:
         if isinstance(event, h2.exceptions.TooManyStreamsError):
-            self.guard.refuse(self.context.client, self.context.server, Reason.TOO_MANY_STREAMS,
-                              f"more than {self.guard.limits.max_h2_streams} concurrent "
-                              "HTTP/2 streams")
+            self.guard.refuse(
+                self.context.client,
+                self.context.server,
+                Reason.TOO_MANY_STREAMS,
+                f"more than {self.guard.limits.max_h2_streams} concurrent HTTP/2 streams",
+            )
         elif isinstance(event, h2.exceptions.ProtocolError) and "header list" in str(event).lower():
-            self.guard.refuse(self.context.client, self.context.server,
-                              Reason.REQUEST_HEADERS_TOO_LARGE,
-                              "HTTP/2 header list exceeds "
-                              f"{self.guard.limits.request_header_bytes} bytes")
+            self.guard.refuse(
+                self.context.client,
+                self.context.server,
+                Reason.REQUEST_HEADERS_TOO_LARGE,
+                f"HTTP/2 header list exceeds {self.guard.limits.request_header_bytes} bytes",
+            )
         return (yield from super().handle_h2_event(event))
 
 
@@ -457,15 +486,15 @@ class GuardedHttpStream(HttpStream):
             return False
         return (yield from super().check_body_size(request))
 
-    def state_wait_for_request_headers(
-        self, event: RequestHeaders
-    ) -> layer.CommandGenerator[None]:
+    def state_wait_for_request_headers(self, event: RequestHeaders) -> layer.CommandGenerator[None]:
         limit = self.guard.limits.header_count
         if len(event.request.headers.fields) > limit:
             self.flow = http.HTTPFlow(self.context.client, self.context.server)
             self.flow.request = event.request
             decision = self.guard.refuse(
-                self.context.client, self.context.server, Reason.REQUEST_HEADERS_TOO_LARGE,
+                self.context.client,
+                self.context.server,
+                Reason.REQUEST_HEADERS_TOO_LARGE,
                 f"{len(event.request.headers.fields)} request headers, limit {limit}",
                 self.flow,
             )
@@ -514,8 +543,9 @@ class GuardedHttpStream(HttpStream):
             response = self.flow.response
             yield SendHttp(ResponseHeaders(self.stream_id, response, False), self.context.client)
             if response.raw_content:
-                yield SendHttp(ResponseData(self.stream_id, response.raw_content),
-                               self.context.client)
+                yield SendHttp(
+                    ResponseData(self.stream_id, response.raw_content), self.context.client
+                )
         self.server_state = self.state_errored
         self.flow.live = False
         yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
@@ -543,16 +573,24 @@ class GuardedHttpStream(HttpStream):
         if self._body_seen <= limit:
             return False
         message = f"request body exceeds the limit of {limit} bytes"
-        self.guard.refuse(self.context.client, self.context.server,
-                          Reason.REQUEST_BODY_TOO_LARGE, message, self.flow)
+        self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.REQUEST_BODY_TOO_LARGE,
+            message,
+            self.flow,
+        )
         self.flow.error = mitmproxy_flow.Error(message)
         if self.client_state == self.state_stream_request_body:
-            yield SendHttp(RequestProtocolError(self.stream_id, message,
-                                                ErrorCode.REQUEST_TOO_LARGE), self.context.server)
-        yield SendHttp(ResponseProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-                       self.context.client)
+            yield SendHttp(
+                RequestProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
+                self.context.server,
+            )
+        yield SendHttp(
+            ResponseProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
+            self.context.client,
+        )
         self.client_state = self.server_state = self.state_errored
         self.flow.live = False
         yield DropStream(self.stream_id)
         return True
-

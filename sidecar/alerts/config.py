@@ -364,9 +364,7 @@ def _read(ctx: _Ctx, root: yaml.Node) -> AlertsConfig:
     )
 
 
-def _section[T](
-    ctx: _Ctx, read: Callable[[_Ctx, yaml.Node], T], node: yaml.Node, default: T
-) -> T:
+def _section[T](ctx: _Ctx, read: Callable[[_Ctx, yaml.Node], T], node: yaml.Node, default: T) -> T:
     """Read one section; on a bad value (already recorded) go on with the default."""
     try:
         return read(ctx, node)

@@ -310,4 +310,3 @@ def pod_identity(
         value = given.get(key) or given.get(var) or source.get(var, "")
         result[key] = label_value(value, 128)
     return result
-

@@ -180,6 +180,8 @@ _REASONS: dict[Outcome, Reason] = {
     Outcome.UNKNOWN_VIRTUAL_KEY: Reason.UNKNOWN_VIRTUAL_KEY,
     Outcome.TENANT_NOT_ALLOWED: Reason.TENANT_NOT_ALLOWED,
 }
+
+
 @dataclass(frozen=True, slots=True)
 class CredentialResult:
     """What the credential layer did to one request. Safe to log (no values)."""

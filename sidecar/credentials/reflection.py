@@ -162,8 +162,16 @@ def compile_patterns(values: Iterable[Secret | bytes | str]) -> RedactionPattern
     prefixes = frozenset(n[:k] for n in ordered for k in range(1, len(n)))
     alphabet = frozenset(b for n in ordered for b in n)
     return RedactionPatterns(
-        needle_re, ordered, len(ordered[0]), owners, grams, q, shortest - q + 1, prefixes,
-        alphabet, PrefixAutomaton(ordered),
+        needle_re,
+        ordered,
+        len(ordered[0]),
+        owners,
+        grams,
+        q,
+        shortest - q + 1,
+        prefixes,
+        alphabet,
+        PrefixAutomaton(ordered),
     )
 
 

@@ -109,7 +109,13 @@ FORBIDDEN_CREDENTIAL_HEADERS = frozenset(
 
 _TOP_KEYS = ("version", "mode", "providers", "allow")
 _PROVIDER_KEYS = (
-    "hosts", "ports", "paths", "methods", "addresses", "credential", "max_request_body"
+    "hosts",
+    "ports",
+    "paths",
+    "methods",
+    "addresses",
+    "credential",
+    "max_request_body",
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -551,7 +557,7 @@ class _FileReader(yamlfile.Reader):
 
         text = str(node.value) if isinstance(node, ScalarNode) else ""
         if not isinstance(node, ScalarNode) or node.tag not in (_INT, _STR):
-            self.err(node, key, "expected a size in bytes, e.g. 33554432 or \"32m\"")
+            self.err(node, key, 'expected a size in bytes, e.g. 33554432 or "32m"')
             return None
         try:
             size = parse_size(int(text) if node.tag == _INT and text.isdigit() else text)
@@ -559,8 +565,9 @@ class _FileReader(yamlfile.Reader):
             self.err(node, key, f"{exc}; sizes are bytes or end in k, m or g (binary units)")
             return None
         if size > MAX_BODY_LIMIT:
-            self.err(node, key, f"{text!r} is larger than the most accepted, "
-                     f"{MAX_BODY_LIMIT // MIB}m")
+            self.err(
+                node, key, f"{text!r} is larger than the most accepted, {MAX_BODY_LIMIT // MIB}m"
+            )
             return None
         return size
 

@@ -259,9 +259,7 @@ def test_alerts_config_misplaced_secret_url_is_not_echoed(tmp_path: Path) -> Non
 
 
 def test_alerts_config_not_utf8_has_a_line(tmp_path: Path) -> None:
-    assert _problems(tmp_path, b"version: 1\ntick: \xff\n") == [
-        "2: the file is not valid UTF-8"
-    ]
+    assert _problems(tmp_path, b"version: 1\ntick: \xff\n") == ["2: the file is not valid UTF-8"]
 
 
 def test_no_config_means_log_and_count_only(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,25 +14,49 @@ import pytest
 from bench.contenders import CONTENDERS, squid_binary
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ["small_c1", "small_c32", "reverse_wrk_c32", "stream_sse", "large_body_1mb",
-             "refused_flood", "memory", "decision_core", "dns_listener", "scanners", "hostile"]
-HOSTILE_ATTACKS = ["header_bomb", "refused_bodies", "idle_connections", "dns_flood",
-                   "auth_tokens", "upstream_header_bomb"]
+SCENARIOS = [
+    "small_c1",
+    "small_c32",
+    "reverse_wrk_c32",
+    "stream_sse",
+    "large_body_1mb",
+    "refused_flood",
+    "memory",
+    "decision_core",
+    "dns_listener",
+    "scanners",
+    "hostile",
+]
+HOSTILE_ATTACKS = [
+    "header_bomb",
+    "refused_bodies",
+    "idle_connections",
+    "dns_flood",
+    "auth_tokens",
+    "upstream_header_bomb",
+]
 
 
 @pytest.mark.timeout(260)
 def test_quick_bench_produces_every_contender_and_scenario(tmp_path: Path) -> None:
-    missing = [name for name, found in (("squid", squid_binary()), ("wrk", shutil.which("wrk")))
-               if not found]
+    missing = [
+        name
+        for name, found in (("squid", squid_binary()), ("wrk", shutil.which("wrk")))
+        if not found
+    ]
     if missing:
-        message = (f"benchmark tools missing: {', '.join(missing)} "
-                   "(apt-get install -y squid wrk)")
+        message = f"benchmark tools missing: {', '.join(missing)} (apt-get install -y squid wrk)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + "; CI must install them")
         pytest.skip(message)
     output = tmp_path / "quick.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(output)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     assert result["meta"]["mode"] == "quick"

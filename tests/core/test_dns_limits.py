@@ -63,8 +63,9 @@ def test_state_is_bounded_and_evicted_counts_are_not_lost():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 0.2)), min_size=1, max_size=3000))
 def test_decision_lines_are_bounded_whatever_the_traffic(events):
-    adm = DnsAdmission(DnsLimits(max_qps=30, max_qps_per_source=5, max_sources=8,
-                                 report_interval=10), 0.0)
+    adm = DnsAdmission(
+        DnsLimits(max_qps=30, max_qps_per_source=5, max_sources=8, report_interval=10), 0.0
+    )
     now, lines, refused = 0.0, 0, 0
     for source, step in events:
         now += step
@@ -81,8 +82,9 @@ def test_decision_lines_are_bounded_whatever_the_traffic(events):
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 7), st.floats(0, 0.2)), min_size=1, max_size=3000))
 def test_each_remembered_source_gets_at_most_two_lines_per_interval(events):
-    adm = DnsAdmission(DnsLimits(max_qps=30, max_qps_per_source=5, max_sources=8,
-                                 report_interval=10), 0.0)
+    adm = DnsAdmission(
+        DnsLimits(max_qps=30, max_qps_per_source=5, max_sources=8, report_interval=10), 0.0
+    )
     now, lines = 0.0, 0
     for source, step in events:
         now += step

@@ -32,8 +32,10 @@ def test_flag_and_environment(monkeypatch):
     [
         (["--dns-max-qps", "lots"], "--dns-max-qps 'lots': not a number"),
         (["--dns-max-sources", "0"], "--dns-max-sources '0': must be between 1 and"),
-        (["--dns-max-qps", "100", "--dns-max-qps-per-source", "200"],
-         "--dns-max-qps-per-source 200 exceeds --dns-max-qps 100"),
+        (
+            ["--dns-max-qps", "100", "--dns-max-qps-per-source", "200"],
+            "--dns-max-qps-per-source 200 exceeds --dns-max-qps 100",
+        ),
     ],
 )
 def test_bad_values_say_what_and_how_to_fix(argv, message):

@@ -21,8 +21,15 @@ from sidecar.limits import (
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("65536", 65536), ("64k", 65536), ("32m", 32 * MIB), ("32MiB", 32 * MIB),
-     ("1g", 1024 * MIB), ("2 MB", 2 * MIB), (4096, 4096)],
+    [
+        ("65536", 65536),
+        ("64k", 65536),
+        ("32m", 32 * MIB),
+        ("32MiB", 32 * MIB),
+        ("1g", 1024 * MIB),
+        ("2 MB", 2 * MIB),
+        (4096, 4096),
+    ],
 )
 def test_sizes_parse_in_binary_units(text, expected):
     assert parse_size(text) == expected
@@ -58,9 +65,14 @@ def test_every_option_is_a_flag_and_an_environment_variable(monkeypatch):
 
 @pytest.mark.parametrize(
     ("flag", "value", "fragment"),
-    [("--max-connections", "0", "greater than 0"), ("--max-connections", "many", "whole"),
-     ("--header-timeout", "0", "between"), ("--header-timeout", "soon", "not a number"),
-     ("--max-request-body", "5g", "at most"), ("--max-request-header-bytes", "lots", "size")],
+    [
+        ("--max-connections", "0", "greater than 0"),
+        ("--max-connections", "many", "whole"),
+        ("--header-timeout", "0", "between"),
+        ("--header-timeout", "soon", "not a number"),
+        ("--max-request-body", "5g", "at most"),
+        ("--max-request-header-bytes", "lots", "size"),
+    ],
 )
 def test_bad_option_values_name_the_flag(flag, value, fragment):
     with pytest.raises(LimitError) as caught:
@@ -115,8 +127,14 @@ def test_every_limit_and_reason_is_documented():
     for flag, env, *_ in OPTIONS:
         for doc in (readme, limits_doc):
             assert f"`{flag}" in doc and f"EGRESS_SIDECAR_{env}`" in doc, flag
-    for reason in ("request_headers_too_large", "response_headers_too_large",
-                   "request_body_too_large", "request_timeout", "idle_timeout",
-                   "too_many_connections", "too_many_streams"):
+    for reason in (
+        "request_headers_too_large",
+        "response_headers_too_large",
+        "request_body_too_large",
+        "request_timeout",
+        "idle_timeout",
+        "too_many_connections",
+        "too_many_streams",
+    ):
         assert Reason(reason)
         assert f"| `{reason}` |" in readme and f"`{reason}`" in limits_doc

@@ -16,7 +16,11 @@ from sidecar.netguard import METADATA_ADDRESSES, AddressClass, classify_address,
 A = AddressClass
 PUBLIC, METADATA, LOOPBACK, PRIVATE = A.PUBLIC, A.METADATA, A.LOOPBACK, A.PRIVATE
 LINK_LOCAL, CGNAT, MULTICAST, UNSPECIFIED, RESERVED = (
-    A.LINK_LOCAL, A.CGNAT, A.MULTICAST, A.UNSPECIFIED, A.RESERVED,
+    A.LINK_LOCAL,
+    A.CGNAT,
+    A.MULTICAST,
+    A.UNSPECIFIED,
+    A.RESERVED,
 )
 
 
@@ -198,13 +202,20 @@ def test_every_metadata_address_classifies_as_metadata() -> None:
 @pytest.mark.parametrize(
     "answer",
     ["3fff::1", "2001:2::1", "5f00::1", "192.88.99.1", "4000::1", "2001:30::1"],
-    ids=["doc-3fff", "benchmarking-2001:2", "srv6-5f00", "6to4-relay", "unallocated-4000",
-         "drip-det"],
+    ids=[
+        "doc-3fff",
+        "benchmarking-2001:2",
+        "srv6-5f00",
+        "6to4-relay",
+        "unallocated-4000",
+        "drip-det",
+    ],
 )
 def test_rebinding_provider_name_to_special_purpose_range_is_refused(engine, answer) -> None:
     """A provider name whose DNS answer lies in a special-purpose range is refused (S3)."""
-    vetting = engine.vet_answers([ipaddress.ip_address(answer)], engine.endpoint(
-        "providers.openai"))
+    vetting = engine.vet_answers(
+        [ipaddress.ip_address(answer)], engine.endpoint("providers.openai")
+    )
     assert vetting.address is None
     assert vetting.reason is Reason.PRIVATE_ADDRESS
     assert "reserved" in vetting.detail

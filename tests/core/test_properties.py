@@ -16,9 +16,7 @@ from sidecar.netguard import classify_address
 
 from .conftest import MakeEngine
 
-SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 EXACT = "api.openai.com"
 SUFFIX = "example.com"  # policy: "*.example.com"
@@ -51,8 +49,10 @@ label = st.one_of(
     ),
 )
 # A numeric-looking last label ("123", "0x1f") is an address attempt, not a name.
-dns_name = st.lists(label, min_size=1, max_size=5).map(".".join).filter(
-    lambda n: not re.fullmatch(r"0x[0-9a-f]*|[0-9]+", n.rsplit(".", 1)[-1])
+dns_name = (
+    st.lists(label, min_size=1, max_size=5)
+    .map(".".join)
+    .filter(lambda n: not re.fullmatch(r"0x[0-9a-f]*|[0-9]+", n.rsplit(".", 1)[-1]))
 )
 
 
@@ -61,8 +61,10 @@ def spellings(name: str) -> st.SearchStrategy[str]:
     return st.tuples(
         st.lists(st.booleans(), min_size=len(name), max_size=len(name)), st.booleans()
     ).map(
-        lambda t: "".join(c.upper() if up else c for c, up in zip(name, t[0], strict=True))
-        + ("." if t[1] else "")
+        lambda t: (
+            "".join(c.upper() if up else c for c, up in zip(name, t[0], strict=True))
+            + ("." if t[1] else "")
+        )
     )
 
 
@@ -198,8 +200,10 @@ def test_match_address_agrees_with_a_linear_scan(
 ) -> None:
     found = engine.match_address(address)
     scan = [
-        e for e in engine.policy.endpoints
-        for net in e.cidrs if net.version == address.version and address in net
+        e
+        for e in engine.policy.endpoints
+        for net in e.cidrs
+        if net.version == address.version and address in net
     ]
     assert (found is None) is (not scan)
     if found is not None:
@@ -208,8 +212,33 @@ def test_match_address_agrees_with_a_linear_scan(
 
 path_text = st.lists(
     st.sampled_from(
-        ["/", ".", "..", "v1", "x", "%2e", "%2E", "%2f", "%5c", "%25", "%", "2e", "%32", "%65",
-         "\\", "?", "#", ";", "%00", "%c0%ae", "%e2%80%ae", "%20", "a%", "%zz", "//"]
+        [
+            "/",
+            ".",
+            "..",
+            "v1",
+            "x",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5c",
+            "%25",
+            "%",
+            "2e",
+            "%32",
+            "%65",
+            "\\",
+            "?",
+            "#",
+            ";",
+            "%00",
+            "%c0%ae",
+            "%e2%80%ae",
+            "%20",
+            "a%",
+            "%zz",
+            "//",
+        ]
     ),
     max_size=12,
 ).map(lambda parts: "/" + "".join(parts))

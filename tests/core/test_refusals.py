@@ -67,8 +67,12 @@ def test_openai_shape_is_what_the_openai_sdk_parses():
 
 @pytest.mark.parametrize(
     ("status", "anthropic_type"),
-    [(401, "authentication_error"), (403, "permission_error"), (502, "api_error"),
-     (503, "api_error")],
+    [
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (502, "api_error"),
+        (503, "api_error"),
+    ],
 )
 def test_anthropic_shape_types_follow_the_status(status, anthropic_type):
     answer = render(refused("api.anthropic.com"), status)
@@ -83,7 +87,11 @@ def test_generic_shape_keeps_the_documented_fields():
     body = json.loads(render(refused("evil.com", Reason.HOST_NOT_ALLOWED, "no entry"), 403).body)
     assert body["error"] == "egress_refused"
     assert (body["reason"], body["host"], body["port"], body["detail"]) == (
-        "host_not_allowed", "evil.com", 443, "no entry")
+        "host_not_allowed",
+        "evil.com",
+        443,
+        "no entry",
+    )
 
 
 def test_close_is_only_added_when_asked():

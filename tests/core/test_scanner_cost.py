@@ -21,8 +21,11 @@ from sidecar.credentials.reflection import StreamRedactor, compile_patterns
 from sidecar.dnsguard import DnsTunnelDetector
 from tests.support.work import WorkCounter
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # Steps per input byte and per call. The measured worst cases are well below
 # (bench.scanners prints them); the old sampler needed ~200 per byte.
@@ -48,8 +51,9 @@ def tokens(draw: st.DrawFn) -> str:
     alphabet = draw(st.sampled_from(ALPHABETS))
     length = draw(st.integers(0, 600))
     seed = draw(st.integers(0, 2**32 - 1))
-    body = "".join(alphabet[(seed >> (i % 29) ^ i * 2654435761) % len(alphabet)]
-                   for i in range(length))
+    body = "".join(
+        alphabet[(seed >> (i % 29) ^ i * 2654435761) % len(alphabet)] for i in range(length)
+    )
     return draw(st.sampled_from(PREFIXES)) + body
 
 
@@ -98,17 +102,25 @@ def test_many_medium_low_entropy_tokens_cost_little_per_byte() -> None:
 
 @st.composite
 def dns_names(draw: st.DrawFn) -> str:
-    labels = draw(st.lists(
-        st.text(alphabet=string.ascii_lowercase + string.digits + "-_", min_size=1, max_size=63),
-        min_size=1, max_size=8,
-    ))
+    labels = draw(
+        st.lists(
+            st.text(
+                alphabet=string.ascii_lowercase + string.digits + "-_", min_size=1, max_size=63
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
     suffix = draw(st.sampled_from(["example", "svc.cluster.local", "co.uk", "t.attacker.example"]))
     return ".".join(labels)[:240] + "." + suffix
 
 
 @SETTINGS
-@given(st.lists(st.tuples(dns_names(), st.sampled_from([1, 16, 28, 255, 65399])),
-                min_size=1, max_size=300))
+@given(
+    st.lists(
+        st.tuples(dns_names(), st.sampled_from([1, 16, 28, 255, 65399])), min_size=1, max_size=300
+    )
+)
 def test_dns_tunnel_detector_work_is_bounded_per_byte(questions) -> None:
     detector = DnsTunnelDetector()
     size = sum(len(name) for name, _ in questions)
@@ -121,13 +133,24 @@ def test_dns_tunnel_detector_work_is_bounded_per_byte(questions) -> None:
 
 KEY = b"sk-proj-" + bytes(string.ascii_letters.encode()[i * 7 % 52] for i in range(156))
 PATTERNS = compile_patterns([KEY])
-PIECES = [KEY, KEY[:-1], KEY[: len(KEY) // 2], base64.b64encode(KEY), base64.b64encode(KEY)[:-5],
-          b"data: {\"delta\": \"hello\"}\n\n", b"x" * 300, b".", b"\n"]
+PIECES = [
+    KEY,
+    KEY[:-1],
+    KEY[: len(KEY) // 2],
+    base64.b64encode(KEY),
+    base64.b64encode(KEY)[:-5],
+    b'data: {"delta": "hello"}\n\n',
+    b"x" * 300,
+    b".",
+    b"\n",
+]
 
 
 @SETTINGS
-@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=60),
-       st.lists(st.integers(1, 4096), min_size=1, max_size=400))
+@given(
+    st.lists(st.sampled_from(PIECES), min_size=1, max_size=60),
+    st.lists(st.integers(1, 4096), min_size=1, max_size=400),
+)
 def test_reflection_redactor_work_is_bounded_per_byte_and_chunk(pieces, sizes) -> None:
     body = b"".join(pieces)
     chunks, pos, i = [], 0, 0
@@ -140,5 +163,9 @@ def test_reflection_redactor_work_is_bounded_per_byte_and_chunk(pieces, sizes) -
         out = b"".join(redactor.feed(c) for c in chunks) + redactor.finish()
     assert KEY not in out
     # Per chunk, the held-back tail (at most the longest needle) is re-examined.
-    _bound(work.steps, len(body), REDACT_PER_BYTE,
-           REDACT_PER_CHUNK * PATTERNS.max_len * len(chunks) + 200)
+    _bound(
+        work.steps,
+        len(body),
+        REDACT_PER_BYTE,
+        REDACT_PER_CHUNK * PATTERNS.max_len * len(chunks) + 200,
+    )

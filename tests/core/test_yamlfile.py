@@ -25,25 +25,36 @@ def read(text: bytes, allowed: tuple[str, ...] | None = ("a", "b", "nested")) ->
         (b"a: 1\nb: 2\n", []),
         (
             b"a: 1\nb: 2\na: 3\n",
-            ["f.yaml:3: a: duplicate key (first at line 1); YAML would silently keep only "
-             "the last one: merge them into one"],
+            [
+                "f.yaml:3: a: duplicate key (first at line 1); YAML would silently keep only "
+                "the last one: merge them into one"
+            ],
         ),
         (
             b"nested:\n  x: 1\n  y: 2\n  x: 3\n",
-            ["f.yaml:4: nested.x: duplicate key (first at line 2); YAML would silently keep "
-             "only the last one: merge them into one"],
+            [
+                "f.yaml:4: nested.x: duplicate key (first at line 2); YAML would silently keep "
+                "only the last one: merge them into one"
+            ],
         ),
         (b"c: 1\n", ["f.yaml:1: c: unknown key 'c': allowed keys are a, b, nested"]),
         (b"nestd: 1\n", ["f.yaml:1: nestd: unknown key 'nestd': did you mean 'nested'?"]),
         (
             b"base: &x {a: 1}\n<<: *x\n",
-            ["f.yaml:1: base: unknown key 'base': allowed keys are a, b, nested",
-             "f.yaml:2: <<: YAML merge keys ('<<') are not supported: write keys out"],
+            [
+                "f.yaml:1: base: unknown key 'base': allowed keys are a, b, nested",
+                "f.yaml:2: <<: YAML merge keys ('<<') are not supported: write keys out",
+            ],
         ),
         (b"", ["f.yaml:1: empty file: write 'a: 1'"]),
         (b"a: 1\nb: \xff\n", ["f.yaml:2: the file is not valid UTF-8"]),
-        (b"a: [1,\n", ["f.yaml:2: YAML syntax error: while parsing a flow node "
-                       "expected the node content, but found '<stream end>'"]),
+        (
+            b"a: [1,\n",
+            [
+                "f.yaml:2: YAML syntax error: while parsing a flow node "
+                "expected the node content, but found '<stream end>'"
+            ],
+        ),
         (b"a: 1\nb: \x07\n", ["f.yaml:2: character '\\x07' is not allowed in a YAML file"]),
         (b"[1, 2]\n", ["f.yaml:1: expected a mapping (key: value), got a list"]),
     ],

@@ -40,8 +40,15 @@ def encode(body: bytes, layers: list[str]) -> bytes:
 
 @pytest.mark.parametrize(
     "layers",
-    [["gzip"], ["gzip", "gzip"], ["br", "gzip"], ["gzip", "br"], ["zstd", "gzip"],
-     ["deflate", "x-gzip", "zstd", "br"], ["identity", "gzip", "identity"]],
+    [
+        ["gzip"],
+        ["gzip", "gzip"],
+        ["br", "gzip"],
+        ["gzip", "br"],
+        ["zstd", "gzip"],
+        ["deflate", "x-gzip", "zstd", "br"],
+        ["identity", "gzip", "identity"],
+    ],
     ids=lambda v: ",".join(v),
 )
 def test_stacked_encodings_are_all_decoded(layers: list[str]):

@@ -37,4 +37,3 @@ def test_lengths_and_alphabets_outside_the_table_use_a_lower_or_equal_bar():
     assert _entropy_bar(50, 61) == _entropy_bar(50, 42)  # next smaller alphabet: lower bar
     assert _entropy_bar(50, 61) <= _entropy_bar(50, 62)
     assert _entropy_bar(50, 200) == _entropy_bar(50, 68)
-

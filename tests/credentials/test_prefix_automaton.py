@@ -13,8 +13,13 @@ SMALL = st.binary(min_size=1, max_size=12).map(lambda b: bytes(x % 3 + 97 for x 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(SMALL, min_size=1, max_size=5),
-    st.lists(st.tuples(st.binary(max_size=30).map(lambda b: bytes(x % 4 + 97 for x in b)),
-                       st.integers(0, 40)), min_size=1, max_size=30),
+    st.lists(
+        st.tuples(
+            st.binary(max_size=30).map(lambda b: bytes(x % 4 + 97 for x in b)), st.integers(0, 40)
+        ),
+        min_size=1,
+        max_size=30,
+    ),
 )
 def test_pending_matches_the_buffer_rescan(needles, feeds):
     """Overlapping needles over a tiny alphabet ('d' is in none), arbitrary chunks, and a

@@ -258,8 +258,12 @@ def test_key_as_header_name_is_dropped_and_not_named(tmp_path: Path):
     (tmp_path / "openai").write_text(key)
     guard = ReflectionGuard(SecretStore(tmp_path))
     headers = HeaderList(
-        [(key, "1"), ("x-" + key.lower(), "2"), ("content-type", "application/json"),
-         ("x-echo", key)]
+        [
+            (key, "1"),
+            ("x-" + key.lower(), "2"),
+            ("content-type", "application/json"),
+            ("x-echo", key),
+        ]
     )
     hits = guard.redact_headers(headers)
     assert sorted(hits) == sorted([HEADER_NAME_HIT, HEADER_NAME_HIT, "x-echo"])

@@ -77,8 +77,9 @@ def test_flood_of_refusals_through_sidecar_is_one_alertmanager_notification(
 
 def test_dead_alert_sink_does_not_slow_refusals(start_sidecar, tmp_path: Path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    config = write_config(tmp_path, f"sinks:\n  - name: dead\n    type: alertmanager\n"
-                                    f"    url: {dead}\n")
+    config = write_config(
+        tmp_path, f"sinks:\n  - name: dead\n    type: alertmanager\n    url: {dead}\n"
+    )
     sidecar = start_sidecar(extra_args=("--alerts-config", config))
     healthy = start_sidecar()
 

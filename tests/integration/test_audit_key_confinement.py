@@ -222,9 +222,7 @@ def test_audit_tls_on_unlisted_port_gets_no_key(audit_keyed, listeners):
         ("invalid_path", "GET", "/v1//models"),
     ],
 )
-def test_audit_request_rule_would_block_gets_no_key(
-    audit_keyed, provider, reason, method, path
-):
+def test_audit_request_rule_would_block_gets_no_key(audit_keyed, provider, reason, method, path):
     """Right host, port and TLS, but a path or method the entry does not list."""
     marker = f"rule-{reason}"
     with _client(audit_keyed) as c:

@@ -263,8 +263,11 @@ def _read_response(sock: socket.socket) -> bytes:
     for _ in range(100):  # bounded: headers, then the announced body
         if b"\r\n\r\n" in data:
             head, _, body = data.partition(b"\r\n\r\n")
-            lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")]
+            lengths = [
+                line.split(b":", 1)[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
             if lengths and len(body) >= int(lengths[0]):
                 break
         chunk = sock.recv(65536)
@@ -375,7 +378,8 @@ def test_non_http_bytes_in_an_allowed_tunnel_are_refused_and_seen(sidecar, provi
         raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
         assert raw.recv(4096).startswith(b"HTTP/1.1 200")
         raw.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")  # the sidecar waits for a request; we leave
-    decision = sidecar.wait_for_decision(reason="protocol_not_allowed", mode="explicit",
-                                         host="api.openai.com", timeout=10)
+    decision = sidecar.wait_for_decision(
+        reason="protocol_not_allowed", mode="explicit", host="api.openai.com", timeout=10
+    )
     assert decision["decision"] == "block"
     assert provider.received[mark:] == []

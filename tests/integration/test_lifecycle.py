@@ -71,7 +71,10 @@ def test_bad_policy_stops_start(tmp_path, case, text, expected):
     policy.write_text(text)
     result = subprocess.run(
         [BIN, "run", "--policy", str(policy), "--ca-dir", str(tmp_path / "ca")],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2, case
     assert f"{policy}{expected}" in result.stderr
@@ -87,10 +90,15 @@ def test_reload_applies_valid_change_and_keeps_last_good(start_sidecar, provider
 
     # A valid change: the unlisted host becomes allowed (towards loopback, like the fakes).
     events = len(sidecar.events)
-    policy.write_text(provider_policy(provider.port, extra=(
-        "allow:\n  - host: unlisted.example.com\n    ports: [443]\n"
-        "    addresses: [127.0.0.0/8]\n"
-    )))
+    policy.write_text(
+        provider_policy(
+            provider.port,
+            extra=(
+                "allow:\n  - host: unlisted.example.com\n    ports: [443]\n"
+                "    addresses: [127.0.0.0/8]\n"
+            ),
+        )
+    )
     loaded = sidecar.wait_for_event("policy_loaded", after=events)
     assert loaded["endpoints"] == 5
     status, _ = connect_status(sidecar, "unlisted.example.com:443")
@@ -133,10 +141,15 @@ def test_configmap_symlink_swap_is_detected(start_sidecar, provider, tmp_path):
 
     second = mount / "..2026_02"
     second.mkdir()
-    (second / "policy.yaml").write_text(provider_policy(provider.port, extra=(
-        "allow:\n  - host: unlisted.example.com\n    ports: [443]\n"
-        "    addresses: [127.0.0.0/8]\n"
-    )))
+    (second / "policy.yaml").write_text(
+        provider_policy(
+            provider.port,
+            extra=(
+                "allow:\n  - host: unlisted.example.com\n    ports: [443]\n"
+                "    addresses: [127.0.0.0/8]\n"
+            ),
+        )
+    )
     events = len(sidecar.events)
     tmp_link = mount / "..data_tmp"
     tmp_link.symlink_to(second.name)
@@ -154,9 +167,20 @@ def test_listener_that_cannot_bind_stops_the_start(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [BIN, "run", "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0",
-             "--ca-dir", str(tmp_path / "ca")],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                BIN,
+                "run",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--admin",
+                "127.0.0.1:0",
+                "--ca-dir",
+                str(tmp_path / "ca"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert result.returncode == 1
     assert "address already in use" in result.stderr
@@ -169,9 +193,20 @@ def test_admin_port_held_by_another_process_stops_the_start_with_a_clear_error(t
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [BIN, "run", "--listen", "127.0.0.1:0", "--admin", f"127.0.0.1:{port}",
-             "--ca-dir", str(tmp_path / "ca")],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                BIN,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                f"127.0.0.1:{port}",
+                "--ca-dir",
+                str(tmp_path / "ca"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert result.returncode == 64, result.stderr
     assert f"--admin 127.0.0.1:{port}: cannot listen" in result.stderr

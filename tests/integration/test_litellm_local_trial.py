@@ -21,7 +21,10 @@ def test_local_litellm_trial_runs_green_and_cleans_up(tmp_path):
     before = set(Path(tempfile.gettempdir()).glob("egress-sidecar-trial-*"))
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples/litellm-local/trial.py")],
-        capture_output=True, text=True, timeout=540, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=tmp_path,
         env={**__import__("os").environ, "TRIAL_TIMEOUT": "420"},
     )
     out = result.stdout + result.stderr

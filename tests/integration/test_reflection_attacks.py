@@ -61,8 +61,11 @@ def direct(provider: FakeProvider, ca_file: str, path: str) -> httpx.Response:
 def direct_raw(provider: FakeProvider, ca_file: str, path: str) -> bytes:
     """The control, body bytes exactly as the upstream sent them (nothing decoded)."""
     with httpx.Client(verify=direct_context(ca_file), timeout=60) as c:
-        with c.stream("GET", f"https://127.0.0.1:{provider.port}{path}",
-                      headers={"authorization": f"Bearer {KEY}"}) as response:
+        with c.stream(
+            "GET",
+            f"https://127.0.0.1:{provider.port}{path}",
+            headers={"authorization": f"Bearer {KEY}"},
+        ) as response:
             return b"".join(response.iter_raw())
 
 
@@ -106,7 +109,8 @@ def test_key_as_response_header_name_is_redacted(keyed, provider, test_ca_file):
 
 @pytest.mark.parametrize(
     # (zstd is in the unit tests: httpx, the control client here, fails on zstd bodies)
-    "layers", ["gzip,gzip", "br,gzip", "gzip,br", "deflate,gzip,gzip", "gzip"]
+    "layers",
+    ["gzip,gzip", "br,gzip", "gzip,br", "deflate,gzip,gzip", "gzip"],
 )
 def test_double_gzip_response_cannot_smuggle_the_key(keyed, provider, test_ca_file, layers):
     path = f"/v1/reflect-encoded?ce={layers}"
@@ -173,8 +177,11 @@ def test_decompression_bomb_response_is_refused(keyed, provider, test_ca_file, l
     (never expands the rest, never passes the compressed bytes it could not scan)."""
     path = f"/v1/reflect-encoded?ce={layers}&bomb=80"
     with httpx.Client(verify=direct_context(test_ca_file), timeout=60) as c:
-        with c.stream("GET", f"https://127.0.0.1:{provider.port}{path}",
-                      headers={"authorization": f"Bearer {KEY}"}) as control:
+        with c.stream(
+            "GET",
+            f"https://127.0.0.1:{provider.port}{path}",
+            headers={"authorization": f"Bearer {KEY}"},
+        ) as control:
             compressed = control.headers["content-length"]
             tail = b"".join(control.iter_bytes())[-200:]
     assert int(compressed) < 1 << 20  # a small download ...
@@ -218,8 +225,10 @@ def _gzip_transfer_coded(key: str) -> bytes:
     import gzip
 
     body = gzip.compress(b'{"error": "Incorrect API key provided: ' + key.encode() + b'"}')
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n" + chunked(body))
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n" + chunked(body)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +261,9 @@ def test_gzip_transfer_coding_cannot_smuggle_the_key(raw_keyed, raw_upstream, te
         socket.create_connection(("127.0.0.1", te_upstream.port), timeout=30),
         server_hostname=OPENAI,
     )
-    sock.sendall(f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\n"
-                 f"authorization: Bearer {KEY}\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\nauthorization: Bearer {KEY}\r\n\r\n".encode()
+    )
     raw = b""
     while chunk := sock.recv(65536):
         raw += chunk
@@ -278,16 +288,20 @@ def test_gzip_transfer_coding_cannot_smuggle_the_key(raw_keyed, raw_upstream, te
 
 
 def _key_as_reason_phrase(key: str) -> bytes:
-    return (f"HTTP/1.1 401 {key}\r\ncontent-type: application/json\r\n"
-            "content-length: 2\r\nconnection: close\r\n\r\n{}").encode()
+    return (
+        f"HTTP/1.1 401 {key}\r\ncontent-type: application/json\r\n"
+        "content-length: 2\r\nconnection: close\r\n\r\n{}"
+    ).encode()
 
 
 def test_key_as_status_reason_phrase_is_redacted(raw_keyed, raw_upstream, test_ca_file):
     raw_upstream.respond = keyed(_key_as_reason_phrase)
     try:
         with httpx.Client(verify=direct_context(test_ca_file), timeout=60) as c:
-            control = c.get(f"https://127.0.0.1:{raw_upstream.port}/v1/x",
-                            headers={"authorization": f"Bearer {KEY}"})
+            control = c.get(
+                f"https://127.0.0.1:{raw_upstream.port}/v1/x",
+                headers={"authorization": f"Bearer {KEY}"},
+            )
         assert control.reason_phrase == KEY  # the upstream really sends it there
 
         mark = len(raw_keyed.decisions)
@@ -310,7 +324,10 @@ async def _realtime(url: str, context: ssl.SSLContext, proxy: str | None, auth: 
     messages: list[str | bytes] = []
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(
-            url, proxy=proxy, ssl=context, headers={"authorization": auth},
+            url,
+            proxy=proxy,
+            ssl=context,
+            headers={"authorization": auth},
             timeout=aiohttp.ClientWSTimeout(ws_close=10),
         ) as ws:
             while True:
@@ -328,20 +345,30 @@ def _joined(messages: list) -> bytes:
 
 
 def test_websocket_frame_echoing_the_key_is_redacted(keyed, provider, bg, test_ca_file):
-    control = bg.run(_realtime(
-        f"wss://127.0.0.1:{provider.port}/v1/realtime", direct_context(test_ca_file),
-        None, f"Bearer {KEY}",
-    ), timeout=60)
+    control = bg.run(
+        _realtime(
+            f"wss://127.0.0.1:{provider.port}/v1/realtime",
+            direct_context(test_ca_file),
+            None,
+            f"Bearer {KEY}",
+        ),
+        timeout=60,
+    )
     assert len(control) == 8
     assert KEY in control[0] and KEY.encode() in control[1]
     assert KEY not in control[2] and KEY in control[2] + control[3]  # split across two
     assert KEY in control[4] + control[5] + control[6]  # and across three
 
     mark = len(keyed.decisions)
-    got = bg.run(_realtime(
-        f"wss://{OPENAI}:{provider.port}/v1/realtime",
-        ssl.create_default_context(cafile=keyed.ca_cert), keyed.proxy_url, "Bearer dummy",
-    ), timeout=60)
+    got = bg.run(
+        _realtime(
+            f"wss://{OPENAI}:{provider.port}/v1/realtime",
+            ssl.create_default_context(cafile=keyed.ca_cert),
+            keyed.proxy_url,
+            "Bearer dummy",
+        ),
+        timeout=60,
+    )
     assert provider.received[-1].headers["authorization"] == f"Bearer {KEY}"  # injected
     assert len(got) == 8  # every message still arrives, in order
     assert json.loads(got[0])["type"] == "session.created"
@@ -354,8 +381,16 @@ def test_websocket_frame_echoing_the_key_is_redacted(keyed, provider, bg, test_c
     assert got[3].endswith(":end") and got[6].endswith(":end")
     assert b"[REDACTED]" in _joined(got[:2])
     deadline = time.monotonic() + 15
-    while len(found := [d for d in reflected_since(keyed, mark, "credential_reflected")
-                        if "WebSocket message" in d["detail"]]) < 4:
+    while (
+        len(
+            found := [
+                d
+                for d in reflected_since(keyed, mark, "credential_reflected")
+                if "WebSocket message" in d["detail"]
+            ]
+        )
+        < 4
+    ):
         assert time.monotonic() < deadline, found  # text, binary, split in 2, split in 3
         time.sleep(0.05)
     assert KEY not in json.dumps(found)
@@ -364,19 +399,33 @@ def test_websocket_frame_echoing_the_key_is_redacted(keyed, provider, bg, test_c
 def test_websocket_with_an_uninspectable_extension_is_refused(keyed, provider, bg, test_ca_file):
     async def handshake(url: str, context: ssl.SSLContext, proxy: str | None, auth: str):
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url, proxy=proxy, ssl=context, compress=0,
-                                          headers={"authorization": auth}) as ws:
+            async with session.ws_connect(
+                url, proxy=proxy, ssl=context, compress=0, headers={"authorization": auth}
+            ) as ws:
                 return ws._response.headers.get("sec-websocket-extensions")
 
-    control = bg.run(handshake(f"wss://127.0.0.1:{provider.port}/v1/realtime-ext",
-                               direct_context(test_ca_file), None, f"Bearer {KEY}"), 60)
+    control = bg.run(
+        handshake(
+            f"wss://127.0.0.1:{provider.port}/v1/realtime-ext",
+            direct_context(test_ca_file),
+            None,
+            f"Bearer {KEY}",
+        ),
+        60,
+    )
     assert control == "x-smuggle"  # the upstream accepts an extension nobody offered
 
     mark = len(keyed.decisions)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        bg.run(handshake(f"wss://{OPENAI}:{provider.port}/v1/realtime-ext",
-                         ssl.create_default_context(cafile=keyed.ca_cert), keyed.proxy_url,
-                         "Bearer dummy"), 60)
+        bg.run(
+            handshake(
+                f"wss://{OPENAI}:{provider.port}/v1/realtime-ext",
+                ssl.create_default_context(cafile=keyed.ca_cert),
+                keyed.proxy_url,
+                "Bearer dummy",
+            ),
+            60,
+        )
     assert refused.value.status == 502
     decision = wait_decision(keyed, mark, "response_not_inspectable")
     assert "WebSocket extension" in decision["detail"]
@@ -400,13 +449,20 @@ def h2_keyed(start_sidecar, h2_provider, secrets) -> SidecarProcess:
 
 
 def test_h2_trailer_echoing_the_key_is_redacted(h2_keyed, h2_provider, test_ca_file):
-    _, body, control = h2_get(OPENAI, h2_provider.port, "/v1/models", test_ca_file,
-                              proxy=None, authorization=f"Bearer {KEY}")
+    _, body, control = h2_get(
+        OPENAI,
+        h2_provider.port,
+        "/v1/models",
+        test_ca_file,
+        proxy=None,
+        authorization=f"Bearer {KEY}",
+    )
     assert control["x-echo-key"] == KEY and KEY.lower() in control  # the upstream echoes
 
     mark = len(h2_keyed.decisions)
-    headers, body, trailers = h2_get(OPENAI, h2_provider.port, "/v1/models",
-                                     h2_keyed.ca_cert, proxy=h2_keyed.proxy_url)
+    headers, body, trailers = h2_get(
+        OPENAI, h2_provider.port, "/v1/models", h2_keyed.ca_cert, proxy=h2_keyed.proxy_url
+    )
     assert h2_provider.received[-1]["authorization"] == f"Bearer {KEY}"  # injected
     assert headers[":status"] == "200"
     assert json.loads(body) == {"object": "list", "data": [], "done": True}
@@ -439,4 +495,3 @@ def _assert_no_key_in_outputs(sidecar: SidecarProcess) -> None:
 def test_no_key_in_any_output_after_the_hostile_upstream(keyed):
     assert any(d["reason"] == "credential_reflected" for d in keyed.decisions)
     _assert_no_key_in_outputs(keyed)
-

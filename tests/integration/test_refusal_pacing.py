@@ -22,8 +22,10 @@ def _flood_one_connection(proxy: tuple[str, int], statuses: list[str]) -> None:
     with socket.create_connection(proxy, timeout=30) as sock:
         reader = sock.makefile("rb")
         for i in range(PER_CONNECTION):
-            sock.sendall(f"GET http://{FLOOD_HOST}/upload/{i} HTTP/1.1\r\n"
-                         f"Host: {FLOOD_HOST}\r\n\r\n".encode())
+            sock.sendall(
+                f"GET http://{FLOOD_HOST}/upload/{i} HTTP/1.1\r\n"
+                f"Host: {FLOOD_HOST}\r\n\r\n".encode()
+            )
             status = reader.readline().decode().strip()
             length = 0
             while (line := reader.readline()) not in (b"\r\n", b""):
@@ -44,13 +46,18 @@ def test_refusal_flood_is_paced_and_every_refusal_still_logged_counted_and_answe
     before = _counter(sidecar.metrics(), "block", "host_not_allowed")
     alerted_before = _alerted(sidecar.metrics())
     statuses: list[str] = []
-    threads = [threading.Thread(target=_flood_one_connection, args=((host, int(port)), statuses))
-               for _ in range(CONNECTIONS)]
+    threads = [
+        threading.Thread(target=_flood_one_connection, args=((host, int(port)), statuses))
+        for _ in range(CONNECTIONS)
+    ]
     for t in threads:
         t.start()
     # Allowed traffic is never paced: a provider request in the middle of the flood.
-    with httpx.Client(proxy=sidecar.proxy_url, timeout=30,
-                      verify=ssl.create_default_context(cafile=sidecar.ca_cert)) as client:
+    with httpx.Client(
+        proxy=sidecar.proxy_url,
+        timeout=30,
+        verify=ssl.create_default_context(cafile=sidecar.ca_cert),
+    ) as client:
         allowed = client.get(f"https://api.openai.com:{provider.port}/v1/models")
     for t in threads:
         t.join(120)
@@ -70,14 +77,20 @@ def test_refusal_flood_is_paced_and_every_refusal_still_logged_counted_and_answe
     metrics = sidecar.metrics()
     assert _counter(metrics, "block", "host_not_allowed") - before == total
     assert _alerted(metrics) - alerted_before == total  # every refusal reached alerting
-    paced = [line for line in metrics.splitlines()
-             if line.startswith("egress_sidecar_refusals_paced_total ")]
+    paced = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("egress_sidecar_refusals_paced_total ")
+    ]
     assert paced and float(paced[0].split()[1]) > 0, paced
 
 
 def _alerted(metrics: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("egress_sidecar_alerts_refusals_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("egress_sidecar_alerts_refusals_total{")
+    )
 
 
 def test_refusal_rate_zero_turns_pacing_off(start_sidecar, provider):
@@ -95,8 +108,23 @@ def test_bad_refusal_rate_is_a_clear_error(tmp_path):
 
     from tests.support.sidecar import BIN
 
-    result = subprocess.run([BIN, "run", "--refusal-rate", "fast", "--admin", "127.0.0.1:0",
-                             "--listen", "127.0.0.1:0", "--ca-dir", str(tmp_path / "ca")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [
+            BIN,
+            "run",
+            "--refusal-rate",
+            "fast",
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(tmp_path / "ca"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 64
     assert "--refusal-rate 'fast': not a number" in result.stderr

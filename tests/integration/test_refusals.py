@@ -126,8 +126,11 @@ def test_openai_sdk_refused_connect_is_answered_in_tunnel_not_a_connection_error
     assert caught.value.code == "port_not_allowed"
     (line,) = settle(refusing, mark, reason="port_not_allowed")
     assert (line["decision"], line["host"], line["port"]) == ("block", "api.openai.com", port)
-    assert (line["method"], line["path"], line["mode"]) == ("POST", "/v1/chat/completions",
-                                                            "explicit")
+    assert (line["method"], line["path"], line["mode"]) == (
+        "POST",
+        "/v1/chat/completions",
+        "explicit",
+    )
     assert provider.received[seen:] == []
 
 
@@ -200,7 +203,10 @@ def test_upstream_tls_failure_is_one_block_line_with_our_body(refusing, provider
     assert len(host_lines) == 1, host_lines
     (line,) = host_lines
     assert (line["decision"], line["reason"], line["mode"]) == (
-        "block", "upstream_tls_failure", "explicit")
+        "block",
+        "upstream_tls_failure",
+        "explicit",
+    )
     assert (line["method"], line["path"]) == ("GET", "/v1/models")
     assert provider.received[seen:] == []  # the handshake failed: no request went up
 
@@ -279,11 +285,24 @@ def test_listening_event_lists_each_address_once_with_resolver_port_and_absolute
     (tmp_path / "p.yaml").write_text(provider_policy(provider.port))
     monkeypatch.chdir(tmp_path)  # relative --ca-dir, as a new user types it
     reverse_port, proxy_port = free_port(), free_port()
-    sidecar = SidecarProcess([
-        "--policy", "p.yaml", "--listen", f"127.0.0.1:{proxy_port}", "--admin", "127.0.0.1:0",
-        "--ca-dir", "ca", "--resolver", f"127.0.0.1:{dns_server.port}",
-        "--upstream-ca", test_ca_file, "--reverse", f"openai@127.0.0.1:{reverse_port}",
-    ]).start()
+    sidecar = SidecarProcess(
+        [
+            "--policy",
+            "p.yaml",
+            "--listen",
+            f"127.0.0.1:{proxy_port}",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            "ca",
+            "--resolver",
+            f"127.0.0.1:{dns_server.port}",
+            "--upstream-ca",
+            test_ca_file,
+            "--reverse",
+            f"openai@127.0.0.1:{reverse_port}",
+        ]
+    ).start()
     try:
         event = sidecar.listening
         assert event["listeners"]["reverse:openai"] == [f"127.0.0.1:{reverse_port}"]
@@ -295,9 +314,7 @@ def test_listening_event_lists_each_address_once_with_resolver_port_and_absolute
         sidecar.stop()
 
 
-def test_upstream_tls_failure_in_reverse_mode_is_openai_shaped_and_final(
-    start_sidecar, provider
-):
+def test_upstream_tls_failure_in_reverse_mode_is_openai_shaped_and_final(start_sidecar, provider):
     """The gateway's own view: a reverse listener whose provider certificate does not
     verify (the sidecar trusts only the public roots here). One 502 in OpenAI's format,
     not retried, one block line in reverse mode, nothing of mitmproxy's."""
@@ -310,8 +327,10 @@ def test_upstream_tls_failure_in_reverse_mode_is_openai_shaped_and_final(
     )
     mark, seen = len(untrusting.decisions), len(provider.received)
     client = openai.OpenAI(
-        api_key="sk-dummy", base_url=untrusting.reverse_url("openai") + "/v1",
-        max_retries=RETRIES, timeout=10,
+        api_key="sk-dummy",
+        base_url=untrusting.reverse_url("openai") + "/v1",
+        max_retries=RETRIES,
+        timeout=10,
     )
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(
@@ -322,6 +341,9 @@ def test_upstream_tls_failure_in_reverse_mode_is_openai_shaped_and_final(
     assert "mitmproxy" not in (str(error.response.headers) + error.response.text).lower()
     (line,) = settle(untrusting, mark, reason="upstream_tls_failure")
     assert (line["mode"], line["provider"], line["path"]) == (
-        "reverse", "openai", "/v1/chat/completions")
+        "reverse",
+        "openai",
+        "/v1/chat/completions",
+    )
     assert not lines_for(untrusting, mark, decision="allow")
     assert provider.received[seen:] == []

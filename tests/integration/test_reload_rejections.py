@@ -17,8 +17,7 @@ from tests.integration.test_explicit_proxy import connect_status
 pytestmark = pytest.mark.integration
 
 UNLISTED_ALLOWED = (
-    "allow:\n  - host: unlisted.example.com\n    ports: [443]\n"
-    "    addresses: [127.0.0.0/8]\n"
+    "allow:\n  - host: unlisted.example.com\n    ports: [443]\n    addresses: [127.0.0.0/8]\n"
 )
 
 

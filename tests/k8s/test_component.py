@@ -96,8 +96,9 @@ def test_helm_keys_and_ca_key_reach_only_the_sidecar() -> None:
     for c in all_containers(spec):
         if c["name"] != SIDECAR:
             refs = [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
-            assert all(e["valueFrom"]["secretKeyRef"]["name"] not in (KEY_SECRET, CA_SECRET)
-                       for e in refs), c["name"]
+            assert all(
+                e["valueFrom"]["secretKeyRef"]["name"] not in (KEY_SECRET, CA_SECRET) for e in refs
+            ), c["name"]
 
 
 def test_helm_network_policy_selects_the_patched_pods() -> None:
@@ -107,8 +108,12 @@ def test_helm_network_policy_selects_the_patched_pods() -> None:
     assert policy["podSelector"]["matchLabels"] == {ENFORCED: "true"}
     assert labels[ENFORCED] == "true"
     https = [r for r in policy["egress"] if r["ports"] == [{"protocol": "TCP", "port": 443}]]
-    excepted = [ipaddress.ip_network(e) for r in https for p in r["to"]
-                for e in p["ipBlock"].get("except", [])]
+    excepted = [
+        ipaddress.ip_network(e)
+        for r in https
+        for p in r["to"]
+        for e in p["ipBlock"].get("except", [])
+    ]
     for address in METADATA_ADDRESSES:
         assert any(address in net for net in excepted), address
 
@@ -122,7 +127,8 @@ def test_helm_output_validates_strictly_and_the_rest_is_untouched() -> None:
         if obj["kind"] in ("Service", "ConfigMap", "Secret"):
             assert obj == before[(obj["kind"], obj["metadata"]["name"])]
     assert sorted(k for k, _ in before) == sorted(
-        o["kind"] for o in objects if o["kind"] != "NetworkPolicy")
+        o["kind"] for o in objects if o["kind"] != "NetworkPolicy"
+    )
 
 
 def test_deployment_without_the_label_is_left_alone() -> None:
@@ -140,8 +146,9 @@ def test_chart_init_containers_run_after_the_redirect_rules() -> None:
     iptables rules: it would have the pod's network unconfined."""
     objects = chart_objects()
     spec = one(objects, "Deployment", "litellm")["spec"]["template"]["spec"]
-    spec["initContainers"] = [{"name": "wait-for-db", "image": "busybox:1.36",
-                               "command": ["sh", "-c", "true"]}]
+    spec["initContainers"] = [
+        {"name": "wait-for-db", "image": "busybox:1.36", "command": ["sh", "-c", "true"]}
+    ]
     out = pod_spec(helm_rendered(chart_text(objects)), "litellm")
     assert [c["name"] for c in out["initContainers"]] == [INIT, BUNDLE, SIDECAR, "wait-for-db"]
 
@@ -160,8 +167,10 @@ def test_gateway_without_env_fails_the_render_instead_of_going_untrusted() -> No
 def test_post_renderer_refuses_a_missing_or_untagged_image(variable: str) -> None:
     missing = post_render(HELM_CHART_OUTPUT.read_text(), **{variable: ""})
     assert missing.returncode != 0 and variable in missing.stderr
-    untagged = post_render(HELM_CHART_OUTPUT.read_text(),
-                           **{variable: "registry.example.com:5000/platform/egress-sidecar"})
+    untagged = post_render(
+        HELM_CHART_OUTPUT.read_text(),
+        **{variable: "registry.example.com:5000/platform/egress-sidecar"},
+    )
     assert untagged.returncode == 64 and "no tag or digest" in untagged.stderr
 
 

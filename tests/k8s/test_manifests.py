@@ -34,8 +34,10 @@ from tests.k8s.helpers import (
 )
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the package ships
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
-        ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 SIDECAR_UID, GATEWAY_UID = 1337, 1000
 KEY_SECRET, CA_SECRET = "llm-provider-keys", "egress-sidecar-ca"
 SIDECAR, GATEWAY, INIT, BUNDLE = "egress-sidecar", "gateway", "egress-init", "gateway-ca-bundle"
@@ -56,15 +58,23 @@ def secret_volume_names(spec: Obj, secret_name: str) -> set[str]:
 
 
 def secret_refs_in_env(c: Obj) -> set[str]:
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     refs |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
     return refs
 
 
 def help_flags(*command: str) -> set[str]:
-    out = subprocess.run([str(EGRESS_SIDECAR), *command, "--help"], capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [str(EGRESS_SIDECAR), *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.stdout)) - {"--help"}
 
 
@@ -80,8 +90,10 @@ def test_every_object_validates_strictly_offline(name: str) -> None:
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} against {K8S_VERSION}: "
-                        f"{exc.message} at {'.'.join(map(str, exc.path))}")
+            pytest.fail(
+                f"{obj['kind']}/{obj['metadata']['name']} against {K8S_VERSION}: "
+                f"{exc.message} at {'.'.join(map(str, exc.path))}"
+            )
         checked += 1
     # base: ServiceAccount, Deployment, 2 Services; the overlay adds the Namespace, three
     # ConfigMaps and two NetworkPolicies (the component's and the Alertmanager one).
@@ -104,9 +116,19 @@ def test_kubernetes_validate_cli_strict(tmp_path: Path) -> None:
     docs = [o for o in rendered() if (o["apiVersion"], o["kind"]) not in CRDS]
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(docs))
-    out = subprocess.run([str(ROOT / ".venv/bin/kubernetes-validate"), "--strict", "-k",
-                          K8S_VERSION, "--quiet", str(path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/kubernetes-validate"),
+            "--strict",
+            "-k",
+            K8S_VERSION,
+            "--quiet",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -122,8 +144,18 @@ def test_crds_structurally() -> None:
     """ServiceMonitor and PrometheusRule: no schema offline, so a minimal check of our own."""
     objects = rendered()
     monitor = one(objects, "ServiceMonitor", "egress-sidecar")
-    _structural(monitor, {"selector", "endpoints", "namespaceSelector", "jobLabel",
-                          "targetLabels", "podTargetLabels", "sampleLimit"})
+    _structural(
+        monitor,
+        {
+            "selector",
+            "endpoints",
+            "namespaceSelector",
+            "jobLabel",
+            "targetLabels",
+            "podTargetLabels",
+            "sampleLimit",
+        },
+    )
     service = one(objects, "Service", "egress-sidecar")
     labels = service["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -153,8 +185,9 @@ def test_prometheus_rule_is_one_file() -> None:
 
 def test_kubectl_is_kustomize_v5() -> None:
     """The renderer is the real kustomize, new enough for components (kustomize >= v5)."""
-    out = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [kubectl(), "version", "--client"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     found = re.search(r"Kustomize Version: v(\d+)\.", out.stdout)
     assert found and int(found[1]) >= 5, out.stdout
@@ -179,7 +212,8 @@ def test_images_lock_and_kustomize_block_agree() -> None:
     lock = {i.name: i for i in images.load()}
     gateway = container(pod_spec(rendered()), GATEWAY)
     assert gateway["image"] == lock["litellm"].reference.replace(
-        lock["litellm"].image, lock["litellm"].repository)
+        lock["litellm"].image, lock["litellm"].repository
+    )
     # Never a guessed digest: a real one, or the placeholder no kubelet pulls.
     assert re.fullmatch(r"[^@]+@sha256:([0-9a-f]{64}|UNPINNED)", gateway["image"])
 
@@ -187,16 +221,24 @@ def test_images_lock_and_kustomize_block_agree() -> None:
 def test_build_args_refuse_unpinned_images(tmp_path: Path) -> None:
     images = images_module()
     lock = tmp_path / "images.lock"
-    lock.write_text("python docker.io/library/python:3.12-slim-bookworm UNPINNED\n"
-                    "litellm ghcr.io/berriai/litellm:main-stable UNPINNED\n")
+    lock.write_text(
+        "python docker.io/library/python:3.12-slim-bookworm UNPINNED\n"
+        "litellm ghcr.io/berriai/litellm:main-stable UNPINNED\n"
+    )
     unpinned = images.load(lock)
     assert not any(i.pinned for i in unpinned)
-    lock.write_text("python docker.io/library/python:3.12-slim-bookworm sha256:abc\n"
-                    "litellm ghcr.io/berriai/litellm:main-stable UNPINNED\n")
+    lock.write_text(
+        "python docker.io/library/python:3.12-slim-bookworm sha256:abc\n"
+        "litellm ghcr.io/berriai/litellm:main-stable UNPINNED\n"
+    )
     with pytest.raises(images.LockError, match="never a guessed digest"):
         images.load(lock)
-    out = subprocess.run([sys.executable, str(ROOT / "k8s" / "images.py"), "build-args"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "images.py"), "build-args"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     pinned = all(i.pinned for i in images.load() if i.name in images.BUILD_ARGS)
     if pinned:
         assert out.returncode == 0 and "--build-arg=PYTHON_IMAGE=" in out.stdout
@@ -299,7 +341,8 @@ def test_provider_keys_only_in_the_sidecar_as_a_directory() -> None:
         assert "subPath" not in mount and "subPathExpr" not in mount, "rotation needs a dir"
         assert mount["readOnly"] is True
     assert secret_volume_names(spec, KEY_SECRET).isdisjoint(
-        {m["name"] for m in container(spec, GATEWAY).get("volumeMounts", [])})
+        {m["name"] for m in container(spec, GATEWAY).get("volumeMounts", [])}
+    )
     for c in all_containers(spec):
         if c["name"] != SIDECAR:
             assert KEY_SECRET not in secret_refs_in_env(c), c["name"]
@@ -337,8 +380,9 @@ def test_writable_paths_are_volumes() -> None:
         for m in c.get("volumeMounts", []):
             if not m.get("readOnly"):
                 assert "emptyDir" in vols[m["name"]], f"{c['name']} writes {m['name']}"
-    sidecar = {m["mountPath"] for m in container(spec, SIDECAR)["volumeMounts"]
-               if not m.get("readOnly")}
+    sidecar = {
+        m["mountPath"] for m in container(spec, SIDECAR)["volumeMounts"] if not m.get("readOnly")
+    }
     assert {"/tmp", "/var/spool/egress-sidecar"} <= sidecar
     # The image declares the same writable places.
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -352,8 +396,11 @@ def test_network_policy_denies_metadata_and_allows_dns_and_443() -> None:
     assert policy["policyTypes"] == ["Egress"]
     assert policy["podSelector"]["matchLabels"] == {ENFORCED: "true"}
     # ...the label the component puts on the gateway's pods, and on no other pod.
-    pods = [o["spec"]["template"]["metadata"]["labels"] for o in objects
-            if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+    pods = [
+        o["spec"]["template"]["metadata"]["labels"]
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    ]
     assert [labels.get(ENFORCED) for labels in pods] == ["true"]
     dns = [r for r in policy["egress"] if any(p["port"] == 53 for p in r["ports"])]
     assert len(dns) == 1
@@ -420,8 +467,9 @@ def test_init_args_are_flags_egress_sidecar_init_accepts_and_agree_with_the_side
     admin = int(flag_values(sidecar["args"], "--admin")[0].rsplit(":", 1)[1])
     assert admin == int(flag_values(args, "--admin-port")[0])
     # The real command accepts them: --dry-run prints the rules it would install.
-    out = subprocess.run([str(EGRESS_SIDECAR), *args, "--dry-run"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [str(EGRESS_SIDECAR), *args, "--dry-run"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "--uid-owner 1337" in out.stdout and "--to-ports 15001" in out.stdout
     assert "--to-ports 15053" in out.stdout and "--dport 15020" in out.stdout
@@ -432,8 +480,12 @@ def test_policy_and_alerts_configmaps_load(tmp_path: Path) -> None:
     policies = one(objects, "ConfigMap", "egress-sidecar-policies")["data"]
     for name, text in policies.items():
         (tmp_path / name).write_text(text)
-    out = subprocess.run([str(EGRESS_SIDECAR), "policy", "check", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(EGRESS_SIDECAR), "policy", "check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     # The credentials the policy names are the files the key Secret must hold (the guide
     # creates exactly these).
@@ -473,14 +525,25 @@ def test_overlay_names_its_namespace_and_images() -> None:
 def test_deployment_guide_uses_the_manifests_names() -> None:
     guide = (ROOT / "docs" / "deployment.md").read_text()
     objects = rendered()
-    for name in ("llm-gateway", KEY_SECRET, CA_SECRET, "egress-sidecar-ca-cert",
-                 "litellm-master-key", "egress-sidecar-policies", "litellm-gateway",
-                 "kubectl apply -k k8s/overlays/example", "-c egress-sidecar",
-                 "egress_sidecar_secret_changes_total",
-                 "egress_sidecar_policy_last_reload_success", "mitmproxy-dhparam.pem",
-                 "python3 k8s/images.py refresh", "kubectl kustomize k8s/overlays/example",
-                 "k8s/components/egress-sidecar", "k8s/helm-post-renderer.sh",
-                 "egress-sidecar/inject"):
+    for name in (
+        "llm-gateway",
+        KEY_SECRET,
+        CA_SECRET,
+        "egress-sidecar-ca-cert",
+        "litellm-master-key",
+        "egress-sidecar-policies",
+        "litellm-gateway",
+        "kubectl apply -k k8s/overlays/example",
+        "-c egress-sidecar",
+        "egress_sidecar_secret_changes_total",
+        "egress_sidecar_policy_last_reload_success",
+        "mitmproxy-dhparam.pem",
+        "python3 k8s/images.py refresh",
+        "kubectl kustomize k8s/overlays/example",
+        "k8s/components/egress-sidecar",
+        "k8s/helm-post-renderer.sh",
+        "egress-sidecar/inject",
+    ):
         assert name in guide, name
     for obj in objects:
         if obj["kind"] in ("Deployment", "Service", "NetworkPolicy"):

@@ -77,8 +77,7 @@ def limits_policy(provider: FakeProvider, bomb: HeaderBombUpstream) -> str:
     return provider_policy(provider.port).replace(
         "    addresses: [127.0.0.0/8]\n  anthropic:",
         "    addresses: [127.0.0.0/8]\n    max_request_body: 1m\n  anthropic:",
-    ) + (f"allow:\n  - {{host: {BOMB_HOST}, ports: [{bomb.port}], "
-         "addresses: [127.0.0.0/8]}\n")
+    ) + (f"allow:\n  - {{host: {BOMB_HOST}, ports: [{bomb.port}], addresses: [127.0.0.0/8]}}\n")
 
 
 @pytest.fixture(scope="module")

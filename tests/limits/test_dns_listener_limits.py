@@ -37,8 +37,14 @@ def dns_address(sidecar) -> tuple[str, int]:
     return host, int(port)
 
 
-def fire(target: tuple[str, int], count: int, name: str, *, source: str = "127.0.0.1",
-         fresh_ports: bool = False) -> dict[str, int]:
+def fire(
+    target: tuple[str, int],
+    count: int,
+    name: str,
+    *,
+    source: str = "127.0.0.1",
+    fresh_ports: bool = False,
+) -> dict[str, int]:
     """Send `count` questions without waiting for answers, then collect the rcodes.
 
     With `fresh_ports`, every question comes from its own new socket (source port).
@@ -78,15 +84,17 @@ def fire(target: tuple[str, int], count: int, name: str, *, source: str = "127.0
 
 
 def ask(target: tuple[str, int], name: str, source: str) -> str:
-    reply = dns.query.udp(dns.message.make_query(name, "A"), target[0], port=target[1],
-                          timeout=5, source=source)
+    reply = dns.query.udp(
+        dns.message.make_query(name, "A"), target[0], port=target[1], timeout=5, source=source
+    )
     return dns.rcode.to_text(reply.rcode())
 
 
 def limited_metric(sidecar, limit: str) -> float:
     match = re.search(
         rf'^egress_sidecar_dns_questions_limited_total\{{limit="{limit}"\}} (\S+)$',
-        sidecar.metrics(), re.M,
+        sidecar.metrics(),
+        re.M,
     )
     return float(match.group(1)) if match else 0.0
 
@@ -108,8 +116,7 @@ def test_dns_flood_from_many_ports_keeps_memory_bounded(start_sidecar):
     assert ask(target, ALLOWED, "127.0.0.1") in ("NOERROR", "REFUSED")  # still serving
 
 
-def test_dns_flood_is_refused_with_bounded_decision_lines_and_an_alert(start_sidecar, bg,
-                                                                       tmp_path):
+def test_dns_flood_is_refused_with_bounded_decision_lines_and_an_alert(start_sidecar, bg, tmp_path):
     rx = bg.run(FakeReceiver(default=202).start(0))
     try:
         config = write_config(
@@ -118,10 +125,18 @@ def test_dns_flood_is_refused_with_bounded_decision_lines_and_an_alert(start_sid
             f"    hmac_key_file: {tmp_path / 'hmac'}\n",
             secrets={"hmac": "h" * 32},
         )
-        sidecar = start_sidecar(extra_args=(
-            "--dns", f"127.0.0.1:{free_port()}", "--dns-max-qps", "100",
-            "--dns-max-qps-per-source", "20", "--alerts-config", config,
-        ))
+        sidecar = start_sidecar(
+            extra_args=(
+                "--dns",
+                f"127.0.0.1:{free_port()}",
+                "--dns-max-qps",
+                "100",
+                "--dns-max-qps-per-source",
+                "20",
+                "--alerts-config",
+                config,
+            )
+        )
         target = dns_address(sidecar)
         started = time.monotonic()
         seen = fire(target, 2000, ALLOWED, source="127.0.0.5")
@@ -138,18 +153,25 @@ def test_dns_flood_is_refused_with_bounded_decision_lines_and_an_alert(start_sid
         assert len(lines) <= 2 + elapsed / 10, lines
         _wait(lambda: any(b"dns_rate_limited" in r.body for r in rx.requests), 15)
         # The rest are reported with their count once the interval has passed.
-        summary = sidecar.wait_for_decision(timeout=30, reason="dns_rate_limited",
-                                            client="127.0.0.5", detail=_Contains("more"))
+        summary = sidecar.wait_for_decision(
+            timeout=30, reason="dns_rate_limited", client="127.0.0.5", detail=_Contains("more")
+        )
         assert re.search(r"\d+ more questions refused", summary["detail"])
     finally:
         bg.run(rx.stop())
 
 
 def test_one_noisy_source_does_not_starve_another(start_sidecar):
-    sidecar = start_sidecar(extra_args=(
-        "--dns", f"127.0.0.1:{free_port()}", "--dns-max-qps", "100",
-        "--dns-max-qps-per-source", "20",
-    ))
+    sidecar = start_sidecar(
+        extra_args=(
+            "--dns",
+            f"127.0.0.1:{free_port()}",
+            "--dns-max-qps",
+            "100",
+            "--dns-max-qps-per-source",
+            "20",
+        )
+    )
     target = dns_address(sidecar)
     answers = []
     for _ in range(10):
@@ -161,9 +183,14 @@ def test_one_noisy_source_does_not_starve_another(start_sidecar):
 
 
 def test_dns_over_tcp_connections_are_capped(start_sidecar):
-    sidecar = start_sidecar(extra_args=(
-        "--dns", f"127.0.0.1:{free_port()}", "--dns-max-tcp-connections", "4",
-    ))
+    sidecar = start_sidecar(
+        extra_args=(
+            "--dns",
+            f"127.0.0.1:{free_port()}",
+            "--dns-max-tcp-connections",
+            "4",
+        )
+    )
     target = dns_address(sidecar)
     held = [socket.create_connection(target, timeout=5) for _ in range(4)]
     try:
@@ -174,8 +201,9 @@ def test_dns_over_tcp_connections_are_capped(start_sidecar):
         decision = sidecar.wait_for_decision(reason="dns_rate_limited")
         assert "TCP" in decision["detail"]
         # The connections within the cap still answer.
-        reply = dns.query.tcp(dns.message.make_query(ALLOWED, "A"), target[0], port=target[1],
-                              timeout=5, sock=held[0])
+        reply = dns.query.tcp(
+            dns.message.make_query(ALLOWED, "A"), target[0], port=target[1], timeout=5, sock=held[0]
+        )
         assert reply.rcode() == dns.rcode.NOERROR
     finally:
         for s in held:

@@ -58,8 +58,7 @@ def test_header_bomb_is_refused_and_memory_stays_bounded(
             answer = flood(sock, head, b"a" * 65536, 200 * MB)
     assert status_of(answer) == 431, answer[:300]
     assert b"request_headers_too_large" in answer
-    limited.wait_for_decision(reason="request_headers_too_large", decision="block",
-                              client=client)
+    limited.wait_for_decision(reason="request_headers_too_large", decision="block", client=client)
     time.sleep(0.5)  # the connection has ended: nothing else may be recorded for it
     assert [d["reason"] for d in limited.decisions if d["client"] == client] == [
         "request_headers_too_large"
@@ -70,9 +69,7 @@ def test_header_bomb_is_refused_and_memory_stays_bounded(
     allowed_request_works(limited, provider)
 
 
-def test_header_bomb_inside_tls_tunnel_is_refused(
-    limited: SidecarProcess, provider: FakeProvider
-):
+def test_header_bomb_inside_tls_tunnel_is_refused(limited: SidecarProcess, provider: FakeProvider):
     """The same bomb after CONNECT and TLS: the inner HTTP layer is guarded too."""
     context = ssl.create_default_context(cafile=limited.ca_cert)
     with PeakRss(limited) as rss:
@@ -81,10 +78,12 @@ def test_header_bomb_inside_tls_tunnel_is_refused(
             raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
             assert raw.recv(4096).startswith(b"HTTP/1.1 200")
             with context.wrap_socket(raw, server_hostname="api.openai.com") as tls:
-                answer = flood(tls, b"GET /v1/models HTTP/1.1\r\nX-Bomb: ", b"a" * 16384,
-                               50 * MB)
-    assert status_of(answer) == 431, (answer[:300], limited.decisions[-3:],
-                                      limited.stderr_lines[-10:])
+                answer = flood(tls, b"GET /v1/models HTTP/1.1\r\nX-Bomb: ", b"a" * 16384, 50 * MB)
+    assert status_of(answer) == 431, (
+        answer[:300],
+        limited.decisions[-3:],
+        limited.stderr_lines[-10:],
+    )
     limited.wait_for_decision(reason="request_headers_too_large", host="api.openai.com")
     print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
@@ -99,15 +98,14 @@ def test_too_many_headers_are_refused(limited: SidecarProcess, provider: FakePro
         )
         answer = read_response(sock)
     assert status_of(answer) == 431, answer[:300]
-    decision = limited.wait_for_decision(reason="request_headers_too_large",
-                                         method="GET", path="/v1/models")
+    decision = limited.wait_for_decision(
+        reason="request_headers_too_large", method="GET", path="/v1/models"
+    )
     assert "151 request headers" in decision["detail"]
     assert (decision["host"], decision["port"]) == ("api.openai.com", provider.port)
 
 
-def test_body_to_refused_host_gets_no_100_continue(
-    limited: SidecarProcess, receiver: FakeReceiver
-):
+def test_body_to_refused_host_gets_no_100_continue(limited: SidecarProcess, receiver: FakeReceiver):
     with PeakRss(limited) as rss:
         with socket.create_connection(proxy_address(limited), timeout=10) as sock:
             client = f"127.0.0.1:{sock.getsockname()[1]}"
@@ -126,8 +124,9 @@ def test_body_to_refused_host_gets_no_100_continue(
             # connection is closed.
             rest = flood(sock, b"", b"b" * 65536, 300 * MB)
     assert b"HTTP/1.1" not in rest  # nothing more after the one answer
-    limited.wait_for_decision(reason="host_not_allowed", host="unlisted.example.com",
-                              method="POST", client=client)
+    limited.wait_for_decision(
+        reason="host_not_allowed", host="unlisted.example.com", method="POST", client=client
+    )
     assert [d["reason"] for d in limited.decisions if d["client"] == client] == [
         "host_not_allowed"
     ]  # one decision line for the one refusal
@@ -181,6 +180,7 @@ def test_chunked_body_over_provider_limit_is_cut_off(
     limited: SidecarProcess, provider: FakeProvider
 ):
     """No Content-Length: the streamed body is counted and cut at the limit."""
+
     def body():
         for _ in range(64):
             yield b"y" * 65536  # 4 MiB in all, the limit is 1 MiB
@@ -196,8 +196,9 @@ def test_chunked_body_over_provider_limit_is_cut_off(
             except httpx.HTTPError:
                 status = 0  # the connection was closed: also a refusal
     assert status in (0, 413)
-    limited.wait_for_decision(reason="request_body_too_large", provider="openai",
-                              path="/v1/chat/completions")
+    limited.wait_for_decision(
+        reason="request_body_too_large", provider="openai", path="/v1/chat/completions"
+    )
     print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
@@ -264,8 +265,14 @@ def test_idle_connections_per_source_are_capped(
 def quick(start_limited) -> SidecarProcess:
     """Short timers, so the timeouts show within a test's patience."""
     return start_limited(
-        "--header-timeout", "2", "--first-request-timeout", "2", "--idle-timeout", "3",
-        "--max-h2-streams", "10",
+        "--header-timeout",
+        "2",
+        "--first-request-timeout",
+        "2",
+        "--idle-timeout",
+        "3",
+        "--max-h2-streams",
+        "10",
     )
 
 
@@ -310,8 +317,9 @@ def test_idle_keepalive_connection_is_closed_without_a_refusal(
     expiry, not an attack), and its first request was served."""
     before = sum(1 for d in quick.decisions if d.get("reason") == "idle_timeout")
     with socket.create_connection(proxy_address(quick), timeout=10) as sock:
-        sock.sendall(b"GET http://unlisted.example.com/ HTTP/1.1\r\n"
-                     b"Host: unlisted.example.com\r\n\r\n")
+        sock.sendall(
+            b"GET http://unlisted.example.com/ HTTP/1.1\r\nHost: unlisted.example.com\r\n\r\n"
+        )
         answer = read_response(sock, timeout=30)
     assert status_of(answer) == 403  # answered, then closed after the idle timeout
     assert sum(1 for d in quick.decisions if d.get("reason") == "idle_timeout") == before
@@ -335,8 +343,10 @@ def test_all_attacks_at_once_stay_under_the_ceiling_while_allowed_requests_succe
                 flood(sock, head, b"a" * 65536, 100 * MB)
 
     def refused_body() -> None:
-        head = (b"POST http://unlisted.example.com/ HTTP/1.1\r\nHost: unlisted.example.com\r\n"
-                b"Content-Length: 4000000000\r\n\r\n")
+        head = (
+            b"POST http://unlisted.example.com/ HTTP/1.1\r\nHost: unlisted.example.com\r\n"
+            b"Content-Length: 4000000000\r\n\r\n"
+        )
         while not stop.is_set():
             with socket.create_connection((host, port), timeout=10) as sock:
                 flood(sock, head, b"b" * 65536, 100 * MB)
@@ -367,9 +377,18 @@ def test_all_attacks_at_once_stay_under_the_ceiling_while_allowed_requests_succe
                 sock.close()
 
     idle: list[socket.socket] = []
-    threads = [threading.Thread(target=t, daemon=True) for t in
-               (header_bomb, header_bomb, refused_body, refused_body, upstream_bomb,
-                upstream_bomb, slowloris)]
+    threads = [
+        threading.Thread(target=t, daemon=True)
+        for t in (
+            header_bomb,
+            header_bomb,
+            refused_body,
+            refused_body,
+            upstream_bomb,
+            upstream_bomb,
+            slowloris,
+        )
+    ]
     with PeakRss(limited) as rss:
         try:
             for _ in range(1000):  # idle sockets from another source address
@@ -394,8 +413,7 @@ def test_all_attacks_at_once_stay_under_the_ceiling_while_allowed_requests_succe
                 thread.join(30)
             for sock in idle:
                 sock.close()
-    print(f"peak RSS {rss.peak:.0f} MB, {served} allowed requests served, "
-          f"{len(failures)} failed")
+    print(f"peak RSS {rss.peak:.0f} MB, {served} allowed requests served, {len(failures)} failed")
     assert served >= 5 and not failures, failures[:5]
     print(f"peak RSS {rss.peak:.0f} MB")
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
@@ -424,8 +442,12 @@ def test_h2_stream_flood_is_refused(
             for i in range(40):  # before reading the server's SETTINGS: nothing stops us
                 conn.send_headers(
                     1 + 2 * i,
-                    [(":method", "GET"), (":scheme", "https"), (":authority", authority),
-                     (":path", "/v1/models")],
+                    [
+                        (":method", "GET"),
+                        (":scheme", "https"),
+                        (":authority", authority),
+                        (":path", "/v1/models"),
+                    ],
                     end_stream=True,
                 )
             tls.sendall(conn.data_to_send())
@@ -484,8 +506,13 @@ def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvid
             conn.initiate_connection()
             conn.send_headers(
                 1,
-                [(":method", "GET"), (":scheme", "https"), (":authority", authority),
-                 (":path", "/v1/models"), ("x-bomb", "a" * 200_000)],
+                [
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", authority),
+                    (":path", "/v1/models"),
+                    ("x-bomb", "a" * 200_000),
+                ],
                 end_stream=True,
             )
             tls.sendall(conn.data_to_send())
@@ -504,8 +531,9 @@ def test_h2_header_bomb_is_refused(limited: SidecarProcess, provider: FakeProvid
                 if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                     break
     assert not any(isinstance(e, h2.events.ResponseReceived) for e in events), events[:5]
-    decision = limited.wait_for_decision(reason="request_headers_too_large", client=client,
-                                         host="api.openai.com")
+    decision = limited.wait_for_decision(
+        reason="request_headers_too_large", client=client, host="api.openai.com"
+    )
     assert "HTTP/2 header list" in decision["detail"]
 
 

@@ -143,10 +143,12 @@ def main() -> int:
     for pin in (False, True):
         outcome = asyncio.run(reproduce(pin))
         label = "with address pinning   " if pin else "without address pinning"
-        print(f"{label}: {outcome.answered} of 8 requests answered in turn, "
-              f"{outcome.upstream_connections} upstream connections; the stalled request "
-              f"answered once the upstream closed an idle connection: "
-              f"{outcome.released_by_idle_close}")
+        print(
+            f"{label}: {outcome.answered} of 8 requests answered in turn, "
+            f"{outcome.upstream_connections} upstream connections; the stalled request "
+            f"answered once the upstream closed an idle connection: "
+            f"{outcome.released_by_idle_close}"
+        )
     return 0
 
 

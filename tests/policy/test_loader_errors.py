@@ -903,8 +903,13 @@ def test_key_bound_to_wildcard_host_is_refused(tmp_path: Path) -> None:
 # issue 10: max_request_body on a provider entry
 @pytest.mark.parametrize(
     ("value", "fragment"),
-    [("ten", "expected a size"), ("0", "greater than 0"), ("[1]", "expected a size"),
-     ("5g", "larger than the most accepted"), ("1.5m", "expected a size")],
+    [
+        ("ten", "expected a size"),
+        ("0", "greater than 0"),
+        ("[1]", "expected a size"),
+        ("5g", "larger than the most accepted"),
+        ("1.5m", "expected a size"),
+    ],
 )
 def test_bad_max_request_body_names_file_line_and_key(tmp_path: Path, value, fragment):
     _path, problems = _single(

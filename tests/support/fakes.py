@@ -154,8 +154,8 @@ class FakeProvider:
         half = len(key) // 2
         events = [
             f"data: {json.dumps({'n': 0})}\n\n",
-            f"data: {{\"leak\": \"{key[:half]}",  # the key split across two chunks
-            f"{key[half:]}\"}}\n\n",
+            f'data: {{"leak": "{key[:half]}',  # the key split across two chunks
+            f'{key[half:]}"}}\n\n',
             "data: [DONE]\n\n",
         ]
         return await self._sse(request, f"reflect-{len(self.received)}", events)

@@ -72,8 +72,11 @@ class FakeH2Provider:
         headers: dict[str, str],
     ) -> None:
         key = next(
-            (headers[h.decode()].removeprefix("Bearer ") for h in _CREDENTIAL_HEADERS
-             if h.decode() in headers),
+            (
+                headers[h.decode()].removeprefix("Bearer ")
+                for h in _CREDENTIAL_HEADERS
+                if h.decode() in headers
+            ),
             "",
         )
         conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json")])
@@ -125,8 +128,13 @@ def h2_get(
     stream_id = conn.get_next_available_stream_id()
     conn.send_headers(
         stream_id,
-        [(":method", "GET"), (":scheme", "https"), (":authority", f"{host}:{port}"),
-         (":path", path), ("authorization", authorization)],
+        [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", f"{host}:{port}"),
+            (":path", path),
+            ("authorization", authorization),
+        ],
         end_stream=True,
     )
     sock.sendall(conn.data_to_send())

@@ -47,8 +47,9 @@ def key_policy(port: int) -> str:
 
     return (
         "version: 1\nproviders:\n"
-        + provider("openai", "api.openai.com, rebind.openai.com", "authorization",
-                   "Bearer {secret}")
+        + provider(
+            "openai", "api.openai.com, rebind.openai.com", "authorization", "Bearer {secret}"
+        )
         + provider("anthropic", "api.anthropic.com", "x-api-key", "{secret}")
         + provider("gemini", "generativelanguage.googleapis.com", "x-goog-api-key", "{secret}")
         + provider("azure", "myres.openai.azure.com", "api-key", "{secret}")

@@ -29,8 +29,9 @@ def request_headers(head: bytes) -> dict[str, str]:
 def keyed(respond: Callable[[str], bytes]) -> Callable[[bytes], bytes]:
     def from_head(head: bytes) -> bytes:
         headers = request_headers(head)
-        key = next((headers[h].removeprefix("Bearer ") for h in _CREDENTIAL_HEADERS
-                    if h in headers), "")
+        key = next(
+            (headers[h].removeprefix("Bearer ") for h in _CREDENTIAL_HEADERS if h in headers), ""
+        )
         return respond(key)
 
     return from_head
@@ -38,8 +39,10 @@ def keyed(respond: Callable[[str], bytes]) -> Callable[[bytes], bytes]:
 
 def chunked(body: bytes, size: int = 32) -> bytes:
     """HTTP/1.1 chunked framing of `body`, in `size`-byte chunks."""
-    parts = [b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
-             for i in range(0, len(body), size)]
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    ]
     return b"".join(parts) + b"0\r\n\r\n"
 
 

@@ -43,8 +43,12 @@ class WorkCounter:
         mon.set_events(_TOOL, ev.LINE | ev.BRANCH | ev.JUMP | ev.PY_START | ev.PY_RESUME)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         mon = sys.monitoring
         mon.set_events(_TOOL, 0)
         ev = mon.events

@@ -30,14 +30,22 @@ def main(host: str, port: str, sni: str, authority: str, host_header: str) -> di
     config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
-    headers = [(":method", "GET"), (":scheme", "https"), (":authority", authority),
-               (":path", "/v1/models")]
+    headers = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", authority),
+        (":path", "/v1/models"),
+    ]
     if host_header != "-":
         headers.append(("host", host_header))
     conn.send_headers(1, headers, end_stream=True)
     tls.sendall(conn.data_to_send())
-    result = {"local_port": local, "alpn": tls.selected_alpn_protocol(), "status": None,
-              "terminated": False}
+    result = {
+        "local_port": local,
+        "alpn": tls.selected_alpn_protocol(),
+        "status": None,
+        "terminated": False,
+    }
     for _ in range(200):  # bounded
         try:
             data = tls.recv(65536)

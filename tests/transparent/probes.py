@@ -164,12 +164,21 @@ def tls(host, port, sni, payload):
                     break
                 data += chunk
     except (OSError, ssl.SSLError) as exc:
-        return {"connected": True, "handshake": True, "local_port": local,
-                "reply": data.decode("latin-1"), **error(exc)}
+        return {
+            "connected": True,
+            "handshake": True,
+            "local_port": local,
+            "reply": data.decode("latin-1"),
+            **error(exc),
+        }
     finally:
         sock.close()
-    return {"connected": True, "handshake": True, "local_port": local,
-            "reply": data.decode("latin-1")}
+    return {
+        "connected": True,
+        "handshake": True,
+        "local_port": local,
+        "reply": data.decode("latin-1"),
+    }
 
 
 if __name__ == "__main__":

@@ -590,8 +590,9 @@ def test_direct_tcp_to_attacker_ip_443(world: World) -> None:
     assert ATTACKER_BANNER.decode() not in raw.get("reply", ""), raw
     world.assert_attacker_saw_nothing(mark)
     # ... and seen (S9), once the connection is over.
-    seen = world.wait_decision(raw_mark, reason="protocol_not_allowed", host=ATTACKER_V4,
-                               port=443, timeout=20)
+    seen = world.wait_decision(
+        raw_mark, reason="protocol_not_allowed", host=ATTACKER_V4, port=443, timeout=20
+    )
     assert seen["detail"].startswith("connection ended without an HTTP request")
     assert seen["decision"] == "block" and seen["mode"] == "transparent"
 
@@ -873,6 +874,8 @@ def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
             with pytest.raises(RuntimeError, match="another process holds this port"):
                 restarted.start(timeout=30)
             restarted.stop()
+
+
 # --- issue 11: every accepted connection ends with one decision line -----------------
 
 # A DNS-over-TCP framed query for leak.ex (escaped for probes.py).
@@ -967,8 +970,7 @@ def test_tls_connection_with_a_request_gets_only_the_request_line(world: World) 
     """No double logging: a connection that carried a request ends with that line only."""
     mark = world.mark()
     request = (
-        f"GET /v1/models HTTP/1.1\\r\\nHost: {PROVIDER_HOST}\\r\\n"
-        "Connection: close\\r\\n\\r\\n"
+        f"GET /v1/models HTTP/1.1\\r\\nHost: {PROVIDER_HOST}\\r\\nConnection: close\\r\\n\\r\\n"
     )
     probe = _tls_probe(world, PROVIDER_V4, 443, PROVIDER_HOST, request)
     assert probe["handshake"] and "gpt-fake" in probe["reply"], probe
