@@ -74,6 +74,16 @@ LINGER_SECONDS = 2.0
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
+def _http1_reader(handler: Any) -> Http1Client | None:
+    """The HTTP/1 reader of an upstream connection, under its TLS layer if any."""
+    layer_: Any = handler
+    for _ in range(4):  # HttpClient -> [ServerTLSLayer ->] Http1Client
+        if isinstance(layer_, Http1Client):
+            return layer_
+        layer_ = getattr(layer_, "child_layer", None)
+    return None
+
+
 def _head_too_large(buffered: ReceiveBuffer, data: bytes, limit: int) -> bool:
     """True if the head being read (buffered + data) exceeds `limit` bytes. Costs a copy
     of at most limit + one read (64 KiB), and only once the limit is passed."""
@@ -286,12 +296,42 @@ class GuardedHttpLayer(HttpLayer):
         elif isinstance(event, events.DataReceived) and event.connection != self.context.client:
             if (yield from self._response_head_guard(event)):
                 return
+            yield from super()._handle_event(event)
+            # Over TLS the bytes above were ciphertext for the TLS layer under the HTTP/1
+            # reader: check the plaintext it buffered (at most one read past the limit).
+            yield from self._buffered_head_guard(event.connection)
+            return
         yield from super()._handle_event(event)
 
     def make_stream(self, stream_id: int) -> layer.CommandGenerator[None]:
         ctx = self.context.fork()
         self.streams[stream_id] = GuardedHttpStream(ctx, stream_id, self.guard)
         yield from self.event_to_child(self.streams[stream_id], events.Start())
+
+    def _buffered_head_guard(self, conn: Any) -> layer.CommandGenerator[None]:
+        reader = _http1_reader(self.connections.get(conn))
+        if reader is None or reader.state != reader.read_headers or reader.stream_id is None:
+            return
+        limit = self.guard.limits.response_header_bytes
+        if len(reader.buf) <= limit:
+            return
+        yield from self._refuse_response_head(conn, reader, limit)
+
+    def _refuse_response_head(
+        self, conn: Any, reader: Http1Client, limit: int
+    ) -> layer.CommandGenerator[None]:
+        stream = self.streams.get(reader.stream_id) if reader.stream_id is not None else None
+        self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.RESPONSE_HEADERS_TOO_LARGE,
+            f"upstream response head exceeds {limit} bytes",
+            stream.flow if isinstance(stream, HttpStream) else None,
+        )
+        reader.buf = ReceiveBuffer()  # release what was read
+        yield commands.CloseConnection(conn)
+        # Tell the stream the upstream is gone: the gateway gets a 502, never the bytes.
+        yield from super()._handle_event(events.ConnectionClosed(conn))
 
     def _response_head_guard(self, event: events.DataReceived) -> layer.CommandGenerator[bool]:
         """A malicious upstream's endless status line or headers: mitmproxy's HTTP/1
@@ -305,18 +345,7 @@ class GuardedHttpLayer(HttpLayer):
         limit = self.guard.limits.response_header_bytes
         if reader.stream_id is None or not _head_too_large(reader.buf, event.data, limit):
             return False
-        stream = self.streams.get(reader.stream_id)
-        self.guard.refuse(
-            self.context.client,
-            self.context.server,
-            Reason.RESPONSE_HEADERS_TOO_LARGE,
-            f"upstream response head exceeds {limit} bytes",
-            stream.flow if isinstance(stream, HttpStream) else None,
-        )
-        reader.buf = ReceiveBuffer()  # release what was read
-        yield commands.CloseConnection(event.connection)
-        # Tell the stream the upstream is gone: the gateway gets a 502, never the bytes.
-        yield from super()._handle_event(events.ConnectionClosed(event.connection))
+        yield from self._refuse_response_head(event.connection, reader, limit)
         return True
 
 

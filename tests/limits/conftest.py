@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.alerts.alerts_helpers import FakeReceiver, write_config
 from tests.conftest import provider_policy
@@ -21,10 +23,12 @@ pytestmark = pytest.mark.integration
 
 
 class HeaderBombUpstream:
-    """Plain-HTTP upstream that answers every request with an endless header line."""
+    """An upstream that answers every request with an endless header line: plain HTTP,
+    or HTTPS when given a TLS context (a provider is only ever reached over TLS)."""
 
-    def __init__(self, total: int = 200 * 1024 * 1024) -> None:
+    def __init__(self, total: int = 200 * 1024 * 1024, tls: ssl.SSLContext | None = None) -> None:
         self.total = total
+        self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.sent: list[int] = []
@@ -40,6 +44,12 @@ class HeaderBombUpstream:
 
     def _bomb(self, conn: socket.socket) -> None:
         sent = 0
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
         with conn:
             try:
                 conn.recv(65536)
@@ -65,19 +75,34 @@ def bomb_upstream(dns_server: FakeDNS) -> Iterator[HeaderBombUpstream]:
 
 
 @pytest.fixture(scope="module")
+def tls_bomb_upstream(dns_server: FakeDNS, test_ca: trustme.CA) -> Iterator[HeaderBombUpstream]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(BOMB_HOST).configure_cert(context)
+    upstream = HeaderBombUpstream(tls=context)
+    dns_server.records[BOMB_HOST] = ["127.0.0.1"]
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture(scope="module")
 def receiver(bg: BackgroundLoop) -> Iterator[FakeReceiver]:
     rx = bg.run(FakeReceiver(default=200).start(free_port()))
     yield rx
     bg.run(rx.stop())
 
 
-def limits_policy(provider: FakeProvider, bomb: HeaderBombUpstream) -> str:
+def limits_policy(
+    provider: FakeProvider, bomb: HeaderBombUpstream, tls_bomb: HeaderBombUpstream
+) -> str:
     """The test provider policy; openai takes bodies up to 1 MiB, and the hostile
-    upstream is an `allow:` entry (plain HTTP)."""
+    upstream is an `allow:` entry (plain HTTP on one port, HTTPS on another)."""
     return provider_policy(provider.port).replace(
         "    addresses: [127.0.0.0/8]\n  anthropic:",
         "    addresses: [127.0.0.0/8]\n    max_request_body: 1m\n  anthropic:",
-    ) + (f"allow:\n  - {{host: {BOMB_HOST}, ports: [{bomb.port}], addresses: [127.0.0.0/8]}}\n")
+    ) + (
+        f"allow:\n  - {{host: {BOMB_HOST}, ports: [{bomb.port}, {tls_bomb.port}], "
+        "addresses: [127.0.0.0/8]}\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +110,7 @@ def start_limited(
     start_sidecar: Callable[..., SidecarProcess],
     provider: FakeProvider,
     bomb_upstream: HeaderBombUpstream,
+    tls_bomb_upstream: HeaderBombUpstream,
     receiver: FakeReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., SidecarProcess]:
@@ -96,7 +122,7 @@ def start_limited(
             f"    hmac_key_file: {tmp / 'hmac'}\n",
             secrets={"hmac": "k" * 32},
         )
-        policy = limits_policy(provider, bomb_upstream)
+        policy = limits_policy(provider, bomb_upstream, tls_bomb_upstream)
         assert "max_request_body" in policy
         return start_sidecar(
             policy,

@@ -222,6 +222,29 @@ def test_upstream_header_bomb_is_refused(
     allowed_request_works(limited, provider)
 
 
+def test_upstream_header_bomb_over_tls_is_refused(
+    limited: SidecarProcess,
+    receiver: FakeReceiver,
+    tls_bomb_upstream: HeaderBombUpstream,
+    provider: FakeProvider,
+):
+    """The same bomb from an HTTPS upstream: the HTTP/1 reader sits under the TLS layer,
+    where the bytes the HTTP layer sees are ciphertext (the hostile benchmark found the
+    plain-HTTP guard missing this: 1.1 GB RSS and the bomb passed on)."""
+    context = ssl.create_default_context(cafile=limited.ca_cert)
+    with PeakRss(limited) as rss:
+        with httpx.Client(proxy=limited.proxy_url, verify=context, timeout=30) as client:
+            response = client.get(f"https://{BOMB_HOST}:{tls_bomb_upstream.port}/")
+    assert response.status_code == 502, response.text[:300]
+    assert "X-Bomb" not in response.text
+    decision = limited.wait_for_decision(reason="response_headers_too_large")
+    assert decision["host"] == BOMB_HOST
+    wait_for_alert(receiver, "response_headers_too_large")
+    print(f"peak RSS {rss.peak:.0f} MB")
+    assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
+    allowed_request_works(limited, provider)
+
+
 def test_idle_connections_per_source_are_capped(
     limited: SidecarProcess, receiver: FakeReceiver, provider: FakeProvider
 ):
