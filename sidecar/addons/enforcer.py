@@ -258,6 +258,8 @@ class Enforcer:
                 decision = engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
         else:
             decision = await self._decide_and_vet(attempt, original)
+        if not decision.refused and decision.address is not None:
+            decision = self._one_host_per_upstream(flow, decision, host, engine)
         if not decision.refused:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
@@ -290,6 +292,25 @@ class Enforcer:
         # Recorded when the response starts or the flow fails (see error): an upstream
         # TLS failure then makes this request's one line a block, not allow + block.
         flow.metadata[_UNRECORDED] = decision
+
+    def _one_host_per_upstream(
+        self, flow: http.HTTPFlow, decision: Decision, host: str, engine: PolicyEngine
+    ) -> Decision:
+        """mitmproxy reuses an upstream connection by address alone, not by TLS name.
+        Requests are routed by the vetted address (see _pins), so a second host that
+        resolves to the same address (a shared CDN address) on this client connection
+        would ride the TLS session opened and verified for the first one, with our key
+        in it (S5, S7). Refused: one host per upstream connection."""
+        address = decision.address or ""
+        pinned = self._pins.get(flow.client_conn.id, {}).get((address, flow.request.port))
+        if pinned is None or pinned == host:
+            return decision
+        return engine.refusal(
+            decision,
+            Reason.HOST_MISMATCH,
+            f"this client connection already reaches {decision.address} for another host; "
+            "open a new connection per host",
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # S10: hand every response to the gateway as it arrives; where we added a key,
