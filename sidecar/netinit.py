@@ -108,7 +108,11 @@ def expected_chains(settings: Settings, family: Family) -> dict[str, list[str]]:
         f"{a} -p tcp -j REDIRECT --to-ports {s.proxy_port}",
     ]
     filt = [f"{a} {me} -j ACCEPT", *_impersonation_rules(s)]
-    filt.append(f"{a} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    # Only the reply direction: a packet in a flow's original direction from another UID
+    # would ride a flow the sidecar opened (its upstream DNS query's conntrack entry, once
+    # its socket closed and the gateway bound the same port), past the nat REDIRECT that
+    # only a flow's first packet sees.
+    filt.append(f"{a} -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT")
     if s.admin_port is not None:
         filt.append(
             f"{a} -d {lo} -p tcp -m tcp --dport {s.admin_port} -j REJECT --reject-with tcp-reset"

