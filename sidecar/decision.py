@@ -149,7 +149,8 @@ REASONS: dict[Reason, ReasonSpec] = {
         "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
         "questions, a redirected connection or CONNECT tunnel that ended without any HTTP "
         "request (SSH, raw bytes, DNS over TLS, junk or nothing after a TLS handshake; "
-        "logged when the connection ends)",
+        "logged when the connection ends), a TCP connection to the DNS listener that "
+        "carried no DNS question",
     ),
     Reason.DESTINATION_MISMATCH: ReasonSpec(
         "403",

@@ -264,6 +264,7 @@ class DnsServer:
             writer.close()
             return
         self.tcp_connections += 1
+        answered = 0
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS)
@@ -285,6 +286,7 @@ class DnsServer:
                     break
                 writer.write(len(out).to_bytes(2, "big") + out)
                 await writer.drain()
+                answered += 1
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
@@ -292,6 +294,21 @@ class DnsServer:
         finally:
             self.tcp_connections -= 1
             writer.close()
+            if not answered:
+                # S9: every TCP connection redirected to port 53 that carried no DNS
+                # question (HTTP, junk, nothing) is seen, like the proxy's connections.
+                self.record(
+                    Decision(
+                        Verdict.BLOCK,
+                        Reason.PROTOCOL_NOT_ALLOWED,
+                        RULE_NETGUARD,
+                        "-",
+                        53,
+                        client=f"{peer[0]}:{peer[1]}",
+                        mode="dns",
+                        detail="DNS-over-TCP connection ended without a DNS question",
+                    )
+                )
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

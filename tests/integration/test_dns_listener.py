@@ -3,6 +3,9 @@ without ever being asked upstream; tunnelling shapes flagged even when refused."
 
 from __future__ import annotations
 
+import socket
+import time
+
 import dns.message
 import dns.query
 import dns.rcode
@@ -87,3 +90,41 @@ def test_message_with_two_questions_is_refused_and_logged(dns_sidecar, dns_serve
     assert not dns_server.asked("two-q.exfil.attacker.example")
     decision = dns_sidecar.wait_for_decision(mode="dns", reason="protocol_not_allowed")
     assert decision["detail"] == "DNS message with 2 questions"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"POST /exfil HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x05junk!", b""],
+    ids=["http", "junk", "nothing"],
+)
+def test_tcp_connection_to_dns_port_without_a_question_is_logged(dns_sidecar, payload):
+    """Every TCP connection to port 53 is redirected to the listener: one that carries no
+    DNS question (HTTP, junk, nothing) still ends with one decision line (S9)."""
+    host, port = dns_sidecar.listener("dns").rsplit(":", 1)
+    mark = len(dns_sidecar.decisions)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(15)
+        while sock.recv(4096):
+            pass
+    deadline = time.monotonic() + 20
+    lines: list[dict] = []
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = [d for d in dns_sidecar.decisions[mark:] if d.get("mode") == "dns"]
+    time.sleep(0.5)  # a second line would show up by now
+    lines = [d for d in dns_sidecar.decisions[mark:] if d.get("mode") == "dns"]
+    assert [d["reason"] for d in lines] == ["protocol_not_allowed"], lines
+    assert "without a DNS question" in lines[0]["detail"]
+
+
+def test_tcp_question_to_dns_port_gets_no_extra_line(dns_sidecar):
+    host, port = dns_sidecar.listener("dns").rsplit(":", 1)
+    mark = len(dns_sidecar.decisions)
+    answer = dns.query.tcp(
+        dns.message.make_query("api.openai.com", "A"), host, port=int(port), timeout=5
+    )
+    assert answer.rcode() == dns.rcode.NOERROR
+    time.sleep(0.5)
+    assert not [d for d in dns_sidecar.decisions[mark:] if d.get("mode") == "dns"]
