@@ -75,26 +75,30 @@ def test_flood_of_refusals_through_sidecar_is_one_alertmanager_notification(
         bg.run(rx.stop())
 
 
-def test_dead_alert_sink_does_not_slow_refusals(start_sidecar, tmp_path: Path):
+def test_dead_alert_sink_does_not_hold_up_refusals(start_sidecar, tmp_path: Path):
+    """Delivery is off the request path: with a sink that never answers, every refusal
+    is still answered (each CONNECT has a 5 s socket timeout; a blocking sink would hang
+    them), logged and counted, while the alert waits for delivery. How fast refusals go
+    with a dead sink is the benchmark's business, not a test's."""
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = write_config(
         tmp_path, f"sinks:\n  - name: dead\n    type: alertmanager\n    url: {dead}\n"
     )
     sidecar = start_sidecar(extra_args=("--alerts-config", config))
-    healthy = start_sidecar()
-
-    def refusals_per_second(target) -> float:
-        started = time.monotonic()
-        for i in range(200):
-            assert connect_status(target, f"flood-{i}.attacker.example:443")[0] == 403
-        return 200 / (time.monotonic() - started)
-
-    refusals_per_second(sidecar)  # warm-up of both
-    refusals_per_second(healthy)
-    with_dead = refusals_per_second(sidecar)
-    without = refusals_per_second(healthy)
-    # Generous bound: a blocking sink would take seconds per refusal, not a few percent.
-    assert with_dead > 0.5 * without, (with_dead, without)
+    mark = len(sidecar.decisions)
+    for i in range(50):
+        assert connect_status(sidecar, f"flood-{i}.attacker.example:443")[0] == 403
+    deadline = time.monotonic() + 10
+    while len(sidecar.decisions) - mark < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sidecar.decisions) - mark == 50
+    samples = {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in sidecar.metrics().splitlines())
+        if name and not name.startswith("#")
+    }
+    assert samples['egress_sidecar_alerts_refusals_total{severity="warning"}'] >= 50
+    assert samples.get('egress_sidecar_alerts_sent_total{sink="dead"}', 0.0) == 0.0
 
 
 def test_alert_payloads_carry_no_key_or_body(start_sidecar, bg, tmp_path: Path, provider):

@@ -203,7 +203,12 @@ def test_reflected_key_is_redacted_in_header_body_and_split_stream(keyed, provid
     assert key.encode() not in streamed
     assert b"[REDACTED]" in streamed
     assert b"[DONE]" in streamed  # the stream itself survived the redaction
-    reflected = [d for d in keyed.decisions if d["reason"] == "credential_reflected"]
+    # The lines are written when each response ends; read them once both are there.
+    deadline = time.monotonic() + 10
+    reflected: list[dict] = []
+    while len(reflected) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        reflected = [d for d in keyed.decisions if d["reason"] == "credential_reflected"]
     assert len(reflected) >= 2
     assert all(d["decision"] == "block" for d in reflected)
 
