@@ -33,7 +33,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from sidecar.addons.dns_listener import DnsListener, reply
+from sidecar.addons.dns_listener import DnsListener, dns_protocol_refusal, reply
 from sidecar.decision import RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.dns_limits import DnsAdmission, DnsLimits, LimitReport
 
@@ -298,15 +298,9 @@ class DnsServer:
                 # S9: every TCP connection redirected to port 53 that carried no DNS
                 # question (HTTP, junk, nothing) is seen, like the proxy's connections.
                 self.record(
-                    Decision(
-                        Verdict.BLOCK,
-                        Reason.PROTOCOL_NOT_ALLOWED,
-                        RULE_NETGUARD,
-                        "-",
-                        53,
-                        client=f"{peer[0]}:{peer[1]}",
-                        mode="dns",
-                        detail="DNS-over-TCP connection ended without a DNS question",
+                    dns_protocol_refusal(
+                        f"{peer[0]}:{peer[1]}",
+                        "DNS-over-TCP connection ended without a DNS question",
                     )
                 )
 

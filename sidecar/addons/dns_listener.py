@@ -82,15 +82,9 @@ class DnsListener:
         ):
             # Resolvers send exactly one question; anything else is a side channel.
             self.record(
-                Decision(
-                    Verdict.BLOCK,
-                    Reason.PROTOCOL_NOT_ALLOWED,
-                    RULE_NETGUARD,
-                    "-",
-                    53,
-                    client=client,
-                    mode="dns",
-                    detail=f"DNS message with {len(request.question)} questions"
+                dns_protocol_refusal(
+                    client,
+                    f"DNS message with {len(request.question)} questions"
                     if len(request.question) != 1
                     else "DNS message that is not a standard query",
                 )
@@ -193,4 +187,18 @@ class DnsListener:
         return response
 
 
-__all__ = ["ANSWER_TTL", "DnsListener", "reply"]
+def dns_protocol_refusal(client: str, detail: str) -> Decision:
+    """A DNS message or connection that is not one standard question (S9)."""
+    return Decision(
+        Verdict.BLOCK,
+        Reason.PROTOCOL_NOT_ALLOWED,
+        RULE_NETGUARD,
+        "-",
+        53,
+        client=client,
+        mode="dns",
+        detail=detail,
+    )
+
+
+__all__ = ["ANSWER_TTL", "DnsListener", "dns_protocol_refusal", "reply"]
