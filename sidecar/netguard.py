@@ -42,9 +42,35 @@ METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
         IPv4("192.0.0.192"),  # Oracle Cloud
         IPv6("fd00:ec2::254"),  # AWS IMDS over IPv6
         IPv6("fd00:ec2::23"),  # AWS EKS pod identity agent over IPv6
-        IPv6("fd20:ce::254"),  # GCP metadata over IPv6 (the policy loader lists it too)
+        IPv6("fd20:ce::254"),  # GCP metadata over IPv6
     }
 )
+
+# The metadata addresses as networks, with the IPv6 forms a resolver or NAT may
+# translate to them: a policy CIDR that touches any of these is refused (they hand
+# out cloud credentials, and nothing in a gateway pod needs them).
+
+
+def _metadata_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for address in sorted(METADATA_ADDRESSES, key=lambda a: (a.version, int(a))):
+        nets.append(ipaddress.ip_network(address))
+        if isinstance(address, ipaddress.IPv4Address):
+            n = int(address)
+            nets.append(ipaddress.IPv6Network(f"::ffff:{address}/128"))  # IPv4-mapped
+            nets.append(ipaddress.IPv6Network(f"::{address}/128"))  # IPv4-compatible
+            nets.append(ipaddress.IPv6Network(f"64:ff9b::{address}/128"))  # NAT64
+            nets.append(ipaddress.IPv6Network(((0x2002 << 112) | (n << 80), 48)))  # 6to4
+    return tuple(nets)
+
+
+METADATA_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _metadata_networks()
+
+
+def metadata_text(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """A metadata network as a reader knows it: the address alone when it is one."""
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
 
 # Ordered: the first matching range names the class. Checked against the IANA IPv4 and
 # IPv6 Special-Purpose Address Registries (RFC 6890); registry entries that are globally
