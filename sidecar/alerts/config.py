@@ -42,7 +42,7 @@ class ConfigError(ValueError):
         super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, problems)))
 
 
-class Secret:
+class SinkSecret:
     """A secret value that never prints itself."""
 
     __slots__ = ("_value", "origin")
@@ -76,18 +76,18 @@ class DeliverySettings:
 class SinkConfig:
     name: str
     type: str
-    url: str | Secret  # Secret when read from url_file (may carry a token)
+    url: str | SinkSecret  # SinkSecret when read from url_file (may carry a token)
     min_severity: Severity = Severity.INFO
     include_audit: bool = True
     send_updates: bool = True
-    routing_key: Secret | None = None  # pagerduty
-    hmac_key: Secret | None = None  # webhook
-    bearer_token: Secret | None = None  # alertmanager / webhook
+    routing_key: SinkSecret | None = None  # pagerduty
+    hmac_key: SinkSecret | None = None  # webhook
+    bearer_token: SinkSecret | None = None  # alertmanager / webhook
     ca_file: str | None = None
     generator_url: str | None = None  # alertmanager
 
     def url_value(self) -> str:
-        return self.url.reveal() if isinstance(self.url, Secret) else self.url
+        return self.url.reveal() if isinstance(self.url, SinkSecret) else self.url
 
     def display(self) -> str:
         """Loggable: name, type and scheme://host only (never path, query or token)."""
@@ -192,7 +192,7 @@ def _path(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     return value if os.path.isabs(value) else os.path.join(ctx.base, value)
 
 
-def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> Secret:
+def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> SinkSecret:
     path = _path(ctx, node, key)
     try:
         with open(path, "rb") as fh:
@@ -207,7 +207,7 @@ def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> Secret:
         raise ctx.err(node, key, f"secret file {path} is empty")
     if "\n" in value or "\r" in value or "\x00" in value:
         raise ctx.err(node, key, f"secret file {path} must hold a single line")
-    return Secret(value, path)
+    return SinkSecret(value, path)
 
 
 def _check_url(ctx: _Ctx, node: yaml.Node, key: str, url: str, *, inline: bool) -> None:
@@ -259,7 +259,7 @@ def _sink(ctx: _Ctx, node: yaml.Node, key: str, seen: set[str]) -> SinkConfig:
         raise ctx.err(fields["name"], f"{key}.name", f"duplicate sink name {name!r}")
     seen.add(name)
 
-    url: str | Secret
+    url: str | SinkSecret
     if "url" in fields and "url_file" in fields:
         raise ctx.err(fields["url_file"], f"{key}.url_file", "give url or url_file, not both")
     if "url_file" in fields:

@@ -33,7 +33,7 @@ from sidecar.alerts.grouping import TRIGGER, UPDATE, Grouper, Notification
 from sidecar.alerts.metrics import AlertMetrics
 from sidecar.alerts.model import pod_identity
 from sidecar.alerts.sinks import Sink, build_sink
-from sidecar.alerts.spool import DiskOp, Sequence, SinkQueue, atomic_write, quarantine
+from sidecar.alerts.spool import DiskOp, SequenceNumbers, SinkQueue, atomic_write, quarantine
 from sidecar.decision import Decision, Severity
 
 log = logging.getLogger("sidecar.alerts")
@@ -70,7 +70,7 @@ class AlertPipeline:
         self.sinks: list[Sink] = [
             build_sink(s, config.delivery, firing_ttl=firing_ttl) for s in config.sinks
         ]
-        self._sequence = Sequence()
+        self._sequence = SequenceNumbers()
         self.queues: dict[str, SinkQueue] = {
             s.name: SinkQueue(
                 s.name,

@@ -40,7 +40,7 @@ USER_AGENT = "egress-sidecar-alerts/1"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class DeliveryResult:
     ok: bool
     retry: bool = False
     retry_after: float | None = None
@@ -64,18 +64,18 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def classify(status: int, headers: Any) -> Outcome:
+def classify(status: int, headers: Any) -> DeliveryResult:
     if 200 <= status < 300:
-        return Outcome(ok=True, status=status)
+        return DeliveryResult(ok=True, status=status)
     if status == 429 or 500 <= status < 600:
-        return Outcome(
+        return DeliveryResult(
             ok=False,
             retry=True,
             retry_after=parse_retry_after(headers.get("Retry-After")),
             status=status,
             error=f"HTTP {status}",
         )
-    return Outcome(ok=False, retry=False, status=status, error=f"HTTP {status}")
+    return DeliveryResult(ok=False, retry=False, status=status, error=f"HTTP {status}")
 
 
 def sign(key: bytes, timestamp: str, body: bytes) -> str:
@@ -144,7 +144,9 @@ class Sink:
     def render(self, entries: list[dict[str, Any]]) -> Any:
         raise NotImplementedError
 
-    async def send(self, session: aiohttp.ClientSession, entries: list[dict[str, Any]]) -> Outcome:
+    async def send(
+        self, session: aiohttp.ClientSession, entries: list[dict[str, Any]]
+    ) -> DeliveryResult:
         body = json.dumps(self.render(entries), separators=(",", ":"), ensure_ascii=True).encode()
         headers = self.headers(body)
         if len(entries) == 1:
@@ -162,7 +164,7 @@ class Sink:
                 await resp.read()
                 return classify(resp.status, resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return Outcome(ok=False, retry=True, error=type(exc).__name__)
+            return DeliveryResult(ok=False, retry=True, error=type(exc).__name__)
 
 
 def _alertname(alert: dict[str, Any]) -> str:

@@ -84,7 +84,7 @@ class Entry:
 DiskOp = Callable[[], None]
 
 
-class Sequence:
+class SequenceNumbers:
     """Monotonic sequence numbers that also increase across restarts (time based)."""
 
     def __init__(self) -> None:
@@ -130,7 +130,7 @@ class SinkQueue:
         name: str,
         spool_dir: str | None,
         max_queue: int,
-        sequence: Sequence,
+        sequence: SequenceNumbers,
         *,
         on_spool_error: Callable[[], None] = lambda: None,
     ) -> None:

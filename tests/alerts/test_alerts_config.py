@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alerts_helpers import PLANTED_KEY, FakeReceiver, pipeline, refusal, run, write_config
 
-from sidecar.alerts.config import ConfigError, Secret, load_config
+from sidecar.alerts.config import ConfigError, SinkSecret, load_config
 from sidecar.decision import Reason, Severity, Verdict
 
 PD_KEY = "PDROUTINGKEYsecret0123456789abcd"
@@ -291,7 +291,7 @@ def test_no_config_means_log_and_count_only(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_secret_never_prints() -> None:
-    s = Secret("hunter2", "/etc/x")
+    s = SinkSecret("hunter2", "/etc/x")
     assert "hunter2" not in repr(s) + str(s) + f"{s}"
 
 
