@@ -29,6 +29,7 @@ from sidecar.addons import error_pages
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.addons.h2_guard import H2HostMismatches
 from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
+from sidecar.client_connections import ClientConnections, ClientConnectionState
 from sidecar.credentials import SecretStore
 from sidecar.credentials.confinement import key_withheld_because
 from sidecar.decision import REASONS, RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
@@ -102,19 +103,11 @@ class Enforcer:
         self.resolver = resolver
         self.record = record
         self.credentials = credentials or CredentialLayer(SecretStore(None))
-        self._tunnels: dict[str, tuple[str, int]] = {}  # client id -> CONNECT authority
-        # client id -> {(vetted address, port): name}. Requests are routed by the vetted
-        # address so mitmproxy reuses the pinned upstream connection (it matches
-        # connections by address); server_connect maps the address back to its name.
-        # Without it the sixth request on a connection stalls: docs/mitmproxy-traps.md.
-        self._pins: dict[str, dict[tuple[str, int], str]] = {}
-        self._spoke_http: set[str] = set()  # client ids that sent at least one request
-        # client id -> the refusal of its CONNECT, answered to every request inside.
-        self._refused_tunnels: dict[str, Decision] = {}
-        # client id -> error texts of its failed upstream TLS handshakes (S6), matched
-        # against the flow's error so the refusal is the flow's one decision line.
-        self._tls_failures: dict[str, dict[str, str]] = {}
-        self._hello_refused: set[str] = set()  # client ids refused (and logged) at ClientHello
+        # What each client connection may reach (tunnel, pins) and what was recorded
+        # about it; see sidecar/client_connections.py. Pinning by vetted address keeps
+        # upstream connections reused (without it the sixth request on a connection
+        # stalls: docs/mitmproxy-traps.md).
+        self.connections = ClientConnections()
         self.h2_mismatches = h2_mismatches  # connections h2 closed for :authority != host
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
@@ -133,7 +126,7 @@ class Enforcer:
             # request gets the refusal in the provider's error format, so SDKs surface
             # the reason instead of a connection error. No upstream connection is ever
             # opened for it; recorded once: per request in it, or at its end.
-            self._refused_tunnels[flow.client_conn.id] = decision
+            self.connections.of(flow.client_conn.id).refused_tunnel = decision
             return
         if decision.refused:
             self.record(decision)
@@ -142,7 +135,7 @@ class Enforcer:
             return
         if decision.verdict is Verdict.WOULD_BLOCK:
             self.record(decision)
-        self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
+        self.connections.of(flow.client_conn.id).tunnel = (flow.request.host, flow.request.port)
 
     # --- TLS ClientHello (see tls_hello.py) ----------------------------------------------
 
@@ -158,12 +151,13 @@ class Enforcer:
                 client=_client(client), detail="internal error at the TLS ClientHello",
             )  # fmt: skip
         if decision is not None and decision.refused:
-            self._hello_refused.add(client.id)
+            self.connections.of(client.id).refused_at_hello = True
             self.record(decision)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         # Runs before mitmproxy's tlsconfig, which leaves a connection already set alone.
-        if data.context.client.id in self._hello_refused:
+        state = self.connections.peek(data.context.client.id)
+        if state is not None and state.refused_at_hello:
             data.ssl_conn = refusing_tls_connection()
 
     async def _decide_hello(self, client: connection.Client, sni: str | None) -> Decision | None:
@@ -186,7 +180,8 @@ class Enforcer:
             else:
                 decision = await self._decide_and_vet(attempt, original)
         else:
-            tunnel = self._tunnels.get(client.id)
+            state = self.connections.peek(client.id)
+            tunnel = state.tunnel if state is not None else None
             if tunnel is None or not sni:
                 return None
             decision = engine.decide(Attempt(host=tunnel[0], port=tunnel[1], mode="explicit",
@@ -204,10 +199,10 @@ class Enforcer:
     @_fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
-        self._spoke_http.add(flow.client_conn.id)
-        tunnel_refusal = self._refused_tunnels.get(flow.client_conn.id)
-        if tunnel_refusal is not None:
-            decision = tunnel_refusal.with_context(
+        state = self.connections.of(flow.client_conn.id)
+        state.spoke_http = True
+        if state.refused_tunnel is not None:
+            decision = state.refused_tunnel.with_context(
                 method=request.method, path=request.path.split("?", 1)[0], at=time.time()
             )
             self.record(decision)
@@ -216,9 +211,7 @@ class Enforcer:
         host, port, mode = self._destination(
             flow.client_conn, request.host, request.port, request.host_header
         )
-        in_tunnel = (mode == "explicit" and flow.client_conn.id in self._tunnels) or (
-            mode == "transparent"
-        )
+        in_tunnel = (mode == "explicit" and state.tunnel is not None) or mode == "transparent"
         attempt = Attempt(
             host=host,
             port=port,
@@ -259,7 +252,7 @@ class Enforcer:
         else:
             decision = await self._decide_and_vet(attempt, original)
         if not decision.refused and decision.address is not None:
-            decision = self._one_host_per_upstream(flow, decision, host, engine)
+            decision = self._one_host_per_upstream(state, flow, decision, host, engine)
         if not decision.refused:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
@@ -279,10 +272,9 @@ class Enforcer:
             await self._pace()
             return
         if mode == "transparent" and not flow.client_conn.sni:
-            self._tunnels[flow.client_conn.id] = (host, port)
+            state.tunnel = (host, port)  # plain HTTP: the Host that passed
         if decision.address is not None:
-            pins = self._pins.setdefault(flow.client_conn.id, {})
-            pins[(decision.address, request.port)] = host
+            state.pin(decision.address, request.port, host)
             request.data.host = decision.address  # routing only: Host header untouched
         if mode == "reverse":
             # mitmproxy rewrote Host to the server address, which is the pinned IP
@@ -294,16 +286,19 @@ class Enforcer:
         flow.metadata[_UNRECORDED] = decision
 
     def _one_host_per_upstream(
-        self, flow: http.HTTPFlow, decision: Decision, host: str, engine: PolicyEngine
+        self,
+        state: ClientConnectionState,
+        flow: http.HTTPFlow,
+        decision: Decision,
+        host: str,
+        engine: PolicyEngine,
     ) -> Decision:
         """mitmproxy reuses an upstream connection by address alone, not by TLS name.
-        Requests are routed by the vetted address (see _pins), so a second host that
-        resolves to the same address (a shared CDN address) on this client connection
-        would ride the TLS session opened and verified for the first one, with our key
-        in it (S5, S7). Refused: one host per upstream connection."""
-        address = decision.address or ""
-        pinned = self._pins.get(flow.client_conn.id, {}).get((address, flow.request.port))
-        if pinned is None or pinned == host:
+        Requests are routed by the vetted address (ClientConnectionState.pins), so a
+        second host that resolves to the same address (a shared CDN address) on this
+        client connection would ride the TLS session opened and verified for the first
+        one, with our key in it (S5, S7). Refused: one host per upstream connection."""
+        if state.other_host_pinned(decision.address or "", flow.request.port, host) is None:
             return decision
         return engine.refusal(
             decision,
@@ -363,8 +358,9 @@ class Enforcer:
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         assert data.server.address is not None
         address, address_port = data.server.address[:2]
-        pinned = self._pins.get(data.client.id, {}).get((address, address_port))
-        if data.client.id in self._refused_tunnels:
+        state = self.connections.peek(data.client.id)
+        pinned = state.pinned_host(address, address_port) if state is not None else None
+        if state is not None and state.refused_tunnel is not None:
             # Never reached (requests in a refused tunnel are answered locally); the
             # refusal is recorded with the request, not here a second time.
             data.server.error = "egress refused: tunnel refused"
@@ -387,9 +383,8 @@ class Enforcer:
         # error hook of the flow that wanted this connection, as its only line.
         server = data.conn
         assert isinstance(server, connection.Server)
-        failures = self._tls_failures.setdefault(data.context.client.id, {})
-        if server.error and len(failures) < 16:
-            failures[server.error] = server.error[:200]
+        if server.error:
+            self.connections.of(data.context.client.id).note_tls_failure(server.error)
 
     def _record_allowed(self, flow: http.HTTPFlow) -> None:
         """Write the decision line of an allowed request, once: when its response
@@ -398,7 +393,8 @@ class Enforcer:
         decision = flow.metadata.pop(_UNRECORDED, None)
         if decision is None:
             return
-        failures = self._tls_failures.get(flow.client_conn.id, {})
+        state = self.connections.peek(flow.client_conn.id)
+        failures = state.tls_failures if state is not None else {}
         if flow.response is None and flow.error is not None and flow.error.msg in failures:
             decision = decision.with_context(
                 verdict=Verdict.BLOCK,
@@ -410,31 +406,20 @@ class Enforcer:
         self.record(decision)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        tunnel = self._tunnels.pop(client.id, None)
-        self._pins.pop(client.id, None)
-        self._tls_failures.pop(client.id, None)
-        tunnel_refusal = self._refused_tunnels.pop(client.id, None)
+        state = self.connections.close(client.id)
+        tunnel = state.tunnel
         if (client.error or "").startswith(LIMIT_ERROR_PREFIX):
-            self._spoke_http.discard(client.id)
-            self._hello_refused.discard(client.id)
             return  # issue 10: a limit refused it and recorded that already
         mismatch = self.h2_mismatches.pop(client.peername) if self.h2_mismatches else None
         if mismatch is not None:
-            self._hello_refused.discard(client.id)
-            self._spoke_http.discard(client.id)
             self.record(self._h2_mismatch_decision(client, tunnel, *mismatch))
             return
-        if client.id in self._hello_refused:
-            self._hello_refused.discard(client.id)  # its one line was written at the hello
-            self._spoke_http.discard(client.id)
-            return
-        if client.id in self._spoke_http:
-            self._spoke_http.discard(client.id)
-            return
-        if tunnel_refusal is not None:
+        if state.refused_at_hello or state.spoke_http:
+            return  # its line was written at the hello, or each request has its own
+        if state.refused_tunnel is not None:
             # A refused tunnel without a request (the client rejected our CA, or spoke
             # no HTTP): the CONNECT's refusal is its one line.
-            self.record(tunnel_refusal)
+            self.record(state.refused_tunnel)
             return
         # A redirected connection (or a CONNECT tunnel) that ended without one HTTP
         # request: SSH, raw bytes, a port probe, or TLS followed by no request (DNS over
@@ -524,7 +509,8 @@ class Enforcer:
             # The name comes from SNI (or, for plain HTTP, the Host header); the
             # original destination address is only ever checked against its answers.
             original_ip, original_port = _original_destination(client)
-            remembered = self._tunnels.get(client.id)  # plain HTTP: the Host that passed
+            state = self.connections.peek(client.id)
+            remembered = state.tunnel if state is not None else None  # plain HTTP's Host
             name = (
                 client.sni
                 or _host_part(host_header)
@@ -532,9 +518,9 @@ class Enforcer:
                 or original_ip
             )
             return name, original_port, "transparent"
-        tunnel = self._tunnels.get(client.id)
-        if tunnel is not None:
-            return tunnel[0], tunnel[1], "explicit"
+        state = self.connections.peek(client.id)
+        if state is not None and state.tunnel is not None:
+            return state.tunnel[0], state.tunnel[1], "explicit"
         return host, port, "explicit"
 
     async def _decide_and_vet(

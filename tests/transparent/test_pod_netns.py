@@ -1105,9 +1105,11 @@ def q(name, qtype=1):
     labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
     head = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
     return head + labels + b"\0" + struct.pack("!HH", qtype, 1)
-seen = set(); stop = time.monotonic() + 4
+# Bounded, but long enough for a busy machine: polling ends once the trigger is done
+# and the sidecar's port was seen, or after 20 s.
+seen = set(); stop = time.monotonic() + 20; triggered = threading.Event()
 def poll():
-    while time.monotonic() < stop:
+    while time.monotonic() < stop and not (triggered.is_set() and seen):
         for line in open("/proc/net/udp").read().splitlines()[1:]:
             f = line.split()
             port = int(f[1].split(":")[1], 16)
@@ -1118,10 +1120,11 @@ time.sleep(0.2)
 # trigger: a TLS ClientHello for the allowed name makes the sidecar resolve it
 ctx = __import__("ssl").create_default_context(); ctx.check_hostname = False; ctx.verify_mode = 0
 try:
-    s = socket.create_connection(("10.77.0.2", 443), timeout=3)
+    s = socket.create_connection(("10.77.0.2", 443), timeout=10)
     ctx.wrap_socket(s, server_hostname="api.openai.com").close()
 except Exception as e:
     pass
+triggered.set()
 t.join()
 res = {"sidecar_ports": sorted(seen), "answers": {}}
 for port in sorted(seen):
