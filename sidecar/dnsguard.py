@@ -38,12 +38,12 @@ most two deques capped at their thresholds), evicted least recently used.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from sidecar.domains import registrable_domain
+from sidecar.entropy import shannon_entropy
 
 # Query type numbers (RFC 1035 and successors); names accepted by `qtype_number`.
 QTYPES: dict[str, int] = {
@@ -122,14 +122,6 @@ class TunnelVerdict:
     @property
     def detail(self) -> str:
         return "; ".join(f"{f.rule}: {f.detail}" for f in self.findings)
-
-
-def shannon_entropy(text: str) -> float:
-    """Bits per character of `text` (0.0 for the empty string)."""
-    if not text:
-        return 0.0
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
 def normalize_qname(qname: str) -> str:

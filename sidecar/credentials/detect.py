@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 from sidecar.credentials.entropy_bars import BARS
 from sidecar.credentials.entropy_bars import MAX_LEN as BARS_MAX_LEN
 from sidecar.credentials.entropy_bars import MIN_LEN as BARS_MIN_LEN
 from sidecar.credentials.virtual_keys import is_virtual_key
+from sidecar.entropy import shannon_entropy
 
 __all__ = [
     "DUMMY_VALUES",
@@ -165,13 +164,6 @@ DUMMY_VALUES = frozenset(
 
 _HEX_LOWER = frozenset("0123456789abcdef")
 _HEX_UPPER = frozenset("0123456789ABCDEF")
-
-
-def shannon_entropy(text: str) -> float:
-    if not text:
-        return 0.0
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
 def looks_random(token: str, *, min_len: int = 32) -> bool:

@@ -30,7 +30,7 @@ cost milliseconds on every request. The lookup hashes the presented key once and
 the digest up in a dictionary, then confirms with `hmac.compare_digest`; timing reveals
 nothing useful because an attacker learns at most something about a digest, not a key.
 
-Run `python -m sidecar.credentials new` to create a key and its hash, or
+Run `egress-sidecar virtual-key new` to create a key and its hash, or
 `... hash` to hash a key read from stdin (never pass keys as arguments: they end up in
 shell history and `ps`).
 """
