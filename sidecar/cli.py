@@ -1,4 +1,4 @@
-"""`egress-sidecar` command line: run | policy check | init | virtual-key new|hash.
+"""`egress-sidecar` command line: run | policy check | init | redteam | virtual-key new|hash.
 
 Each subcommand lives in its own module and contributes `add_arguments(parser)` and
 `main(args) -> int`; this file only wires them, so importing the CLI for `policy
@@ -23,6 +23,10 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("init",): (
         "sidecar.netinit",
         "install the pod's iptables/ip6tables redirect rules (init container)",
+    ),
+    ("redteam",): (
+        "sidecar.redteam.command",
+        "probe this deployment from the gateway's position; exit 1 if anything got out",
     ),
     ("virtual-key", "new"): (
         "sidecar.virtual_key_cli",

@@ -347,6 +347,7 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
                 socks[f"{address}/80"] = listening_socket(address, 80)
                 socks[f"{address}/443"] = listening_socket(address, 443)
                 socks[f"{address}/53tcp"] = listening_socket(address, 53)
+                socks[f"{address}/22"] = listening_socket(address, 22)  # redteam's raw TCP
                 socks[f"{address}/443udp"] = listening_socket(address, 443, udp)
                 socks[f"{address}/53"] = listening_socket(address, 53, udp)
             return socks
@@ -370,6 +371,7 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
             attacker.serve_tcp(socks[f"{address}/80"], tls=False)
             attacker.serve_tcp(socks[f"{address}/443"], tls=True)
             attacker.serve_tcp(socks[f"{address}/53tcp"], tls=False)
+            attacker.serve_tcp(socks[f"{address}/22"], tls=False)
             attacker.serve_udp(socks[f"{address}/443udp"])
             attacker.serve_dns(socks[f"{address}/53"], ATTACKER_V4)
 
@@ -1165,3 +1167,67 @@ def test_gateway_reusing_the_sidecars_dns_flow_cannot_reach_the_upstream_resolve
     assert result["sidecar_ports"], result  # control: the gateway saw the sidecar's port
     leaked = [name for name in asked if name != "api.openai.com"]
     assert not leaked, f"the gateway reached the upstream resolver directly: {leaked}"
+
+
+# --- issue 19: `egress-sidecar redteam` from the gateway's position ---------------------
+
+
+def _redteam(world: World, *groups: str) -> tuple[int, dict[str, Any]]:
+    """The real command, as the gateway's UID in the pod (as `kubectl debug --target`
+    would run it), with the pod's resolv.conf; JSON scorecard."""
+    wrapper = _interpreter_wrapper(world.work / "stage")
+    resolv = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    only = [arg for group in groups for arg in ("--group", group)]
+    proc = sh(
+        "ip", "netns", "exec", world.pod.pod, *wrapper,
+        "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", resolv, "sh", str(world.work / "resolv.conf"),
+        "setpriv", f"--reuid={GATEWAY_UID}", f"--regid={GATEWAY_UID}", "--clear-groups",
+        str(VENV_BIN / "egress-sidecar"), "redteam", "--json", "--rate", "50",
+        "--timeout", "3", "--target", ATTACKER_V4, "--target6", ATTACKER_V6, *only,
+        check=False, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@contextlib.contextmanager
+def _rules_removed(world: World, *tools: str) -> Iterator[None]:
+    """A broken set-up: the init container's rules missing for these families, restored
+    afterwards (the rest of the module shares the pod)."""
+    saved = {tool: world.pod.run(f"{tool}-save").stdout for tool in tools}
+    try:
+        for tool in tools:
+            for table in ("nat", "filter"):
+                world.pod.run(tool, "-w", "-t", table, "-F", "OUTPUT")
+        yield
+    finally:
+        for tool, dump in saved.items():
+            sh("ip", "netns", "exec", world.pod.pod, f"{tool}-restore", stdin=dump)
+
+
+def test_redteam_against_a_correct_pod_reports_zero_misses(world: World) -> None:
+    code, card = _redteam(world)
+    probes = {p["probe"]: p for p in card["probes"]}
+    assert card["missed"] == [], json.dumps([probes[n] for n in card["missed"]])
+    assert code == 0, card["summary"]
+    for name in ("harvest_resolved_from_the_lookalike_domain", "dns_to_an_outside_resolver"):
+        assert probes[name]["outcome"] == "blocked", probes[name]
+    assert probes["gateway_holding_a_real_provider_key"]["reason"] == "gateway_holds_credential"
+    assert probes["imdsv1_credentials_by_address"]["reason"] == "metadata_address"
+
+
+def test_redteam_finds_the_missing_init_rules(world: World) -> None:
+    with _rules_removed(world, "iptables", "ip6tables"):
+        code, card = _redteam(world, "direct_egress", "gateway_compromise")
+    assert code == 1
+    for name in ("direct_tcp_to_a_public_address", "direct_udp_to_a_public_address",
+                 "harvest_posted_over_plain_http_to_lookalike_domain"):  # fmt: skip
+        assert name in card["missed"], card["missed"]
+
+
+def test_redteam_finds_the_missing_ipv6_rules(world: World) -> None:
+    with _rules_removed(world, "ip6tables"):
+        code, card = _redteam(world, "direct_egress")
+    assert code == 1
+    assert card["missed"] == ["direct_tcp_over_ipv6"], card["missed"]

@@ -1,0 +1,1 @@
+"""`egress-sidecar redteam`: probes a deployed sidecar from the gateway's position."""
