@@ -34,7 +34,8 @@ class ClientConnectionState:
     tunnel: tuple[str, int] | None = None
     pins: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)
     refused_tunnel: Decision | None = None  # answered to every request inside the tunnel
-    refused_at_hello: bool = False  # its one decision line was written at the ClientHello
+    refused_at_hello: bool = False  # refused (and recorded) at the TLS ClientHello
+    refused_at_connect: bool = False  # its CONNECT was refused and recorded
     spoke_http: bool = False  # at least one request: each has its own line
     tls_failures: dict[str, str] = dataclasses.field(default_factory=dict)
 

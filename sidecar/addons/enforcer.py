@@ -130,6 +130,7 @@ class Enforcer:
             return
         if decision.refused:
             self.record(decision)
+            self.connections.of(flow.client_conn.id).refused_at_connect = True
             flow.response = refusal_response(decision, close=True)
             await self._pace()
             return
@@ -403,6 +404,11 @@ class Enforcer:
                 detail=failures[flow.error.msg],
             )
             error_pages.expect(flow.error.msg, refusal_response(decision, close=True))
+        elif flow.response is None and flow.error is not None:
+            # S9: allowed by policy, then the exchange failed (upstream unreachable or
+            # malformed, or the gateway's own framing rejected): the line says so.
+            failed = f"allowed, then the exchange failed: {flow.error.msg[:200]}"
+            decision = decision.with_context(detail=f"{decision.detail}; {failed}".lstrip("; "))
         self.record(decision)
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -414,8 +420,8 @@ class Enforcer:
         if mismatch is not None:
             self.record(self._h2_mismatch_decision(client, tunnel, *mismatch))
             return
-        if state.refused_at_hello or state.spoke_http:
-            return  # its line was written at the hello, or each request has its own
+        if state.refused_at_hello or state.refused_at_connect or state.spoke_http:
+            return  # its line was written at the hello or CONNECT, or per request
         if state.refused_tunnel is not None:
             # A refused tunnel without a request (the client rejected our CA, or spoke
             # no HTTP): the CONNECT's refusal is its one line.
@@ -432,9 +438,14 @@ class Enforcer:
                 if client.tls_established
                 else "TLS handshake with the client failed (does it trust the sidecar CA?)"
             )
+        if not client.tls and tunnel is None and client.sockname:
+            # Explicit listener: mitmproxy answered a malformed request (garbage, no
+            # Host, a CONNECT without a valid port) with 400 before any hook saw one.
+            detail = "connection ended without a valid HTTP request (malformed or none)"
         decision = self._connection_decision(
-            client, tunnel, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD, detail
-        )
+            client, tunnel, Reason.PROTOCOL_NOT_ALLOWED, RULE_NETGUARD, detail,
+            explicit_too=True,
+        )  # fmt: skip
         if decision is not None:
             self.record(decision)
 
@@ -447,10 +458,13 @@ class Enforcer:
         detail: str,
         *,
         reverse_too: bool = False,
+        explicit_too: bool = False,
     ) -> Decision | None:
         """A refusal of a connection that carried no request of its own (S9), towards
         where it was going; None where that is not known (or, for a reverse listener's
-        connection without a request, not a refusal unless `reverse_too`)."""
+        connection without a request, not a refusal unless `reverse_too`; for an
+        explicit listener's connection that named no destination, `explicit_too`
+        records it towards "unknown")."""
         proxy_mode = client.proxy_mode
         if isinstance(proxy_mode, mode_specs.TransparentMode):
             (host, port), mode = _original_destination(client), "transparent"
@@ -459,6 +473,8 @@ class Enforcer:
             (host, port), mode = tunnel, "explicit"
         elif reverse_too and isinstance(proxy_mode, mode_specs.ReverseMode):
             (host, port), mode = (proxy_mode.address[0], proxy_mode.address[1]), "reverse"
+        elif explicit_too and isinstance(proxy_mode, mode_specs.RegularMode):
+            (host, port), mode = ("unknown", 0), "explicit"
         else:
             return None
         return Decision(

@@ -1,0 +1,80 @@
+"""S9: what mitmproxy answers on its own (a 400 to a malformed request) is still a
+decision line; an allowed request whose exchange then fails says so in its line.
+
+A hostile gateway probing the explicit listener with garbage, a request without a
+destination or a CONNECT without a valid port must not go unseen.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.support.sidecar import SidecarProcess
+
+pytestmark = pytest.mark.integration
+
+
+def send_raw(sidecar: SidecarProcess, data: bytes) -> bytes:
+    host, port = sidecar.listener("explicit").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        if data:
+            sock.sendall(data)
+        sock.settimeout(5)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def lines_after(sidecar: SidecarProcess, mark: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(sidecar.decisions) <= mark:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second line would show up now
+    return sidecar.decisions[mark:]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\n\r\n",  # origin form, no Host: no destination
+        b"CONNECT api.openai.com HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",  # no port
+        b"CONNECT api.openai.com:99999 HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+    ],
+    ids=["garbage", "no-host", "connect-no-port", "connect-bad-port", "junk"],
+)
+def test_malformed_request_to_the_explicit_listener_is_one_block_line(
+    sidecar: SidecarProcess, request_bytes: bytes
+) -> None:
+    mark = len(sidecar.decisions)
+    send_raw(sidecar, request_bytes)
+    lines = lines_after(sidecar, mark)
+    assert len(lines) == 1, lines
+    assert lines[0]["decision"] == "block" and lines[0]["reason"] == "protocol_not_allowed"
+    assert lines[0]["mode"] == "explicit" and lines[0]["host"] == "unknown"
+
+
+def test_request_smuggling_framing_is_not_logged_as_a_plain_allow(
+    sidecar: SidecarProcess, provider
+) -> None:
+    # Content-Length and Transfer-Encoding together: mitmproxy rejects the framing
+    # after the headers were allowed. The one line must say the exchange failed.
+    mark = len(sidecar.decisions)
+    authority = f"api.openai.com:{provider.port}"
+    raw = send_raw(
+        sidecar,
+        f"POST https://{authority}/v1/x HTTP/1.1\r\nHost: {authority}\r\n"
+        "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
+    )
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:100]
+    lines = lines_after(sidecar, mark)
+    assert len(lines) == 1, lines
+    assert lines[0]["decision"] != "allow" or "exchange failed" in lines[0].get("detail", "")
