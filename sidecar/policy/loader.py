@@ -27,6 +27,7 @@ from yaml.nodes import Node, ScalarNode
 from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
 from sidecar.netguard import METADATA_ADDRESSES
+from sidecar.policy import overrides
 from sidecar.policy.errors import PolicyError, Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -107,7 +108,7 @@ FORBIDDEN_CREDENTIAL_HEADERS = frozenset(
     }
 )
 
-_TOP_KEYS = ("version", "mode", "providers", "allow")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -272,6 +273,7 @@ class _FileReader(yamlfile.Reader):
         super().__init__(file, problems)
         self.drafts: list[_Draft] = []
         self.mode: tuple[Mode, int] | None = None
+        self.overrides: overrides.FileOverrides | None = None
 
     # -- document
 
@@ -295,6 +297,8 @@ class _FileReader(yamlfile.Reader):
             items = self.seq(top["allow"][1], "allow", "entry", "entries")
             for index, item in enumerate(items or []):
                 self._allow(index, item)
+        if "overrides" in top:
+            self.overrides = overrides.read(self, top["overrides"][1])
 
     def _version(self, node: Node) -> bool:
         if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(POLICY_VERSION):
@@ -817,6 +821,7 @@ class _Merger:
         self.files: list[str] = []
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
+        self.overrides: list[overrides.FileOverrides] = []
 
     def add_file(self, file: str, data: bytes) -> None:
         self.files.append(file)
@@ -831,13 +836,18 @@ class _Merger:
         self.drafts.extend(reader.drafts)
         if reader.mode is not None:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
+        if reader.overrides is not None:
+            self.overrides.append(reader.overrides)
 
     def _compose(self, file: str, data: bytes) -> Node | None:
         empty = f"empty file: a policy file starts with 'version: {POLICY_VERSION}'"
         return yamlfile.compose(file, data, self.problems, empty=empty)
 
     def finish(self) -> Policy:
-        self._check_modes()
+        applied = overrides.apply(self.drafts, self.overrides, self.problems)
+        self.drafts = applied.kept  # type: ignore[assignment]
+        if applied.mode is None:
+            self._check_modes()
         self._check_names()
         self._check_hosts()
         self._check_cidrs()
@@ -847,12 +857,15 @@ class _Merger:
             self.problems.sort(key=lambda p: (order.get(p.file, -1), p.line))
             raise PolicyError(self.problems)
         mode = self.modes[0][0] if self.modes else Mode.ENFORCE
+        mode_source = SourceRef(self.modes[0][1], self.modes[0][2]) if self.modes else None
         endpoints = tuple(d.endpoint for d in self.drafts if d.endpoint is not None)
         return Policy(
-            mode=mode,
+            mode=applied.mode[0] if applied.mode else mode,
             endpoints=endpoints,
             files=tuple(self.files),
             digest=self.digest.hexdigest(),
+            mode_source=applied.mode[1] if applied.mode else mode_source,
+            removed=applied.removed,
         )
 
     def _conflict(self, file: str, line: int, key: str, message: str) -> None:
