@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sidecar.decision import RULE_DEFAULT_DENY, Reason
+from sidecar.decision import ALWAYS_ENFORCED, RULE_DEFAULT_DENY, Reason
 from sidecar.hostnames import HostError, normalize_policy_host, parse_host
 from sidecar.policy.errors import PolicyError
 from sidecar.policy.loader import find_policy_files, load_policy_bytes
@@ -38,6 +38,7 @@ ENTRY_REASONS = frozenset({Reason.HOST_NOT_ALLOWED.value})
 WIDEN_REASONS = frozenset(
     {Reason.PORT_NOT_ALLOWED.value, Reason.PATH_NOT_ALLOWED.value, Reason.METHOD_NOT_ALLOWED.value}
 )
+_ENFORCED_IN_AUDIT = frozenset(r.value for r in ALWAYS_ENFORCED)
 _SEGMENT = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$")
 _MAX_PATHS = 1000  # distinct paths kept per destination (the logs are attacker-shaped)
 
@@ -145,7 +146,7 @@ def render(summary: Summary) -> str:
         )
         lines.append(f"      reasons: {_top(d.reasons)}; rules: {_top(d.rules)}")
         lines.append(f"      tenants: {_top(d.tenants)}; methods: {_top(d.methods) or '-'}")
-        lines.append(f"      paths: {_top(_prefixes(d.paths)) or '-'}")
+        lines.append(f"      paths (distinct): {_top(_prefixes(d.paths)) or '-'}")
     return "\n".join(lines)
 
 
@@ -168,13 +169,18 @@ def suggest(summary: Summary) -> str:
     widen: list[str] = []
     for d in summary.refused():
         entry_refusals = sum(d.reasons[r] for r in ENTRY_REASONS)
-        if any(d.reasons[r] for r in WIDEN_REASONS):
-            rule = _top(d.rules, 1).split(" ")[0]
+        narrow = Counter({r: d.reasons[r] for r in sorted(WIDEN_REASONS) if d.reasons[r]})
+        if narrow:
+            rule = d.rules.most_common(1)[0][0]
             widen.append(
-                f"# {rule}: {d.host}:{d.port} refused {_top(d.reasons)}; methods "
+                f"# {rule}: {d.host}:{d.port} refused {_top(narrow)}; methods "
                 f"{_top(d.methods) or '-'}; paths {_top(_prefixes(d.paths)) or '-'}"
             )
         if not entry_refusals or d.rules[RULE_DEFAULT_DENY] == 0:
+            continue
+        enforced = [r for r in d.reasons if r in _ENFORCED_IN_AUDIT]
+        if enforced:
+            skipped.append(f"# skipped {d.host}: also refused for {', '.join(sorted(enforced))}")
             continue
         try:
             name = normalize_policy_host(d.host)
