@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.decision import ALWAYS_ENFORCED, RULE_DEFAULT_DENY, Reason
+from sidecar.domains import registrable_domain
 from sidecar.hostnames import HostError, normalize_policy_host, parse_host
 from sidecar.policy.errors import PolicyError
-from sidecar.policy.loader import find_policy_files, load_policy_bytes
+from sidecar.policy.loader import find_policy_files, load_policy, load_policy_bytes
+from sidecar.policy.model import Policy
+from sidecar.settings import bundled_policy_dir
 
 REFUSED = ("block", "would_block")
 # Policy refusals a new entry can answer; every other reason is enforced in audit mode
@@ -147,7 +150,7 @@ def render(summary: Summary) -> str:
         lines.append(f"      reasons: {_top(d.reasons)}; rules: {_top(d.rules)}")
         lines.append(f"      tenants: {_top(d.tenants)}; methods: {_top(d.methods) or '-'}")
         lines.append(f"      paths (distinct): {_top(_prefixes(d.paths)) or '-'}")
-    return "\n".join(lines)
+    return "\n".join(map(_one_line, lines))
 
 
 # --- the suggested policy --------------------------------------------------------------
@@ -163,7 +166,30 @@ def _prefix(path: str) -> str | None:
     return f"/{segment}/*" if path.count("/") > 1 else f"/{segment}"
 
 
-def suggest(summary: Summary) -> str:
+def provider_domains(policy: Policy) -> dict[str, str]:
+    """Registrable domain of each key-bearing provider host -> the provider's rule."""
+    return {
+        registrable_domain(host.removeprefix("*.")): endpoint.rule
+        for endpoint in policy.endpoints
+        if endpoint.credential is not None
+        for host in endpoint.hosts
+    }
+
+
+def _lookalike(name: str, known: dict[str, str]) -> str | None:
+    """A provider's domain word inside another domain: how stolen keys were shipped out."""
+    domain = registrable_domain(name)
+    if domain in known:
+        return None
+    for provider_domain, rule in sorted(known.items()):
+        word = provider_domain.split(".")[0]
+        if len(word) >= 4 and word in domain:
+            return f"{domain} looks like {provider_domain} ({rule}) but is another domain"
+    return None
+
+
+def suggest(summary: Summary, known: dict[str, str] | None = None) -> str:
+    """The suggested policy; `known`: provider domains (`provider_domains`) to warn about."""
     hosts: dict[str, list[Destination]] = {}
     skipped: list[str] = []
     widen: list[str] = []
@@ -215,6 +241,9 @@ def suggest(summary: Summary) -> str:
             f"  # {count} refused; first {min(d.first for d in seen) or '-'}, "
             f"last {max(d.last for d in seen) or '-'}; tenants {tenants}"
         )
+        warning = _lookalike(name, known or {})
+        if warning:
+            out.append(f"  # WARNING: {warning}: a look-alike is where stolen keys go")
         out.append(f"  - name: {name}")
         out.append(f"    host: {name}")
         out.append(f"    ports: [{', '.join(map(str, ports))}]")
@@ -228,7 +257,12 @@ def suggest(summary: Summary) -> str:
             )
     out.extend(widen and ["# Existing entries that refused a port, path or method:", *widen])
     out.extend(skipped)
-    return "\n".join(out) + "\n"
+    # Log values reach the comments: one logical line stays one line, whatever they hold.
+    return "\n".join(map(_one_line, out)) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -288,14 +322,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(render(summary))
     if args.suggest:
-        text = suggest(summary)
+        try:
+            current = load_policy(args.policy or [bundled_policy_dir() / "default.yaml"])
+        except PolicyError as exc:
+            return _problems("the current policy does not load", exc)
+        text = suggest(summary, provider_domains(current))
         try:
             check_suggestion(text, args.policy)
         except PolicyError as exc:
-            print("error: the suggested policy does not load; not written:", file=sys.stderr)
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return 2
+            return _problems("the suggested policy does not load; not written", exc)
         if args.suggest == "-":
             sys.stdout.write(text)
         else:
@@ -305,3 +340,10 @@ def main(args: argparse.Namespace) -> int:
                 f"check: egress-sidecar policy check {args.suggest})"
             )
     return 0
+
+
+def _problems(what: str, exc: PolicyError) -> int:
+    print(f"error: {what}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return 2

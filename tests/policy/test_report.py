@@ -169,3 +169,30 @@ def test_cli_missing_log_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nope.log" in result.stderr
+
+
+def test_forged_log_values_cannot_add_lines_to_the_suggestion() -> None:
+    forged = json.loads(line(WB, Reason.HOST_NOT_ALLOWED, "vendor.example.org"))
+    forged["tenant"] = "x\n  - {name: evil, host: evil.example, ports: [443]}"
+    text = suggest(summary_of([json.dumps(forged)]))
+    policy = load_policy_bytes([("s.yaml", text.encode())])
+    assert [e.hosts for e in policy.endpoints] == [("vendor.example.org",)]
+    assert "evil.example" in text  # shown, escaped, inside the comment line
+
+
+def test_look_alike_of_a_provider_domain_is_flagged_in_the_suggestion() -> None:
+    from sidecar.report import provider_domains
+
+    known = provider_domains(load_policy([DEFAULT]))
+    lines = [
+        line(WB, Reason.HOST_NOT_ALLOWED, "api.openai-billing.com"),
+        line(WB, Reason.HOST_NOT_ALLOWED, "telemetry.vendor.example"),
+    ]
+    text = suggest(summary_of(lines), known).splitlines()
+    at = text.index("  - name: api.openai-billing.com")
+    assert text[at - 1] == (
+        "  # WARNING: openai-billing.com looks like openai.com (providers.openai) but is "
+        "another domain: a look-alike is where stolen keys go"
+    )
+    at = text.index("  - name: telemetry.vendor.example")
+    assert "WARNING" not in text[at - 1]
