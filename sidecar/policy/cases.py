@@ -16,7 +16,7 @@ them next to their policy and run them in CI. Each case runs through the pure co
           tenant: team-a               # optional
           headers: {authorization: "Bearer sk-dummy"}   # optional
           body: '{"model": "gpt-4o"}'  # optional: string or mapping (as JSON)
-          addresses: [10.96.0.10]      # optional: what the name resolves to
+          addresses: [1.1.1.1]         # optional: what the name resolves to
         expect:
           decision: allow              # allow | block | would_block
           reason: allowed              # a reason code (README)
@@ -38,6 +38,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from sidecar import yamlfile
@@ -197,10 +198,7 @@ class _CaseReader(yamlfile.Reader):
         if isinstance(node, ScalarNode) and node.tag == yamlfile.STR:
             return str(node.value)
         if isinstance(node, MappingNode):
-            import yaml
-
-            value = yaml.SafeLoader(yaml.serialize(node)).get_single_data()
-            return json.dumps(value)
+            return json.dumps(yaml.safe_load(yaml.serialize(node)))
         self.err(node, key, "expected a string, or a mapping sent as JSON")
         return None
 
