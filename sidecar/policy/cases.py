@@ -198,7 +198,8 @@ class _CaseReader(yamlfile.Reader):
         if isinstance(node, ScalarNode) and node.tag == yamlfile.STR:
             return str(node.value)
         if isinstance(node, MappingNode):
-            return json.dumps(yaml.safe_load(yaml.serialize(node)))
+            # YAML dates and binary have no JSON form: their text stands in.
+            return json.dumps(yaml.safe_load(yaml.serialize(node)), default=str)
         self.err(node, key, "expected a string, or a mapping sent as JSON")
         return None
 
