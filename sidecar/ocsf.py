@@ -18,6 +18,7 @@ no header, body or query: the path only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -169,6 +170,7 @@ def _printable(text: str) -> str:
     return text[:256].encode("ascii", "backslashreplace").decode()
 
 
+@functools.lru_cache(maxsize=4096)  # pure; hosts and gateway addresses repeat
 def _ip(text: str) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
