@@ -183,8 +183,8 @@ def _lookalike(name: str, known: dict[str, str]) -> str | None:
         return None
     for provider_domain, rule in sorted(known.items()):
         word = provider_domain.split(".")[0]
-        if len(word) >= 4 and word in domain:
-            return f"{domain} looks like {provider_domain} ({rule}) but is another domain"
+        if len(word) >= 4 and word in name:  # api-openai.com, api.openai.com.evil.example
+            return f"{name} looks like {provider_domain} ({rule}) but is in {domain}"
     return None
 
 

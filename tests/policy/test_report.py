@@ -186,13 +186,16 @@ def test_look_alike_of_a_provider_domain_is_flagged_in_the_suggestion() -> None:
     known = provider_domains(load_policy([DEFAULT]))
     lines = [
         line(WB, Reason.HOST_NOT_ALLOWED, "api.openai-billing.com"),
+        line(WB, Reason.HOST_NOT_ALLOWED, "api.anthropic.com.cdn-edge.net"),
         line(WB, Reason.HOST_NOT_ALLOWED, "telemetry.vendor.example"),
     ]
     text = suggest(summary_of(lines), known).splitlines()
     at = text.index("  - name: api.openai-billing.com")
     assert text[at - 1] == (
-        "  # WARNING: openai-billing.com looks like openai.com (providers.openai) but is "
-        "another domain: a look-alike is where stolen keys go"
+        "  # WARNING: api.openai-billing.com looks like openai.com (providers.openai) but is "
+        "in openai-billing.com: a look-alike is where stolen keys go"
     )
+    at = text.index("  - name: api.anthropic.com.cdn-edge.net")
+    assert "looks like anthropic.com (providers.anthropic)" in text[at - 1]
     at = text.index("  - name: telemetry.vendor.example")
     assert "WARNING" not in text[at - 1]
