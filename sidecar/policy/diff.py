@@ -117,13 +117,12 @@ def compare(old: Policy, new: Policy) -> PolicyDiff:
         else:
             _entry_changes(before, entry, changes)
         risks.extend(_entry_risks(old, before, entry))
+    removed_by = {r.rule: r.by for r in new.removed}
     for rule, entry in olds.items():
         if rule not in news:
-            changes.append(
-                Change(
-                    CLOSES, rule, f"entry removed: {describe_endpoint(entry)}", str(entry.source)
-                )
-            )
+            how = f"removed by {removed_by[rule]}" if rule in removed_by else "entry removed"
+            what = f"{how}: {describe_endpoint(entry)}"
+            changes.append(Change(CLOSES, rule, what, str(entry.source)))
     return PolicyDiff(tuple(changes), tuple(risks))
 
 

@@ -171,7 +171,8 @@ def test_cli_on_shipped_overrides_example_is_risky_and_says_what_it_closes() -> 
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert out.startswith("policy diff: 1 file (mode enforce) -> 2 files (mode audit)\n")
-    assert "  - providers.xai: entry removed: api.x.ai;" in out
+    overrides = EXAMPLES / "overrides.yaml"
+    assert f"  - providers.xai: removed by {overrides}:15: api.x.ai;" in out
     assert f"  - providers.azure-openai: host *.openai.azure.com  ({DEFAULT}:43)" in out
     assert "  ! [mode_audit] mode: mode switched to audit" in out
     assert out.endswith("4 opens, 2 closes, 0 changes\n")
