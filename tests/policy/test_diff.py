@@ -216,3 +216,13 @@ def test_cli_broken_side_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("NEW policy cannot be loaded:\n")
     assert f"{broken}:2: providers.x.hosts[0]" in result.stderr
+
+
+def test_diff_lists_any_other_entry_key_that_changed(write_files: WriteFiles) -> None:
+    """Keys without their own rendering (max_request_body today, the request-body rules
+    tomorrow) still show up as a change of that key."""
+    new = BASE.replace('paths: ["/v1/*"]', 'paths: ["/v1/*"]\n    max_request_body: 1m')
+    diff = diff_of(write_files, new)
+    assert [(c.kind, c.rule, c.what) for c in diff.changes] == [
+        (CHANGES, "providers.openai", "max_request_body None -> 1048576")
+    ]
