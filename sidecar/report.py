@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.decision import ALWAYS_ENFORCED, RULE_DEFAULT_DENY, Reason
-from sidecar.domains import registrable_domain
 from sidecar.hostnames import HostError, normalize_policy_host, parse_host
 from sidecar.policy.errors import PolicyError
 from sidecar.policy.loader import find_policy_files, load_policy, load_policy_bytes
@@ -168,6 +167,8 @@ def _prefix(path: str) -> str | None:
 
 def provider_domains(policy: Policy) -> dict[str, str]:
     """Registrable domain of each key-bearing provider host -> the provider's rule."""
+    from sidecar.domains import registrable_domain  # the PSL: see policy/diff.py
+
     return {
         registrable_domain(host.removeprefix("*.")): endpoint.rule
         for endpoint in policy.endpoints
@@ -178,6 +179,8 @@ def provider_domains(policy: Policy) -> dict[str, str]:
 
 def _lookalike(name: str, known: dict[str, str]) -> str | None:
     """A provider's domain word inside another domain: how stolen keys were shipped out."""
+    from sidecar.domains import registrable_domain
+
     domain = registrable_domain(name)
     if domain in known:
         return None

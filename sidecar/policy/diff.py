@@ -28,7 +28,6 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from sidecar.domains import registrable_domain, shared_domain
 from sidecar.netguard import AddressClass, classes_within
 from sidecar.policy.errors import PolicyError
 from sidecar.policy.explain import describe_endpoint
@@ -166,6 +165,10 @@ def _cred(entry: Endpoint) -> str:
 
 
 def _entry_risks(old_policy: Policy, old: Endpoint | None, new: Endpoint) -> Iterable[Risk]:
+    # Imported here: the Public Suffix List takes a quarter second to read, and every
+    # command's parser (`policy check` too) imports this module.
+    from sidecar.domains import registrable_domain, shared_domain
+
     source = str(new.source)
     old_hosts = set(old.hosts) if old else set()
     for host in new.hosts:

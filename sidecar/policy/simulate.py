@@ -22,9 +22,6 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import parse_qsl, urlsplit
 
-from sidecar.credentials.confinement import UNLISTED, key_withheld_because
-from sidecar.credentials.inject import HeaderList, prepare_request
-from sidecar.credentials.secrets import SecretStore
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
@@ -91,6 +88,12 @@ def parse_target(url: str) -> Target:
 
 
 def simulate(engine: PolicyEngine, request: SimRequest) -> Simulation:
+    # Imported here: the CLI builds every subcommand's parser, and `policy check` should
+    # not pay for the credential scanners it never uses.
+    from sidecar.credentials.confinement import UNLISTED, key_withheld_because
+    from sidecar.credentials.inject import HeaderList, prepare_request
+    from sidecar.credentials.secrets import SecretStore
+
     target = parse_target(request.url)
     attempt = Attempt(
         host=target.host,
