@@ -844,8 +844,7 @@ class _Merger:
         return yamlfile.compose(file, data, self.problems, empty=empty)
 
     def finish(self) -> Policy:
-        applied = overrides.apply(self.drafts, self.overrides, self.problems)
-        self.drafts = applied.kept  # type: ignore[assignment]
+        self.drafts, applied = overrides.apply(self.drafts, self.overrides, self.problems)
         if applied.mode is None:
             self._check_modes()
         self._check_names()

@@ -50,7 +50,6 @@ class FileOverrides:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Applied:
-    kept: list[Draft]
     removed: tuple[Removal, ...]
     mode: tuple[Mode, SourceRef] | None  # the overriding mode, if any
 
@@ -91,9 +90,10 @@ def read(reader: yamlfile.Reader, node: Node) -> FileOverrides:
     return found
 
 
-def apply(
-    drafts: Sequence[Draft], overrides: Sequence[FileOverrides], problems: list[Problem]
-) -> Applied:
+def apply[D: Draft](
+    drafts: Sequence[D], overrides: Sequence[FileOverrides], problems: list[Problem]
+) -> tuple[list[D], Applied]:
+    """The drafts left after the removals, and what the overrides decided."""
     removed: list[Removal] = []
     gone: set[int] = set()
     for file_overrides in overrides:
@@ -117,7 +117,7 @@ def apply(
                     removed.append(Removal(rule, drafts[index].source, by))
     kept = [d for i, d in enumerate(drafts) if i not in gone]
     _check_index_ids(kept, problems)
-    return Applied(kept, tuple(removed), _mode(overrides, problems))
+    return kept, Applied(tuple(removed), _mode(overrides, problems))
 
 
 def _missing(rule: str, drafts: Sequence[Draft], file: str) -> str:
