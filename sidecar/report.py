@@ -29,7 +29,12 @@ from typing import Any
 from sidecar.decision import ALWAYS_ENFORCED, RULE_DEFAULT_DENY, Reason
 from sidecar.hostnames import HostError, normalize_policy_host, parse_host
 from sidecar.policy.errors import PolicyError
-from sidecar.policy.loader import find_policy_files, load_policy, load_policy_bytes
+from sidecar.policy.loader import (
+    ALLOWED_METHODS,
+    find_policy_files,
+    load_policy,
+    load_policy_bytes,
+)
 from sidecar.policy.model import Policy
 from sidecar.settings import bundled_policy_dir
 
@@ -156,7 +161,10 @@ def render(summary: Summary) -> str:
 
 
 def _prefix(path: str) -> str | None:
-    """ "/v1/*" for "/v1/chat/completions", "/" for "/"; None for a path no policy takes."""
+    """The policy path for a seen path: `/v1/*` for /v1/chat/completions, `/` for /.
+
+    None for a first segment a policy cannot list (escapes, dots, wildcards).
+    """
     if path == "/":
         return "/"
     segment = path.split("/")[1] if path.startswith("/") else ""
@@ -237,7 +245,7 @@ def suggest(summary: Summary, known: dict[str, str] | None = None) -> str:
             skipped.append(f"# skipped {name}: no port in the logs")
             continue
         count = sum(d.count for d in seen)
-        methods = sorted({m for d in seen for m in d.methods} & _METHODS)
+        methods = sorted({m for d in seen for m in d.methods} & set(ALLOWED_METHODS))
         prefixes = sorted({p for d in seen for p in map(_prefix, d.paths) if p})
         tenants = _top(sum((d.tenants for d in seen), Counter()))
         out.append(
@@ -252,13 +260,14 @@ def suggest(summary: Summary, known: dict[str, str] | None = None) -> str:
         out.append(f"    ports: [{', '.join(map(str, ports))}]")
         if methods:
             out.append(f"    methods: [{', '.join(methods)}]")
-        if prefixes and "/" not in prefixes:
+        if prefixes:
             out.append(f"    paths: [{', '.join(json.dumps(p) for p in _outermost(prefixes))}]")
         if name.endswith((".svc", ".cluster.local", ".internal", ".local")):
             out.append(
                 "    # in-cluster name: add 'addresses:' with the narrowest range it resolves to"
             )
-    out.extend(widen and ["# Existing entries that refused a port, path or method:", *widen])
+    if widen:
+        out += ["# Existing entries that refused a port, path or method:", *widen]
     out.extend(skipped)
     # Log values reach the comments: one logical line stays one line, whatever they hold.
     return "\n".join(map(_one_line, out)) + "\n"
@@ -266,9 +275,6 @@ def suggest(summary: Summary, known: dict[str, str] | None = None) -> str:
 
 def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _prefixes(paths: Iterable[str]) -> Counter[str]:

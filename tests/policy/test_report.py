@@ -95,7 +95,7 @@ def test_suggestion_lists_unlisted_names_only_never_literals_metadata_or_private
     assert telemetry.ports == {443} and telemetry.methods == {"POST"}
     assert telemetry.paths.prefixes == {"/v1/"} and telemetry.paths.exact == {"/ingest"}
     hooks = next(e for e in policy.endpoints if e.hosts == ("hooks.example.org",))
-    assert hooks.ports == {8443} and hooks.paths.allows_any
+    assert hooks.ports == {8443} and hooks.paths.exact == {"/"}
     # A refused path of an existing entry is a comment for a human, not a new entry.
     assert "# providers.openai: api.openai.com:443 refused path_not_allowed 1; methods" in text
 
