@@ -72,6 +72,17 @@ def _methods(endpoint: Endpoint) -> set[str]:
     return {"any"} if endpoint.methods is None else set(endpoint.methods)
 
 
+def _covered(label: str, item: str, other: Endpoint) -> bool:
+    """Whether the other side already lets `item` through (so it opens or closes nothing)."""
+    if label == "method":
+        return other.methods is None
+    if label == "path":
+        base = item.removesuffix("*")
+        exact = not item.endswith("*") and base in other.paths.exact
+        return exact or any(base.startswith(prefix) for prefix in other.paths.prefixes)
+    return False
+
+
 # key -> (label, the entry's items as text)
 _ITEM_FIELDS: dict[str, tuple[str, Any]] = {
     "hosts": ("host", lambda e: set(e.hosts)),
@@ -130,10 +141,12 @@ def _entry_changes(old: Endpoint, new: Endpoint, out: list[Change]) -> None:
     source, old_source = str(new.source), str(old.source)
     for label, items in _ITEM_FIELDS.values():
         before, after = items(old), items(new)
-        out.extend(Change(OPENS, new.rule, f"{label} {v}", source) for v in sorted(after - before))
-        out.extend(
-            Change(CLOSES, new.rule, f"{label} {v}", old_source) for v in sorted(before - after)
-        )
+        for item in sorted(after - before):
+            if not _covered(label, item, old):
+                out.append(Change(OPENS, new.rule, f"{label} {item}", source))
+        for item in sorted(before - after):
+            if not _covered(label, item, new):
+                out.append(Change(CLOSES, new.rule, f"{label} {item}", old_source))
     if old.credential != new.credential:
         if new.credential is None:
             out.append(Change(CLOSES, new.rule, "credential removed", old_source))

@@ -226,3 +226,18 @@ def test_diff_lists_any_other_entry_key_that_changed(write_files: WriteFiles) ->
     assert [(c.kind, c.rule, c.what) for c in diff.changes] == [
         (CHANGES, "providers.openai", "max_request_body None -> 1048576")
     ]
+
+
+def test_narrowing_paths_and_methods_only_closes(write_files: WriteFiles) -> None:
+    old = BASE.replace("ports: [4318]}", "ports: [4318], paths: ['/*']}")
+    new = BASE.replace("ports: [4318]}", "ports: [4318], paths: ['/v1/*'], methods: [POST]}")
+    diff = diff_of(write_files, new, old=old)
+    assert [(c.kind, c.what) for c in diff.changes] == [
+        (CLOSES, "path /*"),
+        (CLOSES, "method any"),
+    ]
+    widened = diff_of(write_files, old, old=new)
+    assert [(c.kind, c.what) for c in widened.changes] == [
+        (OPENS, "path /*"),
+        (OPENS, "method any"),
+    ]
