@@ -1,4 +1,5 @@
-"""`egress-sidecar` command line: run | policy check | init | redteam | virtual-key new|hash.
+"""`egress-sidecar` command line: run | policy check|test|explain|diff | report | init |
+redteam | virtual-key new|hash.
 
 Each subcommand lives in its own module and contributes `add_arguments(parser)` and
 `main(args) -> int`; this file only wires them, so importing the CLI for `policy
@@ -19,6 +20,22 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("policy", "check"): (
         "sidecar.policy.check",
         "validate policy files; exit 1 on any error (for CI)",
+    ),
+    ("policy", "test"): (
+        "sidecar.policy.cases",
+        "run a policy's test cases (no network); exit 1 on a failure, 2 on bad input",
+    ),
+    ("policy", "explain"): (
+        "sidecar.policy.explain",
+        "say which entry decides a URL and why, and what the sidecar would add",
+    ),
+    ("policy", "diff"): (
+        "sidecar.policy.diff",
+        "what a policy change opens and closes; exit 1 if it has risky additions",
+    ),
+    ("report",): (
+        "sidecar.report",
+        "summarise decision logs: what enforce would break or broke; suggest a policy",
     ),
     ("init",): (
         "sidecar.netinit",

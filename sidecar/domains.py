@@ -22,3 +22,43 @@ def registrable_domain(name: str) -> str:
     if not name:
         return name
     return _PSL.privatesuffix(name) or name
+
+
+# Cloud domains whose subdomains anyone can create (buckets, functions, API gateways,
+# Azure resources) although the Public Suffix List does not list the domain itself.
+MULTI_TENANT_DOMAINS = frozenset(
+    {
+        "amazonaws.com",
+        "aws",
+        "azure.com",  # <resource>.openai.azure.com, .cognitiveservices.azure.com, ...
+        "azure.net",
+        "windows.net",
+        "cloudapp.net",
+        "googleapis.com",
+        "googleusercontent.com",
+        "appspot.com",
+        "cloudfunctions.net",
+        "run.app",
+        "cloudflare.net",
+        "oraclecloud.com",
+        "aliyuncs.com",
+    }
+)
+
+
+def shared_domain(name: str) -> str | None:
+    """Why names under `name` belong to many owners, or None when one owner holds them.
+
+    A public suffix (private section included: `s3.amazonaws.com`, `herokuapp.com`),
+    or a name at or under a multi-tenant cloud domain (`amazonaws.com`,
+    `openai.azure.com`).
+    """
+    if _PSL.is_public(name):
+        return f"{name} is a public suffix: anyone can register a name under it"
+    labels = name.split(".")
+    for index in range(len(labels)):
+        parent = ".".join(labels[index:])
+        if parent in MULTI_TENANT_DOMAINS:
+            where = "" if parent == name else f" under {parent}"
+            return f"{name} is{where} a multi-tenant cloud domain: anyone can create a resource"
+    return None

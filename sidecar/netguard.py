@@ -172,3 +172,15 @@ def is_metadata(address: IPAddress) -> bool:
         if inner is not None:
             return inner in METADATA_ADDRESSES
     return address in METADATA_ADDRESSES
+
+
+def classes_within(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> set[AddressClass]:
+    """The non-public classes a range of addresses touches (for reviewing policy ranges)."""
+    found = {
+        cls
+        for special, cls in _RANGES
+        if special.version == network.version and special.overlaps(network)
+    }
+    if any(a.version == network.version and a in network for a in METADATA_ADDRESSES):
+        found.add(AddressClass.METADATA)
+    return found

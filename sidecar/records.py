@@ -91,11 +91,16 @@ class Metrics:
 class DecisionLog:
     """One JSON object per line on stdout (or another stream)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        render: Callable[[Decision], dict[str, Any]] = Decision.as_log_record,
+    ) -> None:
         self._stream = stream or sys.stdout
+        self._render = render  # our record, or sidecar.ocsf.to_ocsf (--decision-format)
 
     def record(self, decision: Decision) -> None:
-        self.write(decision.as_log_record())
+        self.write(self._render(decision))
 
     def write(self, record: dict[str, Any]) -> None:
         self._stream.write(_LINE_ENCODER.encode(record) + "\n")

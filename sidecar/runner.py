@@ -147,6 +147,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.admin import AdminServer
     from sidecar.dns_server import start_dns_server
     from sidecar.engine import PolicyEngine
+    from sidecar.ocsf import to_ocsf
     from sidecar.policy.loader import load_policy
     from sidecar.records import DecisionLog, Metrics, Recorder
     from sidecar.reload import PolicyWatcher
@@ -195,7 +196,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     metrics.reloads.clear()  # the first load is not a reload
 
     credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
-    decision_log = DecisionLog()
+    decision_log = (
+        DecisionLog(render=to_ocsf) if settings.decision_format == "ocsf" else DecisionLog()
+    )
     recorder = Recorder(
         [decision_log.record, metrics.record],
         on_error=lambda m: emit("error", error=m),

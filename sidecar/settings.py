@@ -95,6 +95,7 @@ class Settings:
     dns_max_pending: int = 256
     dns_max_tcp_connections: int = 64
     refusal_rate: float = 20.0  # issue 10: refusals/s answered at once (0 = no pacing)
+    decision_format: str = "json"  # issue 18: json (our line) or ocsf (sidecar/ocsf.py)
     # issue 10: HTTP/connection limits
     limits: limits_mod.Limits = dataclasses.field(default_factory=limits_mod.Limits)
 
@@ -195,6 +196,12 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
         "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 20)",
         False,
     ),
+    (
+        "--decision-format",
+        "DECISION_FORMAT",
+        "decision log lines: json (default) or ocsf (OCSF 1.5.0 events, docs/ocsf.md)",
+        False,
+    ),
     # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
     *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
 )
@@ -259,6 +266,9 @@ def resolve(args: argparse.Namespace) -> Settings:
     if refuse_with not in ("refused", "nxdomain"):
         raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
     dns_limits = _dns_limits(values)
+    decision_format = (_single(values["--decision-format"]) or "json").lower()
+    if decision_format not in ("json", "ocsf"):
+        raise SettingsError(f"--decision-format {decision_format!r}: expected json or ocsf")
     rate = _number(values, "--refusal-rate", float, 0, 1_000_000)  # 0: pacing off
     refusal_rate = 20.0 if rate is None else rate
     try:
@@ -291,6 +301,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         **dns_limits,  # type: ignore[arg-type]
         refusal_rate=refusal_rate,
         limits=limits,
+        decision_format=decision_format,
     )
 
 

@@ -21,6 +21,7 @@ from sidecar.credentials import (
     VirtualKeySource,
     prepare_request,
 )
+from sidecar.credentials.confinement import UNLISTED
 from sidecar.credentials.decoding import (
     NotInspectable,
     decode_layers,
@@ -30,25 +31,9 @@ from sidecar.credentials.decoding import (
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.credentials.messages import MessageRedactor, uninspectable_extensions
 from sidecar.credentials.reflection import HEADER_NAME_HIT, UNNAMED_HEADER_HIT
-from sidecar.decision import RULE_DEFAULT_DENY, Decision, Reason, Verdict
+from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
-from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
-
-# The entry used for destinations audit mode lets through without a policy entry:
-# nothing is injected, but gateway-held keys are still detected and stripped.
-UNLISTED = Endpoint(
-    rule=RULE_DEFAULT_DENY,
-    provider=None,
-    hosts=(),
-    cidrs=(),
-    ports=frozenset(),
-    paths=ANY_PATH,
-    methods=None,
-    addresses=(),
-    tls_required=False,
-    credential=None,
-    source=SourceRef("<none>", 0),
-)
+from sidecar.policy.model import Endpoint
 
 _INJECTED = "egress_injected"
 _REDACTOR = "egress_redactor"

@@ -10,8 +10,24 @@ only the adding is withheld.
 
 from __future__ import annotations
 
-from sidecar.decision import Decision, Verdict
-from sidecar.policy.model import Endpoint
+from sidecar.decision import RULE_DEFAULT_DENY, Decision, Verdict
+from sidecar.policy.model import ANY_PATH, Endpoint, SourceRef
+
+# The entry used for destinations audit mode lets through without a policy entry:
+# nothing is injected, but gateway-held keys are still detected and stripped.
+UNLISTED = Endpoint(
+    rule=RULE_DEFAULT_DENY,
+    provider=None,
+    hosts=(),
+    cidrs=(),
+    ports=frozenset(),
+    paths=ANY_PATH,
+    methods=None,
+    addresses=(),
+    tls_required=False,
+    credential=None,
+    source=SourceRef("<none>", 0),
+)
 
 
 def key_withheld_because(

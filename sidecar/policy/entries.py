@@ -22,6 +22,7 @@ from yaml.nodes import Node, ScalarNode
 from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
+from sidecar.policy import overrides
 from sidecar.policy.errors import Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -45,7 +46,7 @@ DEFAULT_PROVIDER_PORTS = frozenset({443})
 DEFAULT_PROVIDER_METHODS = frozenset({"GET", "POST"})
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
-_TOP_KEYS = ("version", "mode", "providers", "allow")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -106,6 +107,7 @@ class FileReader(yamlfile.Reader):
         super().__init__(file, problems)
         self.drafts: list[Draft] = []
         self.mode: tuple[Mode, int] | None = None
+        self.overrides: overrides.FileOverrides | None = None
 
     # -- document
 
@@ -129,6 +131,8 @@ class FileReader(yamlfile.Reader):
             items = self.seq(top["allow"][1], "allow", "entry", "entries")
             for index, item in enumerate(items or []):
                 self._allow(index, item)
+        if "overrides" in top:
+            self.overrides = overrides.read(self, top["overrides"][1])
 
     def _version(self, node: Node) -> bool:
         if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(POLICY_VERSION):

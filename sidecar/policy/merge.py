@@ -17,9 +17,10 @@ from yaml.nodes import Node
 
 from sidecar import yamlfile
 from sidecar.hostnames import wildcard_parents
+from sidecar.policy import overrides
 from sidecar.policy.entries import POLICY_VERSION, Draft, FileReader
 from sidecar.policy.errors import PolicyError, Problem
-from sidecar.policy.model import IPNetwork, Mode, Policy
+from sidecar.policy.model import IPNetwork, Mode, Policy, SourceRef
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,6 +44,7 @@ class Merger:
         self.files: list[str] = []
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
+        self.overrides: list[overrides.FileOverrides] = []
 
     def add_file(self, file: str, data: bytes) -> None:
         self.files.append(file)
@@ -57,13 +59,17 @@ class Merger:
         self.drafts.extend(reader.drafts)
         if reader.mode is not None:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
+        if reader.overrides is not None:
+            self.overrides.append(reader.overrides)
 
     def _compose(self, file: str, data: bytes) -> Node | None:
         empty = f"empty file: a policy file starts with 'version: {POLICY_VERSION}'"
         return yamlfile.compose(file, data, self.problems, empty=empty)
 
     def finish(self) -> Policy:
-        self._check_modes()
+        self.drafts, applied = overrides.apply(self.drafts, self.overrides, self.problems)
+        if applied.mode is None:
+            self._check_modes()
         self._check_names()
         self._check_hosts()
         self._check_cidrs()
@@ -73,12 +79,15 @@ class Merger:
             self.problems.sort(key=lambda p: (order.get(p.file, -1), p.line))
             raise PolicyError(self.problems)
         mode = self.modes[0][0] if self.modes else Mode.ENFORCE
+        mode_source = SourceRef(self.modes[0][1], self.modes[0][2]) if self.modes else None
         endpoints = tuple(d.endpoint for d in self.drafts if d.endpoint is not None)
         return Policy(
-            mode=mode,
+            mode=applied.mode[0] if applied.mode else mode,
             endpoints=endpoints,
             files=tuple(self.files),
             digest=self.digest.hexdigest(),
+            mode_source=applied.mode[1] if applied.mode else mode_source,
+            removed=applied.removed,
         )
 
     def _conflict(self, file: str, line: int, key: str, message: str) -> None:

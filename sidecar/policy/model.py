@@ -68,11 +68,22 @@ class Endpoint:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Removal:
+    """An entry one file defines and another file's `overrides.remove` dropped."""
+
+    rule: str
+    source: SourceRef  # where the entry was defined
+    by: SourceRef  # the override that removed it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Policy:
     mode: Mode
     endpoints: tuple[Endpoint, ...]
     files: tuple[str, ...]
     digest: str  # sha256 over the files' bytes, for logs and reload detection
+    mode_source: SourceRef | None = None  # the `mode:` that decided; None: the default
+    removed: tuple[Removal, ...] = ()
 
     def provider(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:

@@ -29,7 +29,12 @@ def test_default_policy_passes() -> None:
     result = run(DEFAULT)
     digest = load_policy([DEFAULT]).digest[:12]
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"OK: 1 files, 14 endpoints (mode=enforce), digest {digest}\n"
+    ok, mode, *entries = result.stdout.splitlines()
+    assert ok == f"OK: 1 files, 14 endpoints (mode=enforce), digest {digest}"
+    assert mode == f"mode enforce (set at {DEFAULT}:25)"
+    assert len(entries) == 14
+    assert entries[0].startswith("  providers.openai: api.openai.com; ports 443; paths /v1/*;")
+    assert entries[0].endswith(f"; credential 'openai' as authorization  ({DEFAULT}:28)")
     assert result.stderr == ""
 
 
@@ -38,7 +43,7 @@ def test_directory_and_several_paths(tmp_path: Path) -> None:
     (tmp_path / "d" / "extra.yaml").write_text(
         "version: 1\nallow:\n  - {name: otel, host: otel.example.org, ports: [4318]}\n"
     )
-    result = run(DEFAULT, tmp_path / "d")
+    result = run("--quiet", DEFAULT, tmp_path / "d")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
         r"OK: 2 files, 15 endpoints \(mode=enforce\), digest [0-9a-f]{12}\n", result.stdout
