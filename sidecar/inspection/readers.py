@@ -252,6 +252,8 @@ def _object_findings(
         if isinstance(text, str) and text.lstrip()[:1] in ("{", "["):
             found.append(Finding(Kind.AMBIGUOUS, at(key), "a JSON text where an object belongs"))
     kind = obj.get("type")
+    if not isinstance(kind, str):
+        kind = None
     # OpenAI: Responses input_image / input_file, Chat image_url parts, MCP tools.
     image = obj.get("image_url")
     if isinstance(image, str):
