@@ -143,8 +143,8 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.addons import error_pages
     from sidecar.addons.client_tls import ClientTlsFailures
     from sidecar.addons.enforcer import Enforcer, EngineHolder
-    from sidecar.addons.request_inspection import RequestInspection
     from sidecar.addons.informational import install as drop_informational_responses
+    from sidecar.addons.request_inspection import RequestInspection
     from sidecar.admin import AdminServer
     from sidecar.dns_server import start_dns_server
     from sidecar.engine import PolicyEngine

@@ -28,7 +28,6 @@ from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
 from sidecar.netguard import METADATA_ADDRESSES
 from sidecar.policy.errors import PolicyError, Problem
-from sidecar.policy.relay import RELAY_KEYS, read_relay
 from sidecar.policy.model import (
     ANY_PATH,
     CredentialSpec,
@@ -39,6 +38,7 @@ from sidecar.policy.model import (
     Policy,
     SourceRef,
 )
+from sidecar.policy.relay import RELAY_KEYS, read_relay
 
 __all__ = [
     "ALLOWED_METHODS",

@@ -41,7 +41,7 @@ SCALARS = (
             "web_fetch_2025",
             "googleSearch",
         ]
-    )  # fmt: skip
+    )
     | st.text(max_size=20)
 )
 DOCUMENTS = st.recursive(
