@@ -31,8 +31,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
 from sidecar.decision import Decision, Reason
-from sidecar.inspection import Api, Inspection, Violation, api_for, inspect_body, minting_endpoint
 from sidecar.inspection.body import NOT_JSON_TYPES
+from sidecar.inspection.inspect import (
+    Api,
+    Inspection,
+    Violation,
+    api_for,
+    inspect_body,
+    minting_endpoint,
+)
 from sidecar.policy.model import Endpoint
 
 logger = logging.getLogger("egress_sidecar")
@@ -226,6 +233,7 @@ class RequestInspection:
         flow.metadata.pop(PENDING_DECISION_KEY, None)
         flow.metadata.pop(_INSPECT, None)
         self.record(decision)
+        flow.request.stream = False  # mitmproxy cannot both stream a body and answer it
         flow.response = refusal_response(decision)
 
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
@@ -242,6 +250,7 @@ class RequestInspection:
                 return
             flow.metadata.pop(PENDING_DECISION_KEY, None)
             self.record(decision)
+            flow.request.stream = False
             flow.response = refusal_response(decision)
             return
         flow.response = http.Response.make(

