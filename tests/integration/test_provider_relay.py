@@ -72,11 +72,8 @@ def relay_policy(port: int, mode: str = "enforce") -> str:
 def default_policy(port: int, mode: str = "enforce") -> str:
     """The same providers without any relay key: the defaults."""
     lines = relay_policy(port, mode).splitlines()
-    keep = [
-        l
-        for l in lines
-        if not l.strip().startswith(("fetch:", "server_tools:", "credential_minting:"))
-    ]
+    relay_keys = ("fetch:", "server_tools:", "credential_minting:")
+    keep = [line for line in lines if not line.strip().startswith(relay_keys)]
     return "\n".join(keep) + "\n"
 
 
@@ -255,7 +252,7 @@ def test_responses_web_search_is_refused_by_default_and_allowed_when_listed(
 ):
     for sidecar, ok in ((strict, False), (listed, True)):
         client = oai(sidecar, provider.port)
-        outcome = call(sidecar, provider, "/v1/responses", lambda: client.responses.create(
+        outcome = call(sidecar, provider, "/v1/responses", lambda c=client: c.responses.create(
             model="gpt-5", input="x", tools=[{"type": "web_search"}]))  # fmt: skip
         if ok:
             allowed(outcome)
@@ -379,7 +376,7 @@ def test_anthropic_web_fetch_tool_is_refused_by_default_and_allowed_when_listed(
     tool = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 1}
     for sidecar, ok in ((strict, False), (listed, True)):
         client = ant(sidecar, provider.port)
-        outcome = call(sidecar, provider, "/v1/messages", lambda: client.beta.messages.create(
+        outcome = call(sidecar, provider, "/v1/messages", lambda c=client: c.beta.messages.create(
             model="claude-opus-4-7", max_tokens=10, tools=[tool],
             messages=[{"role": "user", "content": f"fetch {EVIL}"}],
             betas=["web-fetch-2025-09-10"]))  # fmt: skip
@@ -448,7 +445,7 @@ def test_gemini_url_context_tool_is_refused_by_default_and_allowed_when_listed(
     )
     for sidecar, ok in ((strict, False), (listed, True)):
         client = gem(sidecar, provider.port)
-        outcome = call(sidecar, provider, GENERATE, lambda: client.models.generate_content(
+        outcome = call(sidecar, provider, GENERATE, lambda c=client: c.models.generate_content(
             model="gemini-2.5-flash", contents=f"read {EVIL}", config=config))  # fmt: skip
         if ok:
             allowed(outcome)
@@ -500,8 +497,9 @@ def test_gzip_encoded_body_hiding_an_mcp_server_is_read_and_refused(strict, prov
 
 
 def test_body_in_an_unknown_encoding_is_refused(strict, provider):
+    headers = {"content-encoding": "x-rot13"}
     outcome = call(strict, provider, "/v1/responses",
-                   lambda: _raw(strict, provider, b"{}", {"content-encoding": "x-rot13"}))  # fmt: skip
+                   lambda: _raw(strict, provider, b"{}", headers))  # fmt: skip
     refused(outcome, "request_not_inspectable", "unknown encoding")
 
 
@@ -535,3 +533,58 @@ def _raw(sidecar: SidecarProcess, provider: FakeProvider, body: bytes, headers=N
         )
     if response.status_code >= 400:
         raise openai.APIStatusError("refused", response=response, body=None)
+
+
+# --- WebSocket: OpenAI Realtime client events ----------------------------------------------
+
+
+def _realtime(sidecar: SidecarProcess, port: int, session: dict[str, Any]) -> list[dict]:
+    """Send one session.update through the sidecar with the SDK's realtime client, then a
+    harmless event; return the events the gateway got back."""
+    client = openai.OpenAI(
+        api_key="dummy",
+        base_url=f"https://{OPENAI}:{port}/v1",
+        websocket_base_url=f"wss://{OPENAI}:{port}/v1",
+    )
+    options = {
+        "proxy": sidecar.proxy_url,
+        "ssl": ssl.create_default_context(cafile=sidecar.ca_cert),
+    }
+    events: list[dict] = []
+    with client.realtime.connect(
+        model="gpt-realtime", extra_query={"quiet": "1"}, websocket_connection_options=options
+    ) as connection:
+        events.append(connection.recv().model_dump())  # session.created
+        connection.session.update(session=session)
+        connection.send({"type": "input_audio_buffer.clear"})
+        for _ in range(2):
+            events.append(json.loads(connection.recv_bytes()))
+            if events[-1].get("type") == "ack":
+                break
+    return events
+
+
+def test_realtime_session_update_declaring_an_unlisted_mcp_server_is_dropped(strict, provider):
+    before, mark = len(provider.ws_received), len(strict.decisions)
+    session = {"type": "realtime", "tools": [mcp_tool(EVIL)]}
+    events = _realtime(strict, provider.port, session)
+    assert events[1]["type"] == "error"
+    assert events[1]["error"]["code"] == "provider_fetch_not_allowed"
+    assert events[2]["type"] == "ack"  # the session goes on; only that message was dropped
+    sent = [json.loads(m) for m in provider.ws_received[before:]]
+    assert [m["type"] for m in sent] == ["input_audio_buffer.clear"]
+    decision = strict.wait_for_decision(timeout=10, reason="provider_fetch_not_allowed",
+                                        path="/v1/realtime")  # fmt: skip
+    assert "session.tools[0].server_url" in decision["detail"]
+    assert "WebSocket message" in decision["detail"]
+    assert "c2VjcmV0" not in json.dumps(strict.decisions[mark:])
+
+
+def test_realtime_session_update_with_a_listed_mcp_server_goes_through(listed, provider):
+    before = len(provider.ws_received)
+    session = {"type": "realtime", "tools": [mcp_tool("https://mcp.example.com/sse")]}
+    events = _realtime(listed, provider.port, session)
+    assert events[1]["type"] == "ack"
+    sent = [json.loads(m) for m in provider.ws_received[before:]]
+    assert sent[0]["type"] == "session.update"
+    assert sent[0]["session"]["tools"][0]["server_url"] == "https://mcp.example.com/sse"
