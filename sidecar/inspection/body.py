@@ -8,7 +8,8 @@ never guessed:
   (`sidecar.credentials.decoding`): unknown codings, more than 4 layers, corrupt or
   truncated layers and decompression bombs are refused;
 - the JSON must be strict: UTF-8 without a BOM, no duplicate keys (parsers keep the
-  first or the last), no lone surrogate escapes, no NaN/Infinity, bounded nesting;
+  first or the last), no lone surrogate escapes, no NaN/Infinity (nesting is bounded
+  by the parser's recursion limit here, and to 128 levels by the readers);
 - Gemini (protobuf JSON) accepts both `file_data` and `fileData`: an object naming one
   field in both spellings is refused.
 
@@ -28,7 +29,6 @@ __all__ = ["NOT_JSON_TYPES", "Ambiguous", "Uninspectable", "decode_body", "is_js
 
 # Content types never read as JSON: file and audio uploads (multipart forms, raw bytes).
 NOT_JSON_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
-MAX_DEPTH = 128  # real request bodies (JSON schemas included) nest far less
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
@@ -84,7 +84,8 @@ def parse_json(body: bytes, *, proto_names: bool = False) -> Any:
         raise Ambiguous(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
     except ValueError as exc:  # an integer past Python's digit limit
         raise Ambiguous(f"unreadable JSON value ({type(exc).__name__})") from None
-    _check_depth_and_surrogates(document, check_surrogates=bool(_SURROGATE_ESCAPE.search(body)))
+    if _SURROGATE_ESCAPE.search(body):
+        _check_surrogates(document)
     return document
 
 
@@ -113,29 +114,21 @@ def proto_name(key: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in key).lstrip("_")
 
 
-def _check_depth_and_surrogates(document: Any, *, check_surrogates: bool) -> None:
-    """Iterative walk (no recursion on attacker-chosen depth): nesting bounded, and
-    when the raw body had a surrogate escape, every string and key must encode."""
-    stack: list[tuple[Any, int]] = [(document, 0)]
+def _check_surrogates(document: Any) -> None:
+    """Only when the raw body had a surrogate escape: every string and key must encode
+    (a lone surrogate is read as U+FFFD by some parsers, refused by others). Iterative:
+    no recursion on attacker-chosen depth (the parser's own bound is the recursion
+    limit; the readers bound nesting further)."""
+    stack: list[Any] = [document]
     while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise Ambiguous(f"JSON nests deeper than {MAX_DEPTH}")
+        value = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                if check_surrogates:
-                    _encodable(key)
-                if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1))
-                elif check_surrogates and isinstance(item, str):
-                    _encodable(item)
+                _encodable(key)
+                stack.append(item)
         elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1))
-                elif check_surrogates and isinstance(item, str):
-                    _encodable(item)
-        elif check_surrogates and isinstance(value, str):
+            stack.extend(value)
+        elif isinstance(value, str):
             _encodable(value)
 
 

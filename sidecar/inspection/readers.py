@@ -211,27 +211,61 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9_]{1,48}$")
 _MEDIA_TYPES = frozenset({"image", "document", "audio", "video"})  # Gemini Interactions parts
 
 
+# A path into the document, built only when something is found: (parent, key or index).
+Path = tuple[Any, str | int] | None
+# Keys that make an object worth a closer look; most objects (text parts, messages,
+# schemas) have none of them and cost one set operation.
+_INTERESTING = frozenset({
+    "image_url", "file_url", "server_url", "source", "mcp_servers", "file_data", "fileData",
+    "url", "uri", "network_policy", "tools", "web_search_options", "plugins",
+}) | _OBJECT_ONLY  # fmt: skip
+MAX_DEPTH = 128  # real request bodies (JSON schemas included) nest far less
+
+
 def read_request(document: Any, dialect: Dialect) -> list[Finding]:
-    """Every finding in a request body, in document order (bounded by its size)."""
+    """Every finding in a request body, in document order. One iterative pass (no
+    recursion on attacker-chosen depth), nesting bounded by MAX_DEPTH."""
     found: list[Finding] = []
-    stack: list[tuple[Any, str, str]] = [(document, "", "")]  # (value, field, position)
+    stack: list[tuple[Any, Path, int]] = [(document, None, 0)]
     while stack:
-        value, field, position = stack.pop()
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return [Finding(Kind.AMBIGUOUS, "body", f"JSON nests deeper than {MAX_DEPTH}")]
         if isinstance(value, dict):
-            found.extend(_object_findings(value, field, position, dialect))
-            children = [
-                (item, _join(field, key), _join(position, key if _SAFE_KEY.match(key) else "*"))
-                for key, item in value.items()
-                if isinstance(item, (dict, list))
-            ]
-            stack.extend(reversed(children))
+            if not _INTERESTING.isdisjoint(value):
+                found.extend(_object_findings(value, path, dialect))
+            for key, item in reversed(value.items()):
+                if isinstance(item, (dict, list)):
+                    stack.append((item, (path, key), depth + 1))
         elif isinstance(value, list):
-            stack.extend(
-                (item, f"{field}[{index}]", position)
-                for index, item in reversed(list(enumerate(value)))
-                if isinstance(item, (dict, list))
-            )
+            for index in range(len(value) - 1, -1, -1):
+                item = value[index]
+                if isinstance(item, (dict, list)):
+                    stack.append((item, (path, index), depth + 1))
     return found
+
+
+def _field(path: Path) -> str:
+    """`input[0].content[1]`; a key that is not a plain identifier is written `<key>`
+    (keys can be attacker text: a decision line must not carry it)."""
+    parts: list[str] = []
+    while path is not None:
+        path, step = path
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        else:
+            parts.append("." + (step if _SAFE_KEY.match(step) else "<key>"))
+    return "".join(reversed(parts)).lstrip(".")
+
+
+def _position(path: Path) -> str:
+    """The path's keys without indexes: where in the API's shape an object sits."""
+    keys: list[str] = []
+    while path is not None:
+        path, step = path
+        if isinstance(step, str):
+            keys.append(step if _SAFE_KEY.match(step) else "*")
+    return ".".join(reversed(keys))
 
 
 def _join(field: str, key: str) -> str:
@@ -239,10 +273,9 @@ def _join(field: str, key: str) -> str:
     return f"{field}.{name}" if field else name
 
 
-def _object_findings(
-    obj: dict[str, Any], field: str, position: str, dialect: Dialect
-) -> list[Finding]:
+def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[Finding]:
     found: list[Finding] = []
+    field = _field(path)
 
     def at(key: str) -> str:
         return _join(field, key)
@@ -306,7 +339,7 @@ def _object_findings(
                 found.append(Finding(Kind.SERVER_TOOL, f"{at('plugins')}[{index}]", "web_search"))
     tools = obj.get("tools")
     if isinstance(tools, list):
-        strict = dialect is not Dialect.ANY and _join(position, "tools") in _TOOL_POSITIONS
+        strict = dialect is not Dialect.ANY and _join(_position(path), "tools") in _TOOL_POSITIONS
         for index, tool in enumerate(tools):
             if isinstance(tool, dict) and not (
                 dialect is Dialect.ANTHROPIC and _anthropic_custom(tool)
