@@ -49,7 +49,7 @@ class BadUrl(ValueError):
 def parse_target(url: str) -> Target | None:
     """What a provider would contact for `url`; None for a value that is not fetched
     (a `data:` URL, a provider resource name). Raises BadUrl when unreadable."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":  # inline bytes, not a fetch (the DLP reads them)
         return None
     if _RESOURCE_NAME.match(url):
         return None

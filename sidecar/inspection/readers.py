@@ -150,7 +150,7 @@ _ANTHROPIC_SAFE_PREFIXES = (
 )  # fmt: skip
 # Where each API declares tools (path without indexes): read strictly there.
 _TOOL_POSITIONS = frozenset({
-    "tools", "session.tools", "response.tools", "requests.params.tools",
+    "tools", "session.tools", "response.tools", "requests.params.tools", "setup.tools",
 })  # fmt: skip
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 

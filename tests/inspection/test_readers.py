@@ -644,7 +644,27 @@ CASES: list[tuple[str, str, str, Any, RelayRules, Reason | None, str]] = [
     ("BOM", OPENAI, "/v1/responses", b"\xef\xbb\xbf{}", NONE, AMBIG, "body"),
     ("not JSON on a JSON API", OPENAI, "/v1/responses", b"hello", NONE, AMBIG, "body"),
     ("plain text elsewhere", OPENAI, "/v1/files", b"hello", NONE, None, ""),
-]
+    ("upper-case data url is not a fetch", OPENAI, "/v1/responses",
+     {"input": user({"type": "input_image", "image_url": "DATA:image/png;base64,AA"})},
+     NONE, None, ""),
+    ("stored prompt variable with an image url", OPENAI, "/v1/responses",
+     {"prompt": {"id": "pmpt_1", "variables": {"pic": {"type": "input_image",
+      "image_url": "https://evil.example/x"}}}},
+     NONE, FETCH, "prompt.variables.pic.image_url"),
+    ("gemini live setup tools", GEMINI,
+     "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+     {"setup": {"model": "m", "tools": [{"googleSearch": {}}, {"teleport": {}}]}},
+     NONE, TOOL, "setup.tools[0]"),
+    ("percent-encoded host", OPENAI, "/v1/responses",
+     {"tools": [mcp("https://%6dcp.example.com/")]}, FETCH_MCP, FETCH, "tools[0].server_url"),
+    ("trailing dot and explicit default port", OPENAI, "/v1/responses",
+     {"tools": [mcp("https://mcp.example.com.:443/sse")]}, FETCH_MCP, None, ""),
+    ("vertex gs uri", GEMINI, "/v1/projects/p/locations/l/models/g:generateContent",
+     {"contents": [{"parts": [{"fileData": {"fileUri": "gs://attacker-bucket/x"}}]}]},
+     NONE, FETCH, "contents[0].parts[0].fileData.fileUri"),
+    ("deeply nested", OPENAI, "/v1/responses",
+     b'{"a":' * 200 + b"1" + b"}" * 200, NONE, AMBIG, "body"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
