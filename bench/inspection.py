@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["throughput"], indent=1), file=sys.stderr)
     if not args.skip_latency:
         with tempfile.TemporaryDirectory(prefix="bench-inspection-") as tmp:
-            procs = Procs(Path(tmp) / "logs")
+            procs = Procs(Path(tmp))
             try:
                 result["latency_100k"] = asyncio.run(latency(args, procs, Path(tmp)))
             finally:
