@@ -24,7 +24,9 @@ from google.genai import _interactions as genai_interactions
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
+from sidecar.credentials import generate_virtual_key, hash_virtual_key
 from tests.support.fakes import FakeProvider
+from tests.support.keys import KEYS
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -588,3 +590,52 @@ def test_realtime_session_update_with_a_listed_mcp_server_goes_through(listed, p
     sent = [json.loads(m) for m in provider.ws_received[before:]]
     assert sent[0]["type"] == "session.update"
     assert sent[0]["session"]["tools"][0]["server_url"] == "https://mcp.example.com/sse"
+
+
+# --- per tenant (virtual keys) ---------------------------------------------------------------
+
+
+TOOLS_KEY, OTHER_KEY = generate_virtual_key(), generate_virtual_key()
+
+
+@pytest.fixture(scope="module")
+def tenants(start_sidecar, provider, secrets, tmp_path_factory) -> SidecarProcess:
+    path = tmp_path_factory.mktemp("vk") / "virtual-keys.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n"
+        f"  team-tools:\n    keys: [{hash_virtual_key(TOOLS_KEY)}]\n    providers: [openai]\n"
+        f"  team-other:\n    keys: [{hash_virtual_key(OTHER_KEY)}]\n    providers: [openai]\n"
+    )
+    policy = textwrap.dedent(
+        f"""\
+        version: 1
+        providers:
+          openai:
+            hosts: [api.openai.com]
+            ports: [{provider.port}]
+            addresses: [127.0.0.0/8]
+            credential: {{header: authorization, format: "Bearer {{secret}}", secret: openai}}
+            tenants:
+              team-tools: {{fetch: [mcp.team-tools.example.com]}}
+        """
+    )
+    return start_sidecar(
+        policy, extra_args=("--secrets-dir", str(secrets.root), "--virtual-keys", str(path))
+    )
+
+
+def test_tenant_mcp_server_listed_for_another_tenant_is_refused(tenants, provider):
+    tool = mcp_tool("https://mcp.team-tools.example.com/sse")
+    for key, tenant, ok in ((TOOLS_KEY, "team-tools", True), (OTHER_KEY, "team-other", False)):
+        client = openai.OpenAI(
+            api_key=key, base_url=f"https://{OPENAI}:{provider.port}/v1",
+            http_client=_http(tenants), max_retries=0,
+        )  # fmt: skip
+        outcome = call(tenants, provider, "/v1/responses", lambda c=client: c.responses.create(
+            model="gpt-5", input="x", tools=[tool]))  # fmt: skip
+        assert outcome.decision["tenant"] == tenant
+        if ok:
+            allowed(outcome)
+            assert provider.received[-1].headers["authorization"] == f"Bearer {KEYS['openai']}"
+        else:
+            refused(outcome, "provider_fetch_not_allowed", "tools[0].server_url")
