@@ -32,7 +32,7 @@ from typing import Any
 
 from bench import contenders as C
 from bench.client import closed_loop
-from bench.procs import Procs
+from bench.procs import Procs, wait_json_line
 from sidecar.inspection.inspect import inspect_body
 from sidecar.inspection.policy import RelayRules
 from sidecar.inspection.readers import Api
@@ -205,10 +205,32 @@ async def latency(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str
             "p99_ms": round(pct(values, 99) * 1000, 2),
             "mean_ms": round(statistics.mean(values) * 1000, 2),
         }
+    # The comparison means something only if the one sidecar read the bodies and the
+    # other did not: ask each for its inspected-bytes counter.
+    for sidecar in sidecars:
+        out[sidecar.name]["inspected_bytes"] = inspected_bytes(procs, sidecar)
+    if not out["with_inspection"]["inspected_bytes"]:
+        raise SystemExit("the sidecar with inspection inspected nothing: the comparison is void")
     base, new = out["without_inspection"]["p50_ms"], out["with_inspection"]["p50_ms"]
     out["added_p50_ms"] = round(new - base, 2)
     out["p50_ratio"] = round(new / base, 2) if base else None
     return out
+
+
+def inspected_bytes(procs: Procs, sidecar: C.Contender) -> int | None:
+    """`egress_sidecar_request_inspected_bytes_total` of a running sidecar (None: it has
+    no such counter, i.e. no inspection)."""
+    import urllib.request
+
+    assert sidecar.proc is not None
+    banner = wait_json_line(procs.logdir / f"sidecar-{sidecar.name}.err", sidecar.proc,
+                            "event", "listening")  # fmt: skip
+    with urllib.request.urlopen(f"http://{banner['admin']}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith("egress_sidecar_request_inspected_bytes_total "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
