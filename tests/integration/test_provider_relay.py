@@ -639,3 +639,35 @@ def test_tenant_mcp_server_listed_for_another_tenant_is_refused(tenants, provide
             assert provider.received[-1].headers["authorization"] == f"Bearer {KEYS['openai']}"
         else:
             refused(outcome, "provider_fetch_not_allowed", "tools[0].server_url")
+
+
+# --- the same request, smuggled in other shapes ------------------------------------------------
+
+
+def _smuggle(sidecar, provider, *, path="/v1/responses", http2=False, chunked=False,
+             content_type="application/json") -> httpx.Response:  # fmt: skip
+    body = json.dumps({"model": "m", "input": "x", "tools": [mcp_tool(EVIL)]}).encode()
+    content: Any = iter([body[:20], body[20:]]) if chunked else body
+    context = ssl.create_default_context(cafile=sidecar.ca_cert)
+    with httpx.Client(proxy=sidecar.proxy_url, verify=context, timeout=20, http2=http2) as c:
+        return c.post(f"https://{OPENAI}:{provider.port}{path}", content=content,
+                      headers={"content-type": content_type})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs"),
+    [
+        ("http2", {"http2": True}),
+        ("chunked_without_length", {"chunked": True}),
+        ("text_plain_content_type", {"content_type": "text/plain"}),
+        ("multipart_content_type_on_a_json_api", {"content_type": "multipart/form-data; b=x"}),
+        ("path_the_sidecar_does_not_know", {"path": "/v1/responses-next"}),
+        ("trailing_slash", {"path": "/v1/responses/"}),
+    ],
+)
+def test_mcp_server_smuggled_in_another_request_shape_is_refused(strict, provider, case, kwargs):
+    mark = len(provider.received)
+    response = _smuggle(strict, provider, **kwargs)
+    assert response.status_code == 403, (case, response.text)
+    assert response.headers["x-egress-sidecar-reason"] == "provider_fetch_not_allowed"
+    assert provider.received[mark:] == []
