@@ -30,6 +30,7 @@ from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
 from sidecar.inspection.inspect import (
@@ -128,7 +129,12 @@ class RequestInspection:
             self._apply(flow, pending, violation)
             if flow.response is not None:
                 return
-        request.stream = False  # buffered (within the body limit) so that it can be read
+        request.stream = False  # buffered so that it can be read
+        # A body without a declared length (chunked, HTTP/2) is cut off where reading it
+        # would stop anyway: no request makes the sidecar hold more than it inspects.
+        body_limit = flow.metadata.get(BODY_LIMIT_KEY)
+        if isinstance(body_limit, int) and body_limit > limit:
+            flow.metadata[BODY_LIMIT_KEY] = limit
         flow.metadata[_INSPECT] = api
 
     async def request(self, flow: http.HTTPFlow) -> None:

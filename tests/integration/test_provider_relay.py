@@ -671,3 +671,46 @@ def test_mcp_server_smuggled_in_another_request_shape_is_refused(strict, provide
     assert response.status_code == 403, (case, response.text)
     assert response.headers["x-egress-sidecar-reason"] == "provider_fetch_not_allowed"
     assert provider.received[mark:] == []
+
+
+# --- max_inspected_body --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(start_sidecar, provider) -> SidecarProcess:
+    policy = default_policy(provider.port).replace(
+        "    paths: [/v1/*]\n", "    paths: [/v1/*]\n    max_inspected_body: 64k\n", 1
+    )
+    assert "max_inspected_body" in policy
+    return start_sidecar(policy)
+
+
+def _big(sidecar, provider, *, chunked: bool) -> tuple[int | None, list[Any]]:
+    filler = "x" * (200 * 1024)  # a prompt past 64k; the MCP server is after it
+    body = json.dumps({"model": "m", "input": filler, "tools": [mcp_tool(EVIL)]}).encode()
+    content: Any = (
+        iter([body[i : i + 16384] for i in range(0, len(body), 16384)]) if chunked else body
+    )
+    mark = len(provider.received)
+    context = ssl.create_default_context(cafile=sidecar.ca_cert)
+    status = None
+    try:
+        with httpx.Client(proxy=sidecar.proxy_url, verify=context, timeout=20) as c:
+            status = c.post(f"https://{OPENAI}:{provider.port}/v1/responses", content=content,
+                            headers={"content-type": "application/json"}).status_code  # fmt: skip
+    except httpx.HTTPError:
+        pass  # cut off mid-body: the connection is closed, also a refusal
+    return status, provider.received[mark:]
+
+
+def test_declared_body_past_max_inspected_body_is_refused_unread(small, provider):
+    status, sent = _big(small, provider, chunked=False)
+    assert status == 400 and sent == []
+    decision = small.wait_for_decision(timeout=10, reason="request_not_inspectable")
+    assert "max_inspected_body" in decision["detail"]
+
+
+def test_chunked_body_past_max_inspected_body_is_cut_off_not_forwarded(small, provider):
+    status, sent = _big(small, provider, chunked=True)
+    assert status in (None, 413) and sent == []
+    small.wait_for_decision(timeout=10, reason="request_body_too_large", path="/v1/responses")
