@@ -61,6 +61,11 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_STREAMS = "too_many_streams"
+    # issue 13: the provider as a relay (request bodies, sidecar/inspection/).
+    PROVIDER_FETCH_NOT_ALLOWED = "provider_fetch_not_allowed"
+    SERVER_TOOL_NOT_ALLOWED = "server_tool_not_allowed"
+    CREDENTIAL_MINTING_NOT_ALLOWED = "credential_minting_not_allowed"
+    REQUEST_NOT_INSPECTABLE = "request_not_inspectable"
 
 
 class Severity(StrEnum):
@@ -238,6 +243,39 @@ REASONS: dict[Reason, ReasonSpec] = {
     ),
     Reason.TOO_MANY_STREAMS: ReasonSpec(
         "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
+    ),
+    # Issue 13: what an allowed provider is asked to fetch, run and mint. Policy
+    # refusals (audit mode lets them pass); the field is named, never the URL's query.
+    Reason.PROVIDER_FETCH_NOT_ALLOWED: ReasonSpec(
+        "403",
+        _W,
+        False,
+        "the request asks the provider to fetch or call a URL (MCP server, image or file "
+        "URL, container network allowlist) that the provider's `fetch:` does not list",
+    ),
+    Reason.SERVER_TOOL_NOT_ALLOWED: ReasonSpec(
+        "403",
+        _W,
+        False,
+        "the request declares a provider-executed tool that reaches the network (web "
+        "search, web fetch, URL context, hosted connectors) or an unknown tool type, not "
+        "in the provider's `server_tools:`",
+    ),
+    Reason.CREDENTIAL_MINTING_NOT_ALLOWED: ReasonSpec(
+        "403",
+        _C,
+        False,
+        "a request to an endpoint that mints a token usable from outside the pod (OpenAI "
+        "realtime client secrets, Gemini `auth_tokens`) without `credential_minting: true`",
+    ),
+    Reason.REQUEST_NOT_INSPECTABLE: ReasonSpec(
+        "400",
+        _W,
+        False,
+        "a provider request body the sidecar cannot read as the provider would: over "
+        "`max_inspected_body`, an unknown or corrupt content encoding, invalid or "
+        "ambiguous JSON (duplicate keys, non-UTF-8, lone surrogates, JSON text where an "
+        "object belongs), a non-JSON WebSocket message",
     ),
 }
 

@@ -144,6 +144,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.addons.client_tls import ClientTlsFailures
     from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.addons.informational import install as drop_informational_responses
+    from sidecar.addons.request_inspection import RequestInspection
     from sidecar.admin import AdminServer
     from sidecar.dns_server import start_dns_server
     from sidecar.engine import PolicyEngine
@@ -247,6 +248,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
+    master.addons.add(RequestInspection(holder, recorder, registry))  # issue 13: request bodies
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)

@@ -42,7 +42,7 @@ from sidecar.resolver import ResolutionError, Resolver
 
 logger = logging.getLogger("egress_sidecar")
 
-_UNRECORDED = "egress_unrecorded_decision"  # flow metadata: allowed, line not yet written
+_UNRECORDED = PENDING_DECISION_KEY = "egress_unrecorded_decision"  # allowed, line not yet written
 
 
 def refusal_status(decision: Decision) -> int:

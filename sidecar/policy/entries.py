@@ -33,6 +33,7 @@ from sidecar.policy.model import (
     PathRules,
     SourceRef,
 )
+from sidecar.policy.relay import RELAY_KEYS, read_relay
 from sidecar.policy.values import (
     ALLOWED_METHODS,
     format_problem,
@@ -55,6 +56,7 @@ _PROVIDER_KEYS = (
     "addresses",
     "credential",
     "max_request_body",
+    *RELAY_KEYS,  # issue 13: sidecar/policy/relay.py
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -207,10 +209,12 @@ class FileReader(yamlfile.Reader):
         max_body = None
         if "max_request_body" in fields:
             max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
+        relay = read_relay(self, fields, key, self._size)
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
             draft.endpoint = Endpoint(
+                relay=relay,
                 max_request_body=max_body,
                 rule=key,
                 provider=name,

@@ -6,6 +6,8 @@ import dataclasses
 import ipaddress
 from enum import StrEnum
 
+from sidecar.inspection.policy import DEFAULT_RELAY_POLICY, RelayPolicy
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -65,6 +67,7 @@ class Endpoint:
     credential: CredentialSpec | None
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
+    relay: RelayPolicy = DEFAULT_RELAY_POLICY  # issue 13: what the provider may fetch, run, mint
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from policy_helpers import REPO
 
 from sidecar.policy.loader import load_policy
+from tests.support.policy_lines import line_of
 
 CLI = Path(sys.executable).parent / "egress-sidecar"
 DEFAULT = REPO / "policies" / "default.yaml"
@@ -31,10 +32,12 @@ def test_default_policy_passes() -> None:
     assert result.returncode == 0, result.stderr
     ok, mode, *entries = result.stdout.splitlines()
     assert ok == f"OK: 1 files, 14 endpoints (mode=enforce), digest {digest}"
-    assert mode == f"mode enforce (set at {DEFAULT}:25)"
+    assert mode == f"mode enforce (set at {DEFAULT}:{line_of(DEFAULT, 'mode: enforce')})"
     assert len(entries) == 14
     assert entries[0].startswith("  providers.openai: api.openai.com; ports 443; paths /v1/*;")
-    assert entries[0].endswith(f"; credential 'openai' as authorization  ({DEFAULT}:28)")
+    assert entries[0].endswith(
+        f"; credential 'openai' as authorization  ({DEFAULT}:{line_of(DEFAULT, 'openai:')})"
+    )
     assert result.stderr == ""
 
 
@@ -75,7 +78,8 @@ def test_overlay_cannot_flip_the_default_to_audit(tmp_path: Path) -> None:
     result = run(DEFAULT, extra)
     assert result.returncode == 1
     assert result.stderr.splitlines()[0] == (
-        f"{extra}:2: mode: mode 'audit' conflicts with mode 'enforce' at {DEFAULT}:25; "
+        f"{extra}:2: mode: mode 'audit' conflicts with mode 'enforce' at "
+        f"{DEFAULT}:{line_of(DEFAULT, 'mode: enforce')}; "
         "all files must agree (or leave 'mode' out)"
     )
 

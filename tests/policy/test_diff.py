@@ -16,6 +16,7 @@ from policy_helpers import REPO, WriteFiles
 
 from sidecar.policy.diff import CHANGES, CLOSES, OPENS, PolicyDiff, compare
 from sidecar.policy.loader import load_policy
+from tests.support.policy_lines import line_of
 
 CLI = Path(sys.executable).parent / "egress-sidecar"
 DEFAULT = REPO / "policies" / "default.yaml"
@@ -173,7 +174,8 @@ def test_cli_on_shipped_overrides_example_is_risky_and_says_what_it_closes() -> 
     assert out.startswith("policy diff: 1 file (mode enforce) -> 2 files (mode audit)\n")
     overrides = EXAMPLES / "overrides.yaml"
     assert f"  - providers.xai: removed by {overrides}:15: api.x.ai;" in out
-    assert f"  - providers.azure-openai: host *.openai.azure.com  ({DEFAULT}:43)" in out
+    azure = line_of(DEFAULT, "azure-openai:")
+    assert f"  - providers.azure-openai: host *.openai.azure.com  ({DEFAULT}:{azure})" in out
     assert "  ! [mode_audit] mode: mode switched to audit" in out
     assert out.endswith("4 opens, 2 closes, 0 changes\n")
 
@@ -200,7 +202,8 @@ def test_cli_markdown_for_a_pull_request(tmp_path: Path) -> None:
         )
         for line in lines
     )
-    assert "- `providers.azure-openai`: host \\*.herokuapp.com (`" + str(new) + ":43`)" in lines
+    azure = line_of(new, "azure-openai:")
+    assert "- `providers.azure-openai`: host \\*.herokuapp.com (`" + f"{new}:{azure}`)" in lines
 
 
 def test_cli_no_change_exits_0() -> None:

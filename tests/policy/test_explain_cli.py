@@ -8,6 +8,8 @@ from pathlib import Path
 
 from policy_helpers import REPO
 
+from tests.support.policy_lines import line_of
+
 CLI = Path(sys.executable).parent / "egress-sidecar"
 DEFAULT = REPO / "policies" / "default.yaml"
 EXAMPLES = REPO / "policies" / "examples"
@@ -31,7 +33,7 @@ def test_allowed_provider_request_names_entry_line_and_secret_name() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "POST https://api.openai.com/v1/chat/completions"
     assert lines[1] == "decision:   allow (allowed)"
-    assert lines[2] == f"rule:       providers.openai at {DEFAULT}:28"
+    assert lines[2] == f"rule:       providers.openai at {DEFAULT}:{line_of(DEFAULT, 'openai:')}"
     assert lines[3].startswith("entry:      api.openai.com; ports 443; paths /v1/*")
     assert lines[4].startswith("credential: adds secret 'openai' as authorization: Bearer {secret}")
     assert lines[5].startswith("addresses:  public addresses; non-public ones only within")

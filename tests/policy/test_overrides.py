@@ -10,6 +10,7 @@ from policy_helpers import REPO, WriteFiles, problems_of
 
 from sidecar.policy.loader import load_policy
 from sidecar.policy.model import Mode, SourceRef
+from tests.support.policy_lines import line_of
 
 CLI = Path(sys.executable).parent / "egress-sidecar"
 DEFAULT = REPO / "policies" / "default.yaml"
@@ -138,4 +139,7 @@ def test_check_shows_the_merged_policy_with_sources_and_removals(write_files: Wr
     assert lines[0].startswith("OK: 2 files, 13 endpoints (mode=audit)")
     assert lines[1] == f"mode audit (set at {override}:3)"
     assert all(f"({DEFAULT}:" in line for line in lines[2:-1])
-    assert lines[-1] == f"  removed providers.xai ({DEFAULT}:142) by {override}:4"
+    assert (
+        lines[-1]
+        == f"  removed providers.xai ({DEFAULT}:{line_of(DEFAULT, 'xai:')}) by {override}:4"
+    )

@@ -67,6 +67,7 @@ class FakeProvider:
         self.stream_chunks = 20
         self.stream_interval = 0.05
         self.reflect: dict[str, str] = {}  # extra response headers to echo (tests of S7)
+        self.ws_received: list[str | bytes] = []  # client WebSocket messages (quiet realtime)
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -189,6 +190,12 @@ class FakeProvider:
         key = self._credential(request)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        if "quiet" in request.query:  # issue 13: record what the client sends, ack each
+            await ws.send_str(json.dumps({"type": "session.created", "session": {}}))
+            async for message in ws:
+                self.ws_received.append(message.data)
+                await ws.send_str(json.dumps({"type": "ack", "n": len(self.ws_received)}))
+            return ws
         third = len(key) // 3
         await ws.send_str(json.dumps({"type": "session.created", "echo": key}))
         await ws.send_bytes(b"\x00binary:" + key.encode())
