@@ -6,6 +6,8 @@ import dataclasses
 import ipaddress
 from enum import StrEnum
 
+from sidecar.policy.cloud_credentials import CloudCredential
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -65,6 +67,14 @@ class Endpoint:
     credential: CredentialSpec | None
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
+    cloud_credential: CloudCredential | None = None  # aws_sigv4 / google_oauth (issue 16)
+
+    @property
+    def secret_name(self) -> str | None:
+        """The secret this entry's credential is made from, if it names one."""
+        if self.credential is not None:
+            return self.credential.secret
+        return self.cloud_credential.secret if self.cloud_credential is not None else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
