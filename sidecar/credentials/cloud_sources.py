@@ -228,7 +228,6 @@ class CloudCredentialSource:
         return self._sts
 
     def _mint_google(self, document: Secret) -> tuple[Secret, float]:
-        import google.auth
         import google.auth.exceptions
         import google.auth.transport.urllib3
 
@@ -254,9 +253,7 @@ class CloudCredentialSource:
         else:
             self._remember_private_key(name, info.get("private_key"))
         try:
-            credentials, _ = google.auth.load_credentials_from_dict(  # type: ignore[no-untyped-call]
-                info, scopes=list(_SCOPES)
-            )
+            credentials = _google_credentials(info)
             transport = google.auth.transport.urllib3.Request(self._http_pool())  # type: ignore[no-untyped-call]
             credentials.refresh(transport)
         except google.auth.exceptions.GoogleAuthError as exc:
@@ -300,6 +297,17 @@ class CloudCredentialSource:
                 retries=urllib3.Retry(total=2, redirect=0),
             )
         return self._http
+
+
+def _google_credentials(info: dict[str, Any]) -> Any:
+    """Built directly, not with `load_credentials_from_dict`: that also looks up the
+    project id (a call to cloudresourcemanager.googleapis.com) for external accounts."""
+    from google.auth import identity_pool
+    from google.oauth2 import service_account
+
+    if info.get("type") == "service_account":
+        return service_account.Credentials.from_service_account_info(info, scopes=list(_SCOPES))
+    return identity_pool.Credentials.from_info(info, scopes=list(_SCOPES))
 
 
 def _epoch(value: object) -> float:
