@@ -282,7 +282,7 @@ class CloudCredentialSource:
         if not isinstance(pem, str):
             return
         for line in pem.splitlines():
-            if len(line) >= 40 and not line.startswith("-----"):
+            if len(line) >= 16 and not line.startswith("-----"):
                 self._store.remember(Secret(name, line.strip()))
 
     def _http_pool(self) -> Any:
