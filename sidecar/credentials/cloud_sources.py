@@ -305,9 +305,12 @@ def _google_credentials(info: dict[str, Any]) -> Any:
     from google.auth import identity_pool
     from google.oauth2 import service_account
 
+    scopes = list(_SCOPES)
     if info.get("type") == "service_account":
-        return service_account.Credentials.from_service_account_info(info, scopes=list(_SCOPES))
-    return identity_pool.Credentials.from_info(info, scopes=list(_SCOPES))
+        make: Any = service_account.Credentials.from_service_account_info
+    else:
+        make = identity_pool.Credentials.from_info
+    return make(info, scopes=scopes)
 
 
 def _epoch(value: object) -> float:

@@ -184,7 +184,7 @@ def test_unreadable_token_file_is_named(tmp_path) -> None:
     missing = CloudCredential(
         CloudKind.AWS_SIGV4, None, AwsWebIdentity(ROLE, str(tmp_path / "nope"))
     )
-    with pytest.raises(CloudCredentialError, match="token file .*nope unreadable"):
+    with pytest.raises(CloudCredentialError, match=r"token file .*nope unreadable"):
         run(source.aws_keys(missing))
 
 
