@@ -21,7 +21,11 @@ from sidecar.credentials import (
     VirtualKeySource,
     prepare_request,
 )
-from sidecar.credentials.cloud_signing import CloudCredentialError, sign_aws
+from sidecar.credentials.cloud_signing import (
+    CloudCredentialError,
+    sign_aws,
+    unsignable_because,
+)
 from sidecar.credentials.cloud_sources import CloudCredentialSource
 from sidecar.credentials.decoding import (
     NotInspectable,
@@ -144,10 +148,17 @@ class CredentialLayer:
             if self._on_injected is not None:
                 self._on_injected(result.provider)
         if result.outcome is Outcome.DEFERRED and endpoint is not None:
+            credential = endpoint.cloud_credential
+            assert credential is not None
+            why = unsignable_because(credential.kind, flow.request.path)
+            if why is not None:
+                return engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
+                    tenant=result.tenant
+                )
             # Signed once the body is here (SigV4 covers it): see add_cloud_credential.
             port = decision.port or 443
             authority = decision.host if port == 443 else f"{decision.host}:{port}"
-            flow.metadata[_CLOUD] = (endpoint.cloud_credential, authority, result.provider)
+            flow.metadata[_CLOUD] = (credential, authority, result.provider)
         if result.outcome is Outcome.WITHHELD and decision.verdict is Verdict.WOULD_BLOCK:
             # Audit mode: say why the provider will answer 401 to this one.
             detail = f"{decision.detail}; provider key not added".lstrip("; ")

@@ -49,6 +49,7 @@ __all__ = [
     "parse_aws_keys",
     "sign_aws",
     "strip_aws_signature",
+    "unsignable_because",
 ]
 
 # Shaped like an access key id (20 characters, [A-Z0-9-]): SDKs accept it as one.
@@ -173,6 +174,17 @@ def gateway_signature_findings(
                     Finding("query x-amz-security-token", "aws_session_token", "AWS session token")
                 )
     return findings
+
+
+def unsignable_because(kind: CloudKind, path: str) -> str | None:
+    """Why a request cannot get our credential, whatever its body: None if it can."""
+    if kind is CloudKind.AWS_SIGV4 and path.split("?", 1)[0].endswith(
+        "/invoke-with-bidirectional-stream"
+    ):
+        # Each event of the request stream is signed with the previous signature, as
+        # the client sends it; the sidecar signs whole requests (it reads the body first).
+        return "bidirectional streams cannot be signed by the sidecar"
+    return None
 
 
 def strip_aws_signature(headers: MultiMap, query: MultiMap | None) -> list[str]:

@@ -259,6 +259,21 @@ def test_unsigned_gateway_request_is_signed_too(cloud, world):
     assert world.bedrock.verdicts[-1] is True
 
 
+def test_bidirectional_stream_is_refused_not_left_hanging(cloud, world):
+    """Its request events are signed one by one with chained signatures: the sidecar
+    cannot re-sign them, so the request is refused at once rather than buffered."""
+    mark = len(world.bedrock.received)
+    with vertex_client(cloud) as client:
+        answer = client.post(
+            f"https://{EAST}:{world.bedrock.port}/model/{MODEL}/invoke-with-bidirectional-stream",
+            content=b"",
+        )
+    assert answer.status_code == 403
+    assert new_requests(world.bedrock, mark) == []
+    decision = cloud.wait_for_decision(reason="protocol_not_allowed", provider="bedrock")
+    assert "bidirectional" in decision["detail"]
+
+
 # --- Bedrock: the gateway's own AWS account is refused ------------------------------------
 
 
