@@ -537,6 +537,52 @@ def test_audit_mode_still_refuses_the_attackers_signature(start_sidecar, world):
     assert world.bedrock.verdicts[-1] is True
 
 
+# --- LiteLLM as the gateway ------------------------------------------------------------------
+
+
+@pytest.fixture
+def litellm_via_sidecar(cloud, monkeypatch):
+    """LiteLLM's HTTP client honours the standard proxy and CA variables, as in a pod."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    monkeypatch.setenv("HTTPS_PROXY", cloud.proxy_url)
+    monkeypatch.setenv("SSL_CERT_FILE", cloud.ca_cert)
+    monkeypatch.setenv("NO_PROXY", "")
+    import litellm
+
+    return litellm
+
+
+def _litellm_bedrock(litellm, world, **kwargs):
+    return litellm.completion(
+        model=f"bedrock/converse/{MODEL}",
+        aws_access_key_id=DUMMY_AWS_ACCESS_KEY_ID,
+        aws_secret_access_key="egress-sidecar-dummy-secret",
+        aws_region_name="us-east-1",
+        aws_bedrock_runtime_endpoint=f"https://{EAST}:{world.bedrock.port}",
+        messages=[{"role": "user", "content": "hi"}],
+        num_retries=0,
+        **kwargs,
+    )
+
+
+def test_litellm_bedrock_with_dummy_credentials_is_signed_by_the_sidecar(
+    litellm_via_sidecar, world
+):
+    mark = len(world.bedrock.received)
+    reply = _litellm_bedrock(litellm_via_sidecar, world)
+    assert reply.choices[0].message.content == "hi"
+    (got,) = new_requests(world.bedrock, mark)
+    assert world.bedrock.verdicts[-1] is True
+    assert f"Credential={world.aws.access_key_id}/" in got.headers["authorization"]
+
+
+def test_litellm_bedrock_streaming_is_signed_by_the_sidecar(litellm_via_sidecar, world):
+    stream = _litellm_bedrock(litellm_via_sidecar, world, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert text == "one two"
+    assert world.bedrock.verdicts[-1] is True
+
+
 # --- nothing secret in any output -----------------------------------------------------------
 
 
