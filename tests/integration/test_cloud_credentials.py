@@ -39,6 +39,7 @@ from tests.support.cloud_fakes import (
     new_aws_credentials,
 )
 from tests.support.fakes import FakeProvider
+from tests.support.h2_upstream import h2_get
 from tests.support.keys import SecretMount, assert_not_in_outputs
 from tests.support.sidecar import SidecarProcess
 
@@ -272,6 +273,19 @@ def test_bidirectional_stream_is_refused_not_left_hanging(cloud, world):
     assert new_requests(world.bedrock, mark) == []
     decision = cloud.wait_for_decision(reason="protocol_not_allowed", provider="bedrock")
     assert "bidirectional" in decision["detail"]
+
+
+def test_http2_gateway_request_is_signed(cloud, world):
+    """HTTP/2 from the gateway (no Host header, :authority instead) is signed for the
+    vetted host all the same."""
+    mark = len(world.bedrock.received)
+    headers, body, _ = h2_get(
+        EAST, world.bedrock.port, f"/model/{MODEL}/invoke", cloud.ca_cert, proxy=cloud.proxy_url
+    )
+    assert headers[":status"] == "200", body
+    (got,) = new_requests(world.bedrock, mark)
+    assert got.method == "GET"
+    assert world.bedrock.verdicts[-1] is True
 
 
 # --- Bedrock: the gateway's own AWS account is refused ------------------------------------
@@ -535,6 +549,17 @@ def test_audit_mode_still_refuses_the_attackers_signature(start_sidecar, world):
     sidecar.wait_for_decision(reason="gateway_holds_credential")
     invoke(bedrock_client(sidecar, world))  # the dummy still works in audit mode
     assert world.bedrock.verdicts[-1] is True
+    # A request policy would refuse goes out in audit mode, stripped and NOT signed.
+    mark = len(world.bedrock.received)
+    with vertex_client(sidecar) as client:
+        client.post(f"https://{EAST}:{world.bedrock.port}/unlisted", content=b"{}",
+                    headers={"authorization": "AWS4-HMAC-SHA256 Credential="
+                             f"{DUMMY_AWS_ACCESS_KEY_ID}/20261201/us-east-1/bedrock/aws4_request, "
+                             "SignedHeaders=host, Signature=" + "ab" * 32})  # fmt: skip
+    (got,) = new_requests(world.bedrock, mark)
+    assert "authorization" not in got.headers and "x-amz-date" not in got.headers
+    assert world.bedrock.verdicts[-1] is False
+    sidecar.wait_for_decision(decision="would_block", path="/unlisted")
 
 
 # --- LiteLLM as the gateway ------------------------------------------------------------------

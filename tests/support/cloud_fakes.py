@@ -156,7 +156,7 @@ class FakeBedrock:
         host = request.headers.get("host", "")
         expect = self.expect.get(host.split(":", 1)[0])
         signature = _signature(seen.headers.get("authorization", ""))
-        ok = any(
+        ok = signature is not None and any(
             expected_signature(seen, host, creds) == signature
             and seen.headers.get("x-amz-security-token") == creds.session_token
             for creds in (expect() if expect is not None else [])
