@@ -412,8 +412,8 @@ def _reverse_secrets(settings: Settings, holder: Any) -> Any:
         found = set()
         for reverse in settings.reverse:
             endpoint = holder.engine.policy.provider(reverse.provider)
-            if endpoint is not None and endpoint.credential is not None:
-                found.add(endpoint.credential.secret)
+            if endpoint is not None and endpoint.secret_name is not None:
+                found.add(endpoint.secret_name)
         return found
 
     return names
