@@ -427,6 +427,24 @@ def test_vertex_request_gets_a_token_minted_from_the_service_account_key(cloud, 
     assert cloud.wait_for_decision(provider="vertex-ai", path=GENERATE)["decision"] == "allow"
 
 
+def test_openai_sdk_on_vertex_openai_compatible_endpoint_with_the_dummy_token(cloud, world):
+    """Vertex AI's OpenAI-compatible endpoint, with the dummy token as the API key: how a
+    gateway that only speaks OpenAI (LiteLLM's `openai/` models) reaches Gemini."""
+    import openai
+
+    base = f"https://{VERTEX}:{world.vertex.port}/v1/projects/proj/locations/us-central1/endpoints/openapi"
+    client = openai.OpenAI(
+        api_key=DUMMY_GOOGLE_TOKEN, base_url=base, http_client=vertex_client(cloud), max_retries=0
+    )
+    mark = len(world.vertex.received)
+    client.chat.completions.create(
+        model="google/gemini-2.0-flash", messages=[{"role": "user", "content": "hi"}]
+    )
+    (got,) = new_requests(world.vertex, mark)
+    assert got.path.endswith("/endpoints/openapi/chat/completions")
+    assert got.headers["authorization"] == f"Bearer {world.google.issued[-1]}"
+
+
 def test_vertex_token_is_cached_not_minted_per_request(cloud, world):
     vertex_post(cloud, world)
     minted = len(world.google.issued)
