@@ -177,7 +177,7 @@ class CredentialLayer:
         """At the `request` hook, body read: sign for AWS, or add a Google access token.
         Returns the refusal when no credential can be had (nothing goes upstream)."""
         pending = flow.metadata.pop(_CLOUD, None)
-        if pending is None:
+        if pending is None or flow.response is not None:  # answered locally: nothing goes up
             return None
         credential, authority, provider = pending
         decision: Decision = flow.metadata["egress_decision"]

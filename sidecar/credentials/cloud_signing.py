@@ -239,13 +239,13 @@ def sign_aws(
 def _aws_key_ids(values: Iterable[str], location: str) -> list[Finding]:
     found: list[Finding] = []
     for value in values:
-        match = _CREDENTIAL.search(value)
-        key_id = match.group(1) if match else None
         if location.startswith("query "):
-            key_id = value.split("/", 1)[0]
-        elif match is None and not _SIGV4.match(value):
+            key_ids = [value.split("/", 1)[0]]
+        elif _SIGV4.match(value):
+            key_ids = _CREDENTIAL.findall(value) or [""]  # every Credential= it holds
+        else:
             continue  # not SigV4 (a bearer value): the generic rules judge it
-        if key_id != DUMMY_AWS_ACCESS_KEY_ID:
+        if any(key_id != DUMMY_AWS_ACCESS_KEY_ID for key_id in key_ids):
             found.append(
                 Finding(
                     location,

@@ -52,6 +52,20 @@ FINDINGS = [
         [],
         ["aws_access_key_id"],
     ),
+    (
+        "dummy_then_attacker_credential",
+        AWS,
+        [(AUTH, sigv4(DUMMY_AWS_ACCESS_KEY_ID) + ", Credential=EVIL/x")],
+        [],
+        ["aws_access_key_id"],
+    ),
+    (
+        "sigv4_without_credential",
+        AWS,
+        [(AUTH, "AWS4-HMAC-SHA256 Signature=ab")],
+        [],
+        ["aws_access_key_id"],
+    ),
     ("session_token", AWS, [("X-Amz-Security-Token", h.rand(300))], [], ["aws_session_token"]),
     (
         "second_authorization",
