@@ -95,6 +95,7 @@ class World:
                 paths: ["/model/*"]
                 addresses: [127.0.0.0/8]
                 credential: {{type: aws_sigv4, secret: bedrock}}
+                max_request_body: 256k
               bedrock-irsa:
                 hosts: [{IRSA}]
                 ports: [{b}]
@@ -273,6 +274,25 @@ def test_bidirectional_stream_is_refused_not_left_hanging(cloud, world):
     assert new_requests(world.bedrock, mark) == []
     decision = cloud.wait_for_decision(reason="protocol_not_allowed", provider="bedrock")
     assert "bidirectional" in decision["detail"]
+
+
+def test_body_read_for_signing_is_bounded_by_the_body_limit(cloud, world):
+    """The body is read whole before signing: a gateway streaming an endless chunked
+    body (no content-length) is cut at the entry's limit, not buffered."""
+    mark = len(world.bedrock.received)
+
+    def endless():
+        for _ in range(64):  # 4 MiB offered; the limit is 256 KiB
+            yield b"x" * 65536
+
+    with vertex_client(cloud) as client:
+        try:
+            answer = client.post(f"https://{EAST}:{world.bedrock.port}{INVOKE}", content=endless())
+            assert answer.status_code == 413
+        except httpx.HTTPError:
+            pass  # the sidecar may close the connection while the body is still coming
+    assert new_requests(world.bedrock, mark) == []
+    cloud.wait_for_decision(reason="request_body_too_large", provider="bedrock")
 
 
 def test_http2_gateway_request_is_signed(cloud, world):
