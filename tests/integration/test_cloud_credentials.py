@@ -327,6 +327,8 @@ def test_gateway_signing_with_the_attackers_access_key_is_refused_and_paged(clou
         )
         invoke(client)
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert refused.value.response["Error"]["Code"] == "gateway_holds_credential"
+    assert "egress-sidecar refused this request" in str(refused.value)
     decision = _refused_upstream_untouched(cloud, world, mark, INVOKE)
     assert "access key id" in decision["detail"]
     assert attacker.access_key_id not in json.dumps(decision)
