@@ -164,10 +164,13 @@ REASONS: dict[Reason, ReasonSpec] = {
         "a redirected connection's original address is not one the name resolves to",
     ),
     Reason.GATEWAY_HOLDS_CREDENTIAL: ReasonSpec(
-        "403", _C, True, "the gateway sent a real provider key (S7)"
+        "403", _C, True, "the gateway sent a real provider key or cloud credential (S7)"
     ),
     Reason.CREDENTIAL_UNAVAILABLE: ReasonSpec(
-        "503", _W, True, "the provider's key file is missing or invalid"
+        "503",
+        _W,
+        True,
+        "the provider's key file is missing or invalid, or no cloud credential could be had",
     ),
     Reason.UNKNOWN_VIRTUAL_KEY: ReasonSpec("401", _W, True, "unknown or revoked virtual key"),
     Reason.TENANT_NOT_ALLOWED: ReasonSpec(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +35,7 @@ class ErrorFormat(StrEnum):
     GENERIC = "generic"
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    AWS = "aws"  # Bedrock runtime: `x-amzn-errortype` + `{"message"}` (botocore's rest-json)
 
 
 # Provider API hosts whose error format is known. OpenAI-compatible APIs (Azure OpenAI,
@@ -51,6 +53,10 @@ _EXACT_HOSTS: dict[str, ErrorFormat] = {
     "api.anthropic.com": ErrorFormat.ANTHROPIC,
 }
 _SUFFIX_HOSTS: tuple[tuple[str, ErrorFormat], ...] = ((".openai.azure.com", ErrorFormat.OPENAI),)
+# Bedrock runtime endpoints only, not any *.amazonaws.com name (anyone's buckets live there).
+_BEDROCK_HOST = re.compile(
+    r"^bedrock-runtime(?:-fips)?\.[a-z]{2}(?:-[a-z]+)+-[0-9]+\.amazonaws\.com(?:\.cn)?$"
+)
 
 # Anthropic's error types by status (docs.anthropic.com, "Errors").
 _ANTHROPIC_TYPES: dict[int, str] = {
@@ -79,6 +85,8 @@ def error_format(host: str) -> ErrorFormat:
     for suffix, fmt in _SUFFIX_HOSTS:
         if host.endswith(suffix):
             return fmt
+    if _BEDROCK_HOST.match(host):
+        return ErrorFormat.AWS
     return ErrorFormat.GENERIC
 
 
@@ -126,6 +134,10 @@ def render(decision: Decision, status: int, *, close: bool = False) -> Refusal:
             },
             "reason": reason,
         }
+    elif fmt is ErrorFormat.AWS:
+        # botocore takes the error code from `x-amzn-errortype` (set below) and the
+        # message from the body: boto3 raises ClientError with Code = our reason.
+        body = {"message": message(decision), "reason": reason}
     else:
         body = {
             "error": "egress_refused",
@@ -142,6 +154,8 @@ def render(decision: Decision, status: int, *, close: bool = False) -> Refusal:
         REASON_HEADER: reason,
         "x-should-retry": "false",
     }
+    if fmt is ErrorFormat.AWS:
+        headers["x-amzn-errortype"] = reason
     if close:
         headers["connection"] = "close"
     return Refusal(status, headers, json.dumps(body).encode() + b"\n")

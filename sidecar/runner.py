@@ -335,6 +335,7 @@ def _credential_layer(
 
     from sidecar.addons.credentials import CredentialLayer
     from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
+    from sidecar.credentials.cloud_sources import CloudCredentialSource
 
     store = SecretStore(
         settings.secrets_dir, environ=os.environ if settings.secrets_from_env else None
@@ -363,7 +364,7 @@ def _credential_layer(
     )
 
     def policy_secrets() -> set[str]:
-        return {e.credential.secret for e in holder.engine.policy.endpoints if e.credential}
+        return {e.secret_name for e in holder.engine.policy.endpoints if e.secret_name}
 
     def update_available() -> None:
         names = policy_secrets()
@@ -396,7 +397,10 @@ def _credential_layer(
                     emit("virtual_keys_rejected", error=str(exc)[:500])
             update_available()
 
-    layer = CredentialLayer(store, virtual_keys, on_injected=injected, on_changed=changed)
+    cloud = CloudCredentialSource(store, ca_bundle=upstream_trust_bundle(settings.upstream_ca))
+    layer = CredentialLayer(
+        store, virtual_keys, on_injected=injected, on_changed=changed, cloud=cloud
+    )
     update_available()
     missing = sorted(store.missing(policy_secrets()))
     if missing:
@@ -413,8 +417,8 @@ def _reverse_secrets(settings: Settings, holder: Any) -> Any:
         found = set()
         for reverse in settings.reverse:
             endpoint = holder.engine.policy.provider(reverse.provider)
-            if endpoint is not None and endpoint.credential is not None:
-                found.add(endpoint.credential.secret)
+            if endpoint is not None and endpoint.secret_name is not None:
+                found.add(endpoint.secret_name)
         return found
 
     return names

@@ -21,6 +21,12 @@ from sidecar.credentials import (
     VirtualKeySource,
     prepare_request,
 )
+from sidecar.credentials.cloud_signing import (
+    CloudCredentialError,
+    sign_aws,
+    unsignable_because,
+)
+from sidecar.credentials.cloud_sources import CloudCredentialSource
 from sidecar.credentials.confinement import UNLISTED
 from sidecar.credentials.decoding import (
     NotInspectable,
@@ -33,6 +39,7 @@ from sidecar.credentials.messages import MessageRedactor, uninspectable_extensio
 from sidecar.credentials.reflection import HEADER_NAME_HIT, UNNAMED_HEADER_HIT
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
+from sidecar.policy.cloud_credentials import CloudCredential, CloudKind, aws_region
 from sidecar.policy.model import Endpoint
 
 _INJECTED = "egress_injected"
@@ -41,6 +48,10 @@ _HEADER_HITS = "egress_reflected_headers"
 _BUFFERED = "egress_redact_whole_body"
 _WS_REDACTOR = "egress_websocket_redactor"
 _REASON_HIT = "egress_reflected_reason_phrase"
+_CLOUD = "egress_cloud_credential"  # (credential, authority, provider): added at `request`
+# Bodies hashed for SigV4 in a worker thread above this size (a 32 MiB body takes tens
+# of milliseconds to hash: not on the event loop).
+_HASH_OFF_LOOP = 256 * 1024
 
 
 class CredentialLayer:
@@ -55,8 +66,10 @@ class CredentialLayer:
         virtual_keys: VirtualKeySource | None = None,
         on_injected: Any = None,
         on_changed: Any = None,
+        cloud: CloudCredentialSource | None = None,
     ) -> None:
         self.store = store
+        self.cloud = cloud or CloudCredentialSource(store)
         self.guard = ReflectionGuard(store)
         self.virtual_keys = virtual_keys
         self._on_injected = on_injected  # callable(provider) for the injections counter
@@ -119,11 +132,85 @@ class CredentialLayer:
             flow.metadata[_INJECTED] = True
             if self._on_injected is not None:
                 self._on_injected(result.provider)
+        if result.outcome is Outcome.DEFERRED and endpoint is not None:
+            credential = endpoint.cloud_credential
+            assert credential is not None
+            why = unsignable_because(credential.kind, flow.request.path)
+            if why is not None:
+                return engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
+                    tenant=result.tenant
+                )
+            # Signed once the body is here (SigV4 covers it): see add_cloud_credential.
+            port = decision.port or 443
+            authority = decision.host if port == 443 else f"{decision.host}:{port}"
+            flow.metadata[_CLOUD] = (credential, authority, result.provider)
         if result.outcome is Outcome.WITHHELD and decision.verdict is Verdict.WOULD_BLOCK:
             # Audit mode: say why the provider will answer 401 to this one.
             detail = f"{decision.detail}; provider key not added".lstrip("; ")
             return decision.with_context(tenant=result.tenant, detail=detail)
         return decision.with_context(tenant=result.tenant)
+
+    def hold_body(self, flow: http.HTTPFlow) -> None:
+        """After the body limits chose streaming: a request we sign is read whole first
+        (SigV4 hashes the body; still counted against the same body limit)."""
+        if _CLOUD in flow.metadata:
+            flow.request.stream = False
+
+    async def add_cloud_credential(
+        self, flow: http.HTTPFlow, engine: PolicyEngine
+    ) -> Decision | None:
+        """At the `request` hook, body read: sign for AWS, or add a Google access token.
+        Returns the refusal when no credential can be had (nothing goes upstream)."""
+        pending = flow.metadata.pop(_CLOUD, None)
+        if pending is None or flow.response is not None:  # answered locally: nothing goes up
+            return None
+        credential, authority, provider = pending
+        decision: Decision = flow.metadata["egress_decision"]
+        try:
+            await self._add_cloud_credential(flow, credential, authority)
+        except CloudCredentialError as exc:
+            return engine.refusal(decision, Reason.CREDENTIAL_UNAVAILABLE, str(exc)[:300])
+        except Exception as exc:  # noqa: BLE001  fail closed, no text that may hold a value
+            return engine.refusal(
+                decision,
+                Reason.CREDENTIAL_UNAVAILABLE,
+                f"{credential.kind.value} credential could not be added: {type(exc).__name__}",
+            )
+        flow.metadata[_INJECTED] = True
+        if self._on_injected is not None:
+            self._on_injected(provider)
+        return None
+
+    async def _add_cloud_credential(
+        self, flow: http.HTTPFlow, credential: CloudCredential, authority: str
+    ) -> None:
+        request = flow.request
+        if credential.kind is CloudKind.GOOGLE_OAUTH:
+            token = await self.cloud.google_token(credential)
+            request.headers["authorization"] = f"Bearer {token.reveal()}"
+            return
+        keys = await self.cloud.aws_keys(credential)
+        region = aws_region(authority.split(":", 1)[0])
+        if region is None:  # the loader refuses such hosts; never sign for a guess
+            raise CloudCredentialError(f"no AWS region in host {authority!r}")
+        body = request.raw_content or b""
+
+        def sign() -> None:
+            sign_aws(
+                method=request.method,
+                host=authority,
+                path=request.path,
+                headers=request.headers,
+                body=body,
+                keys=keys,
+                region=region,
+                service=credential.service,
+            )
+
+        if len(body) > _HASH_OFF_LOOP:
+            await asyncio.to_thread(sign)  # mitmproxy leaves the flow alone meanwhile
+        else:
+            sign()
 
     # --- responses --------------------------------------------------------------------
 

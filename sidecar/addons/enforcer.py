@@ -267,6 +267,7 @@ class Enforcer:
             )
         if not decision.refused and self.limit_check is not None:
             decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
+        self.credentials.hold_body(flow)  # issue 16: a request we sign is read whole
         if decision.refused:
             self.record(decision)
             flow.response = refusal_response(decision)
@@ -285,6 +286,15 @@ class Enforcer:
         # Recorded when the response starts or the flow fails (see error): an upstream
         # TLS failure then makes this request's one line a block, not allow + block.
         flow.metadata[_UNRECORDED] = decision
+
+    @_fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        # Issue 16: cloud credentials (SigV4 covers the body) are added with the body.
+        refusal = await self.credentials.add_cloud_credential(flow, self.holder.engine)
+        if refusal is not None:
+            flow.metadata.pop(_UNRECORDED, None)  # this request's one line is the refusal
+            self.record(refusal)
+            flow.response = refusal_response(refusal)
 
     def _one_host_per_upstream(
         self,

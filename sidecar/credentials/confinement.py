@@ -34,7 +34,9 @@ def key_withheld_because(
     decision: Decision, endpoint: Endpoint | None, scheme: str | None
 ) -> str | None:
     """Why no key may be added to this request; None if it may."""
-    if endpoint is None or endpoint.credential is None or endpoint.provider is None:
+    if endpoint is None or endpoint.provider is None:
+        return "no credential for this destination"
+    if endpoint.credential is None and endpoint.cloud_credential is None:
         return "no credential for this destination"
     if decision.verdict is not Verdict.ALLOW:
         return f"request is {decision.verdict.value} ({decision.reason.value})"

@@ -95,6 +95,9 @@ FAMILIES: tuple[KeyFamily, ...] = (
     _f("perplexity_api_key", "Perplexity key", _B + r"pplx-[A-Za-z0-9]{40,}"),
     _f("huggingface_token", "Hugging Face token", _B + r"hf_[A-Za-z0-9]{30,}"),
     _f("github_token", "GitHub token", _B + r"gh[pousr]_[A-Za-z0-9]{36,}"),
+    # Google OAuth access tokens (what google-auth mints; issue 16): the gateway holding
+    # one can act as a Google identity, the attacker's or ours.
+    _f("google_oauth_token", "Google OAuth access token", _B + r"ya29\.[A-Za-z0-9_-]{20,}"),
     _f(
         "aws_access_key_id",
         "AWS access key id",
@@ -121,6 +124,7 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "perplexity_api_key": ("pplx-",),
     "huggingface_token": ("hf_",),
     "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    "google_oauth_token": ("ya29",),
     "aws_access_key_id": ("AKIA", "ASIA"),
 }
 

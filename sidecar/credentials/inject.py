@@ -42,10 +42,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from sidecar.credentials.cloud_signing import (
+    gateway_signature_findings,
+    is_gateway_signature,
+    strip_aws_signature,
+)
 from sidecar.credentials.detect import Finding, scan_generic, scan_prefixed
 from sidecar.credentials.secrets import Secret, SecretStore
 from sidecar.credentials.virtual_keys import VirtualKeys, is_virtual_key
 from sidecar.decision import REASONS, Reason
+from sidecar.policy.cloud_credentials import CloudKind
 from sidecar.policy.model import Endpoint
 
 __all__ = [
@@ -172,6 +178,8 @@ class Outcome(StrEnum):
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"
     UNKNOWN_VIRTUAL_KEY = "unknown_virtual_key"
     TENANT_NOT_ALLOWED = "tenant_not_allowed"  # known tenant, provider not granted
+    # A cloud credential (SigV4 signature, OAuth token) is added once the body is read.
+    DEFERRED = "deferred"
 
 
 _REASONS: dict[Outcome, Reason] = {
@@ -198,7 +206,12 @@ class CredentialResult:
 
     @property
     def refused(self) -> bool:
-        return self.outcome not in (Outcome.INJECTED, Outcome.NOT_APPLICABLE, Outcome.WITHHELD)
+        return self.outcome not in (
+            Outcome.INJECTED,
+            Outcome.NOT_APPLICABLE,
+            Outcome.WITHHELD,
+            Outcome.DEFERRED,
+        )
 
     @property
     def reason(self) -> Reason | None:
@@ -240,9 +253,12 @@ def prepare_request(
     this provider, but add no key (outcome WITHHELD).
     """
     spec = endpoint.credential
-    injecting = endpoint.provider is not None and spec is not None
+    cloud = endpoint.cloud_credential if endpoint.provider is not None else None
+    injecting = endpoint.provider is not None and (spec is not None or cloud is not None)
     own_values = _own_values(store)
     scan = _Scan()
+    if cloud is not None:  # before anything is stripped: the gateway's own signature
+        scan.findings += gateway_signature_findings(cloud.kind, headers, query)
 
     for name in list(headers):
         lower = name.lower()
@@ -258,14 +274,17 @@ def prepare_request(
                 skip = frozenset({"aws_access_key_id"})
             scan.findings += scan_prefixed(value, location, skip=skip)
             if credential_place:
-                _credential_value(value, location, lower, injecting, own_values, scan)
+                generic = injecting and not (
+                    cloud is not None and is_gateway_signature(cloud.kind, lower, value)
+                )
+                _credential_value(value, location, lower, generic, own_values, scan)
         if lower == WEBSOCKET_PROTOCOL:
             kept = _websocket_protocols(values, injecting, own_values, scan)
             if kept != values:
                 headers.set_all(name, kept)
                 scan.stripped.append(f"{location} (key entry)")
                 values = kept
-        elif injecting and (credential_place or lower == spec.header):  # type: ignore[union-attr]
+        elif injecting and (credential_place or (spec is not None and lower == spec.header)):
             headers.set_all(name, [])
             scan.stripped.append(location)
             continue
@@ -292,6 +311,8 @@ def prepare_request(
             elif len(scan.findings) > before:
                 scan.tainted_params.append(name)
 
+    if cloud is not None and cloud.kind is CloudKind.AWS_SIGV4:
+        scan.stripped += strip_aws_signature(headers, query)
     stripped = tuple(scan.stripped)
     findings = tuple(_dedupe(scan.findings))
     provider = endpoint.provider
@@ -315,7 +336,7 @@ def prepare_request(
             findings=findings,
             stripped=stripped,
         )
-    if not injecting or spec is None or provider is None:
+    if not injecting or provider is None:
         return CredentialResult(
             Outcome.NOT_APPLICABLE,
             provider,
@@ -324,7 +345,7 @@ def prepare_request(
         )
 
     tenant_name: str | None = None
-    secret_name = spec.secret
+    secret_name = spec.secret if spec is not None else cloud.secret if cloud is not None else None
     if virtual_keys is not None:
         if len(scan.virtual_keys) > 1:
             return CredentialResult(
@@ -358,7 +379,8 @@ def prepare_request(
                     tenant=tenant_name,
                     stripped=stripped,
                 )
-            secret_name = tenant.secret_for(provider, spec.secret)
+            if spec is not None:  # a cloud credential is the provider's own, per entry
+                secret_name = tenant.secret_for(provider, spec.secret)
 
     if not add_key:
         return CredentialResult(
@@ -369,17 +391,23 @@ def prepare_request(
             tenant=tenant_name,
             stripped=stripped,
         )
-    secret = store.get(secret_name)
-    if secret is None:
+    if cloud is not None:
+        if secret_name is not None and store.get_document(secret_name) is None:
+            return _unavailable(provider, secret_name, tenant_name, stripped)
+        if identity_encoding:
+            headers.set_all("accept-encoding", ["identity"])
         return CredentialResult(
-            Outcome.CREDENTIAL_UNAVAILABLE,
+            Outcome.DEFERRED,
             provider,
-            f"secret {secret_name!r} for provider {provider!r} is missing or invalid; "
-            "refusing rather than sending the request without a key",
+            f"{cloud.kind.value} credential from {cloud.source}",
             secret_name=secret_name,
             tenant=tenant_name,
             stripped=stripped,
         )
+    assert spec is not None and secret_name is not None
+    secret = store.get(secret_name)
+    if secret is None:
+        return _unavailable(provider, secret_name, tenant_name, stripped)
     headers.set_all(spec.header, [spec.format.replace("{secret}", secret.reveal())])
     if identity_encoding:
         headers.set_all("accept-encoding", ["identity"])
@@ -391,6 +419,20 @@ def prepare_request(
         tenant=tenant_name,
         stripped=stripped,
         secret=secret,
+    )
+
+
+def _unavailable(
+    provider: str, secret_name: str, tenant_name: str | None, stripped: tuple[str, ...]
+) -> CredentialResult:
+    return CredentialResult(
+        Outcome.CREDENTIAL_UNAVAILABLE,
+        provider,
+        f"secret {secret_name!r} for provider {provider!r} is missing or invalid; "
+        "refusing rather than sending the request without a key",
+        secret_name=secret_name,
+        tenant=tenant_name,
+        stripped=stripped,
     )
 
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -52,6 +53,7 @@ __all__ = [
     "SecretError",
     "SecretStore",
     "env_var_name",
+    "validate_secret_document",
     "validate_secret_value",
 ]
 
@@ -166,14 +168,40 @@ def validate_secret_value(name: str, raw: bytes) -> str:
     return text
 
 
+def validate_secret_document(name: str, raw: bytes) -> str:
+    """A multi-line JSON object (a cloud credential file: a service-account key, an
+    AWS access key); raise `SecretError` naming only `name`. Such a value is never
+    written into a header as it is: `SecretStore.get()` does not return it."""
+    if len(raw) > MAX_SECRET_BYTES:
+        raise SecretError(f"secret {name!r} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise SecretError(f"secret {name!r} contains non-ASCII bytes") from None
+    if _CONTROL.search(text.replace("\n", "").replace("\r", "").replace("\t", "")):
+        raise SecretError(f"secret {name!r} contains NUL or another control character")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise SecretError(
+            f"secret {name!r} spans several lines and is not a JSON object: a provider "
+            "key is one line; a cloud credential file is JSON"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise SecretError(f"secret {name!r} is JSON but not an object")
+    return text.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
     secrets: Mapping[str, Secret]
     problems: Mapping[str, str]  # secret name -> safe description
     signature: tuple[object, ...]
+    documents: Mapping[str, Secret] = field(default_factory=dict)  # multi-line JSON
 
 
 _EMPTY = _Snapshot(secrets={}, problems={}, signature=())
+_MAX_DERIVED = 256  # a key's private key lines and a few generations of tokens
 
 
 class SecretStore:
@@ -203,6 +231,7 @@ class SecretStore:
         self._lock = threading.Lock()  # serializes refresh(); get() takes no lock
         self._snap: _Snapshot = _EMPTY
         self._previous: dict[tuple[str, str], tuple[Secret, float]] = {}
+        self._derived: dict[tuple[str, str], tuple[Secret, float]] = {}
         self._generation = 0
         self._reported: dict[str, str] = {}
         self.refresh()
@@ -217,9 +246,28 @@ class SecretStore:
             found = secrets.get(_ENV_KEY + _canon(name))
         return found
 
+    def get_document(self, name: str) -> Secret | None:
+        """Secret `name` as a credential file (JSON, possibly several lines), or None.
+        A one-line value (e.g. from the environment) is returned too."""
+        return self._snap.documents.get(name) or self.get(name)
+
     def missing(self, names: Iterable[str]) -> set[str]:
         """Which of `names` have no usable value (for readiness and start-up checks)."""
-        return {name for name in names if self.get(name) is None}
+        return {name for name in names if self.get_document(name) is None}
+
+    def remember(self, secret: Secret) -> None:
+        """A value derived from a secret (a minted OAuth token, STS session credentials,
+        the secret key inside a JSON credential): redacted and refused like the secrets
+        themselves, for `keep_previous_seconds` after it was last remembered."""
+        key = (secret.name, secret.fingerprint)
+        with self._lock:
+            known = key in self._derived
+            self._derived[key] = (secret, self._clock() + self._keep_previous)
+            if len(self._derived) > _MAX_DERIVED:  # oldest expiry first
+                oldest = min(self._derived, key=lambda k: self._derived[k][1])
+                del self._derived[oldest]
+            if not known:
+                self._generation += 1
 
     def names(self) -> frozenset[str]:
         """Names with a usable value (env ones as "env:<name_with_underscores>")."""
@@ -239,7 +287,8 @@ class SecretStore:
         rotated-out ones (kept for `keep_previous_seconds`)."""
         current = tuple(self._snap.secrets.values())
         old = tuple(secret for secret, _ in self._previous.values())
-        return current + old
+        derived = tuple(secret for secret, _ in self._derived.values())
+        return current + old + derived
 
     # -- polling --------------------------------------------------------------
 
@@ -250,9 +299,10 @@ class SecretStore:
 
     def _refresh_locked(self) -> set[str]:
         now = self._clock()
-        expired = [k for k, (_, until) in self._previous.items() if until <= now]
-        for key in expired:
-            del self._previous[key]
+        for kept in (self._previous, self._derived):
+            expired = [k for k, (_, until) in kept.items() if until <= now]
+            for key in expired:
+                del kept[key]
         env_items = self._env_items()
         for _attempt in range(5):
             try:
@@ -363,7 +413,10 @@ class SecretStore:
             try:
                 values[name] = validate_secret_value(name, raw)
             except SecretError as exc:
-                problems[name] = str(exc)
+                try:
+                    values[_DOC_KEY + name] = validate_secret_document(name, raw)
+                except SecretError:
+                    problems[name] = str(exc)
                 values.pop(_ENV_KEY + _canon(name), None)  # no fallback to env
             else:
                 problems.pop(name, None)
@@ -376,25 +429,35 @@ class SecretStore:
         signature: tuple[object, ...],
         now: float,
     ) -> set[str]:
-        old = self._snap.secrets
+        old = {**self._snap.secrets, **{_DOC_KEY + k: v for k, v in self._snap.documents.items()}}
         new: dict[str, Secret] = {}
         changed: set[str] = set()
         for name, value in values.items():
+            plain = name.removeprefix(_ENV_KEY).removeprefix(_DOC_KEY)
             before = old.get(name)
             if before is not None and before.reveal() == value:
                 new[name] = before
             else:
-                new[name] = Secret(name.removeprefix(_ENV_KEY), value)
-                changed.add(name.removeprefix(_ENV_KEY))
+                new[name] = Secret(plain, value)
+                changed.add(plain)
         for name, before in old.items():
             if name not in new or new[name] is not before:
-                changed.add(name.removeprefix(_ENV_KEY))
-                self._previous[(name, before.fingerprint)] = (before, now + self._keep_previous)
+                changed.add(name.removeprefix(_ENV_KEY).removeprefix(_DOC_KEY))
+                if not name.startswith(_DOC_KEY):  # a whole file is no redaction pattern
+                    self._previous[(name, before.fingerprint)] = (
+                        before,
+                        now + self._keep_previous,
+                    )
         for name, problem in problems.items():
             if self._reported.get(name) != problem:
                 log.error("%s", problem)
         self._reported = dict(problems)
-        self._snap = _Snapshot(secrets=new, problems=problems, signature=signature)
+        self._snap = _Snapshot(
+            secrets={k: v for k, v in new.items() if not k.startswith(_DOC_KEY)},
+            problems=problems,
+            signature=signature,
+            documents={k[len(_DOC_KEY) :]: v for k, v in new.items() if k.startswith(_DOC_KEY)},
+        )
         if changed:
             self._generation += 1
         return changed
@@ -405,6 +468,7 @@ class SecretStore:
 
 
 _ENV_KEY = "env:"
+_DOC_KEY = "doc:"  # multi-line JSON credential files: get_document() only
 
 
 def _canon(name: str) -> str:

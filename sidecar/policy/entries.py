@@ -23,6 +23,7 @@ from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
 from sidecar.policy import overrides
+from sidecar.policy.cloud_credentials import is_typed, read_cloud_credential
 from sidecar.policy.errors import Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -192,9 +193,15 @@ class FileReader(yamlfile.Reader):
         ports = DEFAULT_PROVIDER_PORTS
         if "ports" in fields:
             ports = self._ports(fields["ports"][1], f"{key}.ports")
-        credential = None
-        if "credential" in fields:
+        credential = cloud = None
+        if "credential" in fields and is_typed(fields["credential"][1]):
+            cloud, ref = read_cloud_credential(
+                self, fields["credential"][1], f"{key}.credential", [h for h, _, _ in draft.hosts]
+            )
+            draft.secret = ref and (ref[0], ref[1], f"{key}.credential.secret")
+        elif "credential" in fields:
             credential = self._credential(fields["credential"][1], f"{key}.credential", draft)
+        if "credential" in fields:
             wildcards = [h for h, _, _ in draft.hosts if h.startswith("*.")]
             if wildcards:
                 # S7: a key bound to "*.openai.azure.com" goes to resources anyone can
@@ -227,6 +234,7 @@ class FileReader(yamlfile.Reader):
                 tls_required=True,
                 credential=credential,
                 source=draft.source,
+                cloud_credential=cloud,
             )
 
     def _allow(self, index: int, node: Node) -> None:

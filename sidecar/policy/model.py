@@ -7,6 +7,7 @@ import ipaddress
 from enum import StrEnum
 
 from sidecar.inspection.policy import DEFAULT_RELAY_POLICY, RelayPolicy
+from sidecar.policy.cloud_credentials import CloudCredential
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,6 +69,14 @@ class Endpoint:
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
     relay: RelayPolicy = DEFAULT_RELAY_POLICY  # issue 13: what the provider may fetch, run, mint
+    cloud_credential: CloudCredential | None = None  # aws_sigv4 / google_oauth (issue 16)
+
+    @property
+    def secret_name(self) -> str | None:
+        """The secret this entry's credential is made from, if it names one."""
+        if self.credential is not None:
+            return self.credential.secret
+        return self.cloud_credential.secret if self.cloud_credential is not None else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -30,6 +30,10 @@ def refused(host: str, reason: Reason = Reason.PATH_NOT_ALLOWED, detail: str = "
         ("api.openai.com.evil.com", ErrorFormat.GENERIC),
         ("evil-api.anthropic.com", ErrorFormat.GENERIC),
         ("169.254.169.254", ErrorFormat.GENERIC),
+        ("bedrock-runtime.us-east-1.amazonaws.com", ErrorFormat.AWS),
+        ("bedrock-runtime-fips.us-gov-west-1.amazonaws.com", ErrorFormat.AWS),
+        ("attacker-bucket.s3.us-east-1.amazonaws.com", ErrorFormat.GENERIC),
+        ("bedrock-runtime.us-east-1.amazonaws.com.evil.com", ErrorFormat.GENERIC),
     ],
 )
 def test_error_format_by_destination_host(host, fmt):
@@ -42,7 +46,23 @@ SHAPES = [
     ("api.openai.com", lambda b: b["error"]["code"]),
     ("api.anthropic.com", lambda b: b["error"]["details"]["error_code"]),
     ("unlisted.example.com", lambda b: b["reason"]),
+    ("bedrock-runtime.us-east-1.amazonaws.com", lambda b: b["reason"]),
 ]
+
+
+def test_aws_shape_is_what_botocore_parses():
+    """botocore's rest-json errors: the code from `x-amzn-errortype`, the message from
+    the body; parsed here by botocore itself."""
+    from botocore.parsers import RestJSONParser
+
+    answer = render(
+        refused("bedrock-runtime.us-east-1.amazonaws.com", Reason.GATEWAY_HOLDS_CREDENTIAL), 403
+    )
+    parsed = RestJSONParser().parse(
+        {"status_code": 403, "headers": answer.headers, "body": answer.body}, None
+    )
+    assert parsed["Error"]["Code"] == "gateway_holds_credential"
+    assert parsed["Error"]["Message"].startswith("egress-sidecar refused this request: ")
 
 
 @pytest.mark.parametrize(("host", "code_of"), SHAPES)

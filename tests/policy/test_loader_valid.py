@@ -390,6 +390,8 @@ def test_default_policy_credentials_are_bound_to_their_own_provider() -> None:
     # Vertex and Bedrock sign or mint tokens: a static header would be wrong.
     assert policy.provider("vertex-ai").credential is None  # type: ignore[union-attr]
     assert policy.provider("bedrock").credential is None  # type: ignore[union-attr]
+    assert policy.provider("vertex-ai").secret_name == "vertex"  # type: ignore[union-attr]
+    assert policy.provider("bedrock").secret_name == "bedrock"  # type: ignore[union-attr]
 
 
 def test_default_policy_never_widens_to_shared_hosting_domains() -> None:

@@ -49,9 +49,9 @@ def _objects(node: Any) -> list[dict[str, Any]]:
 
 def test_every_object_in_the_schema_is_closed() -> None:
     objects = _objects(SCHEMA)
-    # root, providers map, credential, provider, allowEntry, overrides, relay tenants map,
-    # relayTenant
-    assert len(objects) == 8
+    # root, providers map, credential, its aws_sigv4 (with web_identity) and google_oauth
+    # forms, provider, allowEntry, overrides, relay tenants map, relayTenant
+    assert len(objects) == 11
     for obj in objects:
         extra = obj.get("additionalProperties")
         assert extra is False or (isinstance(extra, dict) and "$ref" in extra), obj

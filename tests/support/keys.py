@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
+from typing import Any
 
 KEYS = {
     "openai": "sk-proj-" + "A1b2C3d4" * 6,
@@ -57,3 +59,18 @@ def key_policy(port: int) -> str:
         + f"allow:\n  - host: unlisted.example.com\n    ports: [{port}]\n"
         "    addresses: [127.0.0.0/8]\n"
     )
+
+
+def assert_not_in_outputs(sidecar: Any, values: dict[str, str]) -> None:
+    """No value (nor its base64 form) in anything the sidecar wrote: its stdout (decision
+    lines, events), stderr (logs, tracebacks) and metrics. `values`: label -> value."""
+    outputs = {
+        "stdout": "".join(sidecar.stdout_lines),
+        "stderr": "".join(sidecar.stderr_lines),
+        "metrics": sidecar.metrics(),
+    }
+    for name, value in values.items():
+        forms = {value, base64.b64encode(value.encode()).decode()}
+        for where, text in outputs.items():
+            for form in forms:
+                assert form not in text, f"{name} found in {where}"
