@@ -12,6 +12,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from sidecar.usage import TokenUsage
+
 
 class Verdict(StrEnum):
     ALLOW = "allow"
@@ -61,6 +63,10 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_STREAMS = "too_many_streams"
+    # issue 14: tool calls in responses (sidecar/policy/tools.py, docs/stream-inspection.md).
+    TOOL_CALL_INJECTED = "tool_call_injected"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    TOOL_ARGUMENTS_DENIED = "tool_arguments_denied"
 
 
 class Severity(StrEnum):
@@ -239,6 +245,28 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.TOO_MANY_STREAMS: ReasonSpec(
         "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
     ),
+    # Issue 14: what a hostile router or provider writes into the response the gateway
+    # acts on. Cut before the call's name reaches the gateway (docs/stream-inspection.md).
+    Reason.TOOL_CALL_INJECTED: ReasonSpec(
+        "502 / stream error",
+        _C,
+        False,
+        "a response calls a tool the request did not declare (a router injecting a call)",
+    ),
+    Reason.TOOL_NOT_ALLOWED: ReasonSpec(
+        "403 / 502 / stream error",
+        _W,
+        False,
+        "a request declares, or a response calls, a tool the provider's `tools.allow` does "
+        "not list",
+    ),
+    Reason.TOOL_ARGUMENTS_DENIED: ReasonSpec(
+        "502 / stream error",
+        _C,
+        False,
+        "a tool call's arguments match a `tools.deny_arguments` rule (a download piped to a "
+        "shell, a package index or URL host the policy does not list, a pattern)",
+    ),
 }
 
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
@@ -268,6 +296,7 @@ class Decision:
     tenant: str | None = None
     detail: str = ""  # human-readable, safe to log: never header or body content
     source: str | None = None  # policy file:line of the deciding entry
+    usage: TokenUsage | None = None  # issue 14/15: tokens of the response, when read
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -304,6 +333,12 @@ class Decision:
             record["source"] = self.source
         if self.detail:
             record["detail"] = self.detail
+        if self.usage is not None:
+            record["usage"] = {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+                "model": self.usage.model,
+            }
         return record
 
 

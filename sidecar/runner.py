@@ -235,8 +235,11 @@ async def _serve(settings: Settings, policy: Any) -> int:
     except OSError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
+    from sidecar.addons.responses import ResponseInspection
+
     master.addons.add(
         enforcer,
+        ResponseInspection(holder, recorder, credentials, registry),  # issue 14, after enforcer
         ps,
         next_layer.NextLayer(),
         limits,

@@ -38,10 +38,13 @@ from sidecar.limits import LIMIT_ERROR_PREFIX
 from sidecar.netguard import AddressClass, classify_address
 from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
+from sidecar.usage import USAGE_KEY
 
 logger = logging.getLogger("egress_sidecar")
 
 _UNRECORDED = "egress_unrecorded_decision"  # flow metadata: allowed, line not yet written
+PENDING_LINE = _UNRECORDED  # issue 14: the response inspector writes it at the response end
+LINE_AT_END = "egress_line_at_response_end"  # set by the response inspector (responses.py)
 
 
 def refusal_status(decision: Decision) -> int:
@@ -314,8 +317,10 @@ class Enforcer:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # S10: hand every response to the gateway as it arrives; where we added a key,
-        # through the reflection redactor (S7).
-        self._record_allowed(flow)
+        # through the reflection redactor (S7). Provider API responses get their line at
+        # the end, with usage (sidecar/addons/responses.py).
+        if not flow.metadata.get(LINE_AT_END):
+            self._record_allowed(flow)
         try:
             if flow.response is not None:
                 self.credentials.guard_response(flow)
@@ -407,7 +412,7 @@ class Enforcer:
                 detail=failures[flow.error.msg],
             )
             error_pages.expect(flow.error.msg, refusal_response(decision, close=True))
-        self.record(decision)
+        self.record(decision.with_context(usage=flow.metadata.get(USAGE_KEY)))
 
     def client_disconnected(self, client: connection.Client) -> None:
         tunnel = self._tunnels.pop(client.id, None)

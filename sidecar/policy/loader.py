@@ -38,6 +38,7 @@ from sidecar.policy.model import (
     Policy,
     SourceRef,
 )
+from sidecar.policy.tools import read_tools
 
 __all__ = [
     "ALLOWED_METHODS",
@@ -116,6 +117,7 @@ _PROVIDER_KEYS = (
     "addresses",
     "credential",
     "max_request_body",
+    "tools",
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -369,11 +371,13 @@ class _FileReader(yamlfile.Reader):
         max_body = None
         if "max_request_body" in fields:
             max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
+        tools = read_tools(self, fields["tools"][1], f"{key}.tools") if "tools" in fields else None
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
             draft.endpoint = Endpoint(
                 max_request_body=max_body,
+                tools=tools,
                 rule=key,
                 provider=name,
                 hosts=tuple(h for h, _, _ in draft.hosts),

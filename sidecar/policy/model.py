@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.policy.tools import ToolPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,6 +69,7 @@ class Endpoint:
     credential: CredentialSpec | None
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
+    tools: ToolPolicy | None = None  # issue 14: `tools:` (sidecar/policy/tools.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,0 +1,265 @@
+"""Response inspection (issue 14): tool calls, keys in decoded text, usage. Thin: the
+logic is in sidecar.streams and sidecar.policy.tools.
+
+For an allowed POST to an LLM API path (chat completions, responses, messages,
+generateContent): the request body is read whole (bounded by the request body limit)
+to learn the declared tools; a streamed response passes event by event through a
+`ResponseInspector` (after the reflection redactor, when a key was added); a response
+that was not streamed is read whole and replaced by a 502 if it breaks an enforced
+rule. The request's one decision line is written at the response end, with its usage
+(or at the cut, as the refusal). Registered right after the Enforcer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from mitmproxy import http
+from prometheus_client import CollectorRegistry, Counter
+
+from sidecar import refusals
+from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
+from sidecar.addons.enforcer import LINE_AT_END, PENDING_LINE, EngineHolder, refusal_response
+from sidecar.decision import Decision, Reason, Verdict
+from sidecar.policy.tools import DeclaredTools, ToolRules
+from sidecar.streams.declared import declared_tools, wants_stream, with_usage_requested
+from sidecar.streams.inspector import (
+    ResponseInspector,
+    Violation,
+    api_for_path,
+    error_event,
+    safe_tool_name,
+)
+from sidecar.usage import USAGE_KEY, TokenUsage
+
+logger = logging.getLogger("egress_sidecar")
+
+REQUEST_DOCUMENT_KEY = "egress_request_document"  # issue 13 stores the parsed request here
+_API = "egress_inspect_api"
+_REQUEST = "egress_inspect_request"
+_INSPECTOR = "egress_inspector"
+_NOTED = "egress_inspector_noted"
+_MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
+OTHER_MODEL = "other"
+
+
+def request_document(flow: http.HTTPFlow) -> Any:
+    """The parsed JSON of the request body (None if it is not JSON).
+
+    Stand-in until issue 13's request inspection merges: it stores the same document in
+    `flow.metadata[REQUEST_DOCUMENT_KEY]`; the lead replaces this body with that look-up.
+    The body is bounded by the request body limit (the limits addon counts it)."""
+    known = flow.metadata.get(REQUEST_DOCUMENT_KEY)
+    if known is not None:
+        return known
+    try:
+        return json.loads(flow.request.get_content(strict=False) or b"")
+    except (ValueError, RecursionError):
+        return None
+
+
+class ResponseInspection:
+    def __init__(
+        self,
+        holder: EngineHolder,
+        record: Any,
+        credentials: CredentialLayer,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.holder = holder
+        self.record = record
+        self.credentials = credentials
+        self.tokens = Counter(
+            "egress_sidecar_tokens",
+            "Tokens in provider responses, by tenant, provider, model (the policy's names, "
+            "else 'other') and direction (input | output).",
+            ["tenant", "provider", "model", "direction"],
+            registry=registry,
+        )
+
+    # --- request ----------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        decision: Decision | None = flow.metadata.get(PENDING_LINE)
+        if decision is None or flow.response is not None or flow.request.method != "POST":
+            return
+        api = api_for_path(flow.request.path)
+        if api is None:
+            return
+        flow.metadata[_API] = api
+        flow.metadata[LINE_AT_END] = True
+        flow.request.stream = False  # read whole (bounded, counted) for its declared tools
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        api = flow.metadata.get(_API)
+        if api is None or flow.response is not None:
+            return
+        try:
+            self._read_request(flow, api)
+        except Exception:
+            logger.exception("request inspection failed; refusing")
+            flow.response = http.Response.make(
+                500, b'{"error":"egress_sidecar_internal_error"}\n',
+                {"content-type": "application/json"},
+            )  # fmt: skip
+
+    def _read_request(self, flow: http.HTTPFlow, api: str) -> None:
+        doc = request_document(flow)
+        declared = declared_tools(api, doc)
+        streamed = wants_stream(api, flow.request.path, doc)
+        flow.metadata[_REQUEST] = (declared, streamed)
+        if api == "chat" and streamed and isinstance(doc, dict):
+            body = with_usage_requested(doc)
+            if body is not None:
+                flow.request.content = body
+        rules = self._rules(flow)
+        if rules is None or rules.allow is None:
+            return
+        refused = sorted(n for n in declared.names if rules.name_refused(n))
+        if not refused:
+            return
+        detail = f"{api} request declares tool {safe_tool_name(refused[0])!r}, not in tools.allow"
+        self._violation(flow, Violation(Reason.TOOL_NOT_ALLOWED, detail), request=True)
+
+    # --- response ---------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._start(flow)
+        except Exception:
+            logger.exception("response inspection failed to start; killing the flow")
+            flow.kill()
+
+    def _start(self, flow: http.HTTPFlow) -> None:
+        api, request, response = flow.metadata.get(_API), flow.metadata.get(_REQUEST), flow.response
+        if api is None or request is None or response is None:
+            return
+        if not 200 <= response.status_code < 300:
+            return  # an error body carries no tool calls; the redactor still runs
+        declared: DeclaredTools = request[0]
+        streamed: bool = request[1]
+        engine = self.holder.engine
+        inspector = ResponseInspector(
+            api,
+            rules=self._rules(flow),
+            declared=declared,
+            patterns=self.credentials.guard.patterns() if key_added(flow) else None,
+            enforce_tools=engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED) is Verdict.BLOCK,
+            render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
+        )
+        flow.metadata[_INSPECTOR] = inspector
+        if not (streamed or "text/event-stream" in response.headers.get("content-type", "")):
+            response.stream = False  # read whole: a 502 can still replace it
+            redact_whole_body(flow)
+            return
+        inner = response.stream
+
+        def stream(chunk: bytes) -> list[bytes]:
+            pieces = inner(chunk) if callable(inner) else [chunk]
+            out = [inspector.feed(piece) for piece in pieces if piece]
+            if not chunk:
+                out.append(inspector.finish())
+            self._note(flow, inspector)
+            return [piece for piece in out if piece]
+
+        response.stream = stream
+        if "content-length" in response.headers:  # a cut changes the length
+            del response.headers["content-length"]
+            if flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
+        try:
+            if inspector is not None and flow.response is not None and not flow.response.stream:
+                violation = inspector.inspect_body(flow.response.get_content(strict=False) or b"")
+                self._note(flow, inspector)
+                if violation is not None:
+                    decision = flow.metadata.get(_NOTED)
+                    if isinstance(decision, Decision):
+                        answer = refusals.render(decision, 502)
+                        flow.response = http.Response.make(502, answer.body, answer.headers)
+        except Exception:
+            logger.exception("response inspection failed; killing the flow")
+            flow.kill()
+        self._write_line(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        flow.metadata.pop(_INSPECTOR, None)
+
+    # --- records ----------------------------------------------------------------------
+
+    def _note(self, flow: http.HTTPFlow, inspector: ResponseInspector) -> None:
+        """Keep the request's line up to date: usage, and the first violation."""
+        if inspector.usage is not None:
+            flow.metadata[USAGE_KEY] = inspector.usage
+        count = flow.metadata.get("egress_inspector_count", 0)
+        for violation in inspector.violations[count:]:
+            self._violation(flow, violation)
+        flow.metadata["egress_inspector_count"] = len(inspector.violations)
+
+    def _violation(
+        self, flow: http.HTTPFlow, violation: Violation, *, request: bool = False
+    ) -> None:
+        pending: Decision | None = flow.metadata.get(PENDING_LINE)
+        if pending is None or (pending.verdict is not Verdict.ALLOW and not violation.enforced):
+            return  # already a refusal (or its line written): one line per request
+        decision = self.holder.engine.refusal(pending, violation.reason, violation.detail)
+        if decision.verdict is Verdict.BLOCK:
+            flow.metadata.pop(PENDING_LINE, None)
+            flow.metadata[_NOTED] = decision
+            self.record(decision.with_context(usage=self._safe_usage(flow)))
+            if request:
+                flow.response = refusal_response(decision)
+        else:
+            flow.metadata[PENDING_LINE] = decision  # audit: would_block, written at the end
+
+    def _write_line(self, flow: http.HTTPFlow) -> None:
+        usage = self._safe_usage(flow)
+        decision: Decision | None = flow.metadata.pop(PENDING_LINE, None)
+        if usage is not None:
+            self._count(flow, usage)
+        if decision is not None:
+            self.record(decision.with_context(usage=usage))
+
+    def _safe_usage(self, flow: http.HTTPFlow) -> TokenUsage | None:
+        usage: TokenUsage | None = flow.metadata.get(USAGE_KEY)
+        if usage is None or usage.model is None:
+            return usage
+        model = usage.model
+        if not _MODEL.match(model) or self.credentials.guard.patterns().may_contain(model.encode()):
+            model = "(unprintable)"
+        return TokenUsage(usage.input_tokens, usage.output_tokens, model)
+
+    def _count(self, flow: http.HTTPFlow, usage: TokenUsage) -> None:
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return
+        endpoint = self.holder.engine.endpoint(decision.rule)
+        known = getattr(endpoint, "models", None) or ()
+        model = usage.model if usage.model in known else OTHER_MODEL
+        provider = decision.provider or "none"
+        tenant = decision.tenant or "none"
+        self.tokens.labels(tenant, provider, model, "input").inc(usage.input_tokens)
+        self.tokens.labels(tenant, provider, model, "output").inc(usage.output_tokens)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return None
+        endpoint = self.holder.engine.endpoint(decision.rule)
+        policy = endpoint.tools if endpoint is not None else None
+        return policy.for_tenant(decision.tenant) if policy is not None else None
+
+    def _message(self, flow: http.HTTPFlow, violation: Violation) -> str:
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return f"egress-sidecar cut this response: {violation.reason.value}"
+        return refusals.message(
+            decision.with_context(reason=violation.reason, detail=violation.detail)
+        )
