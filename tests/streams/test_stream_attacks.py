@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import textwrap
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -299,3 +300,40 @@ def test_router_splitting_the_injected_key_across_events_and_escapes_is_cut(
                     text += piece
     assert key not in text and key[len(key) // 3 :] not in text
     assert decision(keyed_guard, "credential_reflected")["decision"] == "block"
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+
+def test_injected_tool_call_pages_with_the_tool_and_provider_never_the_arguments(
+    start_sidecar, hostile, bg, tmp_path
+):
+    from tests.alerts.alerts_helpers import FakeReceiver, write_config
+    from tests.support.ports import free_port
+
+    rx = bg.run(FakeReceiver(default=200).start(free_port()))
+    hook = (
+        f"sinks:\n  - name: siem\n    type: webhook\n    url: {rx.url}/hook\n"
+        f"    hmac_key_file: {tmp_path / 'hmac'}\n"
+    )
+    try:
+        config = write_config(tmp_path, hook, secrets={"hmac": "h" * 32})
+        sidecar = start_sidecar(
+            policy(hostile.port),
+            extra_args=("--alerts-config", config, "--alert-spool", str(tmp_path / "spool")),
+        )
+        hostile.attack = Attack("inject")
+        with pytest.raises(anthropic.APIStatusError):
+            claude(sidecar, hostile.port).messages.create(
+                model="claude-x", max_tokens=20, messages=ASK,
+                tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+            )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not rx.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rx.requests, "no alert delivered"
+        sent = b"".join(r.body for r in rx.requests).decode()
+        assert "tool_call_injected" in sent and INJECTED_TOOL in sent and "anthropic" in sent
+        assert "evil.example" not in sent and "curl" not in sent
+    finally:
+        bg.run(rx.stop())
