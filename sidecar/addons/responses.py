@@ -158,7 +158,8 @@ class ResponseInspection:
         inner = response.stream
 
         def stream(chunk: bytes) -> list[bytes]:
-            pieces = inner(chunk) if callable(inner) else [chunk]
+            given = inner(chunk) if callable(inner) else chunk
+            pieces = [given] if isinstance(given, bytes) else list(given)
             out = [inspector.feed(piece) for piece in pieces if piece]
             if not chunk:
                 out.append(inspector.finish())

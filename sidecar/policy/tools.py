@@ -230,7 +230,7 @@ def _rules(
     reader: yamlfile.Reader, fields: dict[str, tuple[ScalarNode, Node]], key: str
 ) -> ToolRules:
     allow = _names(reader, fields["allow"][1], f"{key}.allow") if "allow" in fields else None
-    indexes = DEFAULT_PACKAGE_INDEXES
+    indexes: tuple[str, ...] = DEFAULT_PACKAGE_INDEXES
     if "package_indexes" in fields:
         indexes = _host_list(reader, fields["package_indexes"][1], f"{key}.package_indexes")
     url_hosts: tuple[str, ...] = ()

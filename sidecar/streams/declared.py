@@ -27,8 +27,8 @@ def declared_tools(api: str, doc: Any) -> DeclaredTools:
     names: set[str] = set()
     servers: set[str] = set()
     any_mcp = False
-    tools = doc.get("tools") if isinstance(doc.get("tools"), list) else []
-    for tool in tools:
+    tools = doc.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
         if not isinstance(tool, dict):
             continue
         kind = tool.get("type")

@@ -11,6 +11,7 @@ Buffered (a response that was not streamed): `inspect_body` judges the whole bod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -130,7 +131,7 @@ class ResponseInspector:
             return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release = self._base
         for event in events:
-            violation = self._judge(lambda e=event: self.reader.event(e.name, e.data))
+            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
             if violation is not None:
                 return self._release(event.start) + self._cut(violation)
             if self.guard is None or not self.guard.holding:
@@ -148,7 +149,7 @@ class ResponseInspector:
         except EventTooLarge as exc:  # pragma: no cover - finish() never grows the buffer
             return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         for event in events:
-            violation = self._judge(lambda e=event: self.reader.event(e.name, e.data))
+            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
             if violation is not None:
                 return self._release(event.start) + self._cut(violation)
         violation = self._judge(self.reader.end)

@@ -93,6 +93,11 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _either(doc: dict[str, Any], camel: str, snake: str) -> int:
+    """Gemini's REST JSON is camelCase; some clients and Vertex write snake_case."""
+    return _int(doc.get(camel, doc.get(snake)))
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -427,12 +432,11 @@ class GeminiReader(Reader):
         out: list[Finding] = []
         usage = doc.get("usageMetadata", doc.get("usage_metadata"))
         if isinstance(usage, dict):
-            get = lambda a, b: _int(usage.get(a, usage.get(b)))  # noqa: E731
             self._set_usage(
-                get("promptTokenCount", "prompt_token_count")
-                + get("toolUsePromptTokenCount", "tool_use_prompt_token_count"),
-                get("candidatesTokenCount", "candidates_token_count")
-                + get("thoughtsTokenCount", "thoughts_token_count"),
+                _either(usage, "promptTokenCount", "prompt_token_count")
+                + _either(usage, "toolUsePromptTokenCount", "tool_use_prompt_token_count"),
+                _either(usage, "candidatesTokenCount", "candidates_token_count")
+                + _either(usage, "thoughtsTokenCount", "thoughts_token_count"),
                 doc.get("modelVersion", doc.get("model_version")),
             )
         for position, candidate in enumerate(_list(doc.get("candidates"))):

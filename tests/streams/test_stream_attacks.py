@@ -22,15 +22,19 @@ from tests.support.keys import KEYS, SecretMount
 
 pytestmark = pytest.mark.integration
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object"}},
+}
 SHELL = {"type": "function", "function": {"name": INJECTED_TOOL, "parameters": {"type": "object"}}}
 ASK = [{"role": "user", "content": "weather?"}]
 
 
 @pytest.fixture(scope="module")
 def hostile(bg, test_ca) -> Iterator[HostileProvider]:
-    fake = HostileProvider(bg, test_ca, ["api.openai.com", "api.anthropic.com",
-                                         "generativelanguage.googleapis.com"]).start()  # fmt: skip
+    fake = HostileProvider(
+        bg, test_ca, ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+    ).start()
     yield fake
     fake.stop()
 
@@ -93,16 +97,20 @@ def _verify(sidecar) -> ssl.SSLContext:
 
 def oai(sidecar, port: int) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key="dummy", base_url=f"https://api.openai.com:{port}/v1", max_retries=0,
+        api_key="dummy",
+        base_url=f"https://api.openai.com:{port}/v1",
+        max_retries=0,
         http_client=httpx.Client(proxy=sidecar.proxy_url, verify=_verify(sidecar), timeout=20),
-    )  # fmt: skip
+    )
 
 
 def claude(sidecar, port: int) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        api_key="dummy", base_url=f"https://api.anthropic.com:{port}", max_retries=0,
+        api_key="dummy",
+        base_url=f"https://api.anthropic.com:{port}",
+        max_retries=0,
         http_client=anthropic.DefaultHttpxClient(proxy=sidecar.proxy_url, verify=_verify(sidecar)),
-    )  # fmt: skip
+    )
 
 
 def gemini(sidecar, port: int) -> genai.Client:
@@ -155,13 +163,17 @@ def test_router_injecting_a_tool_use_block_into_an_anthropic_stream_is_cut(guard
     events = []
     with pytest.raises(anthropic.APIStatusError, match="tool_call_injected"):
         with claude(guarded, hostile.port).messages.stream(
-            model="claude-x", max_tokens=50, messages=ASK,
+            model="claude-x",
+            max_tokens=50,
+            messages=ASK,
             tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
-        ) as stream:  # fmt: skip
+        ) as stream:
             for event in stream:
                 events.append(event)
-    assert not any(getattr(e, "type", "") == "content_block_start"
-                   and e.content_block.type == "tool_use" for e in events)  # fmt: skip
+    assert not any(
+        getattr(e, "type", "") == "content_block_start" and e.content_block.type == "tool_use"
+        for e in events
+    )
     line = decision(guarded, "tool_call_injected", provider="anthropic")
     assert line["decision"] == "block"
 
@@ -171,9 +183,11 @@ def test_router_injecting_a_function_call_into_a_responses_stream_is_cut(guarded
     kinds = []
     with pytest.raises(openai.APIError, match="tool_call_injected"):
         for event in oai(guarded, hostile.port).responses.create(
-            model="gpt-x", input="weather?", stream=True,
+            model="gpt-x",
+            input="weather?",
+            stream=True,
             tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
-        ):  # fmt: skip
+        ):
             kinds.append(event.type)
     assert "response.output_item.added" not in kinds
     assert decision(guarded, "tool_call_injected", path="/v1/responses")["decision"] == "block"
@@ -182,8 +196,15 @@ def test_router_injecting_a_function_call_into_a_responses_stream_is_cut(guarded
 def test_router_injecting_a_function_call_into_a_gemini_stream_is_cut(guarded, hostile):
     hostile.attack = Attack("inject")
     parts = []
-    config = genai_types.GenerateContentConfig(tools=[genai_types.Tool(function_declarations=[
-        genai_types.FunctionDeclaration(name="get_weather", description="w")])])  # fmt: skip
+    config = genai_types.GenerateContentConfig(
+        tools=[
+            genai_types.Tool(
+                function_declarations=[
+                    genai_types.FunctionDeclaration(name="get_weather", description="w")
+                ]
+            )
+        ]
+    )
     client = gemini(guarded, hostile.port)  # kept: the SDK closes it when collected
     with pytest.raises(genai_errors.APIError, match="tool_call_injected"):
         for chunk in client.models.generate_content_stream(
@@ -212,8 +233,12 @@ def test_router_injecting_on_every_third_request_is_cut_each_time(guarded, hosti
     outcomes = []
     for _ in range(6):
         try:
-            client.messages.create(model="claude-x", max_tokens=20, messages=ASK,
-                                   tools=[{"name": "get_weather", "input_schema": {"type": "object"}}])  # fmt: skip
+            client.messages.create(
+                model="claude-x",
+                max_tokens=20,
+                messages=ASK,
+                tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+            )
             outcomes.append("ok")
         except anthropic.APIStatusError as exc:
             assert exc.status_code == 502
@@ -257,12 +282,16 @@ def test_audit_mode_logs_would_block_and_passes_the_injected_call(audited, hosti
 
 
 def test_usage_of_an_honest_chat_stream_is_in_the_decision_line_and_metrics(guarded, hostile):
-    chunks = list(oai(guarded, hostile.port).chat.completions.create(
-        model="gpt-x", messages=ASK, stream=True))  # fmt: skip
+    chunks = list(
+        oai(guarded, hostile.port).chat.completions.create(model="gpt-x", messages=ASK, stream=True)
+    )
     assert chunks[-1].usage is not None  # the sidecar asked for include_usage
     line = decision(guarded, "allowed", path="/v1/chat/completions")
     assert line["usage"] == {"input_tokens": 11, "output_tokens": 7, "model": "gpt-x"}
-    assert 'egress_sidecar_tokens_total{direction="output",model="other",provider="openai",tenant="none"}' in guarded.metrics()
+    assert (
+        'egress_sidecar_tokens_total{direction="output",model="other",provider="openai",tenant="none"}'
+        in guarded.metrics()
+    )
 
 
 def test_usage_of_an_anthropic_stream_is_the_latest_cumulative_figure(guarded, hostile):
@@ -325,9 +354,11 @@ def test_injected_tool_call_pages_with_the_tool_and_provider_never_the_arguments
         hostile.attack = Attack("inject")
         with pytest.raises(anthropic.APIStatusError):
             claude(sidecar, hostile.port).messages.create(
-                model="claude-x", max_tokens=20, messages=ASK,
+                model="claude-x",
+                max_tokens=20,
+                messages=ASK,
                 tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + 15
         while not rx.requests and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -101,15 +101,26 @@ class HostileProvider:
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-x"}
         if not doc.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text_pieces(kind))}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(self._text_pieces(kind)),
+            }
             finish = "stop"
             if kind == "inject":
-                message["tool_calls"] = [{"id": "call_1", "type": "function",
-                                          "function": {"name": self.attack.tool, "arguments": args}}]  # fmt: skip
+                message["tool_calls"] = [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": self.attack.tool, "arguments": args},
+                    }
+                ]
                 finish = "tool_calls"
-            body = {**base, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                    "usage": usage}  # fmt: skip
+            body = {
+                **base,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }
             return web.json_response(body)
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -118,22 +129,35 @@ class HostileProvider:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": ""})]
-        for piece in self._text_pieces(kind):
-            if kind == "key" and piece is self._text_pieces(kind)[1]:
+        for n, piece in enumerate(self._text_pieces(kind)):
+            if kind == "key" and n == 1:
                 raw = '{"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
                 events.append(b"data: " + (raw % _escape_first(piece)).encode() + b"\n\n")
             else:
                 events.append(chunk({"content": piece}))
         finish = "stop"
         if kind == "inject":
-            events.append(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                                 "function": {"name": self.attack.tool,
-                                                              "arguments": ""}}]}))  # fmt: skip
+            events.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": self.attack.tool, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
             events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
             finish = "tool_calls"
         events.append(chunk({}, finish))
         if (doc.get("stream_options") or {}).get("include_usage"):
-            events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+            events.append(
+                b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
+            )
         events.append(b"data: [DONE]\n\n")
         return await self._sse(request, events)
 
@@ -143,20 +167,43 @@ class HostileProvider:
         doc, kind = await self._read(request)
         args = json.dumps(self.attack.arguments)
         text = "".join(self._text_pieces(kind))
-        output: list[dict[str, Any]] = [{"type": "message", "id": "msg_1", "role": "assistant",
-                                         "status": "completed",
-                                         "content": [{"type": "output_text", "text": text,
-                                                      "annotations": []}]}]  # fmt: skip
-        call = {"type": "function_call", "id": "fc_1", "call_id": "call_1",
-                "name": self.attack.tool, "arguments": args, "status": "completed"}  # fmt: skip
+        output: list[dict[str, Any]] = [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        call = {
+            "type": "function_call",
+            "id": "fc_1",
+            "call_id": "call_1",
+            "name": self.attack.tool,
+            "arguments": args,
+            "status": "completed",
+        }
         if kind == "inject":
             output.append(call)
-        response = {"id": "resp_1", "object": "response", "created_at": 0, "model": "gpt-x",
-                    "status": "completed", "output": output, "tool_choice": "auto", "tools": [],
-                    "parallel_tool_calls": True,
-                    "usage": {"input_tokens": 13, "output_tokens": 5, "total_tokens": 18,
-                              "input_tokens_details": {"cached_tokens": 0},
-                              "output_tokens_details": {"reasoning_tokens": 0}}}  # fmt: skip
+        response = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 0,
+            "model": "gpt-x",
+            "status": "completed",
+            "output": output,
+            "tool_choice": "auto",
+            "tools": [],
+            "parallel_tool_calls": True,
+            "usage": {
+                "input_tokens": 13,
+                "output_tokens": 5,
+                "total_tokens": 18,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
         if not doc.get("stream"):
             return web.json_response(response)
         seq = iter(range(1000))
@@ -168,17 +215,37 @@ class HostileProvider:
         created = {**response, "status": "in_progress", "output": [], "usage": None}
         events = [event("response.created", {"response": created})]
         for piece in self._text_pieces(kind):
-            events.append(event("response.output_text.delta", {"item_id": "msg_1", "output_index": 0,
-                                                                "content_index": 0, "delta": piece,
-                                                                "logprobs": []}))  # fmt: skip
+            events.append(
+                event(
+                    "response.output_text.delta",
+                    {
+                        "item_id": "msg_1",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": piece,
+                        "logprobs": [],
+                    },
+                )
+            )
         if kind == "inject":
-            events.append(event("response.output_item.added", {"output_index": 1,
-                                                               "item": {**call, "arguments": "",
-                                                                        "status": "in_progress"}}))  # fmt: skip
-            events.append(event("response.function_call_arguments.delta",
-                                {"item_id": "fc_1", "output_index": 1, "delta": args}))  # fmt: skip
-            events.append(event("response.function_call_arguments.done",
-                                {"item_id": "fc_1", "output_index": 1, "arguments": args}))  # fmt: skip
+            events.append(
+                event(
+                    "response.output_item.added",
+                    {"output_index": 1, "item": {**call, "arguments": "", "status": "in_progress"}},
+                )
+            )
+            events.append(
+                event(
+                    "response.function_call_arguments.delta",
+                    {"item_id": "fc_1", "output_index": 1, "delta": args},
+                )
+            )
+            events.append(
+                event(
+                    "response.function_call_arguments.done",
+                    {"item_id": "fc_1", "output_index": 1, "arguments": args},
+                )
+            )
             events.append(event("response.output_item.done", {"output_index": 1, "item": call}))
         events.append(event("response.completed", {"response": response}))
         return await self._sse(request, events)
@@ -187,12 +254,22 @@ class HostileProvider:
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         doc, kind = await self._read(request)
-        message: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant",
-                                   "model": "claude-x", "content": [], "stop_reason": None,
-                                   "stop_sequence": None,
-                                   "usage": {"input_tokens": 21, "output_tokens": 1}}  # fmt: skip
-        tool = {"type": "tool_use", "id": "toolu_1", "name": self.attack.tool,
-                "input": self.attack.arguments}  # fmt: skip
+        message: dict[str, Any] = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-x",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 21, "output_tokens": 1},
+        }
+        tool = {
+            "type": "tool_use",
+            "id": "toolu_1",
+            "name": self.attack.tool,
+            "input": self.attack.arguments,
+        }
         if not doc.get("stream"):
             message["content"] = [{"type": "text", "text": "".join(self._text_pieces(kind))}]
             if kind == "inject":
@@ -204,35 +281,72 @@ class HostileProvider:
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
 
-        events = [event("message_start", {"message": message}),
-                  event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]  # fmt: skip
-        for piece in self._text_pieces(kind):
-            if kind == "key" and piece is self._text_pieces(kind)[1]:
-                raw = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"%s"}}'
-                events.append(b"event: content_block_delta\ndata: " + (raw % _escape_first(piece)).encode() + b"\n\n")
+        events = [
+            event("message_start", {"message": message}),
+            event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            ),
+        ]
+        for n, piece in enumerate(self._text_pieces(kind)):
+            if kind == "key" and n == 1:
+                raw = (
+                    '{"type":"content_block_delta","index":0,'
+                    '"delta":{"type":"text_delta","text":"%s"}}'
+                )
+                events.append(
+                    b"event: content_block_delta\ndata: "
+                    + (raw % _escape_first(piece)).encode()
+                    + b"\n\n"
+                )
             else:
-                events.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}}))  # fmt: skip
+                events.append(
+                    event(
+                        "content_block_delta",
+                        {"index": 0, "delta": {"type": "text_delta", "text": piece}},
+                    )
+                )
         events.append(event("content_block_stop", {"index": 0}))
         if kind == "inject":
-            events.append(event("content_block_start", {"index": 1, "content_block": {**tool, "input": {}}}))
-            events.append(event("content_block_delta", {"index": 1, "delta": {
-                "type": "input_json_delta", "partial_json": json.dumps(self.attack.arguments)}}))  # fmt: skip
+            events.append(
+                event("content_block_start", {"index": 1, "content_block": {**tool, "input": {}}})
+            )
+            events.append(
+                event(
+                    "content_block_delta",
+                    {
+                        "index": 1,
+                        "delta": {
+                            "type": "input_json_delta",
+                            "partial_json": json.dumps(self.attack.arguments),
+                        },
+                    },
+                )
+            )
             events.append(event("content_block_stop", {"index": 1}))
-        events.append(event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                              "usage": {"output_tokens": 9}}))  # fmt: skip
+        events.append(
+            event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 9},
+                },
+            )
+        )
         events.append(event("message_stop", {}))
         return await self._sse(request, events)
 
     # --- Gemini ---------------------------------------------------------------------------
 
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
-        doc, kind = await self._read(request)
+        _, kind = await self._read(request)
         streamed = request.match_info["model"].endswith(":streamGenerateContent")
         usage = {"promptTokenCount": 17, "candidatesTokenCount": 4, "totalTokenCount": 21}
 
         def frame(parts: list[dict[str, Any]], last: bool = False) -> dict[str, Any]:
-            out: dict[str, Any] = {"candidates": [{"index": 0, "content": {"role": "model", "parts": parts}}],
-                                   "modelVersion": "gemini-x"}  # fmt: skip
+            out: dict[str, Any] = {
+                "candidates": [{"index": 0, "content": {"role": "model", "parts": parts}}],
+                "modelVersion": "gemini-x",
+            }
             if last:
                 out["candidates"][0]["finishReason"] = "STOP"
                 out["usageMetadata"] = usage
@@ -246,4 +360,6 @@ class HostileProvider:
         if kind == "inject":
             frames.append(frame([call]))
         frames.append(frame([{"text": ""}], last=True))
-        return await self._sse(request, [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frames])
+        return await self._sse(
+            request, [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frames]
+        )
