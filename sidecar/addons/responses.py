@@ -12,6 +12,7 @@ rule. The request's one decision line is written at the response end, with its u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ _INSPECTOR = "egress_inspector"
 _NOTED = "egress_inspector_noted"
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
 OTHER_MODEL = "other"
+_THREAD_FROM = 256 * 1024
 
 
 def request_document(flow: http.HTTPFlow) -> Any:
@@ -172,11 +174,17 @@ class ResponseInspection:
             if flow.request.http_version == "HTTP/1.1":
                 response.headers["transfer-encoding"] = "chunked"
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
         try:
             if inspector is not None and flow.response is not None and not flow.response.stream:
-                violation = inspector.inspect_body(flow.response.get_content(strict=False) or b"")
+                # Bounded by mitmproxy's body_size_limit (64 MiB); a large body is parsed
+                # in a worker thread so it does not stall every other connection.
+                body = flow.response.get_content(strict=False) or b""
+                if len(body) > _THREAD_FROM:
+                    violation = await asyncio.to_thread(inspector.inspect_body, body)
+                else:
+                    violation = inspector.inspect_body(body)
                 self._note(flow, inspector)
                 if violation is not None:
                     decision = flow.metadata.get(_NOTED)
