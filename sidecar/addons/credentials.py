@@ -284,8 +284,9 @@ class CredentialLayer:
 
 
 def key_added(flow: http.HTTPFlow) -> bool:
-    """Whether the credential layer added a provider key to this flow's request."""
-    return bool(flow.metadata.get(_INJECTED))
+    """Whether the credential layer added a provider key to this flow's request (for a
+    WebSocket, after its handshake: whether its messages are being redacted)."""
+    return bool(flow.metadata.get(_INJECTED)) or _WS_REDACTOR in flow.metadata
 
 
 def redact_whole_body(flow: http.HTTPFlow) -> None:

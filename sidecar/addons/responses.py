@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar import refusals
@@ -31,9 +31,11 @@ from sidecar.streams.inspector import (
     ResponseInspector,
     Violation,
     api_for_path,
+    error_document,
     error_event,
     safe_tool_name,
 )
+from sidecar.streams.readers import parse_json
 from sidecar.usage import USAGE_KEY, TokenUsage
 
 logger = logging.getLogger("egress_sidecar")
@@ -43,6 +45,9 @@ _API = "egress_inspect_api"
 _REQUEST = "egress_inspect_request"
 _INSPECTOR = "egress_inspector"
 _NOTED = "egress_inspector_noted"
+_WS = "egress_inspect_websocket"
+_WS_NOTED = "egress_inspect_websocket_noted"
+_WS_ERROR_SENT = "egress_inspect_websocket_error_sent"
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
 OTHER_MODEL = "other"
 _THREAD_FROM = 256 * 1024
@@ -86,10 +91,14 @@ class ResponseInspection:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         decision: Decision | None = flow.metadata.get(PENDING_LINE)
-        if decision is None or flow.response is not None or flow.request.method != "POST":
+        if decision is None or flow.response is not None:
             return
         api = api_for_path(flow.request.path)
-        if api is None:
+        if api == "responses" and flow.request.method == "GET":
+            if "websocket" in flow.request.headers.get("upgrade", "").lower():
+                flow.metadata[_WS] = True  # the Responses WebSocket: read message by message
+            return
+        if api is None or flow.request.method != "POST":
             return
         flow.metadata[_API] = api
         flow.metadata[LINE_AT_END] = True
@@ -143,16 +152,7 @@ class ResponseInspection:
             return  # an error body carries no tool calls; the redactor still runs
         declared: DeclaredTools = request[0]
         streamed: bool = request[1]
-        engine = self.holder.engine
-        inspector = ResponseInspector(
-            api,
-            rules=self._rules(flow),
-            declared=declared,
-            patterns=self.credentials.guard.patterns() if key_added(flow) else None,
-            enforce_tools=engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED) is Verdict.BLOCK,
-            render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
-        )
-        flow.metadata[_INSPECTOR] = inspector
+        inspector = flow.metadata[_INSPECTOR] = self._inspector(flow, api, declared)
         if not (streamed or "text/event-stream" in response.headers.get("content-type", "")):
             response.stream = False  # read whole: a 502 can still replace it
             redact_whole_body(flow)
@@ -198,6 +198,69 @@ class ResponseInspection:
 
     def error(self, flow: http.HTTPFlow) -> None:
         flow.metadata.pop(_INSPECTOR, None)
+
+    # --- the Responses WebSocket ------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(_WS) or flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        if message.injected or message.dropped:
+            return
+        try:
+            self._websocket_message(flow, message)
+        except Exception:
+            logger.exception("WebSocket inspection failed; dropping the message")
+            message.drop()
+
+    def _websocket_message(self, flow: http.HTTPFlow, message: Any) -> None:
+        if message.from_client:
+            doc = parse_json(message.content)
+            if isinstance(doc, dict) and doc.get("type") == "response.create":
+                self._websocket_usage(flow)
+                body = doc.get("response") if isinstance(doc.get("response"), dict) else doc
+                flow.metadata[_INSPECTOR] = self._inspector(
+                    flow, "responses", declared_tools("responses", body)
+                )
+            return
+        inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
+        if inspector is None:  # the server speaks before any response.create
+            inspector = flow.metadata[_INSPECTOR] = self._inspector(
+                flow, "responses", DeclaredTools()
+            )
+        violation = inspector.message(message.content.decode("utf-8", "replace"))
+        for found in inspector.violations[flow.metadata.get(_WS_NOTED, 0) :]:
+            decision: Decision | None = flow.metadata.get("egress_decision")
+            if decision is not None:
+                refusal = self.holder.engine.refusal(decision, found.reason, found.detail)
+                self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
+        flow.metadata[_WS_NOTED] = len(inspector.violations)
+        if violation is None:
+            return
+        message.drop()  # this and every later message of the response
+        if not flow.metadata.get(_WS_ERROR_SENT):
+            flow.metadata[_WS_ERROR_SENT] = True
+            error = error_document(
+                "responses", violation.reason.value, self._message(flow, violation)
+            )
+            ctx.master.commands.call(
+                "inject.websocket", flow, True, json.dumps(error).encode(), True
+            )
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(_WS):
+            self._websocket_usage(flow)
+
+    def _websocket_usage(self, flow: http.HTTPFlow) -> None:
+        """Count the usage of the previous response on this socket (one per response)."""
+        flow.metadata.pop(_WS_ERROR_SENT, None)
+        flow.metadata[_WS_NOTED] = 0
+        previous: ResponseInspector | None = flow.metadata.pop(_INSPECTOR, None)
+        if previous is not None and previous.usage is not None:
+            flow.metadata[USAGE_KEY] = previous.usage
+            usage = self._safe_usage(flow)
+            if usage is not None:
+                self._count(flow, usage)
 
     # --- records ----------------------------------------------------------------------
 
@@ -256,6 +319,19 @@ class ResponseInspection:
         self.tokens.labels(tenant, provider, model, "output").inc(usage.output_tokens)
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _inspector(
+        self, flow: http.HTTPFlow, api: str, declared: DeclaredTools
+    ) -> ResponseInspector:
+        return ResponseInspector(
+            api,
+            rules=self._rules(flow),
+            declared=declared,
+            patterns=self.credentials.guard.patterns() if key_added(flow) else None,
+            enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
+            is Verdict.BLOCK,
+            render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
+        )
 
     def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:
         decision: Decision | None = flow.metadata.get("egress_decision")

@@ -64,26 +64,31 @@ def api_for_path(path: str) -> str | None:
     return None
 
 
-def error_event(api: str, reason: str, message: str) -> bytes:
-    """The provider's own streaming error, which its official SDK raises on."""
+def error_document(api: str, reason: str, message: str) -> dict[str, object]:
+    """The provider's own streaming error, which its official SDK raises on (or, over
+    the Responses WebSocket, yields as an `error` event)."""
     openai_error = {"message": message, "type": "egress_refused", "param": None, "code": reason}
     if api == "anthropic":
-        body: dict[str, object] = {
+        return {
             "type": "error",
             "error": {"type": "api_error", "message": message, "details": {"error_code": reason}},
             "reason": reason,
         }
-        return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
     if api == "responses":
-        body = {"type": "error", "error": openai_error, "code": reason, "message": message,
+        return {"type": "error", "error": openai_error, "code": reason, "message": message,
                 "param": None, "reason": reason}  # fmt: skip
-        return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
     if api == "gemini":  # google-genai raises on a chunk starting with {"error":
-        body = {"error": {"code": 502, "message": message, "status": "UNAVAILABLE",
+        return {"error": {"code": 502, "message": message, "status": "UNAVAILABLE",
                           "reason": reason}}  # fmt: skip
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-    body = {"error": openai_error, "reason": reason}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return {"error": openai_error, "reason": reason}
+
+
+def error_event(api: str, reason: str, message: str) -> bytes:
+    """`error_document` framed as the provider frames it in an SSE stream."""
+    data = json.dumps(error_document(api, reason, message)).encode()
+    if api in ("anthropic", "responses"):
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
 
 
 class ResponseInspector:

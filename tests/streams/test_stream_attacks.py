@@ -368,3 +368,42 @@ def test_injected_tool_call_pages_with_the_tool_and_provider_never_the_arguments
         assert "evil.example" not in sent and "curl" not in sent
     finally:
         bg.run(rx.stop())
+
+
+# --- the Responses WebSocket --------------------------------------------------------------
+
+
+def test_router_injecting_a_function_call_over_the_responses_websocket_is_dropped(guarded, hostile):
+    hostile.attack = Attack("inject")
+    client = oai(guarded, hostile.port)
+    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    kinds = []
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(
+            model="gpt-x",
+            input="weather?",
+            tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+        )
+        deadline = time.monotonic() + 20
+        for event in connection:
+            kinds.append(event.type)
+            assert event.type != "response.output_item.added"
+            if event.type in ("error", "response.completed") or time.monotonic() > deadline:
+                break
+    assert "error" in kinds
+    line = decision(guarded, "tool_call_injected", path="/v1/responses")
+    assert line["decision"] == "block" and "WebSocket" in line["detail"]
+
+
+def test_an_honest_responses_websocket_passes_every_event(guarded, hostile):
+    client = oai(guarded, hostile.port)
+    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(model="gpt-x", input="hi")
+        kinds = []
+        for event in connection:
+            kinds.append(event.type)
+            if event.type in ("error", "response.completed"):
+                break
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "error" not in kinds

@@ -12,7 +12,7 @@ import ssl
 from typing import Any
 
 import trustme
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.support.fakes import BackgroundLoop
 
@@ -52,6 +52,7 @@ class HostileProvider:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_get("/v1/responses", self._responses_websocket)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1beta/models/{model}", self._gemini)
         self._runner = web.AppRunner(app, access_log=None)
@@ -165,6 +166,32 @@ class HostileProvider:
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         doc, kind = await self._read(request)
+        response, events = self._responses_events(kind)
+        if not doc.get("stream"):
+            return web.json_response(response)
+        return await self._sse(
+            request, [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+        )
+
+    async def _responses_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """The Responses WebSocket: each `response.create` message gets the same events
+        as the SSE stream, one per message."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            self.requests += 1
+            attack = self.attack
+            active = attack.kind != "none" and self.requests % attack.every == 0
+            if attack.trigger is not None and attack.trigger not in message.data:
+                active = False
+            _, events = self._responses_events(attack.kind if active else None)
+            for event in events:
+                await ws.send_str(json.dumps(event))
+        return ws
+
+    def _responses_events(self, kind: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         args = json.dumps(self.attack.arguments)
         text = "".join(self._text_pieces(kind))
         output: list[dict[str, Any]] = [
@@ -204,13 +231,10 @@ class HostileProvider:
                 "output_tokens_details": {"reasoning_tokens": 0},
             },
         }
-        if not doc.get("stream"):
-            return web.json_response(response)
         seq = iter(range(1000))
 
-        def event(name: str, data: dict[str, Any]) -> bytes:
-            data = {"type": name, "sequence_number": next(seq), **data}
-            return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        def event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+            return {"type": name, "sequence_number": next(seq), **data}
 
         created = {**response, "status": "in_progress", "output": [], "usage": None}
         events = [event("response.created", {"response": created})]
@@ -248,7 +272,7 @@ class HostileProvider:
             )
             events.append(event("response.output_item.done", {"output_index": 1, "item": call}))
         events.append(event("response.completed", {"response": response}))
-        return await self._sse(request, events)
+        return response, events
 
     # --- Anthropic Messages -------------------------------------------------------------
 
