@@ -113,7 +113,7 @@ class ResponseInspector:
         )
         self.violations: list[Violation] = []  # every one found (bounded), enforced or not
         self.cut: Violation | None = None
-        self._splitter = SseSplitter()
+        self._splitter = SseSplitter(bare_json=api == "gemini")
         self._held = b""  # bytes received, not yet released
         self._base = 0  # stream offset of _held[0]
         self._seen: set[tuple[Reason, str]] = set()

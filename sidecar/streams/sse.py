@@ -6,6 +6,11 @@ empty line; `data:` lines are joined with `\\n`; lines starting with `:` are com
 google-genai also hands over the last event when the stream ends without a blank line,
 so `finish()` dispatches it too: whatever any client could act on is inspected.
 
+google-genai reads more than SSE: a line that does not start with `data: ` is added to
+a chunk, counting `{` and `}` (inside strings too), and the chunk is parsed as JSON
+once they balance. `SseSplitter(bare_json=True)` (Gemini) dispatches those chunks as
+events as well, so a hostile upstream cannot hide a call in unframed JSON lines.
+
 Each event carries its byte offsets in the stream, so the caller can forward exactly
 the bytes of the events it accepted and cut before one it refuses. Memory is bounded:
 an event (or a line) larger than `max_event` raises `EventTooLarge`.
@@ -33,10 +38,16 @@ class SseEvent:
 
 
 class SseSplitter:
-    __slots__ = ("_base", "_buf", "_data", "_data_bytes", "_max", "_name", "_start")
+    __slots__ = (
+        "_balance", "_bare", "_bare_json", "_base", "_buf", "_data", "_data_bytes", "_max",
+        "_name", "_start",
+    )  # fmt: skip
 
-    def __init__(self, max_event: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event: int = MAX_EVENT_BYTES, *, bare_json: bool = False) -> None:
         self._max = max_event
+        self._bare_json = bare_json
+        self._bare: list[str] = []  # google-genai's unframed chunk so far
+        self._balance = 0
         self._buf = b""  # bytes of a line not yet complete
         self._base = 0  # stream offset of _buf[0]
         self._name: str | None = None
@@ -55,7 +66,7 @@ class SseSplitter:
             pos = match.end()
         self._buf = buf[pos:]
         self._base += pos
-        if len(self._buf) + self._data_bytes > self._max:
+        if len(self._buf) + self._data_bytes + sum(map(len, self._bare)) > self._max:
             raise EventTooLarge(f"a stream event is over {self._max} bytes")
         return events
 
@@ -69,6 +80,9 @@ class SseSplitter:
             self._base = end
         if self._data or self._name is not None:
             self._dispatch(end, events)
+        if self._bare:
+            events.append(SseEvent(None, "".join(self._bare), end, end))
+            self._bare = []
         return events
 
     def _line(self, line: bytes, start: int, end: int, events: list[SseEvent]) -> None:
@@ -79,6 +93,8 @@ class SseSplitter:
             return
         if self._start is None:
             self._start = start
+        if self._bare_json and not line.startswith(b"data: "):
+            self._bare_line(line, start, end, events)
         if line.startswith(b":"):
             return
         field, _, value = line.partition(b":")
@@ -89,6 +105,14 @@ class SseSplitter:
             self._data_bytes += len(value) + 1
         elif field == b"event":
             self._name = value.decode("utf-8", "replace")
+
+    def _bare_line(self, line: bytes, start: int, end: int, events: list[SseEvent]) -> None:
+        text = line.decode("utf-8", "replace")
+        self._bare.append(text)
+        self._balance += text.count("{") - text.count("}")
+        if self._balance == 0:
+            events.append(SseEvent(None, "".join(self._bare), start, end))
+            self._bare = []
 
     def _dispatch(self, end: int, events: list[SseEvent]) -> None:
         start = self._start if self._start is not None else end

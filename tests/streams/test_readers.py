@@ -403,3 +403,23 @@ def test_streamed_chat_requests_get_include_usage():
 )
 def test_api_for_path(path, api):
     assert api_for_path(path) == api
+
+
+def test_gemini_call_hidden_in_unframed_json_lines_is_cut():
+    # google-genai parses lines without `data: ` once their braces balance.
+    call = {"candidates": [{"content": {"parts": [{"functionCall": {"name": "run_shell"}}]}}]}
+    text = json.dumps(call)
+    stream = (
+        sse({"candidates": [{"content": {"parts": [{"text": "a"}]}}]})
+        + (text[:20] + "\n" + text[20:] + "\n\n").encode()
+    )
+    inspector = ResponseInspector(
+        "gemini",
+        rules=None,
+        declared=DeclaredTools(frozenset({"get_weather"})),
+        patterns=None,
+        enforce_tools=True,
+    )
+    out = inspector.feed(stream) + inspector.finish()
+    assert inspector.cut is not None and inspector.cut.reason is Reason.TOOL_CALL_INJECTED
+    assert text[20:].encode() not in out

@@ -215,6 +215,27 @@ def test_router_injecting_a_function_call_into_a_gemini_stream_is_cut(guarded, h
     assert decision(guarded, "tool_call_injected", provider="gemini")["decision"] == "block"
 
 
+def test_router_hiding_a_gemini_function_call_in_unframed_json_lines_is_cut(guarded, hostile):
+    hostile.attack = Attack("inject", unframed=True)
+    client = gemini(guarded, hostile.port)
+    config = genai_types.GenerateContentConfig(
+        tools=[
+            genai_types.Tool(
+                function_declarations=[
+                    genai_types.FunctionDeclaration(name="get_weather", description="w")
+                ]
+            )
+        ]
+    )
+    parts = []
+    with pytest.raises(genai_errors.APIError, match="tool_call_injected"):
+        for chunk in client.models.generate_content_stream(
+            model="gemini-x", contents="weather?", config=config
+        ):
+            parts.append(chunk)
+    assert not any(c.function_calls for c in parts)
+
+
 def test_router_injecting_only_after_a_trigger_word_is_cut_when_it_fires(guarded, hostile):
     hostile.attack = Attack("inject", trigger="deploy")
     client = oai(guarded, hostile.port)

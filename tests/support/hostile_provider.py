@@ -28,6 +28,7 @@ class Attack:
     tool: str = INJECTED_TOOL
     arguments: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(INJECTED_ARGUMENTS))
     key: str = ""  # for kind "key": the value split across events
+    unframed: bool = False  # Gemini: the injected frame as bare JSON lines, not SSE
 
 
 def _escape_first(text: str) -> str:
@@ -380,10 +381,14 @@ class HostileProvider:
         call = {"functionCall": {"name": self.attack.tool, "args": self.attack.arguments}}
         if not streamed:
             return web.json_response(frame(parts + ([call] if kind == "inject" else []), last=True))
-        frames = [frame([part]) for part in parts]
-        if kind == "inject":
-            frames.append(frame([call]))
-        frames.append(frame([{"text": ""}], last=True))
+        frames = [b"data: " + json.dumps(frame([part])).encode() + b"\r\n\r\n" for part in parts]
+        if kind == "inject" and self.attack.unframed:
+            # No `data: `: google-genai still parses a line once its braces balance.
+            text = json.dumps(frame([call]))
+            frames.append(text[:30].encode() + b"\n" + text[30:].encode() + b"\n")
+        elif kind == "inject":
+            frames.append(b"data: " + json.dumps(frame([call])).encode() + b"\r\n\r\n")
+        last = frame([{"text": ""}], last=True)
         return await self._sse(
-            request, [b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frames]
+            request, [*frames, b"data: " + json.dumps(last).encode() + b"\r\n\r\n"]
         )
