@@ -428,3 +428,22 @@ def test_an_honest_responses_websocket_passes_every_event(guarded, hostile):
                 break
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert "error" not in kinds
+
+
+def test_keyed_non_streamed_answers_pass_whole_with_their_usage(keyed_guard, hostile):
+    answer = oai(keyed_guard, hostile.port).chat.completions.create(model="gpt-x", messages=ASK)
+    assert answer.choices[0].message.content == "Hello from the router."
+    line = decision(keyed_guard, "allowed", path="/v1/chat/completions")
+    assert line["usage"] == {"input_tokens": 11, "output_tokens": 7, "model": "gpt-x"}
+
+
+def test_router_echoing_the_key_in_a_non_streamed_answer_gets_it_redacted(keyed_guard, hostile):
+    hostile.attack = Attack("key", key=KEYS["anthropic"])
+    message = claude(keyed_guard, hostile.port).messages.create(
+        model="claude-x", max_tokens=20, messages=ASK
+    )
+    text = message.content[0].text
+    assert KEYS["anthropic"] not in text and "[REDACTED]" in text
+    assert (
+        decision(keyed_guard, "credential_reflected", provider="anthropic")["decision"] == "block"
+    )
