@@ -104,12 +104,18 @@ class ResponseInspection:
         flow.metadata[LINE_AT_END] = True
         flow.request.stream = False  # read whole (bounded, counted) for its declared tools
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         api = flow.metadata.get(_API)
         if api is None or flow.response is not None:
             return
         try:
-            self._read_request(flow, api)
+            if len(flow.request.raw_content or b"") > _THREAD_FROM:
+                # A large prompt is parsed in a worker thread (mitmproxy leaves the flow
+                # alone while the hook is pending), not on the event loop.
+                doc = await asyncio.to_thread(request_document, flow)
+            else:
+                doc = request_document(flow)
+            self._read_request(flow, api, doc)
         except Exception:
             logger.exception("request inspection failed; refusing")
             flow.response = http.Response.make(
@@ -117,8 +123,7 @@ class ResponseInspection:
                 {"content-type": "application/json"},
             )  # fmt: skip
 
-    def _read_request(self, flow: http.HTTPFlow, api: str) -> None:
-        doc = request_document(flow)
+    def _read_request(self, flow: http.HTTPFlow, api: str, doc: Any) -> None:
         declared = declared_tools(api, doc)
         streamed = wants_stream(api, flow.request.path, doc)
         flow.metadata[_REQUEST] = (declared, streamed)

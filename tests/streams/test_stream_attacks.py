@@ -8,6 +8,7 @@ import ssl
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import anthropic
 import httpx
@@ -86,6 +87,7 @@ def keyed_guard(start_sidecar, hostile, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def calm(hostile):
+    _SINCE[0] = time.time() - 0.002  # log times have millisecond precision
     hostile.attack = Attack()
     yield
     hostile.attack = Attack()
@@ -124,8 +126,22 @@ def gemini(sidecar, port: int) -> genai.Client:
     )
 
 
+_SINCE = [0.0]  # decisions of the running test only (the sidecars are module fixtures)
+
+
 def decision(sidecar, reason: str, **fields) -> dict:
-    return sidecar.wait_for_decision(timeout=10, reason=reason, **fields)
+    """The first decision line of this test with these fields (waits up to 10 s)."""
+    wanted = {"reason": reason, **fields}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for record in list(sidecar.decisions):
+            at = datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            if at.replace(tzinfo=UTC).timestamp() >= _SINCE[0] and all(
+                record.get(k) == v for k, v in wanted.items()
+            ):
+                return record
+        time.sleep(0.02)
+    raise AssertionError(f"no decision matching {wanted}; got {sidecar.decisions[-5:]}")
 
 
 # --- injected tool calls ----------------------------------------------------------------------
@@ -412,8 +428,8 @@ def test_router_injecting_a_function_call_over_the_responses_websocket_is_droppe
             if event.type in ("error", "response.completed") or time.monotonic() > deadline:
                 break
     assert "error" in kinds
-    line = decision(guarded, "tool_call_injected", path="/v1/responses")
-    assert line["decision"] == "block" and "WebSocket" in line["detail"]
+    detail = "responses tool call 'run_shell': tool not declared by the request (WebSocket)"
+    assert decision(guarded, "tool_call_injected", detail=detail)["decision"] == "block"
 
 
 def test_an_honest_responses_websocket_passes_every_event(guarded, hostile):
