@@ -141,7 +141,8 @@ class ResponseInspector:
                 return self._release(event.start) + self._cut(violation)
             if self.guard is None or not self.guard.holding:
                 release = event.end
-        if len(self._held) > MAX_HELD_WHILE_HOLDING and release == self._base:
+        holding = self.guard is not None and self.guard.holding
+        if holding and len(self._held) > MAX_HELD_WHILE_HOLDING and release == self._base:
             detail = "the start of a key held unresolved past 1 MiB; stream cut"
             return self._cut(Violation(Reason.CREDENTIAL_REFLECTED, detail))
         return self._release(release)

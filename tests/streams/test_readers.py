@@ -423,3 +423,31 @@ def test_gemini_call_hidden_in_unframed_json_lines_is_cut():
     out = inspector.feed(stream) + inspector.finish()
     assert inspector.cut is not None and inspector.cut.reason is Reason.TOOL_CALL_INJECTED
     assert text[20:].encode() not in out
+
+
+def test_a_large_event_arriving_in_pieces_is_not_mistaken_for_a_held_key():
+    big = sse({"type": "response.completed", "response": {"output": [], "x": "y" * 3_000_000}})
+    inspector = ResponseInspector(
+        "responses",
+        rules=None,
+        declared=DeclaredTools(),
+        patterns=compile_patterns([KEY]),
+        enforce_tools=True,
+    )
+    out = b"".join(inspector.feed(big[i : i + 65536]) for i in range(0, len(big), 65536))
+    assert inspector.cut is None and out + inspector.finish() == big
+
+
+def test_a_key_start_held_forever_is_cut_not_released():
+    start = sse(chat_chunk({"content": "x " + KEY[:-1]}))
+    filler = sse(*[{"choices": [{"index": 1, "delta": {"content": "z" * 1000}}]}] * 1200)
+    inspector = ResponseInspector(
+        "chat",
+        rules=None,
+        declared=DeclaredTools(),
+        patterns=compile_patterns([KEY]),
+        enforce_tools=True,
+    )
+    out = inspector.feed(start) + inspector.feed(filler)
+    assert KEY[:-1].encode() not in out
+    assert inspector.cut is not None and inspector.cut.reason is Reason.CREDENTIAL_REFLECTED
