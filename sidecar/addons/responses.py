@@ -26,7 +26,12 @@ from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_
 from sidecar.addons.enforcer import LINE_AT_END, PENDING_LINE, EngineHolder, refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.policy.tools import DeclaredTools, ToolRules
-from sidecar.streams.declared import declared_tools, wants_stream, with_usage_requested
+from sidecar.streams.declared import (
+    USAGE_OPTION_HOSTS,
+    declared_tools,
+    wants_stream,
+    with_usage_requested,
+)
 from sidecar.streams.inspector import (
     ResponseInspector,
     Violation,
@@ -127,7 +132,9 @@ class ResponseInspection:
         declared = declared_tools(api, doc)
         streamed = wants_stream(api, flow.request.path, doc)
         flow.metadata[_REQUEST] = (declared, streamed)
-        if api == "chat" and streamed and isinstance(doc, dict):
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        host = decision.host if decision is not None else ""
+        if api == "chat" and streamed and isinstance(doc, dict) and host in USAGE_OPTION_HOSTS:
             body = with_usage_requested(doc)
             if body is not None:
                 flow.request.content = body

@@ -66,6 +66,22 @@ def wants_stream(api: str, path: str, doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("stream") is True
 
 
+# Chat APIs known to accept `stream_options.include_usage` (an API that does not know the
+# field may refuse the request: Azure OpenAI before api-version 2024-09-01, some
+# OpenAI-compatible servers). Elsewhere a stream that did not ask carries no usage.
+USAGE_OPTION_HOSTS = frozenset(
+    {
+        "api.openai.com",
+        "api.groq.com",
+        "api.together.xyz",
+        "openrouter.ai",
+        "api.deepseek.com",
+        "api.x.ai",
+        "api.fireworks.ai",
+    }
+)
+
+
 def with_usage_requested(doc: dict[str, Any]) -> bytes | None:
     """A streamed chat request's body with `stream_options.include_usage: true`, or None
     when it already asks for usage: without it the stream carries no usage at all
