@@ -206,7 +206,8 @@ REASONS: dict[Reason, ReasonSpec] = {
         "a response to a request that got a key cannot be scanned: an unknown or "
         "unsupported coding, more than 4 coding layers, a corrupt layer, a layer decoding "
         "past 64 MiB (decompression bomb), a WebSocket extension other than "
-        "permessage-deflate (S7)",
+        "permessage-deflate (S7); an LLM API response with a stream event over 4 MiB or "
+        "more than 256 tool calls (cut, [docs/stream-inspection.md](docs/stream-inspection.md))",
     ),
     # Issue 10: limits on what a peer controls protect the sidecar itself; audit mode
     # keeps them (docs/limits.md).
