@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sidecar import refusals
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
 from sidecar.addons.enforcer import LINE_AT_END, PENDING_LINE, EngineHolder, refusal_response
+from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.policy.tools import DeclaredTools, ToolRules
 from sidecar.streams.declared import (
@@ -51,6 +52,7 @@ _REQUEST = "egress_inspect_request"
 _INSPECTOR = "egress_inspector"
 _NOTED = "egress_inspector_noted"
 _WS = "egress_inspect_websocket"
+_RAW_USAGE = "egress_inspect_raw_usage"
 _WS_NOTED = "egress_inspect_websocket_noted"
 _WS_ERROR_SENT = "egress_inspect_websocket_error_sent"
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
@@ -269,7 +271,7 @@ class ResponseInspection:
         flow.metadata[_WS_NOTED] = 0
         previous: ResponseInspector | None = flow.metadata.pop(_INSPECTOR, None)
         if previous is not None and previous.usage is not None:
-            flow.metadata[USAGE_KEY] = previous.usage
+            flow.metadata[USAGE_KEY] = self._safe(previous.usage)
             usage = self._safe_usage(flow)
             if usage is not None:
                 self._count(flow, usage)
@@ -278,8 +280,9 @@ class ResponseInspection:
 
     def _note(self, flow: http.HTTPFlow, inspector: ResponseInspector) -> None:
         """Keep the request's line up to date: usage, and the first violation."""
-        if inspector.usage is not None:
-            flow.metadata[USAGE_KEY] = inspector.usage
+        if inspector.usage is not None and inspector.usage != flow.metadata.get(_RAW_USAGE):
+            flow.metadata[_RAW_USAGE] = inspector.usage
+            flow.metadata[USAGE_KEY] = self._safe(inspector.usage)
         count = flow.metadata.get("egress_inspector_count", 0)
         for violation in inspector.violations[count:]:
             self._violation(flow, violation)
@@ -311,10 +314,23 @@ class ResponseInspection:
 
     def _safe_usage(self, flow: http.HTTPFlow) -> TokenUsage | None:
         usage: TokenUsage | None = flow.metadata.get(USAGE_KEY)
-        if usage is None or usage.model is None:
-            return usage
+        return usage
+
+    def _safe(self, usage: TokenUsage) -> TokenUsage:
+        """The usage as stored for the line and the meters: the model name is the
+        provider's text, so one that is not a plain name, or that shares 8 bytes with a
+        key (a hostile upstream echoing our key as the model), is not kept."""
         model = usage.model
-        if not _MODEL.match(model) or self.credentials.guard.patterns().may_contain(model.encode()):
+        if model is None:
+            return usage
+        raw = model.encode()
+        patterns = self.credentials.guard.patterns()
+        q = patterns.q
+        if (
+            not _MODEL.match(model)
+            or redact_known_keys(model) != model
+            or (q and any(raw[i : i + q] in patterns.qgrams for i in range(len(raw) - q + 1)))
+        ):
             model = "(unprintable)"
         return TokenUsage(usage.input_tokens, usage.output_tokens, model)
 

@@ -463,3 +463,16 @@ def test_router_echoing_the_key_in_a_non_streamed_answer_gets_it_redacted(keyed_
     assert (
         decision(keyed_guard, "credential_reflected", provider="anthropic")["decision"] == "block"
     )
+
+
+def test_router_reporting_the_key_as_the_model_does_not_get_it_logged(keyed_guard, hostile):
+    hostile.attack = Attack(model=KEYS["openai"])
+    list(
+        oai(keyed_guard, hostile.port).chat.completions.create(
+            model="gpt-x", messages=ASK, stream=True
+        )
+    )
+    line = decision(keyed_guard, "allowed", path="/v1/chat/completions")
+    assert line["usage"] == {"input_tokens": 11, "output_tokens": 7, "model": "(unprintable)"}
+    assert KEYS["openai"] not in str(keyed_guard.decisions)
+    assert KEYS["openai"][8:40] not in keyed_guard.metrics()

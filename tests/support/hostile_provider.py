@@ -28,6 +28,7 @@ class Attack:
     tool: str = INJECTED_TOOL
     arguments: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(INJECTED_ARGUMENTS))
     key: str = ""  # for kind "key": the value split across events
+    model: str = "gpt-x"  # what the chat answers report as the model (usage)
     unframed: bool = False  # Gemini: the injected frame as bare JSON lines, not SSE
 
 
@@ -101,7 +102,12 @@ class HostileProvider:
         doc, kind = await self._read(request)
         args = json.dumps(self.attack.arguments)
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-        base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-x"}
+        base = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": self.attack.model,
+        }
         if not doc.get("stream"):
             message: dict[str, Any] = {
                 "role": "assistant",
