@@ -233,9 +233,16 @@ class ResponseInspection:
             if isinstance(doc, dict) and doc.get("type") == "response.create":
                 self._websocket_usage(flow)
                 body = doc.get("response") if isinstance(doc.get("response"), dict) else doc
-                flow.metadata[_INSPECTOR] = self._inspector(
-                    flow, "responses", declared_tools("responses", body)
-                )
+                declared = declared_tools("responses", body)
+                flow.metadata[_INSPECTOR] = self._inspector(flow, "responses", declared)
+                rules = self._rules(flow)
+                refused = sorted(n for n in declared.names if rules and rules.name_refused(n))
+                if refused:  # as for HTTP: refused before it reaches the provider
+                    name = safe_tool_name(refused[0])
+                    detail = f"responses request declares tool {name!r}, not in tools.allow"
+                    self._websocket_refusal(
+                        flow, message, Violation(Reason.TOOL_NOT_ALLOWED, detail)
+                    )
             return
         inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
         if inspector is None:  # the server speaks before any response.create
@@ -244,22 +251,33 @@ class ResponseInspection:
             )
         violation = inspector.message(message.content.decode("utf-8", "replace"))
         for found in inspector.violations[flow.metadata.get(_WS_NOTED, 0) :]:
-            decision: Decision | None = flow.metadata.get("egress_decision")
-            if decision is not None:
-                refusal = self.holder.engine.refusal(decision, found.reason, found.detail)
-                self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
+            self._websocket_record(flow, found)
         flow.metadata[_WS_NOTED] = len(inspector.violations)
         if violation is None:
             return
         message.drop()  # this and every later message of the response
-        if not flow.metadata.get(_WS_ERROR_SENT):
-            flow.metadata[_WS_ERROR_SENT] = True
-            error = error_document(
-                "responses", violation.reason.value, self._message(flow, violation)
-            )
-            ctx.master.commands.call(
-                "inject.websocket", flow, True, json.dumps(error).encode(), True
-            )
+        self._websocket_error(flow, violation)
+
+    def _websocket_refusal(self, flow: http.HTTPFlow, message: Any, violation: Violation) -> None:
+        """A refused client message: recorded; in enforce mode dropped, with an error."""
+        if self._websocket_record(flow, violation) is Verdict.BLOCK:
+            message.drop()
+            self._websocket_error(flow, violation)
+
+    def _websocket_record(self, flow: http.HTTPFlow, violation: Violation) -> Verdict | None:
+        decision: Decision | None = flow.metadata.get("egress_decision")
+        if decision is None:
+            return None
+        refusal = self.holder.engine.refusal(decision, violation.reason, violation.detail)
+        self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
+        return refusal.verdict
+
+    def _websocket_error(self, flow: http.HTTPFlow, violation: Violation) -> None:
+        if flow.metadata.get(_WS_ERROR_SENT):
+            return
+        flow.metadata[_WS_ERROR_SENT] = True
+        error = error_document("responses", violation.reason.value, self._message(flow, violation))
+        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(error).encode(), True)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(_WS):

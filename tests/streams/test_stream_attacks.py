@@ -476,3 +476,19 @@ def test_router_reporting_the_key_as_the_model_does_not_get_it_logged(keyed_guar
     assert line["usage"] == {"input_tokens": 11, "output_tokens": 7, "model": "(unprintable)"}
     assert KEYS["openai"] not in str(keyed_guard.decisions)
     assert KEYS["openai"][8:40] not in keyed_guard.metrics()
+
+
+def test_responses_websocket_declaring_a_tool_the_policy_does_not_allow_is_refused(
+    guarded, hostile
+):
+    before = hostile.requests
+    client = oai(guarded, hostile.port)
+    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    bad = {"type": "function", "name": "delete_everything", "parameters": {"type": "object"}}
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(model="gpt-x", input="hi", tools=[bad])
+        event = next(iter(connection))
+    assert event.type == "error"
+    assert hostile.requests == before  # the response.create never reached the provider
+    detail = "responses request declares tool 'delete_everything', not in tools.allow (WebSocket)"
+    assert decision(guarded, "tool_not_allowed", detail=detail)["decision"] == "block"
