@@ -146,17 +146,22 @@ class Conn:
             data = await self.reader.readexactly(size + 2)
             yield data[:-2]
 
-    async def stream(self, body: bytes, timeout: float) -> tuple[float, list[float]]:
-        """POST a streaming request. Returns (time to first event, [arrival - send] per event).
+    async def stream(
+        self, body: bytes, timeout: float, path: str = "/v1/chat/completions"
+    ) -> tuple[float, list[float]]:
+        """POST a streaming request. Returns (time to the first text event, [arrival - send]
+        per text event).
 
         Arrival times are taken when the bytes completing an event were read; send
-        times are the fake's `"t"` field (system-wide monotonic clock).
+        times are the fake's `"t"` field (system-wide monotonic clock). Text events are
+        those with the fake's counter `"i"`, in any of the API shapes (issue 14): the
+        opening events of a shape (Anthropic's message_start, ...) are not "first".
         """
-        return await asyncio.wait_for(self._stream(body), timeout)
+        return await asyncio.wait_for(self._stream(body, path), timeout)
 
-    async def _stream(self, body: bytes) -> tuple[float, list[float]]:
+    async def _stream(self, body: bytes, path: str) -> tuple[float, list[float]]:
         started = time.monotonic()
-        self._send("POST", "/v1/chat/completions", body, "application/json")
+        self._send("POST", path, body, "application/json")
         status, headers = await self._head()
         if status != 200:
             raise RuntimeError(f"stream answered {status}")
@@ -175,14 +180,20 @@ class Conn:
 
         async for part in pieces():
             now = time.monotonic()
-            buffer += part
+            buffer += part.replace(b"\r\n", b"\n")
             while b"\n\n" in buffer:
                 event, buffer = buffer.split(b"\n\n", 1)
-                if not event.startswith(b"data: {"):
+                data = next(
+                    (line[6:] for line in event.split(b"\n") if line.startswith(b"data: {")), None
+                )
+                if data is None:
+                    continue
+                doc = json.loads(data)
+                if "i" not in doc:
                     continue
                 if first < 0:
                     first = now - started
-                delays.append(now - json.loads(event[6:])["t"])
+                delays.append(now - doc["t"])
         return first, delays
 
 

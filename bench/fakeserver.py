@@ -52,6 +52,9 @@ class Provider:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/messages", self.messages)  # issue 14: the other shapes
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/models/{model}", self.gemini)  # host: api.openai.com
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/bench/active", self.active)
         app.router.add_get("/v1/bench/header-bomb", self.header_bomb)
@@ -93,6 +96,31 @@ class Provider:
         payload = json.loads(body or b"{}")
         if not payload.get("stream"):
             return web.Response(body=SMALL_BODY, content_type="application/json")
+        return await self.shaped_stream(request, payload, "chat")
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        return await self.shaped_stream(
+            request, json.loads(await request.read() or b"{}"), "anthropic"
+        )
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        return await self.shaped_stream(
+            request, json.loads(await request.read() or b"{}"), "responses"
+        )
+
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        return await self.shaped_stream(
+            request, json.loads(await request.read() or b"{}"), "gemini"
+        )
+
+    async def shaped_stream(
+        self, request: web.Request, payload: dict, shape: str
+    ) -> web.StreamResponse:
+        """`chunks` text events `interval` s apart, in one API's stream shape (issue 14),
+        framed as that provider frames them, each with its send time `"t"`."""
         chunks = int(payload.get("chunks", 200))
         interval = float(payload.get("interval", 0.01))
         response = web.StreamResponse(
@@ -101,24 +129,68 @@ class Provider:
         await response.prepare(request)
         self.active_streams += 1
         try:
+            for event in SHAPE_OPENING.get(shape, []):
+                await response.write(_frame(shape, {**event, "t": time.monotonic()}))
             start = time.monotonic()
             for i in range(chunks):
                 delay = start + i * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                event = {
-                    "i": i,
-                    "t": time.monotonic(),
-                    "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}],
-                }
-                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+                event = {**SHAPE_DELTA[shape](i), "i": i, "t": time.monotonic()}
+                await response.write(_frame(shape, event))
+            for event in SHAPE_CLOSING.get(shape, []):
+                await response.write(_frame(shape, {**event, "t": time.monotonic()}))
+            if shape == "chat":
+                await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         finally:
             self.active_streams -= 1
         return response
+
+
+# Each API's stream, reduced to what its SDK needs (docs/stream-inspection.md).
+SHAPE_DELTA = {
+    "chat": lambda i: {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]},
+    "anthropic": lambda i: {"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "text_delta", "text": f"tok{i} "}},
+    "responses": lambda i: {"type": "response.output_text.delta", "item_id": "msg_1",
+                            "output_index": 0, "content_index": 0, "delta": f"tok{i} "},
+    "gemini": lambda i: {"candidates": [
+        {"index": 0, "content": {"role": "model", "parts": [{"text": f"tok{i} "}]}}]},
+}  # fmt: skip
+SHAPE_OPENING = {
+    "anthropic": [
+        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                                              "model": "claude-fake", "content": [],
+                                              "usage": {"input_tokens": 3, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+    ],
+    "responses": [{"type": "response.created", "response": {"id": "r", "output": []}}],
+}  # fmt: skip
+SHAPE_CLOSING = {
+    "anthropic": [
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ],
+    "responses": [{"type": "response.completed", "response": {
+        "id": "r", "output": [], "usage": {"input_tokens": 3, "output_tokens": 9}}}],
+    "gemini": [{"candidates": [],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 9}}],
+}  # fmt: skip
+
+
+def _frame(shape: str, event: dict) -> bytes:
+    data = json.dumps(event).encode()
+    if shape in ("anthropic", "responses"):  # named events
+        return b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n"
+    if shape == "gemini":
+        return b"data: " + data + b"\r\n\r\n"
+    return b"data: " + data + b"\n\n"
 
 
 class _DNS(asyncio.DatagramProtocol):

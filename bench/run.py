@@ -171,6 +171,16 @@ async def stream(contender: C.Contender, chunks: int, count: int) -> dict[str, A
     return {"ttfc": ttfc, "worst": worst, "delays": delays, "errors": errors}
 
 
+async def shape_stream(
+    contender: C.Contender, path: str, chunks: int, count: int
+) -> dict[str, Any]:
+    from bench.stream_shapes import shape_round
+
+    got = await shape_round(contender, path, chunks, count)
+    return {"ttfc": got["ttfc"], "worst": got["worst"], "delays": got["worst"],
+            "errors": count - len(got["ttfc"])}  # fmt: skip
+
+
 def summarize_stream(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ttfc = [x for r in rounds for x in r["ttfc"]]
     worst = [x for r in rounds for x in r["worst"]]
@@ -573,6 +583,20 @@ async def run_all(
     )
     scenarios["stream_sse"] = finish(collected, summarize_stream)
 
+    # (2b) issue 14: each API's stream shape, inspection on (direct vs sidecar)
+    from bench.stream_shapes import SHAPES
+
+    for shape, path in SHAPES.items():
+        log(f"scenario: SSE stream shape {shape}")
+        collected = await rounds(
+            f"stream_shape_{shape}",
+            [direct, sidecar],
+            cfg.rounds,
+            lambda c, p=path: shape_stream(c, p, cfg.stream_chunks, cfg.streams_per_round),
+            log,
+        )
+        scenarios[f"stream_shape_{shape}"] = finish(collected, summarize_stream)
+
     # (3) 1 MB request bodies
     log("scenario: 1 MB request bodies")
     collected = await rounds(
@@ -783,6 +807,25 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         f"worst chunk delay over all streams (direct: "
         f"{get(s, 'stream_sse', 'direct', 'worst_chunk_delay_ms_max')} ms)",
     )
+    for shape in ("chat", "responses", "anthropic", "gemini"):  # issue 14
+        name = f"stream_shape_{shape}"
+        a, b = get(s, name, "sidecar", "ttfc_ms_median"), get(s, name, "direct", "ttfc_ms_median")
+        add(
+            f"{shape} stream, inspection on: first text event within 5 ms of direct",
+            diff(a, b),
+            "<=",
+            5.0,
+            f"sidecar {a} ms, direct {b} ms",
+        )
+        a = get(s, name, "sidecar", "worst_chunk_delay_ms_max")
+        b = get(s, name, "direct", "worst_chunk_delay_ms_max")
+        add(
+            f"{shape} stream, inspection on: no event held back more than 10 ms",
+            a,
+            "<=",
+            10.0,
+            f"worst event delay over all streams (direct: {b} ms)",
+        )
     growth = get(s, "memory", "sidecar", "growth", "rss_growth")
     add(
         "memory flat between the two request counts (within 10%)",

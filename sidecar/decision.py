@@ -12,6 +12,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from sidecar.usage import TokenUsage
+
 
 class Verdict(StrEnum):
     ALLOW = "allow"
@@ -66,6 +68,10 @@ class Reason(StrEnum):
     SERVER_TOOL_NOT_ALLOWED = "server_tool_not_allowed"
     CREDENTIAL_MINTING_NOT_ALLOWED = "credential_minting_not_allowed"
     REQUEST_NOT_INSPECTABLE = "request_not_inspectable"
+    # issue 14: tool calls in responses (sidecar/policy/tools.py, docs/stream-inspection.md).
+    TOOL_CALL_INJECTED = "tool_call_injected"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    TOOL_ARGUMENTS_DENIED = "tool_arguments_denied"
 
 
 class Severity(StrEnum):
@@ -208,7 +214,8 @@ REASONS: dict[Reason, ReasonSpec] = {
         "a response to a request that got a key cannot be scanned: an unknown or "
         "unsupported coding, more than 4 coding layers, a corrupt layer, a layer decoding "
         "past 64 MiB (decompression bomb), a WebSocket extension other than "
-        "permessage-deflate (S7)",
+        "permessage-deflate (S7); an LLM API response with a stream event over 4 MiB or "
+        "more than 256 tool calls (cut, [docs/stream-inspection.md](docs/stream-inspection.md))",
     ),
     # Issue 10: limits on what a peer controls protect the sidecar itself; audit mode
     # keeps them (docs/limits.md).
@@ -280,6 +287,28 @@ REASONS: dict[Reason, ReasonSpec] = {
         "ambiguous JSON (duplicate keys, non-UTF-8, lone surrogates, JSON text where an "
         "object belongs), a non-JSON WebSocket message",
     ),
+    # Issue 14: what a hostile router or provider writes into the response the gateway
+    # acts on. Cut before the call's name reaches the gateway (docs/stream-inspection.md).
+    Reason.TOOL_CALL_INJECTED: ReasonSpec(
+        "502 / stream error",
+        _C,
+        False,
+        "a response calls a tool the request did not declare (a router injecting a call)",
+    ),
+    Reason.TOOL_NOT_ALLOWED: ReasonSpec(
+        "403 / 502 / stream error",
+        _W,
+        False,
+        "a request declares, or a response calls, a tool the provider's `tools.allow` does "
+        "not list",
+    ),
+    Reason.TOOL_ARGUMENTS_DENIED: ReasonSpec(
+        "502 / stream error",
+        _C,
+        False,
+        "a tool call's arguments match a `tools.deny_arguments` rule (a download piped to a "
+        "shell, a package index or URL host the policy does not list, a pattern)",
+    ),
 }
 
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
@@ -309,6 +338,7 @@ class Decision:
     tenant: str | None = None
     detail: str = ""  # human-readable, safe to log: never header or body content
     source: str | None = None  # policy file:line of the deciding entry
+    usage: TokenUsage | None = None  # issue 14/15: tokens of the response, when read
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -345,6 +375,12 @@ class Decision:
             record["source"] = self.source
         if self.detail:
             record["detail"] = self.detail
+        if self.usage is not None:
+            record["usage"] = {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+                "model": self.usage.model,
+            }
         return record
 
 

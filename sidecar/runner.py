@@ -239,8 +239,14 @@ async def _serve(settings: Settings, policy: Any) -> int:
     except OSError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
+    from sidecar.addons.responses import ResponseInspection
+
     master.addons.add(
         enforcer,
+        # After the enforcer, in this order: the request body is read once (issue 13) and
+        # its document handed on to the response inspector (issue 14).
+        RequestInspection(holder, recorder, registry),
+        ResponseInspection(holder, recorder, credentials, registry),
         ps,
         next_layer.NextLayer(),
         limits,
@@ -248,7 +254,6 @@ async def _serve(settings: Settings, policy: Any) -> int:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
-    master.addons.add(RequestInspection(holder, recorder, registry))  # issue 13: request bodies
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)

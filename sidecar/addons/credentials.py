@@ -355,6 +355,19 @@ class CredentialLayer:
         )
 
 
+def key_added(flow: http.HTTPFlow) -> bool:
+    """Whether the credential layer added a provider key to this flow's request (for a
+    WebSocket, after its handshake: whether its messages are being redacted)."""
+    return bool(flow.metadata.get(_INJECTED)) or _WS_REDACTOR in flow.metadata
+
+
+def redact_whole_body(flow: http.HTTPFlow) -> None:
+    """For a response buffered whole (issue 14 reads non-streamed bodies whole): redact
+    it in the response hook instead of through the stream redactor."""
+    if flow.metadata.pop(_REDACTOR, None) is not None:
+        flow.metadata[_BUFFERED] = True
+
+
 def _codings(response: http.Response, header: str) -> list[str]:
     return parse_codings(response.headers.get_all(header))
 

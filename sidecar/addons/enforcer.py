@@ -39,10 +39,15 @@ from sidecar.limits import LIMIT_ERROR_PREFIX
 from sidecar.netguard import AddressClass, classify_address
 from sidecar.pacing import RefusalPacer
 from sidecar.resolver import ResolutionError, Resolver
+from sidecar.usage import USAGE_KEY
 
 logger = logging.getLogger("egress_sidecar")
 
-_UNRECORDED = PENDING_DECISION_KEY = "egress_unrecorded_decision"  # allowed, line not yet written
+# Flow metadata: an allowed request's decision, its line not yet written. The body
+# inspectors (issue 13) replace it with a refusal; the response inspector (issue 14)
+# writes it at the response end when LINE_AT_END is set.
+_UNRECORDED = PENDING_DECISION_KEY = "egress_unrecorded_decision"
+LINE_AT_END = "egress_line_at_response_end"  # set by the response inspector (responses.py)
 
 
 def refusal_status(decision: Decision) -> int:
@@ -320,8 +325,10 @@ class Enforcer:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # S10: hand every response to the gateway as it arrives; where we added a key,
-        # through the reflection redactor (S7).
-        self._record_allowed(flow)
+        # through the reflection redactor (S7). Provider API responses get their line at
+        # the end, with usage (sidecar/addons/responses.py).
+        if not flow.metadata.get(LINE_AT_END):
+            self._record_allowed(flow)
         try:
             if flow.response is not None:
                 self.credentials.guard_response(flow)
@@ -419,7 +426,7 @@ class Enforcer:
             # malformed, or the gateway's own framing rejected): the line says so.
             failed = f"allowed, then the exchange failed: {flow.error.msg[:200]}"
             decision = decision.with_context(detail=f"{decision.detail}; {failed}".lstrip("; "))
-        self.record(decision)
+        self.record(decision.with_context(usage=flow.metadata.get(USAGE_KEY)))
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = self.connections.close(client.id)

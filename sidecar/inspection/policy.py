@@ -9,8 +9,6 @@ of a virtual key) in the policy file; read by `sidecar/policy/relay.py`, applied
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from types import MappingProxyType
 
 from sidecar.hostnames import wildcard_parents
 
@@ -84,15 +82,14 @@ class RelayPolicy:
     nothing fetched, no network-using server tool, no minting."""
 
     rules: RelayRules = RelayRules()
-    tenants: Mapping[str, RelayRules] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    # (tenant, rules) pairs: a tuple, so that policies stay hashable and immutable.
+    tenants: tuple[tuple[str, RelayRules], ...] = ()
     max_inspected_body: int = DEFAULT_MAX_INSPECTED_BODY
 
     def for_tenant(self, tenant: str | None) -> RelayRules:
         if tenant is None:
             return self.rules
-        return self.tenants.get(tenant, self.rules)
+        return next((rules for name, rules in self.tenants if name == tenant), self.rules)
 
 
 DEFAULT_RELAY_POLICY = RelayPolicy()

@@ -35,6 +35,7 @@ from sidecar.policy.model import (
     SourceRef,
 )
 from sidecar.policy.relay import RELAY_KEYS, read_relay
+from sidecar.policy.tools import read_tools
 from sidecar.policy.values import (
     ALLOWED_METHODS,
     format_problem,
@@ -58,6 +59,7 @@ _PROVIDER_KEYS = (
     "credential",
     "max_request_body",
     *RELAY_KEYS,  # issue 13: sidecar/policy/relay.py
+    "tools",  # issue 14: sidecar/policy/tools.py
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -217,11 +219,13 @@ class FileReader(yamlfile.Reader):
         if "max_request_body" in fields:
             max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
         relay = read_relay(self, fields, key, self._size)
+        tools = read_tools(self, fields["tools"][1], f"{key}.tools") if "tools" in fields else None
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
             draft.endpoint = Endpoint(
                 relay=relay,
+                tools=tools,
                 max_request_body=max_body,
                 rule=key,
                 provider=name,

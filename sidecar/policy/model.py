@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.policy.tools import ToolPolicy
 
 from sidecar.inspection.policy import DEFAULT_RELAY_POLICY, RelayPolicy
 from sidecar.policy.cloud_credentials import CloudCredential
@@ -69,6 +73,7 @@ class Endpoint:
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
     relay: RelayPolicy = DEFAULT_RELAY_POLICY  # issue 13: what the provider may fetch, run, mint
+    tools: ToolPolicy | None = None  # issue 14: `tools:` (sidecar/policy/tools.py)
     cloud_credential: CloudCredential | None = None  # aws_sigv4 / google_oauth (issue 16)
 
     @property

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from yaml.nodes import Node, ScalarNode
@@ -68,7 +67,7 @@ def read_relay(
             tfields = reader.mapping(vnode, tkey, _TENANT_KEYS)
             if tfields is not None:
                 tenants[name] = _rules(reader, tfields, tkey, rules)
-    return RelayPolicy(rules, MappingProxyType(tenants), max_body)
+    return RelayPolicy(rules, tuple(tenants.items()), max_body)
 
 
 def _rules(reader: yamlfile.Reader, fields: Fields, key: str, inherited: RelayRules) -> RelayRules:

@@ -50,8 +50,9 @@ def _objects(node: Any) -> list[dict[str, Any]]:
 def test_every_object_in_the_schema_is_closed() -> None:
     objects = _objects(SCHEMA)
     # root, providers map, credential, its aws_sigv4 (with web_identity) and google_oauth
-    # forms, provider, allowEntry, overrides, relay tenants map, relayTenant
-    assert len(objects) == 11
+    # forms, provider, allowEntry, overrides, relay tenants map, relayTenant; tools, a
+    # {pattern:} rule, the tools.tenants map and a tenant's entry
+    assert len(objects) == 15
     for obj in objects:
         extra = obj.get("additionalProperties")
         assert extra is False or (isinstance(extra, dict) and "$ref" in extra), obj

@@ -1,0 +1,269 @@
+"""One response, inspected as it passes: tool calls against the policy, keys in the
+decoded text, usage (pure; the mitmproxy adapter is sidecar/addons/responses.py).
+
+Streamed: `feed(chunk)` returns the bytes that may go to the gateway now: every
+complete event that passed, never a part of an event not yet judged. An event that
+breaks an enforced rule is not sent; instead the stream ends with `error_event`, an
+error in the provider's own streaming format, and everything after is dropped.
+Buffered (a response that was not streamed): `inspect_body` judges the whole body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Callable
+
+from sidecar.credentials.reflection import RedactionPatterns
+from sidecar.decision import Reason
+from sidecar.policy.tools import DeclaredTools, ToolRules, check_call
+from sidecar.streams.readers import (
+    READERS,
+    Finding,
+    TextSeen,
+    ToolFinished,
+    ToolSeen,
+    TooManyCalls,
+    parse_json,
+)
+from sidecar.streams.sse import EventTooLarge, SseSplitter
+from sidecar.streams.textguard import DecodedTextGuard, KeyReassembled
+from sidecar.usage import TokenUsage
+
+MAX_HELD_WHILE_HOLDING = 1024 * 1024
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Violation:
+    reason: Reason
+    detail: str  # safe to log: a sanitised tool name at most, never arguments
+    tool: str | None = None
+    enforced: bool = True
+
+
+def safe_tool_name(name: str) -> str:
+    """A tool name fit for a decision line: what the attacker wrote, bounded and inert."""
+    clean = _UNSAFE_NAME.sub("?", name[:64])
+    return (clean + "...") if len(name) > 64 else (clean or "(none)")
+
+
+def api_for_path(path: str) -> str | None:
+    """Which reader a request path needs (query already removed or not)."""
+    path = path.split("?", 1)[0]
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.endswith("/responses"):
+        return "responses"
+    if path.endswith("/messages"):
+        return "anthropic"
+    if path.endswith((":generateContent", ":streamGenerateContent")):
+        return "gemini"
+    return None
+
+
+def error_document(api: str, reason: str, message: str) -> dict[str, object]:
+    """The provider's own streaming error, which its official SDK raises on (or, over
+    the Responses WebSocket, yields as an `error` event)."""
+    openai_error = {"message": message, "type": "egress_refused", "param": None, "code": reason}
+    if api == "anthropic":
+        return {
+            "type": "error",
+            "error": {"type": "api_error", "message": message, "details": {"error_code": reason}},
+            "reason": reason,
+        }
+    if api == "responses":
+        return {"type": "error", "error": openai_error, "code": reason, "message": message,
+                "param": None, "reason": reason}  # fmt: skip
+    if api == "gemini":  # google-genai raises on a chunk starting with {"error":
+        return {"error": {"code": 502, "message": message, "status": "UNAVAILABLE",
+                          "reason": reason}}  # fmt: skip
+    return {"error": openai_error, "reason": reason}
+
+
+def error_event(api: str, reason: str, message: str) -> bytes:
+    """`error_document` framed as the provider frames it in an SSE stream."""
+    data = json.dumps(error_document(api, reason, message)).encode()
+    if api in ("anthropic", "responses"):
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
+
+
+class ResponseInspector:
+    def __init__(
+        self,
+        api: str,
+        *,
+        rules: ToolRules | None,
+        declared: DeclaredTools,
+        patterns: RedactionPatterns | None,
+        enforce_tools: bool,
+        render_error: Callable[[Violation], bytes] | None = None,
+    ) -> None:
+        self.api = api
+        self.reader = READERS[api]()
+        self.rules = rules
+        self.declared = declared
+        self.guard = DecodedTextGuard(patterns) if patterns is not None else None
+        self.enforce_tools = enforce_tools
+        self.render_error = render_error or (
+            lambda v: error_event(api, v.reason.value, f"egress-sidecar: {v.detail}")
+        )
+        self.violations: list[Violation] = []  # every one found (bounded), enforced or not
+        self.cut: Violation | None = None
+        self._splitter = SseSplitter(bare_json=api == "gemini")
+        self._held = b""  # bytes received, not yet released
+        self._base = 0  # stream offset of _held[0]
+        self._seen: set[tuple[Reason, str]] = set()
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self.reader.usage
+
+    # --- streamed ---------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return self.finish()
+        if self.cut is not None:
+            return b""
+        self._held += chunk
+        try:
+            events = self._splitter.feed(chunk)
+        except EventTooLarge as exc:
+            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+        release = self._base
+        for event in events:
+            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
+            if violation is not None:
+                return self._release(event.start) + self._cut(violation)
+            if self.guard is None or not self.guard.holding:
+                release = event.end
+        holding = self.guard is not None and self.guard.holding
+        if holding and len(self._held) > MAX_HELD_WHILE_HOLDING and release == self._base:
+            detail = "the start of a key held unresolved past 1 MiB; stream cut"
+            return self._cut(Violation(Reason.CREDENTIAL_REFLECTED, detail))
+        return self._release(release)
+
+    def finish(self) -> bytes:
+        if self.cut is not None:
+            return b""
+        try:
+            events = self._splitter.finish()
+        except EventTooLarge as exc:  # pragma: no cover - finish() never grows the buffer
+            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+        for event in events:
+            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
+            if violation is not None:
+                return self._release(event.start) + self._cut(violation)
+        violation = self._judge(self.reader.end)
+        if violation is not None:
+            return self._cut(violation)
+        out, self._held = self._held, b""
+        self._base += len(out)
+        return out
+
+    # --- not streamed / one WebSocket message ---------------------------------------------
+
+    def inspect_body(self, body: bytes) -> Violation | None:
+        """The first enforced violation in a whole body, or None (then it may pass)."""
+        doc = parse_json(body)
+        if doc is None:
+            return None  # not JSON: no client reads tool calls from it
+        violation = self._judge(lambda: self.reader.body(doc))
+        if violation is None and self.guard is not None:
+            try:
+                for text in _strings(doc):
+                    self.guard.scan_whole(text)
+            except KeyReassembled:
+                violation = self._found(Violation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "body")
+        return violation
+
+    def message(self, text: str) -> Violation | None:
+        """A Responses WebSocket message (one event): an enforced violation or None."""
+        if self.cut is not None:
+            return self.cut
+        violation = self._judge(lambda: self.reader.event(None, text))
+        if violation is not None:
+            self.cut = violation
+        return violation
+
+    # --- judging ----------------------------------------------------------------------
+
+    def _judge(self, read: Callable[[], list[Finding]]) -> Violation | None:
+        try:
+            findings = read()
+        except TooManyCalls as exc:
+            return self._found(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)), "calls")
+        for finding in findings:
+            violation = self._check(finding)
+            if violation is not None and violation.enforced:
+                return violation
+        return None
+
+    def _check(self, finding: Finding) -> Violation | None:
+        if isinstance(finding, TextSeen):
+            if self.guard is None:
+                return None
+            try:
+                self.guard.add(finding.channel, finding.text)
+            except KeyReassembled:
+                return self._found(Violation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "key")
+            return None
+        partial = isinstance(finding, ToolSeen) and finding.growing
+        refused = check_call(
+            self.rules, self.declared, finding.name, finding.kind, finding.server, partial=partial
+        )
+        if refused is None and isinstance(finding, ToolFinished) and self.rules is not None:
+            rule = self.rules.arguments_refused(finding.arguments, finding.truncated)
+            if rule is not None:
+                refused = (Reason.TOOL_ARGUMENTS_DENIED, f"arguments match {rule}")
+        if refused is None:
+            return None
+        reason, why = refused
+        name = safe_tool_name(finding.name)
+        server = f" on MCP server {safe_tool_name(finding.server)}" if finding.server else ""
+        detail = f"{self.api} tool call {name!r}{server}: {why}"
+        return self._found(
+            Violation(reason, detail, name, enforced=self.enforce_tools), finding.call
+        )
+
+    def _found(self, violation: Violation, key: str) -> Violation:
+        if (violation.reason, key) not in self._seen and len(self.violations) < 32:
+            self._seen.add((violation.reason, key))
+            self.violations.append(violation)
+        return violation
+
+    def _release(self, offset: int) -> bytes:
+        count = offset - self._base
+        if count <= 0:
+            return b""
+        out, self._held = self._held[:count], self._held[count:]
+        self._base = offset
+        return out
+
+    def _cut(self, violation: Violation) -> bytes:
+        if violation not in self.violations and len(self.violations) < 32:
+            self.violations.append(violation)
+        self.cut = violation
+        self._held = b""
+        return self.render_error(violation)
+
+
+_KEY_DETAIL = "injected key reassembled from the decoded text of the response; cut"
+
+
+def _strings(doc: object) -> list[str]:
+    out: list[str] = []
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return out
