@@ -61,6 +61,7 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_STREAMS = "too_many_streams"
+    SIDECAR_BUSY = "sidecar_busy"
 
 
 class Severity(StrEnum):
@@ -238,6 +239,14 @@ REASONS: dict[Reason, ReasonSpec] = {
     ),
     Reason.TOO_MANY_STREAMS: ReasonSpec(
         "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
+    ),
+    Reason.SIDECAR_BUSY: ReasonSpec(
+        "503",
+        _W,
+        True,
+        "over a process-wide budget: HTTP/2 streams open at once (`--max-h2-streams-total`) "
+        "or request body bytes held before they reach the provider "
+        "(`--max-buffered-request-bytes`)",
     ),
 }
 

@@ -13,20 +13,25 @@ What lives here:
   the request-body check the enforcer calls before it records its decision, and the
   decisions for every limit refusal (handed to the same `Recorder` as every other).
 - `GuardedHttp1Server`: request head size, slowloris (head timeout), idle timeouts.
-- `GuardedHttp2Server`: concurrent streams and HPACK header list size.
+- `GuardedHttp2Server`: concurrent streams, HPACK header list size, and flow control:
+  a small window, returned only as the streams hand body bytes on.
 - `GuardedHttpStream`: header count; an answer set on the headers goes out at once
-  (no `100 Continue`, the body is never drained into memory); streamed body limit.
+  (no `100 Continue`, the body is never drained into memory); streamed body limit;
+  the process-wide budgets (HTTP/2 streams open at once, body bytes held).
 - `GuardedHttpLayer`: upstream (response) head size; wires the above in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 from h11._receivebuffer import ReceiveBuffer
@@ -42,6 +47,7 @@ from mitmproxy.proxy.layers.http import (
     HttpStream,
     SendHttp,
 )
+from mitmproxy.proxy.layers.http._base import HttpEvent, ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode,
     RequestData,
@@ -54,12 +60,20 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
-from mitmproxy.proxy.layers.http._http2 import Http2Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
+from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
 from sidecar.addons.enforcer import refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.hostnames import HostError, parse_host
-from sidecar.limits import LIMIT_ERROR_PREFIX, RULE_LIMITS, ConnectionCounter, Limits, body_limit
+from sidecar.limits import (
+    LIMIT_ERROR_PREFIX,
+    RULE_LIMITS,
+    Budget,
+    ConnectionCounter,
+    Limits,
+    body_limit,
+)
 from sidecar.policy.model import Endpoint
 
 logger = logging.getLogger("egress_sidecar")
@@ -70,6 +84,9 @@ DECISION_KEY = "egress_decision"
 # After a refusal with bytes still arriving, we half-close (so the answer is read, not
 # lost to a TCP reset) and discard what comes, without buffering it; then close.
 LINGER_SECONDS = 2.0
+# HTTP/2 streams refused over the process-wide cap: one decision line per connection
+# for the first, then at most one per this many seconds with the count.
+BUSY_REPORT_SECONDS = 10.0
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -117,6 +134,11 @@ class LimitsAddon:
             limits.max_connections, limits.max_connections_per_source
         )
         self._counted: dict[str, str] = {}  # client id -> source address
+        # Process-wide budgets; what each stream took is released when it ends, is
+        # dropped, or its connection closes (`_holding`, by client id).
+        self.h2_streams = Budget(limits.max_h2_streams_total)
+        self.buffered = Budget(limits.max_buffered_request_bytes)
+        self._holding: dict[str, set[GuardedHttpStream]] = {}
 
     # --- connection caps --------------------------------------------------------------
 
@@ -147,6 +169,17 @@ class LimitsAddon:
         source = self._counted.pop(client.id, None)
         if source is not None:
             self.connections.close(source)
+        for stream in list(self._holding.pop(client.id, ())):
+            stream.release_budgets()
+
+    def holding(self, stream: GuardedHttpStream, holds: bool) -> None:
+        streams = self._holding.setdefault(stream.context.client.id, set())
+        if holds:
+            streams.add(stream)
+        else:
+            streams.discard(stream)
+            if not streams:
+                self._holding.pop(stream.context.client.id, None)
 
     # --- our layers, installed the supported way -----------------------------------------
 
@@ -290,7 +323,7 @@ class GuardedHttpLayer(HttpLayer):
         if isinstance(event, events.Start):
             client = self.context.client
             if client.alpn == b"h2":
-                self.connections[client] = GuardedHttp2Server(self.context.fork(), self.guard)
+                self.connections[client] = GuardedHttp2Server(self.context.fork(), self.guard, self)
             elif not (client.alpn or b"").startswith(b"h3"):  # as HttpLayer picks HTTP/1
                 self.connections[client] = GuardedHttp1Server(self.context.fork(), self.guard)
         elif isinstance(event, events.DataReceived) and event.connection != self.context.client:
@@ -305,7 +338,8 @@ class GuardedHttpLayer(HttpLayer):
 
     def make_stream(self, stream_id: int) -> layer.CommandGenerator[None]:
         ctx = self.context.fork()
-        self.streams[stream_id] = GuardedHttpStream(ctx, stream_id, self.guard)
+        h2_client = isinstance(self.connections.get(self.context.client), GuardedHttp2Server)
+        self.streams[stream_id] = GuardedHttpStream(ctx, stream_id, self.guard, h2_client)
         yield from self.event_to_child(self.streams[stream_id], events.Start())
 
     def _buffered_head_guard(self, conn: Any) -> layer.CommandGenerator[None]:
@@ -463,19 +497,87 @@ class GuardedHttp1Server(Http1Server):
         yield from self._set_phase("linger")
 
 
+@dataclasses.dataclass
+class RequestBodyReleased(HttpEvent):
+    """A stream handed `length` request body bytes on (or dropped them): the HTTP/2
+    connection returns that much flow-control credit to the client."""
+
+    length: int
+
+
+@dataclasses.dataclass
+class BodyOverBudget(events.Event):
+    """Request body bytes arrived while the process-wide budget was spent: they were
+    dropped, and the stream refuses its request when it gets to this event."""
+
+
+class WindowedH2Connection(BufferedH2Connection):
+    """mitmproxy's h2 connection advertises the largest window there is (2 GiB per
+    stream and per connection) and acknowledges data as soon as it is parsed: a client
+    can make the sidecar hold gigabytes for a stream whose upstream is still being
+    opened. Ours advertises `window` per stream and per connection."""
+
+    def __init__(self, config: Any, window: int) -> None:
+        super().__init__(config)
+        self.window = window
+        self.local_settings.initial_window_size = window
+        self.local_settings.acknowledge()  # the SETTINGS frame carries the current values
+
+    def initiate_connection(self) -> None:
+        h2.connection.H2Connection.initiate_connection(self)  # not mitmproxy's 2 GiB
+        if self.window > self.inbound_flow_control_window:
+            self.increment_flow_control_window(self.window - self.inbound_flow_control_window)
+
+
 class GuardedHttp2Server(Http2Server):
     """HTTP/2: at most `max_h2_streams` concurrent streams (more: the connection is
-    closed with GOAWAY, as h2 does), header lists bounded by the head size limit."""
+    closed with GOAWAY, as h2 does), header lists bounded by the head size limit, and
+    flow control that holds: body bytes are acknowledged (WINDOW_UPDATE) only once the
+    stream has handed them on, so a connection never makes us hold more than its window."""
 
-    def __init__(self, context: Context, guard: LimitsAddon) -> None:
+    def __init__(self, context: Context, guard: LimitsAddon, http_layer: HttpLayer) -> None:
         super().__init__(context)
         self.guard = guard
+        self.http_layer = http_layer
+        self.h2_conn = WindowedH2Connection(self.h2_conf, guard.limits.h2_window)
         self.h2_conn.local_settings.max_concurrent_streams = guard.limits.max_h2_streams
         self.h2_conn.local_settings.max_header_list_size = guard.limits.request_header_bytes
         self.h2_conn.local_settings.acknowledge()
         self.h2_conn.decoder.max_header_list_size = guard.limits.request_header_bytes
+        self._busy_count = 0  # streams refused over the process-wide cap, not yet reported
+        self._busy_reported_at: float | None = None
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, RequestBodyReleased):
+            try:
+                self.h2_conn.acknowledge_received_data(event.length, event.stream_id)
+            except (h2.exceptions.ProtocolError, ValueError):
+                return  # the stream or the connection is gone: nothing to return
+            data = self.h2_conn.data_to_send()
+            if data:
+                yield commands.SendData(self.conn, data)
+            return
+        yield from super()._handle_event(event)
 
     def handle_h2_event(self, event: h2.events.Event) -> layer.CommandGenerator[bool]:
+        if (
+            isinstance(event, h2.events.RequestReceived)
+            and self.guard.h2_streams.used >= self.guard.h2_streams.limit
+        ):
+            self._refuse_stream(event.stream_id)
+            return False
+        if (
+            isinstance(event, h2.events.DataReceived)
+            and event.data
+            and self.streams.get(event.stream_id) is StreamState.HEADERS_RECEIVED
+            and event.stream_id in self.http_layer.streams
+        ):
+            # mitmproxy acknowledges here; the stream does, once the bytes are handed on.
+            yield ReceiveHttp(RequestData(event.stream_id, event.data))
+            padding = event.flow_controlled_length - len(event.data)
+            if padding:
+                self.h2_conn.acknowledge_received_data(padding, event.stream_id)
+            return False
         if isinstance(event, h2.exceptions.TooManyStreamsError):
             self.guard.refuse(
                 self.context.client,
@@ -492,20 +594,153 @@ class GuardedHttp2Server(Http2Server):
             )
         return (yield from super().handle_h2_event(event))
 
+    def _refuse_stream(self, stream_id: int) -> None:
+        """Over `max_h2_streams_total`: the stream is reset with REFUSED_STREAM (nothing
+        was processed; a client may retry it) before any request object exists, so a
+        flood of streams costs a HEADERS frame's parsing each. One decision line for the
+        first refusal on this connection, then at most one per `BUSY_REPORT_SECONDS`
+        with the count (a line per refused stream would make the log the next flood)."""
+        self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self._busy_count += 1
+        now = time.monotonic()
+        last = self._busy_reported_at
+        if last is None or now - last >= BUSY_REPORT_SECONDS:
+            self._report_busy()
+            self._busy_reported_at = now
+
+    def _report_busy(self) -> None:
+        limit = self.guard.limits.max_h2_streams_total
+        self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"{self.guard.h2_streams.used} HTTP/2 streams open over all connections, limit "
+            f"{limit} (--max-h2-streams-total); {self._busy_count} new stream(s) on this "
+            "connection refused (REFUSED_STREAM)",
+        )
+        self._busy_count = 0
+
+    def close_connection(self, msg: str) -> layer.CommandGenerator[None]:
+        if self._busy_count:  # refusals counted since the last line
+            self._report_busy()
+        yield from super().close_connection(msg)
+
 
 class GuardedHttpStream(HttpStream):
-    def __init__(self, context: Context, stream_id: int, guard: LimitsAddon) -> None:
+    def __init__(
+        self, context: Context, stream_id: int, guard: LimitsAddon, h2_client: bool = False
+    ) -> None:
         super().__init__(context, stream_id)
         self.guard = guard
         self._body_seen = 0
         self._linger = False
+        self._h2 = h2_client  # our client side is HTTP/2: body bytes carry flow control
+        self._stream_slot = False  # holds one of the process-wide HTTP/2 stream slots
+        self._held = 0  # body bytes received and not yet handed on (process-wide budget)
+        self._over_budget = False
+        self._busy: Decision | None = None  # the sidecar_busy decision, once recorded
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """Body bytes are counted against the process-wide budget as they arrive, before
+        mitmproxy queues them behind a hook or an upstream connection being opened (the
+        queue has no bound of its own). Over the budget they are dropped at once and the
+        request is refused."""
+        if isinstance(event, RequestData):
+            size = len(event.data)
+            if self.guard.buffered.take(size):
+                self._held += size
+                self.guard.holding(self, True)
+            else:
+                yield from self._credit(size)
+                if self._over_budget:
+                    return
+                self._over_budget = True
+                if self._paused:  # behind a hook or an upstream connection: say so now
+                    self._record_busy()
+                event = BodyOverBudget()
+        for command in super().handle_event(event):
+            yield command
+            if isinstance(command, DropStream) and command.stream_id == self.stream_id:
+                yield from self._release_all()
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup):  # end of the linger after an early answer
             if self._linger and self.context.client.state is not connection.ConnectionState.CLOSED:
                 yield commands.CloseConnection(self.context.client)
             return
+        if isinstance(event, BodyOverBudget):
+            yield from self._refuse_busy()
+            return
         yield from super()._handle_event(event)
+        if isinstance(event, RequestData):  # handed on (or dropped): no longer ours
+            yield from self._release(len(event.data))
+        done = (self.state_done, self.state_errored)
+        if self.client_state in done and self.server_state in done:
+            yield from self._release_all()
+
+    # --- the process-wide budgets ------------------------------------------------------
+
+    def _credit(self, size: int) -> layer.CommandGenerator[None]:
+        if self._h2 and size:
+            yield SendHttp(RequestBodyReleased(self.stream_id, size), self.context.client)
+
+    def _release(self, size: int) -> layer.CommandGenerator[None]:
+        size = min(size, self._held)
+        if size:
+            self._held -= size
+            self.guard.buffered.give(size)
+            yield from self._credit(size)
+
+    def _release_all(self) -> layer.CommandGenerator[None]:
+        yield from self._credit(self._held)
+        self.release_budgets()
+
+    def release_budgets(self) -> None:
+        """Give back everything this stream holds (its connection may be gone)."""
+        if self._stream_slot:
+            self._stream_slot = False
+            self.guard.h2_streams.give(1)
+        if self._held:
+            self.guard.buffered.give(self._held)
+            self._held = 0
+        self.guard.holding(self, False)
+
+    def _record_busy(self) -> Decision:
+        limit = self.guard.limits.max_buffered_request_bytes
+        self._busy = self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"request body bytes held for all requests over the budget of {limit} bytes "
+            "(--max-buffered-request-bytes)",
+            self.flow,
+        )
+        return self._busy
+
+    def _refuse_busy(self) -> layer.CommandGenerator[None]:
+        """Body bytes over `max_buffered_request_bytes` (dropped as they came): refuse
+        this request, 503 if no response has started, else cut it off. A stream that was
+        waiting (for a hook or an upstream connection) recorded its decision then, and
+        answers now, unless the hook refused the request meanwhile."""
+        done = (self.state_done, self.state_errored)
+        if self.client_state in done:
+            return  # the body was complete or the request already refused: nothing to stop
+        decision = self._busy or self._record_busy()
+        message = decision.detail or "over the request body budget"
+        if self.flow.response is not None or self.server_state not in (
+            self.state_uninitialized,
+            self.state_wait_for_response_headers,
+            self.state_errored,
+        ):  # the gateway is already getting an answer: cut it off
+            yield from self._stop(message, ErrorCode.GENERIC_SERVER_ERROR)
+            return
+        if self.client_state == self.state_stream_request_body:
+            yield SendHttp(
+                RequestProtocolError(self.stream_id, message, ErrorCode.KILL), self.context.server
+            )
+        self.flow.error = mitmproxy_flow.Error(message)
+        self.flow.response = refusal_response(decision)
+        yield from self._answer_now(end_stream=False, hooks=False)
 
     def check_body_size(self, request: bool) -> layer.CommandGenerator[bool]:
         if request:
@@ -530,6 +765,12 @@ class GuardedHttpStream(HttpStream):
             self.flow.response = refusal_response(decision)
             yield from self._answer_now(event.end_stream, hooks=False)
             return
+        if self._h2:
+            if not self.guard.h2_streams.take(1):
+                yield from self._refuse_stream(event)
+                return
+            self._stream_slot = True
+            self.guard.holding(self, True)
         # Run mitmproxy's own handling (hooks included), minus its `100 Continue` when a
         # hook already answered: the gateway must not be invited to send the body.
         inner = super().state_wait_for_request_headers(event)
@@ -554,6 +795,22 @@ class GuardedHttpStream(HttpStream):
             and self.client_state == self.state_consume_request_body
         ):
             yield from self._answer_now(event.end_stream, hooks=True)
+
+    def _refuse_stream(self, event: RequestHeaders) -> layer.CommandGenerator[None]:
+        """Over `max_h2_streams_total`: answered at once, before any hook or upstream."""
+        limit = self.guard.limits.max_h2_streams_total
+        self.flow = http.HTTPFlow(self.context.client, self.context.server)
+        self.flow.request = event.request
+        decision = self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"{self.guard.h2_streams.used} HTTP/2 streams open over all connections, "
+            f"limit {limit} (--max-h2-streams-total)",
+            self.flow,
+        )
+        self.flow.response = refusal_response(decision)
+        yield from self._answer_now(event.end_stream, hooks=False)
 
     def _answer_now(self, end_stream: bool, hooks: bool) -> layer.CommandGenerator[None]:
         """Send the answer set on the request headers now, without reading the body; on
@@ -602,24 +859,24 @@ class GuardedHttpStream(HttpStream):
         if self._body_seen <= limit:
             return False
         message = f"request body exceeds the limit of {limit} bytes"
-        self.guard.refuse(
-            self.context.client,
-            self.context.server,
-            Reason.REQUEST_BODY_TOO_LARGE,
-            message,
-            self.flow,
+        yield from self._cut_off(
+            Reason.REQUEST_BODY_TOO_LARGE, message, ErrorCode.REQUEST_TOO_LARGE
         )
+        return True
+
+    def _cut_off(
+        self, reason: Reason, message: str, code: ErrorCode
+    ) -> layer.CommandGenerator[None]:
+        """Refuse a request whose body is being read: stop the upstream request if it was
+        started, answer (or reset) the gateway's stream, drop the stream."""
+        self.guard.refuse(self.context.client, self.context.server, reason, message, self.flow)
+        yield from self._stop(message, code)
+
+    def _stop(self, message: str, code: ErrorCode) -> layer.CommandGenerator[None]:
         self.flow.error = mitmproxy_flow.Error(message)
         if self.client_state == self.state_stream_request_body:
-            yield SendHttp(
-                RequestProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-                self.context.server,
-            )
-        yield SendHttp(
-            ResponseProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-            self.context.client,
-        )
+            yield SendHttp(RequestProtocolError(self.stream_id, message, code), self.context.server)
+        yield SendHttp(ResponseProtocolError(self.stream_id, message, code), self.context.client)
         self.client_state = self.server_state = self.state_errored
         self.flow.live = False
         yield DropStream(self.stream_id)
-        return True
