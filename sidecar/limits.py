@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Mapping
 
 KIB = 1024
@@ -51,6 +52,9 @@ class Limits:
     # HTTP/2 flow-control window the sidecar advertises (per stream and per connection),
     # returned only as bytes are handed on: what one connection can make us hold.
     h2_window: int = 64 * KIB
+    # Decoded bytes of compressed responses being inspected at once (each one is also
+    # bounded by the 64 MiB decode cap): four bombs decoding together took 852 MB.
+    max_decoded_bytes: int = 32 * MIB
 
 
 # (flag, env suffix, Limits field, kind, help). kind: "size" (bytes, k/m/g suffixes),
@@ -141,6 +145,14 @@ OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
         "size",
         "request body bytes held before they reach the provider, all requests (default 64m); "
         "more: 503",
+    ),
+    (
+        "--max-decoded-bytes",
+        "MAX_DECODED_BYTES",
+        "max_decoded_bytes",
+        "size",
+        "decoded bytes of compressed responses inspected at once, all responses "
+        "(default 32m); more: 502 response_not_inspectable",
     ),
     (
         "--h2-window",
@@ -248,25 +260,29 @@ class ConnectionCounter:
 class Budget:
     """A process-wide amount (streams, bytes) shared by every connection: `take` says
     whether `amount` more fits and, if so, counts it; every taken amount must be `give`n
-    back once. Pure bookkeeping; the callers release on every path (done, dropped,
-    connection closed), so the count cannot drift upwards."""
+    back once. The callers release on every path (done, dropped, connection closed), so
+    the count cannot drift upwards. Thread-safe: response decoding runs in worker
+    threads."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
         self.refused = 0
+        self._lock = threading.Lock()
 
     def take(self, amount: int) -> bool:
-        if self.used + amount > self.limit:
-            self.refused += 1
-            return False
-        self.used += amount
-        self.peak = max(self.peak, self.used)
-        return True
+        with self._lock:
+            if self.used + amount > self.limit:
+                self.refused += 1
+                return False
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+            return True
 
     def give(self, amount: int) -> None:
-        self.used = max(0, self.used - amount)
+        with self._lock:
+            self.used = max(0, self.used - amount)
 
 
 def body_limit(default: int, provider_limit: int | None) -> int:

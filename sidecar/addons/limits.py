@@ -138,6 +138,7 @@ class LimitsAddon:
         # dropped, or its connection closes (`_holding`, by client id).
         self.h2_streams = Budget(limits.max_h2_streams_total)
         self.buffered = Budget(limits.max_buffered_request_bytes)
+        self.decoded = Budget(limits.max_decoded_bytes)  # used by the credential layer
         self._holding: dict[str, set[GuardedHttpStream]] = {}
 
     # --- connection caps --------------------------------------------------------------

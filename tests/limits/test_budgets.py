@@ -27,6 +27,7 @@ from tests.limits.helpers import (
     wait_for_alert,
 )
 from tests.support.fakes import FakeProvider
+from tests.support.keys import KEYS, key_policy
 from tests.support.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.integration
@@ -255,4 +256,53 @@ def test_body_queued_behind_a_slow_dns_answer_is_dropped_over_the_budget(
         i for i, d in enumerate(lines) if d.get("reason") == "dns_failure"
     )
     wait_for_alert(receiver, "sidecar_busy")
+    assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
+
+
+@pytest.fixture(scope="module")
+def keyed_limited(start_sidecar, provider: FakeProvider, secrets) -> SidecarProcess:
+    """Keys injected (so responses are decoded and scanned), default limits."""
+    return start_sidecar(key_policy(provider.port), extra_args=("--secrets-dir", str(secrets.root)))
+
+
+def test_concurrent_compressed_responses_cannot_add_up_past_the_decode_budget(
+    keyed_limited: SidecarProcess, provider: FakeProvider
+):
+    """A hostile upstream answers keyed requests with small gzip bodies that decode to
+    30 MiB each (under the 64 MiB per-response cap). Decoded together they used to add
+    up (4 concurrent: 852 MB in the red team's run). Now they share
+    `--max-decoded-bytes` (32 MiB): what does not fit is `response_not_inspectable`,
+    the rest is scanned and redacted as before, and memory stays bounded."""
+    sidecar = keyed_limited
+    path = "/v1/reflect-encoded?ce=gzip&bomb=30"
+    results: list[httpx.Response | str] = []
+
+    def one() -> None:
+        try:
+            with httpx.Client(
+                proxy=sidecar.proxy_url,
+                verify=ssl.create_default_context(cafile=sidecar.ca_cert),
+                timeout=120,
+                headers={"authorization": "Bearer dummy"},
+            ) as client:
+                results.append(client.get(f"https://api.openai.com:{provider.port}{path}"))
+        except httpx.HTTPError as exc:
+            results.append(repr(exc))
+
+    mark = len(sidecar.decisions)
+    with PeakRss(sidecar) as rss:
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+    statuses = [r.status_code if isinstance(r, httpx.Response) else r for r in results]
+    print(f"peak RSS {rss.peak:.0f} MB; statuses {statuses}")
+    assert len(results) == 8
+    for response in results:
+        assert isinstance(response, httpx.Response), response
+        assert KEYS["openai"] not in response.text  # redacted or refused, never passed
+        assert response.status_code in (200, 502), response.status_code
+    refused = [d for d in sidecar.decisions[mark:] if d.get("reason") == "response_not_inspectable"]
+    assert refused and "--max-decoded-bytes" in refused[0]["detail"], refused[:1]
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
