@@ -34,6 +34,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, http
 from mitmproxy import flow as mitmproxy_flow
@@ -384,49 +385,27 @@ class GuardedHttpLayer(HttpLayer):
         return True
 
 
-class GuardedHttp1Server(Http1Server):
-    """Request head size and the timers (slowloris, idle) of one HTTP/1 client
-    connection. The phase is re-evaluated after every event. A wakeup is requested only
-    when the new deadline is earlier than every one already pending (mitmproxy keeps a
-    task per wakeup until the connection ends), so a busy kept-alive connection holds
-    about one timer, not one per request."""
+class PhaseTimers:
+    """The timers of one client connection, HTTP/1 or HTTP/2: the connection is in one
+    phase at a time (first | headers | body | idle | linger | None: busy), each with its
+    own timeout counted from when the phase began (`_since`). A wakeup is requested
+    only when the new deadline is earlier than every one already pending (mitmproxy
+    keeps a task per wakeup until the connection ends), so a busy kept-alive connection
+    holds about one timer, not one per request. Subclasses say what an expiry does."""
 
-    def __init__(self, context: Context, guard: LimitsAddon) -> None:
-        super().__init__(context)
-        self.guard = guard
-        self._phase: str | None = None  # first | headers | idle | linger | None (busy)
+    guard: LimitsAddon
+
+    def _init_timers(self) -> None:
+        self._phase: str | None = None
         self._since = time.monotonic()
-        self._refused = False
         self._timers: dict[commands.RequestWakeup, float] = {}  # pending -> deadline
-
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Wakeup):
-            self._timers.pop(event.command, None)
-            yield from self._on_wakeup()
-            return
-        if self._refused:
-            # Answered and half-closed: discard what still arrives, never buffer it.
-            if isinstance(event, events.ConnectionClosed):
-                yield commands.CloseConnection(self.conn)
-            return
-        if (
-            isinstance(event, events.DataReceived)
-            and self.state == self.read_headers
-            and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
-        ):
-            limit = self.guard.limits.request_header_bytes
-            yield from self._refuse(
-                Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
-            )
-            return
-        yield from super()._handle_event(event)
-        yield from self._update_phase()
 
     def _timeout(self, phase: str | None) -> float | None:
         limits = self.guard.limits
         return {
             "first": limits.first_request_timeout,
             "headers": limits.header_timeout,
+            "body": limits.idle_timeout,
             "idle": limits.idle_timeout,
             "linger": LINGER_SECONDS,
         }.get(phase or "")
@@ -449,6 +428,53 @@ class GuardedHttp1Server(Http1Server):
         self._phase, self._since = phase, time.monotonic()
         yield from self._arm()
 
+    def _timer_woke(self, event: events.Wakeup) -> layer.CommandGenerator[None]:
+        self._timers.pop(event.command, None)
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if time.monotonic() < deadline - 0.05:
+            yield from self._arm()  # woken for an earlier phase: wait for this one's deadline
+            return
+        yield from self._expired(self._phase or "", self._timeout(self._phase) or 0.0)
+
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
+        raise NotImplementedError
+        yield
+
+
+class GuardedHttp1Server(PhaseTimers, Http1Server):
+    """Request head size and the timers (slowloris, idle) of one HTTP/1 client
+    connection. The phase is re-evaluated after every event."""
+
+    def __init__(self, context: Context, guard: LimitsAddon) -> None:
+        super().__init__(context)
+        self.guard = guard
+        self._init_timers()
+        self._refused = False
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Wakeup):
+            yield from self._timer_woke(event)
+            return
+        if self._refused:
+            # Answered and half-closed: discard what still arrives, never buffer it.
+            if isinstance(event, events.ConnectionClosed):
+                yield commands.CloseConnection(self.conn)
+            return
+        if (
+            isinstance(event, events.DataReceived)
+            and self.state == self.read_headers
+            and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
+        ):
+            limit = self.guard.limits.request_header_bytes
+            yield from self._refuse(
+                Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
+            )
+            return
+        yield from super()._handle_event(event)
+        yield from self._update_phase()
+
     def _update_phase(self) -> layer.CommandGenerator[None]:
         if self._refused or self.conn.state is connection.ConnectionState.CLOSED:
             return
@@ -457,14 +483,7 @@ class GuardedHttp1Server(Http1Server):
             phase = "headers" if self.buf else ("first" if self.stream_id == 1 else "idle")
         yield from self._set_phase(phase)
 
-    def _on_wakeup(self) -> layer.CommandGenerator[None]:
-        deadline = self._deadline()
-        if deadline is None:
-            return
-        if time.monotonic() < deadline - 0.05:
-            yield from self._arm()  # woken for an earlier phase: wait for this one's deadline
-            return
-        timeout = self._timeout(self._phase) or 0.0
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
         if self._phase == "linger":
             self._phase = None
             yield commands.CloseConnection(self.conn)
@@ -530,11 +549,18 @@ class WindowedH2Connection(BufferedH2Connection):
             self.increment_flow_control_window(self.window - self.inbound_flow_control_window)
 
 
-class GuardedHttp2Server(Http2Server):
+class GuardedHttp2Server(PhaseTimers, Http2Server):
     """HTTP/2: at most `max_h2_streams` concurrent streams (more: the connection is
     closed with GOAWAY, as h2 does), header lists bounded by the head size limit, and
     flow control that holds: body bytes are acknowledged (WINDOW_UPDATE) only once the
-    stream has handed them on, so a connection never makes us hold more than its window."""
+    stream has handed them on, so a connection never makes us hold more than its window.
+
+    The HTTP/1 timers, per connection (mitmproxy's h2 layer has none; only its 600 s
+    inactivity watchdog): no request within `first_request_timeout`; a header block
+    (HEADERS + CONTINUATION) unfinished after `header_timeout`; no stream open for
+    `idle_timeout` (closed quietly); a request body unfinished with nothing received for
+    `idle_timeout`. Streams waiting for their response are never timed: a completion
+    may think for minutes."""
 
     def __init__(self, context: Context, guard: LimitsAddon, http_layer: HttpLayer) -> None:
         super().__init__(context)
@@ -547,8 +573,13 @@ class GuardedHttp2Server(Http2Server):
         self.h2_conn.decoder.max_header_list_size = guard.limits.request_header_bytes
         self._busy_count = 0  # streams refused over the process-wide cap, not yet reported
         self._busy_reported_at: float | None = None
+        self._init_timers()
+        self._had_stream = False
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Wakeup):
+            yield from self._timer_woke(event)
+            return
         if isinstance(event, RequestBodyReleased):
             try:
                 self.h2_conn.acknowledge_received_data(event.length, event.stream_id)
@@ -559,6 +590,66 @@ class GuardedHttp2Server(Http2Server):
                 yield commands.SendData(self.conn, data)
             return
         yield from super()._handle_event(event)
+        if "_handle_event" in self.__dict__:
+            return  # closed: mitmproxy swapped in its `done` handler for this connection
+        received = isinstance(event, events.DataReceived)
+        limit = self.guard.limits.request_header_bytes
+        if received and self._header_block_size() > limit:
+            yield from self._goaway_refusal(
+                Reason.REQUEST_HEADERS_TOO_LARGE,
+                f"HTTP/2 header block in progress exceeds {limit} bytes",
+            )
+            return
+        phase = self._h2_phase()
+        if received and phase == "body" and self._phase == "body":
+            self._since = time.monotonic()  # the body is moving: time the silence only
+        yield from self._set_phase(phase)
+
+    def _header_block_size(self) -> int:
+        """Bytes of a header block (HEADERS + CONTINUATION) not yet complete: h2 keeps up
+        to 64 frames of 128 KiB (8 MiB) before it decodes and checks the list size."""
+        frames = getattr(self.h2_conn.incoming_buffer, "_headers_buffer", ())
+        return sum(len(frame.data) for frame in frames)
+
+    def _h2_phase(self) -> str | None:
+        if self._header_block_size():
+            return "headers"
+        open_streams = [stream for stream in self.h2_conn.streams.values() if not stream.closed]
+        if not open_streams:
+            return "idle" if self._had_stream else "first"
+        receiving = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+        if any(stream.state_machine.state in receiving for stream in open_streams):
+            return "body"
+        return None  # every request is complete: waiting for responses is not timed
+
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
+        if phase == "idle":  # an ordinary keep-alive expiry: not a refusal
+            yield from self._goaway(f"idle for {timeout:g} s")
+        elif phase == "first":
+            yield from self._goaway_refusal(
+                Reason.IDLE_TIMEOUT, f"no request within {timeout:g} s of the connection opening"
+            )
+        elif phase == "headers":
+            yield from self._goaway_refusal(
+                Reason.REQUEST_TIMEOUT, f"HTTP/2 request headers not complete after {timeout:g} s"
+            )
+        elif phase == "body":
+            yield from self._goaway_refusal(
+                Reason.REQUEST_TIMEOUT,
+                f"HTTP/2 request body not finished and nothing received for {timeout:g} s",
+            )
+
+    def _goaway_refusal(self, reason: Reason, detail: str) -> layer.CommandGenerator[None]:
+        self.guard.refuse(self.context.client, self.context.server, reason, detail)
+        yield from self._goaway(detail, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+
+    def _goaway(
+        self, message: str, code: int = h2.errors.ErrorCodes.NO_ERROR
+    ) -> layer.CommandGenerator[None]:
+        self._phase = None
+        self.h2_conn.close_connection(code)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        yield from self.close_connection(message)
 
     def handle_h2_event(self, event: h2.events.Event) -> layer.CommandGenerator[bool]:
         if (
@@ -567,6 +658,8 @@ class GuardedHttp2Server(Http2Server):
         ):
             self._refuse_stream(event.stream_id)
             return False
+        if isinstance(event, h2.events.RequestReceived):
+            self._had_stream = True
         if (
             isinstance(event, h2.events.DataReceived)
             and event.data

@@ -147,3 +147,18 @@ def start_limited(
 def limited(start_limited: Callable[..., SidecarProcess]) -> SidecarProcess:
     """Default limits: what the memory ceiling is documented for."""
     return start_limited()
+
+
+@pytest.fixture(scope="module")
+def quick(start_limited) -> SidecarProcess:
+    """Short timers, so the timeouts show within a test's patience."""
+    return start_limited(
+        "--header-timeout",
+        "2",
+        "--first-request-timeout",
+        "2",
+        "--idle-timeout",
+        "3",
+        "--max-h2-streams",
+        "10",
+    )
