@@ -597,7 +597,7 @@ class GuardedHttp2Server(PhaseTimers, Http2Server):
         if received and self._header_block_size() > limit:
             yield from self._goaway_refusal(
                 Reason.REQUEST_HEADERS_TOO_LARGE,
-                f"HTTP/2 header block in progress exceeds {limit} bytes",
+                f"HTTP/2 header list (block still arriving) exceeds {limit} bytes",
             )
             return
         phase = self._h2_phase()
