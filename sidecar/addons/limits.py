@@ -739,7 +739,10 @@ class GuardedHttpStream(HttpStream):
         mitmproxy queues them behind a hook or an upstream connection being opened (the
         queue has no bound of its own). Over the budget they are dropped at once and the
         request is refused."""
-        if isinstance(event, RequestData):
+        # Not a tunnel: after CONNECT (or an upgrade) mitmproxy hands the stream the
+        # connection's raw bytes as RequestData and swaps in its `passthrough` handler;
+        # those are the inner layers' to count, and they never come back to be released.
+        if isinstance(event, RequestData) and "_handle_event" not in self.__dict__:
             size = len(event.data)
             if self.guard.buffered.take(size):
                 self._held += size

@@ -269,12 +269,12 @@ def test_concurrent_compressed_responses_cannot_add_up_past_the_decode_budget(
     keyed_limited: SidecarProcess, provider: FakeProvider
 ):
     """A hostile upstream answers keyed requests with small gzip bodies that decode to
-    30 MiB each (under the 64 MiB per-response cap). Decoded together they used to add
+    20 MiB each (under the 64 MiB per-response cap). Decoded together they used to add
     up (4 concurrent: 852 MB in the red team's run). Now they share
     `--max-decoded-bytes` (32 MiB): what does not fit is `response_not_inspectable`,
     the rest is scanned and redacted as before, and memory stays bounded."""
     sidecar = keyed_limited
-    path = "/v1/reflect-encoded?ce=gzip&bomb=30"
+    path = "/v1/reflect-encoded?ce=gzip&bomb=20"
     results: list[httpx.Response | str] = []
 
     def one() -> None:
@@ -306,3 +306,69 @@ def test_concurrent_compressed_responses_cannot_add_up_past_the_decode_budget(
     refused = [d for d in sidecar.decisions[mark:] if d.get("reason") == "response_not_inspectable"]
     assert refused and "--max-decoded-bytes" in refused[0]["detail"], refused[:1]
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
+
+
+def test_upload_while_the_body_budget_is_spent_is_refused_with_503(
+    tight: SidecarProcess, provider: FakeProvider, stall_dns: str
+):
+    """Another request holds the whole budget (its body queued behind a DNS wait); an
+    allowed upload to the provider meanwhile is refused with 503 `sidecar_busy` at its
+    first byte over the budget (the upstream request is abandoned), never buffered."""
+    head = (
+        f"POST http://{STALL_HOST}/upload HTTP/1.1\r\nHost: {STALL_HOST}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"10000\r\n" + b"c" * 65536 + b"\r\n"
+    holder = socket.create_connection(proxy_address(tight), timeout=10)
+    try:
+        holder.sendall(head)
+        for _ in range(160):  # 10 MiB: past the 8 MiB budget, which stays full ~3 s
+            holder.sendall(chunk)
+        mark = len(tight.decisions)
+        authority = f"api.openai.com:{provider.port}"
+        body = b'{"pad":"' + b"u" * 900_000 + b'"}'
+        with httpx.Client(
+            proxy=tight.proxy_url,
+            verify=ssl.create_default_context(cafile=tight.ca_cert),
+            timeout=30,
+        ) as client:
+            try:
+                response = client.post(f"https://{authority}/v1/upload", content=body)
+                status = response.status_code
+                reason = response.headers.get("x-egress-sidecar-reason")
+            except httpx.HTTPError as exc:  # the answer may race the rest of the upload
+                status, reason = 0, repr(exc)
+    finally:
+        holder.close()
+    busy = [
+        d
+        for d in tight.decisions[mark:]
+        if d.get("reason") == "sidecar_busy" and d.get("path") == "/v1/upload"
+    ]
+    assert busy, (status, reason, [d.get("reason") for d in tight.decisions[mark:]])
+    # Recorded when the bytes were dropped: while the upload still waited for its policy
+    # decision (rule `limits`) or once it was streaming (its provider entry).
+    assert busy[0]["host"] == "api.openai.com"
+    assert busy[0]["rule"] in ("limits", "providers.openai")
+    assert status in (503, 0), (status, reason)
+    if status:
+        assert reason == "sidecar_busy"
+
+
+def test_bytes_through_a_connect_tunnel_are_not_charged_to_the_outer_request(
+    tight: SidecarProcess, provider: FakeProvider
+):
+    """Inside a CONNECT tunnel mitmproxy hands the CONNECT stream the tunnel's raw bytes;
+    only the requests inside it hold body bytes. Eleven 900 KB uploads on one kept-alive
+    tunnel (10 MB, past the 8 MiB budget) all go through."""
+    body = b'{"pad":"' + b"t" * 900_000 + b'"}'
+    with httpx.Client(
+        proxy=tight.proxy_url,
+        verify=ssl.create_default_context(cafile=tight.ca_cert),
+        timeout=30,
+    ) as client:
+        for _ in range(11):
+            response = client.post(
+                f"https://api.openai.com:{provider.port}/v1/upload", content=body
+            )
+            assert response.status_code == 200, response.text
