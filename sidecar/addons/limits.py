@@ -742,6 +742,11 @@ class GuardedHttpStream(HttpStream):
         # Not a tunnel: after CONNECT (or an upgrade) mitmproxy hands the stream the
         # connection's raw bytes as RequestData and swaps in its `passthrough` handler;
         # those are the inner layers' to count, and they never come back to be released.
+        if isinstance(event, RequestData) and self.client_state == self.state_errored:
+            # Already refused (perhaps still answering, behind a hook): nothing of this
+            # request is kept, so drop the bytes here rather than queue them.
+            yield from self._credit(len(event.data))
+            return
         if isinstance(event, RequestData) and "_handle_event" not in self.__dict__:
             size = len(event.data)
             if self.guard.buffered.take(size):
