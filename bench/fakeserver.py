@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import ssl
 import sys
 import time
+import zlib
 
 from aiohttp import web
 
@@ -44,6 +46,13 @@ SMALL = {
 SMALL_BODY = json.dumps(SMALL).encode()
 
 
+@functools.cache
+def _gzip_zeros(mb: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = b"\0" * (1 << 20)
+    return b"".join(compressor.compress(chunk) for _ in range(mb)) + compressor.flush()
+
+
 class Provider:
     def __init__(self) -> None:
         self.active_streams = 0
@@ -58,7 +67,18 @@ class Provider:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/bench/active", self.active)
         app.router.add_get("/v1/bench/header-bomb", self.header_bomb)
+        app.router.add_get("/v1/bench/gzip", self.gzip_body)
         return app
+
+    async def gzip_body(self, request: web.Request) -> web.Response:
+        """A malicious upstream (bench.hostile): a small gzip body that decodes to `mb`
+        MB, though the sidecar asked for identity."""
+        mb = min(int(request.query.get("mb", "1")), 63)
+        body = _gzip_zeros(mb)
+        return web.Response(
+            body=body,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
 
     async def models(self, request: web.Request) -> web.Response:
         return web.Response(

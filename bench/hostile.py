@@ -22,6 +22,11 @@ Attacks (sizes for full / quick):
   new (length, alphabet) pair, to the key-injecting provider; 8 / 1 requests.
 - upstream_header_bomb: the provider (our fake, playing a malicious upstream) answers
   with a 200 MB / 4 MB response header.
+- h2_body_flood: 40 / 4 HTTP/2 connections (CONNECT + TLS, ALPN h2), each opening 100 /
+  10 POST streams and sending every stream as much body as flow control allows (up to
+  64 KiB), never ending them (the red team's flood, redteam/pod/test_exhaust.py).
+- gzip_responses: 8 / 2 concurrent keyed requests whose responses are ~30 KB gzip
+  bodies decoding to 30 / 4 MB each (a malicious upstream ignoring `identity`).
 
 Run alone: `python -m bench.hostile [--quick]`; it is also part of `python -m bench`.
 """
@@ -35,6 +40,7 @@ import itertools
 import json
 import random
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -70,6 +76,10 @@ class Sizes:
     quiet_seconds: float
     attack_timeout: float
     fresh_per_attack: bool
+    h2_connections: int = 40
+    h2_streams: int = 100
+    gzip_requests: int = 8
+    gzip_mb: int = 30
 
 
 FULL = Sizes(
@@ -103,6 +113,10 @@ QUICK = Sizes(
     quiet_seconds=0.3,
     attack_timeout=20.0,
     fresh_per_attack=False,
+    h2_connections=4,
+    h2_streams=10,
+    gzip_requests=2,
+    gzip_mb=4,
 )
 
 
@@ -546,6 +560,113 @@ async def upstream_header_bomb(victim: Victim, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+async def h2_body_flood(victim: Victim, sizes: Sizes) -> dict[str, Any]:
+    """`h2_connections` HTTP/2 connections x `h2_streams` POST streams, each sent as much
+    body as flow control allows (at most 64 KiB) and never ended; held until the end."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    target = victim.contender.target
+    assert target.proxy is not None
+    context = ssl.create_default_context(cafile=target.cafile)
+    context.set_alpn_protocols(["h2"])
+    held: list[asyncio.StreamWriter] = []
+    counts = {"sent": 0, "reset": 0, "not_h2": 0, "failed": 0}
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(*target.proxy)
+        writer.write(
+            f"CONNECT {target.authority} HTTP/1.1\r\nHost: {target.authority}\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+        if b" 200" not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head[:40])
+        await writer.start_tls(context, server_hostname=target.sni)
+        held.append(writer)
+        tls = writer.get_extra_info("ssl_object")
+        if tls is None or tls.selected_alpn_protocol() != "h2":
+            counts["not_h2"] += 1
+            return
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        conn.receive_data(await asyncio.wait_for(reader.read(65536), 15))  # its SETTINGS
+        for i in range(sizes.h2_streams):
+            stream_id = 1 + 2 * i
+            conn.send_headers(
+                stream_id,
+                [
+                    (":method", "POST"),
+                    (":scheme", "https"),
+                    (":authority", target.host_header),
+                    (":path", "/v1/chat/completions"),
+                    ("content-type", "application/json"),
+                ],
+            )
+            window = min(65536, conn.local_flow_control_window(stream_id))
+            while window > 0:
+                size = min(window, conn.max_outbound_frame_size)
+                conn.send_data(stream_id, b"A" * size)
+                counts["sent"] += size
+                window -= size
+            writer.write(conn.data_to_send())
+            await _drain(writer)
+        try:
+            data = await asyncio.wait_for(reader.read(1 << 20), 1)
+            counts["reset"] += sum(
+                isinstance(e, h2.events.StreamReset) for e in conn.receive_data(data)
+            )
+        except Exception:
+            pass
+
+    async def guarded() -> None:
+        try:
+            await one()
+        except Exception:
+            counts["failed"] += 1
+
+    try:
+        await asyncio.gather(*(guarded() for _ in range(sizes.h2_connections)))
+        await asyncio.sleep(2.0)  # held: what the proxy keeps for them shows now
+    finally:
+        for writer in held:
+            writer.close()
+    return {
+        "outcome": f"{sizes.h2_connections} connections x {sizes.h2_streams} streams: "
+        f"{counts['sent'] / MB:,.1f} MB of body sent, {counts['reset']} resets seen, "
+        f"{counts['not_h2']} not HTTP/2, {counts['failed']} failed",
+        "body_sent_mb": round(counts["sent"] / MB, 1),
+    }
+
+
+async def gzip_responses(victim: Victim, sizes: Sizes) -> dict[str, Any]:
+    """`gzip_requests` concurrent keyed requests answered with gzip bodies decoding to
+    `gzip_mb` MB each."""
+    target = victim.contender.target
+    statuses: dict[int, int] = {}
+
+    async def one() -> None:
+        conn = await Conn.open(target, target.ssl_context())
+        try:
+            conn.writer.write(
+                f"GET /v1/bench/gzip?mb={sizes.gzip_mb} HTTP/1.1\r\n"
+                f"Host: {target.host_header}\r\nConnection: close\r\n\r\n".encode()
+            )
+            line = await asyncio.wait_for(_status_line(conn.reader), 60)
+            status = int(line.split()[1]) if len(line.split()) > 1 else 0
+            while await asyncio.wait_for(conn.reader.read(MB), 60):
+                pass
+        except (ConnectionError, TimeoutError, ValueError):
+            status = 0
+        finally:
+            conn.close()
+        statuses[status] = statuses.get(status, 0) + 1
+
+    await asyncio.gather(*(one() for _ in range(sizes.gzip_requests)))
+    return {"outcome": f"answered {dict(sorted(statuses.items()))}", "statuses": statuses}
+
+
 ATTACKS: dict[str, Attack] = {
     "header_bomb": header_bomb,
     "refused_bodies": refused_bodies,
@@ -553,6 +674,8 @@ ATTACKS: dict[str, Attack] = {
     "dns_flood": dns_flood,
     "auth_tokens": auth_tokens,
     "upstream_header_bomb": upstream_header_bomb,
+    "h2_body_flood": h2_body_flood,
+    "gzip_responses": gzip_responses,
 }
 
 
@@ -680,7 +803,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (the CI smoke run)")
     parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument(
+        "--attacks", help="comma-separated subset of the attacks (default: all)", default=""
+    )
+    parser.add_argument(
+        "--contenders", help="comma-separated subset of the contenders (default: all)", default=""
+    )
+    parser.add_argument(
+        "--sidecar-tree", help="run the sidecar from this source tree (a version to compare)"
+    )
     args = parser.parse_args(argv)
+    if args.sidecar_tree:
+        C.SIDECAR_TREE = str(Path(args.sidecar_tree).resolve())
+    if args.attacks:
+        for name in set(ATTACKS) - set(args.attacks.split(",")):
+            del ATTACKS[name]
+    if args.contenders:
+        global CONTENDERS
+        CONTENDERS = tuple(c for c in CONTENDERS if c in args.contenders.split(","))
     if C.squid_binary() is None:
         print("squid not installed (apt-get install -y squid)", file=sys.stderr)
         return 3

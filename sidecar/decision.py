@@ -72,6 +72,7 @@ class Reason(StrEnum):
     TOOL_CALL_INJECTED = "tool_call_injected"
     TOOL_NOT_ALLOWED = "tool_not_allowed"
     TOOL_ARGUMENTS_DENIED = "tool_arguments_denied"
+    SIDECAR_BUSY = "sidecar_busy"
 
 
 class Severity(StrEnum):
@@ -308,6 +309,14 @@ REASONS: dict[Reason, ReasonSpec] = {
         False,
         "a tool call's arguments match a `tools.deny_arguments` rule (a download piped to a "
         "shell, a package index or URL host the policy does not list, a pattern)",
+    ),
+    Reason.SIDECAR_BUSY: ReasonSpec(
+        "503",
+        _W,
+        True,
+        "over a process-wide budget: HTTP/2 streams open at once (`--max-h2-streams-total`) "
+        "or request body bytes held before they reach the provider "
+        "(`--max-buffered-request-bytes`)",
     ),
 }
 

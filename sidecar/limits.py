@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Mapping
 
 KIB = 1024
@@ -43,6 +44,17 @@ class Limits:
     max_connections: int = 1024  # open client connections, all sources
     max_connections_per_source: int = 512  # open client connections from one address
     max_h2_streams: int = 100  # concurrent HTTP/2 streams per client connection
+    # Process-wide budgets (an HTTP/2 flood multiplies streams and bodies past what the
+    # per-connection caps bound): streams open at once over all HTTP/2 client
+    # connections, and request body bytes read from the gateway but not yet handed on.
+    max_h2_streams_total: int = 512
+    max_buffered_request_bytes: int = 64 * MIB
+    # HTTP/2 flow-control window the sidecar advertises (per stream and per connection),
+    # returned only as bytes are handed on: what one connection can make us hold.
+    h2_window: int = 64 * KIB
+    # Decoded bytes of compressed responses being inspected at once (each one is also
+    # bounded by the 64 MiB decode cap): four bombs decoding together took 852 MB.
+    max_decoded_bytes: int = 32 * MIB
 
 
 # (flag, env suffix, Limits field, kind, help). kind: "size" (bytes, k/m/g suffixes),
@@ -119,7 +131,42 @@ OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
         "count",
         "concurrent HTTP/2 streams per client connection (default 100); more: closed",
     ),
+    (
+        "--max-h2-streams-total",
+        "MAX_H2_STREAMS_TOTAL",
+        "max_h2_streams_total",
+        "count",
+        "concurrent HTTP/2 streams over all client connections (default 512); more: 503",
+    ),
+    (
+        "--max-buffered-request-bytes",
+        "MAX_BUFFERED_REQUEST_BYTES",
+        "max_buffered_request_bytes",
+        "size",
+        "request body bytes held before they reach the provider, all requests (default 64m); "
+        "more: 503",
+    ),
+    (
+        "--max-decoded-bytes",
+        "MAX_DECODED_BYTES",
+        "max_decoded_bytes",
+        "size",
+        "decoded bytes of compressed responses inspected at once, all responses "
+        "(default 32m); more: 502 response_not_inspectable",
+    ),
+    (
+        "--h2-window",
+        "H2_WINDOW",
+        "h2_window",
+        "size",
+        "HTTP/2 flow-control window advertised to clients, per stream and per connection "
+        "(default 64k, at least 64k, at most 16m)",
+    ),
 )
+
+# The HTTP/2 window may not be below the protocol's initial 65,535: a client may send
+# that much before it reads our SETTINGS. Above 16 MiB per connection it bounds little.
+H2_WINDOW_RANGE = (64 * KIB, 16 * MIB)
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": KIB, "m": MIB, "g": 1024 * MIB}
@@ -153,6 +200,9 @@ def from_values(values: Mapping[str, str | None]) -> Limits:
                 changes[field] = parse_size(text)
                 if changes[field] > MAX_BODY_LIMIT:
                     raise LimitError(f"{text!r}: at most {MAX_BODY_LIMIT // MIB}m")
+                low, high = H2_WINDOW_RANGE
+                if field == "h2_window" and not low <= changes[field] <= high:
+                    raise LimitError(f"{text!r}: between {low // KIB}k and {high // MIB}m")
             elif kind == "count":
                 if not text.strip().isdigit() or int(text) <= 0:
                     raise LimitError(f"{text!r}: expected a whole number greater than 0")
@@ -205,6 +255,34 @@ class ConnectionCounter:
 
     def open_from(self, source: str) -> int:
         return self._by_source.get(source, 0)
+
+
+class Budget:
+    """A process-wide amount (streams, bytes) shared by every connection: `take` says
+    whether `amount` more fits and, if so, counts it; every taken amount must be `give`n
+    back once. The callers release on every path (done, dropped, connection closed), so
+    the count cannot drift upwards. Thread-safe: response decoding runs in worker
+    threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def take(self, amount: int) -> bool:
+        with self._lock:
+            if self.used + amount > self.limit:
+                self.refused += 1
+                return False
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def give(self, amount: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - amount)
 
 
 def body_limit(default: int, provider_limit: int | None) -> int:

@@ -223,6 +223,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
     ps = proxyserver.Proxyserver()
     limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
+    credentials.decode_budget = limits.decoded  # issue 10: decoded bytes, all responses
     enforcer = Enforcer(
         holder,
         resolver,

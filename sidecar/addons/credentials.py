@@ -29,6 +29,7 @@ from sidecar.credentials.cloud_signing import (
 from sidecar.credentials.cloud_sources import CloudCredentialSource
 from sidecar.credentials.confinement import UNLISTED
 from sidecar.credentials.decoding import (
+    DecodeBudget,
     NotInspectable,
     decode_layers,
     needs_decoding,
@@ -59,6 +60,9 @@ class CredentialLayer:
     # refreshes every 250 ms, but under load the event loop can run it late; a request
     # that finds the last refresh older than this refreshes first (a few stat calls).
     MAX_STALENESS = 0.25
+    # Process-wide budget of decoded response bytes (issue 10; set by the runner from
+    # `--max-decoded-bytes`): concurrent compressed responses share it.
+    decode_budget: DecodeBudget | None = None
 
     def __init__(
         self,
@@ -322,15 +326,21 @@ class CredentialLayer:
         raw = response.raw_content or b""
         if not raw:
             return 0
-        body = decode_layers(
+        budget = self.decode_budget
+        decoded = decode_layers(
             raw,
             _codings(response, "content-encoding"),
             _codings(response, "transfer-encoding"),
+            budget=budget,
         )
-        body, count = self.guard.redact_body(body)
-        response.headers.pop("content-encoding", None)
-        response.headers.pop("transfer-encoding", None)
-        response.content = body  # sets content-length
+        try:  # the decoded body stays charged while we redact and hand it on
+            body, count = self.guard.redact_body(decoded)
+            response.headers.pop("content-encoding", None)
+            response.headers.pop("transfer-encoding", None)
+            response.content = body  # sets content-length
+        finally:
+            if budget is not None and decoded is not raw:
+                budget.give(len(decoded))
         return count
 
     def websocket_message(self, flow: http.HTTPFlow) -> Decision | None:

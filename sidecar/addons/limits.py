@@ -13,22 +13,28 @@ What lives here:
   the request-body check the enforcer calls before it records its decision, and the
   decisions for every limit refusal (handed to the same `Recorder` as every other).
 - `GuardedHttp1Server`: request head size, slowloris (head timeout), idle timeouts.
-- `GuardedHttp2Server`: concurrent streams and HPACK header list size.
+- `GuardedHttp2Server`: concurrent streams, HPACK header list size, and flow control:
+  a small window, returned only as the streams hand body bytes on.
 - `GuardedHttpStream`: header count; an answer set on the headers goes out at once
-  (no `100 Continue`, the body is never drained into memory); streamed body limit.
+  (no `100 Continue`, the body is never drained into memory); streamed body limit;
+  the process-wide budgets (HTTP/2 streams open at once, body bytes held).
 - `GuardedHttpLayer`: upstream (response) head size; wires the above in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, http
 from mitmproxy import flow as mitmproxy_flow
@@ -42,6 +48,7 @@ from mitmproxy.proxy.layers.http import (
     HttpStream,
     SendHttp,
 )
+from mitmproxy.proxy.layers.http._base import HttpEvent, ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode,
     RequestData,
@@ -54,12 +61,20 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
-from mitmproxy.proxy.layers.http._http2 import Http2Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
+from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
 from sidecar.addons.enforcer import refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.hostnames import HostError, parse_host
-from sidecar.limits import LIMIT_ERROR_PREFIX, RULE_LIMITS, ConnectionCounter, Limits, body_limit
+from sidecar.limits import (
+    LIMIT_ERROR_PREFIX,
+    RULE_LIMITS,
+    Budget,
+    ConnectionCounter,
+    Limits,
+    body_limit,
+)
 from sidecar.policy.model import Endpoint
 
 logger = logging.getLogger("egress_sidecar")
@@ -70,6 +85,9 @@ DECISION_KEY = "egress_decision"
 # After a refusal with bytes still arriving, we half-close (so the answer is read, not
 # lost to a TCP reset) and discard what comes, without buffering it; then close.
 LINGER_SECONDS = 2.0
+# HTTP/2 streams refused over the process-wide cap: one decision line per connection
+# for the first, then at most one per this many seconds with the count.
+BUSY_REPORT_SECONDS = 10.0
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -117,6 +135,12 @@ class LimitsAddon:
             limits.max_connections, limits.max_connections_per_source
         )
         self._counted: dict[str, str] = {}  # client id -> source address
+        # Process-wide budgets; what each stream took is released when it ends, is
+        # dropped, or its connection closes (`_holding`, by client id).
+        self.h2_streams = Budget(limits.max_h2_streams_total)
+        self.buffered = Budget(limits.max_buffered_request_bytes)
+        self.decoded = Budget(limits.max_decoded_bytes)  # used by the credential layer
+        self._holding: dict[str, set[GuardedHttpStream]] = {}
 
     # --- connection caps --------------------------------------------------------------
 
@@ -147,6 +171,17 @@ class LimitsAddon:
         source = self._counted.pop(client.id, None)
         if source is not None:
             self.connections.close(source)
+        for stream in list(self._holding.pop(client.id, ())):
+            stream.release_budgets()
+
+    def holding(self, stream: GuardedHttpStream, holds: bool) -> None:
+        streams = self._holding.setdefault(stream.context.client.id, set())
+        if holds:
+            streams.add(stream)
+        else:
+            streams.discard(stream)
+            if not streams:
+                self._holding.pop(stream.context.client.id, None)
 
     # --- our layers, installed the supported way -----------------------------------------
 
@@ -290,7 +325,7 @@ class GuardedHttpLayer(HttpLayer):
         if isinstance(event, events.Start):
             client = self.context.client
             if client.alpn == b"h2":
-                self.connections[client] = GuardedHttp2Server(self.context.fork(), self.guard)
+                self.connections[client] = GuardedHttp2Server(self.context.fork(), self.guard, self)
             elif not (client.alpn or b"").startswith(b"h3"):  # as HttpLayer picks HTTP/1
                 self.connections[client] = GuardedHttp1Server(self.context.fork(), self.guard)
         elif isinstance(event, events.DataReceived) and event.connection != self.context.client:
@@ -305,7 +340,8 @@ class GuardedHttpLayer(HttpLayer):
 
     def make_stream(self, stream_id: int) -> layer.CommandGenerator[None]:
         ctx = self.context.fork()
-        self.streams[stream_id] = GuardedHttpStream(ctx, stream_id, self.guard)
+        h2_client = isinstance(self.connections.get(self.context.client), GuardedHttp2Server)
+        self.streams[stream_id] = GuardedHttpStream(ctx, stream_id, self.guard, h2_client)
         yield from self.event_to_child(self.streams[stream_id], events.Start())
 
     def _buffered_head_guard(self, conn: Any) -> layer.CommandGenerator[None]:
@@ -349,49 +385,27 @@ class GuardedHttpLayer(HttpLayer):
         return True
 
 
-class GuardedHttp1Server(Http1Server):
-    """Request head size and the timers (slowloris, idle) of one HTTP/1 client
-    connection. The phase is re-evaluated after every event. A wakeup is requested only
-    when the new deadline is earlier than every one already pending (mitmproxy keeps a
-    task per wakeup until the connection ends), so a busy kept-alive connection holds
-    about one timer, not one per request."""
+class PhaseTimers:
+    """The timers of one client connection, HTTP/1 or HTTP/2: the connection is in one
+    phase at a time (first | headers | body | idle | linger | None: busy), each with its
+    own timeout counted from when the phase began (`_since`). A wakeup is requested
+    only when the new deadline is earlier than every one already pending (mitmproxy
+    keeps a task per wakeup until the connection ends), so a busy kept-alive connection
+    holds about one timer, not one per request. Subclasses say what an expiry does."""
 
-    def __init__(self, context: Context, guard: LimitsAddon) -> None:
-        super().__init__(context)
-        self.guard = guard
-        self._phase: str | None = None  # first | headers | idle | linger | None (busy)
+    guard: LimitsAddon
+
+    def _init_timers(self) -> None:
+        self._phase: str | None = None
         self._since = time.monotonic()
-        self._refused = False
         self._timers: dict[commands.RequestWakeup, float] = {}  # pending -> deadline
-
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Wakeup):
-            self._timers.pop(event.command, None)
-            yield from self._on_wakeup()
-            return
-        if self._refused:
-            # Answered and half-closed: discard what still arrives, never buffer it.
-            if isinstance(event, events.ConnectionClosed):
-                yield commands.CloseConnection(self.conn)
-            return
-        if (
-            isinstance(event, events.DataReceived)
-            and self.state == self.read_headers
-            and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
-        ):
-            limit = self.guard.limits.request_header_bytes
-            yield from self._refuse(
-                Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
-            )
-            return
-        yield from super()._handle_event(event)
-        yield from self._update_phase()
 
     def _timeout(self, phase: str | None) -> float | None:
         limits = self.guard.limits
         return {
             "first": limits.first_request_timeout,
             "headers": limits.header_timeout,
+            "body": limits.idle_timeout,
             "idle": limits.idle_timeout,
             "linger": LINGER_SECONDS,
         }.get(phase or "")
@@ -414,6 +428,53 @@ class GuardedHttp1Server(Http1Server):
         self._phase, self._since = phase, time.monotonic()
         yield from self._arm()
 
+    def _timer_woke(self, event: events.Wakeup) -> layer.CommandGenerator[None]:
+        self._timers.pop(event.command, None)
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if time.monotonic() < deadline - 0.05:
+            yield from self._arm()  # woken for an earlier phase: wait for this one's deadline
+            return
+        yield from self._expired(self._phase or "", self._timeout(self._phase) or 0.0)
+
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
+        raise NotImplementedError
+        yield
+
+
+class GuardedHttp1Server(PhaseTimers, Http1Server):
+    """Request head size and the timers (slowloris, idle) of one HTTP/1 client
+    connection. The phase is re-evaluated after every event."""
+
+    def __init__(self, context: Context, guard: LimitsAddon) -> None:
+        super().__init__(context)
+        self.guard = guard
+        self._init_timers()
+        self._refused = False
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Wakeup):
+            yield from self._timer_woke(event)
+            return
+        if self._refused:
+            # Answered and half-closed: discard what still arrives, never buffer it.
+            if isinstance(event, events.ConnectionClosed):
+                yield commands.CloseConnection(self.conn)
+            return
+        if (
+            isinstance(event, events.DataReceived)
+            and self.state == self.read_headers
+            and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
+        ):
+            limit = self.guard.limits.request_header_bytes
+            yield from self._refuse(
+                Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
+            )
+            return
+        yield from super()._handle_event(event)
+        yield from self._update_phase()
+
     def _update_phase(self) -> layer.CommandGenerator[None]:
         if self._refused or self.conn.state is connection.ConnectionState.CLOSED:
             return
@@ -422,14 +483,7 @@ class GuardedHttp1Server(Http1Server):
             phase = "headers" if self.buf else ("first" if self.stream_id == 1 else "idle")
         yield from self._set_phase(phase)
 
-    def _on_wakeup(self) -> layer.CommandGenerator[None]:
-        deadline = self._deadline()
-        if deadline is None:
-            return
-        if time.monotonic() < deadline - 0.05:
-            yield from self._arm()  # woken for an earlier phase: wait for this one's deadline
-            return
-        timeout = self._timeout(self._phase) or 0.0
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
         if self._phase == "linger":
             self._phase = None
             yield commands.CloseConnection(self.conn)
@@ -463,19 +517,161 @@ class GuardedHttp1Server(Http1Server):
         yield from self._set_phase("linger")
 
 
-class GuardedHttp2Server(Http2Server):
-    """HTTP/2: at most `max_h2_streams` concurrent streams (more: the connection is
-    closed with GOAWAY, as h2 does), header lists bounded by the head size limit."""
+@dataclasses.dataclass
+class RequestBodyReleased(HttpEvent):
+    """A stream handed `length` request body bytes on (or dropped them): the HTTP/2
+    connection returns that much flow-control credit to the client."""
 
-    def __init__(self, context: Context, guard: LimitsAddon) -> None:
+    length: int
+
+
+@dataclasses.dataclass
+class BodyOverBudget(events.Event):
+    """Request body bytes arrived while the process-wide budget was spent: they were
+    dropped, and the stream refuses its request when it gets to this event."""
+
+
+class WindowedH2Connection(BufferedH2Connection):
+    """mitmproxy's h2 connection advertises the largest window there is (2 GiB per
+    stream and per connection) and acknowledges data as soon as it is parsed: a client
+    can make the sidecar hold gigabytes for a stream whose upstream is still being
+    opened. Ours advertises `window` per stream and per connection."""
+
+    def __init__(self, config: Any, window: int) -> None:
+        super().__init__(config)
+        self.window = window
+        self.local_settings.initial_window_size = window
+        self.local_settings.acknowledge()  # the SETTINGS frame carries the current values
+
+    def initiate_connection(self) -> None:
+        h2.connection.H2Connection.initiate_connection(self)  # not mitmproxy's 2 GiB
+        if self.window > self.inbound_flow_control_window:
+            self.increment_flow_control_window(self.window - self.inbound_flow_control_window)
+
+
+class GuardedHttp2Server(PhaseTimers, Http2Server):
+    """HTTP/2: at most `max_h2_streams` concurrent streams (more: the connection is
+    closed with GOAWAY, as h2 does), header lists bounded by the head size limit, and
+    flow control that holds: body bytes are acknowledged (WINDOW_UPDATE) only once the
+    stream has handed them on, so a connection never makes us hold more than its window.
+
+    The HTTP/1 timers, per connection (mitmproxy's h2 layer has none; only its 600 s
+    inactivity watchdog): no request within `first_request_timeout`; a header block
+    (HEADERS + CONTINUATION) unfinished after `header_timeout`; no stream open for
+    `idle_timeout` (closed quietly); a request body unfinished with nothing received for
+    `idle_timeout`. Streams waiting for their response are never timed: a completion
+    may think for minutes."""
+
+    def __init__(self, context: Context, guard: LimitsAddon, http_layer: HttpLayer) -> None:
         super().__init__(context)
         self.guard = guard
+        self.http_layer = http_layer
+        self.h2_conn = WindowedH2Connection(self.h2_conf, guard.limits.h2_window)
         self.h2_conn.local_settings.max_concurrent_streams = guard.limits.max_h2_streams
         self.h2_conn.local_settings.max_header_list_size = guard.limits.request_header_bytes
         self.h2_conn.local_settings.acknowledge()
         self.h2_conn.decoder.max_header_list_size = guard.limits.request_header_bytes
+        self._busy_count = 0  # streams refused over the process-wide cap, not yet reported
+        self._busy_reported_at: float | None = None
+        self._init_timers()
+        self._had_stream = False
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Wakeup):
+            yield from self._timer_woke(event)
+            return
+        if isinstance(event, RequestBodyReleased):
+            try:
+                self.h2_conn.acknowledge_received_data(event.length, event.stream_id)
+            except (h2.exceptions.ProtocolError, ValueError):
+                return  # the stream or the connection is gone: nothing to return
+            data = self.h2_conn.data_to_send()
+            if data:
+                yield commands.SendData(self.conn, data)
+            return
+        yield from super()._handle_event(event)
+        if "_handle_event" in self.__dict__:
+            return  # closed: mitmproxy swapped in its `done` handler for this connection
+        received = isinstance(event, events.DataReceived)
+        limit = self.guard.limits.request_header_bytes
+        if received and self._header_block_size() > limit:
+            yield from self._goaway_refusal(
+                Reason.REQUEST_HEADERS_TOO_LARGE,
+                f"HTTP/2 header list (block still arriving) exceeds {limit} bytes",
+            )
+            return
+        phase = self._h2_phase()
+        if received and phase == "body" and self._phase == "body":
+            self._since = time.monotonic()  # the body is moving: time the silence only
+        yield from self._set_phase(phase)
+
+    def _header_block_size(self) -> int:
+        """Bytes of a header block (HEADERS + CONTINUATION) not yet complete: h2 keeps up
+        to 64 frames of 128 KiB (8 MiB) before it decodes and checks the list size."""
+        frames = getattr(self.h2_conn.incoming_buffer, "_headers_buffer", ())
+        return sum(len(frame.data) for frame in frames)
+
+    def _h2_phase(self) -> str | None:
+        if self._header_block_size():
+            return "headers"
+        open_streams = [stream for stream in self.h2_conn.streams.values() if not stream.closed]
+        if not open_streams:
+            return "idle" if self._had_stream else "first"
+        receiving = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+        if any(stream.state_machine.state in receiving for stream in open_streams):
+            return "body"
+        return None  # every request is complete: waiting for responses is not timed
+
+    def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
+        if phase == "idle":  # an ordinary keep-alive expiry: not a refusal
+            yield from self._goaway(f"idle for {timeout:g} s")
+        elif phase == "first":
+            yield from self._goaway_refusal(
+                Reason.IDLE_TIMEOUT, f"no request within {timeout:g} s of the connection opening"
+            )
+        elif phase == "headers":
+            yield from self._goaway_refusal(
+                Reason.REQUEST_TIMEOUT, f"HTTP/2 request headers not complete after {timeout:g} s"
+            )
+        elif phase == "body":
+            yield from self._goaway_refusal(
+                Reason.REQUEST_TIMEOUT,
+                f"HTTP/2 request body not finished and nothing received for {timeout:g} s",
+            )
+
+    def _goaway_refusal(self, reason: Reason, detail: str) -> layer.CommandGenerator[None]:
+        self.guard.refuse(self.context.client, self.context.server, reason, detail)
+        yield from self._goaway(detail, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+
+    def _goaway(
+        self, message: str, code: int = h2.errors.ErrorCodes.NO_ERROR
+    ) -> layer.CommandGenerator[None]:
+        self._phase = None
+        self.h2_conn.close_connection(code)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        yield from self.close_connection(message)
 
     def handle_h2_event(self, event: h2.events.Event) -> layer.CommandGenerator[bool]:
+        if (
+            isinstance(event, h2.events.RequestReceived)
+            and self.guard.h2_streams.used >= self.guard.h2_streams.limit
+        ):
+            self._refuse_stream(event.stream_id)
+            return False
+        if isinstance(event, h2.events.RequestReceived):
+            self._had_stream = True
+        if (
+            isinstance(event, h2.events.DataReceived)
+            and event.data
+            and self.streams.get(event.stream_id) is StreamState.HEADERS_RECEIVED
+            and event.stream_id in self.http_layer.streams
+        ):
+            # mitmproxy acknowledges here; the stream does, once the bytes are handed on.
+            yield ReceiveHttp(RequestData(event.stream_id, event.data))
+            padding = event.flow_controlled_length - len(event.data)
+            if padding:
+                self.h2_conn.acknowledge_received_data(padding, event.stream_id)
+            return False
         if isinstance(event, h2.exceptions.TooManyStreamsError):
             self.guard.refuse(
                 self.context.client,
@@ -492,20 +688,161 @@ class GuardedHttp2Server(Http2Server):
             )
         return (yield from super().handle_h2_event(event))
 
+    def _refuse_stream(self, stream_id: int) -> None:
+        """Over `max_h2_streams_total`: the stream is reset with REFUSED_STREAM (nothing
+        was processed; a client may retry it) before any request object exists, so a
+        flood of streams costs a HEADERS frame's parsing each. One decision line for the
+        first refusal on this connection, then at most one per `BUSY_REPORT_SECONDS`
+        with the count (a line per refused stream would make the log the next flood)."""
+        self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self._busy_count += 1
+        now = time.monotonic()
+        last = self._busy_reported_at
+        if last is None or now - last >= BUSY_REPORT_SECONDS:
+            self._report_busy()
+            self._busy_reported_at = now
+
+    def _report_busy(self) -> None:
+        limit = self.guard.limits.max_h2_streams_total
+        self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"{self.guard.h2_streams.used} HTTP/2 streams open over all connections, limit "
+            f"{limit} (--max-h2-streams-total); {self._busy_count} new stream(s) on this "
+            "connection refused (REFUSED_STREAM)",
+        )
+        self._busy_count = 0
+
+    def close_connection(self, msg: str) -> layer.CommandGenerator[None]:
+        if self._busy_count:  # refusals counted since the last line
+            self._report_busy()
+        yield from super().close_connection(msg)
+
 
 class GuardedHttpStream(HttpStream):
-    def __init__(self, context: Context, stream_id: int, guard: LimitsAddon) -> None:
+    def __init__(
+        self, context: Context, stream_id: int, guard: LimitsAddon, h2_client: bool = False
+    ) -> None:
         super().__init__(context, stream_id)
         self.guard = guard
         self._body_seen = 0
         self._linger = False
+        self._h2 = h2_client  # our client side is HTTP/2: body bytes carry flow control
+        self._stream_slot = False  # holds one of the process-wide HTTP/2 stream slots
+        self._held = 0  # body bytes received and not yet handed on (process-wide budget)
+        self._over_budget = False
+        self._busy: Decision | None = None  # the sidecar_busy decision, once recorded
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """Body bytes are counted against the process-wide budget as they arrive, before
+        mitmproxy queues them behind a hook or an upstream connection being opened (the
+        queue has no bound of its own). Over the budget they are dropped at once and the
+        request is refused."""
+        # Not a tunnel: after CONNECT (or an upgrade) mitmproxy hands the stream the
+        # connection's raw bytes as RequestData and swaps in its `passthrough` handler;
+        # those are the inner layers' to count, and they never come back to be released.
+        if isinstance(event, RequestData) and self.client_state == self.state_errored:
+            # Already refused (perhaps still answering, behind a hook): nothing of this
+            # request is kept, so drop the bytes here rather than queue them.
+            yield from self._credit(len(event.data))
+            return
+        if isinstance(event, RequestData) and "_handle_event" not in self.__dict__:
+            size = len(event.data)
+            if self.guard.buffered.take(size):
+                self._held += size
+                self.guard.holding(self, True)
+            else:
+                yield from self._credit(size)
+                if self._over_budget:
+                    return
+                self._over_budget = True
+                if self._paused:  # behind a hook or an upstream connection: say so now
+                    self._record_busy()
+                event = BodyOverBudget()
+        for command in super().handle_event(event):
+            yield command
+            if isinstance(command, DropStream) and command.stream_id == self.stream_id:
+                yield from self._release_all()
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup):  # end of the linger after an early answer
             if self._linger and self.context.client.state is not connection.ConnectionState.CLOSED:
                 yield commands.CloseConnection(self.context.client)
             return
+        if isinstance(event, BodyOverBudget):
+            yield from self._refuse_busy()
+            return
         yield from super()._handle_event(event)
+        if isinstance(event, RequestData):  # handed on (or dropped): no longer ours
+            yield from self._release(len(event.data))
+        done = (self.state_done, self.state_errored)
+        if self.client_state in done and self.server_state in done:
+            yield from self._release_all()
+
+    # --- the process-wide budgets ------------------------------------------------------
+
+    def _credit(self, size: int) -> layer.CommandGenerator[None]:
+        if self._h2 and size:
+            yield SendHttp(RequestBodyReleased(self.stream_id, size), self.context.client)
+
+    def _release(self, size: int) -> layer.CommandGenerator[None]:
+        size = min(size, self._held)
+        if size:
+            self._held -= size
+            self.guard.buffered.give(size)
+            yield from self._credit(size)
+
+    def _release_all(self) -> layer.CommandGenerator[None]:
+        yield from self._credit(self._held)
+        self.release_budgets()
+
+    def release_budgets(self) -> None:
+        """Give back everything this stream holds (its connection may be gone)."""
+        if self._stream_slot:
+            self._stream_slot = False
+            self.guard.h2_streams.give(1)
+        if self._held:
+            self.guard.buffered.give(self._held)
+            self._held = 0
+        self.guard.holding(self, False)
+
+    def _record_busy(self) -> Decision:
+        limit = self.guard.limits.max_buffered_request_bytes
+        self._busy = self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"request body bytes held for all requests over the budget of {limit} bytes "
+            "(--max-buffered-request-bytes)",
+            self.flow,
+        )
+        return self._busy
+
+    def _refuse_busy(self) -> layer.CommandGenerator[None]:
+        """Body bytes over `max_buffered_request_bytes` (dropped as they came): refuse
+        this request, 503 if no response has started, else cut it off. A stream that was
+        waiting (for a hook or an upstream connection) recorded its decision then, and
+        answers now, unless the hook refused the request meanwhile."""
+        done = (self.state_done, self.state_errored)
+        if self.client_state in done:
+            return  # the body was complete or the request already refused: nothing to stop
+        decision = self._busy or self._record_busy()
+        message = decision.detail or "over the request body budget"
+        if self.flow.response is not None or self.server_state not in (
+            self.state_uninitialized,
+            self.state_wait_for_response_headers,
+            self.state_errored,
+        ):  # the gateway is already getting an answer: cut it off
+            yield from self._stop(message, ErrorCode.GENERIC_SERVER_ERROR)
+            return
+        if self.client_state == self.state_stream_request_body:
+            yield SendHttp(
+                RequestProtocolError(self.stream_id, message, ErrorCode.KILL), self.context.server
+            )
+        self.flow.error = mitmproxy_flow.Error(message)
+        self.flow.response = refusal_response(decision)
+        yield from self._answer_now(end_stream=False, hooks=False)
 
     def check_body_size(self, request: bool) -> layer.CommandGenerator[bool]:
         if request:
@@ -530,6 +867,12 @@ class GuardedHttpStream(HttpStream):
             self.flow.response = refusal_response(decision)
             yield from self._answer_now(event.end_stream, hooks=False)
             return
+        if self._h2:
+            if not self.guard.h2_streams.take(1):
+                yield from self._refuse_stream(event)
+                return
+            self._stream_slot = True
+            self.guard.holding(self, True)
         # Run mitmproxy's own handling (hooks included), minus its `100 Continue` when a
         # hook already answered: the gateway must not be invited to send the body.
         inner = super().state_wait_for_request_headers(event)
@@ -554,6 +897,22 @@ class GuardedHttpStream(HttpStream):
             and self.client_state == self.state_consume_request_body
         ):
             yield from self._answer_now(event.end_stream, hooks=True)
+
+    def _refuse_stream(self, event: RequestHeaders) -> layer.CommandGenerator[None]:
+        """Over `max_h2_streams_total`: answered at once, before any hook or upstream."""
+        limit = self.guard.limits.max_h2_streams_total
+        self.flow = http.HTTPFlow(self.context.client, self.context.server)
+        self.flow.request = event.request
+        decision = self.guard.refuse(
+            self.context.client,
+            self.context.server,
+            Reason.SIDECAR_BUSY,
+            f"{self.guard.h2_streams.used} HTTP/2 streams open over all connections, "
+            f"limit {limit} (--max-h2-streams-total)",
+            self.flow,
+        )
+        self.flow.response = refusal_response(decision)
+        yield from self._answer_now(event.end_stream, hooks=False)
 
     def _answer_now(self, end_stream: bool, hooks: bool) -> layer.CommandGenerator[None]:
         """Send the answer set on the request headers now, without reading the body; on
@@ -602,24 +961,24 @@ class GuardedHttpStream(HttpStream):
         if self._body_seen <= limit:
             return False
         message = f"request body exceeds the limit of {limit} bytes"
-        self.guard.refuse(
-            self.context.client,
-            self.context.server,
-            Reason.REQUEST_BODY_TOO_LARGE,
-            message,
-            self.flow,
+        yield from self._cut_off(
+            Reason.REQUEST_BODY_TOO_LARGE, message, ErrorCode.REQUEST_TOO_LARGE
         )
+        return True
+
+    def _cut_off(
+        self, reason: Reason, message: str, code: ErrorCode
+    ) -> layer.CommandGenerator[None]:
+        """Refuse a request whose body is being read: stop the upstream request if it was
+        started, answer (or reset) the gateway's stream, drop the stream."""
+        self.guard.refuse(self.context.client, self.context.server, reason, message, self.flow)
+        yield from self._stop(message, code)
+
+    def _stop(self, message: str, code: ErrorCode) -> layer.CommandGenerator[None]:
         self.flow.error = mitmproxy_flow.Error(message)
         if self.client_state == self.state_stream_request_body:
-            yield SendHttp(
-                RequestProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-                self.context.server,
-            )
-        yield SendHttp(
-            ResponseProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-            self.context.client,
-        )
+            yield SendHttp(RequestProtocolError(self.stream_id, message, code), self.context.server)
+        yield SendHttp(ResponseProtocolError(self.stream_id, message, code), self.context.client)
         self.client_state = self.server_state = self.state_errored
         self.flow.live = False
         yield DropStream(self.stream_id)
-        return True

@@ -34,6 +34,8 @@ HOSTILE_ATTACKS = [
     "dns_flood",
     "auth_tokens",
     "upstream_header_bomb",
+    "h2_body_flood",
+    "gzip_responses",
 ]
 
 

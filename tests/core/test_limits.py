@@ -10,6 +10,7 @@ from sidecar import settings
 from sidecar.limits import (
     MIB,
     OPTIONS,
+    Budget,
     ConnectionCounter,
     LimitError,
     Limits,
@@ -72,6 +73,11 @@ def test_every_option_is_a_flag_and_an_environment_variable(monkeypatch):
         ("--header-timeout", "soon", "not a number"),
         ("--max-request-body", "5g", "at most"),
         ("--max-request-header-bytes", "lots", "size"),
+        ("--h2-window", "16k", "between 64k and 16m"),
+        ("--h2-window", "1g", "between 64k and 16m"),
+        ("--max-h2-streams-total", "0", "greater than 0"),
+        ("--max-buffered-request-bytes", "some", "size"),
+        ("--max-decoded-bytes", "8g", "at most"),
     ],
 )
 def test_bad_option_values_name_the_flag(flag, value, fragment):
@@ -110,6 +116,22 @@ def test_counter_never_exceeds_its_limits_and_forgets_empty_sources(ops):
     assert set(counter._by_source) == {s for s, n in held.items() if n}
 
 
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=200))
+def test_budget_never_exceeds_its_limit_and_gives_back_exactly(ops):
+    budget = Budget(100)
+    held: list[int] = []
+    for taking, amount in ops:
+        if taking:
+            if budget.take(amount):
+                held.append(amount)
+            else:
+                assert sum(held) + amount > 100  # refused only when it would not fit
+        elif held:
+            budget.give(held.pop())
+        assert budget.used == sum(held) <= 100
+        assert budget.peak <= 100
+
+
 def test_provider_body_limit_overrides_the_default():
     assert body_limit(32 * MIB, None) == 32 * MIB
     assert body_limit(32 * MIB, 1024) == 1024
@@ -135,6 +157,7 @@ def test_every_limit_and_reason_is_documented():
         "idle_timeout",
         "too_many_connections",
         "too_many_streams",
+        "sidecar_busy",
     ):
         assert Reason(reason)
         assert f"| `{reason}` |" in readme and f"`{reason}`" in limits_doc

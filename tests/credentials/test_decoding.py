@@ -18,6 +18,7 @@ from sidecar.credentials.decoding import (
     needs_decoding,
     parse_codings,
 )
+from sidecar.limits import Budget
 from tests.credentials import helpers as h
 
 KEY = h.openai_project_key().encode()
@@ -151,3 +152,30 @@ def test_codings_are_parsed_from_every_header_line():
 )
 def test_needs_decoding(content, transfer, expected):
     assert needs_decoding(content, transfer) is expected
+
+
+# --- the process-wide decode budget (issue 10) --------------------------------------------
+
+LARGE = bytes(range(256)) * (20 * 1024)  # 5 MiB, several STEPs of output
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_multi_step_output_decodes_whole_and_the_budget_is_given_back(coding: str):
+    budget = Budget(8 << 20)
+    assert decode_layers(CODERS[coding](LARGE), [coding], budget=budget) == LARGE
+    assert budget.used == len(LARGE)  # the result stays charged until the caller is done
+    budget.give(len(LARGE))
+    data = encode(LARGE, ["gzip", coding])
+    assert decode_layers(data, ["gzip", coding], budget=budget) == LARGE
+    assert budget.used == len(LARGE)  # the inner layer was given back
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_decoding_past_the_process_wide_budget_is_not_inspectable(coding: str):
+    """Responses decoding at once share one budget: what is already held by others
+    leaves this one less, and past it the response is refused, not expanded."""
+    budget = Budget(8 << 20)
+    assert budget.take(6 << 20)  # other responses being decoded
+    with pytest.raises(NotInspectable, match="over the process-wide budget"):
+        decode_layers(CODERS[coding](LARGE), [coding], budget=budget)
+    assert budget.used == 6 << 20  # this decode's partial output was given back

@@ -18,6 +18,9 @@ from tests.support.ports import free_port
 from tests.support.sidecar import SidecarProcess
 
 BOMB_HOST = "bomb.example.net"
+# A listed host whose DNS never answers: a request to it waits in the enforcer (the
+# resolver's 3 s) while its body keeps arriving.
+STALL_HOST = "stall.example.net"
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +88,13 @@ def tls_bomb_upstream(dns_server: FakeDNS, test_ca: trustme.CA) -> Iterator[Head
 
 
 @pytest.fixture(scope="module")
+def stall_dns(dns_server: FakeDNS) -> Iterator[str]:
+    dns_server.failures[STALL_HOST] = "timeout"
+    yield STALL_HOST
+    dns_server.failures.pop(STALL_HOST, None)
+
+
+@pytest.fixture(scope="module")
 def receiver(bg: BackgroundLoop) -> Iterator[FakeReceiver]:
     rx = bg.run(FakeReceiver(default=200).start(free_port()))
     yield rx
@@ -102,6 +112,7 @@ def limits_policy(
     ) + (
         f"allow:\n  - {{host: {BOMB_HOST}, ports: [{bomb.port}, {tls_bomb.port}], "
         "addresses: [127.0.0.0/8]}\n"
+        f"  - {{host: {STALL_HOST}, ports: [80], addresses: [127.0.0.0/8]}}\n"
     )
 
 
@@ -136,3 +147,18 @@ def start_limited(
 def limited(start_limited: Callable[..., SidecarProcess]) -> SidecarProcess:
     """Default limits: what the memory ceiling is documented for."""
     return start_limited()
+
+
+@pytest.fixture(scope="module")
+def quick(start_limited) -> SidecarProcess:
+    """Short timers, so the timeouts show within a test's patience."""
+    return start_limited(
+        "--header-timeout",
+        "2",
+        "--first-request-timeout",
+        "2",
+        "--idle-timeout",
+        "3",
+        "--max-h2-streams",
+        "10",
+    )

@@ -293,21 +293,6 @@ def test_idle_connections_per_source_are_capped(
     assert rss.peak < RSS_CEILING_MB, f"peak RSS {rss.peak:.0f} MB"
 
 
-@pytest.fixture(scope="module")
-def quick(start_limited) -> SidecarProcess:
-    """Short timers, so the timeouts show within a test's patience."""
-    return start_limited(
-        "--header-timeout",
-        "2",
-        "--first-request-timeout",
-        "2",
-        "--idle-timeout",
-        "3",
-        "--max-h2-streams",
-        "10",
-    )
-
-
 def test_slowloris_headers_time_out(quick: SidecarProcess, receiver: FakeReceiver):
     """One header byte every 0.2 s: the head is never complete; 408 at the timeout."""
     started = time.monotonic()
