@@ -61,6 +61,8 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_STREAMS = "too_many_streams"
+    # issue 13: request DLP, a secret in what the gateway sends to a provider.
+    SECRET_IN_REQUEST = "secret_in_request"  # noqa: S105 - a reason code
 
 
 class Severity(StrEnum):
@@ -238,6 +240,16 @@ REASONS: dict[Reason, ReasonSpec] = {
     ),
     Reason.TOO_MANY_STREAMS: ReasonSpec(
         "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
+    ),
+    # Issue 13: audit mode lets it through as would_block, with the secret redacted
+    # (sidecar/dlp/rules.py says why); the sidecar's own keys are gateway_holds_credential.
+    Reason.SECRET_IN_REQUEST: ReasonSpec(
+        "403 / -",
+        _C,
+        False,
+        "a secret in a request body to a provider (cloud and SSH keys, tokens, provider "
+        "keys, kubeconfigs, env dumps; [docs/dlp.md](docs/dlp.md)): refused, or per policy "
+        "forwarded with it redacted (`-`) or alerted; audit mode redacts it and forwards",
     ),
 }
 

@@ -43,6 +43,8 @@ from sidecar.resolver import ResolutionError, Resolver
 logger = logging.getLogger("egress_sidecar")
 
 _UNRECORDED = "egress_unrecorded_decision"  # flow metadata: allowed, line not yet written
+# Addons that decide later on the same request (request DLP) replace the decision there.
+PENDING_DECISION_KEY = _UNRECORDED
 
 
 def refusal_status(decision: Decision) -> int:

@@ -23,6 +23,7 @@ from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
 from sidecar.policy import overrides
+from sidecar.policy.dlp import DlpRules, read_dlp
 from sidecar.policy.errors import Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -46,7 +47,7 @@ DEFAULT_PROVIDER_PORTS = frozenset({443})
 DEFAULT_PROVIDER_METHODS = frozenset({"GET", "POST"})
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
-_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides", "dlp")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -55,6 +56,7 @@ _PROVIDER_KEYS = (
     "addresses",
     "credential",
     "max_request_body",
+    "dlp",
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -108,6 +110,7 @@ class FileReader(yamlfile.Reader):
         self.drafts: list[Draft] = []
         self.mode: tuple[Mode, int] | None = None
         self.overrides: overrides.FileOverrides | None = None
+        self.dlp: DlpRules | None = None
 
     # -- document
 
@@ -123,6 +126,8 @@ class FileReader(yamlfile.Reader):
             return  # an unknown format: reading on would only produce noise
         if "mode" in top:
             self._mode(top["mode"][1])
+        if "dlp" in top:
+            self.dlp = read_dlp(self, top["dlp"][1], "dlp")
         if "providers" in top:
             providers = self.mapping(top["providers"][1], "providers", None)
             for name, (knode, vnode) in (providers or {}).items():
@@ -207,11 +212,13 @@ class FileReader(yamlfile.Reader):
         max_body = None
         if "max_request_body" in fields:
             max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
+        dlp = read_dlp(self, fields["dlp"][1], f"{key}.dlp") if "dlp" in fields else None
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
             draft.endpoint = Endpoint(
                 max_request_body=max_body,
+                dlp=dlp,
                 rule=key,
                 provider=name,
                 hosts=tuple(h for h, _, _ in draft.hosts),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.policy.dlp import DlpRules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,6 +69,7 @@ class Endpoint:
     credential: CredentialSpec | None
     source: SourceRef
     max_request_body: int | None = None  # bytes; None: the --max-request-body default
+    dlp: DlpRules | None = None  # the provider's own `dlp:` section (sidecar/policy/dlp.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class Policy:
     digest: str  # sha256 over the files' bytes, for logs and reload detection
     mode_source: SourceRef | None = None  # the `mode:` that decided; None: the default
     removed: tuple[Removal, ...] = ()
+    dlp: DlpRules | None = None  # the top-level `dlp:` section (request DLP defaults)
 
     def provider(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:

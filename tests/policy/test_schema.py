@@ -49,7 +49,9 @@ def _objects(node: Any) -> list[dict[str, Any]]:
 
 def test_every_object_in_the_schema_is_closed() -> None:
     objects = _objects(SCHEMA)
-    assert len(objects) == 6  # root, providers map, credential, provider, allowEntry, overrides
+    # root, providers map, credential, provider, allowEntry, overrides, dlp, dlp actions,
+    # dlp allow
+    assert len(objects) == 9
     for obj in objects:
         extra = obj.get("additionalProperties")
         assert extra is False or (isinstance(extra, dict) and "$ref" in extra), obj

@@ -1,0 +1,253 @@
+"""A request body as DLP sees it: every JSON string (keys too), or the body as text.
+
+`scan_body()` decodes the body's content codings (bounded, `credentials.decoding`),
+parses it as JSON when it is JSON, runs the detectors over every string *after* JSON
+unescaping (so `\\u0041KIA...` is `AKIA...`), and returns a `BodyScan`: findings that
+name a kind, a confidence and a location (the JSON path of the field), never a value.
+`BodyScan.redacted()` gives the body with chosen hits replaced by a marker; a JSON body
+keeps its formatting, only the affected string tokens are rewritten.
+
+Pure: no mitmproxy, no network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sidecar.credentials.decoding import (
+    DECODED_BODY_LIMIT,
+    NotInspectable,
+    decode_layers,
+    needs_decoding,
+)
+from sidecar.dlp.detectors import GCP_TYPES, Detector, Hit
+from sidecar.dlp.kinds import Confidence, Kind
+
+__all__ = ["BodyScan", "Finding", "read_egress_document", "scan_body"]
+
+# A JSON string token in raw JSON text. Outside strings, valid JSON has no '"', so the
+# n-th match is the n-th string of the document (keys included), in document order.
+_STRING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")
+LOCATION_LIMIT = 200
+BODY = "body"
+
+# allowed(kind, value, location) -> True to drop a hit (the policy's allow patterns).
+AllowCheck = Callable[[Kind, str, str], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    """One secret found in a request. Safe to log: a kind and a location, no value."""
+
+    kind: Kind
+    confidence: Confidence
+    location: str  # "$.messages[0].content", "body", "$.input (base64)"
+
+    def describe(self) -> str:
+        return f"{self.kind.value} at {self.location}"
+
+
+class _Number:
+    """A JSON number, kept as written (never scanned, never re-rendered)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Object(list[tuple[str, Any]]):
+    """A JSON object as its pairs, in order, duplicates kept (each value is scanned)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_egress_document(body: bytes) -> Any | None:
+    """THE body parse of request DLP until the request inspection layer (issue 13, item
+    1) stores its document in `flow.metadata["egress_request_document"]`: strict JSON
+    (UTF-8, no NaN/Infinity, objects as ordered pairs with duplicates kept), or None
+    when the body is not JSON (it is then scanned as text). Bounded: the body is at
+    most the provider's request body limit; nesting past Python's recursion limit is
+    not JSON here (scanned as text)."""
+    if not body or body.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_Object,
+            parse_float=_Number,
+            parse_int=_Number,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError):
+        return None
+
+
+@dataclasses.dataclass(slots=True)
+class _StringHits:
+    index: int  # n-th string of the document (keys included); -1: the whole text body
+    text: str
+    hits: list[Hit]
+
+
+@dataclasses.dataclass(slots=True)
+class BodyScan:
+    findings: tuple[Finding, ...]
+    body: bytes  # the body as scanned (content codings undone)
+    decoded: bool  # content codings were undone: a rewritten body goes out decoded
+    _strings: list[_StringHits] = dataclasses.field(default_factory=list)
+    _json: bool = False
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset(f.kind for f in self.findings)
+
+    def redacted(self, kinds: frozenset[Kind]) -> bytes | None:
+        """The body with every hit of `kinds` replaced by `[REDACTED:<kind>]`; None
+        when that cannot be done exactly (the caller then refuses instead)."""
+        chosen = {
+            s.index: (s.text, [h for h in s.hits if h.kind in kinds])
+            for s in self._strings
+            if any(h.kind in kinds for h in s.hits)
+        }
+        if not chosen:
+            return self.body
+        if not self._json:
+            text, hits = chosen[-1]
+            return _redact_text(text, hits).encode("utf-8", "surrogateescape")
+        raw = self.body.decode("utf-8")
+        tokens = list(_STRING_TOKEN.finditer(raw))
+        if max(chosen) >= len(tokens):
+            return None  # the tokens do not line up with the parsed strings
+        out: list[str] = []
+        pos = 0
+        for index in sorted(chosen):
+            token = tokens[index]
+            text, hits = chosen[index]
+            if json.loads(token.group()) != text:
+                return None
+            out.append(raw[pos : token.start()])
+            out.append(json.dumps(_redact_text(text, hits), ensure_ascii=False))
+            pos = token.end()
+        out.append(raw[pos:])
+        return "".join(out).encode("utf-8")
+
+
+def marker(kind: Kind) -> str:
+    return f"[REDACTED:{kind.value}]"
+
+
+def _redact_text(text: str, hits: list[Hit]) -> str:
+    spans = sorted((h.start, h.end, h.kind) for h in hits)
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in spans:
+        if end <= pos:
+            continue  # inside a span already replaced
+        out.append(text[pos : max(pos, start)])
+        out.append(marker(kind))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def scan_body(
+    body: bytes,
+    detector: Detector,
+    *,
+    content_encoding: list[str] | None = None,
+    document: Any = None,
+    allowed: AllowCheck | None = None,
+    decode_limit: int | None = None,
+) -> BodyScan:
+    """Scan a request body. `document`: the parsed JSON if the caller has it already."""
+    codings = content_encoding or []
+    decoded = False
+    if needs_decoding(codings, []):
+        try:
+            body = decode_layers(body, codings, [], decode_limit or DECODED_BODY_LIMIT)
+            decoded = True
+            document = None  # a caller's document was parsed from other bytes
+        except NotInspectable:
+            finding = Finding(Kind.UNSCANNABLE_BODY, Confidence.HIGH, BODY)
+            return BodyScan((finding,), body, False)
+    if document is None:
+        document = read_egress_document(body)
+    strings: list[_StringHits] = []
+    findings: dict[Finding, None] = {}
+
+    def keep(index: int, text: str, location: str, hits: list[Hit]) -> None:
+        if allowed is not None:
+            hits = [h for h in hits if not allowed(h.kind, text[h.start : h.end], location)]
+        if not hits:
+            return
+        strings.append(_StringHits(index, text, hits))
+        for hit in hits:
+            where = f"{location} ({hit.encoding})" if hit.encoding else location
+            findings[Finding(hit.kind, hit.confidence, where)] = None
+
+    if document is None:
+        text = body.decode("utf-8", "surrogateescape")
+        keep(-1, text, BODY, detector.scan(text))
+        return BodyScan(tuple(findings), body, decoded, strings, False)
+    for index, text, location, key, gcp in _strings_of(document, detector):
+        keep(index, text, location, detector.scan(text, key, gcp_object=gcp))
+    return BodyScan(tuple(findings), body, decoded, strings, True)
+
+
+def _strings_of(document: Any, detector: Detector) -> Iterator[tuple[int, str, str, Any, bool]]:
+    """(index, string, JSON path, object key or None, in a GCP credential object) for
+    every string of the document, keys included, in document order. Iterative: depth is
+    whatever the parser accepted."""
+    index = 0
+    stack: list[tuple[Any, str, str | None, bool]] = [(document, "$", None, False)]
+    while stack:
+        node, path, key, gcp = stack.pop()
+        if isinstance(node, str):
+            yield index, node, path, key, gcp
+            index += 1
+        elif isinstance(node, _Object | dict):
+            pairs = list(node.items()) if isinstance(node, dict) else list(node)
+            is_gcp = any(k == "type" and v in GCP_TYPES for k, v in pairs if isinstance(v, str))
+            children: list[tuple[Any, str, str | None, bool]] = []
+            for name, value in pairs:
+                label = _key_label(name, detector)
+                children.append((_KeyString(name), f"{path}{label} (key)", None, False))
+                children.append((value, _truncate(path + label), name, is_gcp))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend(
+                (item, _truncate(f"{path}[{i}]"), None, False)
+                for i, item in reversed(list(enumerate(node)))
+            )
+        elif isinstance(node, _KeyString):
+            yield index, node.text, path, None, False
+            index += 1
+
+
+class _KeyString:
+    """An object key on the walk stack (scanned like any string, reported as a key)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _key_label(name: str, detector: Detector) -> str:
+    """`.name` when the key is a short identifier with nothing secret in it; else `[?]`:
+    a key is gateway-chosen text and could itself be the secret."""
+    if _SAFE_KEY.fullmatch(name) and not detector.scan(name):
+        return f".{name}"
+    return "[?]"
+
+
+def _truncate(path: str) -> str:
+    return path if len(path) <= LOCATION_LIMIT else path[: LOCATION_LIMIT - 3] + "..."
