@@ -145,14 +145,25 @@ _ASSIGN = re.compile(
     r"(?m)^[ \t]*(?:export[ \t]+)?[\"']?([A-Za-z_][A-Za-z0-9_.-]{0,127})[\"']?[ \t]*[=:][ \t]*"
     r"([^\n]*)"
 )
-_SECRET_NAME_PARTS = (
-    "key", "secret", "token", "passw", "pwd", "credential", "auth", "dsn", "cookie",
-    "session", "salt", "private",
+# A name is secret-looking when one of its words (split at _ . - and camelCase) is one
+# of these, and its last word does not say it is about something else (`token_count`,
+# `private_key_id`, `session_ttl`).
+_SECRET_WORDS = frozenset(
+    {
+        "key", "apikey", "secret", "token", "password", "passwd", "pwd", "pass",
+        "passphrase", "credential", "credentials", "auth", "dsn", "cookie", "session",
+        "salt", "private", "privatekey", "secretkey", "accesskey", "clientsecret",
+    }
 )  # fmt: skip
-_NOT_SECRET_NAME_ENDS = (
-    "_id", "_file", "_path", "_name", "_type", "_ttl", "_header", "_length", "_size",
-    "_region", "_url", "_host", "_endpoint", "_expiry", "_expires", "_algorithm",
+_QUALIFIERS = frozenset(
+    {
+        "id", "ids", "file", "path", "name", "type", "count", "ttl", "url", "uri", "host",
+        "endpoint", "expiry", "expires", "length", "len", "size", "region", "limit",
+        "header", "prefix", "format", "version", "algorithm", "alg", "enabled", "mode",
+        "dir", "timeout", "usage", "tokens", "index", "field", "env", "var", "public",
+    }
 )  # fmt: skip
+_WORD_SPLIT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD = re.compile(r"://[^:/\s@]+:[^@/\s]+@")
 _PLACEHOLDER = re.compile(
     r"(?i)^(?:<.*>|\$.*|%\(.*|\{\{.*|x+|\*+|\.+|-+|your[_-].*|change[_-]?me|example|"
@@ -181,10 +192,11 @@ def own_key_patterns(secrets: Iterable[Secret | bytes | str]) -> RedactionPatter
 
 
 def is_secret_name(name: str) -> bool:
-    lower = name.lower()
-    if lower.endswith(_NOT_SECRET_NAME_ENDS) or "public" in lower:
+    words = [w for w in _WORD_SPLIT.split(name[:128]) if w]
+    lower = [w.lower() for w in words]
+    if not lower or lower[-1] in _QUALIFIERS or "public" in lower:
         return False
-    return any(part in lower for part in _SECRET_NAME_PARTS)
+    return any(w in _SECRET_WORDS for w in lower)
 
 
 def real_value(value: str) -> str | None:
@@ -194,7 +206,7 @@ def real_value(value: str) -> str | None:
         value = value[1:-1]
     if not 8 <= len(value) <= 4096 or _PLACEHOLDER.match(value):
         return None
-    if any(mark in value for mark in _CODE_MARKS):
+    if any(mark in value for mark in _CODE_MARKS) or value.isdigit():
         return None
     return value
 

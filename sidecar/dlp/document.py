@@ -144,11 +144,17 @@ def marker(kind: Kind) -> str:
     return f"[REDACTED:{kind.value}]"
 
 
+# Markers name the most telling kind: where an env dump's value is also an AWS key,
+# the marker says aws_secret_access_key.
+_GENERIC = frozenset({Kind.ENV_DUMP, Kind.SECRET_ASSIGNMENT})
+
+
 def _redact_text(text: str, hits: list[Hit]) -> str:
-    spans = sorted((h.start, h.end, h.kind) for h in hits)
+    spans = sorted((h.start, h.kind in _GENERIC, -h.end, h.kind) for h in hits)
     out: list[str] = []
     pos = 0
-    for start, end, kind in spans:
+    for start, _, negative_end, kind in spans:
+        end = -negative_end
         if end <= pos:
             continue  # inside a span already replaced
         out.append(text[pos : max(pos, start)])
