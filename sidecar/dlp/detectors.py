@@ -29,6 +29,9 @@ import itertools
 import re
 import urllib.parse
 from collections.abc import Iterable
+from typing import Any
+
+import ahocorasick_rs
 
 from sidecar.credentials.detect import FAMILIES, JWT, TRIGGERS, looks_random
 from sidecar.credentials.reflection import RedactionPatterns, compile_patterns
@@ -163,6 +166,9 @@ _QUALIFIERS = frozenset(
         "dir", "timeout", "usage", "tokens", "index", "field", "env", "var", "public",
     }
 )  # fmt: skip
+_SECRET_WORD = re.compile(
+    "key|secret|token|pass|pwd|credential|auth|dsn|cookie|session|salt|private"
+)
 _WORD_SPLIT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD = re.compile(r"://[^:/\s@]+:[^@/\s]+@")
 _PLACEHOLDER = re.compile(
@@ -180,6 +186,29 @@ _NON_PRINTABLE = bytes(b for b in range(256) if not (32 <= b < 127 or b in (9, 1
 B64_SAMPLE = 512  # decoded bytes checked for text before decoding a whole run
 
 
+# Every literal a detector starts from, found (with positions) in one Aho-Corasick
+# pass; the family regexes then run only where their trigger is, anchored there.
+_LITERALS: tuple[str, ...] = tuple(
+    sorted(
+        {t for _, _, triggers, _ in _PREFIXED for t in triggers}
+        | {"eyJ", "PRIVATE KEY", "PuTTY-User-Key-File-", '"type"', "clusters", "%"}
+    )
+)
+_LITERAL_SEARCH = ahocorasick_rs.AhoCorasick(list(_LITERALS))
+# Words that open the named-secret detectors, searched in the lower-cased text.
+_SECRET_WORD_GATES = (
+    "key", "secret", "token", "pass", "pwd", "credential", "auth", "dsn", "cookie",
+    "session", "salt", "private", "://",
+)  # fmt: skip
+_WORD_SEARCH = ahocorasick_rs.AhoCorasick(list(_SECRET_WORD_GATES))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Base64 runs: bytes mapped to "a" (base64 character) or " ", then one substring search.
+_B64_CLASSES = bytes(
+    97 if chr(i).isascii() and (chr(i).isalnum() or chr(i) in "+/_-") else 32 for i in range(256)
+)
+_B64_GATE = b"a" * 64
+
+
 def own_key_patterns(secrets: Iterable[Secret | bytes | str]) -> RedactionPatterns:
     """The reflection guard's needles for the sidecar's keys, plus their hex forms."""
     values: list[Secret | bytes | str] = []
@@ -192,6 +221,8 @@ def own_key_patterns(secrets: Iterable[Secret | bytes | str]) -> RedactionPatter
 
 
 def is_secret_name(name: str) -> bool:
+    if _SECRET_WORD.search(name.lower()) is None:
+        return False  # the common case, without splitting the name into words
     words = [w for w in _WORD_SPLIT.split(name[:128]) if w]
     lower = [w.lower() for w in words]
     if not lower or lower[-1] in _QUALIFIERS or "public" in lower:
@@ -215,7 +246,11 @@ class Detector:
     """Scans strings. One per set of own-key patterns (rebuilt when the keys change)."""
 
     def __init__(self, own: RedactionPatterns | None = None) -> None:
-        self.own = own if own is not None and not own.empty else None
+        self._own_search = None
+        if own is not None and own.needles:
+            self._own_search = ahocorasick_rs.BytesAhoCorasick(
+                list(own.needles), matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST
+            )
 
     def scan(
         self, text: str, key: str | None = None, *, gcp_object: bool = False, depth: int = 0
@@ -227,35 +262,49 @@ class Detector:
             hits += self._named_value(text, key, gcp_object)
         if len(text) < 8:
             return hits
-        self._prefixed(text, hits)
-        if "eyJ" in text:
-            self._jwts(text, hits)
-        if "PRIVATE KEY" in text or "PuTTY-User-Key-File-" in text:
-            self._pem(text, hits)
-        if '"type"' in text:
-            self._gcp_text(text, hits)
-        if any(t in text for t in ("ecret", "ECRET", "ession", "ESSION")):
+        found = _search(_LITERAL_SEARCH, text, overlapping=True)
+        starts: dict[str, list[int]] = {}
+        for index, start, _ in found:
+            starts.setdefault(_LITERALS[index], []).append(start)
+        if starts:
+            self._from_literals(text, starts, hits)
+        words = frozenset(_search(_WORD_SEARCH, text.lower(), overlapping=True, strings=True))
+        if "secret" in words or "session" in words:
             self._aws_named(text, hits)
-        if "clusters" in text and "users" in text:
-            self._kubeconfig(text, hits)
-        if "\n" in text and ("=" in text or ":" in text):
+        if words and "\n" in text:
             self._assignments(text, hits)
-        if self.own is not None:
-            self._own_keys(text, hits)
-        if depth == 0 and len(text) >= 64:
+        if self._own_search is not None:
+            self._own_keys(text, "%" in starts, hits)
+        if (
+            depth == 0
+            and len(text) >= 64
+            and _B64_GATE in text.encode("utf-8", "surrogatepass").translate(_B64_CLASSES)
+        ):
             self._base64_runs(text, hits)
         return _distinct([h for h in hits if text[h.start : h.end] not in _DOC_EXAMPLES])
 
-    # -- shapes ------------------------------------------------------------------------
-
-    def _prefixed(self, text: str, hits: list[Hit]) -> None:
+    def _from_literals(self, text: str, starts: dict[str, list[int]], hits: list[Hit]) -> None:
         for kind, confidence, triggers, pattern in _PREFIXED:
-            if not any(t in text for t in triggers):
-                continue
-            for m in pattern.finditer(text):
-                hits.append(Hit(kind, confidence, m.start(), m.end()))
+            positions = sorted(p for t in triggers for p in starts.get(t, ()))
+            end = -1
+            for pos in positions:
+                if pos < end:
+                    continue  # inside the previous match of this family
+                m = pattern.match(text, pos)
+                if m is None:
+                    continue
+                end = m.end()
+                hits.append(Hit(kind, confidence, m.start(), end))
                 if kind is Kind.AWS_ACCESS_KEY_ID:
-                    self._aws_pair(text, m.end(), hits)
+                    self._aws_pair(text, end, hits)
+        if "eyJ" in starts:
+            self._jwts(text, starts["eyJ"], hits)
+        if "PRIVATE KEY" in starts or "PuTTY-User-Key-File-" in starts:
+            self._pem(text, hits)
+        if '"type"' in starts:
+            self._gcp_text(text, hits)
+        if "clusters" in starts and "users" in text:
+            self._kubeconfig(text, hits)
 
     def _aws_pair(self, text: str, after: int, hits: list[Hit]) -> None:
         window_end = min(len(text), after + AWS_PAIR_WINDOW)
@@ -266,14 +315,23 @@ class Detector:
                     hits.append(Hit(Kind.AWS_SECRET_ACCESS_KEY, HIGH, m.start(), m.end()))
                     return
 
-    def _jwts(self, text: str, hits: list[Hit]) -> None:
-        for m in JWT.finditer(text):
+    def _jwts(self, text: str, positions: list[int], hits: list[Hit]) -> None:
+        """credentials.detect's JWT pattern, tried where a run starts with "eyJ" (every
+        JWT header does: base64url of '{"')."""
+        end = -1
+        for pos in positions:
+            if pos < end:
+                continue
+            m = JWT.match(text, pos)
+            if m is None:
+                continue
+            end = m.end()
             parts = m.group().split(".")
             payload = _b64decode(parts[1][:8192]) if len(parts) > 1 else None
             if payload is not None and b"kubernetes" in payload:
-                hits.append(Hit(Kind.KUBERNETES_TOKEN, HIGH, m.start(), m.end()))
+                hits.append(Hit(Kind.KUBERNETES_TOKEN, HIGH, m.start(), end))
             else:
-                hits.append(Hit(Kind.JWT, LOW, m.start(), m.end()))
+                hits.append(Hit(Kind.JWT, LOW, m.start(), end))
 
     def _pem(self, text: str, hits: list[Hit]) -> None:
         """BEGIN ... PRIVATE KEY followed (within 400 characters) by a base64 line, to
@@ -334,11 +392,11 @@ class Detector:
         secrets: list[tuple[int, int, str]] = []
         for m in _ASSIGN.finditer(text):
             lines += 1
-            name = m.group(1)
-            value = real_value(m.group(2))
-            if value is None:
+            name, raw = m.group(1, 2)
+            if not (is_secret_name(name) or ("://" in raw and _URL_PASSWORD.search(raw))):
                 continue
-            if is_secret_name(name) or _URL_PASSWORD.search(value):
+            value = real_value(raw)
+            if value is not None:
                 start = text.index(value, m.start(2))
                 secrets.append((start, start + len(value), value))
         if lines >= ENV_DUMP_LINES and len(secrets) >= ENV_DUMP_SECRETS:
@@ -369,18 +427,21 @@ class Detector:
 
     # -- encodings ---------------------------------------------------------------------
 
-    def _own_keys(self, text: str, hits: list[Hit]) -> None:
-        own = self.own
-        assert own is not None and own.needle_re is not None
+    def _own_keys(self, text: str, percent: bool, hits: list[Hit]) -> None:
+        own = self._own_search
+        assert own is not None
         data = text.encode("utf-8", "surrogatepass")
-        if own.may_contain(data):
-            for m in own.needle_re.finditer(data):
-                start = len(data[: m.start()].decode("utf-8", "replace"))
-                end = start + len(m.group().decode("utf-8", "replace"))
+        for _, start, end in own.find_matches_as_indexes(data):
+            if text.isascii():
                 hits.append(Hit(Kind.SIDECAR_KEY, HIGH, start, end))
-        if "%" in text:
+            else:  # byte offsets to character offsets
+                before = len(data[:start].decode("utf-8", "replace"))
+                hits.append(
+                    Hit(Kind.SIDECAR_KEY, HIGH, before, before + len(data[start:end].decode()))
+                )
+        if percent:
             decoded = urllib.parse.unquote(text).encode("utf-8", "surrogatepass")
-            if own.may_contain(decoded) and own.needle_re.search(decoded):
+            if own.find_matches_as_indexes(decoded):
                 hits.append(Hit(Kind.SIDECAR_KEY, HIGH, 0, len(text), "percent-encoded"))
 
     def _base64_runs(self, text: str, hits: list[Hit]) -> None:
@@ -397,6 +458,25 @@ class Detector:
             inner = decoded.decode("utf-8", "replace")
             for hit in self.scan(inner, depth=1):
                 hits.append(Hit(hit.kind, hit.confidence, m.start(), m.end(), "base64"))
+
+
+def _search(
+    search: ahocorasick_rs.AhoCorasick,
+    text: str,
+    *,
+    overlapping: bool = False,
+    strings: bool = False,
+) -> list[Any]:
+    """Aho-Corasick over `text`; lone surrogates (a JSON "\\ud800") become U+FFFD first
+    (one character for one: offsets hold)."""
+    try:
+        if strings:
+            return search.find_matches_as_strings(text, overlapping=overlapping)
+        return search.find_matches_as_indexes(text, overlapping=overlapping)
+    except UnicodeEncodeError:
+        return _search(
+            search, _SURROGATE.sub("\ufffd", text), overlapping=overlapping, strings=strings
+        )
 
 
 def _distinct(hits: list[Hit]) -> list[Hit]:
