@@ -29,9 +29,10 @@ from prometheus_client import CollectorRegistry, Counter
 from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
+from sidecar.credentials.inject import is_credential_header, is_credential_param
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.dlp.detectors import Detector, own_key_patterns
-from sidecar.dlp.document import scan_body
+from sidecar.dlp.document import BodyScan, HeadScan, scan_body, scan_head
 from sidecar.dlp.kinds import Kind
 from sidecar.dlp.rules import EffectiveRules, Plan, describe, effective, plan
 from sidecar.policy.dlp import Action
@@ -89,12 +90,14 @@ class RequestDlp:
         pending = flow.metadata.get(PENDING_DECISION_KEY)
         if not isinstance(pending, Decision) or flow.response is not None:
             return
+        rules = self._rules(pending)
+        if rules is None:
+            return
         request = flow.request
         declared = request.headers.get("content-length", "").strip()
-        if request.method in _BODYLESS and declared in ("", "0"):
-            if "transfer-encoding" not in request.headers:
-                return
-        if self._rules(pending) is None:
+        bodyless = request.method in _BODYLESS and declared in ("", "0")
+        if bodyless and "transfer-encoding" not in request.headers:
+            await self._inspect(flow, pending, rules, None)  # the URL and headers only
             return
         request.stream = False  # buffered, bounded by the body limit (addons/limits.py)
         flow.metadata[_SCAN] = True
@@ -104,40 +107,85 @@ class RequestDlp:
         if not flow.metadata.pop(_SCAN, False) or flow.response is not None:
             return
         pending = flow.metadata.get(PENDING_DECISION_KEY)
-        rules = self._rules(pending) if isinstance(pending, Decision) else None
-        if rules is None or not isinstance(pending, Decision):
+        if not isinstance(pending, Decision):
             return
-        body = flow.request.raw_content or b""
-        scan = functools.partial(
-            scan_body,
-            body,
-            self.detector(),
-            content_encoding=parse_codings(flow.request.headers.get_all("content-encoding")),
-            document=flow.metadata.get(DOCUMENT_KEY),
+        rules = self._rules(pending)
+        if rules is not None:
+            await self._inspect(flow, pending, rules, flow.request.raw_content or b"")
+
+    async def _inspect(
+        self, flow: http.HTTPFlow, pending: Decision, rules: EffectiveRules, body: bytes | None
+    ) -> None:
+        request = flow.request
+        detector = self.detector()
+        endpoint = self.holder.engine.endpoint(pending.rule)
+        ours = endpoint.credential.header if endpoint and endpoint.credential else ""
+        head = scan_head(
+            request.path,
+            [
+                (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                for n, v in request.headers.fields
+            ],
+            detector,
+            skip_header=lambda name: name.lower() == ours or is_credential_header(name),
+            skip_param=is_credential_param,
             allowed=rules.allowed,
         )
-        result = await asyncio.to_thread(scan) if len(body) > THREAD_THRESHOLD else scan()
-        verdict_plan = plan(result.findings, rules)
+        result = None
+        if body is not None:
+            scan = functools.partial(
+                scan_body,
+                body,
+                detector,
+                content_encoding=parse_codings(request.headers.get_all("content-encoding")),
+                document=flow.metadata.get(DOCUMENT_KEY),
+                allowed=rules.allowed,
+            )
+            result = await asyncio.to_thread(scan) if len(body) > THREAD_THRESHOLD else scan()
+        findings = head.findings + (result.findings if result is not None else ())
+        verdict_plan = plan(findings, rules)
         if verdict_plan.action is Action.IGNORE:
             return
         audit = self.holder.engine.policy.mode is Mode.AUDIT
         decision, outcome = self._decision(pending, verdict_plan, audit)
         if outcome is _Outcome.REDACT:
-            rewritten = result.redacted(verdict_plan.redact_kinds)
-            if rewritten is None:  # never forward what could not be redacted exactly
-                detail = f"could not redact exactly, refused: {describe(verdict_plan.reported())}"
+            why = self._redact(flow, verdict_plan.redact_kinds, head, result)
+            if why is not None:  # never forward what could not be redacted
+                detail = f"{why}, refused: {describe(verdict_plan.reported())}"
                 decision = self._refusal(pending, Reason.SECRET_IN_REQUEST, detail)
                 decision = decision.with_context(verdict=Verdict.BLOCK)
                 outcome = _Outcome.REFUSE
-            else:
-                if result.decoded:  # what was scanned goes out, decoded
-                    del flow.request.headers["content-encoding"]
-                flow.request.content = rewritten  # sets Content-Length
         self._count(verdict_plan, pending.provider)
         flow.metadata[PENDING_DECISION_KEY] = decision
         flow.metadata[DECISION_KEY] = decision
         if outcome is _Outcome.REFUSE:
             flow.response = refusal_response(decision)
+
+    @staticmethod
+    def _redact(
+        flow: http.HTTPFlow, kinds: frozenset[Kind], head: HeadScan, result: BodyScan | None
+    ) -> str | None:
+        """Replace the secrets of `kinds`; the reason it cannot be done, or None."""
+        if head.url_kinds & kinds:
+            return "a secret in the URL cannot be redacted"
+        rewritten = None
+        if result is not None and result.kinds & kinds:
+            rewritten = result.redacted(kinds)
+            if rewritten is None:
+                return "could not redact the body exactly"
+        request = flow.request
+        fields = list(request.headers.fields)
+        for index, value in sorted(head.header_rewrites(kinds).items(), reverse=True):
+            if value is None:
+                del fields[index]
+            else:
+                fields[index] = (fields[index][0], value.encode("utf-8", "surrogateescape"))
+        request.headers.fields = tuple(fields)
+        if rewritten is not None:
+            if result is not None and result.decoded:  # what was scanned goes out, decoded
+                del request.headers["content-encoding"]
+            request.content = rewritten  # sets Content-Length
+        return None
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -158,7 +206,7 @@ class RequestDlp:
         what = describe(reported)
         if verdict_plan.own_key:  # S7: always refused, audit mode too
             own = tuple(f for f in reported if f.kind is Kind.SIDECAR_KEY)
-            detail = f"the sidecar's own provider key in the request body: {describe(own)}"
+            detail = f"the sidecar's own provider key in the request: {describe(own)}"
             return self._refusal(pending, Reason.GATEWAY_HOLDS_CREDENTIAL, detail), (
                 _Outcome.REFUSE
             )

@@ -201,6 +201,11 @@ _SECRET_WORD_GATES = (
     "session", "salt", "private", "://",
 )  # fmt: skip
 _WORD_SEARCH = ahocorasick_rs.AhoCorasick(list(_SECRET_WORD_GATES))
+# Invisible format characters a key can be salted with: zero-width space/joiners,
+# direction marks, word joiner, BOM, soft hyphen, invisible operators, tag characters.
+_INVISIBLE = re.compile(
+    "[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\U000e0000-\U000e007f]"
+)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Base64 runs: bytes mapped to "a" (base64 character) or " ", then one substring search.
 _B64_CLASSES = bytes(
@@ -281,7 +286,18 @@ class Detector:
             and _B64_GATE in text.encode("utf-8", "surrogatepass").translate(_B64_CLASSES)
         ):
             self._base64_runs(text, hits)
+        if depth == 0 and not text.isascii() and _INVISIBLE.search(text):
+            self._invisible(text, key, gcp_object, hits)
         return _distinct([h for h in hits if text[h.start : h.end] not in _DOC_EXAMPLES])
+
+    def _invisible(self, text: str, key: str | None, gcp_object: bool, hits: list[Hit]) -> None:
+        """Zero-width and other invisible characters inside a key (`gh\u200bp_...`):
+        scanned again without them; a hit covers the whole string."""
+        seen = {h.kind for h in hits}
+        for hit in self.scan(_INVISIBLE.sub("", text), key, gcp_object=gcp_object, depth=1):
+            if hit.kind not in seen:
+                seen.add(hit.kind)
+                hits.append(Hit(hit.kind, hit.confidence, 0, len(text), "invisible characters"))
 
     def _from_literals(self, text: str, starts: dict[str, list[int]], hits: list[Hit]) -> None:
         for kind, confidence, triggers, pattern in _PREFIXED:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from sidecar.credentials.decoding import (
 from sidecar.dlp.detectors import GCP_TYPES, Detector, Hit
 from sidecar.dlp.kinds import Confidence, Kind
 
-__all__ = ["BodyScan", "Finding", "read_egress_document", "scan_body"]
+__all__ = ["BodyScan", "Finding", "HeadScan", "read_egress_document", "scan_body", "scan_head"]
 
 # A JSON string token in raw JSON text. Outside strings, valid JSON has no '"', so the
 # n-th match is the n-th string of the document (keys included), in document order.
@@ -204,8 +205,29 @@ def scan_body(
         keep(-1, text, BODY, detector.scan(text))
         return BodyScan(tuple(findings), body, decoded, strings, False)
     for index, text, location, key, gcp in _strings_of(document, detector):
-        keep(index, text, location, detector.scan(text, key, gcp_object=gcp))
+        hits = detector.scan(text, key, gcp_object=gcp)
+        keep(index, text, location, hits + _nested_json(text, detector, hits))
     return BodyScan(tuple(findings), body, decoded, strings, True)
+
+
+def _nested_json(text: str, detector: Detector, hits: list[Hit]) -> list[Hit]:
+    """A string that is itself JSON (tool-call arguments, a pasted credentials file):
+    its strings are scanned after *their* unescaping too, one level deep, so a
+    `\\u0067hp_...` escaped twice is seen. A hit covers the whole outer string."""
+    stripped = text.strip()
+    if len(stripped) < 2 or stripped[0] + stripped[-1] not in ("{}", "[]"):
+        return []
+    nested = read_egress_document(text.encode("utf-8", "surrogatepass"))
+    if nested is None:
+        return []
+    seen = {h.kind for h in hits}
+    found: list[Hit] = []
+    for _, inner, _, key, gcp in _strings_of(nested, detector):
+        for hit in detector.scan(inner, key, gcp_object=gcp, depth=1):
+            if hit.kind not in seen:
+                seen.add(hit.kind)
+                found.append(Hit(hit.kind, hit.confidence, 0, len(text), "json in a string"))
+    return found
 
 
 def _strings_of(document: Any, detector: Detector) -> Iterator[tuple[int, str, str, Any, bool]]:
@@ -257,3 +279,73 @@ def _key_label(name: str, detector: Detector) -> str:
 
 def _truncate(path: str) -> str:
     return path if len(path) <= LOCATION_LIMIT else path[: LOCATION_LIMIT - 3] + "..."
+
+
+@dataclasses.dataclass(slots=True)
+class HeadScan:
+    """Secrets in the request line and headers (a harvest can ride there as well)."""
+
+    findings: tuple[Finding, ...]
+    url_kinds: frozenset[Kind]  # kinds found in the URL: not redactable, refused instead
+    _headers: list[tuple[int, bool, str, list[Hit]]]  # (field index, in name?, text, hits)
+
+    def header_rewrites(self, kinds: frozenset[Kind]) -> dict[int, str | None]:
+        """Field index -> its value with `kinds` redacted, or None to drop the header
+        (a secret in a header *name*: a name cannot carry the marker)."""
+        out: dict[int, str | None] = {}
+        for index, in_name, text, hits in self._headers:
+            chosen = [h for h in hits if h.kind in kinds]
+            if not chosen:
+                continue
+            if in_name:
+                out[index] = None
+            elif out.get(index, "") is not None:
+                out[index] = _redact_text(text, chosen)
+        return out
+
+
+def scan_head(
+    path: str,
+    headers: list[tuple[str, str]],
+    detector: Detector,
+    *,
+    skip_header: Callable[[str], bool] = lambda name: False,
+    skip_param: Callable[[str], bool] = lambda name: False,
+    allowed: AllowCheck | None = None,
+) -> HeadScan:
+    """Scan the path and query (percent-decoded) and every header name and value, but
+    the headers and query parameters that carry credentials to the provider: those are
+    the credential layer's (S7: stripped, replaced, or the gateway's own authentication
+    to a provider without an injected key, like SigV4 or an OAuth token)."""
+    findings: dict[Finding, None] = {}
+    url_kinds: set[Kind] = set()
+    scanned: list[tuple[int, bool, str, list[Hit]]] = []
+
+    def keep(text: str, location: str, hits: list[Hit]) -> list[Hit]:
+        if allowed is not None:
+            hits = [h for h in hits if not allowed(h.kind, text[h.start : h.end], location)]
+        for hit in hits:
+            where = f"{location} ({hit.encoding})" if hit.encoding else location
+            findings[Finding(hit.kind, hit.confidence, where)] = None
+        return hits
+
+    parts = urllib.parse.urlsplit(path)
+    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    url = "\n".join(
+        [urllib.parse.unquote(parts.path)] + [f"{k}={v}" for k, v in params if not skip_param(k)]
+    )
+    for hit in keep(url, "url", detector.scan(url)):
+        url_kinds.add(hit.kind)
+    for index, (name, value) in enumerate(headers):
+        if skip_header(name):
+            continue
+        name_hits = keep(name, "header [?]", detector.scan(name))
+        label = (
+            "header [?]" if name_hits or not _SAFE_KEY.fullmatch(name) else f"header {name.lower()}"
+        )
+        if name_hits:
+            scanned.append((index, True, name, name_hits))
+        value_hits = keep(value, label, detector.scan(value))
+        if value_hits:
+            scanned.append((index, False, value, value_hits))
+    return HeadScan(tuple(findings), frozenset(url_kinds), scanned)

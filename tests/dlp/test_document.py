@@ -270,3 +270,24 @@ def test_regex_work_stays_linear_on_large_adversarial_bodies() -> None:
         started = time.monotonic()
         scan_body(text.encode(), DETECTOR)
         assert time.monotonic() - started < 30, repr(piece[:20])
+
+
+def test_json_inside_a_string_is_unescaped_and_scanned_too() -> None:
+    twice = json.dumps({"x": SECRET}).replace(
+        SECRET[1:], "".join(f"\\u{ord(c):04x}" for c in SECRET[1:])
+    )
+    body = json.dumps({"messages": [{"tool_calls": [{"function": {"arguments": twice}}]}]}).encode()
+    result = scan_body(body, DETECTOR)
+    assert {f.describe() for f in result.findings} == {
+        "github_token at $.messages[0].tool_calls[0].function.arguments (json in a string)"
+    }
+    assert SECRET[1:] not in (result.redacted(result.kinds) or b"").decode()
+
+
+def test_invisible_characters_inside_a_key_do_not_hide_it() -> None:
+    salted = SECRET[:2] + "\u200b" + SECRET[2:10] + "\u2060" + SECRET[10:]
+    assert found(json.dumps({"content": "x " + salted}).encode()) == {
+        "github_token at $.content (invisible characters)"
+    }
+    emoji = "family \U0001f468\u200d\U0001f469\u200d\U0001f467 " + SECRET
+    assert found(json.dumps({"content": emoji}).encode()) == {"github_token at $.content"}

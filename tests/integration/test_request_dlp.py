@@ -365,3 +365,83 @@ def test_sidecar_own_key_in_a_prompt_is_refused_in_any_encoding(
     assert line["reason"] == "gateway_holds_credential"
     assert "sidecar_key at $.messages[0].content" in line["detail"]
     assert KEYS["anthropic"] not in json.dumps(keyed_dlp.decisions)
+
+
+# --- the harvest moved out of the body ------------------------------------------------
+
+
+def test_harvest_in_a_custom_header_is_blocked(dlp, provider):
+    mark, before = len(provider.received), len(dlp.decisions)
+    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
+        answer = client.get(
+            f"https://api.openai.com:{provider.port}/v1/models",
+            headers={"x-debug": f"aws_secret_access_key={harvest.AWS_SECRET_ACCESS_KEY}"},
+        )
+    assert answer.status_code == 403 and answer.json()["reason"] == "secret_in_request"
+    assert len(provider.received) == mark
+    assert "aws_secret_access_key at header x-debug" in _line(dlp, "/v1/models", before)["detail"]
+
+
+def test_harvest_in_the_query_string_is_blocked(dlp, provider):
+    mark, before = len(provider.received), len(dlp.decisions)
+    encoded = base64.urlsafe_b64encode(harvest.AWS_CREDENTIALS.encode()).decode()
+    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
+        answer = client.get(
+            f"https://api.openai.com:{provider.port}/v1/models", params={"after": encoded}
+        )
+    assert answer.status_code == 403
+    assert len(provider.received) == mark
+    assert "at url (base64)" in _line(dlp, "/v1/models", before)["detail"]
+
+
+def test_secret_in_the_query_string_is_refused_even_in_redact_mode(redacting, provider):
+    mark = len(provider.received)
+    with httpx.Client(proxy=redacting.proxy_url, verify=_tls(redacting), timeout=20) as client:
+        answer = client.get(
+            f"https://api.openai.com:{provider.port}/v1/models",
+            params={"q": harvest.GITHUB_TOKEN},
+        )
+    assert answer.status_code == 403
+    assert len(provider.received) == mark
+
+
+def test_redact_mode_rewrites_a_header_value(redacting, provider):
+    mark = len(provider.received)
+    with httpx.Client(proxy=redacting.proxy_url, verify=_tls(redacting), timeout=20) as client:
+        client.get(
+            f"https://api.openai.com:{provider.port}/v1/models",
+            headers={"x-note": "token glpat-Canary12345678901234"},
+        )
+    (got,) = provider.received[mark:]
+    assert got.headers["x-note"] == "token [REDACTED:gitlab_token]"
+
+
+def test_a_gateway_oauth_token_to_a_provider_without_injected_key_is_not_dlp(dlp, provider):
+    """Vertex AI and Bedrock: the gateway authenticates itself (OAuth bearer, SigV4);
+    those headers are the credential layer's (S7), not a leak."""
+    mark, before = len(provider.received), len(dlp.decisions)
+    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
+        answer = client.post(
+            f"https://generativelanguage.googleapis.com:{provider.port}/v1/models/g:generateContent",
+            headers={"authorization": "Bearer ya29.a0AfB_" + "x1Y2z3" * 10},
+            json={"contents": [{"parts": [{"text": "hello"}]}]},
+        )
+    assert answer.status_code == 200
+    assert len(provider.received) == mark + 1
+    assert _line(dlp, "/v1/models/g:generateContent", before)["decision"] == "allow"
+
+
+def test_chunked_upload_without_content_length_is_scanned_too(dlp, provider):
+    mark = len(provider.received)
+    body = json.dumps({"model": "m", "input": harvest.AWS_CREDENTIALS}).encode()
+
+    def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
+        answer = client.post(
+            f"https://api.openai.com:{provider.port}/v1/responses", content=chunks()
+        )
+    assert answer.status_code == 403
+    assert len(provider.received) == mark
