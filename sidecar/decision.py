@@ -247,9 +247,10 @@ REASONS: dict[Reason, ReasonSpec] = {
         "403 / -",
         _C,
         False,
-        "a secret in a request body to a provider (cloud and SSH keys, tokens, provider "
-        "keys, kubeconfigs, env dumps; [docs/dlp.md](docs/dlp.md)): refused, or per policy "
-        "forwarded with it redacted (`-`) or alerted; audit mode redacts it and forwards",
+        "a secret in a request to a provider, in its body, URL or headers (cloud and SSH "
+        "keys, tokens, provider keys, kubeconfigs, env dumps; [docs/dlp.md](docs/dlp.md)): "
+        "refused, or per policy forwarded with it redacted (`-`) or alerted; audit mode "
+        "redacts it and forwards",
     ),
 }
 
