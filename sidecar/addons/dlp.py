@@ -138,6 +138,7 @@ class RequestDlp:
                 body,
                 detector,
                 content_encoding=parse_codings(request.headers.get_all("content-encoding")),
+                transfer_encoding=parse_codings(request.headers.get_all("transfer-encoding")),
                 document=flow.metadata.get(DOCUMENT_KEY),
                 allowed=rules.allowed,
             )
@@ -183,7 +184,8 @@ class RequestDlp:
         request.headers.fields = tuple(fields)
         if rewritten is not None:
             if result is not None and result.decoded:  # what was scanned goes out, decoded
-                del request.headers["content-encoding"]
+                request.headers.pop("content-encoding", None)
+                request.headers.pop("transfer-encoding", None)  # framed by Content-Length now
             request.content = rewritten  # sets Content-Length
         return None
 

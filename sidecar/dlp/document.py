@@ -170,16 +170,20 @@ def scan_body(
     detector: Detector,
     *,
     content_encoding: list[str] | None = None,
+    transfer_encoding: list[str] | None = None,
     document: Any = None,
     allowed: AllowCheck | None = None,
     decode_limit: int | None = None,
 ) -> BodyScan:
-    """Scan a request body. `document`: the parsed JSON if the caller has it already."""
-    codings = content_encoding or []
+    """Scan a request body. `content_encoding`, `transfer_encoding`: the codings of the
+    body as received (HTTP/1.1 transfer codings other than chunked, like `gzip,
+    chunked`, are undone too: the provider would). `document`: the parsed JSON if the
+    caller has it already."""
+    codings, transfer = content_encoding or [], transfer_encoding or []
     decoded = False
-    if needs_decoding(codings, []):
+    if needs_decoding(codings, transfer):
         try:
-            body = decode_layers(body, codings, [], decode_limit or DECODED_BODY_LIMIT)
+            body = decode_layers(body, codings, transfer, decode_limit or DECODED_BODY_LIMIT)
             decoded = True
             document = None  # a caller's document was parsed from other bytes
         except NotInspectable:

@@ -445,3 +445,41 @@ def test_chunked_upload_without_content_length_is_scanned_too(dlp, provider):
         )
     assert answer.status_code == 403
     assert len(provider.received) == mark
+
+
+def test_gzip_transfer_coding_cannot_smuggle_a_compressed_body_past_the_scan(dlp, provider):
+    """`Transfer-Encoding: gzip, chunked` (HTTP/1.1): the provider would decode the
+    gzip layer the scan never saw. Refused, or scanned decoded; never forwarded as is."""
+    from tests.integration.test_explicit_proxy import raw_tls_request
+
+    mark = len(provider.received)
+    packed = gzip.compress(json.dumps({"input": harvest.AWS_CREDENTIALS}).encode())
+    chunked = f"{len(packed):x}\r\n".encode() + packed + b"\r\n0\r\n\r\n"
+    authority = f"api.openai.com:{provider.port}"
+    answer = raw_tls_request(
+        dlp,
+        authority,
+        "api.openai.com",
+        f"POST /v1/responses HTTP/1.1\r\nHost: {authority}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".encode()
+        + chunked,
+    )
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert _leaked(_seen(provider, mark)) == []
+
+
+def test_redact_mode_sends_a_compressed_body_decoded_and_redacted(redacting, provider):
+    mark = len(provider.received)
+    body = json.dumps({"model": "m", "input": harvest.AWS_CREDENTIALS}).encode()
+    with httpx.Client(proxy=redacting.proxy_url, verify=_tls(redacting), timeout=20) as client:
+        answer = client.post(
+            f"https://api.openai.com:{provider.port}/v1/responses",
+            content=gzip.compress(body),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+    assert answer.status_code == 200, answer.text
+    (got,) = provider.received[mark:]
+    assert "content-encoding" not in got.headers
+    assert int(got.headers["content-length"]) == len(got.body)
+    assert "[REDACTED:aws_secret_access_key]" in json.loads(got.body)["input"]
+    assert _leaked(got.body) == []
