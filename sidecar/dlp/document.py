@@ -73,27 +73,54 @@ def _no_constant(name: str) -> Any:
 def read_egress_document(body: bytes) -> Any | None:
     """THE body parse of request DLP until the request inspection layer (issue 13, item
     1) stores its document in `flow.metadata["egress_request_document"]`: strict JSON
-    (UTF-8, no NaN/Infinity, objects as ordered pairs with duplicates kept), or None
-    when the body is not JSON (it is then scanned as text). Bounded: the body is at
-    most the provider's request body limit; nesting past Python's recursion limit is
-    not JSON here (scanned as text)."""
-    if not body or body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_Object,
-            parse_float=_Number,
-            parse_int=_Number,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError):
-        return None
+    (no NaN/Infinity, objects as ordered pairs with duplicates kept), or None when the
+    body is not JSON (it is then scanned as text). In the encoding `text_encoding()`
+    finds: UTF-8, or UTF-16/32 (which Python-based servers also accept). Bounded: the
+    body is at most the provider's request body limit; nesting past Python's recursion
+    limit is not JSON here (scanned as text)."""
+    return _parse(body)[0]
+
+
+def _parse(body: bytes) -> tuple[Any | None, str]:
+    """(document, the encoding it was read in): JSON's own detection first (UTF-16/32
+    by their NUL bytes, which are valid UTF-8 too), then UTF-8."""
+    for encoding in dict.fromkeys((json.detect_encoding(body), "utf-8")):
+        try:
+            text = body.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if text.lstrip()[:1] not in ("{", "["):
+            continue
+        try:
+            return json.loads(
+                text,
+                object_pairs_hook=_Object,
+                parse_float=_Number,
+                parse_int=_Number,
+                parse_constant=_no_constant,
+            ), encoding
+        except (ValueError, RecursionError):
+            continue
+    return None, "utf-8"
+
+
+def text_encoding(body: bytes) -> str | None:
+    """UTF-8 if the body is valid UTF-8; else the UTF-16/32 form JSON's own detection
+    sees (NUL bytes, a BOM), if the body decodes strictly in it; else None."""
+    for encoding in ("utf-8", json.detect_encoding(body)):
+        try:
+            body.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    return None
 
 
 @dataclasses.dataclass(slots=True)
 class _StringHits:
-    index: int  # n-th string of the document (keys included); -1: the whole text body
+    index: (
+        int  # n-th string of the document (keys included); -1: a text body, -2: its UTF-16/32 view
+    )
     text: str
     hits: list[Hit]
 
@@ -105,6 +132,7 @@ class BodyScan:
     decoded: bool  # content codings were undone: a rewritten body goes out decoded
     _strings: list[_StringHits] = dataclasses.field(default_factory=list)
     _json: bool = False
+    _encoding: str = "utf-8"
 
     @property
     def kinds(self) -> frozenset[Kind]:
@@ -121,9 +149,11 @@ class BodyScan:
         if not chosen:
             return self.body
         if not self._json:
+            if -2 in chosen:
+                return None
             text, hits = chosen[-1]
-            return _redact_text(text, hits).encode("utf-8", "surrogateescape")
-        raw = self.body.decode("utf-8")
+            return _redact_text(text, hits).encode(self._encoding, "surrogateescape")
+        raw = self.body.decode(self._encoding)
         tokens = list(_STRING_TOKEN.finditer(raw))
         if max(chosen) >= len(tokens):
             return None  # the tokens do not line up with the parsed strings
@@ -138,7 +168,7 @@ class BodyScan:
             out.append(json.dumps(_redact_text(text, hits), ensure_ascii=False))
             pos = token.end()
         out.append(raw[pos:])
-        return "".join(out).encode("utf-8")
+        return "".join(out).encode(self._encoding)
 
 
 def marker(kind: Kind) -> str:
@@ -189,8 +219,9 @@ def scan_body(
         except NotInspectable:
             finding = Finding(Kind.UNSCANNABLE_BODY, Confidence.HIGH, BODY)
             return BodyScan((finding,), body, False)
+    encoding = "utf-8"
     if document is None:
-        document = read_egress_document(body)
+        document, encoding = _parse(body)
     strings: list[_StringHits] = []
     findings: dict[Finding, None] = {}
 
@@ -205,13 +236,21 @@ def scan_body(
             findings[Finding(hit.kind, hit.confidence, where)] = None
 
     if document is None:
-        text = body.decode("utf-8", "surrogateescape")
+        encoding = text_encoding(body) or "utf-8"
+        text = body.decode(encoding, "surrogateescape")
         keep(-1, text, BODY, detector.scan(text))
-        return BodyScan(tuple(findings), body, decoded, strings, False)
+        # Bytes that read as UTF-8 (or as bytes) to one reader and as UTF-16/32 to
+        # another: both views are scanned. Hits of the second cannot be redacted in
+        # place (the request is refused instead).
+        other = "utf-8" if encoding != "utf-8" else json.detect_encoding(body)
+        if other != encoding:
+            view = body.decode(other, "replace")
+            keep(-2, view, f"{BODY} (as {other})", detector.scan(view))
+        return BodyScan(tuple(findings), body, decoded, strings, False, encoding)
     for index, text, location, key, gcp in _strings_of(document, detector):
         hits = detector.scan(text, key, gcp_object=gcp)
         keep(index, text, location, hits + _nested_json(text, detector, hits))
-    return BodyScan(tuple(findings), body, decoded, strings, True)
+    return BodyScan(tuple(findings), body, decoded, strings, True, encoding)
 
 
 def _nested_json(text: str, detector: Detector, hits: list[Hit]) -> list[Hit]:

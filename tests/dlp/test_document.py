@@ -66,7 +66,7 @@ def test_duplicate_keys_are_all_scanned() -> None:
 def test_non_json_bodies_are_scanned_as_text() -> None:
     assert found(b"not json " + SECRET.encode()) == {"github_token at body"}
     assert found(b'{"broken": ' + SECRET.encode()) == {"github_token at body"}
-    assert found(b"\xff\xfe binary " + SECRET.encode()) == {"github_token at body"}
+    assert found(b"\xff\xfe binary " + SECRET.encode()) == {"github_token at body (as utf-8)"}
 
 
 def test_nan_and_deep_nesting_are_not_json_here_and_still_scanned() -> None:
@@ -291,3 +291,15 @@ def test_invisible_characters_inside_a_key_do_not_hide_it() -> None:
     }
     emoji = "family \U0001f468\u200d\U0001f469\u200d\U0001f467 " + SECRET
     assert found(json.dumps({"content": emoji}).encode()) == {"github_token at $.content"}
+
+
+def test_utf16_and_utf32_bodies_are_decoded_like_json_decoders_do() -> None:
+    """Python's json (and servers built on it) read UTF-16/32 JSON: so does the scan."""
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
+        body = json.dumps({"input": "x " + SECRET}).encode(encoding)
+        result = scan_body(body, DETECTOR)
+        assert {f.describe() for f in result.findings} == {"github_token at $.input"}, encoding
+        out = result.redacted(result.kinds) or b""
+        assert json.loads(out.decode(encoding)) == {"input": "x [REDACTED:github_token]"}
+    text = ("notes " + SECRET).encode("utf-16-le")
+    assert found(text) == {"github_token at body (as utf-16-le)"}  # refused, not redacted
