@@ -176,7 +176,7 @@ def end_to_end(requests: int) -> dict[str, Any]:
                     str(ca_file),
                     "--reverse",
                     f"openai@127.0.0.1:{port}",
-                ]  # fmt: skip
+                ]
             ).start()
         clients = {
             name: httpx.Client(base_url=sidecar.reverse_url("openai"), timeout=30)

@@ -52,7 +52,8 @@ TRUE_POSITIVES = [
     ("openssh", harvest.OPENSSH_PRIVATE_KEY, "ssh_private_key"),
     (
         "putty",
-        "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nPrivate-Lines: 1\nAAAA\nPrivate-MAC: 0a1b2c",
+        "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nPrivate-Lines: 1\nAAAA\n"
+        "Private-MAC: 0a1b2c",
         "ssh_private_key",
     ),
     ("pem base64 (kube client-key-data)", harvest.KUBE_CLIENT_KEY_DATA, "private_key"),
@@ -116,7 +117,8 @@ FALSE_POSITIVES = [
     ),
     (
         "yaml settings",
-        "model: gpt-4o\nmax_tokens: 1000\ntoken_count: 12345678\nkeyboard_layout: us-international\nsession_id: abcdef123456\n",
+        "model: gpt-4o\nmax_tokens: 1000\ntoken_count: 12345678\n"
+        "keyboard_layout: us-international\nsession_id: abcdef123456\n",
     ),
     (
         "json with key names",
@@ -126,7 +128,9 @@ FALSE_POSITIVES = [
     ("short jwt-like", "eyJhbGciOi.eyJzdWIi.abc"),
     (
         "git lfs pointer",
-        "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n",
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 12345\n",
     ),
     ("base64 binary", base64.b64encode(bytes((i * 37) % 256 for i in range(3000))).decode()),
     (
@@ -144,7 +148,10 @@ def test_false_positive(text: str) -> None:
 
 
 def test_a_jwt_is_low_confidence_and_a_kubernetes_token_is_high() -> None:
-    plain = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    plain = (
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+        "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    )
     (jwt,) = DETECTOR.scan(plain)
     assert (jwt.kind, jwt.confidence) == (Kind.JWT, Confidence.LOW)
     (k8s,) = DETECTOR.scan(harvest.KUBERNETES_TOKEN)

@@ -161,7 +161,8 @@ def test_no_exception_on_any_json(value: Any, ascii_only: bool) -> None:
     body = json.dumps(value, ensure_ascii=ascii_only).encode()
     result = scan_body(body, DETECTOR)
     out = result.redacted(result.kinds)
-    assert out is not None and json.loads(out) is not None or out == b"null"
+    assert out is not None
+    json.loads(out)
 
 
 SECRETS = [

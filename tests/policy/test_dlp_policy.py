@@ -19,27 +19,28 @@ from sidecar.policy.dlp import Action
 
 SCHEMA = json.loads((REPO / "sidecar" / "policy" / "policy.schema.json").read_text())
 
-POLICY = """\
+KNOWN = hashlib.sha256(b"ghp_known_fixture_token").hexdigest()
+POLICY = f"""\
 version: 1
 dlp:
   low: ignore
-  actions: {jwt: redact, env_dump: alert}
+  actions: {{jwt: redact, env_dump: alert}}
   allow:
-    - {kinds: [aws_access_key_id], value: "AKIAFIXTURE*"}
+    - {{kinds: [aws_access_key_id], value: "AKIAFIXTURE*"}}
 providers:
   openai:
     hosts: [api.openai.com]
     dlp:
       high: redact
-      actions: {env_dump: block}
+      actions: {{env_dump: block}}
       allow:
-        - {sha256: "%s"}
+        - {{sha256: "{KNOWN}"}}
   anthropic:
     hosts: [api.anthropic.com]
-    dlp: {enabled: false}
+    dlp: {{enabled: false}}
   gemini:
     hosts: [generativelanguage.googleapis.com]
-""" % hashlib.sha256(b"ghp_known_fixture_token").hexdigest()
+"""
 
 
 def _finding(kind: Kind, confidence: Confidence = Confidence.HIGH) -> Finding:
