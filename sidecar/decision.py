@@ -73,6 +73,8 @@ class Reason(StrEnum):
     TOOL_NOT_ALLOWED = "tool_not_allowed"
     TOOL_ARGUMENTS_DENIED = "tool_arguments_denied"
     SIDECAR_BUSY = "sidecar_busy"
+    # issue 13: request DLP, a secret in what the gateway sends to a provider.
+    SECRET_IN_REQUEST = "secret_in_request"  # noqa: S105 - a reason code
 
 
 class Severity(StrEnum):
@@ -317,6 +319,17 @@ REASONS: dict[Reason, ReasonSpec] = {
         "over a process-wide budget: HTTP/2 streams open at once (`--max-h2-streams-total`) "
         "or request body bytes held before they reach the provider "
         "(`--max-buffered-request-bytes`)",
+    ),
+    # Issue 13: audit mode lets it through as would_block, with the secret redacted
+    # (sidecar/dlp/rules.py says why); the sidecar's own keys are gateway_holds_credential.
+    Reason.SECRET_IN_REQUEST: ReasonSpec(
+        "403 / -",
+        _C,
+        False,
+        "a secret in a request to a provider, in its body, URL or headers (cloud and SSH "
+        "keys, tokens, provider keys, kubeconfigs, env dumps; [docs/dlp.md](docs/dlp.md)): "
+        "refused, or per policy forwarded with it redacted (`-`) or alerted; audit mode "
+        "redacts it and forwards",
     ),
 }
 

@@ -142,6 +142,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     from sidecar.addons import error_pages
     from sidecar.addons.client_tls import ClientTlsFailures
+    from sidecar.addons.dlp import RequestDlp
     from sidecar.addons.enforcer import Enforcer, EngineHolder
     from sidecar.addons.informational import install as drop_informational_responses
     from sidecar.addons.request_inspection import RequestInspection
@@ -255,6 +256,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
+    master.addons.add(RequestDlp(holder, credentials.store, registry))  # issue 13: request DLP
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)

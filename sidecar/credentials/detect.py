@@ -34,6 +34,8 @@ from sidecar.entropy import shannon_entropy
 __all__ = [
     "DUMMY_VALUES",
     "FAMILIES",
+    "JWT",
+    "TRIGGERS",
     "Finding",
     "KeyFamily",
     "looks_random",
@@ -129,6 +131,7 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 
 _ALL_TRIGGERS = tuple(sorted({t for ts in _TRIGGERS.values() for t in ts}))
+TRIGGERS = _TRIGGERS  # public: request DLP (sidecar/dlp) reuses the families and triggers
 
 _GENERIC_SK = re.compile(r"sk-[A-Za-z0-9]{32,}")
 _AZURE_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -142,6 +145,7 @@ _JWT = re.compile(
     r"(?<![A-Za-z0-9_-])(?>[A-Za-z0-9_-]*?eyJ)[A-Za-z0-9_-]{8,}+"
     r"\.eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
 )
+JWT = _JWT  # public: request DLP (sidecar/dlp) reuses it
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/]+=*")
 _OPAQUE = re.compile(r"[A-Za-z0-9_\-.~+/]{32,}=*")
 

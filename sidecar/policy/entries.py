@@ -24,6 +24,7 @@ from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
 from sidecar.policy import overrides
 from sidecar.policy.cloud_credentials import is_typed, read_cloud_credential
+from sidecar.policy.dlp import DlpRules, read_dlp
 from sidecar.policy.errors import Problem
 from sidecar.policy.model import (
     ANY_PATH,
@@ -49,7 +50,7 @@ DEFAULT_PROVIDER_PORTS = frozenset({443})
 DEFAULT_PROVIDER_METHODS = frozenset({"GET", "POST"})
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
-_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides", "dlp")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -60,6 +61,7 @@ _PROVIDER_KEYS = (
     "max_request_body",
     *RELAY_KEYS,  # issue 13: sidecar/policy/relay.py
     "tools",  # issue 14: sidecar/policy/tools.py
+    "dlp",
 )
 _ALLOW_KEYS = ("name", "host", "hosts", "cidr", "cidrs", "ports", "paths", "methods", "addresses")
 _CREDENTIAL_KEYS = ("header", "format", "secret")
@@ -113,6 +115,7 @@ class FileReader(yamlfile.Reader):
         self.drafts: list[Draft] = []
         self.mode: tuple[Mode, int] | None = None
         self.overrides: overrides.FileOverrides | None = None
+        self.dlp: DlpRules | None = None
 
     # -- document
 
@@ -128,6 +131,8 @@ class FileReader(yamlfile.Reader):
             return  # an unknown format: reading on would only produce noise
         if "mode" in top:
             self._mode(top["mode"][1])
+        if "dlp" in top:
+            self.dlp = read_dlp(self, top["dlp"][1], "dlp")
         if "providers" in top:
             providers = self.mapping(top["providers"][1], "providers", None)
             for name, (knode, vnode) in (providers or {}).items():
@@ -220,6 +225,7 @@ class FileReader(yamlfile.Reader):
             max_body = self._size(fields["max_request_body"][1], f"{key}.max_request_body")
         relay = read_relay(self, fields, key, self._size)
         tools = read_tools(self, fields["tools"][1], f"{key}.tools") if "tools" in fields else None
+        dlp = read_dlp(self, fields["dlp"][1], f"{key}.dlp") if "dlp" in fields else None
         self.drafts.append(draft)
         if self._errors == errors_before:
             paths, methods, addresses = common
@@ -227,6 +233,7 @@ class FileReader(yamlfile.Reader):
                 relay=relay,
                 tools=tools,
                 max_request_body=max_body,
+                dlp=dlp,
                 rule=key,
                 provider=name,
                 hosts=tuple(h for h, _, _ in draft.hosts),

@@ -18,6 +18,7 @@ from yaml.nodes import Node
 from sidecar import yamlfile
 from sidecar.hostnames import wildcard_parents
 from sidecar.policy import overrides
+from sidecar.policy.dlp import DlpRules, one_top_level_dlp
 from sidecar.policy.entries import POLICY_VERSION, Draft, FileReader
 from sidecar.policy.errors import PolicyError, Problem
 from sidecar.policy.model import IPNetwork, Mode, Policy, SourceRef
@@ -45,6 +46,7 @@ class Merger:
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
         self.overrides: list[overrides.FileOverrides] = []
+        self.dlp: list[DlpRules] = []  # top-level `dlp:` sections: at most one
 
     def add_file(self, file: str, data: bytes) -> None:
         self.files.append(file)
@@ -61,6 +63,9 @@ class Merger:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
         if reader.overrides is not None:
             self.overrides.append(reader.overrides)
+        if reader.dlp is not None:
+            self.problems.extend(one_top_level_dlp(self.dlp, reader.dlp))
+            self.dlp.append(reader.dlp)
 
     def _compose(self, file: str, data: bytes) -> Node | None:
         empty = f"empty file: a policy file starts with 'version: {POLICY_VERSION}'"
@@ -88,6 +93,7 @@ class Merger:
             digest=self.digest.hexdigest(),
             mode_source=applied.mode[1] if applied.mode else mode_source,
             removed=applied.removed,
+            dlp=self.dlp[0] if self.dlp else None,
         )
 
     def _conflict(self, file: str, line: int, key: str, message: str) -> None:

@@ -7,11 +7,12 @@ import ipaddress
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sidecar.policy.tools import ToolPolicy
-
 from sidecar.inspection.policy import DEFAULT_RELAY_POLICY, RelayPolicy
 from sidecar.policy.cloud_credentials import CloudCredential
+
+if TYPE_CHECKING:
+    from sidecar.policy.dlp import DlpRules
+    from sidecar.policy.tools import ToolPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -83,6 +84,8 @@ class Endpoint:
             return self.credential.secret
         return self.cloud_credential.secret if self.cloud_credential is not None else None
 
+    dlp: DlpRules | None = None  # the provider's own `dlp:` section (sidecar/policy/dlp.py)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Removal:
@@ -101,6 +104,7 @@ class Policy:
     digest: str  # sha256 over the files' bytes, for logs and reload detection
     mode_source: SourceRef | None = None  # the `mode:` that decided; None: the default
     removed: tuple[Removal, ...] = ()
+    dlp: DlpRules | None = None  # the top-level `dlp:` section (request DLP defaults)
 
     def provider(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:

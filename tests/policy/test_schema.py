@@ -51,8 +51,9 @@ def test_every_object_in_the_schema_is_closed() -> None:
     objects = _objects(SCHEMA)
     # root, providers map, credential, its aws_sigv4 (with web_identity) and google_oauth
     # forms, provider, allowEntry, overrides, relay tenants map, relayTenant; tools, a
-    # {pattern:} rule, the tools.tenants map and a tenant's entry
-    assert len(objects) == 15
+    # {pattern:} rule, the tools.tenants map and a tenant's entry; dlp, dlp actions,
+    # dlp allow
+    assert len(objects) == 18
     for obj in objects:
         extra = obj.get("additionalProperties")
         assert extra is False or (isinstance(extra, dict) and "$ref" in extra), obj

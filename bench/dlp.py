@@ -1,0 +1,230 @@
+"""Request DLP cost (issue 13): scanning throughput, and added latency through the sidecar.
+
+    .venv/bin/python -m bench.dlp [--seconds 1] [--requests 200]
+
+Core: MB/s of `scan_body` (parse + every detector over every string) on realistic
+request bodies, against parsing the same body without scanning (`json.loads`), in the
+same run; and on the LiteLLM 1.82.8 harvest and the adversarial pieces of the tests.
+End to end: p50/p90 of a 100 KB chat request through two real sidecars started in this
+run (reverse listener, TLS to a local fake provider), one with `dlp:` on (the
+default) and one with `dlp: {enabled: false}` (the body streams through, unscanned).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import statistics
+import string
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar.dlp.detectors import Detector, own_key_patterns
+from sidecar.dlp.document import scan_body
+
+WORDS = (
+    "the model should return a summary of the following function and explain why the "
+    "tests fail when the input list is empty or contains duplicate entries please "
+    "include a corrected version with type hints and docstrings"
+).split()
+
+
+def _prose(rng: random.Random, size: int) -> str:
+    out: list[str] = []
+    total = 0
+    while total < size:
+        word = rng.choice(WORDS)
+        out.append(word)
+        total += len(word) + 1
+    return " ".join(out)
+
+
+def _code(rng: random.Random, size: int) -> str:
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        name = "".join(rng.choice(string.ascii_lowercase) for _ in range(8))
+        line = f"    {name} = compute({name}_input, limit={rng.randrange(1000)})  # step\n"
+        lines.append(line)
+        total += len(line)
+    return "def handler(event):\n" + "".join(lines)
+
+
+def chat_body(size: int, seed: int = 1, image_kb: int = 0, extra: str = "") -> bytes:
+    """An OpenAI chat request of about `size` bytes: a system prompt, alternating turns
+    of prose and code, optionally an inline image, optionally `extra` in the last turn."""
+    rng = random.Random(seed)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a code reviewer."}]
+    while len(json.dumps(messages)) < size:
+        role = "user" if len(messages) % 2 else "assistant"
+        content = _prose(rng, 600) + "\n```python\n" + _code(rng, 1400) + "```\n"
+        messages.append({"role": role, "content": content})
+    if image_kb:
+        image = base64.b64encode(rng.randbytes(image_kb * 1024)).decode()
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}},
+                ],
+            }
+        )
+    if extra:
+        messages.append({"role": "user", "content": extra})
+    return json.dumps({"model": "gpt-4o", "messages": messages}).encode()
+
+
+def rate(work: Callable[[], int], seconds: float) -> float:
+    done, start = 0, time.perf_counter()
+    while True:
+        done += work()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return round(done / elapsed / 1e6, 2)
+
+
+def core(seconds: float) -> dict[str, Any]:
+    from tests.support import harvest
+    from tests.support.keys import KEYS
+
+    detector = Detector(own_key_patterns(KEYS.values()))
+    bodies = {
+        "chat_100KB": chat_body(100_000),
+        "chat_1MB": chat_body(1_000_000, seed=2),
+        "chat_100KB_plus_512KB_image": chat_body(100_000, seed=3, image_kb=512),
+        "chat_100KB_with_harvest": chat_body(100_000, seed=4, extra=harvest.HARVEST),
+    }
+    out: dict[str, Any] = {}
+    for name, body in bodies.items():
+
+        def scanned(body: bytes = body) -> int:
+            scan_body(body, detector)
+            return len(body)
+
+        def parsed(body: bytes = body) -> int:
+            json.loads(body)
+            return len(body)
+
+        scan_rate, parse_rate = rate(scanned, seconds), rate(parsed, seconds)
+        out[name] = {
+            "bytes": len(body),
+            "scan_mb_s": scan_rate,
+            "parse_only_mb_s": parse_rate,
+            "scan_over_parse": round(scan_rate / parse_rate, 3),
+            "scan_ms": round(len(body) / scan_rate / 1e3, 2),
+        }
+    from tests.dlp.test_document import PIECES
+
+    worst: dict[str, float] = {}
+    for piece in PIECES:
+        text = (piece * (200_000 // len(piece))).encode()
+        worst[repr(piece[:24])] = rate(
+            lambda text=text: scan_body(text, detector) and len(text), seconds / 4
+        )
+    name = min(worst, key=worst.__getitem__)
+    out["adversarial_worst"] = {"input": name, "mb_s": worst[name]}
+    return out
+
+
+def end_to_end(requests: int) -> dict[str, Any]:
+    import httpx
+    import trustme
+
+    from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
+    from tests.support.ports import free_port
+    from tests.support.sidecar import SidecarProcess
+
+    bg = BackgroundLoop()
+    ca = trustme.CA()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dlp-"))
+    ca_file = workdir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    provider = FakeProvider(bg, ca, ["api.openai.com"]).start()
+    dns = FakeDNS(bg).start()
+    dns.records["api.openai.com"] = ["127.0.0.1"]
+    sidecars: dict[str, SidecarProcess] = {}
+    body = chat_body(100_000)
+    try:
+        for name, dlp in (("dlp_on", ""), ("dlp_off", "dlp: {enabled: false}\n")):
+            policy = workdir / f"{name}.yaml"
+            policy.write_text(
+                "version: 1\nproviders:\n  openai:\n    hosts: [api.openai.com]\n"
+                f"    ports: [{provider.port}]\n    addresses: [127.0.0.0/8]\n" + dlp
+            )
+            port = free_port()
+            sidecars[name] = SidecarProcess(
+                [
+                    "--policy",
+                    str(policy),
+                    "--listen",
+                    "off",
+                    "--admin",
+                    "127.0.0.1:0",
+                    "--ca-dir",
+                    str(workdir / "ca"),
+                    "--resolver",
+                    f"127.0.0.1:{dns.port}",
+                    "--upstream-ca",
+                    str(ca_file),
+                    "--reverse",
+                    f"openai@127.0.0.1:{port}",
+                ]
+            ).start()
+        clients = {
+            name: httpx.Client(base_url=sidecar.reverse_url("openai"), timeout=30)
+            for name, sidecar in sidecars.items()
+        }
+        times: dict[str, list[float]] = {name: [] for name in sidecars}
+        for i in range(requests + 10):
+            for name, client in clients.items():  # interleaved: load noise hits both
+                started = time.perf_counter()
+                answer = client.post(
+                    "/v1/chat/completions",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                elapsed = time.perf_counter() - started
+                assert answer.status_code == 200, answer.text[:300]
+                if i >= 10:  # warm-up
+                    times[name].append(elapsed)
+        result: dict[str, Any] = {"body_bytes": len(body), "requests": requests}
+        for name, samples in times.items():
+            samples.sort()
+            result[name] = {
+                "p50_ms": round(statistics.median(samples) * 1e3, 2),
+                "p90_ms": round(samples[int(len(samples) * 0.9)] * 1e3, 2),
+            }
+        result["added_p50_ms"] = round(result["dlp_on"]["p50_ms"] - result["dlp_off"]["p50_ms"], 2)
+        return result
+    finally:
+        for sidecar in sidecars.values():
+            sidecar.stop()
+        dns.stop()
+        provider.stop()
+        bg.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--no-e2e", action="store_true", help="core throughput only")
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {"core": core(args.seconds)}
+    if not args.no_e2e:
+        out["end_to_end_100KB"] = end_to_end(args.requests)
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
