@@ -61,6 +61,10 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_STREAMS = "too_many_streams"
+    # issue 15: usage limits and key suspension (docs/usage-limits.md).
+    RATE_LIMITED = "rate_limited"
+    KEY_SUSPENDED = "key_suspended"
+    USAGE_BACKEND_UNAVAILABLE = "usage_backend_unavailable"
 
 
 class Severity(StrEnum):
@@ -239,6 +243,31 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.TOO_MANY_STREAMS: ReasonSpec(
         "closed (GOAWAY)", _W, True, "more concurrent HTTP/2 streams than `--max-h2-streams`"
     ),
+    # Issue 15: usage limits (docs/usage-limits.md). A suspended key is refused in audit
+    # mode too, like a revoked one; rate limits are policy and only logged there.
+    Reason.RATE_LIMITED: ReasonSpec(
+        "429",
+        _I,
+        False,
+        "a tenant or provider is over a `usage_limits` rate (requests or tokens per minute, "
+        "tokens per day); `Retry-After` says when to retry, and the SDKs do",
+    ),
+    Reason.KEY_SUSPENDED: ReasonSpec(
+        "403",
+        _C,
+        True,
+        "the tenant's virtual key is suspended: automatically after a burst beyond "
+        "`usage_limits.anomaly` (the first refusal carries the evidence), or by "
+        "`egress-sidecar keys suspend`; lifted by `keys resume`",
+    ),
+    Reason.USAGE_BACKEND_UNAVAILABLE: ReasonSpec(
+        "503 / -",
+        _W,
+        False,
+        "the usage-limit backend (Redis, or the local state file) did not answer in time: "
+        "refused where the limit says `on_backend_failure: closed`, let through and logged "
+        "as would_block where it says `open`",
+    ),
 }
 
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
@@ -268,6 +297,7 @@ class Decision:
     tenant: str | None = None
     detail: str = ""  # human-readable, safe to log: never header or body content
     source: str | None = None  # policy file:line of the deciding entry
+    retry_after: int | None = None  # issue 15: seconds, for `Retry-After` (rate_limited)
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -304,6 +334,8 @@ class Decision:
             record["source"] = self.source
         if self.detail:
             record["detail"] = self.detail
+        if self.retry_after is not None:
+            record["retry_after"] = self.retry_after
         return record
 
 

@@ -28,6 +28,7 @@ from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
 from sidecar.netguard import METADATA_ADDRESSES
 from sidecar.policy.errors import PolicyError, Problem
+from sidecar.policy.usage_limits import UsagePolicy, merge_usage_limits, read_usage_limits
 from sidecar.policy.model import (
     ANY_PATH,
     CredentialSpec,
@@ -107,7 +108,7 @@ FORBIDDEN_CREDENTIAL_HEADERS = frozenset(
     }
 )
 
-_TOP_KEYS = ("version", "mode", "providers", "allow")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "usage_limits")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -272,6 +273,7 @@ class _FileReader(yamlfile.Reader):
         super().__init__(file, problems)
         self.drafts: list[_Draft] = []
         self.mode: tuple[Mode, int] | None = None
+        self.usage: UsagePolicy | None = None  # issue 15
 
     # -- document
 
@@ -295,6 +297,9 @@ class _FileReader(yamlfile.Reader):
             items = self.seq(top["allow"][1], "allow", "entry", "entries")
             for index, item in enumerate(items or []):
                 self._allow(index, item)
+        if "usage_limits" in top:
+            knode, vnode = top["usage_limits"]
+            self.usage = read_usage_limits(self, vnode, yamlfile.line(knode))
 
     def _version(self, node: Node) -> bool:
         if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(POLICY_VERSION):
@@ -817,6 +822,7 @@ class _Merger:
         self.files: list[str] = []
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
+        self.usages: list[UsagePolicy] = []
 
     def add_file(self, file: str, data: bytes) -> None:
         self.files.append(file)
@@ -831,6 +837,8 @@ class _Merger:
         self.drafts.extend(reader.drafts)
         if reader.mode is not None:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
+        if reader.usage is not None:
+            self.usages.append(reader.usage)
 
     def _compose(self, file: str, data: bytes) -> Node | None:
         empty = f"empty file: a policy file starts with 'version: {POLICY_VERSION}'"
@@ -842,6 +850,8 @@ class _Merger:
         self._check_hosts()
         self._check_cidrs()
         self._check_secrets()
+        providers = {d.provider for d in self.drafts if d.provider}
+        usage = merge_usage_limits(self.usages, providers, self.problems)
         if self.problems:
             order = {f: i for i, f in enumerate(self.files)}
             self.problems.sort(key=lambda p: (order.get(p.file, -1), p.line))
@@ -853,6 +863,7 @@ class _Merger:
             endpoints=endpoints,
             files=tuple(self.files),
             digest=self.digest.hexdigest(),
+            usage=usage,
         )
 
     def _conflict(self, file: str, line: int, key: str, message: str) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.policy.usage_limits import UsagePolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,6 +77,7 @@ class Policy:
     endpoints: tuple[Endpoint, ...]
     files: tuple[str, ...]
     digest: str  # sha256 over the files' bytes, for logs and reload detection
+    usage: UsagePolicy | None = None  # issue 15: usage_limits (sidecar/policy/usage_limits.py)
 
     def provider(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:
