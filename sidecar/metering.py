@@ -52,7 +52,8 @@ class Meter:
 
     def key(self, now: float, back: int = 0) -> str:
         """The counter of the window `back` windows before the one holding `now`."""
-        return f"{self.scope}|{self.metric.value}|{self.seconds}|{window_index(now, self.seconds) - back}"
+        index = window_index(now, self.seconds) - back
+        return f"{self.scope}|{self.metric.value}|{self.seconds}|{index}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,9 +134,7 @@ class Overrun:
     retry_after: float  # seconds
 
 
-def first_overrun(
-    meters: Sequence[Meter], counts: Sequence[Counts], now: float
-) -> Overrun | None:
+def first_overrun(meters: Sequence[Meter], counts: Sequence[Counts], now: float) -> Overrun | None:
     """The limit that refuses this request (the longest wait if several do), or None."""
     worst: Overrun | None = None
     for meter, count in zip(meters, counts, strict=True):
@@ -163,7 +162,9 @@ class Baseline:
     def minutes_of_history(self, minute: int) -> int:
         return 0 if self.first_minute is None else minute - self.first_minute
 
-    def fold(self, minute: int, previous: Counts | None, tokens: Counts | None, half_life: float) -> None:
+    def fold(
+        self, minute: int, previous: Counts | None, tokens: Counts | None, half_life: float
+    ) -> None:
         """At the first request of `minute`: fold every completed minute not folded yet.
         `previous`: the tenant's request/token counters (their `previous` is minute-1)."""
         if self.first_minute is None:
@@ -281,5 +282,7 @@ def sum_counts(values: Iterable[int]) -> int:
     return sum(int(v) for v in values)
 
 
-def by_scope(meters: Sequence[Meter], counts: Sequence[Counts]) -> Mapping[tuple[str, Metric, int], Counts]:
+def by_scope(
+    meters: Sequence[Meter], counts: Sequence[Counts]
+) -> Mapping[tuple[str, Metric, int], Counts]:
     return {(m.scope, m.metric, m.seconds): c for m, c in zip(meters, counts, strict=True)}

@@ -269,7 +269,9 @@ def resolve(args: argparse.Namespace) -> Settings:
     refusal_rate = 20.0 if rate is None else rate
     try:
         limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
-        usage = usage_settings.from_values({f: _single(values[f]) for f, *_ in usage_settings.OPTIONS})
+        usage = usage_settings.from_values(
+            {f: _single(values[f]) for f, *_ in usage_settings.OPTIONS}
+        )
     except (limits_mod.LimitError, usage_settings.UsageSettingsError) as exc:
         raise SettingsError(str(exc)) from None
     if proxy_listen is None and not reverse and not transparent:

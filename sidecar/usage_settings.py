@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name
 
 # (flag, env suffix, help)
 OPTIONS: tuple[tuple[str, str, str], ...] = (

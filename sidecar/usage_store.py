@@ -29,7 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sidecar.metering import Counts, Meter, Metric, Overrun, first_overrun, window_index
+from redis.exceptions import RedisError
+
+from sidecar.metering import (
+    MINUTE,
+    Counts,
+    Meter,
+    Metric,
+    Overrun,
+    first_overrun,
+    window_index,
+)
 
 STATE_FILE = "usage.sqlite3"
 MAX_DETAIL = 500
@@ -92,8 +102,10 @@ class UsageStore(abc.ABC):
         """True if the tenant was not suspended before."""
 
     @abc.abstractmethod
-    async def resume(self, tenant: str) -> bool:
-        """True if the tenant was suspended."""
+    async def resume(self, tenant: str, now: float) -> bool:
+        """True if the tenant was suspended. Its per-minute counters start again from
+        zero: the burst that suspended it must not suspend it again at once (if the
+        burst goes on, it will, once it crosses the threshold again)."""
 
     @abc.abstractmethod
     async def suspensions(self) -> list[Suspension]: ...
@@ -161,7 +173,10 @@ class LocalStore(UsageStore):
 
     async def admit(self, tenant: str | None, meters: Sequence[Meter], now: float) -> Admission:
         if not meters:  # a suspension check alone: one read, no write lock
-            return self._transaction(lambda db: _suspension_only(db, tenant), write=False)
+            only: Admission = self._transaction(
+                lambda db: _suspension_only(db, tenant), write=False
+            )
+            return only
 
         def work(db: sqlite3.Connection) -> Admission:
             suspended = _suspension_only(db, tenant)
@@ -207,8 +222,10 @@ class LocalStore(UsageStore):
         changed: bool = self._transaction(work)
         return changed
 
-    async def resume(self, tenant: str) -> bool:
+    async def resume(self, tenant: str, now: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:
+            keys = [(k,) for k in _burst_keys(tenant, now)]
+            db.executemany("DELETE FROM counters WHERE key = ?", keys)
             return db.execute("DELETE FROM suspensions WHERE tenant = ?", (tenant,)).rowcount == 1
 
         changed: bool = self._transaction(work)
@@ -228,6 +245,15 @@ class LocalStore(UsageStore):
             self._db = None
 
 
+def _burst_keys(tenant: str, now: float) -> list[str]:
+    """The tenant's per-minute counters the anomaly rule reads (this minute and the last)."""
+    return [
+        Meter(f"tenant:{tenant}", metric, MINUTE, None).key(now, back)
+        for metric in Metric
+        for back in (0, 1)
+    ]
+
+
 def _suspension_only(db: sqlite3.Connection, tenant: str | None) -> Admission:
     row = None
     if tenant is not None:
@@ -240,7 +266,8 @@ def _read_counts(db: sqlite3.Connection, meters: Sequence[Meter], now: float) ->
         return []
     keys = [k for m in meters for k in (m.key(now), m.key(now, 1))]
     marks = ",".join("?" * len(keys))
-    found = dict(db.execute(f"SELECT key, count FROM counters WHERE key IN ({marks})", keys))
+    query = f"SELECT key, count FROM counters WHERE key IN ({marks})"  # noqa: S608 - only '?'
+    found = dict(db.execute(query, keys))
     return [Counts(found.get(m.key(now), 0), found.get(m.key(now, 1), 0)) for m in meters]
 
 
@@ -328,7 +355,7 @@ class RedisStore(UsageStore):
             raise BackendUnavailable("redis unavailable (recent failure)")
         try:
             return await asyncio.wait_for(coro, self.timeout * 2)
-        except Exception as exc:  # connection, timeout, protocol, script errors alike
+        except (RedisError, OSError, TimeoutError) as exc:  # connection, timeout, script
             self._down_until = self._clock() + self.hold_down
             kind = type(exc).__name__
             raise BackendUnavailable(f"redis {what} failed: {kind}") from None
@@ -378,17 +405,18 @@ class RedisStore(UsageStore):
             raise
         return bool(added)
 
-    async def resume(self, tenant: str) -> bool:
+    async def resume(self, tenant: str, now: float) -> bool:
         self._cache.pop(tenant, None)
         self._pending.pop(tenant, None)
-        removed = await self._call("resume", self._redis.hdel(SUSPENDED, tenant))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(SUSPENDED, tenant)
+        pipe.delete(*(PREFIX + k for k in _burst_keys(tenant, now)))
+        removed, _ = await self._call("resume", pipe.execute())
         return bool(removed)
 
     async def suspensions(self) -> list[Suspension]:
         raw = await self._call("list", self._redis.hgetall(SUSPENDED))
-        found = {
-            s.tenant: s for s in (Suspension.from_json(v) for v in raw.values())
-        }
+        found = {s.tenant: s for s in (Suspension.from_json(v) for v in raw.values())}
         self._cache = {**found, **self._pending}
         return sorted(self._cache.values(), key=lambda s: s.tenant)
 
@@ -398,9 +426,7 @@ class RedisStore(UsageStore):
         await self._call("ping", self._redis.ping(), probe=True)
         self._down_until = 0.0
         for tenant, suspension in list(self._pending.items()):
-            await self._call(
-                "suspend", self._redis.hsetnx(SUSPENDED, tenant, suspension.to_json())
-            )
+            await self._call("suspend", self._redis.hsetnx(SUSPENDED, tenant, suspension.to_json()))
             self._pending.pop(tenant, None)
         await self.suspensions()
 

@@ -273,10 +273,12 @@ class Enforcer:
                 engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
+        if not decision.refused and self.usage_gate is not None:
+            # Before limit_check: it streams the request body, and a streamed request
+            # can no longer be answered locally (mitmproxy).
+            decision = await self.usage_gate(flow, decision)
         if not decision.refused and self.limit_check is not None:
             decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
-        if not decision.refused and self.usage_gate is not None:
-            decision = await self.usage_gate(flow, decision)
         if decision.refused:
             self.record(decision)
             flow.response = refusal_response(decision)

@@ -136,7 +136,7 @@ class UsageGate:
         if tenant is not None and usage is not None and usage.anomaly is not None:
             burst = self._burst(tenant, usage, meters, admission.counts, now)
             if burst is not None:
-                return await self._suspend_automatically(decision, tenant, burst, engine_refusal)
+                return await self._suspend_automatically(decision, tenant, burst, engine)
         return decision
 
     def _burst(
@@ -283,7 +283,7 @@ class UsageGate:
         return new
 
     async def resume(self, tenant: str) -> bool:
-        resumed = await self.store.resume(tenant)
+        resumed = await self.store.resume(tenant, self._clock())
         self._baselines.pop(tenant, None)  # the burst must not become the new normal
         if resumed:
             self._emit("key_resumed", tenant=tenant)
@@ -297,7 +297,9 @@ def _suspended(suspension: Suspension) -> str:
     )
 
 
-def build(settings: Any, holder: Any, registry: CollectorRegistry, emit: Callable[..., None]) -> Any:
+def build(
+    settings: Any, holder: Any, registry: CollectorRegistry, emit: Callable[..., None]
+) -> Any:
     """The gate over the configured store, and the admin listener's /keys API."""
     from sidecar.admin_keys import KeysApi, read_admin_token
     from sidecar.settings import SettingsError

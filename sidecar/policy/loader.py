@@ -28,7 +28,6 @@ from sidecar import yamlfile
 from sidecar.hostnames import HostError, normalize_policy_host, wildcard_parents
 from sidecar.netguard import METADATA_ADDRESSES
 from sidecar.policy.errors import PolicyError, Problem
-from sidecar.policy.usage_limits import UsagePolicy, merge_usage_limits, read_usage_limits
 from sidecar.policy.model import (
     ANY_PATH,
     CredentialSpec,
@@ -39,6 +38,7 @@ from sidecar.policy.model import (
     Policy,
     SourceRef,
 )
+from sidecar.policy.usage_limits import UsagePolicy, merge_usage_limits, read_usage_limits
 
 __all__ = [
     "ALLOWED_METHODS",

@@ -67,9 +67,24 @@ def test_suspension_survives_a_restart_until_resumed(tmp_path: Path):
     assert admission.suspension.evidence == evidence and admission.suspension.by == "automatic"
     assert run(restarted.admit("b", [], NOW)).suspension is None
     assert [s.tenant for s in run(restarted.suspensions())] == ["a"]
-    assert run(restarted.resume("a"))
-    assert not run(restarted.resume("a"))
+    assert run(restarted.resume("a", NOW + 6))
+    assert not run(restarted.resume("a", NOW + 6))
     assert run(restarted.admit("a", [RPM], NOW + 6)).admitted
+
+
+def test_resume_starts_the_tenants_minute_over(tmp_path: Path):
+    """The burst that suspended a tenant must not suspend it again the moment it is
+    resumed: its per-minute counters restart (a day's budget does not)."""
+    store = LocalStore(tmp_path)
+    tpd = Meter("tenant:a", Metric.TOKENS, DAY, 10**6)
+    for i in range(3):
+        run(store.admit("a", [RPM, tpd], NOW + i))
+    run(store.add_tokens([TPM, tpd], 500, NOW + 3))
+    run(store.suspend(Suspension("a", NOW, "automatic")))
+    run(store.resume("a", NOW + 4))
+    admission = run(store.admit("a", [RPM, TPM, tpd], NOW + 5))
+    assert admission.admitted
+    assert [c.current for c in admission.counts] == [1, 0, 500]
 
 
 def test_state_file_is_private(tmp_path: Path):

@@ -42,7 +42,9 @@ T0 = 1_800_000_000.0 - (1_800_000_000.0 % DAY)  # a day (and minute) boundary
     ],
 )
 def test_sliding_estimate(current, previous, into, expected):
-    assert estimate(Counts(current, previous), T0 + into, MINUTE) == pytest.approx(expected, abs=1e-2)
+    assert estimate(Counts(current, previous), T0 + into, MINUTE) == pytest.approx(
+        expected, abs=1e-2
+    )
 
 
 @pytest.mark.parametrize(
@@ -225,5 +227,7 @@ def test_model_tally_is_bounded_and_ranks_by_tokens():
 
 def test_model_names_from_a_provider_are_made_safe():
     assert safe_model_name("gpt-4o-2024-08-06") == "gpt-4o-2024-08-06"
-    assert safe_model_name('x"\n<script>' + "a" * 100) == "xscript" + "a" * 53  # cut to 64, then filtered
+    assert (
+        safe_model_name('x"\n<script>' + "a" * 100) == "xscript" + "a" * 53
+    )  # cut to 64, then filtered
     assert safe_model_name(None) == "unknown"

@@ -64,20 +64,60 @@ def test_tenant_without_own_entry_or_default_is_unlimited():
 
 # (id, section text, [(line, key)])  -- the section starts at line 4
 CASES = [
-    ("unknown_key_hint", "usage_limits:\n  tenants:\n    a: {rpm: 5}\n", [(6, "usage_limits.tenants.a.rpm"), (6, "usage_limits.tenants.a")]),
-    ("zero_limit", "usage_limits:\n  tenants:\n    a: {requests_per_minute: 0}\n", [(6, "usage_limits.tenants.a.requests_per_minute")]),
-    ("negative", "usage_limits:\n  providers:\n    openai: {tokens_per_day: -5}\n", [(6, "usage_limits.providers.openai.tokens_per_day")]),
-    ("string_limit", 'usage_limits:\n  tenants:\n    a: {requests_per_minute: "5"}\n', [(6, "usage_limits.tenants.a.requests_per_minute")]),
+    (
+        "unknown_key_hint",
+        "usage_limits:\n  tenants:\n    a: {rpm: 5}\n",
+        [(6, "usage_limits.tenants.a.rpm"), (6, "usage_limits.tenants.a")],
+    ),
+    (
+        "zero_limit",
+        "usage_limits:\n  tenants:\n    a: {requests_per_minute: 0}\n",
+        [(6, "usage_limits.tenants.a.requests_per_minute")],
+    ),
+    (
+        "negative",
+        "usage_limits:\n  providers:\n    openai: {tokens_per_day: -5}\n",
+        [(6, "usage_limits.providers.openai.tokens_per_day")],
+    ),
+    (
+        "string_limit",
+        'usage_limits:\n  tenants:\n    a: {requests_per_minute: "5"}\n',
+        [(6, "usage_limits.tenants.a.requests_per_minute")],
+    ),
     ("empty_entry", "usage_limits:\n  tenants:\n    a: {}\n", [(6, "usage_limits.tenants.a")]),
-    ("bad_tenant_name", "usage_limits:\n  tenants:\n    Team A: {requests_per_minute: 1}\n", [(6, "usage_limits.tenants.Team A")]),
-    ("unknown_provider", "usage_limits:\n  providers:\n    anthropic: {requests_per_minute: 1}\n", [(6, "usage_limits.providers.anthropic")]),
-    ("failure_mode_typo", "usage_limits:\n  on_backend_failure: shut\n", [(5, "usage_limits.on_backend_failure")]),
-    ("failure_mode_bool", "usage_limits:\n  tenants:\n    a: {requests_per_minute: 1, on_backend_failure: on}\n", [(6, "usage_limits.tenants.a.on_backend_failure")]),
+    (
+        "bad_tenant_name",
+        "usage_limits:\n  tenants:\n    Team A: {requests_per_minute: 1}\n",
+        [(6, "usage_limits.tenants.Team A")],
+    ),
+    (
+        "unknown_provider",
+        "usage_limits:\n  providers:\n    anthropic: {requests_per_minute: 1}\n",
+        [(6, "usage_limits.providers.anthropic")],
+    ),
+    (
+        "failure_mode_typo",
+        "usage_limits:\n  on_backend_failure: shut\n",
+        [(5, "usage_limits.on_backend_failure")],
+    ),
+    (
+        "failure_mode_bool",
+        "usage_limits:\n  tenants:\n    a: {requests_per_minute: 1, on_backend_failure: on}\n",
+        [(6, "usage_limits.tenants.a.on_backend_failure")],
+    ),
     ("factor_one", "usage_limits:\n  anomaly: {factor: 1}\n", [(5, "usage_limits.anomaly.factor")]),
-    ("factor_text", "usage_limits:\n  anomaly: {factor: ten}\n", [(5, "usage_limits.anomaly.factor")]),
-    ("half_life_zero", "usage_limits:\n  anomaly: {half_life_minutes: 0}\n", [(5, "usage_limits.anomaly.half_life_minutes")]),
+    (
+        "factor_text",
+        "usage_limits:\n  anomaly: {factor: ten}\n",
+        [(5, "usage_limits.anomaly.factor")],
+    ),
+    (
+        "half_life_zero",
+        "usage_limits:\n  anomaly: {half_life_minutes: 0}\n",
+        [(5, "usage_limits.anomaly.half_life_minutes")],
+    ),
     ("not_a_mapping", "usage_limits: [1]\n", [(4, "usage_limits")]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "text", "expected"), CASES, ids=[c[0] for c in CASES])
