@@ -83,19 +83,45 @@ class Admission:
         return self.overrun is None and self.suspension is None
 
 
-def _ttl(meter: Meter) -> int:
-    return 2 * meter.seconds + 60  # the current and the previous window, with slack
+def _expires(meter: Meter, now: float) -> float:
+    """When a counter stops mattering: the end of the window after its own."""
+    return float((window_index(now, meter.seconds) + 2) * meter.seconds)
 
 
 class UsageStore(abc.ABC):
+    """Token counts are buffered in memory and written with the next admission (one
+    write per request, not two) or by `flush()`, which the addon calls every
+    FLUSH_INTERVAL: other processes and replicas see tokens that late at most."""
+
     name: str
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, list[float]] = {}  # key -> [amount, expires (epoch)]
+
+    def add_tokens(self, meters: Sequence[Meter], tokens: int, now: float) -> None:
+        if tokens <= 0:
+            return
+        for meter in meters:
+            entry = self._tokens.setdefault(meter.key(now), [0, _expires(meter, now)])
+            entry[0] += tokens
+
+    def _take_tokens(self, now: float) -> dict[str, list[float]]:
+        """The buffer to write (emptied); `_give_back` if the write failed."""
+        taken, self._tokens = self._tokens, {}
+        return {k: v for k, v in taken.items() if v[1] > now}  # gone windows: dropped
+
+    def _give_back(self, taken: dict[str, list[float]]) -> None:
+        for key, (amount, expires) in taken.items():
+            entry = self._tokens.setdefault(key, [0, expires])
+            entry[0] += amount
+
+    @abc.abstractmethod
+    async def flush(self, now: float) -> None:
+        """Write the buffered token counts."""
 
     @abc.abstractmethod
     async def admit(self, tenant: str | None, meters: Sequence[Meter], now: float) -> Admission:
         """Suspension check, then limits; counts the request's meters if admitted."""
-
-    @abc.abstractmethod
-    async def add_tokens(self, meters: Sequence[Meter], tokens: int, now: float) -> None: ...
 
     @abc.abstractmethod
     async def suspend(self, suspension: Suspension) -> bool:
@@ -137,6 +163,7 @@ class LocalStore(UsageStore):
     PURGE_EVERY = 2048  # admissions between deletions of expired counters
 
     def __init__(self, state_dir: str | os.PathLike[str], busy_timeout_ms: int = 100) -> None:
+        super().__init__()
         self.path = Path(state_dir) / STATE_FILE
         self.busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
@@ -178,7 +205,10 @@ class LocalStore(UsageStore):
             )
             return only
 
+        tokens = self._take_tokens(now)
+
         def work(db: sqlite3.Connection) -> Admission:
+            _add(db, tokens)
             suspended = _suspension_only(db, tenant)
             if suspended.suspension is not None:
                 return suspended
@@ -192,7 +222,11 @@ class LocalStore(UsageStore):
                 counts[i] = Counts(counts[i].current + 1, counts[i].previous)
             return Admission(tuple(counts))
 
-        admission: Admission = self._transaction(work)
+        try:
+            admission: Admission = self._transaction(work)
+        except BackendUnavailable:
+            self._give_back(tokens)
+            raise
         self._since_purge += 1
         if self._since_purge >= self.PURGE_EVERY:
             self._since_purge = 0
@@ -201,15 +235,15 @@ class LocalStore(UsageStore):
             )
         return admission
 
-    async def add_tokens(self, meters: Sequence[Meter], tokens: int, now: float) -> None:
-        if tokens <= 0 or not meters:
+    async def flush(self, now: float) -> None:
+        tokens = self._take_tokens(now)
+        if not tokens:
             return
-
-        def work(db: sqlite3.Connection) -> None:
-            for meter in meters:
-                _increment(db, meter, tokens, now)
-
-        self._transaction(work)
+        try:
+            self._transaction(lambda db: _add(db, tokens))
+        except BackendUnavailable:
+            self._give_back(tokens)
+            raise
 
     async def suspend(self, suspension: Suspension) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -271,13 +305,19 @@ def _read_counts(db: sqlite3.Connection, meters: Sequence[Meter], now: float) ->
     return [Counts(found.get(m.key(now), 0), found.get(m.key(now, 1), 0)) for m in meters]
 
 
+_UPSERT = (
+    "INSERT INTO counters (key, count, expires) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET count = count + excluded.count"
+)
+
+
 def _increment(db: sqlite3.Connection, meter: Meter, amount: int, now: float) -> None:
-    expires = (window_index(now, meter.seconds) + 2) * meter.seconds
-    db.execute(
-        "INSERT INTO counters (key, count, expires) VALUES (?, ?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET count = count + excluded.count",
-        (meter.key(now), amount, expires),
-    )
+    db.execute(_UPSERT, (meter.key(now), amount, _expires(meter, now)))
+
+
+def _add(db: sqlite3.Connection, tokens: dict[str, list[float]]) -> None:
+    if tokens:
+        db.executemany(_UPSERT, [(k, int(v[0]), v[1]) for k, v in tokens.items()])
 
 
 # --- shared: Redis ---------------------------------------------------------------------
@@ -285,14 +325,21 @@ def _increment(db: sqlite3.Connection, meter: Meter, amount: int, now: float) ->
 PREFIX = "{egress-sidecar}:"  # one hash slot: the script's keys work on a Cluster too
 SUSPENDED = PREFIX + "suspended"
 
-# KEYS: suspensions hash, then per meter its current and previous window counters.
-# ARGV: tenant ("" for none), meter count, then per meter: limit (-1: none), weight of
-# the previous window, 1 if counted per request, TTL seconds.
+# KEYS: suspensions hash, per meter its current and previous window counters, then
+# the buffered token counters. ARGV: tenant ("" for none), meter count, per meter:
+# limit (-1: none), weight of the previous window, 1 if counted per request, TTL
+# seconds; then per buffered token counter: amount, TTL seconds.
 _ADMIT = """
+local n = tonumber(ARGV[2])
+local t = 2 + n * 4
+for j = 2 + 2 * n, #KEYS do
+  redis.call('INCRBY', KEYS[j], tonumber(ARGV[t + 1]))
+  redis.call('EXPIRE', KEYS[j], tonumber(ARGV[t + 2]))
+  t = t + 2
+end
 local suspended = false
 if ARGV[1] ~= '' then suspended = redis.call('HGET', KEYS[1], ARGV[1]) end
 if suspended then return {suspended} end
-local n = tonumber(ARGV[2])
 local out = {'', 1}
 for i = 1, n do
   local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
@@ -316,6 +363,10 @@ return out
 """
 
 
+def _ttl(expires: float, now: float) -> int:
+    return max(1, int(expires - now) + 1)
+
+
 class RedisStore(UsageStore):
     """Every call bounded by `timeout`; after a failure, `BackendUnavailable` at once
     for `hold_down` seconds (the health loop's `check()` probes meanwhile)."""
@@ -333,6 +384,7 @@ class RedisStore(UsageStore):
     ) -> None:
         import redis.asyncio as aioredis
 
+        super().__init__()
         self.timeout = timeout
         self.hold_down = hold_down
         self._clock = clock
@@ -368,8 +420,16 @@ class RedisStore(UsageStore):
             weight = 1.0 - (now % meter.seconds) / meter.seconds
             limit = -1 if meter.limit is None else meter.limit
             counted = 1 if meter.metric is Metric.REQUESTS else 0
-            args += [limit, repr(weight), counted, _ttl(meter)]
-        reply = await self._call("admit", self._admit(keys=keys, args=args))
+            args += [limit, repr(weight), counted, _ttl(_expires(meter, now), now)]
+        tokens = self._take_tokens(now)
+        for key, (amount, expires) in tokens.items():
+            keys.append(PREFIX + key)
+            args += [int(amount), _ttl(expires, now)]
+        try:
+            reply = await self._call("admit", self._admit(keys=keys, args=args))
+        except BackendUnavailable:
+            self._give_back(tokens)
+            raise
         if len(reply) == 1:
             suspension = Suspension.from_json(reply[0])
             self._cache[suspension.tenant] = suspension
@@ -385,14 +445,19 @@ class RedisStore(UsageStore):
             overrun = Overrun(limited, float(limited.limit or 0), 1.0)
         return Admission(counts, overrun=overrun)
 
-    async def add_tokens(self, meters: Sequence[Meter], tokens: int, now: float) -> None:
-        if tokens <= 0 or not meters:
+    async def flush(self, now: float) -> None:
+        tokens = self._take_tokens(now)
+        if not tokens:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for meter in meters:
-            pipe.incrby(PREFIX + meter.key(now), tokens)
-            pipe.expire(PREFIX + meter.key(now), _ttl(meter))
-        await self._call("add_tokens", pipe.execute())
+        for key, (amount, expires) in tokens.items():
+            pipe.incrby(PREFIX + key, int(amount))
+            pipe.expire(PREFIX + key, _ttl(expires, now))
+        try:
+            await self._call("flush", pipe.execute())
+        except BackendUnavailable:
+            self._give_back(tokens)
+            raise
 
     async def suspend(self, suspension: Suspension) -> bool:
         self._cache[suspension.tenant] = suspension

@@ -47,6 +47,7 @@ logger = logging.getLogger("egress_sidecar")
 _METERS = "egress_usage_meters"  # flow metadata: the token meters of this request
 _TENANT = "egress_usage_tenant"
 HEALTH_INTERVAL = 0.5  # seconds between backend probes (and suspension cache refreshes)
+FLUSH_INTERVAL = 0.1  # seconds: the most token counts lag behind in other processes
 BACKEND_RETRY_AFTER = 2  # seconds, in a usage_backend_unavailable refusal
 
 
@@ -65,7 +66,7 @@ class UsageGate:
         self._clock = clock
         self._baselines: dict[str, Baseline] = {}
         self._models: dict[str, ModelTally] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.backend_up = True
         self._up = Gauge(
             "egress_sidecar_usage_backend_up",
@@ -80,7 +81,7 @@ class UsageGate:
             ["outcome"],
             registry=registry,
         )
-        for outcome in ("refused", "allowed", "tokens_lost", "suspension_from_cache"):
+        for outcome in ("refused", "allowed", "suspension_from_cache"):
             self._failures.labels(outcome)
         self._suspensions = Counter(
             "egress_sidecar_key_suspensions",
@@ -238,23 +239,34 @@ class UsageGate:
             tally = self._models.setdefault(tenant, ModelTally())
             tally.add(now, usage.model, usage.total_tokens)
         meters: list[Meter] = flow.metadata.get(_METERS) or []
-        try:
-            await self.store.add_tokens(meters, usage.total_tokens, now)
-        except BackendUnavailable as exc:
-            self._failures.labels("tokens_lost").inc()
-            self._backend_failed(str(exc))
-        except Exception:
-            logger.exception("counting a response's tokens failed")
+        self.store.add_tokens(meters, usage.total_tokens, now)  # written by the next admit
 
     # --- health loop (mitmproxy lifecycle) ----------------------------------------------
 
     async def running(self) -> None:
-        self._task = asyncio.create_task(self._health_loop(), name="usage-backend-health")
+        self._tasks = [
+            asyncio.create_task(self._health_loop(), name="usage-backend-health"),
+            asyncio.create_task(self._flush_loop(), name="usage-token-flush"),
+        ]
 
     async def done(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        try:
+            await self.store.flush(self._clock())
+        except BackendUnavailable:
+            pass  # the backend is down: these token counts are lost
         await self.store.close()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.store.flush(self._clock())
+            except BackendUnavailable as exc:
+                self._backend_failed(str(exc))  # kept, written once the backend is back
+            except Exception:
+                logger.exception("writing token counts failed")
 
     async def _health_loop(self) -> None:
         while True:

@@ -44,15 +44,28 @@ def test_tokens_counted_from_responses_close_the_token_limits(tmp_path: Path):
     store = LocalStore(tmp_path)
     meters = [RPM, TPM, TPD]
     assert run(store.admit("a", meters, NOW)).admitted
-    run(store.add_tokens([TPM, TPD], 120, NOW + 1))
+    store.add_tokens([TPM, TPD], 120, NOW + 1)
     refused = run(store.admit("a", meters, NOW + 2))
     assert refused.overrun is not None and refused.overrun.meter == TPM
     assert refused.counts[1].current == 120 and refused.counts[2].current == 120
     # A day's budget outlives the minute.
-    run(store.add_tokens([TPD], 900, NOW + 3))
+    store.add_tokens([TPD], 900, NOW + 3)
     next_minute = run(store.admit("a", [TPD], NOW + MINUTE + 1))
     assert next_minute.overrun is not None and next_minute.overrun.meter == TPD
     assert next_minute.overrun.retry_after > MINUTE
+
+
+def test_buffered_tokens_reach_other_processes_at_the_next_flush(tmp_path: Path):
+    """Tokens are written with the next admission or by flush(): another process (a
+    worker) sees them then, and not before."""
+    one, two = LocalStore(tmp_path), LocalStore(tmp_path)
+    one.add_tokens([TPM], 150, NOW)
+    assert run(two.admit("a", [TPM], NOW + 1)).admitted  # not written yet
+    run(one.flush(NOW + 1))
+    refused = run(two.admit("a", [TPM], NOW + 2))
+    assert refused.overrun is not None and refused.counts[0].current == 150
+    run(one.flush(NOW + 2))  # nothing left to write: no double count
+    assert run(two.admit("a", [TPM], NOW + 3)).counts[0].current == 150
 
 
 def test_suspension_survives_a_restart_until_resumed(tmp_path: Path):
@@ -79,7 +92,8 @@ def test_resume_starts_the_tenants_minute_over(tmp_path: Path):
     tpd = Meter("tenant:a", Metric.TOKENS, DAY, 10**6)
     for i in range(3):
         run(store.admit("a", [RPM, tpd], NOW + i))
-    run(store.add_tokens([TPM, tpd], 500, NOW + 3))
+    store.add_tokens([TPM, tpd], 500, NOW + 3)
+    run(store.flush(NOW + 3))  # the addon flushes every 0.1 s
     run(store.suspend(Suspension("a", NOW, "automatic")))
     run(store.resume("a", NOW + 4))
     admission = run(store.admit("a", [RPM, TPM, tpd], NOW + 5))
