@@ -43,7 +43,7 @@ def replicas(start_sidecar, provider, secrets, tmp_path, redis, section, count=3
                 redis.url,
                 *extra,
             ),
-        )  # fmt: skip
+        )
         for i in range(count)
     ]
     return sidecars, keys
