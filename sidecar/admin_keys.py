@@ -33,17 +33,23 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # as in the virtual keys f
 MIN_TOKEN_CHARS = 32
 
 
+class TokenUnavailable(OSError):
+    """The token file is missing and cannot be created (a read-only state directory)."""
+
+
 def read_admin_token(path: str | os.PathLike[str], *, create: bool) -> str:
     """The admin token; with `create`, a new random one is written if the file is missing.
 
     Refused (SettingsError) when another UID could read or change it."""
     path = Path(path)
     if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass  # another worker process wrote it first
+        except OSError as exc:
+            raise TokenUnavailable(f"--admin-token-file {path}: cannot create: {exc.strerror}")
         else:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(32) + "\n")
@@ -71,9 +77,9 @@ def read_admin_token(path: str | os.PathLike[str], *, create: bool) -> str:
 class KeysApi:
     """aiohttp routes over a `UsageGate` (sidecar/addons/usage.py)."""
 
-    def __init__(self, gate: Any, token: str) -> None:
+    def __init__(self, gate: Any, token: str | None) -> None:
         self._gate = gate
-        self._token = token.encode()
+        self._token = token.encode() if token else None  # None: /keys answers 503
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/keys", self._list)
@@ -81,6 +87,8 @@ class KeysApi:
         app.router.add_post("/keys/{tenant}/resume", self._resume)
 
     def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            raise _error(503, "no admin token: --admin-token-file could not be created")
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer":

@@ -313,7 +313,7 @@ def build(
     settings: Any, holder: Any, registry: CollectorRegistry, emit: Callable[..., None]
 ) -> Any:
     """The gate over the configured store, and the admin listener's /keys API."""
-    from sidecar.admin_keys import KeysApi, read_admin_token
+    from sidecar.admin_keys import KeysApi, TokenUnavailable, read_admin_token
     from sidecar.settings import SettingsError
     from sidecar.usage_settings import UsageSettingsError
     from sidecar.usage_store import LocalStore, RedisStore
@@ -329,5 +329,10 @@ def build(
     else:
         store = LocalStore(options.state_dir)
     gate = UsageGate(lambda: holder.engine, store, registry, emit)
-    token = read_admin_token(options.admin_token_file, create=True)
+    token: str | None = None
+    try:
+        token = read_admin_token(options.admin_token_file, create=True)
+    except TokenUnavailable as exc:
+        # A read-only state directory: run (limits then fail as configured), without /keys.
+        emit("admin_token_unavailable", error=str(exc), effect="the keys commands answer 503")
     return gate, KeysApi(gate, token)

@@ -449,6 +449,7 @@ def test_sidecar_args_are_flags_egress_sidecar_run_accepts() -> None:
     assert settings.policies == (mounts["policies"],)
     assert settings.alerts_config == mounts["alerts-config"] + "/alerts.yaml"
     assert settings.alert_spool_dir == mounts["alert-spool"]
+    assert settings.usage.state_dir == mounts["sidecar-state"]  # issue 15
 
 
 def test_init_args_are_flags_egress_sidecar_init_accepts_and_agree_with_the_sidecar() -> None:
