@@ -49,7 +49,8 @@ def read_admin_token(path: str | os.PathLike[str], *, create: bool) -> str:
         except FileExistsError:
             pass  # another worker process wrote it first
         except OSError as exc:
-            raise TokenUnavailable(f"--admin-token-file {path}: cannot create: {exc.strerror}")
+            message = f"--admin-token-file {path}: cannot create: {exc.strerror}"
+            raise TokenUnavailable(message) from None
         else:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(32) + "\n")

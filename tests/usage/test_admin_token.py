@@ -27,7 +27,7 @@ def test_token_others_could_read_or_change_is_refused(tmp_path: Path, mode: int)
     path = tmp_path / "admin-token"
     path.write_text("t" * 40)
     path.chmod(mode)
-    with pytest.raises(SettingsError, match="readable or writable by other users.*chmod 600"):
+    with pytest.raises(SettingsError, match=r"readable or writable by other users.*chmod 600"):
         read_admin_token(path, create=False)
 
 
