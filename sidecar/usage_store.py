@@ -29,8 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from sidecar.metering import (
     MINUTE,
     Counts,
@@ -382,9 +380,11 @@ class RedisStore(UsageStore):
         hold_down: float = 1.0,
         clock: Any = time.monotonic,
     ) -> None:
-        import redis.asyncio as aioredis
+        import redis.asyncio as aioredis  # here: the local default never pays its import
+        from redis.exceptions import RedisError
 
         super().__init__()
+        self._errors = (RedisError, OSError, TimeoutError)
         self.timeout = timeout
         self.hold_down = hold_down
         self._clock = clock
@@ -407,7 +407,7 @@ class RedisStore(UsageStore):
             raise BackendUnavailable("redis unavailable (recent failure)")
         try:
             return await asyncio.wait_for(coro, self.timeout * 2)
-        except (RedisError, OSError, TimeoutError) as exc:  # connection, timeout, script
+        except self._errors as exc:  # connection, timeout, protocol, script errors
             self._down_until = self._clock() + self.hold_down
             kind = type(exc).__name__
             raise BackendUnavailable(f"redis {what} failed: {kind}") from None
