@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 
 from sidecar.policy.usage_limits import AnomalyRule, FailureMode, RateLimit
@@ -276,13 +276,3 @@ def safe_model_name(model: str | None) -> str:
         return "unknown"
     kept = "".join(c for c in model[:64] if c.isalnum() or c in "-._:/@")
     return kept or "unknown"
-
-
-def sum_counts(values: Iterable[int]) -> int:
-    return sum(int(v) for v in values)
-
-
-def by_scope(
-    meters: Sequence[Meter], counts: Sequence[Counts]
-) -> Mapping[tuple[str, Metric, int], Counts]:
-    return {(m.scope, m.metric, m.seconds): c for m, c in zip(meters, counts, strict=True)}

@@ -16,6 +16,7 @@ after those readers, so their figure is there when this `response` hook runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from sidecar.engine import PolicyEngine
 from sidecar.metering import (
     MINUTE,
     Baseline,
+    Burst,
     Counts,
     Meter,
     Metric,
@@ -147,7 +149,7 @@ class UsageGate:
         meters: list[Meter],
         counts: tuple[Counts, ...],
         now: float,
-    ) -> Any:
+    ) -> Burst | None:
         assert usage.anomaly is not None
         scope = f"tenant:{tenant}"
         found = {
@@ -164,11 +166,10 @@ class UsageGate:
         if burst is None:
             return None
         tally = self._models.get(tenant)
-        top = tally.top(now) if tally is not None else ()
-        return type(burst)(burst.metric, burst.observed, burst.baseline, burst.threshold, top)
+        return dataclasses.replace(burst, top_models=tally.top(now) if tally is not None else ())
 
     async def _suspend_automatically(
-        self, decision: Decision, tenant: str, burst: Any, engine: PolicyEngine
+        self, decision: Decision, tenant: str, burst: Burst, engine: PolicyEngine
     ) -> Decision:
         detail = f"suspended automatically: {burst.describe()}"
         suspension = Suspension(
