@@ -95,6 +95,9 @@ class UsageStore(abc.ABC):
 
     def __init__(self) -> None:
         self._tokens: dict[str, list[float]] = {}  # key -> [amount, expires (epoch)]
+        # Suspensions as last read (the health loop lists them every 0.5 s): what holds
+        # while the store does not answer.
+        self._cache: dict[str, Suspension] = {}
 
     def add_tokens(self, meters: Sequence[Meter], tokens: int, now: float) -> None:
         if tokens <= 0:
@@ -140,7 +143,7 @@ class UsageStore(abc.ABC):
 
     def cached_suspension(self, tenant: str) -> Suspension | None:
         """A suspension known without asking the store (while it is unavailable)."""
-        return None
+        return self._cache.get(tenant)
 
     async def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -252,9 +255,12 @@ class LocalStore(UsageStore):
             return cursor.rowcount == 1
 
         changed: bool = self._transaction(work)
+        self._cache.setdefault(suspension.tenant, suspension)
         return changed
 
     async def resume(self, tenant: str, now: float) -> bool:
+        self._cache.pop(tenant, None)
+
         def work(db: sqlite3.Connection) -> bool:
             keys = [(k,) for k in _burst_keys(tenant, now)]
             db.executemany("DELETE FROM counters WHERE key = ?", keys)
@@ -269,6 +275,7 @@ class LocalStore(UsageStore):
             return [Suspension.from_json(r[0]) for r in rows]
 
         found: list[Suspension] = self._transaction(work)
+        self._cache = {s.tenant: s for s in found}
         return found
 
     async def close(self) -> None:
@@ -389,7 +396,6 @@ class RedisStore(UsageStore):
         self.hold_down = hold_down
         self._clock = clock
         self._down_until = 0.0
-        self._cache: dict[str, Suspension] = {}
         self._pending: dict[str, Suspension] = {}  # made while down, written on recovery
         self._redis = aioredis.Redis.from_url(
             url,
@@ -494,9 +500,6 @@ class RedisStore(UsageStore):
             await self._call("suspend", self._redis.hsetnx(SUSPENDED, tenant, suspension.to_json()))
             self._pending.pop(tenant, None)
         await self.suspensions()
-
-    def cached_suspension(self, tenant: str) -> Suspension | None:
-        return self._cache.get(tenant)
 
     async def close(self) -> None:
         await self._redis.aclose()

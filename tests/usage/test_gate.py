@@ -147,3 +147,27 @@ def test_burst_suspends_with_evidence_and_top_models(tmp_path: Path):
     (_, fields), *_ = [e for e in events if e[0] == "key_suspended"]
     assert fields["by"] == "automatic" and fields["evidence"]["baseline_per_minute"] > 1
     assert all(d.reason is Reason.KEY_SUSPENDED for d in decisions[len(passed) :])
+
+
+def test_suspended_tenant_stays_refused_while_the_state_file_is_locked(tmp_path: Path):
+    """Another process holds the state file's write lock past the busy timeout: the
+    limits fail as configured (open here), a known suspension still holds."""
+    import sqlite3
+
+    g, _, _ = gate(
+        tmp_path,
+        "usage_limits:\n  on_backend_failure: open\n"
+        "  tenants:\n    '*': {requests_per_minute: 100}\n",
+    )
+    assert asyncio.run(g.suspend_by_admin("team-a", "by an admin"))
+    assert not request(g, tenant="team-b").refused
+    holder = sqlite3.connect(tmp_path / "usage.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert request(g).reason is Reason.KEY_SUSPENDED
+        other = request(g, tenant="team-b")
+        assert other.verdict is Verdict.WOULD_BLOCK
+        assert other.reason is Reason.USAGE_BACKEND_UNAVAILABLE
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
