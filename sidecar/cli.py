@@ -1,5 +1,5 @@
 """`egress-sidecar` command line: run | policy check|test|explain|diff | report | init |
-redteam | virtual-key new|hash.
+redteam | virtual-key new|hash | keys list|suspend|resume.
 
 Each subcommand lives in its own module and contributes `add_arguments(parser)` and
 `main(args) -> int`; this file only wires them, so importing the CLI for `policy
@@ -49,6 +49,9 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "sidecar.virtual_key_cli",
         "create a tenant's virtual key; prints the key and the hash for the keys file",
     ),
+    ("keys", "list"): ("sidecar.keys_cli", "list suspended tenants (admin listener, token)"),
+    ("keys", "suspend"): ("sidecar.keys_cli", "suspend a tenant's virtual keys"),
+    ("keys", "resume"): ("sidecar.keys_cli", "lift a tenant's suspension"),
     ("virtual-key", "hash"): (
         "sidecar.virtual_key_cli",
         "hash a virtual key read from stdin (never pass keys as arguments)",

@@ -75,6 +75,10 @@ class Reason(StrEnum):
     SIDECAR_BUSY = "sidecar_busy"
     # issue 13: request DLP, a secret in what the gateway sends to a provider.
     SECRET_IN_REQUEST = "secret_in_request"  # noqa: S105 - a reason code
+    # issue 15: usage limits and key suspension (docs/usage-limits.md).
+    RATE_LIMITED = "rate_limited"
+    KEY_SUSPENDED = "key_suspended"
+    USAGE_BACKEND_UNAVAILABLE = "usage_backend_unavailable"
 
 
 class Severity(StrEnum):
@@ -331,6 +335,31 @@ REASONS: dict[Reason, ReasonSpec] = {
         "refused, or per policy forwarded with it redacted (`-`) or alerted; audit mode "
         "redacts it and forwards",
     ),
+    # Issue 15: usage limits (docs/usage-limits.md). A suspended key is refused in audit
+    # mode too, like a revoked one; rate limits are policy and only logged there.
+    Reason.RATE_LIMITED: ReasonSpec(
+        "429",
+        _I,
+        False,
+        "a tenant or provider is over a `usage_limits` rate (requests or tokens per minute, "
+        "tokens per day); `Retry-After` says when to retry, and the SDKs do",
+    ),
+    Reason.KEY_SUSPENDED: ReasonSpec(
+        "403",
+        _C,
+        True,
+        "the tenant's virtual key is suspended: automatically after a burst beyond "
+        "`usage_limits.anomaly` (the first refusal carries the evidence), or by "
+        "`egress-sidecar keys suspend`; lifted by `keys resume`",
+    ),
+    Reason.USAGE_BACKEND_UNAVAILABLE: ReasonSpec(
+        "503 / -",
+        _W,
+        False,
+        "the usage-limit backend (Redis, or the local state file) did not answer in time: "
+        "refused where the limit says `on_backend_failure: closed`, let through and logged "
+        "as would_block where it says `open`",
+    ),
 }
 
 ALWAYS_ENFORCED: frozenset[Reason] = frozenset(
@@ -361,6 +390,7 @@ class Decision:
     detail: str = ""  # human-readable, safe to log: never header or body content
     source: str | None = None  # policy file:line of the deciding entry
     usage: TokenUsage | None = None  # issue 14/15: tokens of the response, when read
+    retry_after: int | None = None  # issue 15: seconds, for `Retry-After` (rate_limited)
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -403,6 +433,8 @@ class Decision:
                 "output_tokens": self.usage.output_tokens,
                 "model": self.usage.model,
             }
+        if self.retry_after is not None:
+            record["retry_after"] = self.retry_after
         return record
 
 

@@ -14,7 +14,9 @@ the generic `{"error": "egress_refused", "reason": ...}` body.
 
 Every refusal carries `x-should-retry: false`: the official OpenAI and Anthropic SDKs
 obey it before looking at the status (they retry 408, 409, 429 and 5xx otherwise), so
-one refusal stays one attempt, one decision line and one alert count.
+one refusal stays one attempt, one decision line and one alert count. The exception
+is a rate limit (issue 15): it carries `Retry-After` and `x-should-retry: true`, so
+the SDKs back off as they do for the provider's own 429.
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ def render(decision: Decision, status: int, *, close: bool = False) -> Refusal:
     }
     if fmt is ErrorFormat.AWS:
         headers["x-amzn-errortype"] = reason
+    if decision.retry_after is not None:
+        # A rate limit (issue 15): the SDKs retry a 429 after `Retry-After` (OpenAI's
+        # also reads `retry-after-ms`), as they do for the provider's own 429.
+        headers["retry-after"] = str(decision.retry_after)
+        headers["retry-after-ms"] = str(decision.retry_after * 1000)
+        headers["x-should-retry"] = "true"
     if close:
         headers["connection"] = "close"
     return Refusal(status, headers, json.dumps(body).encode() + b"\n")

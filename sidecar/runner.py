@@ -222,6 +222,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     from sidecar.pacing import RefusalPacer
 
     pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
+    from sidecar.addons import usage
+
+    usage_gate, keys_api = usage.build(settings, holder, registry, emit)  # issue 15
     ps = proxyserver.Proxyserver()
     limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
     credentials.decode_budget = limits.decoded  # issue 10: decoded bytes, all responses
@@ -233,6 +236,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
         pacer,
         H2HostMismatches.install(),
         limit_check=limits.check_request,
+        usage_gate=usage_gate.gate,
     )
     # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
     # loaded, so no DNS question is forwarded unless our listener resolved it itself.
@@ -257,6 +261,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
     )
     master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
     master.addons.add(RequestDlp(holder, credentials.store, registry))  # issue 13: request DLP
+    master.addons.add(usage_gate)  # issue 15: last, after the response readers (issue 14)
     Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _configure(opts, settings, specs)
@@ -278,6 +283,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
             # A reverse listener exists to reach its provider: without its key, not ready.
             "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
         },
+        keys=keys_api,
     )
     admin_address = await admin.start(*settings.admin_listen)
 

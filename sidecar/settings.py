@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from sidecar import limits as limits_mod
+from sidecar import usage_settings
 from sidecar.hostnames import HostError, split_host_port
 
 ENV_PREFIX = "EGRESS_SIDECAR_"
@@ -98,6 +99,10 @@ class Settings:
     decision_format: str = "json"  # issue 18: json (our line) or ocsf (sidecar/ocsf.py)
     # issue 10: HTTP/connection limits
     limits: limits_mod.Limits = dataclasses.field(default_factory=limits_mod.Limits)
+    # issue 15: usage limits' state, Redis and admin token (sidecar/usage_settings.py)
+    usage: usage_settings.UsageSettings = dataclasses.field(
+        default_factory=lambda: usage_settings.from_values({})
+    )
 
 
 # (flag, env suffix, help, repeatable)
@@ -204,6 +209,7 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     ),
     # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
     *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
+    *((flag, env, help_text, False) for flag, env, help_text in usage_settings.OPTIONS),
 )
 
 
@@ -273,7 +279,10 @@ def resolve(args: argparse.Namespace) -> Settings:
     refusal_rate = 20.0 if rate is None else rate
     try:
         limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
-    except limits_mod.LimitError as exc:
+        usage = usage_settings.from_values(
+            {f: _single(values[f]) for f, *_ in usage_settings.OPTIONS}
+        )
+    except (limits_mod.LimitError, usage_settings.UsageSettingsError) as exc:
         raise SettingsError(str(exc)) from None
     if proxy_listen is None and not reverse and not transparent:
         raise SettingsError(
@@ -302,6 +311,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         refusal_rate=refusal_rate,
         limits=limits,
         decision_format=decision_format,
+        usage=usage,
     )
 
 

@@ -101,7 +101,9 @@ class Enforcer:
         pacer: RefusalPacer | None = None,
         h2_mismatches: H2HostMismatches | None = None,
         limit_check: Callable[[http.HTTPFlow, Decision, Any], Decision] | None = None,
+        usage_gate: Callable[[http.HTTPFlow, Decision], Awaitable[Decision]] | None = None,
     ) -> None:
+        self.usage_gate = usage_gate  # issue 15: rate limits, suspensions (addons/usage.py)
         self.limit_check = limit_check  # issue 10: request body limit (addons/limits.py)
         self.holder = holder
         self.pacer = pacer or RefusalPacer()  # issue 10: a refusal flood is slowed
@@ -270,6 +272,10 @@ class Enforcer:
                 engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
+        if not decision.refused and self.usage_gate is not None:
+            # Before limit_check: it streams the request body, and a streamed request
+            # can no longer be answered locally (mitmproxy).
+            decision = await self.usage_gate(flow, decision)
         if not decision.refused and self.limit_check is not None:
             decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
         self.credentials.hold_body(flow)  # issue 16: a request we sign is read whole

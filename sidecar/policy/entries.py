@@ -37,6 +37,7 @@ from sidecar.policy.model import (
 )
 from sidecar.policy.relay import RELAY_KEYS, read_relay
 from sidecar.policy.tools import read_tools
+from sidecar.policy.usage_limits import UsagePolicy, read_usage_limits
 from sidecar.policy.values import (
     ALLOWED_METHODS,
     format_problem,
@@ -50,7 +51,7 @@ DEFAULT_PROVIDER_PORTS = frozenset({443})
 DEFAULT_PROVIDER_METHODS = frozenset({"GET", "POST"})
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
-_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides", "dlp")
+_TOP_KEYS = ("version", "mode", "providers", "allow", "overrides", "usage_limits", "dlp")
 _PROVIDER_KEYS = (
     "hosts",
     "ports",
@@ -115,6 +116,7 @@ class FileReader(yamlfile.Reader):
         self.drafts: list[Draft] = []
         self.mode: tuple[Mode, int] | None = None
         self.overrides: overrides.FileOverrides | None = None
+        self.usage: UsagePolicy | None = None  # issue 15
         self.dlp: DlpRules | None = None
 
     # -- document
@@ -143,6 +145,9 @@ class FileReader(yamlfile.Reader):
                 self._allow(index, item)
         if "overrides" in top:
             self.overrides = overrides.read(self, top["overrides"][1])
+        if "usage_limits" in top:
+            knode, vnode = top["usage_limits"]
+            self.usage = read_usage_limits(self, vnode, yamlfile.line(knode))
 
     def _version(self, node: Node) -> bool:
         if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(POLICY_VERSION):

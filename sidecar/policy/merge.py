@@ -22,6 +22,7 @@ from sidecar.policy.dlp import DlpRules, one_top_level_dlp
 from sidecar.policy.entries import POLICY_VERSION, Draft, FileReader
 from sidecar.policy.errors import PolicyError, Problem
 from sidecar.policy.model import IPNetwork, Mode, Policy, SourceRef
+from sidecar.policy.usage_limits import UsagePolicy, merge_usage_limits
 
 
 @dataclasses.dataclass(slots=True)
@@ -46,6 +47,7 @@ class Merger:
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
         self.overrides: list[overrides.FileOverrides] = []
+        self.usages: list[UsagePolicy] = []
         self.dlp: list[DlpRules] = []  # top-level `dlp:` sections: at most one
 
     def add_file(self, file: str, data: bytes) -> None:
@@ -63,6 +65,8 @@ class Merger:
             self.modes.append((reader.mode[0], file, reader.mode[1]))
         if reader.overrides is not None:
             self.overrides.append(reader.overrides)
+        if reader.usage is not None:
+            self.usages.append(reader.usage)
         if reader.dlp is not None:
             self.problems.extend(one_top_level_dlp(self.dlp, reader.dlp))
             self.dlp.append(reader.dlp)
@@ -79,6 +83,8 @@ class Merger:
         self._check_hosts()
         self._check_cidrs()
         self._check_secrets()
+        providers = {d.provider for d in self.drafts if d.provider}
+        usage = merge_usage_limits(self.usages, providers, self.problems)
         if self.problems:
             order = {f: i for i, f in enumerate(self.files)}
             self.problems.sort(key=lambda p: (order.get(p.file, -1), p.line))
@@ -93,6 +99,7 @@ class Merger:
             digest=self.digest.hexdigest(),
             mode_source=applied.mode[1] if applied.mode else mode_source,
             removed=applied.removed,
+            usage=usage,
             dlp=self.dlp[0] if self.dlp else None,
         )
 

@@ -13,6 +13,7 @@ from sidecar.policy.cloud_credentials import CloudCredential
 if TYPE_CHECKING:
     from sidecar.policy.dlp import DlpRules
     from sidecar.policy.tools import ToolPolicy
+    from sidecar.policy.usage_limits import UsagePolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -105,6 +106,7 @@ class Policy:
     mode_source: SourceRef | None = None  # the `mode:` that decided; None: the default
     removed: tuple[Removal, ...] = ()
     dlp: DlpRules | None = None  # the top-level `dlp:` section (request DLP defaults)
+    usage: UsagePolicy | None = None  # issue 15: usage_limits (sidecar/policy/usage_limits.py)
 
     def provider(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:

@@ -100,6 +100,7 @@ def test_every_alert_has_severity_summary_and_known_metric() -> None:
         "egress_sidecar_policy_reload_total",
         "egress_sidecar_policy_last_reload_success",
         "egress_sidecar_alerts_",
+        "egress_sidecar_usage_backend_up",  # issue 15
         "up{",
     )
     for group in rules_spec()["groups"]:

@@ -449,6 +449,10 @@ def test_sidecar_args_are_flags_egress_sidecar_run_accepts() -> None:
     assert settings.policies == (mounts["policies"],)
     assert settings.alerts_config == mounts["alerts-config"] + "/alerts.yaml"
     assert settings.alert_spool_dir == mounts["alert-spool"]
+    assert settings.usage.state_dir == mounts["sidecar-state"]  # issue 15
+    # ... and `kubectl exec ... egress-sidecar keys` (no flags) looks there for the token.
+    env = {e["name"]: e.get("value") for e in container(spec, SIDECAR)["env"]}
+    assert env["EGRESS_SIDECAR_STATE_DIR"] == mounts["sidecar-state"]
 
 
 def test_init_args_are_flags_egress_sidecar_init_accepts_and_agree_with_the_sidecar() -> None:

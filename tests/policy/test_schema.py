@@ -52,8 +52,8 @@ def test_every_object_in_the_schema_is_closed() -> None:
     # root, providers map, credential, its aws_sigv4 (with web_identity) and google_oauth
     # forms, provider, allowEntry, overrides, relay tenants map, relayTenant; tools, a
     # {pattern:} rule, the tools.tenants map and a tenant's entry; dlp, dlp actions,
-    # dlp allow
-    assert len(objects) == 18
+    # dlp allow; usage_limits, its tenants and providers maps, anomaly, usageLimit
+    assert len(objects) == 23
     for obj in objects:
         extra = obj.get("additionalProperties")
         assert extra is False or (isinstance(extra, dict) and "$ref" in extra), obj
@@ -98,6 +98,22 @@ GOOD = [
         },
     ),
     ("audit", {"version": 1, "mode": "audit"}),
+    (
+        "usage_limits",
+        {
+            "version": 1,
+            "providers": {"p": {"hosts": ["a.example.com"]}},
+            "usage_limits": {
+                "on_backend_failure": "open",
+                "tenants": {
+                    "team-a": {"requests_per_minute": 5, "on_backend_failure": "closed"},
+                    "*": {"tokens_per_day": 1000},
+                },
+                "providers": {"p": {"tokens_per_minute": 100}},
+                "anomaly": {"factor": 8.5, "warmup_minutes": 0, "floor_tokens_per_minute": 0},
+            },
+        },
+    ),
 ]
 
 
@@ -130,6 +146,16 @@ BAD = [
     ("unknown_provider_key", _p(hostz=["b.example.com"]), True),
     ("unknown_allow_key", _a(credential={}), True),
     ("unknown_credential_key", _cred(value="sk-1"), True),
+    ("usage_rpm_typo", {"version": 1, "usage_limits": {"tenants": {"a": {"rpm": 5}}}}, True),
+    ("usage_empty_entry", {"version": 1, "usage_limits": {"tenants": {"a": {}}}}, True),
+    ("usage_zero", {"version": 1, "usage_limits": {"tenants": {"a": {"tokens_per_day": 0}}}}, True),
+    ("usage_fail_mode", {"version": 1, "usage_limits": {"on_backend_failure": "maybe"}}, True),
+    ("usage_factor_one", {"version": 1, "usage_limits": {"anomaly": {"factor": 1}}}, True),
+    (
+        "usage_unknown_provider",
+        {"version": 1, "usage_limits": {"providers": {"p": {"requests_per_minute": 1}}}},
+        False,
+    ),
     ("provider_name_upper", {"version": 1, "providers": {"OpenAI": {"hosts": ["a.b.c"]}}}, True),
     ("provider_without_hosts", {"version": 1, "providers": {"p": {"ports": [443]}}}, True),
     ("hosts_string", {"version": 1, "providers": {"p": {"hosts": "a.example.com"}}}, True),
