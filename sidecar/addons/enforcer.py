@@ -461,7 +461,7 @@ class Enforcer:
                 if client.tls_established
                 else "TLS handshake with the client failed (does it trust the sidecar CA?)"
             )
-        if not client.tls and tunnel is None and client.sockname:
+        if isinstance(client.proxy_mode, mode_specs.RegularMode) and tunnel is None:
             # Explicit listener: mitmproxy answered a malformed request (garbage, no
             # Host, a CONNECT without a valid port) with 400 before any hook saw one.
             detail = "connection ended without a valid HTTP request (malformed or none)"

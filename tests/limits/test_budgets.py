@@ -340,12 +340,20 @@ def test_upload_while_the_body_budget_is_spent_is_refused_with_503(
                 status, reason = 0, repr(exc)
     finally:
         holder.close()
-    busy = [
-        d
-        for d in tight.decisions[mark:]
-        if d.get("reason") == "sidecar_busy" and d.get("path") == "/v1/upload"
-    ]
-    assert busy, (status, reason, [d.get("reason") for d in tight.decisions[mark:]])
+
+    def busy_lines() -> list[dict]:
+        return [
+            d
+            for d in tight.decisions[mark:]
+            if d.get("reason") == "sidecar_busy" and d.get("path") == "/v1/upload"
+        ]
+
+    # The line may reach stdout just after the answer reached the client: wait (bounded).
+    deadline = time.monotonic() + 15
+    while not busy_lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    busy = busy_lines()
+    assert busy, (status, reason, tight.decisions[mark:])
     # Recorded when the bytes were dropped: while the upload still waited for its policy
     # decision (rule `limits`) or once it was streaming (its provider entry).
     assert busy[0]["host"] == "api.openai.com"
