@@ -220,8 +220,21 @@ class LimitsAddon:
                 reason=Reason.REQUEST_BODY_TOO_LARGE,
                 detail=f"content-length {int(declared)} exceeds the limit of {limit} bytes",
             )
+        if _needs_length(flow.request):
+            # HTTP/2 and HTTP/3 frame a body themselves. Relayed to an HTTP/1 provider
+            # without a length, its bytes would be read there as further requests that
+            # nobody decided (request smuggling). Buffered instead (bounded by the limit
+            # and the buffered-bytes budget), and `request` writes its length.
+            flow.metadata[_ADD_LENGTH] = True
+            return decision
         flow.request.stream = True  # never buffered: at most one read in memory
         return decision
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop(_ADD_LENGTH, False) and _needs_length(flow.request):
+            body = flow.request.raw_content or b""
+            if body:
+                flow.request.headers["content-length"] = str(len(body))
 
     # --- decisions --------------------------------------------------------------------
 
@@ -982,3 +995,13 @@ class GuardedHttpStream(HttpStream):
         self.client_state = self.server_state = self.state_errored
         self.flow.live = False
         yield DropStream(self.stream_id)
+
+
+_ADD_LENGTH = "egress_add_content_length"
+
+
+def _needs_length(request: http.Request) -> bool:
+    """An HTTP/2 or HTTP/3 request that names no body length of its own."""
+    if not (request.is_http2 or request.is_http3):
+        return False
+    return "content-length" not in request.headers and "transfer-encoding" not in request.headers
