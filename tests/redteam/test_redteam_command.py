@@ -60,6 +60,10 @@ def test_correct_setup_reports_zero_misses(held: SidecarProcess, provider) -> No
         "gateway_holding_a_real_provider_key": "gateway_holds_credential",
         "anthropic_key_sent_to_another_provider": "gateway_holds_credential",
         "key_in_the_query_string": "gateway_holds_credential",
+        "mcp_server_on_the_lookalike_in_a_responses_request": "provider_fetch_not_allowed",
+        "image_url_on_the_lookalike_for_the_provider_to_fetch": "provider_fetch_not_allowed",
+        "credential_harvest_pasted_into_a_prompt": "secret_in_request",
+        "realtime_client_secret_minted_for_outside_use": "credential_minting_not_allowed",
     }
     for name, reason in expected.items():
         assert probes[name]["outcome"] == "blocked", probes[name]
