@@ -276,9 +276,15 @@ class StreamRedactor:
 
 
 def redact_bytes(patterns: RedactionPatterns, data: bytes) -> tuple[bytes, int]:
-    """Redact a whole body at once; returns (redacted, number of redactions)."""
+    """Redact a whole body at once; returns (redacted, number of redactions).
+
+    One pass over `data`, not `feed` + `finish`: a body can be 64 MiB decoded, and the
+    stream path's tail-joins would hold three more copies of it at once. With nothing
+    to redact, `data` itself comes back (no copy)."""
+    if not data or patterns.needle_re is None:
+        return data, 0
     r = StreamRedactor(patterns)
-    out = r.feed(data) + r.finish() if data else b""
+    out, _ = r._redact(data, len(data))
     return out, r.count
 
 
