@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import pytest
@@ -232,24 +231,19 @@ def test_property_chunking_never_changes_the_output(data: bytes, positions, cuts
     assert KEY not in out
 
 
-def test_throughput_1mb(capsys: pytest.CaptureFixture[str]):
+def test_1mb_stream_without_keys_passes_unchanged_in_any_chunk_size():
+    """The redactor's speed is measured in bench/ (never in a timed test); here only that
+    1 MB of honest SSE in small and large chunks comes out byte for byte."""
     keys = [h.openai_project_key().encode() for _ in range(6)]
     patterns = compile_patterns(keys)
     event = sse(b"The quick brown fox jumps over the lazy dog, chunk after chunk.")
     data = (event * (1_000_000 // len(event) + 1))[:1_000_000]
     for chunk in (1024, 16384):
-        start = time.perf_counter()
         r = StreamRedactor(patterns)
         out = [r.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)]
         out.append(r.finish())
-        elapsed = time.perf_counter() - start
         assert b"".join(out) == data
-        with capsys.disabled():
-            print(
-                f"\nredactor, 6 keys, 1 MB SSE in {chunk} B chunks: "
-                f"{len(data) / elapsed / 1e6:.0f} MB/s"
-            )
-        assert len(data) / elapsed > 5e6  # loose: CI machines vary
+        assert r.count == 0
 
 
 def test_key_as_header_name_is_dropped_and_not_named(tmp_path: Path):
