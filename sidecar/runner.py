@@ -22,6 +22,7 @@ from typing import Any
 from sidecar import settings as settings_mod
 from sidecar.decision import iso_time
 from sidecar.hostnames import IPAddress
+from sidecar.memory import pin_mmap_threshold
 from sidecar.settings import Settings, SettingsError
 
 logger = logging.getLogger("egress_sidecar")
@@ -60,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
         emit("policy_error", error=str(exc))
         sys.stderr.write(f"egress-sidecar: policy rejected, not starting:\n{exc}\n")
         return EXIT_BAD_POLICY
+    pin_mmap_threshold()  # freed body buffers leave the RSS (sidecar/memory.py)
     try:
         return asyncio.run(_serve(settings, policy))
     except SettingsError as exc:
