@@ -46,8 +46,8 @@ from sidecar.streams.inspector import (
     Violation,
     api_for_path,
     error_document,
-    error_event,
     safe_tool_name,
+    stream_framing,
 )
 from sidecar.streams.readers import parse_json
 from sidecar.usage import USAGE_KEY, TokenUsage
@@ -387,7 +387,8 @@ class ResponseInspection:
             patterns=self.credentials.guard.patterns() if key_added(flow) else None,
             enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
             is Verdict.BLOCK,
-            render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
+            message=lambda v: self._message(flow, v),
+            framing=stream_framing(api, list(flow.request.query.items(multi=True))),
         )
 
     def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:
