@@ -70,9 +70,11 @@ def test_the_array_splitter_yields_each_element_with_its_offsets():
 @settings(max_examples=150, deadline=None)
 def test_any_chunking_of_the_array_yields_the_same_calls(data):
     cuts = data.draw(st.sets(st.integers(1, len(ARRAY) - 1), max_size=60))
-    assert array_calls(chunked(ARRAY, cuts)) == array_calls([ARRAY]) == [
-        ("get_weather", json.dumps({"city": "x", "nested": [{"a": "}"}]}))
-    ]
+    assert (
+        array_calls(chunked(ARRAY, cuts))
+        == array_calls([ARRAY])
+        == [("get_weather", json.dumps({"city": "x", "nested": [{"a": "}"}]}))]
+    )
 
 
 @pytest.mark.parametrize(
@@ -180,10 +182,18 @@ def chat_pipe_stream() -> tuple[bytes, list[bytes]]:
         sse(chat_chunk({"content": "Sure, running it."})),
         sse(
             chat_chunk(
-                {"tool_calls": [{"index": 0, "id": "c", "type": "function",
-                                 "function": {"name": "shell", "arguments": ""}}]}
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "shell", "arguments": ""},
+                        }
+                    ]
+                }
             )
-        ),  # fmt: skip
+        ),
         *[
             sse(chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
             for piece in PIPE_PIECES

@@ -4,6 +4,7 @@ the injected key back in pieces; the official SDKs must raise, never see the cal
 
 from __future__ import annotations
 
+import json
 import ssl
 import textwrap
 import time
@@ -492,3 +493,78 @@ def test_responses_websocket_declaring_a_tool_the_policy_does_not_allow_is_refus
     assert hostile.requests == before  # the response.create never reached the provider
     detail = "responses request declares tool 'delete_everything', not in tools.allow (WebSocket)"
     assert decision(guarded, "tool_not_allowed", detail=detail)["decision"] == "block"
+
+
+# --- arguments streamed in pieces; Gemini's JSON array stream -----------------------------------
+
+
+def _raw_stream(sidecar, url: str, body: dict) -> bytes:
+    """What a gateway reading the raw stream receives (every byte, until the end)."""
+    with (
+        httpx.Client(proxy=sidecar.proxy_url, verify=_verify(sidecar), timeout=20) as client,
+        client.stream("POST", url, json=body) as response,
+    ):
+        assert response.status_code == 200
+        return b"".join(response.iter_raw())
+
+
+def test_router_streaming_denied_arguments_in_pieces_never_delivers_a_piece(guarded, hostile):
+    hostile.attack = Attack("inject", fragments=4)
+    got = _raw_stream(
+        guarded,
+        f"https://api.openai.com:{hostile.port}/v1/chat/completions",
+        {"model": "gpt-x", "messages": ASK, "tools": [SHELL], "stream": True},
+    )
+    assert b"Hello" in got  # the text before the call streamed
+    assert b"curl" not in got and b"evil.example" not in got
+    assert b"tool_arguments_denied" in got
+    assert decision(guarded, "tool_arguments_denied")["decision"] == "block"
+
+
+def test_router_streaming_denied_input_json_in_pieces_to_anthropic_sdk_is_cut(guarded, hostile):
+    hostile.attack = Attack("inject", fragments=5)
+    seen: list[str] = []
+    tool = {"name": INJECTED_TOOL, "input_schema": {"type": "object"}}
+    with (
+        pytest.raises(anthropic.APIStatusError, match="tool_arguments_denied"),
+        claude(guarded, hostile.port).messages.stream(
+            model="claude-x", max_tokens=5, messages=ASK, tools=[tool]
+        ) as stream,
+    ):
+        for event in stream:
+            seen.append(event.model_dump_json())
+    assert not any("curl" in e or "evil.example" in e for e in seen)
+    assert decision(guarded, "tool_arguments_denied", provider="anthropic")["decision"] == "block"
+
+
+def test_router_injecting_a_function_call_into_a_gemini_json_array_stream_is_cut(guarded, hostile):
+    # google-genai always asks for alt=sse; REST clients without it get a JSON array.
+    hostile.attack = Attack("inject")
+    got = _raw_stream(
+        guarded,
+        f"https://generativelanguage.googleapis.com:{hostile.port}"
+        "/v1beta/models/gemini-x:streamGenerateContent",
+        {
+            "contents": [{"parts": [{"text": "weather?"}]}],
+            "tools": [{"functionDeclarations": [{"name": "get_weather"}]}],
+        },
+    )
+    doc = json.loads(got)  # still one valid array: the client's parser ends cleanly
+    assert doc[0]["candidates"][0]["content"]["parts"] == [{"text": "Hello"}]
+    assert INJECTED_TOOL not in json.dumps(doc[:-1])
+    assert doc[-1]["error"]["reason"] == "tool_call_injected"
+    assert decision(guarded, "tool_call_injected", provider="gemini")["decision"] == "block"
+
+
+def test_an_honest_gemini_json_array_stream_passes_whole(guarded, hostile):
+    got = _raw_stream(
+        guarded,
+        f"https://generativelanguage.googleapis.com:{hostile.port}"
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=json",
+        {"contents": [{"parts": [{"text": "weather?"}]}]},
+    )
+    doc = json.loads(got)
+    assert [c["candidates"][0]["content"]["parts"][0]["text"] for c in doc] == [
+        "Hello", " from", " the router.", ""
+    ]  # fmt: skip
+    assert doc[-1]["usageMetadata"]["totalTokenCount"] == 21
