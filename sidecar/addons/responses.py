@@ -387,7 +387,7 @@ class ResponseInspection:
             patterns=self.credentials.guard.patterns() if key_added(flow) else None,
             enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
             is Verdict.BLOCK,
-            message=lambda v: self._message(flow, v),
+            describe=lambda v: self._message(flow, v),
             framing=stream_framing(api, list(flow.request.query.items(multi=True))),
         )
 

@@ -117,7 +117,7 @@ class ResponseInspector:
         declared: DeclaredTools,
         patterns: RedactionPatterns | None,
         enforce_tools: bool,
-        message: Callable[[Violation], str] | None = None,
+        describe: Callable[[Violation], str] | None = None,
         framing: str = SSE,
     ) -> None:
         self.api = api
@@ -126,7 +126,7 @@ class ResponseInspector:
         self.declared = declared
         self.guard = DecodedTextGuard(patterns) if patterns is not None else None
         self.enforce_tools = enforce_tools
-        self.message = message or (lambda v: f"egress-sidecar: {v.detail}")
+        self._describe = describe or (lambda v: f"egress-sidecar: {v.detail}")
         self.framing = framing
         self.violations: list[Violation] = []  # every one found (bounded), enforced or not
         self.cut: Violation | None = None
@@ -312,7 +312,7 @@ class ResponseInspector:
             self.violations.append(violation)
         self.cut = violation
         self._held = b""
-        message = self.message(violation)
+        message = self._describe(violation)
         if self.framing == JSON_ARRAY:  # one more element, and the array's end
             document = json.dumps(error_document(self.api, violation.reason.value, message))
             return (b",\r\n" if self._released else b"[") + document.encode() + b"]"
