@@ -37,6 +37,7 @@ MAX_HELD_WHILE_HOLDING = 1024 * 1024
 MAX_HELD_ARGUMENTS = 16 * 1024 * 1024
 SSE = "sse"
 JSON_ARRAY = "json_array"  # Gemini :streamGenerateContent without alt=sse
+UNREADABLE = "unreadable"  # Gemini alt=proto and the like: cut, never passed unread
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
@@ -78,7 +79,7 @@ def stream_framing(api: str, query: list[tuple[str, str]]) -> str:
     alts = {value.lower() for name, value in query if name in ("alt", "$alt")}
     if not alts or alts == {"json"}:
         return JSON_ARRAY
-    return SSE if alts == {"sse"} else "unreadable"
+    return SSE if alts == {"sse"} else UNREADABLE
 
 
 def error_document(api: str, reason: str, message: str) -> dict[str, object]:
