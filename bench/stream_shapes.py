@@ -126,6 +126,9 @@ def sdk_first_delta(
             api_key="dummy", base_url=base + "/v1", max_retries=0,
             http_client=httpx.Client(proxy=proxy, verify=verify, event_hooks=hooks),
         )  # fmt: skip
+    # The SDKs import their resources lazily (seconds on a busy machine): not a cold
+    # connection's cost, so done before any call is timed.
+    _ = client.messages if shape == "anthropic" else client.chat.completions
     warm: list[float] = []
     after_headers: list[float] = []
     cold: float | None = None
