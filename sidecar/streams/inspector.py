@@ -190,10 +190,14 @@ class ResponseInspector:
             raise NotJsonArray("a JSON array stream element that is not a JSON object")
         return self.reader.document(doc, streamed=True)
 
+    @property
+    def holding_arguments(self) -> bool:
+        """A call's arguments are open and must not reach the gateway yet (enforce mode
+        with argument rules): the Responses WebSocket holds its messages on this."""
+        return self._hold_arguments and self.reader.arguments_open
+
     def _holding(self) -> bool:
-        return (self.guard is not None and self.guard.holding) or (
-            self._hold_arguments and self.reader.arguments_open
-        )
+        return (self.guard is not None and self.guard.holding) or self.holding_arguments
 
     def _max_held(self) -> int:
         guard = self.guard is not None and self.guard.holding

@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
 import httpx
@@ -568,3 +569,42 @@ def test_an_honest_gemini_json_array_stream_passes_whole(guarded, hostile):
         "Hello", " from", " the router.", ""
     ]  # fmt: skip
     assert doc[-1]["usageMetadata"]["totalTokenCount"] == 21
+
+
+def _websocket_events(sidecar, port: int, tools: list[dict]) -> list[Any]:
+    client = oai(sidecar, port)
+    options = {"proxy": sidecar.proxy_url, "ssl": _verify(sidecar)}
+    events: list[Any] = []
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(model="gpt-x", input="weather?", tools=tools)
+        deadline = time.monotonic() + 20
+        for event in connection:
+            events.append(event)
+            if event.type in ("error", "response.completed") or time.monotonic() > deadline:
+                break
+    return events
+
+
+def test_router_streaming_denied_arguments_over_the_responses_websocket_never_delivers_a_piece(
+    guarded, hostile
+):
+    hostile.attack = Attack("inject", fragments=4)
+    shell = {"type": "function", "name": INJECTED_TOOL, "parameters": {"type": "object"}}
+    events = _websocket_events(guarded, hostile.port, [shell])
+    assert events[-1].type == "error"
+    assert not any("curl" in e.model_dump_json() or "evil" in e.model_dump_json() for e in events)
+    assert [e.type for e in events if e.type == "response.output_text.delta"]  # text streamed
+    assert decision(guarded, "tool_arguments_denied")["decision"] == "block"
+
+
+def test_an_allowed_call_over_the_responses_websocket_arrives_whole_and_in_order(guarded, hostile):
+    arguments = {"city": "Paris", "unit": "celsius", "days": 3}
+    hostile.attack = Attack("inject", tool="get_weather", arguments=arguments, fragments=5)
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    events = _websocket_events(guarded, hostile.port, [weather])
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.completed" and "error" not in kinds
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) == 5 and json.loads("".join(deltas)) == arguments
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(numbers) == list(range(numbers[0], numbers[0] + len(numbers)))

@@ -277,12 +277,9 @@ class HostileProvider:
                     {"output_index": 1, "item": {**call, "arguments": "", "status": "in_progress"}},
                 )
             )
-            events.append(
-                event(
-                    "response.function_call_arguments.delta",
-                    {"item_id": "fc_1", "output_index": 1, "delta": args},
-                )
-            )
+            for piece in _pieces(args, self.attack.fragments):
+                delta = {"item_id": "fc_1", "output_index": 1, "delta": piece}
+                events.append(event("response.function_call_arguments.delta", delta))
             events.append(
                 event(
                     "response.function_call_arguments.done",
