@@ -14,6 +14,8 @@ import json
 import ssl
 import time
 
+from sidecar.streams.jsonarray import JsonArraySplitter  # pure: no mitmproxy, no network
+
 IO_TIMEOUT = 15.0  # connecting, and large bodies
 REQUEST_TIMEOUT = 3.0  # one small request (a hung request counts as an error)
 
@@ -178,17 +180,25 @@ class Conn:
                 while data := await self.reader.read(65536):
                     yield data
 
+        array: JsonArraySplitter | None = None  # Gemini without alt=sse: one JSON array
         async for part in pieces():
             now = time.monotonic()
-            buffer += part.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                data = next(
-                    (line[6:] for line in event.split(b"\n") if line.startswith(b"data: {")), None
-                )
-                if data is None:
-                    continue
-                doc = json.loads(data)
+            if array is None and not buffer and part.lstrip().startswith(b"["):
+                array = JsonArraySplitter()
+            if array is not None:
+                documents = [json.loads(e.data) for e in array.feed(part)]
+            else:
+                buffer += part.replace(b"\r\n", b"\n")
+                documents = []
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    data = next(
+                        (line[6:] for line in event.split(b"\n") if line.startswith(b"data: {")),
+                        None,
+                    )
+                    if data is not None:
+                        documents.append(json.loads(data))
+            for doc in documents:
                 if "i" not in doc:
                     continue
                 if first < 0:

@@ -132,9 +132,8 @@ class Provider:
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
-        return await self.shaped_stream(
-            request, json.loads(await request.read() or b"{}"), "gemini"
-        )
+        shape = "gemini" if request.query.get("alt") == "sse" else "gemini_array"
+        return await self.shaped_stream(request, json.loads(await request.read() or b"{}"), shape)
 
     async def shaped_stream(
         self, request: web.Request, payload: dict, shape: str
@@ -143,25 +142,35 @@ class Provider:
         framed as that provider frames them, each with its send time `"t"`."""
         chunks = int(payload.get("chunks", 200))
         interval = float(payload.get("interval", 0.01))
-        response = web.StreamResponse(
-            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
-        )
+        array = shape == "gemini_array"  # one JSON array, element by element
+        kind = "application/json" if array else "text/event-stream"
+        response = web.StreamResponse(headers={"content-type": kind, "cache-control": "no-cache"})
         await response.prepare(request)
+        frame = _frame
+        if array:
+            shape, separator = "gemini", [b"["]
+
+            def frame(shape: str, event: dict) -> bytes:
+                head, separator[0] = separator[0], b"\r\n,\r\n"
+                return head + json.dumps(event).encode()
+
         self.active_streams += 1
         try:
             for event in SHAPE_OPENING.get(shape, []):
-                await response.write(_frame(shape, {**event, "t": time.monotonic()}))
+                await response.write(frame(shape, {**event, "t": time.monotonic()}))
             start = time.monotonic()
             for i in range(chunks):
                 delay = start + i * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 event = {**SHAPE_DELTA[shape](i), "i": i, "t": time.monotonic()}
-                await response.write(_frame(shape, event))
+                await response.write(frame(shape, event))
             for event in SHAPE_CLOSING.get(shape, []):
-                await response.write(_frame(shape, {**event, "t": time.monotonic()}))
+                await response.write(frame(shape, {**event, "t": time.monotonic()}))
             if shape == "chat":
                 await response.write(b"data: [DONE]\n\n")
+            if array:
+                await response.write(b"]")
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             raise

@@ -1,14 +1,16 @@
 """Stream shapes through the sidecar (issue 14): with response inspection on, an honest
 stream of each API shape must not be slowed.
 
-For each shape (OpenAI chat, OpenAI Responses, Anthropic Messages, Gemini), `count`
-streams of `chunks` text events 10 ms apart, direct and through `egress-sidecar run`
-(key injection on, so the reflection redactor and the decoded-text guard both run),
-in the same run. Figures: time to the first text event (median; target: within 5 ms of
-direct) and the worst delay of any event between the fake writing it and the client
-reading it (median over streams of the per-stream worst; target: under 10 ms more than
-direct). Then the same with the official SDKs (openai, anthropic) timing their first
-text delta, as the gateway would see it.
+For each shape (OpenAI chat, OpenAI Responses, Anthropic Messages, Gemini SSE, Gemini's
+JSON array without `alt=sse`), `count` streams of `chunks` text events 10 ms apart,
+direct, through bare mitmproxy (bench/trimmed_master.py: no addon of ours) and through
+`egress-sidecar run` (key injection on, so the reflection redactor and the decoded-text
+guard both run), in the same run. Figures: time to the first text event (median;
+target: within 5 ms of direct) and the worst delay of any event between the fake
+writing it and the client reading it (median over streams of the per-stream worst;
+target: under 10 ms more than direct). Then the official SDKs (openai, anthropic):
+their first text delta from the call (cold client and warm) and from the response
+headers, and the TCP connections a warm call opens.
 
     .venv/bin/python -m bench.stream_shapes [--chunks 100] [--count 10]
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import ssl
 import statistics
 import sys
@@ -35,6 +39,7 @@ SHAPES = {
     "responses": "/v1/responses",
     "anthropic": "/v1/messages",
     "gemini": "/v1/models/gemini-fake:streamGenerateContent?alt=sse",
+    "gemini_array": "/v1/models/gemini-fake:streamGenerateContent",  # a JSON array
 }
 
 
@@ -58,15 +63,45 @@ async def shape_round(contender: C.Contender, path: str, chunks: int, count: int
     return {"ttfc": ttfc, "worst": worst}
 
 
+class _Connects(logging.Handler):
+    """Counts the TCP connections httpcore (openai) and httpcore2 (anthropic) open."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("connect_tcp.started"):
+            _Connects.count += 1
+
+
+for _name in ("httpcore.connection", "httpcore2.connection"):
+    logging.getLogger(_name).addHandler(_Connects())
+    logging.getLogger(_name).setLevel(logging.DEBUG)
+
+
+def proxy_cpu_ms(pid: int | None) -> float:
+    """User + system CPU of a process (0 for none: direct), from /proc."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def sdk_first_delta(
     contender: C.Contender, world: C.World, shape: str, count: int
-) -> tuple[float | None, list[float]]:
+) -> dict[str, Any]:
     """Time from the SDK call to its first text delta: on a new client (cold: a new
-    connection, through the sidecar also a new upstream connection), then warm."""
+    connection, through the sidecar also a new upstream connection), then warm; the
+    same from the response headers (what the proxy adds to the stream itself, without
+    the request path); and how many TCP connections the warm calls opened (the openai
+    SDK closes a stream at `[DONE]`, before the chunked body's end, so its connection
+    is never reused: every call pays the connection setup, through a proxy two TLS
+    handshakes)."""
     import anthropic
     import httpx
     import openai
 
+    headers_at: list[float] = []
+    hooks = {"response": [lambda _r: headers_at.append(time.monotonic())]}
     proxy = None
     verify: ssl.SSLContext
     if contender.target.proxy is not None:
@@ -75,26 +110,34 @@ def sdk_first_delta(
         verify = ssl.create_default_context(cafile=contender.target.cafile)
     else:
         verify = ssl.create_default_context(cafile=world.ca_file)
-    base = f"https://api.openai.com:{world.https_port}"
-    out: list[float] = []
-    cold: float | None = None
+    # The sidecar needs the provider's name; direct and bare mitmproxy reach the fake's
+    # address (its name resolves only through the fake DNS).
+    named = contender.name.startswith("sidecar")
+    base = f"https://{'api.openai.com' if named else '127.0.0.1'}:{world.https_port}"
+    client: Any
     if shape == "anthropic":
-        client: Any = anthropic.Anthropic(
+        client = anthropic.Anthropic(
             api_key="dummy", base_url=base, max_retries=0,
-            http_client=anthropic.DefaultHttpxClient(proxy=proxy, verify=verify),
+            http_client=anthropic.DefaultHttpxClient(
+                proxy=proxy, verify=verify, event_hooks=hooks),
         )  # fmt: skip
-        if proxy is None:  # direct: the fake's name resolves only through the fake DNS
-            client = anthropic.Anthropic(
-                api_key="dummy", base_url=f"https://127.0.0.1:{world.https_port}", max_retries=0,
-                http_client=anthropic.DefaultHttpxClient(verify=verify),
-            )  # fmt: skip
     else:
-        url = base if proxy else f"https://127.0.0.1:{world.https_port}"
         client = openai.OpenAI(
-            api_key="dummy", base_url=url + "/v1", max_retries=0,
-            http_client=httpx.Client(proxy=proxy, verify=verify),
+            api_key="dummy", base_url=base + "/v1", max_retries=0,
+            http_client=httpx.Client(proxy=proxy, verify=verify, event_hooks=hooks),
         )  # fmt: skip
+    # The SDKs import their resources lazily (seconds on a busy machine): not a cold
+    # connection's cost, so done before any call is timed.
+    _ = client.messages if shape == "anthropic" else client.chat.completions
+    warm: list[float] = []
+    after_headers: list[float] = []
+    cold: float | None = None
+    cpu_before = 0.0
     for attempt in range(count + 1):
+        if attempt == 1:
+            _Connects.count = 0
+            cpu_before = proxy_cpu_ms(contender.pid)
+        headers_at.clear()
         started = time.monotonic()
         first = None
         if shape == "anthropic":
@@ -103,19 +146,30 @@ def sdk_first_delta(
                 extra_body={"chunks": 20, "interval": 0.01},
             ) as stream:  # fmt: skip
                 for _ in stream.text_stream:
-                    first = first or time.monotonic() - started
+                    first = first or time.monotonic()
         else:
             for chunk in client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}], stream=True,
                 extra_body={"chunks": 20, "interval": 0.01},
             ):  # fmt: skip
                 if chunk.choices and chunk.choices[0].delta.content:
-                    first = first or time.monotonic() - started
-        if attempt and first is not None:
-            out.append(first)
-        elif first is not None:
-            cold = first
-    return cold, out
+                    first = first or time.monotonic()
+        if first is None:
+            continue
+        if attempt:
+            warm.append(first - started)
+            if headers_at:
+                after_headers.append(first - headers_at[0])
+        else:
+            cold = first - started
+    return {
+        # CPU the proxy process spent per warm call: unlike latency, hardly moved by load
+        "proxy_cpu_ms_per_call": round((proxy_cpu_ms(contender.pid) - cpu_before) / count, 2),
+        "first_delta_ms": ms(warm),
+        "cold_first_delta_ms": ms([cold] if cold is not None else []),
+        "first_delta_after_headers_ms": ms(after_headers),
+        "tcp_connects_per_call": round(_Connects.count / max(1, count), 2),
+    }
 
 
 def ms(values: list[float]) -> float | None:
@@ -128,11 +182,14 @@ async def run(chunks: int, count: int, log: Any) -> dict[str, Any]:
         try:
             world = C.start_world(procs, Path(tmp))
             sidecar = C.start_sidecar(procs, world)
+            trimmed = C.start_trimmed(procs, world)  # bare mitmproxy: no addon of ours
+            C.wait_mitm(trimmed)
             direct = C.direct(world)
+            contenders = (direct, trimmed, sidecar)
             result: dict[str, Any] = {}
             for shape, path in SHAPES.items():
                 row: dict[str, Any] = {}
-                for contender in (direct, sidecar, direct, sidecar):  # interleaved rounds
+                for contender in (*contenders, *contenders):  # interleaved rounds
                     log(f"{shape}: {contender.name}")
                     got = await shape_round(contender, path, chunks, max(1, count // 2))
                     mine = row.setdefault(contender.name, {"ttfc": [], "worst": []})
@@ -145,37 +202,33 @@ async def run(chunks: int, count: int, log: Any) -> dict[str, Any]:
                 }  # fmt: skip
             for shape in ("chat", "anthropic"):
                 log(f"sdk {shape}")
-                row = {}
-                for c in (direct, sidecar):
-                    cold, warm = sdk_first_delta(c, world, shape, count)
-                    row[c.name] = {
-                        "first_delta_ms": ms(warm),
-                        "cold_first_delta_ms": ms([cold] if cold else []),
-                    }
-                result[f"sdk_{shape}"] = row
+                result[f"sdk_{shape}"] = {
+                    c.name: sdk_first_delta(c, world, shape, count) for c in contenders
+                }
             return result
         finally:
             procs.stop_all()
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = ["| shape | direct first | sidecar first | diff (target <= 5) | direct worst | "
-             "sidecar worst | diff (target <= 10) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| shape | direct first | bare mitmproxy first | sidecar first | "
+             "sidecar - direct (target <= 5) | direct worst | bare mitmproxy worst | "
+             "sidecar worst | sidecar - direct (target <= 10) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for shape in SHAPES:
-        d, s = result[shape]["direct"], result[shape]["sidecar"]
+        d, t, s = (result[shape][n] for n in ("direct", "trimmed", "sidecar"))
+        first, worst = "first_event_ms", "worst_event_delay_ms"
         lines.append(
-            f"| {shape} | {d['first_event_ms']} | {s['first_event_ms']} | "
-            f"{_diff(s['first_event_ms'], d['first_event_ms'])} | {d['worst_event_delay_ms']} | "
-            f"{s['worst_event_delay_ms']} | "
-            f"{_diff(s['worst_event_delay_ms'], d['worst_event_delay_ms'])} |"
+            f"| {shape} | {d[first]} | {t[first]} | {s[first]} | {_diff(s[first], d[first])} | "
+            f"{d[worst]} | {t[worst]} | {s[worst]} | {_diff(s[worst], d[worst])} |"
         )
+    lines += ["", "| SDK | figure | direct | bare mitmproxy | sidecar | sidecar - direct |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for shape in ("chat", "anthropic"):
-        d, s = result[f"sdk_{shape}"]["direct"], result[f"sdk_{shape}"]["sidecar"]
-        for kind in ("first_delta_ms", "cold_first_delta_ms"):
-            lines.append(
-                f"| SDK {shape} {kind[:-3].replace('_', ' ')} | {d[kind]} | {s[kind]} | "
-                f"{_diff(s[kind], d[kind])} | | | |"
-            )
+        row = result[f"sdk_{shape}"]
+        for kind in row["direct"]:
+            d, t, s = (row[n][kind] for n in ("direct", "trimmed", "sidecar"))
+            lines.append(f"| {shape} | {kind} | {d} | {t} | {s} | {_diff(s, d)} |")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ rule. The request's one decision line is written at the response end, with its u
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import re
@@ -42,12 +43,13 @@ from sidecar.streams.declared import (
     with_usage_requested,
 )
 from sidecar.streams.inspector import (
+    MAX_HELD_ARGUMENTS,
     ResponseInspector,
     Violation,
     api_for_path,
     error_document,
-    error_event,
     safe_tool_name,
+    stream_framing,
 )
 from sidecar.streams.readers import parse_json
 from sidecar.usage import USAGE_KEY, TokenUsage
@@ -62,6 +64,8 @@ _WS = "egress_inspect_websocket"
 _RAW_USAGE = "egress_inspect_raw_usage"
 _WS_NOTED = "egress_inspect_websocket_noted"
 _WS_ERROR_SENT = "egress_inspect_websocket_error_sent"
+_WS_HELD = "egress_inspect_websocket_held"  # server messages held while a call is open
+_WS_REPLAY = "egress_inspect_websocket_replay"  # held messages replayed, not yet gone out
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
 OTHER_MODEL = "other"
 _THREAD_FROM = 256 * 1024
@@ -230,7 +234,12 @@ class ResponseInspection:
         if not flow.metadata.get(_WS) or flow.websocket is None or not flow.websocket.messages:
             return
         message = flow.websocket.messages[-1]
-        if message.injected or message.dropped:
+        if message.injected:
+            replay: collections.deque[bytes] | None = flow.metadata.get(_WS_REPLAY)
+            if not message.from_client and replay and replay[0] == message.content:
+                replay.popleft()  # a held message we replayed has gone out, in order
+            return
+        if message.dropped:
             return
         try:
             self._websocket_message(flow, message)
@@ -243,6 +252,7 @@ class ResponseInspection:
             doc = parse_json(message.content)
             if isinstance(doc, dict) and doc.get("type") == "response.create":
                 self._websocket_usage(flow)
+                flow.metadata.pop(_WS_HELD, None)  # a call left open: never judged, dropped
                 body = doc.get("response") if isinstance(doc.get("response"), dict) else doc
                 declared = declared_tools("responses", body)
                 flow.metadata[_INSPECTOR] = self._inspector(flow, "responses", declared)
@@ -265,9 +275,38 @@ class ResponseInspection:
             self._websocket_record(flow, found)
         flow.metadata[_WS_NOTED] = len(inspector.violations)
         if violation is None:
+            self._websocket_hold(flow, message, inspector)
             return
+        flow.metadata.pop(_WS_HELD, None)  # the held pieces of the refused call never go
         message.drop()  # this and every later message of the response
         self._websocket_error(flow, violation)
+
+    def _websocket_hold(
+        self, flow: http.HTTPFlow, message: Any, inspector: ResponseInspector
+    ) -> None:
+        """Server messages carrying a call's arguments are held (dropped and kept) until
+        the call is judged, then replayed in order with `inject.websocket`; until every
+        replayed message has gone out, later ones are replayed behind them."""
+        held: list[tuple[bytes, bool]] = flow.metadata.setdefault(_WS_HELD, [])
+        replay: collections.deque[bytes] = flow.metadata.setdefault(_WS_REPLAY, collections.deque())
+        if inspector.holding_arguments:
+            message.drop()
+            held.append((message.content, message.is_text))
+            if sum(len(content) for content, _ in held) > MAX_HELD_ARGUMENTS:
+                flow.metadata.pop(_WS_HELD, None)
+                detail = "a tool call's arguments held unjudged past 16 MiB; response dropped"
+                violation = Violation(Reason.RESPONSE_NOT_INSPECTABLE, detail)
+                inspector.cut = violation
+                self._websocket_record(flow, violation)
+                self._websocket_error(flow, violation)
+            return
+        if not held and not replay:
+            return
+        message.drop()
+        for content, is_text in [*held, (message.content, message.is_text)]:
+            replay.append(content)
+            ctx.master.commands.call("inject.websocket", flow, True, content, is_text)
+        held.clear()
 
     def _websocket_refusal(self, flow: http.HTTPFlow, message: Any, violation: Violation) -> None:
         """A refused client message: recorded; in enforce mode dropped, with an error."""
@@ -387,7 +426,8 @@ class ResponseInspection:
             patterns=self.credentials.guard.patterns() if key_added(flow) else None,
             enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
             is Verdict.BLOCK,
-            render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
+            describe=lambda v: self._message(flow, v),
+            framing=stream_framing(api, list(flow.request.query.items(multi=True))),
         )
 
     def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:

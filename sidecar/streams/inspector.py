@@ -19,6 +19,7 @@ from collections.abc import Callable
 from sidecar.credentials.reflection import RedactionPatterns
 from sidecar.decision import Reason
 from sidecar.policy.tools import DeclaredTools, ToolRules, check_call
+from sidecar.streams.jsonarray import JsonArraySplitter, NotJsonArray
 from sidecar.streams.readers import (
     READERS,
     Finding,
@@ -28,11 +29,15 @@ from sidecar.streams.readers import (
     TooManyCalls,
     parse_json,
 )
-from sidecar.streams.sse import EventTooLarge, SseSplitter
+from sidecar.streams.sse import EventTooLarge, SseEvent, SseSplitter
 from sidecar.streams.textguard import DecodedTextGuard, KeyReassembled
 from sidecar.usage import TokenUsage
 
 MAX_HELD_WHILE_HOLDING = 1024 * 1024
+MAX_HELD_ARGUMENTS = 16 * 1024 * 1024
+SSE = "sse"
+JSON_ARRAY = "json_array"  # Gemini :streamGenerateContent without alt=sse
+UNREADABLE = "unreadable"  # Gemini alt=proto and the like: cut, never passed unread
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
@@ -62,6 +67,19 @@ def api_for_path(path: str) -> str | None:
     if path.endswith((":generateContent", ":streamGenerateContent")):
         return "gemini"
     return None
+
+
+def stream_framing(api: str, query: list[tuple[str, str]]) -> str:
+    """How a streamed response of this request is framed. Gemini's
+    `:streamGenerateContent` answers SSE with `alt=sse`, a JSON array without it (or
+    with `alt=json`), and a format no inspector reads with anything else (`alt=proto`):
+    then the stream is cut rather than passed unread."""
+    if api != "gemini":
+        return SSE
+    alts = {value.lower() for name, value in query if name in ("alt", "$alt")}
+    if not alts or alts == {"json"}:
+        return JSON_ARRAY
+    return SSE if alts == {"sse"} else UNREADABLE
 
 
 def error_document(api: str, reason: str, message: str) -> dict[str, object]:
@@ -100,7 +118,8 @@ class ResponseInspector:
         declared: DeclaredTools,
         patterns: RedactionPatterns | None,
         enforce_tools: bool,
-        render_error: Callable[[Violation], bytes] | None = None,
+        describe: Callable[[Violation], str] | None = None,
+        framing: str = SSE,
     ) -> None:
         self.api = api
         self.reader = READERS[api]()
@@ -108,14 +127,20 @@ class ResponseInspector:
         self.declared = declared
         self.guard = DecodedTextGuard(patterns) if patterns is not None else None
         self.enforce_tools = enforce_tools
-        self.render_error = render_error or (
-            lambda v: error_event(api, v.reason.value, f"egress-sidecar: {v.detail}")
-        )
+        self._describe = describe or (lambda v: f"egress-sidecar: {v.detail}")
+        self.framing = framing
         self.violations: list[Violation] = []  # every one found (bounded), enforced or not
         self.cut: Violation | None = None
-        self._splitter = SseSplitter(bare_json=api == "gemini")
+        self._splitter: SseSplitter | JsonArraySplitter = (
+            JsonArraySplitter() if framing == JSON_ARRAY else SseSplitter(bare_json=api == "gemini")
+        )
+        # Argument rules are judged on a whole call: in enforce mode the events carrying a
+        # call's arguments are held until it is complete, so denied arguments never
+        # reach the gateway piece by piece (honest text before the call is not held).
+        self._hold_arguments = enforce_tools and rules is not None and bool(rules.deny)
         self._held = b""  # bytes received, not yet released
         self._base = 0  # stream offset of _held[0]
+        self._released = 0  # bytes released so far (the JSON array: "[" sent or not)
         self._seen: set[tuple[Reason, str]] = set()
 
     @property
@@ -129,40 +154,82 @@ class ResponseInspector:
             return self.finish()
         if self.cut is not None:
             return b""
+        if self.framing not in (SSE, JSON_ARRAY):
+            detail = "a stream in a format the sidecar cannot read (Gemini alt=); cut"
+            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, detail))
         self._held += chunk
         try:
             events = self._splitter.feed(chunk)
-        except EventTooLarge as exc:
+        except (EventTooLarge, NotJsonArray) as exc:
             return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+        release, violation = self._judge_events(events)
+        if violation is not None:
+            return self._release(release) + self._cut(violation)
+        if self._holding() and len(self._held) > self._max_held() and release == self._base:
+            return self._cut(Violation(self._held_reason(), self._held_detail()))
+        return self._release(release)
+
+    def _judge_events(self, events: list[SseEvent]) -> tuple[int, Violation | None]:
+        """(the offset up to which bytes may go, the first enforced violation). A cut
+        releases only what was not held: neither a key's start nor a call's arguments."""
         release = self._base
         for event in events:
-            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
+            held_before = self._holding()
+            violation = self._judge(functools.partial(self._read, event))
             if violation is not None:
-                return self._release(event.start) + self._cut(violation)
-            if self.guard is None or not self.guard.holding:
+                return (release if held_before else event.start), violation
+            if not self._holding():
                 release = event.end
-        holding = self.guard is not None and self.guard.holding
-        if holding and len(self._held) > MAX_HELD_WHILE_HOLDING and release == self._base:
-            detail = "the start of a key held unresolved past 1 MiB; stream cut"
-            return self._cut(Violation(Reason.CREDENTIAL_REFLECTED, detail))
-        return self._release(release)
+        return release, None
+
+    def _read(self, event: SseEvent) -> list[Finding]:
+        if self.framing != JSON_ARRAY:
+            return self.reader.event(event.name, event.data)
+        doc = parse_json(event.data)
+        if not isinstance(doc, dict):  # a client's parser might read what ours could not
+            raise NotJsonArray("a JSON array stream element that is not a JSON object")
+        return self.reader.document(doc, streamed=True)
+
+    @property
+    def holding_arguments(self) -> bool:
+        """A call's arguments are open and must not reach the gateway yet (enforce mode
+        with argument rules): the Responses WebSocket holds its messages on this."""
+        return self._hold_arguments and self.reader.arguments_open
+
+    def _holding(self) -> bool:
+        return (self.guard is not None and self.guard.holding) or self.holding_arguments
+
+    def _max_held(self) -> int:
+        guard = self.guard is not None and self.guard.holding
+        return MAX_HELD_WHILE_HOLDING if guard else MAX_HELD_ARGUMENTS
+
+    def _held_reason(self) -> Reason:
+        guard = self.guard is not None and self.guard.holding
+        return Reason.CREDENTIAL_REFLECTED if guard else Reason.RESPONSE_NOT_INSPECTABLE
+
+    def _held_detail(self) -> str:
+        if self.guard is not None and self.guard.holding:
+            return "the start of a key held unresolved past 1 MiB; stream cut"
+        return "a tool call's arguments held unjudged past 16 MiB; stream cut"
 
     def finish(self) -> bytes:
         if self.cut is not None:
             return b""
+        if self.framing not in (SSE, JSON_ARRAY):
+            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, "unreadable format"))
         try:
             events = self._splitter.finish()
-        except EventTooLarge as exc:  # pragma: no cover - finish() never grows the buffer
+        except (EventTooLarge, NotJsonArray) as exc:
             return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
-        for event in events:
-            violation = self._judge(functools.partial(self.reader.event, event.name, event.data))
-            if violation is not None:
-                return self._release(event.start) + self._cut(violation)
+        release, violation = self._judge_events(events)
+        if violation is not None:
+            return self._release(release) + self._cut(violation)
         violation = self._judge(self.reader.end)
         if violation is not None:
             return self._cut(violation)
         out, self._held = self._held, b""
         self._base += len(out)
+        self._released += len(out)
         return out
 
     # --- not streamed / one WebSocket message ---------------------------------------------
@@ -195,7 +262,7 @@ class ResponseInspector:
     def _judge(self, read: Callable[[], list[Finding]]) -> Violation | None:
         try:
             findings = read()
-        except TooManyCalls as exc:
+        except (TooManyCalls, NotJsonArray) as exc:
             return self._found(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)), "calls")
         for finding in findings:
             violation = self._check(finding)
@@ -242,6 +309,7 @@ class ResponseInspector:
             return b""
         out, self._held = self._held[:count], self._held[count:]
         self._base = offset
+        self._released += len(out)
         return out
 
     def _cut(self, violation: Violation) -> bytes:
@@ -249,7 +317,11 @@ class ResponseInspector:
             self.violations.append(violation)
         self.cut = violation
         self._held = b""
-        return self.render_error(violation)
+        message = self._describe(violation)
+        if self.framing == JSON_ARRAY:  # one more element, and the array's end
+            document = json.dumps(error_document(self.api, violation.reason.value, message))
+            return (b",\r\n" if self._released else b"[") + document.encode() + b"]"
+        return error_event(self.api, violation.reason.value, message)
 
 
 _KEY_DETAIL = "injected key reassembled from the decoded text of the response; cut"

@@ -112,6 +112,11 @@ class Reader:
         self.usage: TokenUsage | None = None
         self.model: str | None = None
 
+    @property
+    def arguments_open(self) -> bool:
+        """Some call has (part of) its arguments and is not complete yet."""
+        return any(not c.finished and (c.size or c.truncated) for c in self._calls.values())
+
     # --- fed by the inspector ------------------------------------------------------------
 
     def event(self, name: str | None, data: str) -> list[Finding]:

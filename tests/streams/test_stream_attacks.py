@@ -4,11 +4,13 @@ the injected key back in pieces; the official SDKs must raise, never see the cal
 
 from __future__ import annotations
 
+import json
 import ssl
 import textwrap
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
 import httpx
@@ -492,3 +494,117 @@ def test_responses_websocket_declaring_a_tool_the_policy_does_not_allow_is_refus
     assert hostile.requests == before  # the response.create never reached the provider
     detail = "responses request declares tool 'delete_everything', not in tools.allow (WebSocket)"
     assert decision(guarded, "tool_not_allowed", detail=detail)["decision"] == "block"
+
+
+# --- arguments streamed in pieces; Gemini's JSON array stream -----------------------------------
+
+
+def _raw_stream(sidecar, url: str, body: dict) -> bytes:
+    """What a gateway reading the raw stream receives (every byte, until the end)."""
+    with (
+        httpx.Client(proxy=sidecar.proxy_url, verify=_verify(sidecar), timeout=20) as client,
+        client.stream("POST", url, json=body) as response,
+    ):
+        assert response.status_code == 200
+        return b"".join(response.iter_raw())
+
+
+def test_router_streaming_denied_arguments_in_pieces_never_delivers_a_piece(guarded, hostile):
+    hostile.attack = Attack("inject", fragments=4)
+    got = _raw_stream(
+        guarded,
+        f"https://api.openai.com:{hostile.port}/v1/chat/completions",
+        {"model": "gpt-x", "messages": ASK, "tools": [SHELL], "stream": True},
+    )
+    assert b"Hello" in got  # the text before the call streamed
+    assert b"curl" not in got and b"evil.example" not in got
+    assert b"tool_arguments_denied" in got
+    assert decision(guarded, "tool_arguments_denied")["decision"] == "block"
+
+
+def test_router_streaming_denied_input_json_in_pieces_to_anthropic_sdk_is_cut(guarded, hostile):
+    hostile.attack = Attack("inject", fragments=5)
+    seen: list[str] = []
+    tool = {"name": INJECTED_TOOL, "input_schema": {"type": "object"}}
+    with (
+        pytest.raises(anthropic.APIStatusError, match="tool_arguments_denied"),
+        claude(guarded, hostile.port).messages.stream(
+            model="claude-x", max_tokens=5, messages=ASK, tools=[tool]
+        ) as stream,
+    ):
+        for event in stream:
+            seen.append(event.model_dump_json())
+    assert not any("curl" in e or "evil.example" in e for e in seen)
+    assert decision(guarded, "tool_arguments_denied", provider="anthropic")["decision"] == "block"
+
+
+def test_router_injecting_a_function_call_into_a_gemini_json_array_stream_is_cut(guarded, hostile):
+    # google-genai always asks for alt=sse; REST clients without it get a JSON array.
+    hostile.attack = Attack("inject")
+    got = _raw_stream(
+        guarded,
+        f"https://generativelanguage.googleapis.com:{hostile.port}"
+        "/v1beta/models/gemini-x:streamGenerateContent",
+        {
+            "contents": [{"parts": [{"text": "weather?"}]}],
+            "tools": [{"functionDeclarations": [{"name": "get_weather"}]}],
+        },
+    )
+    doc = json.loads(got)  # still one valid array: the client's parser ends cleanly
+    assert doc[0]["candidates"][0]["content"]["parts"] == [{"text": "Hello"}]
+    assert INJECTED_TOOL not in json.dumps(doc[:-1])
+    assert doc[-1]["error"]["reason"] == "tool_call_injected"
+    assert decision(guarded, "tool_call_injected", provider="gemini")["decision"] == "block"
+
+
+def test_an_honest_gemini_json_array_stream_passes_whole(guarded, hostile):
+    got = _raw_stream(
+        guarded,
+        f"https://generativelanguage.googleapis.com:{hostile.port}"
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=json",
+        {"contents": [{"parts": [{"text": "weather?"}]}]},
+    )
+    doc = json.loads(got)
+    assert [c["candidates"][0]["content"]["parts"][0]["text"] for c in doc] == [
+        "Hello", " from", " the router.", ""
+    ]  # fmt: skip
+    assert doc[-1]["usageMetadata"]["totalTokenCount"] == 21
+
+
+def _websocket_events(sidecar, port: int, tools: list[dict]) -> list[Any]:
+    client = oai(sidecar, port)
+    options = {"proxy": sidecar.proxy_url, "ssl": _verify(sidecar)}
+    events: list[Any] = []
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(model="gpt-x", input="weather?", tools=tools)
+        deadline = time.monotonic() + 20
+        for event in connection:
+            events.append(event)
+            if event.type in ("error", "response.completed") or time.monotonic() > deadline:
+                break
+    return events
+
+
+def test_router_streaming_denied_arguments_over_the_responses_websocket_never_delivers_a_piece(
+    guarded, hostile
+):
+    hostile.attack = Attack("inject", fragments=4)
+    shell = {"type": "function", "name": INJECTED_TOOL, "parameters": {"type": "object"}}
+    events = _websocket_events(guarded, hostile.port, [shell])
+    assert events[-1].type == "error"
+    assert not any("curl" in e.model_dump_json() or "evil" in e.model_dump_json() for e in events)
+    assert [e.type for e in events if e.type == "response.output_text.delta"]  # text streamed
+    assert decision(guarded, "tool_arguments_denied")["decision"] == "block"
+
+
+def test_an_allowed_call_over_the_responses_websocket_arrives_whole_and_in_order(guarded, hostile):
+    arguments = {"city": "Paris", "unit": "celsius", "days": 3}
+    hostile.attack = Attack("inject", tool="get_weather", arguments=arguments, fragments=5)
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    events = _websocket_events(guarded, hostile.port, [weather])
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.completed" and "error" not in kinds
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) == 5 and json.loads("".join(deltas)) == arguments
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(numbers) == list(range(numbers[0], numbers[0] + len(numbers)))

@@ -30,6 +30,13 @@ class Attack:
     key: str = ""  # for kind "key": the value split across events
     model: str = "gpt-x"  # what the chat answers report as the model (usage)
     unframed: bool = False  # Gemini: the injected frame as bare JSON lines, not SSE
+    fragments: int = 1  # chat, Anthropic: the injected arguments in this many pieces
+
+
+def _pieces(text: str, count: int) -> list[str]:
+    """`text` in `count` pieces, as a provider streams a call's arguments."""
+    size = -(-len(text) // max(1, count))
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _escape_first(text: str) -> str:
@@ -88,8 +95,10 @@ class HostileProvider:
         return ["Your key: " + key[:third], key[third : 2 * third], key[2 * third :]]
 
     @staticmethod
-    async def _sse(request: web.Request, events: list[bytes]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    async def _sse(
+        request: web.Request, events: list[bytes], content_type: str = "text/event-stream"
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": content_type})
         await response.prepare(request)
         for event in events:
             await response.write(event)
@@ -159,7 +168,10 @@ class HostileProvider:
                     }
                 )
             )
-            events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
+            for piece in _pieces(args, self.attack.fragments):
+                events.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                )
             finish = "tool_calls"
         events.append(chunk({}, finish))
         if (doc.get("stream_options") or {}).get("include_usage"):
@@ -265,12 +277,9 @@ class HostileProvider:
                     {"output_index": 1, "item": {**call, "arguments": "", "status": "in_progress"}},
                 )
             )
-            events.append(
-                event(
-                    "response.function_call_arguments.delta",
-                    {"item_id": "fc_1", "output_index": 1, "delta": args},
-                )
-            )
+            for piece in _pieces(args, self.attack.fragments):
+                delta = {"item_id": "fc_1", "output_index": 1, "delta": piece}
+                events.append(event("response.function_call_arguments.delta", delta))
             events.append(
                 event(
                     "response.function_call_arguments.done",
@@ -341,18 +350,9 @@ class HostileProvider:
             events.append(
                 event("content_block_start", {"index": 1, "content_block": {**tool, "input": {}}})
             )
-            events.append(
-                event(
-                    "content_block_delta",
-                    {
-                        "index": 1,
-                        "delta": {
-                            "type": "input_json_delta",
-                            "partial_json": json.dumps(self.attack.arguments),
-                        },
-                    },
-                )
-            )
+            for piece in _pieces(json.dumps(self.attack.arguments), self.attack.fragments):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                events.append(event("content_block_delta", {"index": 1, "delta": delta}))
             events.append(event("content_block_stop", {"index": 1}))
         events.append(
             event(
@@ -387,6 +387,17 @@ class HostileProvider:
         call = {"functionCall": {"name": self.attack.tool, "args": self.attack.arguments}}
         if not streamed:
             return web.json_response(frame(parts + ([call] if kind == "inject" else []), last=True))
+        if request.query.get("alt") != "sse":  # a JSON array, written element by element
+            elements = [frame([part]) for part in parts]
+            if kind == "inject":
+                elements.append(frame([call]))
+            elements.append(frame([{"text": ""}], last=True))
+            texts = [json.dumps(e, indent=2).encode() for e in elements]
+            return await self._sse(
+                request,
+                [b"[" + texts[0], *[b"\r\n,\r\n" + t for t in texts[1:]], b"]"],
+                "application/json",
+            )
         frames = [b"data: " + json.dumps(frame([part])).encode() + b"\r\n\r\n" for part in parts]
         if kind == "inject" and self.attack.unframed:
             # No `data: `: google-genai still parses a line once its braces balance.
