@@ -127,9 +127,8 @@ class CredentialLayer:
             virtual_keys=self.virtual_keys.current if self.virtual_keys else None,
             add_key=withheld is None,
         )
-        if result.refused:
-            assert result.reason is not None
-            return engine.refusal(decision, result.reason, result.detail[:300]).with_context(
+        if result.reason is not None:
+            return engine.overrule(decision, result.reason, result.detail[:300]).with_context(
                 tenant=result.tenant
             )
         if result.outcome is Outcome.INJECTED:
@@ -141,7 +140,7 @@ class CredentialLayer:
             assert credential is not None
             why = unsignable_because(credential.kind, flow.request.path)
             if why is not None:
-                return engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
+                return engine.overrule(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
                     tenant=result.tenant
                 )
             # Signed once the body is here (SigV4 covers it): see add_cloud_credential.
@@ -173,9 +172,9 @@ class CredentialLayer:
         try:
             await self._add_cloud_credential(flow, credential, authority)
         except CloudCredentialError as exc:
-            return engine.refusal(decision, Reason.CREDENTIAL_UNAVAILABLE, str(exc)[:300])
+            return engine.overrule(decision, Reason.CREDENTIAL_UNAVAILABLE, str(exc)[:300])
         except Exception as exc:  # noqa: BLE001  fail closed, no text that may hold a value
-            return engine.refusal(
+            return engine.overrule(
                 decision,
                 Reason.CREDENTIAL_UNAVAILABLE,
                 f"{credential.kind.value} credential could not be added: {type(exc).__name__}",
@@ -282,7 +281,7 @@ class CredentialLayer:
                 except NotInspectable as exc:
                     if decision is None or engine is None:
                         raise  # the caller kills the flow: never pass unscanned bytes
-                    return engine.refusal(
+                    return engine.overrule(
                         decision,
                         Reason.RESPONSE_NOT_INSPECTABLE,
                         f"response body not inspectable: {exc}; refused",
@@ -295,7 +294,7 @@ class CredentialLayer:
                 if uninspectable_extensions(response.headers.get_all("sec-websocket-extensions")):
                     if decision is None or engine is None:
                         raise NotInspectable("WebSocket extension")
-                    return engine.refusal(
+                    return engine.overrule(
                         decision,
                         Reason.RESPONSE_NOT_INSPECTABLE,
                         "WebSocket extension other than permessage-deflate; refused",

@@ -50,10 +50,6 @@ _UNRECORDED = PENDING_DECISION_KEY = "egress_unrecorded_decision"
 LINE_AT_END = "egress_line_at_response_end"  # set by the response inspector (responses.py)
 
 
-def refusal_status(decision: Decision) -> int:
-    return REASONS[decision.reason].http_status
-
-
 class EngineHolder:
     """The policy in force. Reload swaps the engine in one assignment."""
 
@@ -68,7 +64,7 @@ def refusal_response(decision: Decision, *, close: bool = False) -> http.Respons
     header, `x-should-retry: false`). Inside a kept-alive connection the next request
     is decided on its own; closing would only make a flood cost us a TLS handshake per
     refusal. A refused CONNECT closes (there is no tunnel to keep)."""
-    answer = refusals.render(decision, refusal_status(decision), close=close)
+    answer = refusals.render(decision, REASONS[decision.reason].http_status, close=close)
     return http.Response.make(answer.status, answer.body, answer.headers)
 
 
@@ -128,14 +124,14 @@ class Enforcer:
             client=_client(flow.client_conn),
         )
         decision = await self._decide_and_vet(attempt)
-        if decision.refused and refusals.answered_in_tunnel(decision.host):
+        if decision.blocked and refusals.answered_in_tunnel(decision.host):
             # A provider API host (docs/refusals.md): accepted, and the client's first
             # request gets the refusal in the provider's error format, so SDKs surface
             # the reason instead of a connection error. No upstream connection is ever
             # opened for it; recorded once: per request in it, or at its end.
             self.connections.of(flow.client_conn.id).refused_tunnel = decision
             return
-        if decision.refused:
+        if decision.blocked:
             self.record(decision)
             self.connections.of(flow.client_conn.id).refused_at_connect = True
             flow.response = refusal_response(decision, close=True)
@@ -158,7 +154,7 @@ class Enforcer:
                 host=_original_destination(client)[0], port=_original_destination(client)[1],
                 client=_client(client), detail="internal error at the TLS ClientHello",
             )  # fmt: skip
-        if decision is not None and decision.refused:
+        if decision is not None and decision.blocked:
             self.connections.of(client.id).refused_at_hello = True
             self.record(decision)
 
@@ -181,8 +177,8 @@ class Enforcer:
                 decision = engine.decide(literal)  # metadata_address, whatever the SNI says
             elif not sni and engine.match_address(original) is None:
                 decision = engine.decide(literal)  # as in requestheaders: no SNI, no name
-                if not decision.refused:
-                    decision = engine.refusal(
+                if not decision.blocked:
+                    decision = engine.overrule(
                         decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI"
                     )
             else:
@@ -196,7 +192,7 @@ class Enforcer:
                                              client=_client(client), sni=sni))  # fmt: skip
             if decision.reason is not Reason.HOST_MISMATCH:
                 return None  # the CONNECT itself was decided (and logged) already
-        if not decision.refused:
+        if not decision.blocked:
             return decision
         sni_text = f"SNI {sni[:100]!r}" if sni else "no SNI"
         detail = f"{decision.detail}; refused at the TLS ClientHello ({sni_text})"
@@ -242,7 +238,7 @@ class Enforcer:
             ))  # fmt: skip
         elif _is_h2c_upgrade(request.headers):
             # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
-            decision = engine.refusal(
+            decision = engine.overrule(
                 engine.decide(attempt), Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
             )
         elif (
@@ -255,13 +251,13 @@ class Enforcer:
             # tunnel. Refused unless a cidr: entry allows that destination itself; an
             # address refusal (metadata, private, literal) is the more telling reason.
             decision = engine.decide(attempt)
-            if not decision.refused:
-                decision = engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
+            if not decision.blocked:
+                decision = engine.overrule(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
         else:
             decision = await self._decide_and_vet(attempt, original)
-        if not decision.refused and decision.address is not None:
+        if not decision.blocked and decision.address is not None:
             decision = self._one_host_per_upstream(state, flow, decision, host, engine)
-        if not decision.refused:
+        if not decision.blocked:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
             endpoint = engine.endpoint(decision.rule)
@@ -272,14 +268,14 @@ class Enforcer:
                 engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
-        if not decision.refused and self.usage_gate is not None:
+        if not decision.blocked and self.usage_gate is not None:
             # Before limit_check: it streams the request body, and a streamed request
             # can no longer be answered locally (mitmproxy).
             decision = await self.usage_gate(flow, decision)
-        if not decision.refused and self.limit_check is not None:
+        if not decision.blocked and self.limit_check is not None:
             decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
         self.credentials.hold_body(flow)  # issue 16: a request we sign is read whole
-        if decision.refused:
+        if decision.blocked:
             self.record(decision)
             flow.response = refusal_response(decision)
             await self._pace()
@@ -322,7 +318,7 @@ class Enforcer:
         one, with our key in it (S5, S7). Refused: one host per upstream connection."""
         if state.other_host_pinned(decision.address or "", flow.request.port, host) is None:
             return decision
-        return engine.refusal(
+        return engine.overrule(
             decision,
             Reason.HOST_MISMATCH,
             f"this client connection already reaches {decision.address} for another host; "
@@ -392,8 +388,8 @@ class Enforcer:
         host, port, mode = self._destination(data.client, pinned or address, address_port)
         attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
         decision = await self._decide_and_vet(attempt, _original(data.client))
-        if decision.refused or decision.address is None:
-            if decision.refused:
+        if decision.blocked or decision.address is None:
+            if decision.blocked:
                 self.record(decision)
             data.server.error = f"egress refused: {decision.reason.value}"
             return
@@ -572,7 +568,7 @@ class Enforcer:
         """
         engine = self.holder.engine
         decision = engine.decide(attempt)
-        if decision.refused:
+        if decision.blocked:
             return decision
         host = parse_host(attempt.host)  # decide() accepted it, so it parses
         endpoint = engine.endpoint(decision.rule)
@@ -583,14 +579,14 @@ class Enforcer:
             try:
                 answers = await self.resolver.resolve(host.name)
             except ResolutionError as exc:
-                return engine.refusal(decision, Reason.DNS_FAILURE, str(exc)[:200])
+                return engine.overrule(decision, Reason.DNS_FAILURE, str(exc)[:200])
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
-            return engine.refusal(decision, vetting.reason, vetting.detail)
+            return engine.overrule(decision, vetting.reason, vetting.detail)
         if original is None:
             return decision.with_context(address=str(vetting.address))
         if original not in answers:
-            return engine.refusal(
+            return engine.overrule(
                 decision,
                 Reason.DESTINATION_MISMATCH,
                 f"redirected to {original}, which {attempt.host} does not resolve to",

@@ -279,7 +279,7 @@ class ResponseInspection:
         decision: Decision | None = flow.metadata.get("egress_decision")
         if decision is None:
             return None
-        refusal = self.holder.engine.refusal(decision, violation.reason, violation.detail)
+        refusal = self.holder.engine.overrule(decision, violation.reason, violation.detail)
         self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
         return refusal.verdict
 
@@ -323,7 +323,7 @@ class ResponseInspection:
         pending: Decision | None = flow.metadata.get(PENDING_DECISION_KEY)
         if pending is None or (pending.verdict is not Verdict.ALLOW and not violation.enforced):
             return  # already a refusal (or its line written): one line per request
-        decision = self.holder.engine.refusal(pending, violation.reason, violation.detail)
+        decision = self.holder.engine.overrule(pending, violation.reason, violation.detail)
         if decision.verdict is Verdict.BLOCK:
             flow.metadata.pop(PENDING_DECISION_KEY, None)
             flow.metadata[_NOTED] = decision
@@ -385,8 +385,7 @@ class ResponseInspection:
             rules=self._rules(flow),
             declared=declared,
             patterns=self.credentials.guard.patterns() if key_added(flow) else None,
-            enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
-            is Verdict.BLOCK,
+            enforce_tools=self.holder.engine.verdict_for(Reason.TOOL_NOT_ALLOWED) is Verdict.BLOCK,
             render_error=lambda v: error_event(api, v.reason.value, self._message(flow, v)),
         )
 
