@@ -120,6 +120,7 @@ _C, _W, _I = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 # from it or checked against it (tests/core/test_reason_table.py). Enforced in audit
 # mode: address vetting (S3), IP literals (S4), host agreement and the protocol tricks
 # around it (S5: the request would go to the wrong host), TLS (S6), credentials (S7).
+# Which module decides each reason: README.md, "Where each code is decided" (tested).
 REASONS: dict[Reason, ReasonSpec] = {
     Reason.ALLOWED: ReasonSpec("-", _I, False, "the request was allowed"),
     Reason.HOST_NOT_ALLOWED: ReasonSpec("403", _W, False, "no policy entry lists the host"),
