@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
+from sidecar.addons.enforcer import EngineHolder
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param

@@ -64,7 +64,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
-from sidecar.addons.enforcer import refusal_response
+from sidecar.addons.answers import refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.hostnames import HostError, parse_host
 from sidecar.limits import (

@@ -29,7 +29,8 @@ from typing import Any
 from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
+from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES

@@ -22,13 +22,9 @@ from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar import refusals
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
-from sidecar.addons.enforcer import (
-    LINE_AT_END,
-    PENDING_DECISION_KEY,
-    EngineHolder,
-    refusal_response,
-)
+from sidecar.addons.enforcer import LINE_AT_END, EngineHolder
 from sidecar.addons.request_inspection import DOCUMENT_KEY
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
