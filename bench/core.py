@@ -87,7 +87,7 @@ def run(entries: int, seconds: float) -> dict[str, float | int]:
     deadline = start + seconds
     while time.perf_counter() < deadline:
         for attempt in batch:
-            if decide(attempt).refused:
+            if decide(attempt).blocked:
                 refused += 1
         done += len(batch)
     elapsed = time.perf_counter() - start

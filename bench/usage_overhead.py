@@ -81,7 +81,7 @@ async def _per_request_us(gate: UsageGate, tenant: str | None, requests: int) ->
     for _ in range(requests):
         flow = _Flow()
         result = await gate.gate(flow, decision)  # type: ignore[arg-type]
-        assert not result.refused, result
+        assert not result.blocked, result
         flow.metadata[USAGE_KEY] = usage
         await gate.response(flow)  # type: ignore[arg-type]
     return (time.process_time() - start) / requests * 1e6

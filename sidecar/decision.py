@@ -3,6 +3,14 @@
 The decision log line, the Prometheus counters and the alerts are all derived from a
 `Decision`, so they cannot disagree. Nothing in here may ever hold a credential, a
 header value or a body: a `Decision` is safe to log, count and send to a pager.
+
+Words used across sidecar/: a decision's verdict is *allow*, *block* or *would_block*
+(audit mode: refused by policy, let through); `Decision.allowed` / `Decision.blocked`
+test it. `PolicyEngine.verdict_for(reason)` is the verdict a refusal for that reason
+gets in the current mode, and `PolicyEngine.overrule(decision, reason, detail)` is how
+a later check (DNS vetting, credentials, body inspection) turns a decision into one.
+A *refusal* is what the gateway receives for a blocked request: built once, by
+`addons.enforcer.refusal_response` from `sidecar.refusals` in the provider's format.
 """
 
 from __future__ import annotations
@@ -112,6 +120,7 @@ _C, _W, _I = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 # from it or checked against it (tests/core/test_reason_table.py). Enforced in audit
 # mode: address vetting (S3), IP literals (S4), host agreement and the protocol tricks
 # around it (S5: the request would go to the wrong host), TLS (S6), credentials (S7).
+# Which module decides each reason: README.md, "Where each code is decided" (tested).
 REASONS: dict[Reason, ReasonSpec] = {
     Reason.ALLOWED: ReasonSpec("-", _I, False, "the request was allowed"),
     Reason.HOST_NOT_ALLOWED: ReasonSpec("403", _W, False, "no policy entry lists the host"),
@@ -396,13 +405,15 @@ class Decision:
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
-    def refused(self) -> bool:
+    def blocked(self) -> bool:
+        """Verdict block: the request stops here and the gateway gets a refusal."""
         return self.verdict is Verdict.BLOCK
 
     @property
-    def is_violation(self) -> bool:
-        """True for block and would_block: what alerts and refusal counters see."""
-        return self.verdict is not Verdict.ALLOW
+    def allowed(self) -> bool:
+        """Verdict allow. Neither allowed nor blocked is would_block (audit mode): the
+        request passes, but alerts and refusal counters see it like a block."""
+        return self.verdict is Verdict.ALLOW
 
     def with_context(self, **changes: Any) -> Decision:
         return dataclasses.replace(self, **changes)

@@ -120,11 +120,11 @@ class PolicyEngine:
         try:
             host = parse_host(attempt.host)
         except HostError as exc:
-            return self._refuse(attempt, Reason.INVALID_HOST, RULE_NETGUARD, str(exc))
+            return self._decide_against(attempt, Reason.INVALID_HOST, RULE_NETGUARD, str(exc))
 
         mismatch = self._host_disagreement(host, attempt)
         if mismatch:
-            return self._refuse(
+            return self._decide_against(
                 attempt, Reason.HOST_MISMATCH, RULE_HOST_AGREEMENT, mismatch, host=host
             )
 
@@ -134,7 +134,7 @@ class PolicyEngine:
         assert host.name is not None
         endpoint = self.match_name(host.name)
         if endpoint is None:
-            return self._refuse(
+            return self._decide_against(
                 attempt, Reason.HOST_NOT_ALLOWED, RULE_DEFAULT_DENY, "no policy entry", host=host
             )
         return self._decide_on_endpoint(endpoint, attempt, host)
@@ -143,18 +143,20 @@ class PolicyEngine:
         host = Host(address=address)
         cls = classify_address(address, self.own_addresses)
         if cls is AddressClass.METADATA:
-            return self._refuse(
+            return self._decide_against(
                 attempt, Reason.METADATA_ADDRESS, RULE_NETGUARD, "cloud metadata", host=host
             )
         endpoint = self.match_address(address)
         if endpoint is None:
             reason = Reason.IP_LITERAL if cls is AddressClass.PUBLIC else Reason.PRIVATE_ADDRESS
-            return self._refuse(attempt, reason, RULE_NETGUARD, f"{cls.value} literal", host=host)
+            return self._decide_against(
+                attempt, reason, RULE_NETGUARD, f"{cls.value} literal", host=host
+            )
         return self._decide_on_endpoint(endpoint, attempt, host)
 
     def _decide_on_endpoint(self, endpoint: Endpoint, attempt: Attempt, host: Host) -> Decision:
         def refuse(reason: Reason, detail: str) -> Decision:
-            return self._refuse(
+            return self._decide_against(
                 attempt, reason, endpoint.rule, detail, host=host, endpoint=endpoint
             )
 
@@ -212,7 +214,7 @@ class PolicyEngine:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _refuse(
+    def _decide_against(
         self,
         attempt: Attempt,
         reason: Reason,
@@ -222,21 +224,23 @@ class PolicyEngine:
         host: Host | None = None,
         endpoint: Endpoint | None = None,
     ) -> Decision:
-        verdict = self.refusal_verdict(reason)
+        verdict = self.verdict_for(reason)
         return self._decision(attempt, verdict, reason, rule, detail, host=host, endpoint=endpoint)
 
-    def refusal_verdict(self, reason: Reason) -> Verdict:
-        """S11: audit mode lets policy refusals through, never the ALWAYS_ENFORCED ones."""
+    def verdict_for(self, reason: Reason) -> Verdict:
+        """The verdict a refusal for `reason` gets: block, or would_block in audit mode
+        (S11) unless the reason is ALWAYS_ENFORCED."""
         audit = self.policy.mode is Mode.AUDIT and reason not in ALWAYS_ENFORCED
         return Verdict.WOULD_BLOCK if audit else Verdict.BLOCK
 
-    def refusal(self, decision: Decision, reason: Reason, detail: str) -> Decision:
-        """Turn an earlier decision into a refusal found later (e.g. by S3 after DNS)."""
+    def overrule(self, decision: Decision, reason: Reason, detail: str) -> Decision:
+        """A later check (S3 after DNS, the credential layer, a body inspector) overrules
+        an earlier decision: `verdict_for(reason)`, keeping what the decision knew."""
         if decision.verdict is Verdict.WOULD_BLOCK:
             # Keep what audit mode let pass in the one line this attempt gets.
             detail = f"{detail}; audit: would_block {decision.reason.value}"
         return decision.with_context(
-            verdict=self.refusal_verdict(reason),
+            verdict=self.verdict_for(reason),
             reason=reason,
             rule=RULE_NETGUARD if reason in ALWAYS_ENFORCED else decision.rule,
             detail=detail,

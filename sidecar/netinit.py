@@ -67,7 +67,7 @@ class Family(StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class RuleSettings:
     proxy_uid: int = 1337
     proxy_port: int = 15001
     dns_port: int = 15053
@@ -90,7 +90,7 @@ def _loopback(family: Family) -> str:
     return "127.0.0.0/8" if family is Family.IPV4 else "::1/128"
 
 
-def expected_chains(settings: Settings, family: Family) -> dict[str, list[str]]:
+def expected_chains(settings: RuleSettings, family: Family) -> dict[str, list[str]]:
     """The rules of our chain in each table, exactly as iptables-save prints them.
 
     Written in iptables-save's canonical spelling (identical for the nft and legacy
@@ -141,17 +141,17 @@ def expected_chains(settings: Settings, family: Family) -> dict[str, list[str]]:
 ANY_PROCESS_UID = "0-4294967294"
 
 
-def sidecar_ports(settings: Settings) -> tuple[list[int], list[int]]:
+def sidecar_ports(settings: RuleSettings) -> tuple[list[int], list[int]]:
     """(TCP ports, UDP ports) the sidecar listens on that only its UID may answer from."""
     tcp = sorted({settings.proxy_port, settings.dns_port, *_admin(settings)})
     return tcp, [settings.dns_port]
 
 
-def _admin(settings: Settings) -> list[int]:
+def _admin(settings: RuleSettings) -> list[int]:
     return [] if settings.admin_port is None else [settings.admin_port]
 
 
-def _impersonation_rules(settings: Settings) -> list[str]:
+def _impersonation_rules(settings: RuleSettings) -> list[str]:
     """Only the sidecar's UID may send packets *from* the sidecar's ports.
 
     Placed right after the sidecar's own ACCEPT, so what reaches them is not UID
@@ -174,7 +174,7 @@ JUMP = f"-A OUTPUT -j {CHAIN}"
 
 
 def render_restore(
-    settings: Settings,
+    settings: RuleSettings,
     family: Family,
     existing_jumps: dict[str, int] | None = None,
     jump_first: dict[str, bool] | None = None,
@@ -250,7 +250,7 @@ def jump_state(dump: dict[str, TableDump]) -> tuple[dict[str, int], dict[str, bo
     return counts, first
 
 
-def verify_dump(settings: Settings, family: Family, dump: dict[str, TableDump]) -> list[str]:
+def verify_dump(settings: RuleSettings, family: Family, dump: dict[str, TableDump]) -> list[str]:
     """Everything that differs from the expected rules, as readable problems ([] = ok)."""
     problems: list[str] = []
     tag = "ip6tables" if family is Family.IPV6 else "iptables"
@@ -458,8 +458,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
+def settings_from_args(args: argparse.Namespace) -> RuleSettings:
+    return RuleSettings(
         proxy_uid=args.proxy_uid,
         proxy_port=args.proxy_port,
         dns_port=args.dns_port,
@@ -523,7 +523,9 @@ class Executor:
         _err("notice: this kernel has no IPv6 (/proc/net/if_inet6 missing); IPv6 rules skipped")
         return families
 
-    def _install(self, settings: Settings, backend: Backend, families: dict[Family, Tools]) -> int:
+    def _install(
+        self, settings: RuleSettings, backend: Backend, families: dict[Family, Tools]
+    ) -> int:
         for family, tools in families.items():
             dump = parse_save(save(tools, self.run))
             counts, first = jump_state(dump)
@@ -545,13 +547,15 @@ class Executor:
         )
         return EXIT_OK
 
-    def _problems(self, settings: Settings, families: dict[Family, Tools]) -> list[str]:
+    def _problems(self, settings: RuleSettings, families: dict[Family, Tools]) -> list[str]:
         problems: list[str] = []
         for family, tools in families.items():
             problems.extend(verify_dump(settings, family, parse_save(save(tools, self.run))))
         return problems
 
-    def _verify(self, settings: Settings, backend: Backend, families: dict[Family, Tools]) -> int:
+    def _verify(
+        self, settings: RuleSettings, backend: Backend, families: dict[Family, Tools]
+    ) -> int:
         problems = self._problems(settings, families)
         if problems:
             _err(f"verify FAILED (backend {backend}): {len(problems)} problem(s):")
@@ -579,7 +583,7 @@ __all__ = [
     "EnvironmentProblem",
     "Executor",
     "Family",
-    "Settings",
+    "RuleSettings",
     "Tools",
     "add_arguments",
     "choose_backend",

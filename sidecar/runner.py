@@ -251,6 +251,7 @@ async def _serve(settings: Settings, policy: Any) -> int:
 
     master.addons.add(
         enforcer,
+        credentials,  # S7: its hooks run right after the enforcer's (addons/credentials.py)
         # After the enforcer, in this order: the request body is read once (issue 13) and
         # its document handed on to the response inspector (issue 14).
         RequestInspection(holder, recorder, registry),

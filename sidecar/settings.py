@@ -1,6 +1,8 @@
 """Runtime options of `egress-sidecar run`: each a flag and an EGRESS_SIDECAR_* variable.
 
-Precedence: flag, then environment, then default. No mitmproxy import here.
+Each is declared once, as a `Settings` field (`option(...)`): that declaration gives the
+flag, the variable, the default, the parser and the help. Precedence: flag, then
+environment, then default. No mitmproxy import here.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ import argparse
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from sidecar import limits as limits_mod
 from sidecar import usage_settings
@@ -71,301 +75,348 @@ def parse_listen(text: str, *, flag: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+def _text(_flag: str, text: str) -> str:
+    return text
+
+
+class _Flag:
+    """A flag, its variable (EGRESS_SIDECAR_ + the flag upper-cased) and argparse dest."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+        self.env = flag.lstrip("-").upper().replace("-", "_")
+        self.dest = flag.lstrip("-").replace("-", "_")
+
+
+class Option(_Flag):
+    """One runtime option: its flag and variable, help, the text used when neither is
+    given, and the parser that turns text into the `Settings` value (raising
+    SettingsError that names the flag)."""
+
+    def __init__(
+        self,
+        flag: str,
+        help_text: str,
+        parse: Callable[[str, str], Any],
+        default: str | Callable[[], str] | None,
+        repeatable: bool,
+    ) -> None:
+        super().__init__(flag)
+        self.parse = parse
+        self.default = default
+        self.repeatable = repeatable
+        shown = (
+            f" (default {default})"
+            if isinstance(default, str) and "default" not in help_text
+            else ""
+        )
+        self.help = f"{help_text}{shown} [env {ENV_PREFIX}{self.env}" + (
+            ", comma-separated]" if repeatable else "]"
+        )
+
+    def value(self, given: str | list[str] | None) -> Any:
+        """The parsed value of the flag's text, else the variable's, else the default's
+        (an empty text counts as not given)."""
+        for text in (given, os.environ.get(ENV_PREFIX + self.env), self._default_text()):
+            items = self._items(text)
+            if items:
+                parsed = [self.parse(self.flag, item) for item in items]
+                return tuple(parsed) if self.repeatable else parsed[0]
+        return () if self.repeatable else None
+
+    def _default_text(self) -> str | None:
+        return self.default() if callable(self.default) else self.default
+
+    def _items(self, text: str | list[str] | None) -> list[str]:
+        if not self.repeatable:
+            return [text] if isinstance(text, str) and text else []
+        listed = text if isinstance(text, list) else (text or "").split(",")
+        return [item.strip() for item in listed if item.strip()]
+
+
+def option(
+    flag: str,
+    help_text: str,
+    *,
+    parse: Callable[[str, str], Any] = _text,
+    default: str | Callable[[], str] | None = None,
+    repeatable: bool = False,
+) -> Any:
+    """A `Settings` field declared by its option: the field's default is the option's."""
+    spec = Option(flag, help_text, parse, default, repeatable)
+    return dataclasses.field(default_factory=lambda: spec.value(None), metadata={"option": spec})
+
+
+class Switch(_Flag):
+    """An on/off option: present flag, or its variable set to 1."""
+
+    def __init__(self, flag: str, help_text: str) -> None:
+        super().__init__(flag)
+        self.help = f"{help_text} [env {ENV_PREFIX}{self.env}=1]"
+
+    def value(self, given: bool | None) -> bool:
+        return bool(given or os.environ.get(ENV_PREFIX + self.env) == "1")
+
+
+def switch(flag: str, help_text: str) -> Any:
+    return dataclasses.field(default=False, metadata={"option": Switch(flag, help_text)})
+
+
+class Group:
+    """Options another module declares and builds into one value (`Limits`, the usage
+    settings): its table, rows (flag, ..., help), and its `from_values(flag -> text)`."""
+
+    def __init__(
+        self,
+        rows: Iterable[tuple[str, ...]],
+        build: Callable[[Mapping[str, str | None]], Any],
+        errors: tuple[type[Exception], ...],
+    ) -> None:
+        self.options = tuple(Option(row[0], row[-1], _text, None, False) for row in rows)
+        self.build = build
+        self.errors = errors
+
+    def value(self, args: argparse.Namespace | None) -> Any:
+        given = {o.flag: o.value(getattr(args, o.dest, None)) for o in self.options}
+        try:
+            return self.build(given)
+        except self.errors as exc:
+            raise SettingsError(str(exc)) from None
+
+
+def group(
+    rows: Iterable[tuple[str, ...]],
+    build: Callable[[Mapping[str, str | None]], Any],
+    *errors: type[Exception],
+) -> Any:
+    spec = Group(rows, build, errors)
+    return dataclasses.field(default_factory=lambda: spec.value(None), metadata={"option": spec})
+
+
+# Parsers: (flag, text) -> value, raising SettingsError that names the flag.
+
+
+def _listen(flag: str, text: str) -> tuple[str, int]:
+    return parse_listen(text, flag=flag)
+
+
+def _listen_or_off(flag: str, text: str) -> tuple[str, int] | None:
+    return None if text == "off" else parse_listen(text, flag=flag)
+
+
+def _reverse(_flag: str, text: str) -> ReverseListener:
+    return ReverseListener.parse(text)
+
+
+def _existing_file(flag: str, text: str) -> str:
+    if not Path(text).is_file():
+        raise SettingsError(f"{flag} {text!r}: no such file")
+    return text
+
+
+def _one_of(*names: str) -> Callable[[str, str], str]:
+    def parse(flag: str, text: str) -> str:
+        value = text.lower()
+        if value not in names:
+            raise SettingsError(f"{flag} {value!r}: expected {' or '.join(names)}")
+        return value
+
+    return parse
+
+
+def _number(kind: type[int] | type[float], low: float, high: float) -> Callable[[str, str], Any]:
+    """A number within [low, high]."""
+
+    def parse(flag: str, text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise SettingsError(f"{flag} {text!r}: not a number") from None
+        if not low <= value <= high:
+            bounds = " and ".join(
+                str(int(b)) if float(b).is_integer() else str(b) for b in (low, high)
+            )
+            raise SettingsError(f"{flag} {text!r}: must be between {bounds}")
+        return value
+
+    return parse
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
-    policies: tuple[str, ...]
-    proxy_listen: tuple[str, int] | None
-    reverse: tuple[ReverseListener, ...]
-    admin_listen: tuple[str, int]
-    ca_dir: str
-    resolver: str | None
-    upstream_ca: str | None
-    reload_interval: float
-    alerts_config: str | None
-    alert_spool_dir: str | None
-    secrets_dir: str | None = None
-    secrets_from_env: bool = False
-    virtual_keys: str | None = None
-    transparent: tuple[tuple[str, int], ...] = ()
-    dns: tuple[tuple[str, int], ...] = ()
-    dns_refuse_with: str = "refused"
+    """Every runtime option, each declared once: its field says the flag, the variable,
+    the default, the parser and the help (README's "Runtime options" lists them)."""
+
+    policies: tuple[str, ...] = option(
+        "--policy",
+        "policy file or directory; repeatable (default: bundled default)",
+        default=lambda: str(bundled_policy_dir() / "default.yaml"),
+        repeatable=True,
+    )
+    proxy_listen: tuple[str, int] | None = option(
+        "--listen",
+        "explicit proxy ADDRESS:PORT, or 'off'",
+        parse=_listen_or_off,
+        default=DEFAULT_PROXY_LISTEN,
+    )
+    reverse: tuple[ReverseListener, ...] = option(
+        "--reverse",
+        "reverse listener PROVIDER[:HOST]@[ADDRESS:]PORT; repeatable",
+        parse=_reverse,
+        repeatable=True,
+    )
+    admin_listen: tuple[str, int] = option(
+        "--admin",
+        "admin ADDRESS:PORT for /metrics /healthz /readyz",
+        parse=_listen,
+        default=DEFAULT_ADMIN_LISTEN,
+    )
+    ca_dir: str = option(
+        "--ca-dir", "directory of the interception CA; created if missing", default=default_ca_dir
+    )
+    resolver: str | None = option(
+        "--resolver", "upstream DNS resolver ADDRESS[:PORT] (default: /etc/resolv.conf)"
+    )
+    upstream_ca: str | None = option(
+        "--upstream-ca",
+        "extra CA bundle (PEM) trusted upstream, added to the public roots",
+        parse=_existing_file,
+    )
+    reload_interval: float = option(
+        "--reload-interval",
+        "seconds between policy file checks",
+        parse=_number(float, 0.05, 3600),
+        default="1",
+    )
+    transparent: tuple[tuple[str, int], ...] = option(
+        "--transparent",
+        "transparent listener ADDRESS:PORT for iptables-redirected TCP; repeatable "
+        "(e.g. 127.0.0.1:15001 and [::1]:15001)",
+        parse=_listen,
+        repeatable=True,
+    )
+    dns: tuple[tuple[str, int], ...] = option(
+        "--dns",
+        "DNS listener ADDRESS:PORT for the pod's redirected DNS; repeatable",
+        parse=_listen,
+        repeatable=True,
+    )
+    dns_refuse_with: str = option(
+        "--dns-refuse-with",
+        "answer for refused names: refused (default) or nxdomain",
+        parse=_one_of("refused", "nxdomain"),
+        default="refused",
+    )
+    secrets_dir: str | None = option(
+        "--secrets-dir",
+        "directory of provider keys, one file per secret name (a mounted Kubernetes Secret)",
+    )
+    secrets_from_env: bool = switch(
+        "--secrets-from-env",
+        f"also read keys from {ENV_PREFIX}SECRET_<NAME> variables (weaker: any process "
+        "in the container can read them)",
+    )
+    virtual_keys: str | None = option(
+        "--virtual-keys",
+        "virtual keys file: tenants, their hashed keys and providers (docs/credentials.md)",
+    )
+    alerts_config: str | None = option("--alerts-config", "alert sinks configuration file (YAML)")
+    alert_spool_dir: str | None = option(
+        "--alert-spool", "directory where undelivered alerts are kept"
+    )
     # issue 10: DNS listener limits (see docs/limits.md, "DNS listener")
-    dns_max_qps: float = 2000.0
-    dns_max_qps_per_source: float = 500.0
-    dns_max_sources: int = 4096
-    dns_max_pending: int = 256
-    dns_max_tcp_connections: int = 64
-    refusal_rate: float = 20.0  # issue 10: refusals/s answered at once (0 = no pacing)
-    decision_format: str = "json"  # issue 18: json (our line) or ocsf (sidecar/ocsf.py)
-    # issue 10: HTTP/connection limits
-    limits: limits_mod.Limits = dataclasses.field(default_factory=limits_mod.Limits)
+    dns_max_qps: float = option(
+        "--dns-max-qps",
+        "DNS questions per second, all sources",
+        parse=_number(float, 1, 1_000_000),
+        default="2000",
+    )
+    dns_max_qps_per_source: float = option(
+        "--dns-max-qps-per-source",
+        "DNS questions per second from one source address",
+        parse=_number(float, 1, 1_000_000),
+        default="500",
+    )
+    dns_max_sources: int = option(
+        "--dns-max-sources",
+        "source addresses the DNS rate limiter remembers",
+        parse=_number(int, 1, 1_000_000),
+        default="4096",
+    )
+    dns_max_pending: int = option(
+        "--dns-max-pending",
+        "DNS questions being answered at once",
+        parse=_number(int, 1, 100_000),
+        default="256",
+    )
+    dns_max_tcp_connections: int = option(
+        "--dns-max-tcp-connections",
+        "open DNS-over-TCP connections",
+        parse=_number(int, 1, 100_000),
+        default="64",
+    )
+    refusal_rate: float = option(  # issue 10: refusals/s answered at once (0 = no pacing)
+        "--refusal-rate",
+        "refusals per second answered at once; above it (after a 2 s burst) each refused "
+        "answer waits, up to 1 s, still logged and alerted at once; 0 = off",
+        parse=_number(float, 0, 1_000_000),
+        default="20",
+    )
+    decision_format: str = option(  # issue 18: json (our line) or ocsf (sidecar/ocsf.py)
+        "--decision-format",
+        "decision log lines: json (default) or ocsf (OCSF 1.5.0 events, docs/ocsf.md)",
+        parse=_one_of("json", "ocsf"),
+        default="json",
+    )
+    # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
+    limits: limits_mod.Limits = group(  # noqa: RUF009 - returns a dataclasses.field
+        limits_mod.OPTIONS,
+        limits_mod.from_values,
+        limits_mod.LimitError,
+    )
     # issue 15: usage limits' state, Redis and admin token (sidecar/usage_settings.py)
-    usage: usage_settings.UsageSettings = dataclasses.field(
-        default_factory=lambda: usage_settings.from_values({})
+    usage: usage_settings.UsageSettings = group(  # noqa: RUF009 - a dataclasses.field
+        usage_settings.OPTIONS,
+        usage_settings.from_values,
+        usage_settings.UsageSettingsError,
     )
 
 
-# (flag, env suffix, help, repeatable)
-_OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
-    ("--policy", "POLICY", "policy file or directory; repeatable (default: bundled default)", True),
-    (
-        "--listen",
-        "LISTEN",
-        f"explicit proxy ADDRESS:PORT, or 'off' (default {DEFAULT_PROXY_LISTEN})",
-        False,
-    ),
-    ("--reverse", "REVERSE", "reverse listener PROVIDER[:HOST]@[ADDRESS:]PORT; repeatable", True),
-    (
-        "--admin",
-        "ADMIN",
-        f"admin ADDRESS:PORT for /metrics /healthz /readyz (default {DEFAULT_ADMIN_LISTEN})",
-        False,
-    ),
-    ("--ca-dir", "CA_DIR", "directory of the interception CA; created if missing", False),
-    (
-        "--resolver",
-        "RESOLVER",
-        "upstream DNS resolver ADDRESS[:PORT] (default: /etc/resolv.conf)",
-        False,
-    ),
-    (
-        "--upstream-ca",
-        "UPSTREAM_CA",
-        "extra CA bundle (PEM) trusted upstream, added to the public roots",
-        False,
-    ),
-    (
-        "--reload-interval",
-        "RELOAD_INTERVAL",
-        "seconds between policy file checks (default 1)",
-        False,
-    ),
-    (
-        "--transparent",
-        "TRANSPARENT",
-        "transparent listener ADDRESS:PORT for iptables-redirected TCP; repeatable "
-        "(e.g. 127.0.0.1:15001 and [::1]:15001)",
-        True,
-    ),
-    ("--dns", "DNS", "DNS listener ADDRESS:PORT for the pod's redirected DNS; repeatable", True),
-    (
-        "--dns-refuse-with",
-        "DNS_REFUSE_WITH",
-        "answer for refused names: refused (default) or nxdomain",
-        False,
-    ),
-    (
-        "--secrets-dir",
-        "SECRETS_DIR",
-        "directory of provider keys, one file per secret name (a mounted Kubernetes Secret)",
-        False,
-    ),
-    (
-        "--virtual-keys",
-        "VIRTUAL_KEYS",
-        "virtual keys file: tenants, their hashed keys and providers (docs/credentials.md)",
-        False,
-    ),
-    ("--alerts-config", "ALERTS_CONFIG", "alert sinks configuration file (YAML)", False),
-    ("--alert-spool", "ALERT_SPOOL", "directory where undelivered alerts are kept", False),
-    # issue 10: DNS listener limits
-    ("--dns-max-qps", "DNS_MAX_QPS", "DNS questions per second, all sources (default 2000)", False),
-    (
-        "--dns-max-qps-per-source",
-        "DNS_MAX_QPS_PER_SOURCE",
-        "DNS questions per second from one source address (default 500)",
-        False,
-    ),
-    (
-        "--dns-max-sources",
-        "DNS_MAX_SOURCES",
-        "source addresses the DNS rate limiter remembers (default 4096)",
-        False,
-    ),
-    (
-        "--dns-max-pending",
-        "DNS_MAX_PENDING",
-        "DNS questions being answered at once (default 256)",
-        False,
-    ),
-    (
-        "--dns-max-tcp-connections",
-        "DNS_MAX_TCP_CONNECTIONS",
-        "open DNS-over-TCP connections (default 64)",
-        False,
-    ),
-    (
-        "--refusal-rate",
-        "REFUSAL_RATE",
-        "refusals per second answered at once; above it (after a 2 s burst) each refused "
-        "answer waits, up to 1 s, still logged and alerted at once; 0 = off (default 20)",
-        False,
-    ),
-    (
-        "--decision-format",
-        "DECISION_FORMAT",
-        "decision log lines: json (default) or ocsf (OCSF 1.5.0 events, docs/ocsf.md)",
-        False,
-    ),
-    # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
-    *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
-    *((flag, env, help_text, False) for flag, env, help_text in usage_settings.OPTIONS),
-)
+def options() -> list[Option | Switch]:
+    """Every option, in `--help` order."""
+    out: list[Option | Switch] = []
+    for field in dataclasses.fields(Settings):
+        spec = field.metadata["option"]
+        out.extend(spec.options if isinstance(spec, Group) else [spec])
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flag_arguments(parser)
-    for flag, env, help_text, repeatable in _OPTIONS:
-        parser.add_argument(
-            flag,
-            action="append" if repeatable else "store",
-            default=None,
-            help=f"{help_text} [env {ENV_PREFIX}{env}"
-            + (", comma-separated]" if repeatable else "]"),
-        )
-
-
-def add_flag_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--secrets-from-env",
-        action="store_true",
-        default=None,
-        help=f"also read keys from {ENV_PREFIX}SECRET_<NAME> variables (weaker: any process "
-        f"in the container can read them) [env {ENV_PREFIX}SECRETS_FROM_ENV=1]",
-    )
-
-
-def _value(args: argparse.Namespace, flag: str, env: str) -> str | list[str] | None:
-    value: str | list[str] | None = getattr(args, flag.lstrip("-").replace("-", "_"))
-    if value is not None:
-        return value
-    return os.environ.get(ENV_PREFIX + env) or None
-
-
-def _list(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else value.split(",")
-    return [item.strip() for item in items if item.strip()]
-
-
-def _single(value: str | list[str] | None) -> str | None:
-    return value if isinstance(value, str) else None
+    for spec in options():
+        if isinstance(spec, Switch):
+            parser.add_argument(spec.flag, action="store_true", default=None, help=spec.help)
+        else:
+            action = "append" if spec.repeatable else "store"
+            parser.add_argument(spec.flag, action=action, default=None, help=spec.help)
 
 
 def resolve(args: argparse.Namespace) -> Settings:
-    values = {flag: _value(args, flag, env) for flag, env, _, _ in _OPTIONS}
-    policies = _list(values["--policy"]) or [str(bundled_policy_dir() / "default.yaml")]
-    listen = _single(values["--listen"]) or DEFAULT_PROXY_LISTEN
-    proxy_listen = None if listen == "off" else parse_listen(listen, flag="--listen")
-    reverse = tuple(ReverseListener.parse(r) for r in _list(values["--reverse"]))
-    admin = parse_listen(_single(values["--admin"]) or DEFAULT_ADMIN_LISTEN, flag="--admin")
-    interval = _number(values, "--reload-interval", float, 0.05, 3600) or 1.0
-    upstream_ca = _single(values["--upstream-ca"])
-    if upstream_ca and not Path(upstream_ca).is_file():
-        raise SettingsError(f"--upstream-ca {upstream_ca!r}: no such file")
-    transparent = tuple(
-        parse_listen(t, flag="--transparent") for t in _list(values["--transparent"])
-    )
-    dns = tuple(parse_listen(d, flag="--dns") for d in _list(values["--dns"]))
-    refuse_with = (_single(values["--dns-refuse-with"]) or "refused").lower()
-    if refuse_with not in ("refused", "nxdomain"):
-        raise SettingsError(f"--dns-refuse-with {refuse_with!r}: expected refused or nxdomain")
-    dns_limits = _dns_limits(values)
-    decision_format = (_single(values["--decision-format"]) or "json").lower()
-    if decision_format not in ("json", "ocsf"):
-        raise SettingsError(f"--decision-format {decision_format!r}: expected json or ocsf")
-    rate = _number(values, "--refusal-rate", float, 0, 1_000_000)  # 0: pacing off
-    refusal_rate = 20.0 if rate is None else rate
-    try:
-        limits = limits_mod.from_values({f: _single(values[f]) for f, *_ in limits_mod.OPTIONS})
-        usage = usage_settings.from_values(
-            {f: _single(values[f]) for f, *_ in usage_settings.OPTIONS}
+    """Settings from flags, then EGRESS_SIDECAR_* variables, then defaults."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Settings):
+        spec = field.metadata["option"]
+        values[field.name] = spec.value(
+            args if isinstance(spec, Group) else getattr(args, spec.dest)
         )
-    except (limits_mod.LimitError, usage_settings.UsageSettingsError) as exc:
-        raise SettingsError(str(exc)) from None
-    if proxy_listen is None and not reverse and not transparent:
+    settings = Settings(**values)
+    if settings.dns_max_qps_per_source > settings.dns_max_qps:
+        raise SettingsError(
+            f"--dns-max-qps-per-source {settings.dns_max_qps_per_source:g} exceeds "
+            f"--dns-max-qps {settings.dns_max_qps:g}: one source could then take the whole "
+            "budget; lower it or raise --dns-max-qps"
+        )
+    if settings.proxy_listen is None and not settings.reverse and not settings.transparent:
         raise SettingsError(
             "nothing to serve: --listen off and no --reverse or --transparent listener"
         )
-    return Settings(
-        policies=tuple(policies),
-        proxy_listen=proxy_listen,
-        reverse=reverse,
-        admin_listen=admin,
-        ca_dir=_single(values["--ca-dir"]) or default_ca_dir(),
-        resolver=_single(values["--resolver"]),
-        upstream_ca=upstream_ca,
-        reload_interval=interval,
-        alerts_config=_single(values["--alerts-config"]),
-        alert_spool_dir=_single(values["--alert-spool"]),
-        secrets_dir=_single(values["--secrets-dir"]),
-        secrets_from_env=bool(
-            args.secrets_from_env or os.environ.get(ENV_PREFIX + "SECRETS_FROM_ENV") == "1"
-        ),
-        virtual_keys=_single(values["--virtual-keys"]),
-        transparent=transparent,
-        dns=dns,
-        dns_refuse_with=refuse_with,
-        **dns_limits,  # type: ignore[arg-type]
-        refusal_rate=refusal_rate,
-        limits=limits,
-        decision_format=decision_format,
-        usage=usage,
-    )
-
-
-def _number(
-    values: dict[str, str | list[str] | None],
-    flag: str,
-    kind: type[int] | type[float],
-    low: float,
-    high: float,
-) -> float | None:
-    """A numeric option's value within [low, high]; None when it is not set."""
-    text = _single(values[flag])
-    if text is None:
-        return None
-    try:
-        value = kind(text)
-    except ValueError:
-        raise SettingsError(f"{flag} {text!r}: not a number") from None
-    if not low <= value <= high:
-        bounds = " and ".join(str(int(b)) if float(b).is_integer() else str(b) for b in (low, high))
-        raise SettingsError(f"{flag} {text!r}: must be between {bounds}")
-    return value
-
-
-def _dns_limits(values: dict[str, str | list[str] | None]) -> dict[str, float | int]:
-    """issue 10: the DNS listener's limits, checked like every other option."""
-    out: dict[str, float | int] = {}
-    for flag, field, kind, low, high in (
-        ("--dns-max-qps", "dns_max_qps", float, 1, 1_000_000),
-        ("--dns-max-qps-per-source", "dns_max_qps_per_source", float, 1, 1_000_000),
-        ("--dns-max-sources", "dns_max_sources", int, 1, 1_000_000),
-        ("--dns-max-pending", "dns_max_pending", int, 1, 100_000),
-        ("--dns-max-tcp-connections", "dns_max_tcp_connections", int, 1, 100_000),
-    ):
-        value = _number(values, flag, kind, low, high)
-        if value is not None:
-            out[field] = value
-    defaults = Settings(
-        policies=(),
-        proxy_listen=None,
-        reverse=(),
-        admin_listen=("", 0),
-        ca_dir="",
-        resolver=None,
-        upstream_ca=None,
-        reload_interval=1.0,
-        alerts_config=None,
-        alert_spool_dir=None,
-    )
-    total = out.get("dns_max_qps", defaults.dns_max_qps)
-    per_source = out.get("dns_max_qps_per_source", defaults.dns_max_qps_per_source)
-    if per_source > total:
-        raise SettingsError(
-            f"--dns-max-qps-per-source {per_source:g} exceeds --dns-max-qps {total:g}: "
-            "one source could then take the whole budget; lower it or raise --dns-max-qps"
-        )
-    return out
+    return settings

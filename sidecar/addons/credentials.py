@@ -1,18 +1,25 @@
-"""The credential side of the enforcer (S7): strip, refuse gateway-held keys, inject,
-and redact reflected keys from responses. Thin: the logic is in sidecar.credentials.
+"""The credential addon (S7): strip, refuse gateway-held keys, inject, and redact
+reflected keys from responses. Thin: the logic is in sidecar.credentials.
 
-Called by the Enforcer only after the destination passed the policy, S3 and S5, with
-the policy entry of that vetted destination: a key can only ever go to its provider.
+Two halves. The Enforcer calls `prepare` (and `hold_body`) as a step of its decision,
+only after the destination passed the policy, S3 and S5, with the policy entry of that
+vetted destination: a key can only ever go to its provider. Everything after that is
+this addon's own hooks (`request`: cloud signing; `responseheaders`, `response`,
+`error`, `websocket_message`: the reflection guard), registered right after the
+Enforcer so they run in the same order as its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from sidecar.addons.answers import PENDING_DECISION_KEY, fail_closed, refusal_response
 from sidecar.credentials import (
     Outcome,
     ReflectionGuard,
@@ -42,6 +49,11 @@ from sidecar.decision import Decision, Reason, Verdict
 from sidecar.engine import PolicyEngine
 from sidecar.policy.cloud_credentials import CloudCredential, CloudKind, aws_region
 from sidecar.policy.model import Endpoint
+
+if TYPE_CHECKING:
+    from sidecar.addons.enforcer import EngineHolder
+
+logger = logging.getLogger("egress_sidecar")
 
 _INJECTED = "egress_injected"
 _REDACTOR = "egress_redactor"
@@ -79,6 +91,75 @@ class CredentialLayer:
         self._on_injected = on_injected  # callable(provider) for the injections counter
         self._on_changed = on_changed  # callable(set of changed secret names)
         self._refreshed_at = time.monotonic()
+        self._holder: EngineHolder | None = None
+        self._record: Callable[[Decision], None] = lambda _decision: None
+
+    def bind(self, holder: EngineHolder, record: Callable[[Decision], None]) -> None:
+        """The Enforcer's policy in force and recorder: what the hooks decide is
+        recorded like every other decision."""
+        self._holder = holder
+        self._record = record
+
+    # --- mitmproxy hooks ----------------------------------------------------------------
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        # Issue 16: cloud credentials (SigV4 covers the body) are added with the body.
+        if self._holder is None:
+            return
+        refusal = await self.add_cloud_credential(flow, self._holder.engine)
+        if refusal is not None:
+            flow.metadata.pop(PENDING_DECISION_KEY, None)  # its one line is the refusal
+            self._record(refusal)
+            flow.response = refusal_response(refusal)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # S10 + S7: every response streams on; where we added a key, redacted.
+        try:
+            if flow.response is not None:
+                self.guard_response(flow)
+        except Exception:
+            # Unscanned bytes must not reach the gateway: drop the connection instead.
+            logger.exception("response guard failed; killing the flow")
+            flow.kill()
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if self._holder is None:
+            return
+        try:
+            reflected = await self.finish_response(flow, self._holder.engine)
+        except Exception:
+            logger.exception("reflection check failed; killing the flow")
+            flow.kill()
+            return
+        if reflected:
+            self._record(reflected)
+            if reflected.reason is Reason.RESPONSE_NOT_INSPECTABLE:
+                # Nothing of a buffered response was sent yet: answer with the refusal
+                # (and no WebSocket follows a refused handshake).
+                flow.response = refusal_response(reflected)
+                flow.websocket = None
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if self._holder is None:
+            return
+        reflected = self.reflection_found(flow, self._holder.engine, sending=False)
+        if reflected:
+            self._record(reflected)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        # S7 after a WebSocket handshake that carried a key: every provider message.
+        try:
+            reflected = self._redact_websocket_message(flow)
+        except Exception:
+            logger.exception("WebSocket reflection check failed; dropping the message")
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            return
+        if reflected:
+            self._record(reflected)
+
+    # --- secrets ------------------------------------------------------------------------
 
     def refresh(self) -> set[str]:
         """Re-read the secret sources; report changed names once, whoever noticed."""
@@ -127,9 +208,8 @@ class CredentialLayer:
             virtual_keys=self.virtual_keys.current if self.virtual_keys else None,
             add_key=withheld is None,
         )
-        if result.refused:
-            assert result.reason is not None
-            return engine.refusal(decision, result.reason, result.detail[:300]).with_context(
+        if result.reason is not None:
+            return engine.overrule(decision, result.reason, result.detail[:300]).with_context(
                 tenant=result.tenant
             )
         if result.outcome is Outcome.INJECTED:
@@ -141,7 +221,7 @@ class CredentialLayer:
             assert credential is not None
             why = unsignable_because(credential.kind, flow.request.path)
             if why is not None:
-                return engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
+                return engine.overrule(decision, Reason.PROTOCOL_NOT_ALLOWED, why).with_context(
                     tenant=result.tenant
                 )
             # Signed once the body is here (SigV4 covers it): see add_cloud_credential.
@@ -173,9 +253,9 @@ class CredentialLayer:
         try:
             await self._add_cloud_credential(flow, credential, authority)
         except CloudCredentialError as exc:
-            return engine.refusal(decision, Reason.CREDENTIAL_UNAVAILABLE, str(exc)[:300])
+            return engine.overrule(decision, Reason.CREDENTIAL_UNAVAILABLE, str(exc)[:300])
         except Exception as exc:  # noqa: BLE001  fail closed, no text that may hold a value
-            return engine.refusal(
+            return engine.overrule(
                 decision,
                 Reason.CREDENTIAL_UNAVAILABLE,
                 f"{credential.kind.value} credential could not be added: {type(exc).__name__}",
@@ -282,7 +362,7 @@ class CredentialLayer:
                 except NotInspectable as exc:
                     if decision is None or engine is None:
                         raise  # the caller kills the flow: never pass unscanned bytes
-                    return engine.refusal(
+                    return engine.overrule(
                         decision,
                         Reason.RESPONSE_NOT_INSPECTABLE,
                         f"response body not inspectable: {exc}; refused",
@@ -295,7 +375,7 @@ class CredentialLayer:
                 if uninspectable_extensions(response.headers.get_all("sec-websocket-extensions")):
                     if decision is None or engine is None:
                         raise NotInspectable("WebSocket extension")
-                    return engine.refusal(
+                    return engine.overrule(
                         decision,
                         Reason.RESPONSE_NOT_INSPECTABLE,
                         "WebSocket extension other than permessage-deflate; refused",
@@ -343,7 +423,7 @@ class CredentialLayer:
                 budget.give(len(decoded))
         return count
 
-    def websocket_message(self, flow: http.HTTPFlow) -> Decision | None:
+    def _redact_websocket_message(self, flow: http.HTTPFlow) -> Decision | None:
         """Redact the key from a WebSocket message the provider sent; a decision if cut."""
         redactor: MessageRedactor | None = flow.metadata.get(_WS_REDACTOR)
         if redactor is None or flow.websocket is None or not flow.websocket.messages:

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
+from sidecar.addons.enforcer import EngineHolder
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param
@@ -153,7 +154,7 @@ class RequestDlp:
             why = self._redact(flow, verdict_plan.redact_kinds, head, result)
             if why is not None:  # never forward what could not be redacted
                 detail = f"{why}, refused: {describe(verdict_plan.reported())}"
-                decision = self._refusal(pending, Reason.SECRET_IN_REQUEST, detail)
+                decision = self._overrule(pending, Reason.SECRET_IN_REQUEST, detail)
                 decision = decision.with_context(verdict=Verdict.BLOCK)
                 outcome = _Outcome.REFUSE
         self._count(verdict_plan, pending.provider)
@@ -192,7 +193,7 @@ class RequestDlp:
     # --- decisions ----------------------------------------------------------------------
 
     def _rules(self, pending: Decision) -> EffectiveRules | None:
-        if pending.refused:
+        if pending.blocked:
             return None
         engine = self.holder.engine
         endpoint = engine.endpoint(pending.rule)
@@ -209,12 +210,12 @@ class RequestDlp:
         if verdict_plan.own_key:  # S7: always refused, audit mode too
             own = tuple(f for f in reported if f.kind is Kind.SIDECAR_KEY)
             detail = f"the sidecar's own provider key in the request: {describe(own)}"
-            return self._refusal(pending, Reason.GATEWAY_HOLDS_CREDENTIAL, detail), (
+            return self._overrule(pending, Reason.GATEWAY_HOLDS_CREDENTIAL, detail), (
                 _Outcome.REFUSE
             )
         action = verdict_plan.action
         if action is Action.BLOCK and not audit:
-            return self._refusal(pending, Reason.SECRET_IN_REQUEST, f"refused: {what}"), (
+            return self._overrule(pending, Reason.SECRET_IN_REQUEST, f"refused: {what}"), (
                 _Outcome.REFUSE
             )
         if action is Action.ALERT:
@@ -224,7 +225,7 @@ class RequestDlp:
             outcome = _Outcome.REDACT
         else:
             detail, outcome = f"forwarded with the secrets redacted: {what}", _Outcome.REDACT
-        decision = self._refusal(pending, Reason.SECRET_IN_REQUEST, detail)
+        decision = self._overrule(pending, Reason.SECRET_IN_REQUEST, detail)
         # Forwarded: a redaction in enforce mode is a block of the secret (as for
         # credential_reflected); an alert, or anything in audit mode, is would_block.
         enforced = action is Action.REDACT and not audit
@@ -232,8 +233,8 @@ class RequestDlp:
             verdict=Verdict.BLOCK if enforced else Verdict.WOULD_BLOCK
         ), outcome
 
-    def _refusal(self, pending: Decision, reason: Reason, detail: str) -> Decision:
-        return self.holder.engine.refusal(pending, reason, detail[:600])
+    def _overrule(self, pending: Decision, reason: Reason, detail: str) -> Decision:
+        return self.holder.engine.overrule(pending, reason, detail[:600])
 
     def _count(self, verdict_plan: Plan, provider: str | None) -> None:
         for action, findings in verdict_plan.by_action.items():

@@ -99,7 +99,7 @@ class DnsListener:
             reason: Reason, rule: str, detail: str, host: str, provider: str | None = None
         ) -> dns.message.Message | None:
             """Record the refusal; None when audit mode only logs it (would_block)."""
-            decision = engine.refusal(
+            decision = engine.overrule(
                 Decision(
                     Verdict.ALLOW,
                     Reason.ALLOWED,
@@ -115,7 +115,7 @@ class DnsListener:
                 detail,
             )
             self.record(decision)
-            return reply(request, self.refuse_code) if decision.refused else None
+            return reply(request, self.refuse_code) if decision.blocked else None
 
         try:
             host = parse_host(qname)

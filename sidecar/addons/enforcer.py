@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import ipaddress
 import logging
 import time
@@ -26,13 +25,14 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar import refusals
 from sidecar.addons import error_pages
+from sidecar.addons.answers import PENDING_DECISION_KEY, fail_closed, refusal_response
 from sidecar.addons.credentials import CredentialLayer
 from sidecar.addons.h2_guard import H2HostMismatches
 from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
 from sidecar.client_connections import ClientConnections, ClientConnectionState
 from sidecar.credentials import SecretStore
 from sidecar.credentials.confinement import key_withheld_because
-from sidecar.decision import REASONS, RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
+from sidecar.decision import RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
 from sidecar.limits import LIMIT_ERROR_PREFIX
@@ -43,15 +43,8 @@ from sidecar.usage import USAGE_KEY
 
 logger = logging.getLogger("egress_sidecar")
 
-# Flow metadata: an allowed request's decision, its line not yet written. The body
-# inspectors (issue 13) replace it with a refusal; the response inspector (issue 14)
-# writes it at the response end when LINE_AT_END is set.
-_UNRECORDED = PENDING_DECISION_KEY = "egress_unrecorded_decision"
+_UNRECORDED = PENDING_DECISION_KEY  # see addons/answers.py
 LINE_AT_END = "egress_line_at_response_end"  # set by the response inspector (responses.py)
-
-
-def refusal_status(decision: Decision) -> int:
-    return REASONS[decision.reason].http_status
 
 
 class EngineHolder:
@@ -59,36 +52,6 @@ class EngineHolder:
 
     def __init__(self, engine: PolicyEngine) -> None:
         self.engine = engine
-
-
-def refusal_response(decision: Decision, *, close: bool = False) -> http.Response:
-    """THE builder of every refusal the gateway receives (requests, refused tunnels,
-    upstream TLS failures; reuse it for refused responses). Body, headers and status
-    come from `sidecar.refusals.render` (the destination's error format, the reason
-    header, `x-should-retry: false`). Inside a kept-alive connection the next request
-    is decided on its own; closing would only make a flood cost us a TLS handshake per
-    refusal. A refused CONNECT closes (there is no tunnel to keep)."""
-    answer = refusals.render(decision, refusal_status(decision), close=close)
-    return http.Response.make(answer.status, answer.body, answer.headers)
-
-
-def _fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
-    @functools.wraps(hook)
-    async def wrapper(self: Enforcer, target: Any) -> None:
-        try:
-            await hook(self, target)
-        except Exception:
-            logger.exception("enforcer hook %s failed; refusing", hook.__name__)
-            if isinstance(target, http.HTTPFlow):
-                target.response = http.Response.make(
-                    500,
-                    b'{"error":"egress_sidecar_internal_error"}\n',
-                    {"content-type": "application/json", "connection": "close"},
-                )
-            elif isinstance(target, server_hooks.ServerConnectionHookData):
-                target.server.error = "egress-sidecar internal error"
-
-    return wrapper  # type: ignore[return-value]
 
 
 class Enforcer:
@@ -110,6 +73,9 @@ class Enforcer:
         self.resolver = resolver
         self.record = record
         self.credentials = credentials or CredentialLayer(SecretStore(None))
+        # S7 is a step of this addon's decision (prepare, hold_body); the credential
+        # addon's own hooks (registered right after this one) record what they find here.
+        self.credentials.bind(holder, record)
         # What each client connection may reach (tunnel, pins) and what was recorded
         # about it; see sidecar/client_connections.py. Pinning by vetted address keeps
         # upstream connections reused (without it the sixth request on a connection
@@ -119,7 +85,7 @@ class Enforcer:
 
     # --- explicit proxy: CONNECT ------------------------------------------------------
 
-    @_fail_closed
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         attempt = Attempt(
             host=flow.request.host,
@@ -128,14 +94,14 @@ class Enforcer:
             client=_client(flow.client_conn),
         )
         decision = await self._decide_and_vet(attempt)
-        if decision.refused and refusals.answered_in_tunnel(decision.host):
+        if decision.blocked and refusals.answered_in_tunnel(decision.host):
             # A provider API host (docs/refusals.md): accepted, and the client's first
             # request gets the refusal in the provider's error format, so SDKs surface
             # the reason instead of a connection error. No upstream connection is ever
             # opened for it; recorded once: per request in it, or at its end.
             self.connections.of(flow.client_conn.id).refused_tunnel = decision
             return
-        if decision.refused:
+        if decision.blocked:
             self.record(decision)
             self.connections.of(flow.client_conn.id).refused_at_connect = True
             flow.response = refusal_response(decision, close=True)
@@ -158,7 +124,7 @@ class Enforcer:
                 host=_original_destination(client)[0], port=_original_destination(client)[1],
                 client=_client(client), detail="internal error at the TLS ClientHello",
             )  # fmt: skip
-        if decision is not None and decision.refused:
+        if decision is not None and decision.blocked:
             self.connections.of(client.id).refused_at_hello = True
             self.record(decision)
 
@@ -181,8 +147,8 @@ class Enforcer:
                 decision = engine.decide(literal)  # metadata_address, whatever the SNI says
             elif not sni and engine.match_address(original) is None:
                 decision = engine.decide(literal)  # as in requestheaders: no SNI, no name
-                if not decision.refused:
-                    decision = engine.refusal(
+                if not decision.blocked:
+                    decision = engine.overrule(
                         decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI"
                     )
             else:
@@ -196,7 +162,7 @@ class Enforcer:
                                              client=_client(client), sni=sni))  # fmt: skip
             if decision.reason is not Reason.HOST_MISMATCH:
                 return None  # the CONNECT itself was decided (and logged) already
-        if not decision.refused:
+        if not decision.blocked:
             return decision
         sni_text = f"SNI {sni[:100]!r}" if sni else "no SNI"
         detail = f"{decision.detail}; refused at the TLS ClientHello ({sni_text})"
@@ -204,7 +170,7 @@ class Enforcer:
 
     # --- every HTTP request -----------------------------------------------------------
 
-    @_fail_closed
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         state = self.connections.of(flow.client_conn.id)
@@ -242,7 +208,7 @@ class Enforcer:
             ))  # fmt: skip
         elif _is_h2c_upgrade(request.headers):
             # Cleartext HTTP/2 upgrade: a second protocol inside an allowed connection.
-            decision = engine.refusal(
+            decision = engine.overrule(
                 engine.decide(attempt), Reason.PROTOCOL_NOT_ALLOWED, "h2c upgrade"
             )
         elif (
@@ -255,13 +221,13 @@ class Enforcer:
             # tunnel. Refused unless a cidr: entry allows that destination itself; an
             # address refusal (metadata, private, literal) is the more telling reason.
             decision = engine.decide(attempt)
-            if not decision.refused:
-                decision = engine.refusal(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
+            if not decision.blocked:
+                decision = engine.overrule(decision, Reason.PROTOCOL_NOT_ALLOWED, "TLS without SNI")
         else:
             decision = await self._decide_and_vet(attempt, original)
-        if not decision.refused and decision.address is not None:
+        if not decision.blocked and decision.address is not None:
             decision = self._one_host_per_upstream(state, flow, decision, host, engine)
-        if not decision.refused:
+        if not decision.blocked:
             # S7, after S3/S5 passed: strip what the gateway sent, refuse real keys it
             # holds, add ours only for the provider of the vetted destination.
             endpoint = engine.endpoint(decision.rule)
@@ -272,14 +238,14 @@ class Enforcer:
                 engine,
                 withheld=key_withheld_because(decision, endpoint, request.scheme),
             )
-        if not decision.refused and self.usage_gate is not None:
+        if not decision.blocked and self.usage_gate is not None:
             # Before limit_check: it streams the request body, and a streamed request
             # can no longer be answered locally (mitmproxy).
             decision = await self.usage_gate(flow, decision)
-        if not decision.refused and self.limit_check is not None:
+        if not decision.blocked and self.limit_check is not None:
             decision = self.limit_check(flow, decision, engine.endpoint(decision.rule))
         self.credentials.hold_body(flow)  # issue 16: a request we sign is read whole
-        if decision.refused:
+        if decision.blocked:
             self.record(decision)
             flow.response = refusal_response(decision)
             await self._pace()
@@ -298,15 +264,6 @@ class Enforcer:
         # TLS failure then makes this request's one line a block, not allow + block.
         flow.metadata[_UNRECORDED] = decision
 
-    @_fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
-        # Issue 16: cloud credentials (SigV4 covers the body) are added with the body.
-        refusal = await self.credentials.add_cloud_credential(flow, self.holder.engine)
-        if refusal is not None:
-            flow.metadata.pop(_UNRECORDED, None)  # this request's one line is the refusal
-            self.record(refusal)
-            flow.response = refusal_response(refusal)
-
     def _one_host_per_upstream(
         self,
         state: ClientConnectionState,
@@ -322,7 +279,7 @@ class Enforcer:
         one, with our key in it (S5, S7). Refused: one host per upstream connection."""
         if state.other_host_pinned(decision.address or "", flow.request.port, host) is None:
             return decision
-        return engine.refusal(
+        return engine.overrule(
             decision,
             Reason.HOST_MISMATCH,
             f"this client connection already reaches {decision.address} for another host; "
@@ -330,55 +287,18 @@ class Enforcer:
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # S10: hand every response to the gateway as it arrives; where we added a key,
-        # through the reflection redactor (S7). Provider API responses get their line at
+        # S10: hand every response to the gateway as it arrives (the credential addon,
+        # next, redacts where we added a key). Provider API responses get their line at
         # the end, with usage (sidecar/addons/responses.py).
         if not flow.metadata.get(LINE_AT_END):
             self._record_allowed(flow)
-        try:
-            if flow.response is not None:
-                self.credentials.guard_response(flow)
-        except Exception:
-            # Unscanned bytes must not reach the gateway: drop the connection instead.
-            logger.exception("response guard failed; killing the flow")
-            flow.kill()
-
-    async def response(self, flow: http.HTTPFlow) -> None:
-        try:
-            reflected = await self.credentials.finish_response(flow, self.holder.engine)
-        except Exception:
-            logger.exception("reflection check failed; killing the flow")
-            flow.kill()
-            return
-        if reflected:
-            self.record(reflected)
-            if reflected.reason is Reason.RESPONSE_NOT_INSPECTABLE:
-                # Nothing of a buffered response was sent yet: answer with the refusal
-                # (and no WebSocket follows a refused handshake).
-                flow.response = refusal_response(reflected)
-                flow.websocket = None
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record_allowed(flow)
-        reflected = self.credentials.reflection_found(flow, self.holder.engine, sending=False)
-        if reflected:
-            self.record(reflected)
-
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
-        # S7 after a WebSocket handshake that carried a key: every provider message.
-        try:
-            reflected = self.credentials.websocket_message(flow)
-        except Exception:
-            logger.exception("WebSocket reflection check failed; dropping the message")
-            if flow.websocket is not None and flow.websocket.messages:
-                flow.websocket.messages[-1].drop()
-            return
-        if reflected:
-            self.record(reflected)
 
     # --- the only place an upstream connection is opened --------------------------------
 
-    @_fail_closed
+    @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         assert data.server.address is not None
         address, address_port = data.server.address[:2]
@@ -392,8 +312,8 @@ class Enforcer:
         host, port, mode = self._destination(data.client, pinned or address, address_port)
         attempt = Attempt(host=host, port=port, mode=mode, client=_client(data.client))
         decision = await self._decide_and_vet(attempt, _original(data.client))
-        if decision.refused or decision.address is None:
-            if decision.refused:
+        if decision.blocked or decision.address is None:
+            if decision.blocked:
                 self.record(decision)
             data.server.error = f"egress refused: {decision.reason.value}"
             return
@@ -572,7 +492,7 @@ class Enforcer:
         """
         engine = self.holder.engine
         decision = engine.decide(attempt)
-        if decision.refused:
+        if decision.blocked:
             return decision
         host = parse_host(attempt.host)  # decide() accepted it, so it parses
         endpoint = engine.endpoint(decision.rule)
@@ -583,14 +503,14 @@ class Enforcer:
             try:
                 answers = await self.resolver.resolve(host.name)
             except ResolutionError as exc:
-                return engine.refusal(decision, Reason.DNS_FAILURE, str(exc)[:200])
+                return engine.overrule(decision, Reason.DNS_FAILURE, str(exc)[:200])
         vetting = engine.vet_answers(answers, endpoint)
         if vetting.address is None:
-            return engine.refusal(decision, vetting.reason, vetting.detail)
+            return engine.overrule(decision, vetting.reason, vetting.detail)
         if original is None:
             return decision.with_context(address=str(vetting.address))
         if original not in answers:
-            return engine.refusal(
+            return engine.overrule(
                 decision,
                 Reason.DESTINATION_MISMATCH,
                 f"redirected to {original}, which {attempt.host} does not resolve to",

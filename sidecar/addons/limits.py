@@ -64,7 +64,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
-from sidecar.addons.enforcer import refusal_response
+from sidecar.addons.answers import refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.hostnames import HostError, parse_host
 from sidecar.limits import (
@@ -152,7 +152,7 @@ class LimitsAddon:
                 self._counted[client.id] = source
                 self._time_first_request(client)
                 return
-            self.refuse(client, None, Reason.TOO_MANY_CONNECTIONS, why)
+            self.record_refusal(client, None, Reason.TOO_MANY_CONNECTIONS, why)
         except Exception:  # fail closed: a connection we cannot count is not admitted
             logger.exception("connection limit check failed; refusing the connection")
             client.error = LIMIT_ERROR_PREFIX + "internal error"
@@ -238,7 +238,7 @@ class LimitsAddon:
 
     # --- decisions --------------------------------------------------------------------
 
-    def refuse(
+    def record_refusal(
         self,
         client: connection.Client,
         server: connection.Server | None,
@@ -316,7 +316,7 @@ class FirstRequestTimer(layer.Layer):
             stalled = not self._heard or (client.tls and not client.tls_established)
             if stalled and client.state is not connection.ConnectionState.CLOSED:
                 timeout = self.guard.limits.first_request_timeout
-                self.guard.refuse(
+                self.guard.record_refusal(
                     client,
                     self.context.server,
                     Reason.IDLE_TIMEOUT,
@@ -370,7 +370,7 @@ class GuardedHttpLayer(HttpLayer):
         self, conn: Any, reader: Http1Client, limit: int
     ) -> layer.CommandGenerator[None]:
         stream = self.streams.get(reader.stream_id) if reader.stream_id is not None else None
-        self.guard.refuse(
+        self.guard.record_refusal(
             self.context.client,
             self.context.server,
             Reason.RESPONSE_HEADERS_TOO_LARGE,
@@ -464,13 +464,13 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
         super().__init__(context)
         self.guard = guard
         self._init_timers()
-        self._refused = False
+        self._finished = False
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup):
             yield from self._timer_woke(event)
             return
-        if self._refused:
+        if self._finished:
             # Answered and half-closed: discard what still arrives, never buffer it.
             if isinstance(event, events.ConnectionClosed):
                 yield commands.CloseConnection(self.conn)
@@ -481,7 +481,7 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
             and _head_too_large(self.buf, event.data, self.guard.limits.request_header_bytes)
         ):
             limit = self.guard.limits.request_header_bytes
-            yield from self._refuse(
+            yield from self._answer_refusal(
                 Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
             )
             return
@@ -489,7 +489,7 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
         yield from self._update_phase()
 
     def _update_phase(self) -> layer.CommandGenerator[None]:
-        if self._refused or self.conn.state is connection.ConnectionState.CLOSED:
+        if self._finished or self.conn.state is connection.ConnectionState.CLOSED:
             return
         phase = None
         if self.state == self.read_headers:
@@ -501,13 +501,13 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
             self._phase = None
             yield commands.CloseConnection(self.conn)
         elif self._phase == "headers":
-            yield from self._refuse(
+            yield from self._answer_refusal(
                 Reason.REQUEST_TIMEOUT,
                 f"request headers not complete after {timeout:g} s",
             )
         elif self._phase == "first":
-            self._refused = True
-            self.guard.refuse(
+            self._finished = True
+            self.guard.record_refusal(
                 self.context.client,
                 self.context.server,
                 Reason.IDLE_TIMEOUT,
@@ -515,13 +515,15 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
             )
             yield commands.CloseConnection(self.conn)
         elif self._phase == "idle":  # an ordinary keep-alive expiry: not a refusal
-            self._refused = True
+            self._finished = True
             yield commands.CloseConnection(self.conn)
 
-    def _refuse(self, reason: Reason, detail: str) -> layer.CommandGenerator[None]:
-        self._refused = True
+    def _answer_refusal(self, reason: Reason, detail: str) -> layer.CommandGenerator[None]:
+        self._finished = True
         self.buf = ReceiveBuffer()  # release the oversized or stalled head
-        decision = self.guard.refuse(self.context.client, self.context.server, reason, detail)
+        decision = self.guard.record_refusal(
+            self.context.client, self.context.server, reason, detail
+        )
         response = refusal_response(decision, close=True)
         if self.conn.state & connection.ConnectionState.CAN_WRITE:
             yield commands.SendData(self.conn, http1.assemble_response(response))
@@ -653,7 +655,7 @@ class GuardedHttp2Server(PhaseTimers, Http2Server):
             )
 
     def _goaway_refusal(self, reason: Reason, detail: str) -> layer.CommandGenerator[None]:
-        self.guard.refuse(self.context.client, self.context.server, reason, detail)
+        self.guard.record_refusal(self.context.client, self.context.server, reason, detail)
         yield from self._goaway(detail, h2.errors.ErrorCodes.PROTOCOL_ERROR)
 
     def _goaway(
@@ -686,14 +688,14 @@ class GuardedHttp2Server(PhaseTimers, Http2Server):
                 self.h2_conn.acknowledge_received_data(padding, event.stream_id)
             return False
         if isinstance(event, h2.exceptions.TooManyStreamsError):
-            self.guard.refuse(
+            self.guard.record_refusal(
                 self.context.client,
                 self.context.server,
                 Reason.TOO_MANY_STREAMS,
                 f"more than {self.guard.limits.max_h2_streams} concurrent HTTP/2 streams",
             )
         elif isinstance(event, h2.exceptions.ProtocolError) and "header list" in str(event).lower():
-            self.guard.refuse(
+            self.guard.record_refusal(
                 self.context.client,
                 self.context.server,
                 Reason.REQUEST_HEADERS_TOO_LARGE,
@@ -717,7 +719,7 @@ class GuardedHttp2Server(PhaseTimers, Http2Server):
 
     def _report_busy(self) -> None:
         limit = self.guard.limits.max_h2_streams_total
-        self.guard.refuse(
+        self.guard.record_refusal(
             self.context.client,
             self.context.server,
             Reason.SIDECAR_BUSY,
@@ -822,7 +824,7 @@ class GuardedHttpStream(HttpStream):
 
     def _record_busy(self) -> Decision:
         limit = self.guard.limits.max_buffered_request_bytes
-        self._busy = self.guard.refuse(
+        self._busy = self.guard.record_refusal(
             self.context.client,
             self.context.server,
             Reason.SIDECAR_BUSY,
@@ -870,7 +872,7 @@ class GuardedHttpStream(HttpStream):
         if len(event.request.headers.fields) > limit:
             self.flow = http.HTTPFlow(self.context.client, self.context.server)
             self.flow.request = event.request
-            decision = self.guard.refuse(
+            decision = self.guard.record_refusal(
                 self.context.client,
                 self.context.server,
                 Reason.REQUEST_HEADERS_TOO_LARGE,
@@ -916,7 +918,7 @@ class GuardedHttpStream(HttpStream):
         limit = self.guard.limits.max_h2_streams_total
         self.flow = http.HTTPFlow(self.context.client, self.context.server)
         self.flow.request = event.request
-        decision = self.guard.refuse(
+        decision = self.guard.record_refusal(
             self.context.client,
             self.context.server,
             Reason.SIDECAR_BUSY,
@@ -984,7 +986,9 @@ class GuardedHttpStream(HttpStream):
     ) -> layer.CommandGenerator[None]:
         """Refuse a request whose body is being read: stop the upstream request if it was
         started, answer (or reset) the gateway's stream, drop the stream."""
-        self.guard.refuse(self.context.client, self.context.server, reason, message, self.flow)
+        self.guard.record_refusal(
+            self.context.client, self.context.server, reason, message, self.flow
+        )
         yield from self._stop(message, code)
 
     def _stop(self, message: str, code: ErrorCode) -> layer.CommandGenerator[None]:

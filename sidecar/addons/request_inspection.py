@@ -29,7 +29,8 @@ from typing import Any
 from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
+from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
@@ -200,12 +201,12 @@ class RequestInspection:
         if violation is None:
             return
         engine = self.holder.engine
-        decision = engine.refusal(
+        decision = engine.overrule(
             allowed, violation.reason, f"{violation.detail} (WebSocket message)"
         ).with_context(at=time.time())
         self.refusals.labels(decision.reason.value, field_label(violation.field)).inc()
         self.record(decision)
-        if decision.refused:
+        if decision.blocked:
             message.drop()
             _send_error(flow, decision)
 
@@ -229,11 +230,11 @@ class RequestInspection:
         """The request's one line becomes the refusal (or, in audit mode, the
         would_block that is written when the response starts)."""
         engine = self.holder.engine
-        decision = engine.refusal(pending, violation.reason, violation.detail)
+        decision = engine.overrule(pending, violation.reason, violation.detail)
         decision = decision.with_context(at=time.time())
         self.refusals.labels(decision.reason.value, field_label(violation.field)).inc()
         flow.metadata[DECISION_KEY] = decision
-        if not decision.refused:
+        if not decision.blocked:
             flow.metadata[PENDING_DECISION_KEY] = decision
             return
         flow.metadata.pop(PENDING_DECISION_KEY, None)
@@ -247,11 +248,11 @@ class RequestInspection:
         if isinstance(pending, Decision):
             detail = "internal error while inspecting the request"
             decision = pending.with_context(
-                verdict=self.holder.engine.refusal_verdict(Reason.REQUEST_NOT_INSPECTABLE),
+                verdict=self.holder.engine.verdict_for(Reason.REQUEST_NOT_INSPECTABLE),
                 reason=Reason.REQUEST_NOT_INSPECTABLE,
                 detail=detail,
             )
-            if not decision.refused:
+            if not decision.blocked:
                 flow.metadata[PENDING_DECISION_KEY] = decision
                 return
             flow.metadata.pop(PENDING_DECISION_KEY, None)

@@ -23,13 +23,9 @@ from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar import refusals
+from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
-from sidecar.addons.enforcer import (
-    LINE_AT_END,
-    PENDING_DECISION_KEY,
-    EngineHolder,
-    refusal_response,
-)
+from sidecar.addons.enforcer import LINE_AT_END, EngineHolder
 from sidecar.addons.request_inspection import DOCUMENT_KEY
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
@@ -318,7 +314,7 @@ class ResponseInspection:
         decision: Decision | None = flow.metadata.get("egress_decision")
         if decision is None:
             return None
-        refusal = self.holder.engine.refusal(decision, violation.reason, violation.detail)
+        refusal = self.holder.engine.overrule(decision, violation.reason, violation.detail)
         self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
         return refusal.verdict
 
@@ -362,7 +358,7 @@ class ResponseInspection:
         pending: Decision | None = flow.metadata.get(PENDING_DECISION_KEY)
         if pending is None or (pending.verdict is not Verdict.ALLOW and not violation.enforced):
             return  # already a refusal (or its line written): one line per request
-        decision = self.holder.engine.refusal(pending, violation.reason, violation.detail)
+        decision = self.holder.engine.overrule(pending, violation.reason, violation.detail)
         if decision.verdict is Verdict.BLOCK:
             flow.metadata.pop(PENDING_DECISION_KEY, None)
             flow.metadata[_NOTED] = decision
@@ -424,8 +420,7 @@ class ResponseInspection:
             rules=self._rules(flow),
             declared=declared,
             patterns=self.credentials.guard.patterns() if key_added(flow) else None,
-            enforce_tools=self.holder.engine.refusal_verdict(Reason.TOOL_NOT_ALLOWED)
-            is Verdict.BLOCK,
+            enforce_tools=self.holder.engine.verdict_for(Reason.TOOL_NOT_ALLOWED) is Verdict.BLOCK,
             describe=lambda v: self._message(flow, v),
             framing=stream_framing(api, list(flow.request.query.items(multi=True))),
         )

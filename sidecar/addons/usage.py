@@ -125,7 +125,7 @@ class UsageGate:
         flow.metadata[_METERS] = [m for m in meters if m.metric is Metric.TOKENS]
         flow.metadata[_TENANT] = tenant
         if admission.suspension is not None:
-            return engine.refusal(decision, Reason.KEY_SUSPENDED, _suspended(admission.suspension))
+            return engine.overrule(decision, Reason.KEY_SUSPENDED, _suspended(admission.suspension))
         if admission.overrun is not None:
             over = admission.overrun
             self._limited.labels(over.meter.scope.split(":", 1)[0], over.meter.name).inc()
@@ -134,7 +134,7 @@ class UsageGate:
                 f"{over.meter.scope} over {over.meter.name} {over.meter.limit} "
                 f"(now {over.observed:.0f}); retry after {wait}s"
             )
-            refused = engine.refusal(decision, Reason.RATE_LIMITED, detail)
+            refused = engine.overrule(decision, Reason.RATE_LIMITED, detail)
             return refused.with_context(retry_after=wait)
         if tenant is not None and usage is not None and usage.anomaly is not None:
             burst = self._burst(tenant, usage, meters, admission.counts, now)
@@ -187,7 +187,7 @@ class UsageGate:
         if new:
             self._suspensions.labels("automatic").inc()
             self._emit("key_suspended", tenant=tenant, by="automatic", evidence=burst.as_record())
-        return engine.refusal(decision, Reason.KEY_SUSPENDED, detail)
+        return engine.overrule(decision, Reason.KEY_SUSPENDED, detail)
 
     def _unavailable(
         self, decision: Decision, tenant: str | None, meters: list[Meter], error: str
@@ -196,11 +196,11 @@ class UsageGate:
         limit's failure mode (any closed limit refuses). Logged, counted, alerted (the
         decision goes to the alert pipeline as a block or a would_block)."""
         self._backend_failed(error)
-        refuse = self._engine().refusal
+        overrule = self._engine().overrule
         cached = self.store.cached_suspension(tenant) if tenant is not None else None
         if cached is not None:
             self._failures.labels("suspension_from_cache").inc()
-            return refuse(decision, Reason.KEY_SUSPENDED, _suspended(cached))
+            return overrule(decision, Reason.KEY_SUSPENDED, _suspended(cached))
         limited = [m for m in meters if m.limit is not None]
         if not limited:
             return decision  # nothing but the suspension check, answered from the cache
@@ -211,7 +211,7 @@ class UsageGate:
                 f"usage backend unavailable ({error}); {closed[0].scope} "
                 f"{closed[0].name} fails closed"
             )
-            refused = refuse(decision, Reason.USAGE_BACKEND_UNAVAILABLE, detail)
+            refused = overrule(decision, Reason.USAGE_BACKEND_UNAVAILABLE, detail)
             return refused.with_context(retry_after=BACKEND_RETRY_AFTER)
         self._failures.labels("allowed").inc()
         if decision.verdict is not Verdict.ALLOW:

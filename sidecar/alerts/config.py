@@ -14,7 +14,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,6 +22,9 @@ from sidecar import yamlfile
 from sidecar.alerts.grouping import GroupingSettings
 from sidecar.decision import Severity
 from sidecar.yamlfile import Problem
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SINK_TYPES = ("alertmanager", "pagerduty", "slack", "webhook")
 PAGERDUTY_DEFAULT_URL = "https://events.pagerduty.com"
@@ -372,75 +375,51 @@ def _section[T](ctx: _Ctx, read: Callable[[_Ctx, yaml.Node], T], node: yaml.Node
         return default
 
 
-def _grouping(ctx: _Ctx, node: yaml.Node) -> GroupingSettings:
-    grouping = GroupingSettings()
-    g = _mapping(
-        ctx,
-        node,
-        "grouping",
-        {
-            "resend_interval",
-            "resolve_after",
-            "max_new_per_minute",
-            "burst",
-            "max_active",
-            "max_destinations_per_reason",
-            "sample_hosts",
-        },
-    )
-    changes: dict[str, Any] = {}
-    for name in ("resend_interval", "resolve_after"):
-        if name in g:
-            changes[name] = _duration(ctx, g[name], f"grouping.{name}", 0.1, 7 * 86400)
-    if "max_new_per_minute" in g:
-        changes["max_new_per_minute"] = float(
-            _int(ctx, g["max_new_per_minute"], "grouping.max_new_per_minute", 1, 10000)
-        )
-    limits = {
-        "burst": 1000,
-        "max_active": 100000,
-        "max_destinations_per_reason": 1000,
-        "sample_hosts": 20,
+def _per_minute(ctx: _Ctx, node: yaml.Node, key: str, lo: int, hi: int) -> float:
+    return float(_int(ctx, node, key, lo, hi))
+
+
+# A settings section's keys: field -> (reader, low, high), checked in this order.
+_GROUPING_FIELDS: dict[str, tuple[Callable[..., Any], float, float]] = {
+    "resend_interval": (_duration, 0.1, 7 * 86400),
+    "resolve_after": (_duration, 0.1, 7 * 86400),
+    "max_new_per_minute": (_per_minute, 1, 10000),
+    "burst": (_int, 1, 1000),
+    "max_active": (_int, 1, 100000),
+    "max_destinations_per_reason": (_int, 1, 1000),
+    "sample_hosts": (_int, 1, 20),
+}
+_DELIVERY_FIELDS: dict[str, tuple[Callable[..., Any], float, float]] = {
+    "max_queue": (_int, 1, 1000000),
+    "batch_size": (_int, 1, 1000),
+    "max_age": (_duration, 1.0, 30 * 86400.0),
+    "backoff_initial": (_duration, 0.001, 3600.0),
+    "backoff_max": (_duration, 0.001, 86400.0),
+    "max_retry_after": (_duration, 0.0, 86400.0),
+    "timeout": (_duration, 0.1, 600.0),
+    "drain_timeout": (_duration, 0.0, 600.0),
+}
+
+
+def _settings_section[T: DataclassInstance](
+    ctx: _Ctx,
+    node: yaml.Node,
+    name: str,
+    defaults: T,
+    fields: dict[str, tuple[Callable[..., Any], float, float]],
+) -> T:
+    given = _mapping(ctx, node, name, set(fields))
+    changes = {
+        field: read(ctx, given[field], f"{name}.{field}", low, high)
+        for field, (read, low, high) in fields.items()
+        if field in given
     }
-    for name, hi in limits.items():
-        if name in g:
-            changes[name] = _int(ctx, g[name], f"grouping.{name}", 1, hi)
-    grouping = dataclasses.replace(grouping, **changes)
-    return grouping
+    return dataclasses.replace(defaults, **changes)
+
+
+def _grouping(ctx: _Ctx, node: yaml.Node) -> GroupingSettings:
+    return _settings_section(ctx, node, "grouping", GroupingSettings(), _GROUPING_FIELDS)
 
 
 def _delivery(ctx: _Ctx, node: yaml.Node) -> DeliverySettings:
-    delivery = DeliverySettings()
-    d = _mapping(
-        ctx,
-        node,
-        "delivery",
-        {
-            "max_queue",
-            "max_age",
-            "backoff_initial",
-            "backoff_max",
-            "max_retry_after",
-            "timeout",
-            "batch_size",
-            "drain_timeout",
-        },
-    )
-    dchanges: dict[str, Any] = {}
-    if "max_queue" in d:
-        dchanges["max_queue"] = _int(ctx, d["max_queue"], "delivery.max_queue", 1, 1000000)
-    if "batch_size" in d:
-        dchanges["batch_size"] = _int(ctx, d["batch_size"], "delivery.batch_size", 1, 1000)
-    bounds = {
-        "max_age": (1.0, 30 * 86400.0),
-        "backoff_initial": (0.001, 3600.0),
-        "backoff_max": (0.001, 86400.0),
-        "max_retry_after": (0.0, 86400.0),
-        "timeout": (0.1, 600.0),
-        "drain_timeout": (0.0, 600.0),
-    }
-    for name, (low, high) in bounds.items():
-        if name in d:
-            dchanges[name] = _duration(ctx, d[name], f"delivery.{name}", low, high)
-    delivery = dataclasses.replace(delivery, **dchanges)
-    return delivery
+    return _settings_section(ctx, node, "delivery", DeliverySettings(), _DELIVERY_FIELDS)

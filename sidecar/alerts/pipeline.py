@@ -115,7 +115,7 @@ class AlertPipeline:
     def submit(self, decision: Decision) -> None:
         """Hand one decision to alerting. Sync, O(1), never raises, never blocks."""
         try:
-            if not decision.is_violation:
+            if decision.allowed:
                 return
             severity = self.grouper.submit(decision)
             if severity is not None:

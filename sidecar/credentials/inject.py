@@ -205,15 +205,6 @@ class CredentialResult:
     secret: Secret | None = field(default=None, repr=False, compare=False)
 
     @property
-    def refused(self) -> bool:
-        return self.outcome not in (
-            Outcome.INJECTED,
-            Outcome.NOT_APPLICABLE,
-            Outcome.WITHHELD,
-            Outcome.DEFERRED,
-        )
-
-    @property
     def reason(self) -> Reason | None:
         """The Decision reason for a refusal (None when the request may go)."""
         return _REASONS.get(self.outcome)

@@ -77,7 +77,7 @@ class Case:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class CaseResult:
     case: Case
     simulation: Simulation
     mismatches: tuple[str, ...]
@@ -293,7 +293,7 @@ def _case_files(paths: Sequence[str | Path], problems: list[Problem]) -> list[Pa
 # --- running ---------------------------------------------------------------------------
 
 
-def run_case(engine: PolicyEngine, case: Case) -> Outcome:
+def run_case(engine: PolicyEngine, case: Case) -> CaseResult:
     sim = simulate(engine, case.request)
     got = sim.decision
     want = case.expect
@@ -309,10 +309,10 @@ def run_case(engine: PolicyEngine, case: Case) -> Outcome:
         added = sim.credential_secret or NO_CREDENTIAL
         if added != want.credential:
             mismatches.append(f"expected credential {want.credential}, got {added}")
-    return Outcome(case, sim, tuple(mismatches))
+    return CaseResult(case, sim, tuple(mismatches))
 
 
-def describe_outcome(outcome: Outcome) -> str:
+def describe_outcome(outcome: CaseResult) -> str:
     case = outcome.case
     got = outcome.simulation.decision
     where = f"{case.file}:{case.line}"

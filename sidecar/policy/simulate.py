@@ -120,9 +120,8 @@ def simulate(engine: PolicyEngine, request: SimRequest) -> Simulation:
     result = prepare_request(
         endpoint or UNLISTED, headers, query, SecretStore(environ={}), add_key=False
     )
-    if result.refused:
-        assert result.reason is not None
-        decision = engine.refusal(decision, result.reason, result.detail[:300])
+    if result.reason is not None:
+        decision = engine.overrule(decision, result.reason, result.detail[:300])
         return Simulation(decision, endpoint, None, f"request is refused ({decision.reason})")
     if withheld is not None or endpoint is None or endpoint.credential is None:
         return Simulation(decision, endpoint, None, withheld or "no credential")
@@ -139,5 +138,5 @@ def _vet(
         return decision
     vetting = engine.vet_answers(request.addresses, endpoint)
     if vetting.reason is not Reason.ALLOWED:
-        return engine.refusal(decision, vetting.reason, vetting.detail)
+        return engine.overrule(decision, vetting.reason, vetting.detail)
     return decision.with_context(address=str(vetting.address))

@@ -490,7 +490,7 @@ def test_decide(engine: PolicyEngine, att: Attempt, reason: Reason, rule: str) -
     decision = engine.decide(att)
     assert (decision.reason, decision.rule) == (reason, rule), decision.detail
     assert decision.verdict is (ALLOW if reason is R.ALLOWED else BLOCK)
-    assert decision.refused is (reason is not R.ALLOWED)
+    assert decision.blocked is (reason is not R.ALLOWED)
 
 
 @pytest.mark.parametrize(
@@ -504,7 +504,7 @@ def test_audit_mode(audit_engine: PolicyEngine, att: Attempt, reason: Reason) ->
     assert decision.reason is reason
     expected = BLOCK if reason in ALWAYS_ENFORCED else WOULD
     assert decision.verdict is expected
-    assert decision.is_violation
+    assert not decision.allowed
 
 
 @pytest.mark.parametrize(
@@ -597,7 +597,7 @@ def test_decision_path_is_printable(engine: PolicyEngine) -> None:
 def test_refusal_after_allow_is_block_even_in_audit(audit_engine: PolicyEngine) -> None:
     allowed = audit_engine.decide(attempt("api.openai.com"))
     assert allowed.verdict is ALLOW
-    refused = audit_engine.refusal(allowed, R.PRIVATE_ADDRESS, "resolved to private address")
+    refused = audit_engine.overrule(allowed, R.PRIVATE_ADDRESS, "resolved to private address")
     assert (refused.verdict, refused.reason, refused.rule) == (BLOCK, R.PRIVATE_ADDRESS, "netguard")
     assert refused.provider == "openai" and refused.host == "api.openai.com"
 
@@ -605,20 +605,20 @@ def test_refusal_after_allow_is_block_even_in_audit(audit_engine: PolicyEngine) 
 def test_refusal_keeps_audit_reason_in_detail(audit_engine: PolicyEngine) -> None:
     would = audit_engine.decide(attempt("unlisted.example.net"))
     assert would.verdict is WOULD
-    refused = audit_engine.refusal(would, R.METADATA_ADDRESS, "resolved to metadata")
+    refused = audit_engine.overrule(would, R.METADATA_ADDRESS, "resolved to metadata")
     assert refused.verdict is BLOCK
     assert "would_block host_not_allowed" in refused.detail
 
 
 def test_refusal_policy_reason_in_audit_is_would_block(audit_engine: PolicyEngine) -> None:
     allowed = audit_engine.decide(attempt("api.openai.com"))
-    later = audit_engine.refusal(allowed, R.PATH_NOT_ALLOWED, "late path check")
+    later = audit_engine.overrule(allowed, R.PATH_NOT_ALLOWED, "late path check")
     assert later.verdict is WOULD and later.rule == "providers.openai"
 
 
 def test_refusal_in_enforce_mode(engine: PolicyEngine) -> None:
     allowed = engine.decide(attempt("api.openai.com"))
-    assert engine.refusal(allowed, R.DNS_FAILURE, "no addresses").verdict is BLOCK
+    assert engine.overrule(allowed, R.DNS_FAILURE, "no addresses").verdict is BLOCK
 
 
 # --- vet_answers: resolve-vet-pin (S3) ----------------------------------------------

@@ -61,3 +61,25 @@ def test_what_steals_credentials_or_reaches_metadata_pages_as_critical() -> None
         Reason.HOST_MISMATCH,
     ):
         assert REASONS[reason].severity is Severity.CRITICAL
+
+
+_DECIDED_IN = re.compile(r"^- \[(sidecar/[a-z_/]+\.py)\]\([^)]*\)[^:]*: (.+)$")
+
+
+def test_readme_names_the_module_that_decides_each_reason() -> None:
+    """One hop from a reason code to the code that decides it: README's list, checked
+    against the modules (each names `Reason.X` where it builds the decision)."""
+    section = README.read_text().split("## Reason codes", 1)[1].split("\n## ", 1)[0]
+    root = README.parent
+    seen: dict[str, str] = {}
+    for line in section.splitlines():
+        match = _DECIDED_IN.match(line)
+        if not match:
+            continue
+        module, codes = match[1], re.findall(r"`([a-z_]+)`", match[2])
+        source = (root / module).read_text()
+        for code in codes:
+            assert code not in seen, f"{code} listed under {seen[code]} and {module}"
+            seen[code] = module
+            assert re.search(rf"\bReason\.{Reason(code).name}\b", source), (code, module)
+    assert set(seen) == {r.value for r in Reason if r is not Reason.ALLOWED}

@@ -76,7 +76,7 @@ def store(tmp_path: Path) -> SecretStore:
 def test_withheld_request_is_stripped_but_gets_no_key(store: SecretStore) -> None:
     headers = HeaderList([("Authorization", "Bearer sk-dummy"), ("x-api-key", "dummy")])
     result = prepare_request(OPENAI, headers, HeaderList([]), store, add_key=False)
-    assert result.outcome is Outcome.WITHHELD and not result.refused
+    assert result.outcome is Outcome.WITHHELD and result.reason is None
     assert headers.get("authorization") is None and headers.get("x-api-key") is None
     assert KEY not in repr(headers.fields)
 
@@ -85,7 +85,7 @@ def test_withheld_request_still_refuses_a_gateway_held_key(store: SecretStore) -
     leaked = h.openai_project_key()
     headers = HeaderList([("Authorization", f"Bearer {leaked}")])
     result = prepare_request(OPENAI, headers, HeaderList([]), store, add_key=False)
-    assert result.outcome is Outcome.GATEWAY_HOLDS_CREDENTIAL and result.refused
+    assert result.outcome is Outcome.GATEWAY_HOLDS_CREDENTIAL and result.reason is not None
     assert leaked not in repr(headers.fields)
 
 

@@ -264,7 +264,7 @@ def test_gateway_held_credential_refused(
 ):
     result, hl, ql = run(h.provider(provider_name), headers, store, query)
     assert result.outcome is Outcome.GATEWAY_HOLDS_CREDENTIAL
-    assert result.refused and result.reason is Reason.GATEWAY_HOLDS_CREDENTIAL
+    assert result.reason is Reason.GATEWAY_HOLDS_CREDENTIAL
     assert result.http_status == 403
     assert family in {f.family for f in result.findings}, result.findings
     # Never injected when refused, and what the gateway sent was stripped anyway.
@@ -321,7 +321,7 @@ def test_dummy_key_replaced_by_real_openai_key(store: SecretStore, dummy: str):
         store,
     )
     assert result.outcome is Outcome.INJECTED, result.detail
-    assert not result.refused and result.reason is None
+    assert result.reason is None
     assert hl.get_all("authorization") == [f"Bearer {OWN['openai']}"]
     assert hl.get("content-type") == "application/json"
     assert result.secret_name == "openai" and result.secret is not None
@@ -484,7 +484,7 @@ def test_allow_entry_never_gets_a_key(store: SecretStore):
     result, hl, _ = run(
         h.allow_endpoint(), [("Authorization", f"Bearer {token}"), ("x-api-key", "dummy")], store
     )
-    assert result.outcome is Outcome.NOT_APPLICABLE and not result.refused
+    assert result.outcome is Outcome.NOT_APPLICABLE and result.reason is None
     assert hl.get_all("authorization") == [f"Bearer {token}"]  # left alone
     for value in OWN.values():
         assert value not in repr(hl.fields)
@@ -668,7 +668,7 @@ def test_virtual_keys(
         assert result.secret_name == secret_name
         assert OWN[secret_name] in everything  # type: ignore[index]
     else:
-        assert result.refused and result.secret is None
+        assert result.reason is not None and result.secret is None
         for value in OWN.values():
             assert value not in everything
     if outcome is Outcome.UNKNOWN_VIRTUAL_KEY:

@@ -60,7 +60,7 @@ def allowed(tenant: str = "team-a") -> Decision:
 def request(g: UsageGate, tokens: int | None = None, tenant: str = "team-a") -> Decision:
     flow = Flow()
     decision = asyncio.run(g.gate(flow, allowed(tenant)))  # type: ignore[arg-type]
-    if tokens is not None and not decision.refused:
+    if tokens is not None and not decision.blocked:
         flow.metadata[USAGE_KEY] = TokenUsage(tokens - 1, 1, "gpt-4o")
         asyncio.run(g.response(flow))  # type: ignore[arg-type]
     return decision
@@ -72,14 +72,14 @@ def test_tokens_of_responses_count_against_tenant_and_provider(tmp_path: Path):
         "usage_limits:\n  tenants:\n    team-a: {tokens_per_minute: 100}\n"
         "  providers:\n    openai: {tokens_per_day: 250}\n",
     )
-    assert not request(g, 60).refused
-    assert not request(g, 60).refused  # 120: over the tenant's 100, answered anyway
+    assert not request(g, 60).blocked
+    assert not request(g, 60).blocked  # 120: over the tenant's 100, answered anyway
     refused = request(g)
     assert refused.reason is Reason.RATE_LIMITED and refused.retry_after is not None
     assert "tenant:team-a over tokens_per_minute 100 (now 120)" in refused.detail
     clock.now += 120  # two minutes on: the tenant's minute is clear ...
-    assert not request(g, 60, tenant="team-b").refused
-    assert not request(g, 80).refused  # 180, then 260 for the provider today
+    assert not request(g, 60, tenant="team-b").blocked
+    assert not request(g, 80).blocked  # 180, then 260 for the provider today
     day = request(g, tenant="team-b")
     assert day.reason is Reason.RATE_LIMITED
     assert "provider:openai over tokens_per_day 250" in day.detail
@@ -102,7 +102,7 @@ def test_backend_down_fails_closed_or_open_per_limit(tmp_path: Path):
     opened = request(g, tenant="team-b")
     assert opened.verdict is Verdict.WOULD_BLOCK  # let through, logged and alerted
     assert opened.reason is Reason.USAGE_BACKEND_UNAVAILABLE
-    assert not request(g, tenant="team-c").refused  # no limit: nothing to fail
+    assert not request(g, tenant="team-c").blocked  # no limit: nothing to fail
     assert [e for e, _ in events] == ["usage_backend_down"]  # once, not per request
 
 
@@ -110,7 +110,7 @@ def test_audit_mode_logs_a_rate_limit_but_refuses_a_suspended_key(tmp_path: Path
     g, _, events = gate(
         tmp_path, "usage_limits:\n  tenants:\n    team-a: {requests_per_minute: 1}\n", "audit"
     )
-    assert not request(g).refused
+    assert not request(g).blocked
     over = request(g)
     assert over.verdict is Verdict.WOULD_BLOCK and over.reason is Reason.RATE_LIMITED
     assert asyncio.run(g.suspend_by_admin("team-a", "by an admin"))
@@ -132,10 +132,10 @@ def test_burst_suspends_with_evidence_and_top_models(tmp_path: Path):
     # folding them is 1, 1.5, 1.75; the threshold max(3, 4 x 1.75) = 7.
     for _ in range(3):
         for _ in range(2):
-            assert not request(g, 10).refused
+            assert not request(g, 10).blocked
         clock.now += 60
     decisions = [request(g, 10) for _ in range(12)]
-    passed = [d for d in decisions if not d.refused]
+    passed = [d for d in decisions if not d.blocked]
     suspended = decisions[len(passed)]
     assert suspended.reason is Reason.KEY_SUSPENDED
     # 5 s into the minute the last one still counts 2 x 55/60: 1.83 + 6 > 7.
@@ -160,7 +160,7 @@ def test_suspended_tenant_stays_refused_while_the_state_file_is_locked(tmp_path:
         "  tenants:\n    '*': {requests_per_minute: 100}\n",
     )
     assert asyncio.run(g.suspend_by_admin("team-a", "by an admin"))
-    assert not request(g, tenant="team-b").refused
+    assert not request(g, tenant="team-b").blocked
     holder = sqlite3.connect(tmp_path / "usage.sqlite3", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
