@@ -14,81 +14,20 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import random
 import statistics
-import string
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from random import Random
 from typing import Any
 
+from bench.prompts import chat_request, mb_per_s
 from sidecar.dlp.detectors import Detector, own_key_patterns
 from sidecar.dlp.document import scan_body
 
-WORDS = (
-    "the model should return a summary of the following function and explain why the "
-    "tests fail when the input list is empty or contains duplicate entries please "
-    "include a corrected version with type hints and docstrings"
-).split()
-
-
-def _prose(rng: random.Random, size: int) -> str:
-    out: list[str] = []
-    total = 0
-    while total < size:
-        word = rng.choice(WORDS)
-        out.append(word)
-        total += len(word) + 1
-    return " ".join(out)
-
-
-def _code(rng: random.Random, size: int) -> str:
-    lines: list[str] = []
-    total = 0
-    while total < size:
-        name = "".join(rng.choice(string.ascii_lowercase) for _ in range(8))
-        line = f"    {name} = compute({name}_input, limit={rng.randrange(1000)})  # step\n"
-        lines.append(line)
-        total += len(line)
-    return "def handler(event):\n" + "".join(lines)
-
-
-def chat_body(size: int, seed: int = 1, image_kb: int = 0, extra: str = "") -> bytes:
-    """An OpenAI chat request of about `size` bytes: a system prompt, alternating turns
-    of prose and code, optionally an inline image, optionally `extra` in the last turn."""
-    rng = random.Random(seed)
-    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a code reviewer."}]
-    while len(json.dumps(messages)) < size:
-        role = "user" if len(messages) % 2 else "assistant"
-        content = _prose(rng, 600) + "\n```python\n" + _code(rng, 1400) + "```\n"
-        messages.append({"role": role, "content": content})
-    if image_kb:
-        image = base64.b64encode(rng.randbytes(image_kb * 1024)).decode()
-        messages.append(
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "what is in this image?"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}},
-                ],
-            }
-        )
-    if extra:
-        messages.append({"role": "user", "content": extra})
-    return json.dumps({"model": "gpt-4o", "messages": messages}).encode()
-
-
-def rate(work: Callable[[], int], seconds: float) -> float:
-    done, start = 0, time.perf_counter()
-    while True:
-        done += work()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return round(done / elapsed / 1e6, 2)
+IMAGE_512KB = 512 * 1024 * 4 // 3  # base64 of 512 KB
 
 
 def core(seconds: float) -> dict[str, Any]:
@@ -97,10 +36,10 @@ def core(seconds: float) -> dict[str, Any]:
 
     detector = Detector(own_key_patterns(KEYS.values()))
     bodies = {
-        "chat_100KB": chat_body(100_000),
-        "chat_1MB": chat_body(1_000_000, seed=2),
-        "chat_100KB_plus_512KB_image": chat_body(100_000, seed=3, image_kb=512),
-        "chat_100KB_with_harvest": chat_body(100_000, seed=4, extra=harvest.HARVEST),
+        "chat_100KB": chat_request(Random(1), 100_000),
+        "chat_1MB": chat_request(Random(2), 1_000_000),
+        "chat_100KB_plus_512KB_image": chat_request(Random(3), 100_000, image_size=IMAGE_512KB),
+        "chat_100KB_with_harvest": chat_request(Random(4), 100_000, extra=harvest.HARVEST),
     }
     out: dict[str, Any] = {}
     for name, body in bodies.items():
@@ -113,7 +52,7 @@ def core(seconds: float) -> dict[str, Any]:
             json.loads(body)
             return len(body)
 
-        scan_rate, parse_rate = rate(scanned, seconds), rate(parsed, seconds)
+        scan_rate, parse_rate = mb_per_s(scanned, seconds), mb_per_s(parsed, seconds)
         out[name] = {
             "bytes": len(body),
             "scan_mb_s": scan_rate,
@@ -126,7 +65,7 @@ def core(seconds: float) -> dict[str, Any]:
     worst: dict[str, float] = {}
     for piece in PIECES:
         text = (piece * (200_000 // len(piece))).encode()
-        worst[repr(piece[:24])] = rate(
+        worst[repr(piece[:24])] = mb_per_s(
             lambda text=text: scan_body(text, detector) and len(text), seconds / 4
         )
     name = min(worst, key=worst.__getitem__)
@@ -151,7 +90,7 @@ def end_to_end(requests: int) -> dict[str, Any]:
     dns = FakeDNS(bg).start()
     dns.records["api.openai.com"] = ["127.0.0.1"]
     sidecars: dict[str, SidecarProcess] = {}
-    body = chat_body(100_000)
+    body = chat_request(Random(1), 100_000)
     try:
         for name, dlp in (("dlp_on", ""), ("dlp_off", "dlp: {enabled: false}\n")):
             policy = workdir / f"{name}.yaml"
