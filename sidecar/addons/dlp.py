@@ -27,6 +27,7 @@ from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
+from sidecar.addons.request_inspection import DECISION_KEY, DOCUMENT_KEY
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param
@@ -40,8 +41,6 @@ from sidecar.policy.model import Mode
 
 logger = logging.getLogger("egress_sidecar")
 
-DECISION_KEY = "egress_decision"  # the allowed decision other addons read (limits, credentials)
-DOCUMENT_KEY = "egress_request_document"  # the request inspection layer's parsed body
 _SCAN = "egress_dlp_scan"  # flow metadata: buffered for DLP, scan it in `request`
 THREAD_THRESHOLD = 256 * 1024  # larger bodies are scanned off the event loop
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -74,6 +73,12 @@ class RequestDlp:
             "egress_sidecar_dlp_findings",
             "Secrets found in request bodies, by kind and the action taken.",
             ["kind", "action", "provider"],
+            registry=registry,
+        )
+        self.parses = Counter(
+            "egress_sidecar_dlp_body_parses",
+            "Request bodies DLP parsed itself: request inspection left no parsed document "
+            "for them (each body is parsed once).",
             registry=registry,
         )
 
@@ -143,6 +148,8 @@ class RequestDlp:
                 allowed=rules.allowed,
             )
             result = await asyncio.to_thread(scan) if len(body) > THREAD_THRESHOLD else scan()
+            if result.parsed:
+                self.parses.inc()
         findings = head.findings + (result.findings if result is not None else ())
         verdict_plan = plan(findings, rules)
         if verdict_plan.action is Action.IGNORE:
