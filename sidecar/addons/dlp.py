@@ -17,7 +17,6 @@ Every hook fails closed: an exception refuses the request.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import logging
@@ -27,7 +26,7 @@ from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar.addons.enforcer import PENDING_DECISION_KEY, EngineHolder, refusal_response
-from sidecar.addons.request_inspection import DECISION_KEY, DOCUMENT_KEY
+from sidecar.addons.flows import DECISION_KEY, DOCUMENT_KEY, internal_error, off_loop_if_large
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param
@@ -42,7 +41,6 @@ from sidecar.policy.model import Mode
 logger = logging.getLogger("egress_sidecar")
 
 _SCAN = "egress_dlp_scan"  # flow metadata: buffered for DLP, scan it in `request`
-THREAD_THRESHOLD = 256 * 1024  # larger bodies are scanned off the event loop
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -147,7 +145,7 @@ class RequestDlp:
                 document=flow.metadata.get(DOCUMENT_KEY),
                 allowed=rules.allowed,
             )
-            result = await asyncio.to_thread(scan) if len(body) > THREAD_THRESHOLD else scan()
+            result = await off_loop_if_large(len(body), scan)
             if result.parsed:
                 self.parses.inc()
         findings = head.findings + (result.findings if result is not None else ())
@@ -259,11 +257,7 @@ class RequestDlp:
             flow.metadata[DECISION_KEY] = decision
             flow.response = refusal_response(decision)
         else:
-            flow.response = http.Response.make(
-                500,
-                b'{"error":"egress_sidecar_internal_error"}\n',
-                {"content-type": "application/json", "connection": "close"},
-            )
+            flow.response = internal_error()
 
 
 class _Outcome(enum.Enum):

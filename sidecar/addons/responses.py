@@ -12,7 +12,6 @@ rule. The request's one decision line is written at the response end, with its u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,7 +28,7 @@ from sidecar.addons.enforcer import (
     EngineHolder,
     refusal_response,
 )
-from sidecar.addons.request_inspection import DOCUMENT_KEY
+from sidecar.addons.flows import DECISION_KEY, DOCUMENT_KEY, internal_error, off_loop_if_large
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.inspection import body as request_body
@@ -64,7 +63,6 @@ _WS_NOTED = "egress_inspect_websocket_noted"
 _WS_ERROR_SENT = "egress_inspect_websocket_error_sent"
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
 OTHER_MODEL = "other"
-_THREAD_FROM = 256 * 1024
 
 
 def request_document(flow: http.HTTPFlow) -> Any:
@@ -127,25 +125,18 @@ class ResponseInspection:
         if api is None or flow.response is not None:
             return
         try:
-            if len(flow.request.raw_content or b"") > _THREAD_FROM:
-                # A large prompt is parsed in a worker thread (mitmproxy leaves the flow
-                # alone while the hook is pending), not on the event loop.
-                doc = await asyncio.to_thread(request_document, flow)
-            else:
-                doc = request_document(flow)
+            size = len(flow.request.raw_content or b"")
+            doc = await off_loop_if_large(size, lambda: request_document(flow))
             self._read_request(flow, api, doc)
         except Exception:
             logger.exception("request inspection failed; refusing")
-            flow.response = http.Response.make(
-                500, b'{"error":"egress_sidecar_internal_error"}\n',
-                {"content-type": "application/json"},
-            )  # fmt: skip
+            flow.response = internal_error()
 
     def _read_request(self, flow: http.HTTPFlow, api: str, doc: Any) -> None:
         declared = declared_tools(api, doc)
         streamed = wants_stream(api, flow.request.path, doc)
         flow.metadata[_REQUEST] = (declared, streamed)
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         host = decision.host if decision is not None else ""
         if api == "chat" and streamed and isinstance(doc, dict) and host in USAGE_OPTION_HOSTS:
             body = with_usage_requested(doc)
@@ -206,10 +197,7 @@ class ResponseInspection:
                 # Bounded by mitmproxy's body_size_limit (64 MiB); a large body is parsed
                 # in a worker thread so it does not stall every other connection.
                 body = flow.response.get_content(strict=False) or b""
-                if len(body) > _THREAD_FROM:
-                    violation = await asyncio.to_thread(inspector.inspect_body, body)
-                else:
-                    violation = inspector.inspect_body(body)
+                violation = await off_loop_if_large(len(body), lambda: inspector.inspect_body(body))
                 self._note(flow, inspector)
                 if violation is not None:
                     decision = flow.metadata.get(_NOTED)
@@ -276,7 +264,7 @@ class ResponseInspection:
             self._websocket_error(flow, violation)
 
     def _websocket_record(self, flow: http.HTTPFlow, violation: Violation) -> Verdict | None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
         refusal = self.holder.engine.refusal(decision, violation.reason, violation.detail)
@@ -364,7 +352,7 @@ class ResponseInspection:
         return TokenUsage(usage.input_tokens, usage.output_tokens, model)
 
     def _count(self, flow: http.HTTPFlow, usage: TokenUsage) -> None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return
         endpoint = self.holder.engine.endpoint(decision.rule)
@@ -391,7 +379,7 @@ class ResponseInspection:
         )
 
     def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
         endpoint = self.holder.engine.endpoint(decision.rule)
@@ -399,7 +387,7 @@ class ResponseInspection:
         return policy.for_tenant(decision.tenant) if policy is not None else None
 
     def _message(self, flow: http.HTTPFlow, violation: Violation) -> str:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return f"egress-sidecar cut this response: {violation.reason.value}"
         return refusals.message(
