@@ -92,7 +92,7 @@ def end_to_end(requests: int, baseline_tree: str | None = None) -> dict[str, Any
 
     from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
     from tests.support.ports import free_port
-    from tests.support.sidecar import SidecarProcess
+    from tests.support.sidecar import SidecarProcess, loopback_args
 
     bg = BackgroundLoop()
     ca = trustme.CA()
@@ -124,18 +124,9 @@ def end_to_end(requests: int, baseline_tree: str | None = None) -> dict[str, Any
             port = free_port()
             sidecars[name] = SidecarProcess(
                 [
-                    "--policy",
-                    str(policy),
-                    "--listen",
-                    "off",
-                    "--admin",
-                    "127.0.0.1:0",
-                    "--ca-dir",
-                    str(workdir / "ca"),
-                    "--resolver",
-                    f"127.0.0.1:{dns.port}",
-                    "--upstream-ca",
-                    str(ca_file),
+                    *loopback_args(
+                        policy, workdir / "ca", dns.port, upstream_ca=ca_file, listen=False
+                    ),
                     "--reverse",
                     f"openai@127.0.0.1:{port}",
                 ],
