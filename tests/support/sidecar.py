@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.process import terminate
+
 BIN = shutil.which("egress-sidecar", path=str(Path(sys.executable).parent)) or "egress-sidecar"
 
 
@@ -99,14 +101,7 @@ class SidecarProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc)
 
     # --- addresses --------------------------------------------------------------------
 
