@@ -28,7 +28,7 @@ import dns.message
 
 from tests.support.fakes import BackgroundLoop, FakeDNS
 from tests.support.ports import free_port
-from tests.support.sidecar import SidecarProcess
+from tests.support.sidecar import SidecarProcess, loopback_args
 
 POLICY = """\
 version: 1
@@ -103,16 +103,7 @@ def run(queries: int, seconds: float, settle: float, extra: list[str]) -> dict[s
     dns_port = free_port()
     sc = SidecarProcess(
         [
-            "--policy",
-            str(tmp / "p.yaml"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(tmp / "ca"),
-            "--resolver",
-            f"127.0.0.1:{upstream.port}",
+            *loopback_args(tmp / "p.yaml", tmp / "ca", upstream.port),
             "--dns",
             f"127.0.0.1:{dns_port}",
             *extra,

@@ -18,104 +18,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import contenders as C
 from bench.client import closed_loop
 from bench.procs import Procs, wait_json_line
+from bench.prompts import chat_request, image_request, mb_per_s, messages_request, responses_request
 from sidecar.inspection.inspect import inspect_body
 from sidecar.inspection.policy import RelayRules
 from sidecar.inspection.readers import Api
-
-WORDS = (
-    "the a of to and in is for that with on as are this be by it from or at an we "
-    "customer invoice order shipment delay refund policy account service request "
-    "summarise explain table report quarterly revenue growth error stack trace"
-).split()
-
-
-def _text(rng: random.Random, chars: int) -> str:
-    out: list[str] = []
-    size = 0
-    while size < chars:
-        word = rng.choice(WORDS)
-        out.append(word)
-        size += len(word) + 1
-    return " ".join(out)
-
-
-def chat_request(rng: random.Random, size: int) -> bytes:
-    """A conversation of alternating turns, about `size` bytes of JSON."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": _text(rng, 800)}]
-    body = {"model": "gpt-4o", "messages": messages, "temperature": 0.2}
-    while len(json.dumps(body)) < size:
-        role = "user" if len(messages) % 2 else "assistant"
-        messages.append({"role": role, "content": _text(rng, rng.randint(200, 2000))})
-    return json.dumps(body).encode()
-
-
-def responses_request(rng: random.Random, size: int) -> bytes:
-    tools = [
-        {
-            "type": "function",
-            "name": f"tool_{i}",
-            "description": _text(rng, 120),
-            "parameters": {
-                "type": "object",
-                "properties": {f"arg{j}": {"type": "string"} for j in range(6)},
-                "required": ["arg0"],
-            },
-        }
-        for i in range(20)
-    ]
-    items: list[dict[str, Any]] = []
-    body = {"model": "gpt-5", "tools": tools, "input": items}
-    while len(json.dumps(body)) < size:
-        items.append({"role": "user", "content": [{"type": "input_text", "text": _text(rng, 600)}]})
-        items.append({"type": "function_call", "call_id": f"c{len(items)}", "name": "tool_1",
-                      "arguments": json.dumps({"arg0": _text(rng, 40)})})  # fmt: skip
-        items.append({"type": "function_call_output", "call_id": f"c{len(items) - 1}",
-                      "output": _text(rng, 300)})  # fmt: skip
-    return json.dumps(body).encode()
-
-
-def messages_request(rng: random.Random, size: int) -> bytes:
-    messages: list[dict[str, Any]] = []
-    body = {"model": "claude-opus-4-7", "max_tokens": 1024, "messages": messages,
-            "system": _text(rng, 2000)}  # fmt: skip
-    while len(json.dumps(body)) < size:
-        messages.append({"role": "user", "content": [{"type": "text", "text": _text(rng, 900)}]})
-        messages.append(
-            {"role": "assistant", "content": [{"type": "text", "text": _text(rng, 500)}]}
-        )
-    return json.dumps(body).encode()
-
-
-def image_request(rng: random.Random, size: int) -> bytes:
-    data = base64.b64encode(rng.randbytes(size * 3 // 4)).decode()
-    part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is in this image?"}, part]}]}  # fmt: skip
-    return json.dumps(body).encode()
-
-
-def rate(work: Callable[[], int], seconds: float) -> float:
-    done, start = 0, time.perf_counter()
-    while True:
-        done += work()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return round(done / elapsed / 1e6, 1)
 
 
 def throughput(seconds: float) -> dict[str, Any]:
@@ -140,7 +58,7 @@ def throughput(seconds: float) -> dict[str, Any]:
             json.loads(body)
             return len(body)
 
-        inspected, parsed = rate(inspect, seconds), rate(parse, seconds)
+        inspected, parsed = mb_per_s(inspect, seconds, 1), mb_per_s(parse, seconds, 1)
         out[name] = {
             "bytes": len(body),
             "inspect_mb_s": inspected,

@@ -19,8 +19,7 @@ import trustme
 
 from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
 from tests.support.keys import KEYS, SecretMount, key_policy
-from tests.support.ports import free_port
-from tests.support.sidecar import SidecarProcess
+from tests.support.sidecar import SidecarProcess, loopback_args
 
 
 def main() -> None:
@@ -37,18 +36,7 @@ def main() -> None:
     sec = SecretMount(tmp / "mount", dict(KEYS))
     sc = SidecarProcess(
         [
-            "--policy",
-            str(tmp / "p.yaml"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(tmp / "cadir"),
-            "--resolver",
-            f"127.0.0.1:{dns.port}",
-            "--upstream-ca",
-            str(tmp / "ca.pem"),
+            *loopback_args(tmp / "p.yaml", tmp / "cadir", dns.port, upstream_ca=tmp / "ca.pem"),
             "--secrets-dir",
             str(sec.root),
         ]

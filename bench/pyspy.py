@@ -11,6 +11,7 @@ import asyncio
 import collections
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,14 @@ def _area(frames: list[str]) -> str:
     return "other"
 
 
-async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict[str, Any]:
+async def sample_during[T](
+    sidecar: C.Contender, out: Path, seconds: int, load: Callable[[], Awaitable[T]]
+) -> tuple[T, str] | str:
+    """Raw py-spy samples of the sidecar in `out` for `seconds` while `load()` runs:
+    what `load` returned and the samples, or why there are none."""
     pyspy = find_pyspy()
     if pyspy is None:
-        return {"text": "py-spy not found (see bench/pyspy.py)"}
-    out = tmp / "sidecar.pyspy.txt"
+        return "py-spy not found (see bench/pyspy.py)"
     proc = await asyncio.create_subprocess_exec(
         pyspy,
         "record",
@@ -101,15 +105,27 @@ async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict
     )
     try:
         await asyncio.sleep(0.5)
-        await closed_loop(sidecar.target, 32, duration=seconds, per_connection=5)
+        loaded = await load()
         _, err = await asyncio.wait_for(proc.communicate(), seconds + 30)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     if not out.exists():
-        return {"text": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
-    result = summarize(out.read_text())
+        return f"py-spy failed: {err.decode(errors='replace')[-500:]}"
+    return loaded, out.read_text()
+
+
+async def profile_sidecar(sidecar: C.Contender, tmp: Path, seconds: int) -> dict[str, Any]:
+    sampled = await sample_during(
+        sidecar,
+        tmp / "sidecar.pyspy.txt",
+        seconds,
+        lambda: closed_loop(sidecar.target, 32, duration=seconds, per_connection=5),
+    )
+    if isinstance(sampled, str):
+        return {"text": sampled}
+    result = summarize(sampled[1])
     lines = [
         f"{result['samples']} samples of the sidecar at 32 connections"
         " (a new connection every 5 requests)",

@@ -32,44 +32,18 @@ from bench.run import FLOOD_LUA, flood_round, wrk
 async def profile_flood(
     sidecar: C.Contender, tmp: Path, script: Path, seconds: int, keep: Path | None = None
 ) -> str:
-    from bench.pyspy import find_pyspy, summarize
+    from bench.pyspy import sample_during, summarize
 
-    pyspy = find_pyspy()
-    if pyspy is None:
-        return "py-spy not found (see bench/pyspy.py)"
     out = tmp / f"{sidecar.name}.flood.pyspy.txt"
-    proc = await asyncio.create_subprocess_exec(
-        pyspy,
-        "record",
-        "--pid",
-        str(sidecar.pid),
-        "--duration",
-        str(seconds),
-        "--rate",
-        "250",
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-        "--nonblocking",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
     assert sidecar.target.proxy is not None
-    try:
-        await asyncio.sleep(0.5)
-        flood = await wrk("http://{}:{}".format(*sidecar.target.proxy), script, seconds, 16)
-        _, err = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    if not out.exists():
-        return f"py-spy failed: {err.decode(errors='replace')[-500:]}"
+    proxy = "http://{}:{}".format(*sidecar.target.proxy)
+    sampled = await sample_during(sidecar, out, seconds, lambda: wrk(proxy, script, seconds, 16))
+    if isinstance(sampled, str):
+        return sampled
+    flood, samples = sampled
     if keep is not None:
         shutil.copy(out, keep / out.name)
-    result = summarize(out.read_text(), top=30)
+    result = summarize(samples, top=30)
     lines = [
         f"{result['samples']} samples during a refused flood alone ({flood.get('rps')} refused/s)",
         "by area:",

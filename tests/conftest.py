@@ -22,7 +22,7 @@ import trustme
 from tests.support.fakes import BackgroundLoop, FakeDNS, FakeProvider
 from tests.support.keys import KEYS, SecretMount, key_policy
 from tests.support.ports import free_port
-from tests.support.sidecar import SidecarProcess
+from tests.support.sidecar import SidecarProcess, loopback_args
 
 PROVIDER_NAMES = [
     "api.openai.com",
@@ -136,22 +136,8 @@ def start_sidecar(
         if policy_path is None:
             policy_path = tmp_path_factory.mktemp("policy") / "policy.yaml"
             policy_path.write_text(policy_text or provider_policy(provider.port))
-        args = [
-            "--policy",
-            str(policy_path),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(ca_dir),
-            "--resolver",
-            f"127.0.0.1:{dns_server.port}",
-            "--upstream-ca",
-            test_ca_file,
-            "--reload-interval",
-            "0.2",
-        ]
+        args = loopback_args(policy_path, ca_dir, dns_server.port, upstream_ca=test_ca_file)
+        args += ["--reload-interval", "0.2"]
         for name in reverse:
             args += ["--reverse", f"{name}@127.0.0.1:{free_port()}"]
         sidecar = SidecarProcess([*args, *extra_args], env=env).start()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from sidecar.addons.answers import PENDING_DECISION_KEY, fail_closed, refusal_response
+from sidecar.addons.flows import DECISION_KEY, PENDING_DECISION_KEY, fail_closed, refusal_response
 from sidecar.credentials import (
     Outcome,
     ReflectionGuard,
@@ -249,7 +249,7 @@ class CredentialLayer:
         if pending is None or flow.response is not None:  # answered locally: nothing goes up
             return None
         credential, authority, provider = pending
-        decision: Decision = flow.metadata["egress_decision"]
+        decision: Decision = flow.metadata[DECISION_KEY]
         try:
             await self._add_cloud_credential(flow, credential, authority)
         except CloudCredentialError as exc:
@@ -340,7 +340,7 @@ class CredentialLayer:
         """
         if not flow.metadata.pop(_INJECTED, False):
             return None
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         response = flow.response
         places: list[str] = [_place("header", h) for h in flow.metadata.pop(_HEADER_HITS, [])]
         if flow.metadata.pop(_REASON_HIT, False):
@@ -435,7 +435,7 @@ class CredentialLayer:
         if not redactor.count:
             return None
         message.content = content
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
         return decision.with_context(

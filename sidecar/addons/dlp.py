@@ -17,7 +17,6 @@ Every hook fails closed: an exception refuses the request.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import logging
@@ -26,8 +25,15 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
 from sidecar.addons.enforcer import EngineHolder
+from sidecar.addons.flows import (
+    DECISION_KEY,
+    DOCUMENT_KEY,
+    PENDING_DECISION_KEY,
+    internal_error,
+    off_loop_if_large,
+    refusal_response,
+)
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import parse_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param
@@ -41,10 +47,7 @@ from sidecar.policy.model import Mode
 
 logger = logging.getLogger("egress_sidecar")
 
-DECISION_KEY = "egress_decision"  # the allowed decision other addons read (limits, credentials)
-DOCUMENT_KEY = "egress_request_document"  # the request inspection layer's parsed body
 _SCAN = "egress_dlp_scan"  # flow metadata: buffered for DLP, scan it in `request`
-THREAD_THRESHOLD = 256 * 1024  # larger bodies are scanned off the event loop
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -75,6 +78,12 @@ class RequestDlp:
             "egress_sidecar_dlp_findings",
             "Secrets found in request bodies, by kind and the action taken.",
             ["kind", "action", "provider"],
+            registry=registry,
+        )
+        self.parses = Counter(
+            "egress_sidecar_dlp_body_parses",
+            "Request bodies DLP parsed itself: request inspection left no parsed document "
+            "for them (each body is parsed once).",
             registry=registry,
         )
 
@@ -143,7 +152,9 @@ class RequestDlp:
                 document=flow.metadata.get(DOCUMENT_KEY),
                 allowed=rules.allowed,
             )
-            result = await asyncio.to_thread(scan) if len(body) > THREAD_THRESHOLD else scan()
+            result = await off_loop_if_large(len(body), scan)
+            if result.parsed:
+                self.parses.inc()
         findings = head.findings + (result.findings if result is not None else ())
         verdict_plan = plan(findings, rules)
         if verdict_plan.action is Action.IGNORE:
@@ -253,11 +264,7 @@ class RequestDlp:
             flow.metadata[DECISION_KEY] = decision
             flow.response = refusal_response(decision)
         else:
-            flow.response = http.Response.make(
-                500,
-                b'{"error":"egress_sidecar_internal_error"}\n',
-                {"content-type": "application/json", "connection": "close"},
-            )
+            flow.response = internal_error()
 
 
 class _Outcome(enum.Enum):

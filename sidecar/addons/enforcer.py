@@ -25,8 +25,8 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from sidecar import refusals
 from sidecar.addons import error_pages
-from sidecar.addons.answers import PENDING_DECISION_KEY, fail_closed, refusal_response
 from sidecar.addons.credentials import CredentialLayer
+from sidecar.addons.flows import DECISION_KEY, PENDING_DECISION_KEY, fail_closed, refusal_response
 from sidecar.addons.h2_guard import H2HostMismatches
 from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
 from sidecar.client_connections import ClientConnections, ClientConnectionState
@@ -43,7 +43,7 @@ from sidecar.usage import USAGE_KEY
 
 logger = logging.getLogger("egress_sidecar")
 
-_UNRECORDED = PENDING_DECISION_KEY  # see addons/answers.py
+_UNRECORDED = PENDING_DECISION_KEY  # see addons/flows.py
 LINE_AT_END = "egress_line_at_response_end"  # set by the response inspector (responses.py)
 
 
@@ -259,7 +259,7 @@ class Enforcer:
             # mitmproxy rewrote Host to the server address, which is the pinned IP
             # after the first connect: the provider must see its own name.
             request.host_header = host if port == 443 else f"{host}:{port}"
-        flow.metadata["egress_decision"] = decision
+        flow.metadata[DECISION_KEY] = decision
         # Recorded when the response starts or the flow fails (see error): an upstream
         # TLS failure then makes this request's one line a block, not allow + block.
         flow.metadata[_UNRECORDED] = decision

@@ -64,7 +64,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
-from sidecar.addons.answers import refusal_response
+from sidecar.addons.flows import DECISION_KEY, refusal_response
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.hostnames import HostError, parse_host
 from sidecar.limits import (
@@ -80,7 +80,6 @@ from sidecar.policy.model import Endpoint
 logger = logging.getLogger("egress_sidecar")
 
 BODY_LIMIT_KEY = "egress_body_limit"
-DECISION_KEY = "egress_decision"
 
 # After a refusal with bytes still arriving, we half-close (so the answer is read, not
 # lost to a TCP reset) and discard what comes, without buffering it; then close.

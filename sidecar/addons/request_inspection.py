@@ -18,7 +18,6 @@ the gateway gets an error event instead (docs/request-inspection.md).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,8 +28,16 @@ from typing import Any
 from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
-from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
 from sidecar.addons.enforcer import EngineHolder
+from sidecar.addons.flows import (
+    API_KEY,
+    DECISION_KEY,
+    DOCUMENT_KEY,
+    PENDING_DECISION_KEY,
+    internal_error,
+    off_loop_if_large,
+    refusal_response,
+)
 from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
@@ -46,11 +53,7 @@ from sidecar.policy.model import Endpoint
 
 logger = logging.getLogger("egress_sidecar")
 
-DOCUMENT_KEY = "egress_request_document"
-API_KEY = "egress_request_api"
-DECISION_KEY = "egress_decision"
 _INSPECT = "egress_inspect_body"  # set on requestheaders: read this body on request
-_THREAD_ABOVE = 256 * 1024  # parse larger bodies off the event loop
 # Metric label for the field: its last key, from the readers' fixed vocabulary.
 _FIELD_LABELS = frozenset({
     "body", "server_url", "connector_id", "image_url", "url", "file_url", "file_uri",
@@ -162,7 +165,7 @@ class RequestInspection:
             content_encoding=request.headers.get_all("content-encoding"),
             content_type=request.headers.get("content-type", ""),
         )
-        result = await asyncio.to_thread(inspect) if len(raw) > _THREAD_ABOVE else inspect()
+        result = await off_loop_if_large(len(raw), inspect)
         self.inspected.inc(result.inspected_bytes)
         flow.metadata[API_KEY] = result.api.value
         if result.document is not None:
@@ -260,11 +263,7 @@ class RequestInspection:
             flow.request.stream = False
             flow.response = refusal_response(decision)
             return
-        flow.response = http.Response.make(
-            500,
-            b'{"error":"egress_sidecar_internal_error"}\n',
-            {"content-type": "application/json", "connection": "close"},
-        )
+        flow.response = internal_error()
 
 
 def _inspector(

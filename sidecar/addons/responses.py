@@ -12,7 +12,6 @@ rule. The request's one decision line is written at the response end, with its u
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
@@ -23,10 +22,16 @@ from mitmproxy import ctx, http
 from prometheus_client import CollectorRegistry, Counter
 
 from sidecar import refusals
-from sidecar.addons.answers import PENDING_DECISION_KEY, refusal_response
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
 from sidecar.addons.enforcer import LINE_AT_END, EngineHolder
-from sidecar.addons.request_inspection import DOCUMENT_KEY
+from sidecar.addons.flows import (
+    DECISION_KEY,
+    DOCUMENT_KEY,
+    PENDING_DECISION_KEY,
+    internal_error,
+    off_loop_if_large,
+    refusal_response,
+)
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.inspection import body as request_body
@@ -64,7 +69,6 @@ _WS_HELD = "egress_inspect_websocket_held"  # server messages held while a call 
 _WS_REPLAY = "egress_inspect_websocket_replay"  # held messages replayed, not yet gone out
 _MODEL = re.compile(r"^[A-Za-z0-9._:/@-]{1,100}$")
 OTHER_MODEL = "other"
-_THREAD_FROM = 256 * 1024
 
 
 def request_document(flow: http.HTTPFlow) -> Any:
@@ -127,25 +131,18 @@ class ResponseInspection:
         if api is None or flow.response is not None:
             return
         try:
-            if len(flow.request.raw_content or b"") > _THREAD_FROM:
-                # A large prompt is parsed in a worker thread (mitmproxy leaves the flow
-                # alone while the hook is pending), not on the event loop.
-                doc = await asyncio.to_thread(request_document, flow)
-            else:
-                doc = request_document(flow)
+            size = len(flow.request.raw_content or b"")
+            doc = await off_loop_if_large(size, lambda: request_document(flow))
             self._read_request(flow, api, doc)
         except Exception:
             logger.exception("request inspection failed; refusing")
-            flow.response = http.Response.make(
-                500, b'{"error":"egress_sidecar_internal_error"}\n',
-                {"content-type": "application/json"},
-            )  # fmt: skip
+            flow.response = internal_error()
 
     def _read_request(self, flow: http.HTTPFlow, api: str, doc: Any) -> None:
         declared = declared_tools(api, doc)
         streamed = wants_stream(api, flow.request.path, doc)
         flow.metadata[_REQUEST] = (declared, streamed)
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         host = decision.host if decision is not None else ""
         if api == "chat" and streamed and isinstance(doc, dict) and host in USAGE_OPTION_HOSTS:
             body = with_usage_requested(doc)
@@ -206,10 +203,7 @@ class ResponseInspection:
                 # Bounded by mitmproxy's body_size_limit (64 MiB); a large body is parsed
                 # in a worker thread so it does not stall every other connection.
                 body = flow.response.get_content(strict=False) or b""
-                if len(body) > _THREAD_FROM:
-                    violation = await asyncio.to_thread(inspector.inspect_body, body)
-                else:
-                    violation = inspector.inspect_body(body)
+                violation = await off_loop_if_large(len(body), lambda: inspector.inspect_body(body))
                 self._note(flow, inspector)
                 if violation is not None:
                     decision = flow.metadata.get(_NOTED)
@@ -311,7 +305,7 @@ class ResponseInspection:
             self._websocket_error(flow, violation)
 
     def _websocket_record(self, flow: http.HTTPFlow, violation: Violation) -> Verdict | None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
         refusal = self.holder.engine.overrule(decision, violation.reason, violation.detail)
@@ -399,7 +393,7 @@ class ResponseInspection:
         return TokenUsage(usage.input_tokens, usage.output_tokens, model)
 
     def _count(self, flow: http.HTTPFlow, usage: TokenUsage) -> None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return
         endpoint = self.holder.engine.endpoint(decision.rule)
@@ -426,7 +420,7 @@ class ResponseInspection:
         )
 
     def _rules(self, flow: http.HTTPFlow) -> ToolRules | None:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
         endpoint = self.holder.engine.endpoint(decision.rule)
@@ -434,7 +428,7 @@ class ResponseInspection:
         return policy.for_tenant(decision.tenant) if policy is not None else None
 
     def _message(self, flow: http.HTTPFlow, violation: Violation) -> str:
-        decision: Decision | None = flow.metadata.get("egress_decision")
+        decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return f"egress-sidecar cut this response: {violation.reason.value}"
         return refusals.message(

@@ -71,10 +71,11 @@ def _no_constant(name: str) -> Any:
 
 
 def read_egress_document(body: bytes) -> Any | None:
-    """THE body parse of request DLP until the request inspection layer (issue 13, item
-    1) stores its document in `flow.metadata["egress_request_document"]`: strict JSON
-    (no NaN/Infinity, objects as ordered pairs with duplicates kept), or None when the
-    body is not JSON (it is then scanned as text). In the encoding `text_encoding()`
+    """Request DLP's own body parse, for the bodies request inspection did not parse
+    (it left no document in `flow.metadata["egress_request_document"]`: not a provider
+    API it reads, or a body it refused in audit mode) and for JSON inside strings:
+    strict JSON (no NaN/Infinity, objects as ordered pairs with duplicates kept), or
+    None when the body is not JSON (it is then scanned as text). In the encoding `text_encoding()`
     finds: UTF-8, or UTF-16/32 (which Python-based servers also accept). Bounded: the
     body is at most the provider's request body limit; nesting past Python's recursion
     limit is not JSON here (scanned as text)."""
@@ -130,6 +131,7 @@ class BodyScan:
     findings: tuple[Finding, ...]
     body: bytes  # the body as scanned (content codings undone)
     decoded: bool  # content codings were undone: a rewritten body goes out decoded
+    parsed: bool  # this scan parsed the body (no caller's document served, or none could)
     _strings: list[_StringHits] = dataclasses.field(default_factory=list)
     _json: bool = False
     _encoding: str = "utf-8"
@@ -207,20 +209,23 @@ def scan_body(
 ) -> BodyScan:
     """Scan a request body. `content_encoding`, `transfer_encoding`: the codings of the
     body as received (HTTP/1.1 transfer codings other than chunked, like `gzip,
-    chunked`, are undone too: the provider would). `document`: the parsed JSON if the
-    caller has it already."""
+    chunked`, are undone too: the provider would). `document`: the JSON the caller
+    parsed already from the body after its content codings (request inspection's,
+    strict UTF-8), so the body is not parsed twice."""
     codings, transfer = content_encoding or [], transfer_encoding or []
     decoded = False
     if needs_decoding(codings, transfer):
         try:
             body = decode_layers(body, codings, transfer, decode_limit or DECODED_BODY_LIMIT)
             decoded = True
-            document = None  # a caller's document was parsed from other bytes
         except NotInspectable:
             finding = Finding(Kind.UNSCANNABLE_BODY, Confidence.HIGH, BODY)
-            return BodyScan((finding,), body, False)
+            return BodyScan((finding,), body, False, parsed=False)
+        if needs_decoding([], transfer):
+            document = None  # the caller's document was parsed from other bytes
     encoding = "utf-8"
-    if document is None:
+    parsed = document is None
+    if parsed:
         document, encoding = _parse(body)
     strings: list[_StringHits] = []
     findings: dict[Finding, None] = {}
@@ -246,11 +251,11 @@ def scan_body(
         if other != encoding:
             view = body.decode(other, "replace")
             keep(-2, view, f"{BODY} (as {other})", detector.scan(view))
-        return BodyScan(tuple(findings), body, decoded, strings, False, encoding)
+        return BodyScan(tuple(findings), body, decoded, parsed, strings, False, encoding)
     for index, text, location, key, gcp in _strings_of(document, detector):
         hits = detector.scan(text, key, gcp_object=gcp)
         keep(index, text, location, hits + _nested_json(text, detector, hits))
-    return BodyScan(tuple(findings), body, decoded, strings, True, encoding)
+    return BodyScan(tuple(findings), body, decoded, parsed, strings, True, encoding)
 
 
 def _nested_json(text: str, detector: Detector, hits: list[Hit]) -> list[Hit]:

@@ -30,4 +30,5 @@ def test_dlp_bench_core_runs() -> None:
         "chat_100KB_with_harvest",
     ):
         assert core[name]["scan_mb_s"] > 0 and core[name]["parse_only_mb_s"] > 0
+        assert core[name]["scan_given_document_mb_s"] > 0
     assert core["adversarial_worst"]["mb_s"] > 0

@@ -86,6 +86,29 @@ def test_gzip_body_is_decoded_then_scanned_and_redacted_decoded() -> None:
     }
 
 
+def test_a_callers_document_of_the_content_decoded_body_is_scanned_not_parsed_again() -> None:
+    """Request inspection parses the body after its content codings and hands the
+    document on: DLP scans it (and redacts in the decoded body) without a second parse;
+    a transfer coding it did not undo means the document is of other bytes."""
+    raw = json.dumps({"input": SECRET}).encode()
+    document = json.loads(raw)
+    plain = scan_body(raw, DETECTOR, document=document)
+    packed = scan_body(gzip.compress(raw), DETECTOR, content_encoding=["gzip"], document=document)
+    for result in (plain, packed):
+        assert not result.parsed
+        assert {f.describe() for f in result.findings} == {"github_token at $.input"}
+        assert json.loads(result.redacted(frozenset({Kind.GITHUB_TOKEN})) or b"") == {
+            "input": "[REDACTED:github_token]"
+        }
+    # A document that does not match the bytes is dropped when a transfer coding was
+    # undone here (not by request inspection): the body is parsed again, and scanned.
+    other = {"input": "nothing to see"}
+    transfer = scan_body(gzip.compress(raw), DETECTOR, transfer_encoding=["gzip"], document=other)
+    assert transfer.parsed
+    assert {f.describe() for f in transfer.findings} == {"github_token at $.input"}
+    assert scan_body(raw, DETECTOR).parsed
+
+
 def test_undecodable_and_bomb_bodies_are_unscannable() -> None:
     assert found(b"xx", content_encoding=["x-custom"]) == {"unscannable_body at body"}
     assert found(b"not gzip", content_encoding=["gzip"]) == {"unscannable_body at body"}

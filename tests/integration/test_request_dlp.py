@@ -83,6 +83,25 @@ def _leaked(body: bytes, values: tuple[str, ...] = harvest.CANARIES) -> list[str
     return [v[:16] for v in values if v in text or json.dumps(v)[1:-1] in text]
 
 
+def _post(
+    sidecar: SidecarProcess, provider: FakeProvider, path: str, body: bytes, **headers: str
+) -> httpx.Response:
+    """A raw POST through the sidecar (httpx), for bodies the SDKs would not send;
+    `content_encoding="gzip"` is the header `content-encoding: gzip`."""
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    headers = {"content-type": "application/json", **named}
+    with httpx.Client(proxy=sidecar.proxy_url, verify=_tls(sidecar), timeout=20) as client:
+        return client.post(
+            f"https://api.openai.com:{provider.port}{path}", content=body, headers=headers
+        )
+
+
+def _refused_for_a_secret(answer: httpx.Response, provider: FakeProvider, mark: int) -> None:
+    assert answer.status_code == 403
+    assert answer.json()["reason"] == "secret_in_request"
+    assert len(provider.received) == mark  # nothing reached the provider
+
+
 def _lines_for(sidecar: SidecarProcess, path: str, before: int) -> list[dict]:
     """The decision lines for `path` written since `before`, once at least one is
     there (lines arrive through the sidecar's stdout), with a moment for any extra."""
@@ -211,29 +230,14 @@ def test_aws_key_hidden_behind_json_unicode_escapes_is_blocked(dlp, provider):
         + escaped
         + '"}]}'
     ).encode()
-    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
-        answer = client.post(
-            f"https://api.openai.com:{provider.port}/v1/chat/completions",
-            content=raw,
-            headers={"content-type": "application/json"},
-        )
-    assert answer.status_code == 403
-    assert answer.json()["reason"] == "secret_in_request"
-    assert len(provider.received) == mark
+    _refused_for_a_secret(_post(dlp, provider, "/v1/chat/completions", raw), provider, mark)
 
 
 def test_gzip_compressed_request_body_is_decoded_and_blocked(dlp, provider):
     mark = len(provider.received)
     body = json.dumps({"model": "m", "input": harvest.AWS_CREDENTIALS}).encode()
-    with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
-        answer = client.post(
-            f"https://api.openai.com:{provider.port}/v1/responses",
-            content=gzip.compress(body),
-            headers={"content-type": "application/json", "content-encoding": "gzip"},
-        )
-    assert answer.status_code == 403
-    assert answer.json()["reason"] == "secret_in_request"
-    assert len(provider.received) == mark
+    answer = _post(dlp, provider, "/v1/responses", gzip.compress(body), content_encoding="gzip")
+    _refused_for_a_secret(answer, provider, mark)
 
 
 def test_request_body_in_an_undecodable_encoding_is_refused(dlp, provider):
@@ -492,3 +496,46 @@ def test_redact_mode_sends_a_compressed_body_decoded_and_redacted(redacting, pro
     assert int(got.headers["content-length"]) == len(got.body)
     assert "[REDACTED:aws_secret_access_key]" in json.loads(got.body)["input"]
     assert _leaked(got.body) == []
+
+
+# --- one parse per body ---------------------------------------------------------------
+
+
+def _counter(sidecar: SidecarProcess, name: str) -> float:
+    for line in sidecar.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the sidecar's metrics")
+
+
+def _parse_counters(sidecar: SidecarProcess) -> tuple[float, float]:
+    """(bytes request inspection parsed, bodies DLP parsed itself)."""
+    return (
+        _counter(sidecar, "egress_sidecar_request_inspected_bytes_total"),
+        _counter(sidecar, "egress_sidecar_dlp_body_parses_total"),
+    )
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_dlp_scans_the_document_request_inspection_parsed_and_does_not_parse_again(
+    dlp, provider, coding
+):
+    mark = len(provider.received)
+    body = json.dumps({"model": "m", "input": harvest.AWS_CREDENTIALS}).encode()
+    inspected, parses = _parse_counters(dlp)
+    sent = gzip.compress(body) if coding == "gzip" else body
+    answer = _post(dlp, provider, "/v1/responses", sent, content_encoding=coding)
+    _refused_for_a_secret(answer, provider, mark)  # DLP scanned the document: found
+    # Request inspection parsed the decoded body; DLP parsed nothing.
+    assert _parse_counters(dlp) == (inspected + len(body), parses)
+
+
+def test_dlp_parses_a_body_request_inspection_left_alone(dlp, provider):
+    """An upload type is not read by request inspection: DLP parses it itself, once,
+    and finds the harvest in the JSON it carries."""
+    mark = len(provider.received)
+    body = json.dumps({"purpose": "batch", "notes": harvest.AWS_CREDENTIALS}).encode()
+    inspected, parses = _parse_counters(dlp)
+    answer = _post(dlp, provider, "/v1/files", body, content_type="application/octet-stream")
+    _refused_for_a_secret(answer, provider, mark)
+    assert _parse_counters(dlp) == (inspected, parses + 1)

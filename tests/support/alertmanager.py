@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.support.ports import free_port
+from tests.support.process import terminate
 
 BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
@@ -97,10 +98,5 @@ class Alertmanager:
             return data
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc)
         self.log.close()

@@ -19,9 +19,7 @@ import dataclasses
 import datetime
 import json
 import secrets
-import ssl
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,7 +32,7 @@ from botocore.credentials import ReadOnlyCredentials
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.support.fakes import BackgroundLoop, Received
+from tests.support.fakes import BackgroundLoop, LoopbackServer, Received
 
 
 @dataclasses.dataclass
@@ -108,50 +106,25 @@ def event_message(event_type: str, payload: dict[str, Any]) -> bytes:
     return message + struct.pack(">I", binascii.crc32(message))
 
 
-class FakeBedrock:
+class FakeBedrock(LoopbackServer):
     """bedrock-runtime on 127.0.0.1 (TLS), verifying SigV4 with `self.expect`."""
 
+    client_max_size = 64 * 1024 * 1024
+
     def __init__(self, bg: BackgroundLoop, ca: trustme.CA, names: list[str]) -> None:
-        self._bg = bg
-        self._cert = ca.issue_cert(*names)
+        super().__init__(bg, ca, names)
         # host name -> the credentials a request to it may be signed with (called per
         # request: STS issues new ones).
         self.expect: dict[str, Callable[[], list[AwsCredentials]]] = {}
         self.received: list[Received] = []
         self.verdicts: list[bool] = []  # per request: the signature matched
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    def start(self) -> FakeBedrock:
-        self.port = self._bg.run(self._start())
-        return self
-
-    async def _start(self) -> int:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._cert.configure_cert(context)
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        return int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self._bg.run(self._runner.cleanup())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        seen = SignedRequest(
-            request.method,
-            request.path,
-            request.query_string,
-            {k.lower(): v for k, v in request.headers.items()},
-            body,
-            time.monotonic(),
-            raw_path=request.raw_path.split("?", 1)[0],
-        )
+        seen = SignedRequest.of(request, body, raw_path=request.raw_path.split("?", 1)[0])
         self.received.append(seen)
         host = request.headers.get("host", "")
         expect = self.expect.get(host.split(":", 1)[0])
@@ -221,30 +194,11 @@ def _signature(authorization: str) -> str | None:
     return signature.strip() or None
 
 
-class _PlainServer:
+class _PlainServer(LoopbackServer):
     """An HTTP server on 127.0.0.1 (the sidecar reaches these directly, not via itself)."""
 
-    def __init__(self, bg: BackgroundLoop) -> None:
-        self._bg = bg
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    def start(self) -> Any:
-        self.port = self._bg.run(self._start())
-        return self
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self._bg.run(self._runner.cleanup())
 
     @property
     def url(self) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import dns.message
 import dns.rcode
@@ -45,6 +45,49 @@ class BackgroundLoop:
         self._thread.join(5)
 
 
+class LoopbackServer:
+    """An aiohttp server on 127.0.0.1 in a `BackgroundLoop`, on a free port: TLS with a
+    certificate from the test CA for `names`, or plain HTTP without a CA. Subclasses
+    add their routes in `routes`."""
+
+    client_max_size = 1024**2  # aiohttp's default request body limit
+
+    def __init__(
+        self, bg: BackgroundLoop, ca: trustme.CA | None = None, names: list[str] | None = None
+    ) -> None:
+        self._bg = bg
+        self._cert = ca.issue_cert(*(names or [])) if ca is not None else None
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.port = self._bg.run(self._start())
+        return self
+
+    async def _start(self) -> int:
+        app = web.Application(client_max_size=self.client_max_size)
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        context = None
+        if self._cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._cert.configure_cert(context)
+        return await self._listen(self._runner, context)
+
+    async def _listen(self, runner: web.AppRunner, context: ssl.SSLContext | None) -> int:
+        """Listen (on 127.0.0.1, a free port); the port."""
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        return int(runner.addresses[0][1])
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._bg.run(self._runner.cleanup())
+
+
 @dataclasses.dataclass
 class Received:
     method: str
@@ -55,28 +98,34 @@ class Received:
     at: float
     peer: tuple[str, int] | None = None  # the upstream TCP connection it came on
 
+    @classmethod
+    def of(cls, request: web.Request, body: bytes, **extra: Any) -> Self:
+        """What arrived, now: the request as the fake saw it (headers lower-cased)."""
+        return cls(
+            request.method,
+            request.path,
+            request.query_string,
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            time.monotonic(),
+            request.transport.get_extra_info("peername") if request.transport else None,
+            **extra,
+        )
 
-class FakeProvider:
+
+class FakeProvider(LoopbackServer):
     """TLS server on 127.0.0.1 answering like OpenAI and Anthropic do."""
 
     def __init__(self, bg: BackgroundLoop, ca: trustme.CA, names: list[str]) -> None:
-        self._bg = bg
-        self._cert = ca.issue_cert(*names)
+        super().__init__(bg, ca, names)
         self.received: list[Received] = []
         self.chunk_sent_at: dict[str, list[float]] = {}
         self.stream_chunks = 20
         self.stream_interval = 0.05
         self.reflect: dict[str, str] = {}  # extra response headers to echo (tests of S7)
         self.ws_received: list[str | bytes] = []  # client WebSocket messages (quiet realtime)
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    def start(self) -> FakeProvider:
-        self.port = self._bg.run(self._start())
-        return self
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
@@ -89,31 +138,10 @@ class FakeProvider:
         app.router.add_get("/v1/realtime", self._realtime)
         app.router.add_get("/v1/realtime-ext", self._realtime_ext)
         app.router.add_route("*", "/{tail:.*}", self._anything)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._cert.configure_cert(context)
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        return int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self._bg.run(self._runner.cleanup())
 
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()
-        self.received.append(
-            Received(
-                request.method,
-                request.path,
-                request.query_string,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-                time.monotonic(),
-                request.transport.get_extra_info("peername") if request.transport else None,
-            )
-        )
+        self.received.append(Received.of(request, body))
         return body
 
     async def _models(self, request: web.Request) -> web.Response:

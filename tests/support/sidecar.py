@@ -15,7 +15,30 @@ from typing import Any
 
 import httpx
 
+from tests.support.process import terminate
+
 BIN = shutil.which("egress-sidecar", path=str(Path(sys.executable).parent)) or "egress-sidecar"
+
+
+def loopback_args(
+    policy: Path | str,
+    ca_dir: Path | str,
+    resolver_port: int,
+    *,
+    upstream_ca: Path | str | None = None,
+    listen: bool = True,
+) -> list[str]:
+    """The `run` arguments of a sidecar under test: this policy, an explicit listener on
+    a free loopback port (or none), an admin port, this CA directory, the fake resolver,
+    and the test CA for upstream TLS when the upstreams are fakes."""
+    from tests.support.ports import free_port
+
+    args = ["--policy", str(policy), "--listen", f"127.0.0.1:{free_port()}" if listen else "off"]
+    args += ["--admin", "127.0.0.1:0", "--ca-dir", str(ca_dir)]
+    args += ["--resolver", f"127.0.0.1:{resolver_port}"]
+    if upstream_ca is not None:
+        args += ["--upstream-ca", str(upstream_ca)]
+    return args
 
 
 class SidecarProcess:
@@ -78,14 +101,7 @@ class SidecarProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc)
 
     # --- addresses --------------------------------------------------------------------
 

@@ -57,17 +57,8 @@ class NetnsProvider(FakeProvider):
         super().__init__(bg, ca, names)
         self._sock = sock
 
-    async def _start(self) -> int:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/messages", self._messages)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_route("*", "/{tail:.*}", self._anything)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._cert.configure_cert(context)
-        await web.SockSite(self._runner, self._sock, ssl_context=context).start()
+    async def _listen(self, runner: web.AppRunner, context: ssl.SSLContext | None) -> int:
+        await web.SockSite(runner, self._sock, ssl_context=context).start()
         return int(self._sock.getsockname()[1])
 
 

@@ -1,0 +1,19 @@
+"""Stopping a process a test started."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if it is still running after `grace` seconds; its exit
+    status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
