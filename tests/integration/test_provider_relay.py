@@ -551,6 +551,7 @@ def _realtime(sidecar: SidecarProcess, port: int, session: dict[str, Any]) -> li
     options = {
         "proxy": sidecar.proxy_url,
         "ssl": ssl.create_default_context(cafile=sidecar.ca_cert),
+        "open_timeout": 60,  # the handshake on a busy machine
     }
     events: list[dict] = []
     with client.realtime.connect(

@@ -415,7 +415,11 @@ def test_injected_tool_call_pages_with_the_tool_and_provider_never_the_arguments
 def test_router_injecting_a_function_call_over_the_responses_websocket_is_dropped(guarded, hostile):
     hostile.attack = Attack("inject")
     client = oai(guarded, hostile.port)
-    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    options = {
+        "proxy": guarded.proxy_url,
+        "ssl": _verify(guarded),
+        "open_timeout": 60,
+    }  # busy machines
     kinds = []
     with client.responses.connect(websocket_connection_options=options) as connection:
         connection.response.create(
@@ -436,7 +440,11 @@ def test_router_injecting_a_function_call_over_the_responses_websocket_is_droppe
 
 def test_an_honest_responses_websocket_passes_every_event(guarded, hostile):
     client = oai(guarded, hostile.port)
-    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    options = {
+        "proxy": guarded.proxy_url,
+        "ssl": _verify(guarded),
+        "open_timeout": 60,
+    }  # busy machines
     with client.responses.connect(websocket_connection_options=options) as connection:
         connection.response.create(model="gpt-x", input="hi")
         kinds = []
@@ -485,7 +493,11 @@ def test_responses_websocket_declaring_a_tool_the_policy_does_not_allow_is_refus
 ):
     before = hostile.requests
     client = oai(guarded, hostile.port)
-    options = {"proxy": guarded.proxy_url, "ssl": _verify(guarded)}
+    options = {
+        "proxy": guarded.proxy_url,
+        "ssl": _verify(guarded),
+        "open_timeout": 60,
+    }  # busy machines
     bad = {"type": "function", "name": "delete_everything", "parameters": {"type": "object"}}
     with client.responses.connect(websocket_connection_options=options) as connection:
         connection.response.create(model="gpt-x", input="hi", tools=[bad])
@@ -573,7 +585,11 @@ def test_an_honest_gemini_json_array_stream_passes_whole(guarded, hostile):
 
 def _websocket_events(sidecar, port: int, tools: list[dict]) -> list[Any]:
     client = oai(sidecar, port)
-    options = {"proxy": sidecar.proxy_url, "ssl": _verify(sidecar)}
+    options = {
+        "proxy": sidecar.proxy_url,
+        "ssl": _verify(sidecar),
+        "open_timeout": 60,
+    }  # busy machines
     events: list[Any] = []
     with client.responses.connect(websocket_connection_options=options) as connection:
         connection.response.create(model="gpt-x", input="weather?", tools=tools)

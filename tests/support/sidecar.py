@@ -53,7 +53,10 @@ class SidecarProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.listening: dict[str, Any] = {}
 
-    def start(self, timeout: float = 30.0) -> SidecarProcess:
+    # Start-up takes ~2 s idle, but importing mitmproxy, botocore and google-auth took
+    # over 30 s at load average 10-40 (the suite beside other work): the bound is for a
+    # sidecar that never starts, not a speed check.
+    def start(self, timeout: float = 120.0) -> SidecarProcess:
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,

@@ -455,7 +455,7 @@ def _start_sidecar(
     sidecar = sidecar_process(pod, work, args, SIDECAR_UID)
     stack.callback(sidecar.stop)
     try:
-        sidecar.start(timeout=30)
+        sidecar.start()
     except RuntimeError:
         if ipv6 and _exited_for_ipv6_listeners(sidecar):
             return None
@@ -821,7 +821,7 @@ def test_sidecar_binds_ipv6_listeners(world: World) -> None:
     args += ["--secrets-dir", str(world.work / "secrets")]
     sidecar = sidecar_process(world.pod, world.work, args, 0)
     try:
-        sidecar.start(timeout=30)
+        sidecar.start()
         listeners = sidecar.listening["listeners"]
         assert f"[::1]:{TRANSPARENT_PORT + 100}" in listeners["transparent"]
         assert f"[::1]:{DNS_PORT + 100}" in listeners["dns"]
@@ -852,7 +852,7 @@ def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
         args += ["--secrets-dir", str(world.work / "secrets")]
         sidecar = sidecar_process(pod, world.work, args, SIDECAR_UID)
         try:
-            sidecar.start(timeout=30)
+            sidecar.start()
             for path in ("/readyz", "/healthz"):
                 got = _probe_from_kubelet(pod, f"http://{POD_V4}:{ADMIN_PORT}{path}")
                 assert got.stdout.endswith("\n200"), (path, got.stdout, got.stderr)
@@ -874,7 +874,7 @@ def test_gateway_binding_admin_port_while_sidecar_is_down_cannot_answer_probes(
             # exits saying so (config_error); the probes keep failing, the pod restarts.
             restarted = sidecar_process(pod, world.work, args, SIDECAR_UID)
             with pytest.raises(RuntimeError, match="another process holds this port"):
-                restarted.start(timeout=30)
+                restarted.start()
             restarted.stop()
 
 
