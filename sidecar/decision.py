@@ -164,7 +164,8 @@ REASONS: dict[Reason, ReasonSpec] = {
         "403 / TLS refused / FORMERR / -",
         _W,
         True,
-        "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
+        "transparent TLS without SNI, an `h2c` upgrade or HTTP/2 prior-knowledge preface "
+        "(`PRI * HTTP/2.0`) where HTTP/1.1 is spoken, a DNS message with several "
         "questions, a redirected connection or CONNECT tunnel that ended without any HTTP "
         "request (SSH, raw bytes, DNS over TLS, junk or nothing after a TLS handshake; "
         "logged when the connection ends), a TCP connection to the DNS listener that "
