@@ -36,6 +36,7 @@ from tests.support.cloud_fakes import (
     FakeBedrock,
     FakeGoogleToken,
     FakeSts,
+    fake_endpoints,
     new_aws_credentials,
 )
 from tests.support.fakes import FakeProvider
@@ -146,7 +147,7 @@ def _start(start_sidecar, world: World, mode: str = "enforce") -> SidecarProcess
     return start_sidecar(
         world.policy(mode),
         extra_args=("--secrets-dir", str(world.secrets.root)),
-        env={"AWS_ENDPOINT_URL_STS": world.sts.url, "AWS_REGION": "eu-west-1"},
+        env={**fake_endpoints(world.sts.url, world.google.url), "AWS_REGION": "eu-west-1"},
     )
 
 

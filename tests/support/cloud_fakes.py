@@ -376,3 +376,16 @@ class FakeGoogleToken(_PlainServer):
             except Exception:
                 continue
         return False
+
+
+
+def fake_endpoints(sts: str | None = None, *tokens: str) -> dict[str, str]:
+    """The sidecar settings that let its STS / token calls reach these loopback fakes
+    (otherwise: official endpoints only, at public addresses only)."""
+    env = {
+        "EGRESS_SIDECAR_CLOUD_TOKEN_ENDPOINTS": ",".join(tokens),
+        "EGRESS_SIDECAR_CLOUD_ENDPOINT_ADDRESSES": "127.0.0.0/8",
+    }
+    if sts:
+        env["EGRESS_SIDECAR_STS_ENDPOINT"] = sts
+    return env
