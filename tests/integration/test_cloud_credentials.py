@@ -248,6 +248,34 @@ def test_boto3_converse_stream_is_signed_and_streams_events(cloud, world):
     assert world.bedrock.verdicts[-1] is True
 
 
+def test_bedrock_stream_echoing_the_signing_secret_is_cut_with_an_error_boto3_reads(
+    cloud, world
+):
+    """The upstream echoes the secret access key inside an event-stream frame. The text
+    redactor used to rewrite bytes inside the binary frame (a CRC error in boto3, or a
+    desynchronised stream); now the clean frames arrive, then an exception frame."""
+    from botocore.exceptions import EventStreamError
+
+    mark = len(cloud.decisions)
+    reply = bedrock_client(cloud, world).converse_stream(
+        modelId="reflect-model", messages=[{"role": "user", "content": [{"text": "hi"}]}]
+    )
+    seen = []
+    with pytest.raises(EventStreamError) as cut:
+        for event in reply["stream"]:
+            seen.append(event)
+    assert cut.value.response["Error"]["Code"] == "credential_reflected"
+    assert seen and "messageStart" in seen[0]  # the frame before the key arrived intact
+    assert world.aws.secret_access_key not in json.dumps(seen)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(
+        d["reason"] == "credential_reflected" for d in cloud.decisions[mark:]
+    ):
+        time.sleep(0.05)
+    (line,) = [d for d in cloud.decisions[mark:] if d["reason"] == "credential_reflected"]
+    assert line["provider"] == "bedrock"
+
+
 def test_unsigned_gateway_request_is_signed_too(cloud, world):
     """A gateway that sends no signature at all is signed as well (nothing to refuse)."""
     mark = len(world.bedrock.received)

@@ -210,6 +210,13 @@ class FakeBedrock:
                     },
                 ),
             ]
+        if "reflect" in request.path:
+            # A hostile or buggy upstream echoing the secret that signed the request
+            # (as a chunk's text), between two clean events.
+            host = request.headers.get("host", "").split(":", 1)[0]
+            secret = self.expect[host]()[-1].secret_access_key
+            leak = {"contentBlockIndex": 0, "delta": {"text": f"key {secret}"}}
+            events.insert(1, ("contentBlockDelta", leak))
         for event_type, payload in events:
             await response.write(event_message(event_type, payload))
         await response.write_eof()
