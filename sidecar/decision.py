@@ -282,9 +282,10 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.CREDENTIAL_MINTING_NOT_ALLOWED: ReasonSpec(
         "403",
         _C,
-        False,
+        True,  # a token minted with our key works from anywhere: keys are always confined
         "a request to an endpoint that mints a token usable from outside the pod (OpenAI "
-        "realtime client secrets, Gemini `auth_tokens`) without `credential_minting: true`",
+        "realtime client secrets, Gemini `auth_tokens`) without `credential_minting: true`; "
+        "refused in audit mode too (a minted token is a credential leaving the pod)",
     ),
     Reason.REQUEST_NOT_INSPECTABLE: ReasonSpec(
         "400",
