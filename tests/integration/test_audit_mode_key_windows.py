@@ -58,3 +58,31 @@ def test_audit_mode_minting_request_never_carries_the_provider_key(audit_keyed, 
     sent = provider.received[seen:]
     assert all(KEY not in str(r.headers) for r in sent), "the key went out with the mint"
     assert_not_in_outputs(audit_keyed, {"openai": KEY})
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"session": {"type": "realtime"}, "session": {"type": "realtime"}}', {}),
+        (b"\x1f\x8b not gzip", {"content-encoding": "gzip"}),
+        (b"not json at all", {}),
+        (b'{"session": {"type": "realtime"}}', {"content-encoding": "x-unknown"}),
+    ],
+    ids=["duplicate-keys", "bad-gzip", "not-json", "unknown-coding"],
+)
+def test_audit_mode_minting_with_an_unreadable_body_never_carries_the_key(
+    audit_keyed, provider, body, headers
+):
+    """An ambiguous body to a minting endpoint must not become the way around the
+    minting refusal (request_not_inspectable is a would_block in audit mode)."""
+    mark, seen = len(audit_keyed.decisions), len(provider.received)
+    with _gateway(audit_keyed) as client:
+        client.post(
+            f"https://api.openai.com:{provider.port}/v1/realtime/client_secrets",
+            content=body,
+            headers={"content-type": "application/json", **headers},
+        )
+    line = _line(audit_keyed, mark, "/v1/realtime/client_secrets")
+    assert line["decision"] == "block", line
+    sent = provider.received[seen:]
+    assert all(KEY not in str(r.headers) for r in sent), "the key went out with the mint"
