@@ -242,7 +242,8 @@ class CredentialLayer:
             return
         redactor: StreamRedactor | EventStreamCutter = self.guard.redactor()
         if is_event_stream(response.headers.get("content-type", "")):
-            redactor = EventStreamCutter(redactor)  # binary frames: cut, never rewritten
+            # Binary frames: cut, never rewritten.
+            redactor = EventStreamCutter(self.guard.redactor())
         flow.metadata[_REDACTOR] = redactor
         response.stream = redactor.stream_callable()
         if "content-length" in response.headers:

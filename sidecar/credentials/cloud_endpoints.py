@@ -165,7 +165,7 @@ def vetted_pool(
     """A urllib3 pool that reaches only allowed endpoints, at vetted addresses."""
 
     def vetted(base: Any) -> Any:
-        class Vetted(base):  # type: ignore[misc,valid-type]
+        class Vetted(base):  # type: ignore[misc]
             def _new_conn(self) -> socket.socket:
                 # The name was checked by the pool manager; dial a vetted address of it.
                 self._dns_host = rules.vet(self.host, self.port, resolve)
@@ -181,7 +181,7 @@ def vetted_pool(
         ConnectionCls = vetted(urllib3.connection.HTTPSConnection)
 
     class Manager(urllib3.PoolManager):
-        def connection_from_host(  # type: ignore[override]
+        def connection_from_host(
             self,
             host: str | None,
             port: int | None = None,

@@ -20,7 +20,6 @@ form `needles_for` knows) is found as in any other response.
 from __future__ import annotations
 
 import binascii
-import json
 import struct
 from collections.abc import Callable
 

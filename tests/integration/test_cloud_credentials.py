@@ -248,12 +248,10 @@ def test_boto3_converse_stream_is_signed_and_streams_events(cloud, world):
     assert world.bedrock.verdicts[-1] is True
 
 
-def test_bedrock_stream_echoing_the_signing_secret_is_cut_with_an_error_boto3_reads(
-    cloud, world
-):
+def test_bedrock_stream_echoing_the_signing_secret_is_cut_with_an_error_boto3_reads(cloud, world):
     """The upstream echoes the secret access key inside an event-stream frame. The text
     redactor used to rewrite bytes inside the binary frame (a CRC error in boto3, or a
-    desynchronised stream); now the clean frames arrive, then an exception frame."""
+    desynchronised stream); now the clean frames arrive, then an error frame."""
     from botocore.exceptions import EventStreamError
 
     mark = len(cloud.decisions)

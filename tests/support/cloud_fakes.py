@@ -385,7 +385,6 @@ class FakeGoogleToken(_PlainServer):
         return False
 
 
-
 def fake_endpoints(sts: str | None = None, *tokens: str) -> dict[str, str]:
     """The sidecar settings that let its STS / token calls reach these loopback fakes
     (otherwise: official endpoints only, at public addresses only)."""
