@@ -15,9 +15,9 @@ What is matched, per secret value K:
   of K, are left next to the `[REDACTED]` marker). Forms shorter than 16 characters
   are not used (they would redact innocent text);
 - K percent-encoded, JSON-escaped and as HTML entities (every character, or every
-  character that is not a letter or digit), its hex, and every run of 16+ letters
-  and digits of K on its own (so a partly escaped K loses its random runs).
-  docs/credentials.md ("Encodings") lists what is not caught.
+  character that is not a letter or digit), and its hex. All are at least as long as
+  K, so the sampling filter below keeps its stride. docs/credentials.md
+  ("Encodings") lists what is not caught (partial escapes among them).
 
 Streaming: chunks arrive with arbitrary boundaries, so a key can be split across two
 or more chunks. The redactor keeps back the last `longest_needle - 1` bytes of what it
@@ -97,10 +97,6 @@ def _b64_cores(value: bytes) -> set[bytes]:
 # not a letter or digit escaped (what encoders do), or every character (what an
 # evasive upstream does), with upper- and lower-case hex digits.
 _ESCAPES = ("%%%02X", "%%%02x", "\\u%04x", "\\u%04X", "&#x%02x;", "&#x%02X;", "&#%d;")
-# A run of 16+ letters and digits of a key is redacted wherever it stands: a key whose
-# separators were escaped in any way (`sk%2Dproj…`, `sk\u002dproj…`, `sk&#45;proj…`,
-# only some of them) still shows its random runs. 16 random characters: no false hit.
-_FRAGMENT = re.compile(rb"[A-Za-z0-9]{16,}")
 
 
 def _escaped_forms(value: bytes) -> set[bytes]:
@@ -110,7 +106,6 @@ def _escaped_forms(value: bytes) -> set[bytes]:
         forms.add(
             "".join(chr(b) if chr(b).isalnum() and b < 128 else escape % b for b in value).encode()
         )
-    forms.update(_FRAGMENT.findall(value))
     return forms
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 import time
 from pathlib import Path
 
@@ -81,14 +80,11 @@ def test_reflected_key_redacted(body: bytes, cuts: list[int]):
         assert r.names == {"secret"}
 
 
-def test_key_split_across_sse_events_has_its_random_runs_redacted():
-    """Halves in separate events are not the key, but each carries runs of 16+ of its
-    random letters and digits: those are redacted (a half key is half the work)."""
-    body = sse(KEY[:80]) + sse(KEY[80:])
+def test_key_split_across_sse_events_is_not_a_key():
+    """Halves in separate events are not the key: nothing is redacted or held forever."""
+    body = sse(KEY[:50]) + sse(KEY[50:])
     out, r = stream(body, [30])
-    assert r.found and REDACTED in out
-    for fragment in re.findall(rb"[A-Za-z0-9]{16,}", KEY):
-        assert fragment not in out
+    assert out == body and not r.found
 
 
 def test_clean_stream_passes_unchanged_and_holds_back_little():
