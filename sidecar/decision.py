@@ -173,7 +173,8 @@ REASONS: dict[Reason, ReasonSpec] = {
         "403 / TLS refused / FORMERR / -",
         _W,
         True,
-        "transparent TLS without SNI, an `h2c` upgrade, a DNS message with several "
+        "transparent TLS without SNI, an `h2c` upgrade or HTTP/2 prior-knowledge preface "
+        "(`PRI * HTTP/2.0`) where HTTP/1.1 is spoken, a DNS message with several "
         "questions, a redirected connection or CONNECT tunnel that ended without any HTTP "
         "request (SSH, raw bytes, DNS over TLS, junk or nothing after a TLS handshake; "
         "logged when the connection ends), a TCP connection to the DNS listener that "
@@ -292,9 +293,10 @@ REASONS: dict[Reason, ReasonSpec] = {
     Reason.CREDENTIAL_MINTING_NOT_ALLOWED: ReasonSpec(
         "403",
         _C,
-        False,
+        True,  # a token minted with our key works from anywhere: keys are always confined
         "a request to an endpoint that mints a token usable from outside the pod (OpenAI "
-        "realtime client secrets, Gemini `auth_tokens`) without `credential_minting: true`",
+        "realtime client secrets, Gemini `auth_tokens`) without `credential_minting: true`; "
+        "refused in audit mode too (a minted token is a credential leaving the pod)",
     ),
     Reason.REQUEST_NOT_INSPECTABLE: ReasonSpec(
         "400",

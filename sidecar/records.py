@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from sidecar.decision import Decision
+from sidecar.line_writer import LineWriter
 
 NO_PROVIDER = "none"
 # One encoder for every line: json.dumps with non-default options builds a new one per
@@ -67,6 +68,12 @@ class Metrics:
             "--refusal-rate (each is still logged, counted and alerted at once).",
             registry=self.registry,
         )
+        self.decision_lines_lost = Counter(
+            "egress_sidecar_decision_lines_lost",
+            "Decision lines not written because stdout's reader was gone or too slow "
+            "(the decision itself was still counted and alerted).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "egress_sidecar_ready",
             "1 once the policy is loaded and every listener is bound.",
@@ -89,22 +96,34 @@ class Metrics:
 
 
 class DecisionLog:
-    """One JSON object per line on stdout (or another stream)."""
+    """One JSON object per line on stdout (or another stream).
+
+    Stdout is written by a `LineWriter`: a reader that stops reading or goes away
+    never blocks the proxy or its shutdown; lines it cannot take are counted as lost.
+    """
 
     def __init__(
         self,
         stream: TextIO | None = None,
-        render: Callable[[Decision], dict[str, Any]] = Decision.as_log_record,
+        render: Callable[[Decision], dict[str, Any]] | None = None,
+        on_lost: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self._stream = stream or sys.stdout
-        self._render = render  # our record, or sidecar.ocsf.to_ocsf (--decision-format)
+        self._stream = stream
+        self._writer = LineWriter(sys.stdout.fileno(), on_lost) if stream is None else None
+        self._render = (
+            render or Decision.as_log_record
+        )  # our record, or sidecar.ocsf.to_ocsf (--decision-format)
 
     def record(self, decision: Decision) -> None:
         self.write(self._render(decision))
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(_LINE_ENCODER.encode(record) + "\n")
-        self._stream.flush()
+        line = _LINE_ENCODER.encode(record) + "\n"
+        if self._writer is not None:
+            self._writer.write(line.encode())
+        elif self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
 
 
 class Recorder:

@@ -200,8 +200,9 @@ async def _serve(settings: Settings, policy: Any) -> int:
     metrics.reloads.clear()  # the first load is not a reload
 
     credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
-    decision_log = (
-        DecisionLog(render=to_ocsf) if settings.decision_format == "ocsf" else DecisionLog()
+    decision_log = DecisionLog(
+        render=to_ocsf if settings.decision_format == "ocsf" else None,
+        on_lost=metrics.decision_lines_lost.inc,
     )
     recorder = Recorder(
         [decision_log.record, metrics.record],

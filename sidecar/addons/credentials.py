@@ -43,6 +43,7 @@ from sidecar.credentials.decoding import (
     parse_codings,
 )
 from sidecar.credentials.detect import redact_known_keys
+from sidecar.credentials.eventstream import EventStreamCutter, cut_body, is_event_stream
 from sidecar.credentials.messages import MessageRedactor, uninspectable_extensions
 from sidecar.credentials.reflection import HEADER_NAME_HIT, UNNAMED_HEADER_HIT
 from sidecar.decision import Decision, Reason, Verdict
@@ -319,7 +320,10 @@ class CredentialLayer:
             # whole in the response hook, not streamed: or refused if it cannot be.
             flow.metadata[_BUFFERED] = True
             return
-        redactor = self.guard.redactor()
+        redactor: StreamRedactor | EventStreamCutter = self.guard.redactor()
+        if is_event_stream(response.headers.get("content-type", "")):
+            # Binary frames: cut, never rewritten.
+            redactor = EventStreamCutter(self.guard.redactor())
         flow.metadata[_REDACTOR] = redactor
         response.stream = redactor.stream_callable()
         if "content-length" in response.headers:
@@ -345,7 +349,7 @@ class CredentialLayer:
         places: list[str] = [_place("header", h) for h in flow.metadata.pop(_HEADER_HITS, [])]
         if flow.metadata.pop(_REASON_HIT, False):
             places.insert(0, "status reason phrase")
-        redactor: StreamRedactor | None = flow.metadata.pop(_REDACTOR, None)
+        redactor: StreamRedactor | EventStreamCutter | None = flow.metadata.pop(_REDACTOR, None)
         if redactor is not None and redactor.found:
             places.append("streamed body")
         buffered = flow.metadata.pop(_BUFFERED, False)
@@ -415,6 +419,8 @@ class CredentialLayer:
         )
         try:  # the decoded body stays charged while we redact and hand it on
             body, count = self.guard.redact_body(decoded)
+            if count and is_event_stream(response.headers.get("content-type", "")):
+                body = cut_body(self.guard.redactor(), decoded)  # frames kept well-formed
             response.headers.pop("content-encoding", None)
             response.headers.pop("transfer-encoding", None)
             response.content = body  # sets content-length

@@ -455,6 +455,20 @@ class PhaseTimers:
         yield
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+H2_PREFACE_DETAIL = (
+    "HTTP/2 prior-knowledge preface (PRI * HTTP/2.0) where HTTP/1.1 is spoken: "
+    "send HTTP/1.1 requests, or HTTP/2 inside TLS (ALPN h2)"
+)
+
+
+def _is_h2_preface(buffered: ReceiveBuffer, data: bytes) -> bool:
+    """The first line of what the client sent is HTTP/2's connection preface."""
+    if len(buffered) >= len(_H2_PREFACE):
+        return False  # already seen (and not a preface) when it arrived
+    return (bytes(buffered) + data[: len(_H2_PREFACE)]).startswith(_H2_PREFACE)
+
+
 class GuardedHttp1Server(PhaseTimers, Http1Server):
     """Request head size and the timers (slowloris, idle) of one HTTP/1 client
     connection. The phase is re-evaluated after every event."""
@@ -483,6 +497,15 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
             yield from self._answer_refusal(
                 Reason.REQUEST_HEADERS_TOO_LARGE, f"request line and headers exceed {limit} bytes"
             )
+            return
+        if (
+            isinstance(event, events.DataReceived)
+            and self.state == self.read_headers
+            and _is_h2_preface(self.buf, event.data)
+        ):
+            # Read as HTTP/1 it is a Host-less `PRI *` request: answered 400 before any
+            # hook, and logged without saying what it was.
+            yield from self._refuse(Reason.PROTOCOL_NOT_ALLOWED, H2_PREFACE_DETAIL)
             return
         yield from super()._handle_event(event)
         yield from self._update_phase()

@@ -6,8 +6,8 @@
   (AssumeRoleWithWebIdentity, unsigned: the token is the credential) for temporary
   credentials, refreshed five minutes before they expire. The sidecar talks to STS
   directly, never through its own proxy: STS is not, and must not be, in the
-  gateway's allowlist. `AWS_ENDPOINT_URL_STS` (the SDKs' standard variable) overrides
-  the endpoint, `AWS_REGION` picks the regional one.
+  gateway's allowlist. Only official endpoints (or ones named in the sidecar's own
+  settings), at vetted addresses, whatever the environment says: cloud_endpoints.py.
 - `google_oauth`: a service-account key or a workload identity federation config
   (`external_account` with a `credential_source.file`), given to google-auth, which
   mints access tokens at the `token_uri` / `token_url` the file names.
@@ -29,11 +29,15 @@ import datetime
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree
 
+from sidecar.credentials.cloud_endpoints import EndpointRules, sts_url, vetted_pool
 from sidecar.credentials.cloud_signing import AwsKeys, CloudCredentialError, parse_aws_keys
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.credentials.secrets import Secret, SecretStore
@@ -47,6 +51,7 @@ REFRESH_MARGIN = 300.0  # refresh this long before expiry
 MIN_VALID = 30.0  # below this, wait for a fresh credential rather than use the old one
 FAILURE_BACKOFF = 1.0
 _MAX_TOKEN_FILE = 64 * 1024
+_MAX_ANSWER = 64 * 1024  # an STS answer is about 2 KiB
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _GOOGLE_TYPES = ("service_account", "external_account")
 
@@ -78,8 +83,15 @@ class CloudCredentialSource:
         # A failed fetch is not retried for FAILURE_BACKOFF seconds: requests arriving
         # meanwhile get the same refusal instead of each calling the endpoint again.
         self._failed: dict[tuple[str, str], tuple[float, BaseException]] = {}
-        self._sts: Any = None
         self._http: Any = None
+        # STS and token endpoints: official, or named in our own settings; vetted.
+        self._rules = EndpointRules()
+        self._rules_error: str | None = None
+        try:
+            self._rules = EndpointRules.from_environ(self._environ)
+        except ValueError as exc:
+            self._rules_error = str(exc)
+            log.error("cloud credentials unavailable: %s", exc)
 
     # -- per request ---------------------------------------------------------------
 
@@ -160,8 +172,6 @@ class CloudCredentialSource:
     # -- fetches (worker threads) ----------------------------------------------------
 
     def _assume_role(self, identity: AwsWebIdentity) -> tuple[AwsKeys, float]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             with open(identity.token_file, "rb") as fh:
                 token = fh.read(_MAX_TOKEN_FILE).decode("ascii").strip()
@@ -172,60 +182,62 @@ class CloudCredentialSource:
             ) from None
         if not token:
             raise CloudCredentialError(f"web identity token file {identity.token_file} is empty")
+        # Called directly, not with botocore: its session takes the endpoint, the CA
+        # bundle and proxies from AWS_* variables and config files (cloud_endpoints.py).
+        form = urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
+                          "RoleArn": identity.role_arn,
+                          "RoleSessionName": identity.session_name,
+                          "WebIdentityToken": token})  # fmt: skip
+        status, data = self._post(sts_url(self._rules), form)
+        what = f"STS AssumeRoleWithWebIdentity for {identity.role_arn}"
         try:
-            answer = self._sts_client().assume_role_with_web_identity(
-                RoleArn=identity.role_arn,
-                RoleSessionName=identity.session_name,
-                WebIdentityToken=token,
-            )
-            found = answer["Credentials"]
+            # At most 64 KiB from a vetted endpoint; expat resolves no external entity
+            # and refuses entity expansion bombs (Python >= 3.12 bundles expat 2.6).
+            answer = ElementTree.fromstring(data)  # noqa: S314
+        except ElementTree.ParseError:
+            raise CloudCredentialError(f"{what} failed: HTTP {status}, not XML") from None
+        if status != 200:
+            code = re.sub(r"[^A-Za-z0-9.]", "", _xml_text(answer, "Code") or "error")[:64]
+            raise CloudCredentialError(f"{what} refused: {code}")
+        try:
             label = "aws-web-identity"
             keys = AwsKeys(
-                str(found["AccessKeyId"]),
-                Secret(label, str(found["SecretAccessKey"])),
-                Secret(label, str(found["SessionToken"])),
-                expires_at=_epoch(found["Expiration"]),
+                _xml_text(answer, "AccessKeyId") or "",
+                Secret(label, _xml_text(answer, "SecretAccessKey") or ""),
+                Secret(label, _xml_text(answer, "SessionToken") or ""),
+                expires_at=_epoch(_xml_text(answer, "Expiration")),
             )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise CloudCredentialError(
-                f"STS AssumeRoleWithWebIdentity for {identity.role_arn} refused: {code}"
-            ) from None
-        except (BotoCoreError, KeyError, TypeError, ValueError) as exc:
-            raise CloudCredentialError(
-                f"STS AssumeRoleWithWebIdentity for {identity.role_arn} failed: "
-                f"{type(exc).__name__}"
-            ) from None
+        except ValueError:
+            raise CloudCredentialError(f"{what} failed: an incomplete answer") from None
+        if not keys.access_key_id or not all(s.reveal() for s in keys.secrets()):
+            raise CloudCredentialError(f"{what} failed: an incomplete answer")
         for secret in keys.secrets():
             self._store.remember(secret)
         assert keys.expires_at is not None
         return keys, keys.expires_at
 
-    def _sts_client(self) -> Any:
-        if self._sts is None:
-            import botocore.session
-            from botocore import UNSIGNED
-            from botocore.config import Config
+    def _post(self, url: str, form: str) -> tuple[int, bytes]:
+        """POST to a vetted endpoint; a bounded answer. Errors are named, never quoted."""
+        import urllib3.exceptions
 
-            session = botocore.session.get_session()
-            region = self._environ.get("AWS_REGION") or self._environ.get(
-                "AWS_DEFAULT_REGION", "us-east-1"
+        try:
+            answer = self._http_pool().request(
+                "POST",
+                url,
+                body=form.encode(),
+                headers={"content-type": "application/x-www-form-urlencoded; charset=utf-8"},
+                preload_content=False,
+                redirect=False,
             )
-            self._sts = session.create_client(
-                "sts",
-                region_name=region,
-                endpoint_url=self._environ.get("AWS_ENDPOINT_URL_STS") or None,
-                verify=self._ca_bundle,
-                # The web identity token is the credential: nothing to sign with, and
-                # no lookup of other credentials (environment, instance metadata).
-                config=Config(
-                    signature_version=UNSIGNED,
-                    connect_timeout=5,
-                    read_timeout=10,
-                    retries={"max_attempts": 2, "mode": "standard"},
-                ),
-            )
-        return self._sts
+        except urllib3.exceptions.HTTPError as exc:
+            raise CloudCredentialError(f"{url} unreachable: {type(exc).__name__}") from None
+        try:
+            return answer.status, answer.read(_MAX_ANSWER)
+        except urllib3.exceptions.HTTPError as exc:
+            why = f"{url}: reading the answer failed: {type(exc).__name__}"
+            raise CloudCredentialError(why) from None
+        finally:
+            answer.release_conn()
 
     def _mint_google(self, document: Secret) -> tuple[Secret, float]:
         import google.auth.exceptions
@@ -286,16 +298,12 @@ class CloudCredentialSource:
                 self._store.remember(Secret(name, line.strip()))
 
     def _http_pool(self) -> Any:
+        if self._rules_error is not None:
+            raise CloudCredentialError(self._rules_error)
         if self._http is None:
             import certifi
-            import urllib3
 
-            self._http = urllib3.PoolManager(
-                cert_reqs="CERT_REQUIRED",
-                ca_certs=self._ca_bundle or certifi.where(),
-                timeout=urllib3.Timeout(connect=5.0, read=10.0),
-                retries=urllib3.Retry(total=2, redirect=0),
-            )
+            self._http = vetted_pool(self._rules, self._ca_bundle or certifi.where())
         return self._http
 
 
@@ -313,7 +321,17 @@ def _google_credentials(info: dict[str, Any]) -> Any:
     return make(info, scopes=scopes)
 
 
+def _xml_text(root: Any, name: str) -> str | None:
+    """The text of the first element named `name`, in any namespace."""
+    for element in root.iter():
+        if element.tag == name or element.tag.endswith("}" + name):
+            return str(element.text or "").strip()
+    return None
+
+
 def _epoch(value: object) -> float:
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)

@@ -13,7 +13,11 @@ What is matched, per secret value K:
   it can have inside a larger base64 blob: for each alignment, the characters that
   depend only on K's bytes (at most two characters at each end, i.e. at most 12 bits
   of K, are left next to the `[REDACTED]` marker). Forms shorter than 16 characters
-  are not used (they would redact innocent text).
+  are not used (they would redact innocent text);
+- K percent-encoded, JSON-escaped and as HTML entities (every character, or every
+  character that is not a letter or digit), and its hex. All are at least as long as
+  K, so the sampling filter below keeps its stride. docs/credentials.md
+  ("Encodings") lists what is not caught (partial escapes among them).
 
 Streaming: chunks arrive with arbitrary boundaries, so a key can be split across two
 or more chunks. The redactor keeps back the last `longest_needle - 1` bytes of what it
@@ -89,9 +93,25 @@ def _b64_cores(value: bytes) -> set[bytes]:
     return cores
 
 
+# Escapes a response can carry a key in (URL, JSON, HTML, hex): each character that is
+# not a letter or digit escaped (what encoders do), or every character (what an
+# evasive upstream does), with upper- and lower-case hex digits.
+_ESCAPES = ("%%%02X", "%%%02x", "\\u%04x", "\\u%04X", "&#x%02x;", "&#x%02X;", "&#%d;")
+
+
+def _escaped_forms(value: bytes) -> set[bytes]:
+    forms = {value.hex().encode(), value.hex().upper().encode(), value.replace(b"/", b"\\/")}
+    for escape in _ESCAPES:
+        forms.add("".join(escape % b for b in value).encode())
+        forms.add(
+            "".join(chr(b) if chr(b).isalnum() and b < 128 else escape % b for b in value).encode()
+        )
+    return forms
+
+
 def needles_for(value: bytes) -> set[bytes]:
     """Every byte string that reveals `value` and is redacted."""
-    return {value} | _b64_cores(value)
+    return {value} | _b64_cores(value) | _escaped_forms(value)
 
 
 @dataclass(frozen=True, slots=True)

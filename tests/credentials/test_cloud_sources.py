@@ -15,7 +15,12 @@ from sidecar.credentials.cloud_signing import CloudCredentialError
 from sidecar.credentials.cloud_sources import FAILURE_BACKOFF, REFRESH_MARGIN, CloudCredentialSource
 from sidecar.credentials.secrets import SecretStore
 from sidecar.policy.cloud_credentials import AwsWebIdentity, CloudCredential, CloudKind
-from tests.support.cloud_fakes import FakeGoogleToken, FakeSts, new_aws_credentials
+from tests.support.cloud_fakes import (
+    FakeGoogleToken,
+    FakeSts,
+    fake_endpoints,
+    new_aws_credentials,
+)
 from tests.support.fakes import BackgroundLoop
 from tests.support.keys import SecretMount
 
@@ -112,7 +117,7 @@ def test_rotated_document_is_seen_by_refresh(tmp_path: Path) -> None:
 def test_web_identity_is_cached_until_the_refresh_margin(tmp_path, sts) -> None:
     clock = Clock()
     source = CloudCredentialSource(
-        SecretStore(tmp_path), clock=clock, environ={"AWS_ENDPOINT_URL_STS": sts.url}
+        SecretStore(tmp_path), clock=clock, environ=fake_endpoints(sts.url)
     )
     credential = identity(tmp_path, "cached")
 
@@ -141,7 +146,7 @@ def test_web_identity_is_cached_until_the_refresh_margin(tmp_path, sts) -> None:
 def test_expired_web_identity_waits_for_fresh_keys(tmp_path, sts) -> None:
     clock = Clock()
     source = CloudCredentialSource(
-        SecretStore(tmp_path), clock=clock, environ={"AWS_ENDPOINT_URL_STS": sts.url}
+        SecretStore(tmp_path), clock=clock, environ=fake_endpoints(sts.url)
     )
     credential = identity(tmp_path, "expired")
 
@@ -158,7 +163,7 @@ def test_expired_web_identity_waits_for_fresh_keys(tmp_path, sts) -> None:
 def test_sts_refusal_is_a_safe_error_and_is_not_retried_at_once(tmp_path, sts) -> None:
     clock = Clock()
     store = SecretStore(tmp_path)
-    source = CloudCredentialSource(store, clock=clock, environ={"AWS_ENDPOINT_URL_STS": sts.url})
+    source = CloudCredentialSource(store, clock=clock, environ=fake_endpoints(sts.url))
     credential = identity(tmp_path, "refused")
     sts.refuse = True
     try:
@@ -194,7 +199,7 @@ def test_unreadable_token_file_is_named(tmp_path) -> None:
 def test_service_account_token_minted_cached_and_remembered(tmp_path, google) -> None:
     (tmp_path / "vertex").write_text(google.service_account())
     store = SecretStore(tmp_path)
-    source = CloudCredentialSource(store)
+    source = CloudCredentialSource(store, environ=fake_endpoints(None, google.url))
     credential = CloudCredential(CloudKind.GOOGLE_OAUTH, "vertex")
 
     async def scenario() -> None:
@@ -214,7 +219,7 @@ def test_service_account_token_minted_cached_and_remembered(tmp_path, google) ->
 
 def test_concurrent_requests_share_one_mint(tmp_path, google) -> None:
     (tmp_path / "vertex").write_text(google.service_account())
-    source = CloudCredentialSource(SecretStore(tmp_path))
+    source = CloudCredentialSource(SecretStore(tmp_path), environ=fake_endpoints(None, google.url))
     credential = CloudCredential(CloudKind.GOOGLE_OAUTH, "vertex")
 
     async def scenario() -> None:
@@ -230,7 +235,7 @@ def test_rejected_key_is_a_safe_error(tmp_path, google) -> None:
     key = json.loads(google.service_account())
     google.service_account()  # a newer key: the fake now accepts only that one
     (tmp_path / "vertex").write_text(json.dumps(key, indent=2))
-    source = CloudCredentialSource(SecretStore(tmp_path))
+    source = CloudCredentialSource(SecretStore(tmp_path), environ=fake_endpoints(None, google.url))
     with pytest.raises(CloudCredentialError, match="invalid_grant") as info:
         run(source.google_token(CloudCredential(CloudKind.GOOGLE_OAUTH, "vertex")))
     assert key["private_key"].splitlines()[1] not in str(info.value)

@@ -36,6 +36,7 @@ from tests.support.cloud_fakes import (
     FakeBedrock,
     FakeGoogleToken,
     FakeSts,
+    fake_endpoints,
     new_aws_credentials,
 )
 from tests.support.fakes import FakeProvider
@@ -146,7 +147,7 @@ def _start(start_sidecar, world: World, mode: str = "enforce") -> SidecarProcess
     return start_sidecar(
         world.policy(mode),
         extra_args=("--secrets-dir", str(world.secrets.root)),
-        env={"AWS_ENDPOINT_URL_STS": world.sts.url, "AWS_REGION": "eu-west-1"},
+        env={**fake_endpoints(world.sts.url, world.google.url), "AWS_REGION": "eu-west-1"},
     )
 
 
@@ -245,6 +246,32 @@ def test_boto3_converse_stream_is_signed_and_streams_events(cloud, world):
     assert text == "one two"
     assert events[-1]["metadata"]["usage"]["totalTokens"] == 5
     assert world.bedrock.verdicts[-1] is True
+
+
+def test_bedrock_stream_echoing_the_signing_secret_is_cut_with_an_error_boto3_reads(cloud, world):
+    """The upstream echoes the secret access key inside an event-stream frame. The text
+    redactor used to rewrite bytes inside the binary frame (a CRC error in boto3, or a
+    desynchronised stream); now the clean frames arrive, then an error frame."""
+    from botocore.exceptions import EventStreamError
+
+    mark = len(cloud.decisions)
+    reply = bedrock_client(cloud, world).converse_stream(
+        modelId="reflect-model", messages=[{"role": "user", "content": [{"text": "hi"}]}]
+    )
+    seen = []
+    with pytest.raises(EventStreamError) as cut:
+        for event in reply["stream"]:
+            seen.append(event)
+    assert cut.value.response["Error"]["Code"] == "credential_reflected"
+    assert seen and "messageStart" in seen[0]  # the frame before the key arrived intact
+    assert world.aws.secret_access_key not in json.dumps(seen)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(
+        d["reason"] == "credential_reflected" for d in cloud.decisions[mark:]
+    ):
+        time.sleep(0.05)
+    (line,) = [d for d in cloud.decisions[mark:] if d["reason"] == "credential_reflected"]
+    assert line["provider"] == "bedrock"
 
 
 def test_unsigned_gateway_request_is_signed_too(cloud, world):

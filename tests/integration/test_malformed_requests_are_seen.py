@@ -78,3 +78,38 @@ def test_request_smuggling_framing_is_not_logged_as_a_plain_allow(
     lines = lines_after(sidecar, mark)
     assert len(lines) == 1, lines
     assert lines[0]["decision"] != "allow" or "exchange failed" in lines[0].get("detail", "")
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+
+
+def test_http2_prior_knowledge_preface_to_the_explicit_listener_says_what_it_was(
+    sidecar: SidecarProcess,
+) -> None:
+    # An HTTP/2-only client (h2c prior knowledge) at the explicit listener: before,
+    # the line read as a Host-less `PRI` request or an unexplained malformed one.
+    mark = len(sidecar.decisions)
+    raw = send_raw(sidecar, H2_PREFACE)
+    assert raw.startswith(b"HTTP/1.1 403"), raw[:100]
+    lines = lines_after(sidecar, mark)
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["decision"] == "block" and line["reason"] == "protocol_not_allowed"
+    assert line["mode"] == "explicit" and line["method"] is None
+    assert "HTTP/2 prior-knowledge preface" in line["detail"]
+
+
+def test_http2_prior_knowledge_inside_a_plain_connect_tunnel_is_refused_as_such(
+    sidecar: SidecarProcess, provider
+) -> None:
+    # h2c inside a CONNECT tunnel to an allowed host: a second protocol (S5).
+    mark = len(sidecar.decisions)
+    authority = f"api.openai.com:{provider.port}"
+    raw = send_raw(
+        sidecar, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode() + H2_PREFACE
+    )
+    assert b" 403 " in raw, raw[:200]
+    lines = lines_after(sidecar, mark)
+    refused = [x for x in lines if x["reason"] == "protocol_not_allowed"]
+    assert len(refused) == 1, lines
+    assert "HTTP/2 prior-knowledge preface" in refused[0]["detail"]

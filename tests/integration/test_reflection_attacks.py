@@ -496,3 +496,31 @@ def _assert_no_key_in_outputs(sidecar: SidecarProcess) -> None:
 def test_no_key_in_any_output_after_the_hostile_upstream(keyed):
     assert any(d["reason"] == "credential_reflected" for d in keyed.decisions)
     _assert_no_key_in_outputs(keyed)
+
+
+# --- the key escaped: percent-encoding, JSON escapes, HTML entities, hex -----------------
+
+
+def test_key_reflected_percent_encoded_json_escaped_or_as_entities_is_redacted(
+    keyed, provider, test_ca_file
+):
+    from urllib.parse import unquote
+
+    control = direct(provider, test_ca_file, "/v1/reflect-forms")
+    assert unquote(control.json()["percent"]) == KEY  # the upstream really sends them
+    assert control.json()["json_escapes"] == KEY  # (JSON decodes its escapes)
+    assert unquote(control.headers["x-echo-percent"]) == KEY
+
+    mark = len(keyed.decisions)
+    with gateway(keyed) as c:
+        response = c.get(f"https://{OPENAI}:{provider.port}/v1/reflect-forms")
+    assert response.status_code == 200
+    forms = response.json()
+    assert set(forms) == {"percent", "percent_every_byte", "json_escapes", "html", "hex"}
+    for name, value in forms.items():
+        assert "[REDACTED]" in value, name
+        assert KEY not in unquote(value) and KEY not in value, name
+    assert KEY not in bytes.fromhex(forms["hex"].split("[")[0] or "").decode(errors="replace")
+    assert KEY not in unquote(response.headers["x-echo-percent"])
+    decision = wait_decision(keyed, mark, "credential_reflected")
+    assert decision["decision"] == "block"

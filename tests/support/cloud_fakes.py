@@ -183,6 +183,13 @@ class FakeBedrock(LoopbackServer):
                     },
                 ),
             ]
+        if "reflect" in request.path:
+            # A hostile or buggy upstream echoing the secret that signed the request
+            # (as a chunk's text), between two clean events.
+            host = request.headers.get("host", "").split(":", 1)[0]
+            secret = self.expect[host]()[-1].secret_access_key
+            leak = {"contentBlockIndex": 0, "delta": {"text": f"key {secret}"}}
+            events.insert(1, ("contentBlockDelta", leak))
         for event_type, payload in events:
             await response.write(event_message(event_type, payload))
         await response.write_eof()
@@ -330,3 +337,15 @@ class FakeGoogleToken(_PlainServer):
             except Exception:
                 continue
         return False
+
+
+def fake_endpoints(sts: str | None = None, *tokens: str) -> dict[str, str]:
+    """The sidecar settings that let its STS / token calls reach these loopback fakes
+    (otherwise: official endpoints only, at public addresses only)."""
+    env = {
+        "EGRESS_SIDECAR_CLOUD_TOKEN_ENDPOINTS": ",".join(tokens),
+        "EGRESS_SIDECAR_CLOUD_ENDPOINT_ADDRESSES": "127.0.0.0/8",
+    }
+    if sts:
+        env["EGRESS_SIDECAR_STS_ENDPOINT"] = sts
+    return env

@@ -135,6 +135,7 @@ class FakeProvider(LoopbackServer):
         # Hostile upstreams for the reflection guard (issue 11).
         app.router.add_get("/v1/reflect-header-name", self._reflect_header_name)
         app.router.add_get("/v1/reflect-encoded", self._reflect_encoded)
+        app.router.add_get("/v1/reflect-forms", self._reflect_forms)
         app.router.add_get("/v1/realtime", self._realtime)
         app.router.add_get("/v1/realtime-ext", self._realtime_ext)
         app.router.add_route("*", "/{tail:.*}", self._anything)
@@ -193,6 +194,24 @@ class FakeProvider(LoopbackServer):
         await self._record(request)
         key = self._credential(request)
         return web.json_response({"ok": True}, headers={key: "1", "x-control": "1"})
+
+    async def _reflect_forms(self, request: web.Request) -> web.Response:
+        """The key escaped as URLs, JSON and HTML escape it, and as hex, in the body and
+        in a header (each form is one key of the JSON body)."""
+        await self._record(request)
+        key = self._credential(request)
+        forms = {
+            "percent": "".join(c if c.isalnum() else f"%{ord(c):02X}" for c in key),
+            "percent_every_byte": "".join(f"%{ord(c):02x}" for c in key),
+            "json_escapes": "".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in key),
+            "html": "".join(f"&#{ord(c)};" for c in key),
+            "hex": key.encode().hex(),
+        }
+        body = json.dumps(forms).replace("\\\\u", "\\u")  # real JSON \u escapes
+        return web.Response(
+            body=body.encode(),
+            headers={"content-type": "application/json", "x-echo-percent": forms["percent"]},
+        )
 
     async def _reflect_encoded(self, request: web.Request) -> web.Response:
         """The key in a body compressed in the layers `?ce=gzip,br` names (applied in
