@@ -505,7 +505,7 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
         ):
             # Read as HTTP/1 it is a Host-less `PRI *` request: answered 400 before any
             # hook, and logged without saying what it was.
-            yield from self._refuse(Reason.PROTOCOL_NOT_ALLOWED, H2_PREFACE_DETAIL)
+            yield from self._answer_refusal(Reason.PROTOCOL_NOT_ALLOWED, H2_PREFACE_DETAIL)
             return
         yield from super()._handle_event(event)
         yield from self._update_phase()
