@@ -11,14 +11,15 @@ import os
 import re
 from pathlib import Path
 
+from sidecar import cpus, usage_settings
 from sidecar import limits as limits_mod
-from sidecar import usage_settings
 from sidecar.hostnames import HostError, split_host_port
 
 ENV_PREFIX = "EGRESS_SIDECAR_"
 
 DEFAULT_PROXY_LISTEN = "127.0.0.1:15080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:15020"
+MAX_WORKERS = 64  # issue 17: --workers
 
 
 def bundled_policy_dir() -> Path:
@@ -103,6 +104,7 @@ class Settings:
     usage: usage_settings.UsageSettings = dataclasses.field(
         default_factory=lambda: usage_settings.from_values({})
     )
+    workers: int = 1  # issue 17: proxy processes (see _workers below)
 
 
 # (flag, env suffix, help, repeatable)
@@ -210,7 +212,28 @@ _OPTIONS: tuple[tuple[str, str, str, bool], ...] = (
     # issue 10: HTTP/connection limits (sidecar/limits.py, docs/limits.md)
     *((flag, env, help_text, False) for flag, env, _, _, help_text in limits_mod.OPTIONS),
     *((flag, env, help_text, False) for flag, env, help_text in usage_settings.OPTIONS),
+    # issue 17: worker processes (sidecar/supervisor.py, docs/performance.md#workers)
+    (
+        "--workers",
+        "WORKERS",
+        f"proxy processes sharing the listeners, supervised as one sidecar: 1 (default), "
+        f"N (up to {MAX_WORKERS}), or 'auto': the CPUs the container may use (cgroup quota, "
+        "CPU affinity); each costs ~100 MB (docs/performance.md#workers)",
+        False,
+    ),
 )
+
+
+# issue 17: --workers (the default is 1: docs/performance.md#workers says why).
+
+
+def _workers(values: dict[str, str | list[str] | None]) -> int:
+    text = _single(values["--workers"])
+    if text is None:
+        return 1
+    if text.strip().lower() == "auto":
+        return min(cpus.available(), MAX_WORKERS)
+    return int(_number(values, "--workers", int, 1, MAX_WORKERS) or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -312,6 +335,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         limits=limits,
         decision_format=decision_format,
         usage=usage,
+        workers=_workers(values),
     )
 
 

@@ -30,7 +30,11 @@ class SidecarProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.listening: dict[str, Any] = {}
 
-    def start(self, timeout: float = 30.0) -> SidecarProcess:
+    # Generous: with --workers, three processes import mitmproxy at start, and the test
+    # machine is shared; a healthy start is seconds (one process by default).
+    START_TIMEOUT = 90.0
+
+    def start(self, timeout: float = START_TIMEOUT) -> SidecarProcess:
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,
