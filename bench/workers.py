@@ -31,6 +31,7 @@ from bench.procs import Procs
 
 WORKER_COUNTS = (1, 2)
 REUSEPORT = "sidecar-w2-reuseport"  # --accept-variants: the alternative to shared sockets
+UVLOOP = "sidecar-w1-uvloop"  # --uvloop: one worker on uvloop's event loop
 
 
 def sidecar_name(workers: int) -> str:
@@ -38,7 +39,14 @@ def sidecar_name(workers: int) -> str:
 
 
 async def measure(
-    rounds: int, seconds: float, tmp: Path, procs: Procs, log: Any, profile: bool, variants: bool
+    rounds: int,
+    seconds: float,
+    tmp: Path,
+    procs: Procs,
+    log: Any,
+    profile: bool,
+    variants: bool,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     world = C.start_world(procs, tmp)
     trimmed = C.start_trimmed(procs, world)
@@ -49,11 +57,11 @@ async def measure(
     if variants:
         from sidecar.listeners import ACCEPT_ENV
 
-        os.environ[ACCEPT_ENV] = "reuseport"
-        try:
-            sidecars.append(C.start_sidecar(procs, world, label=REUSEPORT, workers=2))
-        finally:
-            del os.environ[ACCEPT_ENV]
+        sidecars.append(_variant(procs, world, REUSEPORT, 2, ACCEPT_ENV, "reuseport"))
+    if uvloop:
+        from sidecar.runner import LOOP_ENV
+
+        sidecars.append(_variant(procs, world, UVLOOP, 1, LOOP_ENV, "uvloop"))
     C.wait_mitm(trimmed)
     everyone = [trimmed, squid, *sidecars]
     scenarios: dict[str, Any] = {}
@@ -70,6 +78,17 @@ async def measure(
         log("py-spy: sidecar --workers 1 under load")
         profiles = await profile_sidecar(sidecars[0], tmp, seconds=10)
     return {"scenarios": scenarios, "profiles": profiles}
+
+
+def _variant(
+    procs: Procs, world: C.World, label: str, workers: int, variable: str, value: str
+) -> C.Contender:
+    """A sidecar started with a measurement-only environment variable set."""
+    os.environ[variable] = value
+    try:
+        return C.start_sidecar(procs, world, label=label, workers=workers)
+    finally:
+        del os.environ[variable]
 
 
 def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +111,8 @@ def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
         "w1_added_p50_ms_c1": R.diff(p50(c1, w1), p50(c1, "trimmed")),
         "w2_added_p50_ms_c1": R.diff(p50(c1, w2), p50(c1, "trimmed")),
         "reuseport_over_w2_c32": R.ratio(rps(c32, REUSEPORT), rps(c32, w2)),
+        "uvloop_over_w1_c32": R.ratio(rps(c32, UVLOOP), rps(c32, w1)),
+        "uvloop_over_w1_c1": R.ratio(rps(c1, UVLOOP), rps(c1, w1)),
     }
 
 
@@ -144,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also 2 workers on SO_REUSEPORT sockets of their own (instead of shared ones)",
     )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also one worker on uvloop's event loop"
+    )
     parser.add_argument("--sidecar-tree", metavar="DIR", help="as for `python -m bench`")
     parser.add_argument("--output", default=str(R.RESULTS / "workers-latest.json"))
     args = parser.parse_args(argv)
@@ -162,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     load_before = R.load_average()
     try:
         measured = asyncio.run(
-            measure(args.rounds, args.seconds, tmp, procs, log, args.profile, args.accept_variants)
+            measure(
+                args.rounds,
+                args.seconds,
+                tmp,
+                procs,
+                log,
+                args.profile,
+                args.accept_variants,
+                args.uvloop,
+            )
         )
     finally:
         procs.stop_all()

@@ -87,11 +87,26 @@ def main(args: argparse.Namespace) -> int:
         if settings.workers > 1:
             from sidecar.supervisor import supervise
 
-            return asyncio.run(supervise(settings, policy))
-        return asyncio.run(serve(settings, policy))
+            return run_loop(supervise(settings, policy))
+        return run_loop(serve(settings, policy))
     except SettingsError as exc:
         emit("config_error", error=str(exc))
         return EXIT_BAD_SETTINGS
+
+
+# For measuring only (docs/performance.md, "uvloop"): "uvloop" runs the process on
+# uvloop's event loop instead of asyncio's. Not an option: asyncio's loop is what we ship.
+LOOP_ENV = "EGRESS_SIDECAR_BENCH_LOOP"
+
+
+def run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:
+    import os
+
+    if os.environ.get(LOOP_ENV) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main_coroutine)
+    return asyncio.run(main_coroutine)
 
 
 def mode_specs(settings: Settings, policy: Policy) -> tuple[list[str], dict[str, str]]:

@@ -182,7 +182,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[Any]] = []
         self.pod: PodServices | None = None
         self.usage_gate: UsageGate | None = None
-        self._early_violations: list[Any] = []  # refusals before the pipeline exists
+        self._early_violations: list[Decision] = []  # refusals before the pipeline exists
 
     # ------------------------------------------------------------------ the pod
 

@@ -248,7 +248,6 @@ def share_of(settings: Settings) -> Settings:
 
 
 def main(argv: list[str]) -> int:
-    import asyncio
     import logging
 
     from sidecar import runner
@@ -263,7 +262,7 @@ def main(argv: list[str]) -> int:
     runner.EVENT_FIELDS["worker"] = index
     link = WorkerLink(index, control, listener_fds, policy.digest)
     try:
-        return asyncio.run(runner.serve(settings, policy, link))
+        return runner.run_loop(runner.serve(settings, policy, link))
     except SettingsError as exc:
         runner.emit("config_error", error=str(exc))
         return runner.EXIT_BAD_SETTINGS
