@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -43,6 +43,11 @@ from sidecar.metering import (
 from sidecar.policy.usage_limits import FailureMode, UsagePolicy
 from sidecar.usage import USAGE_KEY, TokenUsage
 from sidecar.usage_store import BackendUnavailable, Suspension, UsageStore
+
+if TYPE_CHECKING:
+    from sidecar.addons.enforcer import EngineHolder
+    from sidecar.admin_keys import KeysApi
+    from sidecar.settings import Settings
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -320,13 +325,13 @@ def _suspended(suspension: Suspension) -> str:
 
 
 def build(
-    settings: Any,
-    holder: Any,
+    settings: Settings,
+    holder: EngineHolder,
     registry: CollectorRegistry,
     emit: Callable[..., None],
     *,
     admin: bool = True,
-) -> Any:
+) -> tuple[UsageGate, KeysApi | None]:
     """The gate over the configured store, and the admin listener's /keys API (None
     without `admin`: a worker of `run --workers N`, whose supervisor serves /keys)."""
     from sidecar.admin_keys import KeysApi, TokenUnavailable, read_admin_token
