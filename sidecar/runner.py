@@ -339,6 +339,10 @@ def addresses_text(addresses: Iterable[tuple[Any, ...]]) -> list[str]:
     return list(dict.fromkeys(f"{_bracket(str(a[0]))}:{a[1]}" for a in addresses))
 
 
+class DnsListenerError(Exception):
+    """A --dns address could not be bound (exit 1, like a proxy listener)."""
+
+
 class ProxyProcess:
     """One proxy process, built in `build()` and run by `serve()`: the whole sidecar
     (`worker` None), or one worker of a supervisor (sidecar/worker.py), which leaves
@@ -352,8 +356,8 @@ class ProxyProcess:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def build(self) -> None:
-        """Everything before mitmproxy runs. Raises SettingsError (exit 64) and OSError
-        (a --dns listener that cannot be bound: exit 1)."""
+        """Everything before mitmproxy runs. Raises SettingsError (exit 64) and
+        DnsListenerError (exit 1)."""
         from mitmproxy import options
         from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
         from mitmproxy.exceptions import OptionsError
@@ -434,7 +438,10 @@ class ProxyProcess:
         # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is
         # never loaded, so no DNS question is forwarded unless our listener resolved it.
         if self.pod is not None:
-            await self.pod.start_dns()
+            try:
+                await self.pod.start_dns()
+            except OSError as exc:
+                raise DnsListenerError(str(exc)) from None
         master.addons.add(
             enforcer,
             # After the enforcer, in this order: the request body is read once (issue 13)
@@ -530,7 +537,7 @@ async def serve(settings: Settings, policy: Policy, worker: WorkerLink | None = 
     process = ProxyProcess(settings, policy, worker)
     try:
         await process.build()
-    except OSError as exc:  # only the --dns listener binds during build
+    except DnsListenerError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
     return await process.serve()
