@@ -231,8 +231,14 @@ def has_dns_listener() -> bool:
 
 
 def start_sidecar(
-    procs: Procs, world: World, label: str = "sidecar", dns_port: int | None = None
+    procs: Procs,
+    world: World,
+    label: str = "sidecar",
+    dns_port: int | None = None,
+    workers: int = 1,
 ) -> Contender:
+    """`workers`: --workers N, when the CLI has it (one process unless a scenario is
+    about workers, so that figures compare with runs before issue 17)."""
     policy, secrets = bench_policy(world)
     args = [
         *sidecar_command(),
@@ -252,6 +258,8 @@ def start_sidecar(
         "--reverse",
         f"openai@127.0.0.1:{free_port()}",  # two :0 listeners clash
     ]
+    if "--workers" in run_help():
+        args += ["--workers", str(workers)]
     if dns_port is not None:
         args += ["--dns", f"127.0.0.1:{dns_port}"]
         if "--dns-max-qps" in run_help():  # measure the listener, not its rate limit
@@ -269,7 +277,8 @@ def start_sidecar(
             (directory / name).write_text(f"sk-bench-{name}\n")
         args += [flag, str(directory)]
     proc = procs.start(label, args, cwd=str(world.tmp), env=env)
-    banner = wait_json_line(procs.logdir / f"{label}.err", proc, "event", "listening")
+    # Generous: with workers, three processes start at once on a possibly busy machine.
+    banner = wait_json_line(procs.logdir / f"{label}.err", proc, "event", "listening", 120)
     explicit = banner["listeners"]["explicit"][0]
     host, port = explicit.rsplit(":", 1)
     target = Target(

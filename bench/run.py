@@ -332,8 +332,14 @@ def summarize_flood(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def open_streams(contender: C.Contender, count: int, world: C.World) -> dict[str, Any]:
-    """Hold `count` SSE streams open through the proxy; RSS once the fake serves them all."""
+async def open_streams(
+    contender: C.Contender,
+    count: int,
+    world: C.World,
+    while_open: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Hold `count` SSE streams open through the proxy; RSS once the fake serves them all
+    (and `while_open` called then: bench.workers_memory reads every worker's)."""
     assert contender.pid is not None
     direct = C.direct(world)
     body = json.dumps(
@@ -358,6 +364,8 @@ async def open_streams(contender: C.Contender, count: int, world: C.World) -> di
             await asyncio.sleep(0.25)
         await asyncio.sleep(1.0)
         during = memory(contender.pid)
+        if while_open is not None:
+            while_open()
     finally:
         for conn in conns:
             conn.close()

@@ -19,10 +19,12 @@ class AdminServer:
         registry: CollectorRegistry,
         readiness: Callable[[], dict[str, bool]],
         keys: Any = None,
+        info: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._keys = keys  # issue 15: /keys, behind a token (sidecar/admin_keys.py)
         self._registry = registry
         self._readiness = readiness
+        self._info = info  # what /readyz says beside its checks (the live policy, workers)
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
@@ -63,8 +65,11 @@ class AdminServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         checks = self._readiness()
         ready = all(checks.values())
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if self._info is not None:
+            body.update(self._info())
         return web.Response(
             status=200 if ready else 503,
-            text=json.dumps({"ready": ready, "checks": checks}) + "\n",
+            text=json.dumps(body) + "\n",
             content_type="application/json",
         )

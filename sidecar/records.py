@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
@@ -24,6 +24,9 @@ _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 # *_created series double the exposition for no use to alerting rules.
 disable_created_metrics()
+# Gauges say multiprocess_mode="livemax": with --workers only the supervisor sets them
+# (workers leave theirs at 0), and a dead process's value must not linger. Ignored in
+# one process.
 
 
 class Metrics:
@@ -45,16 +48,19 @@ class Metrics:
             "egress_sidecar_policy_last_reload_success",
             "1 if the last policy (re)load succeeded, 0 if the last good policy is kept.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.policy_loaded_at = Gauge(
             "egress_sidecar_policy_loaded_timestamp_seconds",
             "When the policy in force was loaded.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.policy_endpoints = Gauge(
             "egress_sidecar_policy_endpoints",
             "Number of endpoints in the policy in force.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.dns_errors = Counter(
             "egress_sidecar_upstream_dns_errors",
@@ -78,6 +84,7 @@ class Metrics:
             "egress_sidecar_ready",
             "1 once the policy is loaded and every listener is bound.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self._providers: frozenset[str] = frozenset()
 
@@ -95,6 +102,57 @@ class Metrics:
         ).inc()
 
 
+class CredentialMetrics:
+    """Provider keys added, secret rotations seen, and which policy secrets have a value
+    (sidecar.runner.credential_layer feeds them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.injections = Counter(
+            "egress_sidecar_credential_injections",
+            "Provider keys added.",
+            ["provider"],
+            registry=registry,
+        )
+        self.changes = Counter(
+            "egress_sidecar_secret_changes",
+            "Secret value changes seen (rotations), by policy secret name.",
+            ["secret"],
+            registry=registry,
+        )
+        self.available = Gauge(
+            "egress_sidecar_secret_available",
+            "1 if the secret a provider's credential names has a usable value.",
+            ["secret"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+
+
+class WorkerMetrics:
+    """`run --workers N` (sidecar/supervisor.py): the supervisor's own series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.running = Gauge(
+            "egress_sidecar_workers",
+            "Proxy worker processes running and ready (--workers).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.restarts = Counter(
+            "egress_sidecar_worker_restarts",
+            "Worker processes restarted after they died.",
+            registry=registry,
+        )
+
+
+class LineStream(Protocol):
+    """Where decision lines go: stdout, or a worker's stream to its supervisor."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class DecisionLog:
     """One JSON object per line on stdout (or another stream).
 
@@ -104,7 +162,7 @@ class DecisionLog:
 
     def __init__(
         self,
-        stream: TextIO | None = None,
+        stream: LineStream | None = None,
         render: Callable[[Decision], dict[str, Any]] | None = None,
         on_lost: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -116,6 +174,15 @@ class DecisionLog:
 
     def record(self, decision: Decision) -> None:
         self.write(self._render(decision))
+
+    def write_lines(self, data: bytes) -> None:
+        """Whole lines already encoded (a worker's, relayed by the supervisor), through
+        the same writer as this process's own lines: never interleaved, never blocking."""
+        if self._writer is not None:
+            self._writer.write(data)
+        elif self._stream is not None:
+            self._stream.write(data.decode())
+            self._stream.flush()
 
     def write(self, record: dict[str, Any]) -> None:
         line = _LINE_ENCODER.encode(record) + "\n"

@@ -16,14 +16,30 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar import settings as settings_mod
-from sidecar.decision import iso_time
+from sidecar.decision import Decision, iso_time
 from sidecar.hostnames import IPAddress
 from sidecar.memory import pin_mmap_threshold
 from sidecar.settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # the runtime imports are in the builder: `--help` loads no mitmproxy
+    from mitmproxy.options import Options
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.addons.credentials import CredentialLayer
+    from sidecar.addons.enforcer import EngineHolder
+    from sidecar.admin import AdminServer
+    from sidecar.admin_keys import KeysApi
+    from sidecar.alerts import AlertPipeline
+    from sidecar.dns_server import DnsServer
+    from sidecar.policy.model import Policy
+    from sidecar.records import Metrics, Recorder
+    from sidecar.resolver import Resolver
+    from sidecar.worker import WorkerLink
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -35,9 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings_mod.add_arguments(parser)
 
 
+type Background = Callable[[], Coroutine[Any, Any, None]]  # a task run while serving
+
+# Fields every event of this process carries (a worker's number, sidecar/worker.py).
+EVENT_FIELDS: dict[str, Any] = {}
+
+
 def emit(event: str, **fields: Any) -> None:
     """Operational events (not decisions) as JSON lines on stderr."""
     record = {"time": iso_time(time.time()), "event": event}
+    record.update(EVENT_FIELDS)
     record.update(fields)
     sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
     sys.stderr.flush()
@@ -63,13 +86,32 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_POLICY
     pin_mmap_threshold()  # freed body buffers leave the RSS (sidecar/memory.py)
     try:
-        return asyncio.run(_serve(settings, policy))
+        if settings.workers > 1:
+            from sidecar.supervisor import supervise
+
+            return run_loop(supervise(settings, policy))
+        return run_loop(serve(settings, policy))
     except SettingsError as exc:
         emit("config_error", error=str(exc))
         return EXIT_BAD_SETTINGS
 
 
-def mode_specs(settings: Settings, policy: Any) -> tuple[list[str], dict[str, str]]:
+# For measuring only (docs/performance.md, "uvloop"): "uvloop" runs the process on
+# uvloop's event loop instead of asyncio's. Not an option: asyncio's loop is what we ship.
+LOOP_ENV = "EGRESS_SIDECAR_BENCH_LOOP"
+
+
+def run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:
+    import os
+
+    if os.environ.get(LOOP_ENV) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main_coroutine)
+    return asyncio.run(main_coroutine)
+
+
+def mode_specs(settings: Settings, policy: Policy) -> tuple[list[str], dict[str, str]]:
     """mitmproxy mode specs for our listeners, and a label for each (for the banner)."""
     specs: list[str] = []
     labels: dict[str, str] = {}
@@ -135,51 +177,59 @@ def own_addresses(settings: Settings) -> set[IPAddress]:
     return {a for a in found if not a.is_unspecified}
 
 
-async def _serve(settings: Settings, policy: Any) -> int:
-    from mitmproxy import options
-    from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
-    from mitmproxy.exceptions import OptionsError
-    from mitmproxy.master import Master
-    from prometheus_client import CollectorRegistry
+class PolicySwitch:
+    """Swap in a new policy (`applied`), or keep the last good one (`rejected`).
 
-    from sidecar.addons import error_pages
-    from sidecar.addons.client_tls import ClientTlsFailures
-    from sidecar.addons.dlp import RequestDlp
-    from sidecar.addons.enforcer import Enforcer, EngineHolder
-    from sidecar.addons.informational import install as drop_informational_responses
-    from sidecar.addons.request_inspection import RequestInspection
-    from sidecar.admin import AdminServer
-    from sidecar.dns_server import start_dns_server
-    from sidecar.engine import PolicyEngine
-    from sidecar.ocsf import to_ocsf
-    from sidecar.policy.loader import load_policy
-    from sidecar.records import DecisionLog, Metrics, Recorder
-    from sidecar.reload import PolicyWatcher
-    from sidecar.resolver import ERROR_KINDS, Resolver
+    `report` is off in a worker (its supervisor counts and announces reloads once for
+    the pod); `then` runs after validation and before the swap (the supervisor hands
+    the policy to its workers there)."""
 
-    error_pages.install()  # our JSON in place of mitmproxy's own HTML error pages
-    specs, labels = mode_specs(settings, policy)
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    own = own_addresses(settings)
-    holder = EngineHolder(PolicyEngine(policy, own))
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[str],
+        own: set[IPAddress],
+        holder: EngineHolder,
+        metrics: Metrics,
+        *,
+        report: bool = True,
+        then: Callable[[Policy], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._specs = specs
+        self._own = own
+        self._holder = holder
+        self._metrics = metrics
+        self._report = report
+        self._then = then
+        self._first = True  # the starting policy is a load, not a reload
 
-    def applied(new_policy: Any) -> None:
+    def applied(self, new_policy: Policy) -> None:
+        from sidecar.engine import PolicyEngine
+
         # Validate everything before swapping anything: a raise here is a rejected reload
         # with the last good policy untouched. Reverse listeners name providers and are
         # bound once: a policy that drops one, or moves its target, is refused.
-        new_specs, _ = mode_specs(settings, new_policy)
-        if new_specs != specs:
-            moved = sorted(set(specs) - set(new_specs))
+        new_specs, _ = mode_specs(self._settings, new_policy)
+        if new_specs != self._specs:
+            moved = sorted(set(self._specs) - set(new_specs))
             raise SettingsError(
                 f"listener {moved[0]} would change; listeners are fixed at "
                 "start (keep its provider's host and port, or restart)"
             )
-        engine = PolicyEngine(new_policy, own)
+        engine = PolicyEngine(new_policy, self._own)
+        if self._then is not None:
+            self._then(new_policy)
         providers = frozenset(e.provider for e in new_policy.endpoints if e.provider)
-        holder.engine = engine
+        self._holder.engine = engine
+        metrics = self._metrics
         metrics.set_providers(providers)
-        metrics.reloads.labels("success").inc()
+        if not self._report:
+            return
+        if self._first:
+            self._first = False
+        else:
+            metrics.reloads.labels("success").inc()
         metrics.reload_ok.set(1)
         metrics.policy_loaded_at.set(time.time())
         metrics.policy_endpoints.set(len(new_policy.endpoints))
@@ -191,169 +241,328 @@ async def _serve(settings: Settings, policy: Any) -> int:
             files=list(new_policy.files),
         )
 
-    def rejected(exc: Exception) -> None:
-        metrics.reloads.labels("failure").inc()
-        metrics.reload_ok.set(0)
-        emit("policy_reload_rejected", error=str(exc), kept=holder.engine.policy.digest[:12])
+    def rejected(self, exc: Exception) -> None:
+        self._metrics.reloads.labels("failure").inc()
+        self._metrics.reload_ok.set(0)
+        kept = self._holder.engine.policy.digest[:12]
+        emit("policy_reload_rejected", error=str(exc), kept=kept)
 
-    applied(policy)
-    metrics.reloads.clear()  # the first load is not a reload
 
-    credentials, credential_tasks = _credential_layer(settings, policy, registry, holder)
-    decision_log = DecisionLog(
-        render=to_ocsf if settings.decision_format == "ocsf" else None,
-        on_lost=metrics.decision_lines_lost.inc,
-    )
-    recorder = Recorder(
-        [decision_log.record, metrics.record],
-        on_error=lambda m: emit("error", error=m),
-        scrub=credentials.scrub,
-    )
-    alerts = _alert_pipeline(settings, registry)
-    recorder.add(alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
+class PodServices:
+    """What a pod has once, however many proxy processes serve it: the alert pipeline,
+    the DNS listener, the policy watcher, the admin endpoint and the `listening`
+    announcement. In one process (`--workers 1`) they live beside mitmproxy; with
+    workers, in the supervisor (sidecar/supervisor.py)."""
 
-    opts = options.Options()
-    master = Master(opts, event_loop=asyncio.get_running_loop())
-    drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
-    for kind in ERROR_KINDS:
-        metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
-    resolver = Resolver(
-        settings.resolver, on_error=lambda kind: metrics.dns_errors.labels(kind).inc()
-    )
-    from sidecar.addons.h2_guard import H2HostMismatches
-    from sidecar.addons.limits import LimitsAddon
-    from sidecar.pacing import RefusalPacer
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        holder: EngineHolder,
+        recorder: Recorder,
+        resolver: Resolver,
+        switch: PolicySwitch,
+    ) -> None:
+        from sidecar.policy.loader import load_policy
+        from sidecar.reload import PolicyWatcher
 
-    pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
-    from sidecar.addons import usage
+        self.settings = settings
+        self.registry = registry
+        self.holder = holder
+        self.recorder = recorder
+        self.resolver = resolver
+        self.alerts = alert_pipeline(settings, registry)
+        recorder.add(self.alerts.submit)  # S9: every refusal reaches alerting (it drops allows)
+        self.watcher = PolicyWatcher(
+            settings.policies,
+            load_policy,
+            switch.applied,
+            switch.rejected,
+            settings.reload_interval,
+        )
+        self.watcher.prime()
+        self.reverse_secrets = _reverse_secrets(settings, holder)
+        self.dns_server: DnsServer | None = None
+        self.admin: AdminServer | None = None
+        self.admin_address: tuple[str, int] = ("", 0)
+        self._tasks: list[asyncio.Task[None]] = []
 
-    usage_gate, keys_api = usage.build(settings, holder, registry, emit)  # issue 15
-    ps = proxyserver.Proxyserver()
-    limits = LimitsAddon(settings.limits, recorder, ps)  # issue 10: HTTP/connection limits
-    credentials.decode_budget = limits.decoded  # issue 10: decoded bytes, all responses
-    enforcer = Enforcer(
-        holder,
-        resolver,
-        recorder,
-        credentials,
-        pacer,
-        H2HostMismatches.install(),
-        limit_check=limits.check_request,
-        usage_gate=usage_gate.gate,
-    )
-    # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is never
-    # loaded, so no DNS question is forwarded unless our listener resolved it itself.
+    async def start_dns(self) -> None:
+        """Raises OSError when a --dns address cannot be bound."""
+        from sidecar.dns_server import start_dns_server
+
+        self.dns_server = await start_dns_server(
+            self.settings, self.holder, self.resolver, self.recorder, self.registry
+        )
+
+    def dns_running(self) -> bool:
+        return self.dns_server is not None and self.dns_server.is_running
+
+    async def start_admin(
+        self,
+        readiness: Callable[[], dict[str, bool]],
+        exposed: CollectorRegistry,
+        keys: KeysApi | None,
+        info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        from sidecar.admin import AdminServer
+
+        self.admin = AdminServer(exposed, readiness, keys=keys, info=info)
+        self.admin_address = await self.admin.start(*self.settings.admin_listen)
+
+    async def running(self, listeners: dict[str, list[str]], background: list[Background]) -> None:
+        if self.dns_server is not None and self.dns_server.listen_addrs:
+            listeners["dns"] = [f"{_bracket(h)}:{p}" for h, p in self.dns_server.listen_addrs]
+        host, port = self.admin_address
+        emit(
+            "listening",
+            listeners=listeners,
+            admin=f"{_bracket(host)}:{port}",
+            ca_cert=str(Path(self.settings.ca_dir).absolute() / "mitmproxy-ca-cert.pem"),
+            resolver=self.resolver.nameservers,
+            mode=self.holder.engine.policy.mode.value,
+        )
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
+        self._tasks.extend(asyncio.create_task(t(), name="background") for t in background)
+        await self.alerts.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.alerts.stop()
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.dns_server is not None:
+            await self.dns_server.stop()
+
+
+def addresses_text(addresses: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Listener addresses as HOST:PORT, each once (a listener can hold TCP and UDP)."""
+    return list(dict.fromkeys(f"{_bracket(str(a[0]))}:{a[1]}" for a in addresses))
+
+
+class DnsListenerError(Exception):
+    """A --dns address could not be bound (exit 1, like a proxy listener)."""
+
+
+class ProxyProcess:
+    """One proxy process, built in `build()` and run by `serve()`: the whole sidecar
+    (`worker` None), or one worker of a supervisor (sidecar/worker.py), which leaves
+    what the pod has once (PodServices) to its supervisor."""
+
+    def __init__(self, settings: Settings, policy: Policy, worker: WorkerLink | None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.worker = worker
+        self.pod: PodServices | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def build(self) -> None:
+        """Everything before mitmproxy runs. Raises SettingsError (exit 64) and
+        DnsListenerError (exit 1)."""
+        from mitmproxy import options
+        from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
+        from mitmproxy.exceptions import OptionsError
+        from mitmproxy.master import Master
+        from prometheus_client import CollectorRegistry
+
+        from sidecar.addons import error_pages, usage
+        from sidecar.addons.client_tls import ClientTlsFailures
+        from sidecar.addons.dlp import RequestDlp
+        from sidecar.addons.enforcer import Enforcer, EngineHolder
+        from sidecar.addons.h2_guard import H2HostMismatches
+        from sidecar.addons.informational import install as drop_informational_responses
+        from sidecar.addons.limits import LimitsAddon
+        from sidecar.addons.request_inspection import RequestInspection
+        from sidecar.addons.responses import ResponseInspection
+        from sidecar.engine import PolicyEngine
+        from sidecar.ocsf import to_ocsf
+        from sidecar.pacing import RefusalPacer
+        from sidecar.records import DecisionLog, Metrics, Recorder
+        from sidecar.resolver import ERROR_KINDS, Resolver
+
+        settings, worker = self.settings, self.worker
+        error_pages.install()  # our JSON in place of mitmproxy's own HTML error pages
+        self.specs, self.labels = mode_specs(settings, self.policy)
+        self.registry = CollectorRegistry()
+        self.metrics = metrics = Metrics(self.registry)
+        own = own_addresses(settings)
+        self.holder = holder = EngineHolder(PolicyEngine(self.policy, own))
+        self.switch = PolicySwitch(
+            settings, self.specs, own, holder, metrics, report=worker is None
+        )
+        self.switch.applied(self.policy)
+
+        self.credentials, self.credential_tasks = credential_layer(
+            settings, self.registry, holder, report=worker is None
+        )
+        render = to_ocsf if settings.decision_format == "ocsf" else Decision.as_log_record
+        decision_log = DecisionLog(
+            worker.decision_stream if worker else None,
+            render=render,
+            on_lost=metrics.decision_lines_lost.inc,
+        )
+        sinks: list[Callable[[Decision], None]] = [decision_log.record, metrics.record]
+        if worker is not None:  # alerting is the supervisor's, told before the line is out
+            sinks.insert(0, worker.forward_violation)
+        self.recorder = recorder = Recorder(
+            sinks, on_error=lambda m: emit("error", error=m), scrub=self.credentials.scrub
+        )
+
+        opts = options.Options()
+        self.master = master = Master(opts, event_loop=asyncio.get_running_loop())
+        drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
+        for kind in ERROR_KINDS:
+            metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
+        resolver = Resolver(
+            settings.resolver, on_error=lambda kind: metrics.dns_errors.labels(kind).inc()
+        )
+        if worker is None:
+            self.pod = PodServices(settings, self.registry, holder, recorder, resolver, self.switch)
+        else:
+            await worker.attach()
+        pacer = RefusalPacer(settings.refusal_rate, on_paced=metrics.refusals_paced.inc)
+        # issue 15; with workers, the supervisor serves /keys over the same store
+        self.usage_gate, self.keys_api = usage.build(
+            settings, holder, self.registry, emit, admin=worker is None
+        )
+        if worker is not None:
+            worker.usage_gate = self.usage_gate
+        self.ps = proxyserver.Proxyserver()
+        limits = LimitsAddon(settings.limits, recorder, self.ps)  # issue 10
+        self.credentials.decode_budget = limits.decoded  # issue 10: decoded bytes, all responses
+        enforcer = Enforcer(
+            holder,
+            resolver,
+            recorder,
+            self.credentials,
+            pacer,
+            H2HostMismatches.install(),
+            limit_check=limits.check_request,
+            usage_gate=self.usage_gate.gate,
+        )
+        # Order matters (docs/mitmproxy-traps.md): ours first; mitmproxy's dns_resolver is
+        # never loaded, so no DNS question is forwarded unless our listener resolved it.
+        if self.pod is not None:
+            try:
+                await self.pod.start_dns()
+            except OSError as exc:
+                raise DnsListenerError(str(exc)) from None
+        master.addons.add(
+            enforcer,
+            self.credentials,  # S7: its hooks run right after the enforcer's
+            # After the enforcer, in this order: the request body is read once (issue 13)
+            # and its document handed on to the response inspector (issue 14).
+            RequestInspection(holder, recorder, self.registry),
+            ResponseInspection(holder, recorder, self.credentials, self.registry),
+            self.ps,
+            next_layer.NextLayer(),
+            limits,
+            tlsconfig.TlsConfig(),
+            errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        )
+        master.addons.add(ClientTlsFailures(self.registry, emit))  # issue 20
+        master.addons.add(RequestDlp(holder, self.credentials.store, self.registry))  # issue 13
+        master.addons.add(self.usage_gate)  # issue 15: last, after the response readers
+        Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _configure(opts, settings, self.specs)
+        except OptionsError as exc:
+            raise SettingsError(str(exc)) from None
+        if self.pod is not None:
+            await self.pod.start_admin(self.readiness, self.registry, self.keys_api)
+        master.addons.add(Lifecycle(self))
+
+    def listeners_bound(self) -> bool:
+        return self.ps.is_running and all(s.is_running for s in self.ps.servers)
+
+    def readiness(self) -> dict[str, bool]:
+        assert self.pod is not None
+        return {
+            "policy_loaded": self.holder.engine is not None,
+            "listeners_bound": self.listeners_bound() and self.pod.dns_running(),
+            # A reverse listener exists to reach its provider: without its key, not ready.
+            "reverse_listener_keys": not self.credentials.store.missing(self.pod.reverse_secrets()),
+        }
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.master.run()
+        finally:
+            emit("stopped")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        emit("signal", signal=sig.name)
+        self.master.shutdown()  # no draining in mitmproxy: stop accepting, finish the loop
+
+    async def running(self) -> None:
+        if self.worker is not None:
+            self.tasks.extend(
+                asyncio.create_task(t(), name="credential-refresh") for t in self.credential_tasks
+            )
+            await self.worker.running(
+                self.switch.applied, self.master.shutdown, self.listeners_bound
+            )
+            return
+        assert self.pod is not None
+        listeners: dict[str, list[str]] = {}
+        for server in self.ps.servers:
+            label = self.labels.get(server.mode.full_spec, server.mode.full_spec)
+            listeners[label] = addresses_text(server.listen_addrs)
+        self.metrics.ready.set(1)
+        await self.pod.running(listeners, self.credential_tasks)
+
+    async def done(self) -> None:
+        self.metrics.ready.set(0)
+        for task in self.tasks:
+            task.cancel()
+        if self.pod is not None:
+            await self.pod.stop()
+        if self.worker is not None:
+            await self.worker.stop()
+
+
+class Lifecycle:
+    """mitmproxy addon: the process's `running` and `done` (a plain object, so that
+    mitmproxy sees these two hooks and nothing else of ProxyProcess)."""
+
+    def __init__(self, process: ProxyProcess) -> None:
+        self._process = process
+
+    async def running(self) -> None:
+        await self._process.running()
+
+    async def done(self) -> None:
+        await self._process.done()
+
+
+async def serve(settings: Settings, policy: Policy, worker: WorkerLink | None = None) -> int:
+    process = ProxyProcess(settings, policy, worker)
     try:
-        dns_server = await start_dns_server(settings, holder, resolver, recorder, registry)
-    except OSError as exc:
+        await process.build()
+    except DnsListenerError as exc:
         emit("error", error=f"--dns listener could not be bound: {exc}")
         return 1
-    from sidecar.addons.responses import ResponseInspection
-
-    master.addons.add(
-        enforcer,
-        credentials,  # S7: its hooks run right after the enforcer's (addons/credentials.py)
-        # After the enforcer, in this order: the request body is read once (issue 13) and
-        # its document handed on to the response inspector (issue 14).
-        RequestInspection(holder, recorder, registry),
-        ResponseInspection(holder, recorder, credentials, registry),
-        ps,
-        next_layer.NextLayer(),
-        limits,
-        tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
-    )
-    master.addons.add(ClientTlsFailures(registry, emit))  # issue 20: clients rejecting our CA
-    master.addons.add(RequestDlp(holder, credentials.store, registry))  # issue 13: request DLP
-    master.addons.add(usage_gate)  # issue 15: last, after the response readers (issue 14)
-    Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        _configure(opts, settings, specs)
-    except OptionsError as exc:
-        raise SettingsError(str(exc)) from None
-
-    watcher = PolicyWatcher(
-        settings.policies, load_policy, applied, rejected, settings.reload_interval
-    )
-    watcher.prime()
-    reverse_secrets = _reverse_secrets(settings, holder)
-    admin = AdminServer(
-        registry,
-        lambda: {
-            "policy_loaded": holder.engine is not None,
-            "listeners_bound": ps.is_running
-            and all(s.is_running for s in ps.servers)
-            and dns_server.is_running,
-            # A reverse listener exists to reach its provider: without its key, not ready.
-            "reverse_listener_keys": not credentials.store.missing(reverse_secrets()),
-        },
-        keys=keys_api,
-    )
-    admin_address = await admin.start(*settings.admin_listen)
-
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        emit("signal", signal=sig.name)
-        master.shutdown()  # no draining in mitmproxy: stop accepting, finish the loop
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    tasks: list[asyncio.Task[None]] = []
-
-    class Lifecycle:
-        async def running(self) -> None:
-            listeners: dict[str, list[str]] = {}
-            for server in ps.servers:
-                label = labels.get(server.mode.full_spec, server.mode.full_spec)
-                # A listener can hold a TCP and a UDP socket on one address: list it once.
-                addresses = [f"{_bracket(str(a[0]))}:{a[1]}" for a in server.listen_addrs]
-                listeners[label] = list(dict.fromkeys(addresses))
-            if dns_server.listen_addrs:
-                listeners["dns"] = [f"{_bracket(h)}:{p}" for h, p in dns_server.listen_addrs]
-            metrics.ready.set(1)
-            emit(
-                "listening",
-                listeners=listeners,
-                admin=f"{_bracket(admin_address[0])}:{admin_address[1]}",
-                ca_cert=str(Path(settings.ca_dir).absolute() / "mitmproxy-ca-cert.pem"),
-                resolver=resolver.nameservers,
-                mode=holder.engine.policy.mode.value,
-            )
-            tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
-            tasks.extend(
-                asyncio.create_task(t(), name="credential-refresh") for t in credential_tasks
-            )
-            await alerts.start()
-
-        async def done(self) -> None:
-            metrics.ready.set(0)
-            for task in tasks:
-                task.cancel()
-            await alerts.stop()
-            await admin.stop()
-            await dns_server.stop()
-
-    master.addons.add(Lifecycle())
-    try:
-        await master.run()
-    finally:
-        emit("stopped")
-    return 0
+    return await process.serve()
 
 
-def _credential_layer(
-    settings: Settings, policy: Any, registry: Any, holder: Any
-) -> tuple[Any, list[Any]]:
-    """Secret store, virtual keys and their refresh loop (every 250 ms: rotation < 1 s)."""
+def credential_layer(
+    settings: Settings, registry: CollectorRegistry, holder: EngineHolder, *, report: bool = True
+) -> tuple[CredentialLayer, list[Background]]:
+    """Secret store, virtual keys and their refresh loop (every 250 ms: rotation < 1 s).
+
+    Without `report` (a worker), rotations, availability and virtual key reloads are
+    neither counted nor announced: the supervisor's own refresh loop does that once."""
     import os
-
-    from prometheus_client import Counter, Gauge
 
     from sidecar.addons.credentials import CredentialLayer
     from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
     from sidecar.credentials.cloud_sources import CloudCredentialSource
+    from sidecar.records import CredentialMetrics
 
     store = SecretStore(
         settings.secrets_dir, environ=os.environ if settings.secrets_from_env else None
@@ -362,41 +571,28 @@ def _credential_layer(
         virtual_keys = VirtualKeySource(settings.virtual_keys) if settings.virtual_keys else None
     except (VirtualKeyError, OSError) as exc:
         raise SettingsError(f"virtual keys file rejected:\n{exc}") from None
-    injections = Counter(
-        "egress_sidecar_credential_injections",
-        "Provider keys added.",
-        ["provider"],
-        registry=registry,
-    )
-    changes = Counter(
-        "egress_sidecar_secret_changes",
-        "Secret value changes seen (rotations), by policy secret name.",
-        ["secret"],
-        registry=registry,
-    )
-    available = Gauge(
-        "egress_sidecar_secret_available",
-        "1 if the secret a provider's credential names has a usable value.",
-        ["secret"],
-        registry=registry,
-    )
+    counted = CredentialMetrics(registry)
 
     def policy_secrets() -> set[str]:
         return {e.secret_name for e in holder.engine.policy.endpoints if e.secret_name}
 
     def update_available() -> None:
+        if not report:
+            return
         names = policy_secrets()
         missing = store.missing(names)
         for name in names:
-            available.labels(name).set(0 if name in missing else 1)
+            counted.available.labels(name).set(0 if name in missing else 1)
 
     def injected(provider: str | None) -> None:
-        injections.labels(provider or "none").inc()  # providers come from the policy
+        counted.injections.labels(provider or "none").inc()  # providers come from the policy
 
     def changed(names: set[str]) -> None:
+        if not report:
+            return
         known = policy_secrets()
         for name in names:
-            changes.labels(name if name in known else "other").inc()
+            counted.changes.labels(name if name in known else "other").inc()
         emit(
             "secrets_changed",
             secrets=sorted(n for n in names if n in known),
@@ -409,10 +605,11 @@ def _credential_layer(
             await asyncio.to_thread(layer.refresh)
             if virtual_keys is not None:
                 try:
-                    if await asyncio.to_thread(virtual_keys.refresh):
+                    if await asyncio.to_thread(virtual_keys.refresh) and report:
                         emit("virtual_keys_loaded")
                 except (VirtualKeyError, OSError) as exc:
-                    emit("virtual_keys_rejected", error=str(exc)[:500])
+                    if report:
+                        emit("virtual_keys_rejected", error=str(exc)[:500])
             update_available()
 
     cloud = CloudCredentialSource(store, ca_bundle=upstream_trust_bundle(settings.upstream_ca))
@@ -421,7 +618,7 @@ def _credential_layer(
     )
     update_available()
     missing = sorted(store.missing(policy_secrets()))
-    if missing:
+    if missing and report:
         emit(
             "secrets_missing",
             secrets=missing,
@@ -430,7 +627,7 @@ def _credential_layer(
     return layer, [refresh_loop]
 
 
-def _reverse_secrets(settings: Settings, holder: Any) -> Any:
+def _reverse_secrets(settings: Settings, holder: EngineHolder) -> Callable[[], set[str]]:
     def names() -> set[str]:
         found = set()
         for reverse in settings.reverse:
@@ -442,7 +639,7 @@ def _reverse_secrets(settings: Settings, holder: Any) -> Any:
     return names
 
 
-def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:
+def _configure(opts: Options, settings: Settings, specs: list[str]) -> None:
     opts.update(
         mode=specs,
         confdir=settings.ca_dir,
@@ -463,7 +660,7 @@ def _configure(opts: Any, settings: Settings, specs: list[str]) -> None:
     )
 
 
-def _alert_pipeline(settings: Settings, registry: Any) -> Any:
+def alert_pipeline(settings: Settings, registry: CollectorRegistry) -> AlertPipeline:
     """Alert grouping and delivery; a bad alerts config stops the start like a bad policy."""
     import os
 

@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sidecar import cpus, usage_settings
 from sidecar import limits as limits_mod
-from sidecar import usage_settings
 from sidecar.hostnames import HostError, split_host_port
 
 ENV_PREFIX = "EGRESS_SIDECAR_"
 
 DEFAULT_PROXY_LISTEN = "127.0.0.1:15080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:15020"
+MAX_WORKERS = 64  # issue 17: --workers
 
 
 def bundled_policy_dir() -> Path:
@@ -242,6 +243,13 @@ def _number(kind: type[int] | type[float], low: float, high: float) -> Callable[
     return parse
 
 
+def _workers(flag: str, text: str) -> int:
+    """`auto`: the CPUs the container may use; else a count."""
+    if text.strip().lower() == "auto":
+        return min(cpus.available(), MAX_WORKERS)
+    return int(_number(int, 1, MAX_WORKERS)(flag, text))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """Every runtime option, each declared once: its field says the flag, the variable,
@@ -379,6 +387,16 @@ class Settings:
         usage_settings.OPTIONS,
         usage_settings.from_values,
         usage_settings.UsageSettingsError,
+    )
+    # issue 17: worker processes (sidecar/supervisor.py); docs/performance.md#workers
+    # says why the default is 1
+    workers: int = option(
+        "--workers",
+        "proxy processes sharing the listeners, supervised as one sidecar: 1 (default), "
+        f"N (up to {MAX_WORKERS}), or 'auto': the CPUs the container may use (cgroup quota, "
+        "CPU affinity); each costs ~100 MB (docs/performance.md#workers)",
+        parse=_workers,
+        default="1",
     )
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -43,6 +43,11 @@ from sidecar.metering import (
 from sidecar.policy.usage_limits import FailureMode, UsagePolicy
 from sidecar.usage import USAGE_KEY, TokenUsage
 from sidecar.usage_store import BackendUnavailable, Suspension, UsageStore
+
+if TYPE_CHECKING:
+    from sidecar.addons.enforcer import EngineHolder
+    from sidecar.admin_keys import KeysApi
+    from sidecar.settings import Settings
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -70,11 +75,14 @@ class UsageGate:
         self._models: dict[str, ModelTally] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.backend_up = True
+        # Told when an admin resumes a tenant (with --workers: every worker forgets too).
+        self.on_resume: Callable[[str], None] | None = None
         self._up = Gauge(
             "egress_sidecar_usage_backend_up",
             "1 while the usage-limit backend answers (local state file or Redis).",
             ["backend"],
             registry=registry,
+            multiprocess_mode="livemin",  # with --workers: 0 if any process lost it
         ).labels(store.name)
         self._up.set(1)
         self._failures = Counter(
@@ -297,10 +305,16 @@ class UsageGate:
 
     async def resume(self, tenant: str) -> bool:
         resumed = await self.store.resume(tenant, self._clock())
-        self._baselines.pop(tenant, None)  # the burst must not become the new normal
+        self.forget(tenant)
+        if self.on_resume is not None:
+            self.on_resume(tenant)
         if resumed:
             self._emit("key_resumed", tenant=tenant)
         return resumed
+
+    def forget(self, tenant: str) -> None:
+        """A resumed tenant's burst must not become its new normal."""
+        self._baselines.pop(tenant, None)
 
 
 def _suspended(suspension: Suspension) -> str:
@@ -311,9 +325,15 @@ def _suspended(suspension: Suspension) -> str:
 
 
 def build(
-    settings: Any, holder: Any, registry: CollectorRegistry, emit: Callable[..., None]
-) -> Any:
-    """The gate over the configured store, and the admin listener's /keys API."""
+    settings: Settings,
+    holder: EngineHolder,
+    registry: CollectorRegistry,
+    emit: Callable[..., None],
+    *,
+    admin: bool = True,
+) -> tuple[UsageGate, KeysApi | None]:
+    """The gate over the configured store, and the admin listener's /keys API (None
+    without `admin`: a worker of `run --workers N`, whose supervisor serves /keys)."""
     from sidecar.admin_keys import KeysApi, TokenUnavailable, read_admin_token
     from sidecar.settings import SettingsError
     from sidecar.usage_settings import UsageSettingsError
@@ -330,6 +350,8 @@ def build(
     else:
         store = LocalStore(options.state_dir)
     gate = UsageGate(lambda: holder.engine, store, registry, emit)
+    if not admin:
+        return gate, None
     token: str | None = None
     try:
         token = read_admin_token(options.admin_token_file, create=True)

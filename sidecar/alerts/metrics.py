@@ -38,7 +38,11 @@ class AlertMetrics:
             registry=registry,
         )
         self.active = Gauge(
-            p + "active", "Alerts currently firing (grouped).", ["severity"], registry=registry
+            p + "active",
+            "Alerts currently firing (grouped).",
+            ["severity"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.sent = Counter(
             p + "sent", "Alert notifications delivered (2xx).", ["sink"], registry=registry
@@ -60,12 +64,14 @@ class AlertMetrics:
             "Alert notifications waiting for delivery.",
             ["sink"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.last_success = Gauge(
             p + "last_success_timestamp_seconds",
             "Unix time of the last delivery.",
             ["sink"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.spool_errors = Counter(
             p + "spool_errors",

@@ -72,3 +72,30 @@ def test_quick_bench_produces_every_contender_and_scenario(tmp_path: Path) -> No
     assert "Hostile: header_bomb" in proc.stdout
     assert {t["target"] for t in result["targets"]}
     assert "Targets (issue 7)" in proc.stdout
+
+
+@pytest.mark.timeout(400)
+def test_workers_bench_measures_every_contender_and_ratio(tmp_path: Path) -> None:
+    """issue 17: `python -m bench.workers` runs (one short round) and writes its figures."""
+    if squid_binary() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("squid missing; CI must install it")
+        pytest.skip("squid missing (apt-get install -y squid)")
+    output = tmp_path / "workers.json"
+    args = ["--rounds", "1", "--seconds", "0.3", "--output", str(output)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.workers", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    for scenario in ("small_c1", "small_c32"):
+        names = set(result["scenarios"][scenario])
+        assert names == {"trimmed", "squid", "sidecar-w1", "sidecar-w2"}
+        for name in names:
+            assert result["scenarios"][scenario][name]["requests"] > 0, (scenario, name)
+    assert result["figures"]["w2_over_w1_c32"] is not None
+    assert "Ratios (issue 17)" in proc.stdout

@@ -20,8 +20,17 @@ RSS_CEILING_MB = 256
 
 
 def rss_mb(sidecar: SidecarProcess) -> float:
+    """The largest RSS among the sidecar's processes (with --workers: the supervisor and
+    each worker; an attack lands on the worker that accepted it, and each must stay
+    bounded)."""
+    from tests.support.workers import worker_pids
+
     assert sidecar.proc is not None
-    with open(f"/proc/{sidecar.proc.pid}/status") as status:
+    return max(_rss_mb(pid) for pid in [sidecar.proc.pid, *worker_pids(sidecar)])
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024

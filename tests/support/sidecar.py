@@ -54,9 +54,11 @@ class SidecarProcess:
         self.listening: dict[str, Any] = {}
 
     # Start-up takes ~2 s idle, but importing mitmproxy, botocore and google-auth took
-    # over 30 s at load average 10-40 (the suite beside other work): the bound is for a
-    # sidecar that never starts, not a speed check.
-    def start(self, timeout: float = 120.0) -> SidecarProcess:
+    # over 30 s at load average 10-40 (the suite beside other work), and with --workers
+    # three processes import them: the bound is for a sidecar that never starts.
+    START_TIMEOUT = 120.0
+
+    def start(self, timeout: float = START_TIMEOUT) -> SidecarProcess:
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,

@@ -71,6 +71,7 @@ from tests.support.netns import (
 )
 from tests.support.reach import reach_prefix
 from tests.support.sidecar import SidecarProcess
+from tests.support.workers import worker_decisions, worker_pids
 from tests.transparent.fake_internet import (
     ATTACKER_BANNER,
     Attacker,
@@ -378,7 +379,8 @@ def world(bg: BackgroundLoop, test_ca: trustme.CA) -> Iterator[World]:
         # The init container, then the sidecar as UID 1337.
         init = pod.init()
         assert init.returncode == 0, init.stderr
-        extra = ["--secrets-dir", str(work / "secrets")]
+        # Two workers (issue 17): every test here goes through whichever accepts.
+        extra = ["--secrets-dir", str(work / "secrets"), "--workers", "2"]
         sidecar = _start_sidecar(stack, pod, work, policy, upstream_ca, extra, ipv6=True)
         ipv6_listeners = sidecar is not None
         if sidecar is None:
@@ -626,6 +628,42 @@ def test_tls_to_attacker_ip_with_allowed_sni(world: World) -> None:
     world.assert_attacker_saw_nothing(mark)  # so no request, and no key, reached it
     assert not any(PROVIDER_KEY.encode() in seen.data for seen in world.attacker.seen)
     assert _received(world, headers) == []  # nor was it "corrected" to the provider
+
+
+def test_original_destination_check_holds_on_every_worker(world: World) -> None:
+    """With two workers accepting on one transparent listener, each reads the original
+    destination of the connections it accepted: right name at the attacker's address
+    is refused by both, the provider's address is used by both, and nothing leaks."""
+    pids = worker_pids(world.sidecar)
+    assert len(pids) == 2, pids
+    before = {pid: worker_decisions(pid, "destination_mismatch") for pid in pids}
+    mark = world.mark()
+    attempts = 0
+    while attempts < 40:  # until each worker has refused some (accepts are not ours to pick)
+        attempts += 1
+        got = world.curl(
+            f"https://{PROVIDER_HOST}/v1/models", "-k",
+            "--resolve", f"{PROVIDER_HOST}:443:{ATTACKER_V4}",
+        )  # fmt: skip
+        _assert_handshake_refused(got)
+        if attempts >= 4 and all(
+            worker_decisions(pid, "destination_mismatch") > before[pid] for pid in pids
+        ):
+            break
+    assert all(worker_decisions(pid, "destination_mismatch") > before[pid] for pid in pids)
+    for _ in range(4):
+        ok = world.curl(
+            f"https://{PROVIDER_HOST}/v1/models", "--cacert", str(world.gateway_ca),
+            *_gateway_headers(),
+        )  # fmt: skip
+        assert ok.status == 200, ok
+    time.sleep(1.0)
+    refused = world.decisions_since(mark, reason="destination_mismatch")
+    assert len(refused) == attempts, "one decision line per refused connection, any worker"
+    assert all(line["mode"] == "transparent" for line in refused)
+    allowed = world.decisions_since(mark, decision="allow", host=PROVIDER_HOST)
+    assert len(allowed) == 4 and {line["address"] for line in allowed} == {PROVIDER_V4}
+    world.assert_attacker_saw_nothing(mark)
 
 
 def test_dns_to_attacker_resolver_is_answered_by_sidecar(world: World) -> None:

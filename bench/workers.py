@@ -1,0 +1,234 @@
+"""The workers dimension (issue 17): small JSON over HTTPS, keep-alive, at concurrency 1
+and 32, for the trimmed single-process Master, Squid, and egress-sidecar with
+`--workers 1` and `--workers 2`, all in one run, rounds rotating the order.
+
+    .venv/bin/python -m bench.workers                 # 5 rounds of 2.5 s per figure
+    .venv/bin/python -m bench.workers --rounds 9 --seconds 3 --output FILE
+
+Targets (issue 17): 2 workers >= 1.7x one worker at concurrency 32; one worker >= 0.8x
+the trimmed Master (concurrency 32); added p50 over the trimmed Master < 1 ms at
+concurrency 1. On a machine shared with other work, figures move between runs: the
+report prints every round, so the spread is visible next to the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import contenders as C
+from bench import run as R
+from bench.procs import Procs
+
+WORKER_COUNTS = (1, 2)
+REUSEPORT = "sidecar-w2-reuseport"  # --accept-variants: the alternative to shared sockets
+UVLOOP = "sidecar-w1-uvloop"  # --uvloop: one worker on uvloop's event loop
+
+
+def sidecar_name(workers: int) -> str:
+    return f"sidecar-w{workers}"
+
+
+async def measure(
+    rounds: int,
+    seconds: float,
+    tmp: Path,
+    procs: Procs,
+    log: Any,
+    profile: bool,
+    variants: bool,
+    uvloop: bool = False,
+) -> dict[str, Any]:
+    world = C.start_world(procs, tmp)
+    trimmed = C.start_trimmed(procs, world)
+    squid = C.start_squid(procs, world)
+    sidecars = [
+        C.start_sidecar(procs, world, label=sidecar_name(n), workers=n) for n in WORKER_COUNTS
+    ]
+    if variants:
+        from sidecar.listeners import ACCEPT_ENV
+
+        sidecars.append(_variant(procs, world, REUSEPORT, 2, ACCEPT_ENV, "reuseport"))
+    if uvloop:
+        from sidecar.runner import LOOP_ENV
+
+        sidecars.append(_variant(procs, world, UVLOOP, 1, LOOP_ENV, "uvloop"))
+    C.wait_mitm(trimmed)
+    everyone = [trimmed, squid, *sidecars]
+    scenarios: dict[str, Any] = {}
+    for conc in (1, 32):
+        log(f"small JSON, concurrency {conc}")
+        collected = await R.rounds(
+            f"small_c{conc}", everyone, rounds, lambda c, n=conc: R.small(c, n, seconds), log
+        )
+        scenarios[f"small_c{conc}"] = R.finish(collected, R.summarize_small)
+    profiles: dict[str, Any] = {}
+    if profile:
+        from bench.pyspy import profile_sidecar
+
+        log("py-spy: sidecar --workers 1 under load")
+        profiles = await profile_sidecar(sidecars[0], tmp, seconds=10)
+    return {"scenarios": scenarios, "profiles": profiles}
+
+
+def _variant(
+    procs: Procs, world: C.World, label: str, workers: int, variable: str, value: str
+) -> C.Contender:
+    """A sidecar started with a measurement-only environment variable set."""
+    os.environ[variable] = value
+    try:
+        return C.start_sidecar(procs, world, label=label, workers=workers)
+    finally:
+        del os.environ[variable]
+
+
+def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
+    c1, c32 = scenarios["small_c1"], scenarios["small_c32"]
+    w1, w2 = sidecar_name(1), sidecar_name(2)
+
+    def rps(s: dict[str, Any], name: str) -> float | None:
+        value = s.get(name, {}).get("rps_median")
+        return float(value) if value else None
+
+    def p50(s: dict[str, Any], name: str) -> float | None:
+        value = s.get(name, {}).get("lat_p50_ms")
+        return float(value) if value is not None else None
+
+    return {
+        "w2_over_w1_c32": R.ratio(rps(c32, w2), rps(c32, w1)),
+        "w1_over_trimmed_c32": R.ratio(rps(c32, w1), rps(c32, "trimmed")),
+        "w1_over_trimmed_c1": R.ratio(rps(c1, w1), rps(c1, "trimmed")),
+        "w2_over_trimmed_c32": R.ratio(rps(c32, w2), rps(c32, "trimmed")),
+        "w1_added_p50_ms_c1": R.diff(p50(c1, w1), p50(c1, "trimmed")),
+        "w2_added_p50_ms_c1": R.diff(p50(c1, w2), p50(c1, "trimmed")),
+        "reuseport_over_w2_c32": R.ratio(rps(c32, REUSEPORT), rps(c32, w2)),
+        "uvloop_over_w1_c32": R.ratio(rps(c32, UVLOOP), rps(c32, w1)),
+        "uvloop_over_w1_c1": R.ratio(rps(c1, UVLOOP), rps(c1, w1)),
+    }
+
+
+TARGETS = (
+    ("w2_over_w1_c32", ">=", 1.7),
+    ("w1_over_trimmed_c32", ">=", 0.8),
+    ("w1_added_p50_ms_c1", "<", 1.0),
+)
+
+
+def report(result: dict[str, Any]) -> str:
+    out = []
+    for key, title in (("small_c1", "concurrency 1"), ("small_c32", "concurrency 32")):
+        rows = [
+            [
+                name,
+                s.get("rps_median"),
+                " ".join(str(x) for x in s.get("rps_rounds", [])),
+                s.get("lat_p50_ms"),
+                s.get("lat_p99_ms"),
+                s.get("errors"),
+            ]
+            for name, s in result["scenarios"][key].items()
+        ]
+        out.append(
+            R.table(
+                f"Small JSON over HTTPS, keep-alive, {title}",
+                ["contender", "req/s (median)", "req/s per round", "p50 ms", "p99 ms", "errors"],
+                rows,
+            )
+        )
+    rows = []
+    for name, op, threshold in TARGETS:
+        value = result["figures"][name]
+        met = value is not None and (value >= threshold if op == ">=" else value < threshold)
+        rows.append([name, value, f"{op} {threshold}", "met" if met else "NOT met"])
+    shown = {n for n, *_ in TARGETS}
+    rows += [[n, v, "", ""] for n, v in result["figures"].items() if n not in shown]
+    out.append(R.table("Ratios (issue 17)", ["figure", "value", "target", ""], rows))
+    return "\n\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.5)
+    parser.add_argument("--profile", action="store_true", help="py-spy the one-worker sidecar")
+    parser.add_argument(
+        "--accept-variants",
+        action="store_true",
+        help="also 2 workers on SO_REUSEPORT sockets of their own (instead of shared ones)",
+    )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also one worker on uvloop's event loop"
+    )
+    parser.add_argument("--sidecar-tree", metavar="DIR", help="as for `python -m bench`")
+    parser.add_argument("--output", default=str(R.RESULTS / "workers-latest.json"))
+    args = parser.parse_args(argv)
+    if args.sidecar_tree:
+        C.SIDECAR_TREE = str(Path(args.sidecar_tree).resolve())
+    if C.squid_binary() is None:
+        print("squid is missing (apt-get install -y squid)", file=sys.stderr)
+        return 3
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="egress-bench-workers-"))
+    procs = Procs(tmp)
+    load_before = R.load_average()
+    try:
+        measured = asyncio.run(
+            measure(
+                args.rounds,
+                args.seconds,
+                tmp,
+                procs,
+                log,
+                args.profile,
+                args.accept_variants,
+                args.uvloop,
+            )
+        )
+    finally:
+        procs.stop_all()
+        if os.environ.get("BENCH_KEEP_TMP") != "1":
+            shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": R.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": R.load_average(),
+            "rounds": args.rounds,
+            "seconds_per_round": args.seconds,
+            "took_seconds": round(time.monotonic() - started, 1),
+        },
+        **measured,
+    }
+    result["figures"] = figures(result["scenarios"])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1, default=str))
+    m = result["meta"]
+    print(
+        f"# egress-sidecar workers benchmark, {m['date']}\n"
+        f"machine: {m['machine']['nproc']} CPUs, {m['machine']['cpu']}; load average "
+        f"before {m['loadavg_before']}, after {m['loadavg_after']}; took {m['took_seconds']} s"
+    )
+    print(report(result))
+    if measured.get("profiles"):
+        print("\n## Profile (py-spy, --workers 1)\n" + measured["profiles"].get("text", ""))
+    print(f"\nresults: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
