@@ -62,8 +62,13 @@ def emit(event: str, **fields: Any) -> None:
     record = {"time": iso_time(time.time()), "event": event}
     record.update(EVENT_FIELDS)
     record.update(fields)
-    sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        # stderr's reader is gone (`2>&1 | head -1`) or closed: the event is lost, but
+        # raising here stopped the SIGTERM handler before shutdown (the process hung).
+        pass
 
 
 def main(args: argparse.Namespace) -> int:

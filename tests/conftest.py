@@ -145,8 +145,13 @@ def start_sidecar(
         return sidecar
 
     yield start
-    for sidecar in started:
-        sidecar.stop()
+    failures = []
+    for sidecar in started:  # every one, even if stopping another failed
+        try:
+            sidecar.stop()
+        except Exception as exc:  # reported below, after the others
+            failures.append(repr(exc))
+    assert not failures, failures
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ SIGTERM.
 from __future__ import annotations
 
 import fcntl
+import json
 import re
 import socket
 import time
@@ -40,6 +41,19 @@ class GoneStdoutReader(SidecarProcess):
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         self.proc.stdout.close()
+
+
+class GoneStderrReader(SidecarProcess):
+    """Reads stderr up to the `listening` event, then closes its end (`2>&1 | head`)."""
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+            if '"event":"listening"' in line:
+                self._listening.put(json.loads(line))
+                break
+        self.proc.stderr.close()
 
 
 def _refused_request(sidecar: SidecarProcess, n: int) -> bytes:
@@ -110,3 +124,32 @@ def _policy(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("version: 1\nallow:\n  - {host: api.example.com, ports: [443]}\n")
     return path
+
+
+def test_sidecar_whose_stderr_reader_is_gone_still_stops_on_sigterm(
+    tmp_path, dns_server, test_ca_file
+):
+    """The SIGTERM handler writes a `signal` event to stderr before it shuts down; with
+    stderr's reader gone that write raised, the shutdown never ran and the process had
+    to be killed (58 sidecars outlived one busy test run this way)."""
+    sidecar = GoneStderrReader(
+        [
+            "--policy",
+            str(_policy(tmp_path)),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(tmp_path / "ca"),
+            "--resolver",
+            f"127.0.0.1:{dns_server.port}",
+            "--upstream-ca",
+            test_ca_file,
+        ]
+    ).start()
+    try:
+        assert _refused_request(sidecar, 0).startswith(b"HTTP/1.1 403")
+        assert _sigterm_exits(sidecar) == 0
+    finally:
+        sidecar.stop()

@@ -15,5 +15,6 @@ def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> int | None:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            # SIGKILL cannot be ignored; the bound is only for a loaded machine's reaping.
+            proc.wait(60)
     return proc.returncode
