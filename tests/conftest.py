@@ -116,14 +116,23 @@ def provider_policy(port: int, mode: str = "enforce", extra: str = "") -> str:
 
 
 @pytest.fixture(scope="session")
+def sidecar_ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sidecar-ca")  # one CA for all: clients trust one file
+
+
+# Module scope: a module's sidecars stop when the module is done. Kept for the whole
+# session, ~90 idle sidecars (each polling its policy and secrets) added up to more
+# than the machine's two cores by the last third of the suite.
+@pytest.fixture(scope="module")
 def start_sidecar(
     tmp_path_factory: pytest.TempPathFactory,
     provider: FakeProvider,
     dns_server: FakeDNS,
     test_ca_file: str,
+    sidecar_ca_dir: Path,
 ) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
-    ca_dir = tmp_path_factory.mktemp("sidecar-ca")  # one CA for all: clients trust one file
+    ca_dir = sidecar_ca_dir
 
     def start(
         policy_text: str | None = None,
