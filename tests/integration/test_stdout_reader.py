@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.sidecar import SidecarProcess
+from tests.support.sidecar import SidecarProcess, loopback_args
 
 pytestmark = pytest.mark.integration
 
@@ -93,20 +93,7 @@ def test_stdout_reader_that_stops_reading_neither_blocks_traffic_nor_sigterm(
     reader, lost, tmp_path, dns_server, test_ca_file
 ):
     sidecar = reader(
-        [
-            "--policy",
-            str(_policy(tmp_path)),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(tmp_path / "ca"),
-            "--resolver",
-            f"127.0.0.1:{dns_server.port}",
-            "--upstream-ca",
-            test_ca_file,
-        ]
+        loopback_args(_policy(tmp_path), tmp_path / "ca", dns_server.port, upstream_ca=test_ca_file)
     ).start()
     try:
         for n in range(60):  # far more than a 4 KiB pipe holds
@@ -133,20 +120,7 @@ def test_sidecar_whose_stderr_reader_is_gone_still_stops_on_sigterm(
     stderr's reader gone that write raised, the shutdown never ran and the process had
     to be killed (58 sidecars outlived one busy test run this way)."""
     sidecar = GoneStderrReader(
-        [
-            "--policy",
-            str(_policy(tmp_path)),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(tmp_path / "ca"),
-            "--resolver",
-            f"127.0.0.1:{dns_server.port}",
-            "--upstream-ca",
-            test_ca_file,
-        ]
+        loopback_args(_policy(tmp_path), tmp_path / "ca", dns_server.port, upstream_ca=test_ca_file)
     ).start()
     try:
         assert _refused_request(sidecar, 0).startswith(b"HTTP/1.1 403")
