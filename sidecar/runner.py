@@ -378,6 +378,7 @@ class ProxyProcess:
         from sidecar.addons.h2_guard import H2HostMismatches
         from sidecar.addons.informational import install as drop_informational_responses
         from sidecar.addons.limits import LimitsAddon
+        from sidecar.addons.pipeline import Pipeline
         from sidecar.addons.request_inspection import RequestInspection
         from sidecar.addons.responses import ResponseInspection
         from sidecar.engine import PolicyEngine
@@ -453,22 +454,29 @@ class ProxyProcess:
                 await self.pod.start_dns()
             except OSError as exc:
                 raise DnsListenerError(str(exc)) from None
+        # Ours in two pipelines (one mitmproxy addon each: issue 17, dispatch cost).
         master.addons.add(
-            enforcer,
-            self.credentials,  # S7: its hooks run right after the enforcer's
-            # After the enforcer, in this order: the request body is read once (issue 13)
-            # and its document handed on to the response inspector (issue 14).
-            RequestInspection(holder, recorder, self.registry),
-            ResponseInspection(holder, recorder, self.credentials, self.registry),
+            Pipeline(
+                "before-mitmproxy",
+                enforcer,
+                self.credentials,  # S7: its hooks run right after the enforcer's
+                # After the enforcer, in this order: the request body is read once
+                # (issue 13) and its document handed on to the response inspector (14).
+                RequestInspection(holder, recorder, self.registry),
+                ResponseInspection(holder, recorder, self.credentials, self.registry),
+            ),
             self.ps,
             next_layer.NextLayer(),
             limits,
             tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+            Pipeline(
+                "after-mitmproxy",
+                ClientTlsFailures(self.registry, emit),  # issue 20
+                RequestDlp(holder, self.credentials.store, self.registry),  # issue 13
+                self.usage_gate,  # issue 15: last, after the response readers
+            ),
         )
-        master.addons.add(ClientTlsFailures(self.registry, emit))  # issue 20
-        master.addons.add(RequestDlp(holder, self.credentials.store, self.registry))  # issue 13
-        master.addons.add(self.usage_gate)  # issue 15: last, after the response readers
         Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             _configure(opts, settings, self.specs)

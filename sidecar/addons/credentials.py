@@ -11,7 +11,6 @@ Enforcer so they run in the same order as its own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from sidecar.addons.flows import DECISION_KEY, PENDING_DECISION_KEY, fail_closed, refusal_response
+from sidecar.addons.flows import (
+    DECISION_KEY,
+    OFF_LOOP_BYTES,
+    PENDING_DECISION_KEY,
+    fail_closed,
+    off_loop_if_large,
+    refusal_response,
+)
 from sidecar.credentials import (
     Outcome,
     ReflectionGuard,
@@ -65,7 +71,6 @@ _REASON_HIT = "egress_reflected_reason_phrase"
 _CLOUD = "egress_cloud_credential"  # (credential, authority, provider): added at `request`
 # Bodies hashed for SigV4 in a worker thread above this size (a 32 MiB body takes tens
 # of milliseconds to hash: not on the event loop).
-_HASH_OFF_LOOP = 256 * 1024
 
 
 class CredentialLayer:
@@ -292,10 +297,7 @@ class CredentialLayer:
                 service=credential.service,
             )
 
-        if len(body) > _HASH_OFF_LOOP:
-            await asyncio.to_thread(sign)  # mitmproxy leaves the flow alone meanwhile
-        else:
-            sign()
+        await off_loop_if_large(len(body), sign)  # hashing a large body
 
     # --- responses --------------------------------------------------------------------
 
@@ -312,9 +314,7 @@ class CredentialLayer:
             if count:
                 response.reason = phrase.decode("utf-8", "replace")
                 flow.metadata[_REASON_HIT] = True
-        if needs_decoding(
-            _codings(response, "content-encoding"), _codings(response, "transfer-encoding")
-        ):
+        if self._encoded(response):
             # We asked for identity; a provider that compresses anyway (any number of
             # layers, content or transfer codings) is decoded, bounded, and redacted
             # whole in the response hook, not streamed: or refused if it cannot be.
@@ -396,13 +396,22 @@ class CredentialLayer:
     async def finish_response(
         self, flow: http.HTTPFlow, engine: PolicyEngine | None = None
     ) -> Decision | None:
-        """`reflection_found` for the response hook. Decoding and scanning a buffered
-        body (up to 64 MiB decoded) runs in a worker thread, so one large or hostile
-        response does not stall every other connection on the event loop; mitmproxy
-        does not touch the flow while this hook is pending."""
-        if flow.metadata.get(_BUFFERED):
-            return await asyncio.to_thread(self.reflection_found, flow, engine)
-        return self.reflection_found(flow, engine)
+        """`reflection_found` for the response hook. Decoding and scanning a large or
+        compressed buffered body (up to 64 MiB decoded) runs in a worker thread, so one
+        large or hostile response does not stall every other connection on the event
+        loop (mitmproxy does not touch the flow while this hook is pending); a small
+        one is scanned in place, as the thread hop would cost more than the scan."""
+        response = flow.response
+        size = len(response.raw_content or b"") if response is not None else 0
+        if response is not None and self._encoded(response):
+            size = OFF_LOOP_BYTES + 1  # a small compressed body can decode to 64 MiB
+        return await off_loop_if_large(size, lambda: self.reflection_found(flow, engine))
+
+    @staticmethod
+    def _encoded(response: http.Response) -> bool:
+        return needs_decoding(
+            _codings(response, "content-encoding"), _codings(response, "transfer-encoding")
+        )
 
     def _redact_encoded_body(self, response: http.Response) -> int:
         """Decode every layer (bounded), redact, and send the decoded bytes: exactly
