@@ -99,3 +99,18 @@ def test_workers_bench_measures_every_contender_and_ratio(tmp_path: Path) -> Non
             assert result["scenarios"][scenario][name]["requests"] > 0, (scenario, name)
     assert result["figures"]["w2_over_w1_c32"] is not None
     assert "Ratios (issue 17)" in proc.stdout
+
+
+def test_dispatch_bench_runs_and_prints_its_figures():
+    """issue 17: `python -m bench.dispatch` runs (few events) and prints each chain."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.dispatch", "--events", "200"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["us_per_event"]
+    assert set(figures) == {"mitmproxy only", "one by one", "two pipelines"}
+    assert all(value > 0 for value in figures.values())
