@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.flows import (
@@ -44,6 +44,7 @@ from sidecar.dlp.kinds import Kind
 from sidecar.dlp.rules import EffectiveRules, Plan, describe, effective, plan
 from sidecar.policy.dlp import Action
 from sidecar.policy.model import Mode
+from sidecar.records import DlpMetrics
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -74,18 +75,9 @@ class RequestDlp:
         self.store = store
         self._generation = -1
         self._detector = Detector()
-        self.findings = Counter(
-            "egress_sidecar_dlp_findings",
-            "Secrets found in request bodies, by kind and the action taken.",
-            ["kind", "action", "provider"],
-            registry=registry,
-        )
-        self.parses = Counter(
-            "egress_sidecar_dlp_body_parses",
-            "Request bodies DLP parsed itself: request inspection left no parsed document "
-            "for them (each body is parsed once).",
-            registry=registry,
-        )
+        metrics = DlpMetrics(registry)  # declared in sidecar/records.py
+        self.findings = metrics.findings
+        self.parses = metrics.parses
 
     def detector(self) -> Detector:
         """Rebuilt when the mounted keys change (rotation), like the reflection guard."""

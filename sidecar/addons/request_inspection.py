@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.flows import (
@@ -50,6 +50,7 @@ from sidecar.inspection.inspect import (
     minting_endpoint,
 )
 from sidecar.policy.model import Endpoint
+from sidecar.records import RequestInspectionMetrics
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -79,18 +80,9 @@ class RequestInspection:
         self.holder = holder
         self.record = record
         registry = registry or CollectorRegistry()
-        self.refusals = Counter(
-            "egress_sidecar_request_inspection_refusals",
-            "Provider requests (or WebSocket messages) refused or would_block by request "
-            "inspection, by reason and the kind of field that triggered it.",
-            ["reason", "field"],
-            registry=registry,
-        )
-        self.inspected = Counter(
-            "egress_sidecar_request_inspected_bytes",
-            "Decoded bytes of provider request bodies and WebSocket messages inspected.",
-            registry=registry,
-        )
+        metrics = RequestInspectionMetrics(registry)  # declared in sidecar/records.py
+        self.refusals = metrics.refusals
+        self.inspected = metrics.inspected
 
     # --- HTTP ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from mitmproxy import ctx, http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar import refusals
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
@@ -37,6 +37,7 @@ from sidecar.decision import Decision, Reason, Verdict
 from sidecar.inspection import body as request_body
 from sidecar.inspection.policy import DEFAULT_MAX_INSPECTED_BODY
 from sidecar.policy.tools import DeclaredTools, ToolRules
+from sidecar.records import TokenMetrics
 from sidecar.streams.declared import (
     USAGE_OPTION_HOSTS,
     declared_tools,
@@ -101,13 +102,7 @@ class ResponseInspection:
         self.holder = holder
         self.record = record
         self.credentials = credentials
-        self.tokens = Counter(
-            "egress_sidecar_tokens",
-            "Tokens in provider responses, by tenant, provider, model (the policy's names, "
-            "else 'other') and direction (input | output).",
-            ["tenant", "provider", "model", "direction"],
-            registry=registry,
-        )
+        self.tokens = TokenMetrics(registry).tokens  # declared in sidecar/records.py
 
     # --- request ----------------------------------------------------------------------
 
