@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 
-__all__ = ["Admission", "DnsAdmission", "DnsLimits", "LimitReport"]
+__all__ = ["DnsAdmission", "DnsLimits", "LimitReport", "QuestionAdmission"]
 
 LIMIT_SOURCE = "per_source"
 LIMIT_TOTAL = "total"
@@ -94,7 +94,7 @@ class _Source:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
+class QuestionAdmission:
     allowed: bool
     limit: str = ""  # LIMIT_SOURCE or LIMIT_TOTAL when refused
     first: bool = False  # True: report this refusal now (first of its interval)
@@ -109,7 +109,7 @@ class LimitReport:
     count: int
 
 
-_ALLOWED = Admission(True)
+_ALLOWED = QuestionAdmission(True)
 
 
 class DnsAdmission:
@@ -130,7 +130,7 @@ class DnsAdmission:
     def tracked_sources(self) -> int:
         return len(self._sources)
 
-    def admit(self, source: str, now: float) -> Admission:
+    def admit(self, source: str, now: float) -> QuestionAdmission:
         state = self._source(source, now)
         if state.bucket.take(now):
             if self._total.take(now):
@@ -140,7 +140,7 @@ class DnsAdmission:
             return self._refused(state, LIMIT_TOTAL, now)
         return self._refused(state, LIMIT_SOURCE, now)
 
-    def note_refusal(self, source: str, limit: str, now: float) -> Admission:
+    def note_refusal(self, source: str, limit: str, now: float) -> QuestionAdmission:
         """A refusal decided elsewhere (a server-wide bound), reported the same way."""
         return self._refused(self._source(source, now), limit, now)
 
@@ -155,15 +155,15 @@ class DnsAdmission:
             self._sources.move_to_end(source)
         return state
 
-    def _refused(self, state: _Source, limit: str, now: float) -> Admission:
+    def _refused(self, state: _Source, limit: str, now: float) -> QuestionAdmission:
         state.refused += 1
         state.limit = limit
         quiet = state.reported_at is None or now - state.reported_at >= self.limits.report_interval
         if quiet and state.unreported == 0 and self._first_lines.take(now):
             state.reported_at = now
-            return Admission(False, limit, first=True)
+            return QuestionAdmission(False, limit, first=True)
         state.unreported += 1
-        return Admission(False, limit)
+        return QuestionAdmission(False, limit)
 
     def summaries(self, now: float) -> list[LimitReport]:
         """Counts of refusals not reported yet, for sources whose interval has passed."""

@@ -28,7 +28,7 @@ __all__ = [
     "NULL",
     "STR",
     "Problem",
-    "Reader",
+    "YamlChecker",
     "compose",
     "describe",
     "join",
@@ -149,7 +149,7 @@ def compose(file: str, data: bytes, problems: list[Problem], *, empty: str) -> N
     return root
 
 
-class Reader:
+class YamlChecker:
     """Structure checks on one composed document; appends to `problems`, never raises."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:

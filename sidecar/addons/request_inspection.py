@@ -41,10 +41,10 @@ from sidecar.addons.flows import (
 from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
-from sidecar.inspection.inspect import (
+from sidecar.inspection.body_inspection import (
     Api,
     Inspection,
-    Violation,
+    InspectionViolation,
     api_for,
     inspect_body,
     minting_endpoint,
@@ -101,7 +101,7 @@ class RequestInspection:
         rules = endpoint.relay.for_tenant(pending.tenant)
         minted = minting_endpoint(request.method, request.path)
         if minted is not None and not rules.credential_minting:
-            violation = Violation(
+            violation = InspectionViolation(
                 Reason.CREDENTIAL_MINTING_NOT_ALLOWED,
                 "endpoint",
                 f"POST {minted} mints a token usable from outside the pod; "
@@ -117,7 +117,7 @@ class RequestInspection:
         limit = endpoint.relay.max_inspected_body
         declared = request.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
-            violation = Violation(
+            violation = InspectionViolation(
                 Reason.REQUEST_NOT_INSPECTABLE,
                 "body",
                 f"content-length {int(declared)} exceeds max_inspected_body ({limit} bytes)",
@@ -221,7 +221,9 @@ class RequestInspection:
             return None  # allow: entries are not providers: nothing is relayed
         return endpoint
 
-    def _apply(self, flow: http.HTTPFlow, pending: Decision, violation: Violation) -> None:
+    def _apply(
+        self, flow: http.HTTPFlow, pending: Decision, violation: InspectionViolation
+    ) -> None:
         """The request's one line becomes the refusal (or, in audit mode, the
         would_block that is written when the response starts)."""
         engine = self.holder.engine
@@ -286,8 +288,8 @@ def _inspector(
     return run
 
 
-def _binary_message() -> Violation:
-    return Violation(Reason.REQUEST_NOT_INSPECTABLE, "body", "a binary WebSocket message")
+def _binary_message() -> InspectionViolation:
+    return InspectionViolation(Reason.REQUEST_NOT_INSPECTABLE, "body", "a binary WebSocket message")
 
 
 def _send_error(flow: http.HTTPFlow, decision: Decision) -> None:

@@ -94,7 +94,7 @@ _quote_hint = yamlfile.quote_hint
 
 
 @dataclasses.dataclass(slots=True)
-class Draft:
+class EntryDraft:
     """An entry as read, before the files are checked against each other."""
 
     rule: str
@@ -108,12 +108,12 @@ class Draft:
     endpoint: Endpoint | None = None
 
 
-class FileReader(yamlfile.Reader):
+class FileReader(yamlfile.YamlChecker):
     """Checks one composed YAML document; appends to `problems`, returns drafts."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
         super().__init__(file, problems)
-        self.drafts: list[Draft] = []
+        self.drafts: list[EntryDraft] = []
         self.mode: tuple[Mode, int] | None = None
         self.overrides: overrides.FileOverrides | None = None
         self.usage: UsagePolicy | None = None  # issue 15
@@ -188,7 +188,7 @@ class FileReader(yamlfile.Reader):
         fields = self.mapping(node, key, _PROVIDER_KEYS, _PROVIDER_HINTS)
         if fields is None:
             return
-        draft = Draft(
+        draft = EntryDraft(
             rule=key,
             provider=name,
             source=SourceRef(self.file, _line(knode)),
@@ -273,7 +273,7 @@ class FileReader(yamlfile.Reader):
                         "invalid name: use lower-case letters, digits, '_', '.' or '-', "
                         "starting with a letter or digit",
                     )
-        draft = Draft(
+        draft = EntryDraft(
             rule=rule,
             provider=None,
             source=SourceRef(self.file, _line(node)),
@@ -550,7 +550,7 @@ class FileReader(yamlfile.Reader):
             return None
         return net
 
-    def _credential(self, node: Node, key: str, draft: Draft) -> CredentialSpec | None:
+    def _credential(self, node: Node, key: str, draft: EntryDraft) -> CredentialSpec | None:
         fields = self.mapping(node, key, _CREDENTIAL_KEYS)
         if fields is None:
             return None

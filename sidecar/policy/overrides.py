@@ -34,7 +34,7 @@ _KEYS = ("mode", "remove")
 _RULE_ID = re.compile(r"^(providers\.[a-z0-9][a-z0-9_-]*|allow\.[a-z0-9][a-z0-9_.-]*)$")
 
 
-class Draft(Protocol):
+class SourcedRule(Protocol):
     """What the loader's entry drafts offer (rule id and where it was written)."""
 
     rule: str
@@ -54,7 +54,7 @@ class Applied:
     mode: tuple[Mode, SourceRef] | None  # the overriding mode, if any
 
 
-def read(reader: yamlfile.Reader, node: Node) -> FileOverrides:
+def read(reader: yamlfile.YamlChecker, node: Node) -> FileOverrides:
     found = FileOverrides(reader.file)
     fields = reader.mapping(node, "overrides", _KEYS)
     if fields is None:
@@ -90,7 +90,7 @@ def read(reader: yamlfile.Reader, node: Node) -> FileOverrides:
     return found
 
 
-def apply[D: Draft](
+def apply[D: SourcedRule](
     drafts: Sequence[D], overrides: Sequence[FileOverrides], problems: list[Problem]
 ) -> tuple[list[D], Applied]:
     """The drafts left after the removals, and what the overrides decided."""
@@ -120,7 +120,7 @@ def apply[D: Draft](
     return kept, Applied(tuple(removed), _mode(overrides, problems))
 
 
-def _missing(rule: str, drafts: Sequence[Draft], file: str) -> str:
+def _missing(rule: str, drafts: Sequence[SourcedRule], file: str) -> str:
     others = sorted({d.rule for d in drafts if d.source.file != file})
     if any(d.rule == rule for d in drafts):
         return f"{rule} is defined in this file: delete it here instead of removing it"
@@ -152,9 +152,9 @@ def _mode(
     return chosen
 
 
-def _check_index_ids(drafts: Sequence[Draft], problems: list[Problem]) -> None:
+def _check_index_ids(drafts: Sequence[SourcedRule], problems: list[Problem]) -> None:
     """`allow[0]` of two files would be one rule id in logs and diffs: refuse it."""
-    first: dict[str, Draft] = {}
+    first: dict[str, SourcedRule] = {}
     for draft in drafts:
         if not draft.rule.startswith("allow["):
             continue

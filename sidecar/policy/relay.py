@@ -43,7 +43,7 @@ Fields = dict[str, tuple[ScalarNode, Node]]
 
 
 def read_relay(
-    reader: yamlfile.Reader, fields: Fields, key: str, size: Callable[[Node, str], int | None]
+    reader: yamlfile.YamlChecker, fields: Fields, key: str, size: Callable[[Node, str], int | None]
 ) -> RelayPolicy:
     """The relay settings of one provider entry (defaults for absent keys). `size`
     reads a byte size the way the loader reads `max_request_body`."""
@@ -70,7 +70,9 @@ def read_relay(
     return RelayPolicy(rules, tuple(tenants.items()), max_body)
 
 
-def _rules(reader: yamlfile.Reader, fields: Fields, key: str, inherited: RelayRules) -> RelayRules:
+def _rules(
+    reader: yamlfile.YamlChecker, fields: Fields, key: str, inherited: RelayRules
+) -> RelayRules:
     fetch = inherited.fetch
     if "fetch" in fields:
         fetch = _fetch(reader, fields["fetch"][1], f"{key}.fetch")
@@ -91,7 +93,7 @@ def _rules(reader: yamlfile.Reader, fields: Fields, key: str, inherited: RelayRu
     return RelayRules(fetch, tools, minting)
 
 
-def _fetch(reader: yamlfile.Reader, node: Node, key: str) -> FetchList:
+def _fetch(reader: yamlfile.YamlChecker, node: Node, key: str) -> FetchList:
     rules: list[FetchRule] = []
     seen: dict[FetchRule, str] = {}
     for index, item in enumerate(reader.seq(node, key, "URL or host", "URLs or hosts") or []):
@@ -110,7 +112,7 @@ def _fetch(reader: yamlfile.Reader, node: Node, key: str) -> FetchList:
     return FetchList(tuple(rules))
 
 
-def _fetch_rule(reader: yamlfile.Reader, node: Node, key: str, text: str) -> FetchRule | None:
+def _fetch_rule(reader: yamlfile.YamlChecker, node: Node, key: str, text: str) -> FetchRule | None:
     scheme, rest, port = "https", text, None
     if "://" in text:
         try:
@@ -147,7 +149,7 @@ def _fetch_rule(reader: yamlfile.Reader, node: Node, key: str, text: str) -> Fet
     return FetchRule(scheme, host, port)
 
 
-def _server_tools(reader: yamlfile.Reader, node: Node, key: str) -> frozenset[str]:
+def _server_tools(reader: yamlfile.YamlChecker, node: Node, key: str) -> frozenset[str]:
     names: set[str] = set()
     for index, item in enumerate(reader.seq(node, key, "tool name") or []):
         item_key = f"{key}[{index}]"
