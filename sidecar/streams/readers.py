@@ -155,7 +155,9 @@ class ResponseReader:
         call.name = (call.name + name) if append else name
         return [ToolSeen(key, call.name, call.kind, call.server, growing=append)]
 
-    def _arguments(self, key: str, call: _Call, piece: str, *, replace: bool) -> list[StreamFinding]:
+    def _arguments(
+        self, key: str, call: _Call, piece: str, *, replace: bool
+    ) -> list[StreamFinding]:
         if replace:
             call.pieces, call.size, call.truncated = [], 0, False
         if call.size + len(piece) > MAX_ARGUMENT_CHARS:
