@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 
+from sidecar.pacing import TokenBucket
+
 __all__ = ["DnsAdmission", "DnsLimits", "LimitReport", "QuestionAdmission"]
 
 LIMIT_SOURCE = "per_source"
@@ -57,36 +59,11 @@ class DnsLimits:
             raise ValueError("report_interval must be > 0")
 
 
-class _Bucket:
-    """Token bucket holding at most one second of its rate (or `capacity`)."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, now: float, capacity: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = rate if capacity is None else capacity
-        self.tokens = self.capacity
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-            self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class _Source:
     __slots__ = ("bucket", "limit", "refused", "reported_at", "unreported")
 
     def __init__(self, rate: float, now: float) -> None:
-        self.bucket = _Bucket(rate, now)
+        self.bucket = TokenBucket(rate, rate, now)  # at most one second of its rate
         self.refused = 0  # total since this entry exists
         self.unreported = 0  # refusals not yet in a decision line
         self.reported_at: float | None = None  # when the last line about it was made
@@ -117,11 +94,11 @@ class DnsAdmission:
 
     def __init__(self, limits: DnsLimits, now: float = 0.0) -> None:
         self.limits = limits
-        self._total = _Bucket(limits.max_qps, now)
+        self._total = TokenBucket(limits.max_qps, limits.max_qps, now)
         # Sources forgotten and seen again would each get a "first" line: the first
         # lines of all sources together are capped at max_sources per report interval.
-        self._first_lines = _Bucket(
-            limits.max_sources / limits.report_interval, now, capacity=float(limits.max_sources)
+        self._first_lines = TokenBucket(
+            limits.max_sources / limits.report_interval, float(limits.max_sources), now
         )
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._evicted: list[LimitReport] = []
