@@ -323,15 +323,9 @@ def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[
         found.append(
             InspectionFinding(InspectionKind.FETCH_URL, f"{at('source')}.url", source["url"])
         )
-    servers = obj.get("mcp_servers")
-    if isinstance(servers, list):
-        for index, server in enumerate(servers):
-            if isinstance(server, dict) and isinstance(server.get("url"), str):
-                found.append(
-                    InspectionFinding(
-                        InspectionKind.FETCH_URL, f"{at('mcp_servers')}[{index}].url", server["url"]
-                    )
-                )
+    found += _item_strings(
+        obj.get("mcp_servers"), "url", at("mcp_servers"), InspectionKind.FETCH_URL
+    )
     # Gemini: file_data.file_uri (either spelling); Interactions MCP servers and media parts.
     for key in ("file_data", "fileData"):
         data = obj.get(key)
@@ -389,15 +383,23 @@ def _network_policy(policy: dict[str, Any], field: str) -> list[InspectionFindin
                         InspectionKind.FETCH_DOMAIN, f"{field}.allowed_domains[{index}]", domain
                     )
                 )
-    secrets = policy.get("domain_secrets")
-    if isinstance(secrets, list):
-        for index, secret in enumerate(secrets):
-            if isinstance(secret, dict) and isinstance(secret.get("domain"), str):
-                found.append(
-                    InspectionFinding(
-                        InspectionKind.FETCH_DOMAIN,
-                        f"{field}.domain_secrets[{index}].domain",
-                        secret["domain"],
-                    )
-                )
+    found += _item_strings(
+        policy.get("domain_secrets"),
+        "domain",
+        f"{field}.domain_secrets",
+        InspectionKind.FETCH_DOMAIN,
+    )
     return found
+
+
+def _item_strings(
+    items: Any, key: str, field: str, kind: InspectionKind
+) -> list[InspectionFinding]:
+    """`items[i][key]` of each object in a list that has a string there."""
+    if not isinstance(items, list):
+        return []
+    return [
+        InspectionFinding(kind, f"{field}[{index}].{key}", item[key])
+        for index, item in enumerate(items)
+        if isinstance(item, dict) and isinstance(item.get(key), str)
+    ]

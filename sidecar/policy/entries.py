@@ -20,7 +20,6 @@ from collections.abc import Callable, Hashable
 from yaml.nodes import Node, ScalarNode
 
 from sidecar import yamlfile
-from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
 from sidecar.policy import overrides
 from sidecar.policy.cloud_credentials import is_typed, read_cloud_credential
@@ -40,6 +39,7 @@ from sidecar.policy.tools import read_tools
 from sidecar.policy.usage_limits import UsagePolicy, read_usage_limits
 from sidecar.policy.values import (
     ALLOWED_METHODS,
+    canonical_host,
     format_problem,
     header_problem,
     path_problem,
@@ -376,19 +376,15 @@ class FileReader(yamlfile.YamlChecker):
         if _HOST_WITH_PORT.match(raw):
             self.err(node, key, "write the port under 'ports:', not in the host name")
             return None
-        try:
-            host = normalize_policy_host(raw)
-        except HostError as exc:
-            self.err(node, key, str(exc))
-            return None
-        if host != raw:
+        host, problem = canonical_host(raw)
+        if problem is not None:
             why = (
                 " (international names are written in their xn-- form, so that reviewers "
                 "see look-alike characters)"
-                if not raw.isascii()
+                if host != raw and not raw.isascii()
                 else ""
             )
-            self.err(node, key, f"write the host in its canonical form {host!r}{why}")
+            self.err(node, key, problem + why)
             return None
         return host
 

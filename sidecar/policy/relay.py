@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from sidecar import yamlfile
-from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.inspection.policy import (
     DEFAULT_MAX_INSPECTED_BODY,
     FETCH_SCHEMES,
@@ -32,6 +31,7 @@ from sidecar.inspection.policy import (
     RelayPolicy,
     RelayRules,
 )
+from sidecar.policy.values import canonical_host
 
 RELAY_KEYS = ("fetch", "server_tools", "credential_minting", "max_inspected_body", "tenants")
 _TENANT_KEYS = ("fetch", "server_tools", "credential_minting")
@@ -138,13 +138,9 @@ def _fetch_rule(reader: yamlfile.YamlChecker, node: Node, key: str, text: str) -
             "write a host, '*.domain', or scheme://host[:port] (e.g. https://mcp.example.com)",
         )
         return None
-    try:
-        host = normalize_policy_host(rest)
-    except HostError as exc:
-        reader.err(node, key, str(exc))
-        return None
-    if host != rest:
-        reader.err(node, key, f"write the host in its canonical form {host!r}")
+    host, problem = canonical_host(rest)
+    if problem is not None:
+        reader.err(node, key, problem)
         return None
     return FetchRule(scheme, host, port)
 

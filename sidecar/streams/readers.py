@@ -190,6 +190,14 @@ class ResponseReader:
             self.model = model[:200]
         self.usage = TokenUsage(input_tokens, output_tokens, self.model)
 
+    def _usage_fields(self, doc: dict[str, Any], input_key: str, output_key: str) -> None:
+        """`doc["usage"]` with one input and one output count (Chat, Responses)."""
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._set_usage(
+                _int(usage.get(input_key)), _int(usage.get(output_key)), doc.get("model")
+            )
+
 
 class ChatReader(ResponseReader):
     """OpenAI Chat Completions (and the OpenAI-compatible APIs)."""
@@ -203,12 +211,7 @@ class ChatReader(ResponseReader):
 
     def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
         out: list[StreamFinding] = []
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            self._set_usage(
-                _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                doc.get("model"),
-            )  # fmt: skip
+        self._usage_fields(doc, "prompt_tokens", "completion_tokens")
         for position, choice in enumerate(_list(doc.get("choices"))):
             if not isinstance(choice, dict):
                 continue
@@ -308,12 +311,7 @@ class ResponsesReader(ResponseReader):
             if isinstance(item, dict):
                 key = _str(item.get("id")) or f"o{position}"
                 out += self._item(key, item, done=True)
-        usage = response.get("usage")
-        if isinstance(usage, dict):
-            self._set_usage(
-                _int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
-                response.get("model"),
-            )  # fmt: skip
+        self._usage_fields(response, "input_tokens", "output_tokens")
         return out
 
     def _item(self, key: str, item: dict[str, Any], *, done: bool) -> list[StreamFinding]:
