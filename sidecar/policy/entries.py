@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Callable, Hashable
 
 from yaml.nodes import Node, ScalarNode
 
@@ -364,7 +363,7 @@ class FileReader(yamlfile.YamlChecker):
         return self._host_list(nodes or [], key, single=False)
 
     def _host_list(self, nodes: list[Node], key: str, single: bool) -> list[tuple[str, int, str]]:
-        return self._unique(nodes, key, single, self._host, lambda host: repr(host))
+        return self.unique(nodes, key, single, self._host, lambda host, _: repr(host))
 
     def _host(self, node: Node, key: str) -> str | None:
         raw = self.string(node, key, "a host name")
@@ -390,7 +389,7 @@ class FileReader(yamlfile.YamlChecker):
 
     def _ports(self, node: Node, key: str) -> frozenset[int]:
         nodes = self.seq(node, key, "port") or []
-        found = self._unique(nodes, key, False, self._port, lambda port: f"port {port}")
+        found = self.unique(nodes, key, False, self._port, lambda port, _: f"port {port}")
         return frozenset(port for port, _, _ in found)
 
     def _size(self, node: Node, key: str) -> int | None:
@@ -437,7 +436,7 @@ class FileReader(yamlfile.YamlChecker):
 
     def _paths(self, node: Node, key: str) -> PathRules:
         nodes = self.seq(node, key, "path") or []
-        found = self._unique(nodes, key, False, self._path, lambda _: "path")
+        found = self.unique(nodes, key, False, self._path, lambda _path, _: "path")
         prefixes = {value: item_key for (value, is_prefix), _, item_key in found if is_prefix}
         for (value, is_prefix), line, item_key in found:
             for prefix, prefix_key in prefixes.items():
@@ -469,7 +468,7 @@ class FileReader(yamlfile.YamlChecker):
 
     def _methods(self, node: Node, key: str) -> frozenset[str]:
         nodes = self.seq(node, key, "method") or []
-        found = self._unique(nodes, key, False, self._method, lambda method: f"method {method}")
+        found = self.unique(nodes, key, False, self._method, lambda method, _: f"method {method}")
         return frozenset(method for method, _, _ in found)
 
     def _method(self, node: Node, key: str) -> str | None:
@@ -489,30 +488,7 @@ class FileReader(yamlfile.YamlChecker):
     def _cidr_list(
         self, nodes: list[Node], key: str, single: bool
     ) -> list[tuple[IPNetwork, int, str]]:
-        return self._unique(nodes, key, single, self._cidr, str)
-
-    def _unique[T: Hashable](
-        self,
-        nodes: list[Node],
-        key: str,
-        single: bool,
-        parse: Callable[[Node, str], T | None],
-        shown: Callable[[T], str],
-    ) -> list[tuple[T, int, str]]:
-        """Each item parsed, in order, as (value, line, key); a repeated value is an error."""
-        out: list[tuple[T, int, str]] = []
-        first: dict[T, str] = {}
-        for index, item in enumerate(nodes):
-            item_key = key if single else f"{key}[{index}]"
-            value = parse(item, item_key)
-            if value is None:
-                continue
-            if value in first:
-                self.err(item, item_key, f"{shown(value)} is listed twice (also {first[value]})")
-                continue
-            first[value] = item_key
-            out.append((value, _line(item), item_key))
-        return out
+        return self.unique(nodes, key, single, self._cidr, lambda cidr, _: str(cidr))
 
     def _cidr(self, node: Node, key: str) -> IPNetwork | None:
         text = self.string(node, key, "a CIDR such as 10.1.2.0/24")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -68,26 +69,25 @@ def read(reader: yamlfile.YamlChecker, node: Node) -> FileOverrides:
             except ValueError:
                 reader.err(vnode, "overrides.mode", f"unknown mode {text!r}: enforce or audit")
     if "remove" in fields:
-        seen: dict[str, str] = {}
         nodes = reader.seq(fields["remove"][1], "overrides.remove", "rule id") or []
-        for index, item in enumerate(nodes):
-            key = f"overrides.remove[{index}]"
-            rule = reader.string(item, key, "a rule id such as providers.xai")
-            if rule is None:
-                continue
-            if not _RULE_ID.match(rule):
-                reader.err(
-                    item,
-                    key,
-                    f"{rule!r} is not a rule id: write providers.NAME or "
-                    "allow.NAME (give an unnamed allow entry a name to remove it)",
-                )
-            elif rule in seen:
-                reader.err(item, key, f"{rule} is listed twice (also {seen[rule]})")
-            else:
-                seen[rule] = key
-                found.removals.append((rule, yamlfile.line(item), key))
+        rule_id = functools.partial(_rule_id, reader)
+        found.removals += reader.unique(
+            nodes, "overrides.remove", False, rule_id, lambda rule, _: rule
+        )
     return found
+
+
+def _rule_id(reader: yamlfile.YamlChecker, item: Node, key: str) -> str | None:
+    rule = reader.string(item, key, "a rule id such as providers.xai")
+    if rule is not None and not _RULE_ID.match(rule):
+        reader.err(
+            item,
+            key,
+            f"{rule!r} is not a rule id: write providers.NAME or "
+            "allow.NAME (give an unnamed allow entry a name to remove it)",
+        )
+        return None
+    return rule
 
 
 def apply[D: SourcedRule](

@@ -94,22 +94,13 @@ def _rules(
 
 
 def _fetch(reader: yamlfile.YamlChecker, node: Node, key: str) -> FetchList:
-    rules: list[FetchRule] = []
-    seen: dict[FetchRule, str] = {}
-    for index, item in enumerate(reader.seq(node, key, "URL or host", "URLs or hosts") or []):
-        item_key = f"{key}[{index}]"
+    def parse(item: Node, item_key: str) -> FetchRule | None:
         text = reader.string(item, item_key, "a host or scheme://host")
-        if text is None:
-            continue
-        rule = _fetch_rule(reader, item, item_key, text)
-        if rule is None:
-            continue
-        if rule in seen:
-            reader.err(item, item_key, f"{text!r} is listed twice (also {seen[rule]})")
-            continue
-        seen[rule] = item_key
-        rules.append(rule)
-    return FetchList(tuple(rules))
+        return None if text is None else _fetch_rule(reader, item, item_key, text)
+
+    nodes = reader.seq(node, key, "URL or host", "URLs or hosts") or []
+    found = reader.unique(nodes, key, False, parse, lambda _, item: repr(item.value))
+    return FetchList(tuple(rule for rule, _, _ in found))
 
 
 def _fetch_rule(reader: yamlfile.YamlChecker, node: Node, key: str, text: str) -> FetchRule | None:
