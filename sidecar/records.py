@@ -1,5 +1,9 @@
 """Sinks fed by one `Decision`: the JSON decision log and the Prometheus counters.
 
+Every Prometheus metric of the sidecar is declared here, one class per area (`Metrics`
+for decisions and the policy, then credentials, workers, usage, tokens, DLP, request
+inspection, client TLS, DNS and alerts); the addons take their series from these.
+
 Label values are bounded: decision and reason come from enums, provider from the
 policy's provider names (anything else is "none"), so an attacker choosing host
 names cannot grow the label set.
