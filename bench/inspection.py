@@ -1,6 +1,6 @@
 """`python -m bench.inspection`: what request inspection (issue 13) costs.
 
-1. Throughput of `sidecar.inspection.inspect.inspect_body` on realistic provider
+1. Throughput of `sidecar.inspection.body_inspection.inspect_body` on realistic provider
    requests (a long Chat Completions conversation, a Responses request with function
    tools and input items, an Anthropic Messages request, a request carrying a base64
    image), in MB/s, against `json.loads` of the same bytes (the floor: any reader must
@@ -31,7 +31,7 @@ from bench import contenders as C
 from bench.client import closed_loop
 from bench.procs import Procs, wait_json_line
 from bench.prompts import chat_request, image_request, mb_per_s, messages_request, responses_request
-from sidecar.inspection.inspect import inspect_body
+from sidecar.inspection.body_inspection import inspect_body
 from sidecar.inspection.policy import RelayRules
 from sidecar.inspection.readers import Api
 

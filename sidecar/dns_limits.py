@@ -30,7 +30,9 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 
-__all__ = ["Admission", "DnsAdmission", "DnsLimits", "LimitReport"]
+from sidecar.pacing import TokenBucket
+
+__all__ = ["DnsAdmission", "DnsLimits", "LimitReport", "QuestionAdmission"]
 
 LIMIT_SOURCE = "per_source"
 LIMIT_TOTAL = "total"
@@ -57,36 +59,11 @@ class DnsLimits:
             raise ValueError("report_interval must be > 0")
 
 
-class _Bucket:
-    """Token bucket holding at most one second of its rate (or `capacity`)."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, now: float, capacity: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = rate if capacity is None else capacity
-        self.tokens = self.capacity
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-            self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class _Source:
     __slots__ = ("bucket", "limit", "refused", "reported_at", "unreported")
 
     def __init__(self, rate: float, now: float) -> None:
-        self.bucket = _Bucket(rate, now)
+        self.bucket = TokenBucket(rate, rate, now)  # at most one second of its rate
         self.refused = 0  # total since this entry exists
         self.unreported = 0  # refusals not yet in a decision line
         self.reported_at: float | None = None  # when the last line about it was made
@@ -94,7 +71,7 @@ class _Source:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
+class QuestionAdmission:
     allowed: bool
     limit: str = ""  # LIMIT_SOURCE or LIMIT_TOTAL when refused
     first: bool = False  # True: report this refusal now (first of its interval)
@@ -109,7 +86,7 @@ class LimitReport:
     count: int
 
 
-_ALLOWED = Admission(True)
+_ALLOWED = QuestionAdmission(True)
 
 
 class DnsAdmission:
@@ -117,11 +94,11 @@ class DnsAdmission:
 
     def __init__(self, limits: DnsLimits, now: float = 0.0) -> None:
         self.limits = limits
-        self._total = _Bucket(limits.max_qps, now)
+        self._total = TokenBucket(limits.max_qps, limits.max_qps, now)
         # Sources forgotten and seen again would each get a "first" line: the first
         # lines of all sources together are capped at max_sources per report interval.
-        self._first_lines = _Bucket(
-            limits.max_sources / limits.report_interval, now, capacity=float(limits.max_sources)
+        self._first_lines = TokenBucket(
+            limits.max_sources / limits.report_interval, float(limits.max_sources), now
         )
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._evicted: list[LimitReport] = []
@@ -130,7 +107,7 @@ class DnsAdmission:
     def tracked_sources(self) -> int:
         return len(self._sources)
 
-    def admit(self, source: str, now: float) -> Admission:
+    def admit(self, source: str, now: float) -> QuestionAdmission:
         state = self._source(source, now)
         if state.bucket.take(now):
             if self._total.take(now):
@@ -140,7 +117,7 @@ class DnsAdmission:
             return self._refused(state, LIMIT_TOTAL, now)
         return self._refused(state, LIMIT_SOURCE, now)
 
-    def note_refusal(self, source: str, limit: str, now: float) -> Admission:
+    def note_refusal(self, source: str, limit: str, now: float) -> QuestionAdmission:
         """A refusal decided elsewhere (a server-wide bound), reported the same way."""
         return self._refused(self._source(source, now), limit, now)
 
@@ -155,15 +132,15 @@ class DnsAdmission:
             self._sources.move_to_end(source)
         return state
 
-    def _refused(self, state: _Source, limit: str, now: float) -> Admission:
+    def _refused(self, state: _Source, limit: str, now: float) -> QuestionAdmission:
         state.refused += 1
         state.limit = limit
         quiet = state.reported_at is None or now - state.reported_at >= self.limits.report_interval
         if quiet and state.unreported == 0 and self._first_lines.take(now):
             state.reported_at = now
-            return Admission(False, limit, first=True)
+            return QuestionAdmission(False, limit, first=True)
         state.unreported += 1
-        return Admission(False, limit)
+        return QuestionAdmission(False, limit)
 
     def summaries(self, now: float) -> list[LimitReport]:
         """Counts of refusals not reported yet, for sources whose interval has passed."""

@@ -329,14 +329,9 @@ async def start_dns_server(
     settings: Any, holder: Any, resolver: Any, record: Callable[[Decision], None], registry: Any
 ) -> DnsServer:
     """The runner's one call: build the listener and server from the settings, bind them."""
-    from prometheus_client import Counter
+    from sidecar.records import DnsMetrics
 
-    limited = Counter(
-        "egress_sidecar_dns_questions_limited",
-        "DNS questions refused by a listener limit (every one, unlike decision lines).",
-        ["limit"],
-        registry=registry,
-    )
+    limited = DnsMetrics(registry).limited
     server = DnsServer(
         DnsListener(holder, resolver, record, settings.dns_refuse_with),
         DnsLimits(settings.dns_max_qps, settings.dns_max_qps_per_source, settings.dns_max_sources),

@@ -104,7 +104,7 @@ class DnsGuardConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
+class TunnelFinding:
     rule: str  # long_label, high_entropy_label, hex_label, long_name, many_subnames, ...
     detail: str  # human-readable, safe to log: lengths, counts, a short escaped sample
 
@@ -112,7 +112,7 @@ class Finding:
 @dataclasses.dataclass(frozen=True)
 class TunnelVerdict:
     suspicious: bool
-    findings: tuple[Finding, ...]
+    findings: tuple[TunnelFinding, ...]
     base_domain: str  # the registrable-ish domain the question was counted under
 
     @property
@@ -254,7 +254,7 @@ class DnsTunnelDetector:
         unique = domain.add(sub, now, cfg.window_seconds, cfg.max_unique_subnames)
         if unique >= cfg.max_unique_subnames:
             findings.append(
-                Finding(
+                TunnelFinding(
                     "many_subnames",
                     f"{unique} distinct names under {_sample(base, 60)} "
                     f"within {cfg.window_seconds:g}s (limit {cfg.max_unique_subnames})",
@@ -266,7 +266,7 @@ class DnsTunnelDetector:
             count = state.rare.add(now, cfg.window_seconds)
             if count >= cfg.max_rare_qtypes:
                 findings.append(
-                    Finding(
+                    TunnelFinding(
                         "rare_qtype_burst",
                         f"{count} TXT/NULL/ANY-type questions from this client within "
                         f"{cfg.window_seconds:g}s (limit {cfg.max_rare_qtypes}; this one: {qnum})",
@@ -276,7 +276,7 @@ class DnsTunnelDetector:
             count = state.new_domains.add(now, cfg.window_seconds)
             if count >= cfg.max_new_domains:
                 findings.append(
-                    Finding(
+                    TunnelFinding(
                         "domain_spray",
                         f"{count} new domains from this client within {cfg.window_seconds:g}s "
                         f"(limit {cfg.max_new_domains})",
@@ -286,18 +286,20 @@ class DnsTunnelDetector:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _static_findings(self, name: str) -> list[Finding]:
+    def _static_findings(self, name: str) -> list[TunnelFinding]:
         cfg = self.config
-        findings: list[Finding] = []
+        findings: list[TunnelFinding] = []
         if len(name) >= cfg.max_name_len:
             findings.append(
-                Finding("long_name", f"name is {len(name)} characters (limit {cfg.max_name_len})")
+                TunnelFinding(
+                    "long_name", f"name is {len(name)} characters (limit {cfg.max_name_len})"
+                )
             )
         for label in name.split("."):
             n = len(label)
             if n > cfg.max_label_len:
                 findings.append(
-                    Finding(
+                    TunnelFinding(
                         "long_label",
                         f"label of {n} characters (limit {cfg.max_label_len}): {_sample(label)}",
                     )
@@ -306,7 +308,7 @@ class DnsTunnelDetector:
                 h = shannon_entropy(label)
                 if h >= cfg.entropy_threshold:
                     findings.append(
-                        Finding(
+                        TunnelFinding(
                             "high_entropy_label",
                             f"label entropy {h:.2f} bits/char over {n} characters "
                             f"(limit {cfg.entropy_threshold:g}): {_sample(label)}",
@@ -316,7 +318,7 @@ class DnsTunnelDetector:
                 digits = sum(c.isdigit() for c in label)
                 if 0 < digits < n:
                     findings.append(
-                        Finding(
+                        TunnelFinding(
                             "hex_label", f"hex-encoded label of {n} characters: {_sample(label)}"
                         )
                     )
@@ -339,7 +341,7 @@ __all__ = [
     "QTYPES",
     "DnsGuardConfig",
     "DnsTunnelDetector",
-    "Finding",
+    "TunnelFinding",
     "TunnelVerdict",
     "base_domain",
     "normalize_qname",

@@ -23,6 +23,34 @@ DEFAULT_RATE = 20.0  # refusals per second answered without delay
 MAX_DELAY = 1.0  # seconds: the longest a refusal's answer waits
 
 
+class TokenBucket:
+    """Token bucket: `rate` tokens a second, at most `capacity` held (full at the start).
+
+    The DNS listener's rate limits and the alert pipeline's new-alert cap use it.
+    """
+
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+            self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 class RefusalPacer:
     def __init__(
         self,

@@ -1,5 +1,9 @@
 """Sinks fed by one `Decision`: the JSON decision log and the Prometheus counters.
 
+Every Prometheus metric of the sidecar is declared here, one class per area (`Metrics`
+for decisions and the policy, then credentials, workers, usage, tokens, DLP, request
+inspection, client TLS, DNS and alerts); the addons take their series from these.
+
 Label values are bounded: decision and reason come from enums, provider from the
 policy's provider names (anything else is "none"), so an attacker choosing host
 names cannot grow the label set.
@@ -14,7 +18,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from sidecar.decision import Decision
+from sidecar.decision import Decision, Severity
 from sidecar.line_writer import LineWriter
 
 NO_PROVIDER = "none"
@@ -143,6 +147,222 @@ class WorkerMetrics:
             "Worker processes restarted after they died.",
             registry=registry,
         )
+
+
+class UsageMetrics:
+    """Usage limits and key suspension (sidecar/addons/usage.py)."""
+
+    def __init__(self, registry: CollectorRegistry, backend: str) -> None:
+        self.backend_up = Gauge(
+            "egress_sidecar_usage_backend_up",
+            "1 while the usage-limit backend answers (local state file or Redis).",
+            ["backend"],
+            registry=registry,
+            multiprocess_mode="livemin",  # with --workers: 0 if any process lost it
+        ).labels(backend)
+        self.backend_failures = Counter(
+            "egress_sidecar_usage_backend_failures",
+            "Usage-limit backend failures, by what was done about them.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("refused", "allowed", "suspension_from_cache"):
+            self.backend_failures.labels(outcome)
+        self.suspensions = Counter(
+            "egress_sidecar_key_suspensions",
+            "Tenants suspended, automatically (anomaly) or by an admin.",
+            ["by"],
+            registry=registry,
+        )
+        for by in ("automatic", "admin"):
+            self.suspensions.labels(by)
+        self.rate_limited = Counter(
+            "egress_sidecar_rate_limited",
+            "Requests refused by a usage limit, by scope kind and limit.",
+            ["scope", "limit"],
+            registry=registry,
+        )
+
+
+class TokenMetrics:
+    """Tokens read from provider responses (sidecar/addons/responses.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.tokens = Counter(
+            "egress_sidecar_tokens",
+            "Tokens in provider responses, by tenant, provider, model (the policy's names, "
+            "else 'other') and direction (input | output).",
+            ["tenant", "provider", "model", "direction"],
+            registry=registry,
+        )
+
+
+class DlpMetrics:
+    """Secrets found in request bodies (sidecar/addons/dlp.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.findings = Counter(
+            "egress_sidecar_dlp_findings",
+            "Secrets found in request bodies, by kind and the action taken.",
+            ["kind", "action", "provider"],
+            registry=registry,
+        )
+        self.parses = Counter(
+            "egress_sidecar_dlp_body_parses",
+            "Request bodies DLP parsed itself: request inspection left no parsed document "
+            "for them (each body is parsed once).",
+            registry=registry,
+        )
+
+
+class RequestInspectionMetrics:
+    """Request inspection (sidecar/addons/request_inspection.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refusals = Counter(
+            "egress_sidecar_request_inspection_refusals",
+            "Provider requests (or WebSocket messages) refused or would_block by request "
+            "inspection, by reason and the kind of field that triggered it.",
+            ["reason", "field"],
+            registry=registry,
+        )
+        self.inspected = Counter(
+            "egress_sidecar_request_inspected_bytes",
+            "Decoded bytes of provider request bodies and WebSocket messages inspected.",
+            registry=registry,
+        )
+
+
+class ClientTlsMetrics:
+    """Failed TLS handshakes with the gateway (sidecar/addons/client_tls.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.failures = Counter(
+            "egress_sidecar_client_tls_failures",
+            "TLS handshakes with the gateway that failed, by cause "
+            "(untrusted_ca: the client rejected the sidecar CA) and listener mode.",
+            ["cause", "mode"],
+            registry=registry,
+        )
+
+
+class DnsMetrics:
+    """The DNS listener (sidecar/dns_server.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.limited = Counter(
+            "egress_sidecar_dns_questions_limited",
+            "DNS questions refused by a listener limit (every one, unlike decision lines).",
+            ["limit"],
+            registry=registry,
+        )
+
+
+# Label values of the alert pipeline's series (AlertMetrics), all fixed.
+ALERT_DROP_REASONS = ("rejected", "queue_full", "expired")
+ALERT_SUPPRESS_CAUSES = ("rate_cap", "table_full")
+ALERT_KINDS = ("trigger", "update", "resolve")
+ALERT_ERROR_PLACES = ("submit", "flush", "deliver", "state")
+
+
+class AlertMetrics:
+    """The alert pipeline (sidecar/alerts/pipeline.py), `egress_sidecar_alerts_*`.
+
+    Every label is bounded: ``sink`` is a configured sink name (validated, at most a
+    few), ``severity`` / ``kind`` / ``reason`` / ``cause`` / ``where`` take the fixed
+    values above.
+    """
+
+    def __init__(self, registry: CollectorRegistry, sinks: list[str]) -> None:
+        p = "egress_sidecar_alerts_"
+        self.refusals = Counter(
+            p + "refusals",
+            "Refusals (block and would_block) submitted to the alert pipeline.",
+            ["severity"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            p + "suppressed",
+            "Refusals folded into an alert_flood alert by the alert caps.",
+            ["cause"],
+            registry=registry,
+        )
+        self.notifications = Counter(
+            p + "notifications",
+            "Alert notifications produced by grouping (before sinks).",
+            ["kind"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            p + "active",
+            "Alerts currently firing (grouped).",
+            ["severity"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.sent = Counter(
+            p + "sent", "Alert notifications delivered (2xx).", ["sink"], registry=registry
+        )
+        self.retried = Counter(
+            p + "retried",
+            "Delivery attempts that failed and will be retried.",
+            ["sink"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            p + "dropped",
+            "Alert notifications given up (rejected = non-retryable 4xx/3xx).",
+            ["sink", "reason"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            p + "queue_depth",
+            "Alert notifications waiting for delivery.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.last_success = Gauge(
+            p + "last_success_timestamp_seconds",
+            "Unix time of the last delivery.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.spool_errors = Counter(
+            p + "spool_errors",
+            "Spool directory writes or removals that failed.",
+            ["sink"],
+            registry=registry,
+        )
+        self.quarantined = Counter(
+            p + "spool_quarantined",
+            "Spool files that could not be read and were quarantined.",
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            p + "internal_errors",
+            "Unexpected errors inside the alert pipeline (contained).",
+            ["where"],
+            registry=registry,
+        )
+        for sev in Severity:
+            self.refusals.labels(sev.value)
+            self.active.labels(sev.value)
+        for cause in ALERT_SUPPRESS_CAUSES:
+            self.suppressed.labels(cause)
+        for kind in ALERT_KINDS:
+            self.notifications.labels(kind)
+        for where in ALERT_ERROR_PLACES:
+            self.internal_errors.labels(where)
+        for sink in sinks:
+            self.sent.labels(sink)
+            self.retried.labels(sink)
+            self.queue_depth.labels(sink)
+            self.last_success.labels(sink)
+            self.spool_errors.labels(sink)
+            for reason in ALERT_DROP_REASONS:
+                self.dropped.labels(sink, reason)
 
 
 class LineStream(Protocol):

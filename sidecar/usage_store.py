@@ -71,7 +71,7 @@ class Suspension:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
+class UsageAdmission:
     counts: tuple[Counts, ...]  # per meter, after counting this request if admitted
     overrun: Overrun | None = None
     suspension: Suspension | None = None
@@ -121,7 +121,9 @@ class UsageStore(abc.ABC):
         """Write the buffered token counts."""
 
     @abc.abstractmethod
-    async def admit(self, tenant: str | None, meters: Sequence[Meter], now: float) -> Admission:
+    async def admit(
+        self, tenant: str | None, meters: Sequence[Meter], now: float
+    ) -> UsageAdmission:
         """Suspension check, then limits; counts the request's meters if admitted."""
 
     @abc.abstractmethod
@@ -199,16 +201,18 @@ class LocalStore(UsageStore):
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"local state file: {exc}") from None
 
-    async def admit(self, tenant: str | None, meters: Sequence[Meter], now: float) -> Admission:
+    async def admit(
+        self, tenant: str | None, meters: Sequence[Meter], now: float
+    ) -> UsageAdmission:
         if not meters:  # a suspension check alone: one read, no write lock
-            only: Admission = self._transaction(
+            only: UsageAdmission = self._transaction(
                 lambda db: _suspension_only(db, tenant), write=False
             )
             return only
 
         tokens = self._take_tokens(now)
 
-        def work(db: sqlite3.Connection) -> Admission:
+        def work(db: sqlite3.Connection) -> UsageAdmission:
             _add(db, tokens)
             suspended = _suspension_only(db, tenant)
             if suspended.suspension is not None:
@@ -216,15 +220,15 @@ class LocalStore(UsageStore):
             counts = _read_counts(db, meters, now)
             overrun = first_overrun(meters, counts, now)
             if overrun is not None:
-                return Admission(tuple(counts), overrun=overrun)
+                return UsageAdmission(tuple(counts), overrun=overrun)
             requests = [(i, m) for i, m in enumerate(meters) if m.metric is Metric.REQUESTS]
             for i, meter in requests:
                 _increment(db, meter, 1, now)
                 counts[i] = Counts(counts[i].current + 1, counts[i].previous)
-            return Admission(tuple(counts))
+            return UsageAdmission(tuple(counts))
 
         try:
-            admission: Admission = self._transaction(work)
+            admission: UsageAdmission = self._transaction(work)
         except BackendUnavailable:
             self._give_back(tokens)
             raise
@@ -293,11 +297,11 @@ def _burst_keys(tenant: str, now: float) -> list[str]:
     ]
 
 
-def _suspension_only(db: sqlite3.Connection, tenant: str | None) -> Admission:
+def _suspension_only(db: sqlite3.Connection, tenant: str | None) -> UsageAdmission:
     row = None
     if tenant is not None:
         row = db.execute("SELECT record FROM suspensions WHERE tenant = ?", (tenant,)).fetchone()
-    return Admission((), suspension=Suspension.from_json(row[0]) if row else None)
+    return UsageAdmission((), suspension=Suspension.from_json(row[0]) if row else None)
 
 
 def _read_counts(db: sqlite3.Connection, meters: Sequence[Meter], now: float) -> list[Counts]:
@@ -418,7 +422,9 @@ class RedisStore(UsageStore):
             kind = type(exc).__name__
             raise BackendUnavailable(f"redis {what} failed: {kind}") from None
 
-    async def admit(self, tenant: str | None, meters: Sequence[Meter], now: float) -> Admission:
+    async def admit(
+        self, tenant: str | None, meters: Sequence[Meter], now: float
+    ) -> UsageAdmission:
         keys = [SUSPENDED]
         args: list[Any] = [tenant or "", len(meters)]
         for meter in meters:
@@ -439,17 +445,17 @@ class RedisStore(UsageStore):
         if len(reply) == 1:
             suspension = Suspension.from_json(reply[0])
             self._cache[suspension.tenant] = suspension
-            return Admission((), suspension=suspension)
+            return UsageAdmission((), suspension=suspension)
         counts = tuple(
             Counts(int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i in range(len(meters))
         )
         if int(reply[1]) == 1:
-            return Admission(counts)
+            return UsageAdmission(counts)
         overrun = first_overrun(meters, counts, now)
         if overrun is None:  # the script's float rounding differed at the very edge
             limited = next(m for m in meters if m.limit is not None)
             overrun = Overrun(limited, float(limited.limit or 0), 1.0)
-        return Admission(counts, overrun=overrun)
+        return UsageAdmission(counts, overrun=overrun)
 
     async def flush(self, now: float) -> None:
         tokens = self._take_tokens(now)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Hashable
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -28,7 +28,7 @@ __all__ = [
     "NULL",
     "STR",
     "Problem",
-    "Reader",
+    "YamlChecker",
     "compose",
     "describe",
     "join",
@@ -149,7 +149,7 @@ def compose(file: str, data: bytes, problems: list[Problem], *, empty: str) -> N
     return root
 
 
-class Reader:
+class YamlChecker:
     """Structure checks on one composed document; appends to `problems`, never raises."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
@@ -220,6 +220,32 @@ class Reader:
             hint = f": write it as a list, e.g. [{node.value}]"
         self.err(node, key, f"expected a list of {plural}, got {describe(node)}{hint}")
         return None
+
+    def unique[T: Hashable](
+        self,
+        nodes: list[Node],
+        key: str,
+        single: bool,
+        parse: Callable[[Node, str], T | None],
+        shown: Callable[[T, Node], str],
+    ) -> list[tuple[T, int, str]]:
+        """Each item parsed, in order, as (value, line, key); a value listed twice is an
+        error that `shown(value, item)` names. `single`: the items stand for one key."""
+        out: list[tuple[T, int, str]] = []
+        first: dict[T, str] = {}
+        for index, item in enumerate(nodes):
+            item_key = key if single else f"{key}[{index}]"
+            value = parse(item, item_key)
+            if value is None:
+                continue
+            if value in first:
+                self.err(
+                    item, item_key, f"{shown(value, item)} is listed twice (also {first[value]})"
+                )
+                continue
+            first[value] = item_key
+            out.append((value, line(item), item_key))
+        return out
 
     def string(self, node: Node, key: str, what: str = "a string") -> str | None:
         if isinstance(node, ScalarNode) and node.tag == STR:

@@ -13,7 +13,9 @@ from typing import Any
 
 from mitmproxy import tls
 from mitmproxy.proxy import mode_specs
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+
+from sidecar.records import ClientTlsMetrics
 
 # Bounded label values, from mitmproxy's own wording of the failure.
 _CAUSES: tuple[tuple[str, str], ...] = (
@@ -42,13 +44,7 @@ def listener_mode(proxy_mode: Any) -> str:
 class ClientTlsFailures:
     def __init__(self, registry: CollectorRegistry, emit: Callable[..., None]) -> None:
         self._emit = emit
-        self.failures = Counter(
-            "egress_sidecar_client_tls_failures",
-            "TLS handshakes with the gateway that failed, by cause "
-            "(untrusted_ca: the client rejected the sidecar CA) and listener mode.",
-            ["cause", "mode"],
-            registry=registry,
-        )
+        self.failures = ClientTlsMetrics(registry).failures  # declared in sidecar/records.py
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         try:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.flows import (
@@ -40,10 +40,11 @@ from sidecar.credentials.inject import is_credential_header, is_credential_param
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.dlp.detectors import Detector, own_key_patterns
 from sidecar.dlp.document import BodyScan, HeadScan, scan_body, scan_head
-from sidecar.dlp.kinds import Kind
+from sidecar.dlp.kinds import SecretKind
 from sidecar.dlp.rules import EffectiveRules, Plan, describe, effective, plan
 from sidecar.policy.dlp import Action
 from sidecar.policy.model import Mode
+from sidecar.records import DlpMetrics
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -74,18 +75,9 @@ class RequestDlp:
         self.store = store
         self._generation = -1
         self._detector = Detector()
-        self.findings = Counter(
-            "egress_sidecar_dlp_findings",
-            "Secrets found in request bodies, by kind and the action taken.",
-            ["kind", "action", "provider"],
-            registry=registry,
-        )
-        self.parses = Counter(
-            "egress_sidecar_dlp_body_parses",
-            "Request bodies DLP parsed itself: request inspection left no parsed document "
-            "for them (each body is parsed once).",
-            registry=registry,
-        )
+        metrics = DlpMetrics(registry)  # declared in sidecar/records.py
+        self.findings = metrics.findings
+        self.parses = metrics.parses
 
     def detector(self) -> Detector:
         """Rebuilt when the mounted keys change (rotation), like the reflection guard."""
@@ -176,7 +168,7 @@ class RequestDlp:
 
     @staticmethod
     def _redact(
-        flow: http.HTTPFlow, kinds: frozenset[Kind], head: HeadScan, result: BodyScan | None
+        flow: http.HTTPFlow, kinds: frozenset[SecretKind], head: HeadScan, result: BodyScan | None
     ) -> str | None:
         """Replace the secrets of `kinds`; the reason it cannot be done, or None."""
         if head.url_kinds & kinds:
@@ -219,7 +211,7 @@ class RequestDlp:
         reported = verdict_plan.reported()
         what = describe(reported)
         if verdict_plan.own_key:  # S7: always refused, audit mode too
-            own = tuple(f for f in reported if f.kind is Kind.SIDECAR_KEY)
+            own = tuple(f for f in reported if f.kind is SecretKind.SIDECAR_KEY)
             detail = f"the sidecar's own provider key in the request: {describe(own)}"
             return self._overrule(pending, Reason.GATEWAY_HOLDS_CREDENTIAL, detail), (
                 _Outcome.REFUSE

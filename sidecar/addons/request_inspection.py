@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar.addons.enforcer import EngineHolder
 from sidecar.addons.flows import (
@@ -41,15 +41,16 @@ from sidecar.addons.flows import (
 from sidecar.addons.limits import BODY_LIMIT_KEY
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
-from sidecar.inspection.inspect import (
+from sidecar.inspection.body_inspection import (
     Api,
     Inspection,
-    Violation,
+    InspectionViolation,
     api_for,
     inspect_body,
     minting_endpoint,
 )
 from sidecar.policy.model import Endpoint
+from sidecar.records import RequestInspectionMetrics
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -79,18 +80,9 @@ class RequestInspection:
         self.holder = holder
         self.record = record
         registry = registry or CollectorRegistry()
-        self.refusals = Counter(
-            "egress_sidecar_request_inspection_refusals",
-            "Provider requests (or WebSocket messages) refused or would_block by request "
-            "inspection, by reason and the kind of field that triggered it.",
-            ["reason", "field"],
-            registry=registry,
-        )
-        self.inspected = Counter(
-            "egress_sidecar_request_inspected_bytes",
-            "Decoded bytes of provider request bodies and WebSocket messages inspected.",
-            registry=registry,
-        )
+        metrics = RequestInspectionMetrics(registry)  # declared in sidecar/records.py
+        self.refusals = metrics.refusals
+        self.inspected = metrics.inspected
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -109,7 +101,7 @@ class RequestInspection:
         rules = endpoint.relay.for_tenant(pending.tenant)
         minted = minting_endpoint(request.method, request.path)
         if minted is not None and not rules.credential_minting:
-            violation = Violation(
+            violation = InspectionViolation(
                 Reason.CREDENTIAL_MINTING_NOT_ALLOWED,
                 "endpoint",
                 f"POST {minted} mints a token usable from outside the pod; "
@@ -125,7 +117,7 @@ class RequestInspection:
         limit = endpoint.relay.max_inspected_body
         declared = request.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
-            violation = Violation(
+            violation = InspectionViolation(
                 Reason.REQUEST_NOT_INSPECTABLE,
                 "body",
                 f"content-length {int(declared)} exceeds max_inspected_body ({limit} bytes)",
@@ -229,7 +221,9 @@ class RequestInspection:
             return None  # allow: entries are not providers: nothing is relayed
         return endpoint
 
-    def _apply(self, flow: http.HTTPFlow, pending: Decision, violation: Violation) -> None:
+    def _apply(
+        self, flow: http.HTTPFlow, pending: Decision, violation: InspectionViolation
+    ) -> None:
         """The request's one line becomes the refusal (or, in audit mode, the
         would_block that is written when the response starts)."""
         engine = self.holder.engine
@@ -294,8 +288,8 @@ def _inspector(
     return run
 
 
-def _binary_message() -> Violation:
-    return Violation(Reason.REQUEST_NOT_INSPECTABLE, "body", "a binary WebSocket message")
+def _binary_message() -> InspectionViolation:
+    return InspectionViolation(Reason.REQUEST_NOT_INSPECTABLE, "body", "a binary WebSocket message")
 
 
 def _send_error(flow: http.HTTPFlow, decision: Decision) -> None:

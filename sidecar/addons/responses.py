@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from mitmproxy import ctx, http
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from sidecar import refusals
 from sidecar.addons.credentials import CredentialLayer, key_added, redact_whole_body
@@ -37,6 +37,7 @@ from sidecar.decision import Decision, Reason, Verdict
 from sidecar.inspection import body as request_body
 from sidecar.inspection.policy import DEFAULT_MAX_INSPECTED_BODY
 from sidecar.policy.tools import DeclaredTools, ToolRules
+from sidecar.records import TokenMetrics
 from sidecar.streams.declared import (
     USAGE_OPTION_HOSTS,
     declared_tools,
@@ -46,7 +47,7 @@ from sidecar.streams.declared import (
 from sidecar.streams.inspector import (
     MAX_HELD_ARGUMENTS,
     ResponseInspector,
-    Violation,
+    StreamViolation,
     api_for_path,
     error_document,
     safe_tool_name,
@@ -101,13 +102,7 @@ class ResponseInspection:
         self.holder = holder
         self.record = record
         self.credentials = credentials
-        self.tokens = Counter(
-            "egress_sidecar_tokens",
-            "Tokens in provider responses, by tenant, provider, model (the policy's names, "
-            "else 'other') and direction (input | output).",
-            ["tenant", "provider", "model", "direction"],
-            registry=registry,
-        )
+        self.tokens = TokenMetrics(registry).tokens  # declared in sidecar/records.py
 
     # --- request ----------------------------------------------------------------------
 
@@ -155,7 +150,7 @@ class ResponseInspection:
         if not refused:
             return
         detail = f"{api} request declares tool {safe_tool_name(refused[0])!r}, not in tools.allow"
-        self._violation(flow, Violation(Reason.TOOL_NOT_ALLOWED, detail), request=True)
+        self._violation(flow, StreamViolation(Reason.TOOL_NOT_ALLOWED, detail), request=True)
 
     # --- response ---------------------------------------------------------------------
 
@@ -252,7 +247,7 @@ class ResponseInspection:
                     name = safe_tool_name(refused[0])
                     detail = f"responses request declares tool {name!r}, not in tools.allow"
                     self._websocket_refusal(
-                        flow, message, Violation(Reason.TOOL_NOT_ALLOWED, detail)
+                        flow, message, StreamViolation(Reason.TOOL_NOT_ALLOWED, detail)
                     )
             return
         inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
@@ -285,7 +280,7 @@ class ResponseInspection:
             if sum(len(content) for content, _ in held) > MAX_HELD_ARGUMENTS:
                 flow.metadata.pop(_WS_HELD, None)
                 detail = "a tool call's arguments held unjudged past 16 MiB; response dropped"
-                violation = Violation(Reason.RESPONSE_NOT_INSPECTABLE, detail)
+                violation = StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail)
                 inspector.cut = violation
                 self._websocket_record(flow, violation)
                 self._websocket_error(flow, violation)
@@ -298,13 +293,15 @@ class ResponseInspection:
             ctx.master.commands.call("inject.websocket", flow, True, content, is_text)
         held.clear()
 
-    def _websocket_refusal(self, flow: http.HTTPFlow, message: Any, violation: Violation) -> None:
+    def _websocket_refusal(
+        self, flow: http.HTTPFlow, message: Any, violation: StreamViolation
+    ) -> None:
         """A refused client message: recorded; in enforce mode dropped, with an error."""
         if self._websocket_record(flow, violation) is Verdict.BLOCK:
             message.drop()
             self._websocket_error(flow, violation)
 
-    def _websocket_record(self, flow: http.HTTPFlow, violation: Violation) -> Verdict | None:
+    def _websocket_record(self, flow: http.HTTPFlow, violation: StreamViolation) -> Verdict | None:
         decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return None
@@ -312,7 +309,7 @@ class ResponseInspection:
         self.record(refusal.with_context(detail=f"{refusal.detail} (WebSocket)"))
         return refusal.verdict
 
-    def _websocket_error(self, flow: http.HTTPFlow, violation: Violation) -> None:
+    def _websocket_error(self, flow: http.HTTPFlow, violation: StreamViolation) -> None:
         if flow.metadata.get(_WS_ERROR_SENT):
             return
         flow.metadata[_WS_ERROR_SENT] = True
@@ -347,7 +344,7 @@ class ResponseInspection:
         flow.metadata["egress_inspector_count"] = len(inspector.violations)
 
     def _violation(
-        self, flow: http.HTTPFlow, violation: Violation, *, request: bool = False
+        self, flow: http.HTTPFlow, violation: StreamViolation, *, request: bool = False
     ) -> None:
         pending: Decision | None = flow.metadata.get(PENDING_DECISION_KEY)
         if pending is None or (pending.verdict is not Verdict.ALLOW and not violation.enforced):
@@ -427,7 +424,7 @@ class ResponseInspection:
         policy = endpoint.tools if endpoint is not None else None
         return policy.for_tenant(decision.tenant) if policy is not None else None
 
-    def _message(self, flow: http.HTTPFlow, violation: Violation) -> str:
+    def _message(self, flow: http.HTTPFlow, violation: StreamViolation) -> str:
         decision: Decision | None = flow.metadata.get(DECISION_KEY)
         if decision is None:
             return f"egress-sidecar cut this response: {violation.reason.value}"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from sidecar.decision import Decision, Reason, Verdict, iso_time
 from sidecar.engine import PolicyEngine
@@ -41,6 +41,7 @@ from sidecar.metering import (
     window_index,
 )
 from sidecar.policy.usage_limits import FailureMode, UsagePolicy
+from sidecar.records import UsageMetrics
 from sidecar.usage import USAGE_KEY, TokenUsage
 from sidecar.usage_store import BackendUnavailable, Suspension, UsageStore
 
@@ -77,36 +78,12 @@ class UsageGate:
         self.backend_up = True
         # Told when an admin resumes a tenant (with --workers: every worker forgets too).
         self.on_resume: Callable[[str], None] | None = None
-        self._up = Gauge(
-            "egress_sidecar_usage_backend_up",
-            "1 while the usage-limit backend answers (local state file or Redis).",
-            ["backend"],
-            registry=registry,
-            multiprocess_mode="livemin",  # with --workers: 0 if any process lost it
-        ).labels(store.name)
+        metrics = UsageMetrics(registry, store.name)  # declared in sidecar/records.py
+        self._up = metrics.backend_up
         self._up.set(1)
-        self._failures = Counter(
-            "egress_sidecar_usage_backend_failures",
-            "Usage-limit backend failures, by what was done about them.",
-            ["outcome"],
-            registry=registry,
-        )
-        for outcome in ("refused", "allowed", "suspension_from_cache"):
-            self._failures.labels(outcome)
-        self._suspensions = Counter(
-            "egress_sidecar_key_suspensions",
-            "Tenants suspended, automatically (anomaly) or by an admin.",
-            ["by"],
-            registry=registry,
-        )
-        for by in ("automatic", "admin"):
-            self._suspensions.labels(by)
-        self._limited = Counter(
-            "egress_sidecar_rate_limited",
-            "Requests refused by a usage limit, by scope kind and limit.",
-            ["scope", "limit"],
-            registry=registry,
-        )
+        self._failures = metrics.backend_failures
+        self._suspensions = metrics.suspensions
+        self._limited = metrics.rate_limited
 
     # --- the enforcer's gate ------------------------------------------------------------
 

@@ -131,7 +131,7 @@ class _Ctx:
         self.file = file
         self.base = os.path.dirname(os.path.abspath(file))
         self.problems: list[Problem] = []
-        self.reader = yamlfile.Reader(file, self.problems)
+        self.reader = yamlfile.YamlChecker(file, self.problems)
 
     def err(self, node: yaml.Node, key: str, msg: str) -> _Invalid:
         self.reader.err(node, key, msg)

@@ -39,6 +39,7 @@ from sidecar.alerts.model import (
     safe_evidence,
 )
 from sidecar.decision import Decision, Severity, Verdict, iso_time
+from sidecar.pacing import TokenBucket
 
 FLOOD_REASON = "alert_flood"
 TRIGGER = "trigger"
@@ -86,26 +87,6 @@ class Notification:
     alert: dict[str, Any]  # JSON-able snapshot, see `snapshot()`
 
 
-class _Bucket:
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, per_minute: float, burst: int, now: float) -> None:
-        self.rate = max(per_minute, 0.0) / 60.0
-        self.capacity = float(max(burst, 1))
-        self.tokens = self.capacity
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class Grouper:
     def __init__(
         self,
@@ -124,7 +105,11 @@ class Grouper:
         self._lock = threading.Lock()
         self._active: dict[AlertKey, ActiveAlert] = {}
         self._dest_counts: dict[tuple[str, bool, str], int] = {}
-        self._bucket = _Bucket(self.settings.max_new_per_minute, self.settings.burst, clock())
+        self._bucket = TokenBucket(
+            max(self.settings.max_new_per_minute, 0.0) / 60.0,
+            float(max(self.settings.burst, 1)),
+            clock(),
+        )
         self._memo = KeyMemo()
         self._on_suppressed = on_suppressed
         self.submitted = 0

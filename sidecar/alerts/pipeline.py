@@ -30,11 +30,11 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.alerts.config import AlertsConfig, load_config
 from sidecar.alerts.grouping import TRIGGER, UPDATE, Grouper, Notification
-from sidecar.alerts.metrics import AlertMetrics
 from sidecar.alerts.model import pod_identity
 from sidecar.alerts.sinks import Sink, build_sink
 from sidecar.alerts.spool import DiskOp, SequenceNumbers, SinkQueue, atomic_write, quarantine
 from sidecar.decision import Decision, Severity
+from sidecar.records import AlertMetrics
 
 log = logging.getLogger("sidecar.alerts")
 

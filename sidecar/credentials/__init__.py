@@ -5,7 +5,7 @@ Pure: no mitmproxy import, no network. The mitmproxy adapter calls, per request,
 See docs/credentials.md.
 """
 
-from sidecar.credentials.detect import Finding
+from sidecar.credentials.detect import CredentialFinding
 from sidecar.credentials.inject import (
     CredentialResult,
     HeaderList,
@@ -20,7 +20,7 @@ from sidecar.credentials.reflection import (
     StreamRedactor,
     compile_patterns,
 )
-from sidecar.credentials.secrets import Secret, SecretError, SecretStore
+from sidecar.credentials.secret_store import Secret, SecretError, SecretStore
 from sidecar.credentials.virtual_keys import (
     Tenant,
     VirtualKeyError,
@@ -33,8 +33,8 @@ from sidecar.credentials.virtual_keys import (
 
 __all__ = [
     "REDACTED",
+    "CredentialFinding",
     "CredentialResult",
-    "Finding",
     "HeaderList",
     "MultiMap",
     "Outcome",

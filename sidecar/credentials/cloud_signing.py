@@ -31,8 +31,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from sidecar.credentials.detect import Finding
-from sidecar.credentials.secrets import Secret
+from sidecar.credentials.detect import CredentialFinding
+from sidecar.credentials.secret_store import Secret
 from sidecar.credentials.virtual_keys import is_virtual_key
 from sidecar.policy.cloud_credentials import CloudKind
 
@@ -136,9 +136,9 @@ def is_gateway_signature(kind: CloudKind, header: str, value: str) -> bool:
 
 def gateway_signature_findings(
     kind: CloudKind, headers: MultiMap, query: MultiMap | None
-) -> list[Finding]:
+) -> list[CredentialFinding]:
     """Credentials the gateway holds, as seen in its own signature or token."""
-    findings: list[Finding] = []
+    findings: list[CredentialFinding] = []
     for name in list(headers):
         lower = name.lower()
         values = headers.get_all(name)
@@ -147,7 +147,7 @@ def gateway_signature_findings(
                 findings += _aws_key_ids(values, "header authorization")
             elif lower == "x-amz-security-token" and any(v.strip() for v in values):
                 findings.append(
-                    Finding(
+                    CredentialFinding(
                         "header x-amz-security-token",
                         "aws_session_token",
                         "AWS session token (the gateway holds temporary AWS credentials)",
@@ -158,7 +158,7 @@ def gateway_signature_findings(
                 token = _bearer(value)
                 if token is not None and token != DUMMY_GOOGLE_TOKEN and not is_virtual_key(token):
                     findings.append(
-                        Finding(
+                        CredentialFinding(
                             "header authorization",
                             "google_oauth_token",
                             "Google OAuth token other than the documented dummy",
@@ -171,7 +171,9 @@ def gateway_signature_findings(
                 findings += _aws_key_ids(query.get_all(name), "query x-amz-credential")
             elif lower == "x-amz-security-token":
                 findings.append(
-                    Finding("query x-amz-security-token", "aws_session_token", "AWS session token")
+                    CredentialFinding(
+                        "query x-amz-security-token", "aws_session_token", "AWS session token"
+                    )
                 )
     return findings
 
@@ -236,8 +238,8 @@ def sign_aws(
             headers.set_all(name.lower(), [value])
 
 
-def _aws_key_ids(values: Iterable[str], location: str) -> list[Finding]:
-    found: list[Finding] = []
+def _aws_key_ids(values: Iterable[str], location: str) -> list[CredentialFinding]:
+    found: list[CredentialFinding] = []
     for value in values:
         if location.startswith("query "):
             key_ids = [value.split("/", 1)[0]]
@@ -247,7 +249,7 @@ def _aws_key_ids(values: Iterable[str], location: str) -> list[Finding]:
             continue  # not SigV4 (a bearer value): the generic rules judge it
         if any(key_id != DUMMY_AWS_ACCESS_KEY_ID for key_id in key_ids):
             found.append(
-                Finding(
+                CredentialFinding(
                     location,
                     "aws_access_key_id",
                     "AWS signature with an access key id other than the documented dummy",

@@ -40,7 +40,7 @@ from xml.etree import ElementTree
 from sidecar.credentials.cloud_endpoints import EndpointRules, sts_url, vetted_pool
 from sidecar.credentials.cloud_signing import AwsKeys, CloudCredentialError, parse_aws_keys
 from sidecar.credentials.detect import redact_known_keys
-from sidecar.credentials.secrets import Secret, SecretStore
+from sidecar.credentials.secret_store import Secret, SecretStore
 from sidecar.policy.cloud_credentials import AwsWebIdentity, CloudCredential
 
 __all__ = ["CloudCredentialSource"]

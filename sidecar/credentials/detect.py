@@ -36,7 +36,7 @@ __all__ = [
     "FAMILIES",
     "JWT",
     "TRIGGERS",
-    "Finding",
+    "CredentialFinding",
     "KeyFamily",
     "looks_random",
     "redact_known_keys",
@@ -54,7 +54,7 @@ class KeyFamily:
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
+class CredentialFinding:
     """One credential found in a request. Safe to log: no value."""
 
     location: str  # e.g. "header authorization", "query key", "header sec-websocket-protocol"
@@ -218,9 +218,9 @@ def _entropy_bar(n: int, alphabet: int) -> float:
 
 def scan_prefixed(
     value: str, location: str, *, skip: frozenset[str] = frozenset()
-) -> list[Finding]:
+) -> list[CredentialFinding]:
     """Prefixed key families anywhere in `value` (and in a decoded `Basic` payload)."""
-    found: list[Finding] = []
+    found: list[CredentialFinding] = []
     texts = [value]
     decoded = _basic_payload(value)
     if decoded is not None:
@@ -236,11 +236,11 @@ def scan_prefixed(
             for text, triggers in present
             if not triggers.isdisjoint(_TRIGGERS[family.name])
         ):
-            found.append(Finding(location, family.name, family.label))
+            found.append(CredentialFinding(location, family.name, family.label))
     return found
 
 
-def scan_generic(value: str, location: str, *, header: str | None) -> list[Finding]:
+def scan_generic(value: str, location: str, *, header: str | None) -> list[CredentialFinding]:
     """Generic rules for a credential-bearing header or parameter value."""
     texts = [value]
     decoded = _basic_payload(value)
@@ -253,18 +253,18 @@ def scan_generic(value: str, location: str, *, header: str | None) -> list[Findi
     return []
 
 
-def _generic_one(text: str, location: str, header: str | None) -> Finding | None:
+def _generic_one(text: str, location: str, header: str | None) -> CredentialFinding | None:
     if _JWT.search(text):
-        return Finding(location, "jwt_bearer_token", "bearer token (JWT)")
+        return CredentialFinding(location, "jwt_bearer_token", "bearer token (JWT)")
     for token in _TOKEN.findall(text):
         if is_virtual_key(token) or token.lower() in DUMMY_VALUES:
             continue
         if _GENERIC_SK.fullmatch(token) and looks_random(token[3:]):
-            return Finding(location, "generic_sk_key", "sk- style secret key")
+            return CredentialFinding(location, "generic_sk_key", "sk- style secret key")
         if header == "api-key" and _AZURE_HEX.fullmatch(token):
-            return Finding(location, "azure_openai_key", "Azure OpenAI key")
+            return CredentialFinding(location, "azure_openai_key", "Azure OpenAI key")
         if _OPAQUE.fullmatch(token) and looks_random(token.rstrip("=")):
-            return Finding(location, "opaque_random_token", "long random token")
+            return CredentialFinding(location, "opaque_random_token", "long random token")
     return None
 
 

@@ -47,8 +47,8 @@ from sidecar.credentials.cloud_signing import (
     is_gateway_signature,
     strip_aws_signature,
 )
-from sidecar.credentials.detect import Finding, scan_generic, scan_prefixed
-from sidecar.credentials.secrets import Secret, SecretStore
+from sidecar.credentials.detect import CredentialFinding, scan_generic, scan_prefixed
+from sidecar.credentials.secret_store import Secret, SecretStore
 from sidecar.credentials.virtual_keys import VirtualKeys, is_virtual_key
 from sidecar.decision import REASONS, Reason
 from sidecar.policy.cloud_credentials import CloudKind
@@ -199,7 +199,7 @@ class CredentialResult:
     detail: str  # human-readable, safe: names headers, families, secrets; never values
     secret_name: str | None = None
     tenant: str | None = None
-    findings: tuple[Finding, ...] = ()
+    findings: tuple[CredentialFinding, ...] = ()
     stripped: tuple[str, ...] = ()  # "header authorization", "query key", ...
     # The injected secret (its repr shows only name and fingerprint).
     secret: Secret | None = field(default=None, repr=False, compare=False)
@@ -218,7 +218,7 @@ class CredentialResult:
 
 @dataclass(slots=True)
 class _Scan:
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[CredentialFinding] = field(default_factory=list)
     virtual_keys: set[str] = field(default_factory=set)
     stripped: list[str] = field(default_factory=list)
     # Headers / params that held a finding but were not stripped: removed on refusal.
@@ -447,7 +447,7 @@ def _credential_value(
         name = own_values.get(token)
         if name is not None:
             scan.findings.append(
-                Finding(location, "sidecar_secret", f"the sidecar's own {name!r} key")
+                CredentialFinding(location, "sidecar_secret", f"the sidecar's own {name!r} key")
             )
     if injecting:
         scan.findings += scan_generic(value, location, header=header)
@@ -475,7 +475,7 @@ def _websocket_protocols(
                 scan.findings += scan_generic(carried, location, header=None)
                 if carried in own_values:
                     scan.findings.append(
-                        Finding(
+                        CredentialFinding(
                             location,
                             "sidecar_secret",
                             f"the sidecar's own {own_values[carried]!r} key",
@@ -501,9 +501,9 @@ def _holds_virtual_key(value: str) -> bool:
     return any(is_virtual_key(t) for t in _tokens(value))
 
 
-def _dedupe(findings: list[Finding]) -> list[Finding]:
+def _dedupe(findings: list[CredentialFinding]) -> list[CredentialFinding]:
     seen: set[tuple[str, str]] = set()
-    out: list[Finding] = []
+    out: list[CredentialFinding] = []
     for f in findings:
         if (f.location, f.family) not in seen:
             seen.add((f.location, f.family))

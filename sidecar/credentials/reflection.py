@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.credentials.prefix_automaton import PrefixAutomaton
-from sidecar.credentials.secrets import Secret, SecretStore
+from sidecar.credentials.secret_store import Secret, SecretStore
 
 __all__ = [
     "HEADER_NAME_HIT",

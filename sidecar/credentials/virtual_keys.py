@@ -204,7 +204,7 @@ def _parse(data: bytes, source: str) -> VirtualKeys:
     return keys
 
 
-class _FileReader(yamlfile.Reader):
+class _FileReader(yamlfile.YamlChecker):
     def __init__(self, file: str, problems: list[Problem]) -> None:
         super().__init__(file, problems)
         self.by_digest: dict[str, tuple[str, Tenant, bool]] = {}

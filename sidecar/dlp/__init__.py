@@ -7,6 +7,6 @@ rules. The thin addon is `sidecar/addons/dlp.py`; docs/dlp.md says what is caugh
 what is not.
 """
 
-from sidecar.dlp.kinds import KINDS, Confidence, Kind
+from sidecar.dlp.kinds import KINDS, Confidence, SecretKind
 
-__all__ = ["KINDS", "Confidence", "Kind"]
+__all__ = ["KINDS", "Confidence", "SecretKind"]

@@ -1,7 +1,7 @@
 """Secret detectors for one string of a request body (issue 13, request DLP). Pure.
 
 `Detector.scan(text, key=...)` returns `Hit`s: a kind, a confidence and the span of the
-secret in `text`. Spans never leave the core (the addon sees `Finding`s, which hold a
+secret in `text`. Spans never leave the core (the addon sees `DlpFinding`s, which hold a
 location and no value); they exist so that a hit can be checked against the policy's
 allow patterns and redacted.
 
@@ -35,8 +35,8 @@ import ahocorasick_rs
 
 from sidecar.credentials.detect import FAMILIES, JWT, TRIGGERS, looks_random
 from sidecar.credentials.reflection import RedactionPatterns, compile_patterns
-from sidecar.credentials.secrets import Secret
-from sidecar.dlp.kinds import Confidence, Kind
+from sidecar.credentials.secret_store import Secret
+from sidecar.dlp.kinds import Confidence, SecretKind
 
 __all__ = ["Detector", "Hit", "own_key_patterns"]
 
@@ -47,7 +47,7 @@ HIGH, LOW = Confidence.HIGH, Confidence.LOW
 class Hit:
     """A secret in one string: `text[start:end]`. Internal to the core: never logged."""
 
-    kind: Kind
+    kind: SecretKind
     confidence: Confidence
     start: int
     end: int
@@ -57,38 +57,41 @@ class Hit:
 _B = r"(?<![A-Za-z0-9_-])"
 
 # credentials.detect family name -> DLP kind (every other family is a provider key).
-_FAMILY_KINDS = {"github_token": Kind.GITHUB_TOKEN, "aws_access_key_id": Kind.AWS_ACCESS_KEY_ID}
+_FAMILY_KINDS = {
+    "github_token": SecretKind.GITHUB_TOKEN,
+    "aws_access_key_id": SecretKind.AWS_ACCESS_KEY_ID,
+}
 
 # Shapes only DLP needs: (kind, confidence, trigger literals, regex).
-_EXTRA: tuple[tuple[Kind, Confidence, tuple[str, ...], str], ...] = (
-    (Kind.GITHUB_TOKEN, HIGH, ("github_pat_",), _B + r"github_pat_[A-Za-z0-9_]{40,}"),
+_EXTRA: tuple[tuple[SecretKind, Confidence, tuple[str, ...], str], ...] = (
+    (SecretKind.GITHUB_TOKEN, HIGH, ("github_pat_",), _B + r"github_pat_[A-Za-z0-9_]{40,}"),
     (
-        Kind.GITLAB_TOKEN,
+        SecretKind.GITLAB_TOKEN,
         HIGH,
         ("glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "gloas-", "glsoat-", "glft-", "glimt-"),
         _B + r"gl(?:pat|dt|rt|ptt|cbt|oas|soat|ft|imt)-[A-Za-z0-9_-]{20,}",
     ),
     (
-        Kind.SLACK_TOKEN,
+        SecretKind.SLACK_TOKEN,
         HIGH,
         ("xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe", "xapp-"),
         _B + r"(?:xox[abeprs](?:\.xox[a-z])?-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,})",
     ),
     (
-        Kind.SLACK_WEBHOOK,
+        SecretKind.SLACK_WEBHOOK,
         HIGH,
         ("hooks.slack.com/",),
         r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{20,}",
     ),
-    (Kind.STRIPE_KEY, HIGH, ("sk_live_", "rk_live_"), _B + r"[sr]k_live_[A-Za-z0-9]{20,}"),
-    (Kind.STRIPE_KEY, LOW, ("sk_test_", "rk_test_"), _B + r"[sr]k_test_[A-Za-z0-9]{20,}"),
-    (Kind.GOOGLE_OAUTH_TOKEN, HIGH, ("ya29.",), _B + r"ya29\.[A-Za-z0-9_-]{30,}"),
-    (Kind.GOOGLE_OAUTH_TOKEN, HIGH, ("1//0",), r"(?<![A-Za-z0-9/])1//0[A-Za-z0-9_-]{30,}"),
+    (SecretKind.STRIPE_KEY, HIGH, ("sk_live_", "rk_live_"), _B + r"[sr]k_live_[A-Za-z0-9]{20,}"),
+    (SecretKind.STRIPE_KEY, LOW, ("sk_test_", "rk_test_"), _B + r"[sr]k_test_[A-Za-z0-9]{20,}"),
+    (SecretKind.GOOGLE_OAUTH_TOKEN, HIGH, ("ya29.",), _B + r"ya29\.[A-Za-z0-9_-]{30,}"),
+    (SecretKind.GOOGLE_OAUTH_TOKEN, HIGH, ("1//0",), r"(?<![A-Za-z0-9/])1//0[A-Za-z0-9_-]{30,}"),
 )
 
 # (kind, confidence, triggers, compiled): the shared families first, then ours.
-_PREFIXED: tuple[tuple[Kind, Confidence, tuple[str, ...], re.Pattern[str]], ...] = tuple(
-    (_FAMILY_KINDS.get(f.name, Kind.PROVIDER_API_KEY), HIGH, TRIGGERS[f.name], f.pattern)
+_PREFIXED: tuple[tuple[SecretKind, Confidence, tuple[str, ...], re.Pattern[str]], ...] = tuple(
+    (_FAMILY_KINDS.get(f.name, SecretKind.PROVIDER_API_KEY), HIGH, TRIGGERS[f.name], f.pattern)
     for f in FAMILIES
 ) + tuple((kind, conf, trig, re.compile(rx)) for kind, conf, trig, rx in _EXTRA)
 
@@ -311,7 +314,7 @@ class Detector:
                     continue
                 end = m.end()
                 hits.append(Hit(kind, confidence, m.start(), end))
-                if kind is Kind.AWS_ACCESS_KEY_ID:
+                if kind is SecretKind.AWS_ACCESS_KEY_ID:
                     self._aws_pair(text, end, hits)
         if "eyJ" in starts:
             self._jwts(text, starts["eyJ"], hits)
@@ -328,7 +331,7 @@ class Detector:
             token = m.group()
             if any(c.islower() for c in token) and any(c.isupper() for c in token):
                 if any(c.isdigit() or c in "/+" for c in token):
-                    hits.append(Hit(Kind.AWS_SECRET_ACCESS_KEY, HIGH, m.start(), m.end()))
+                    hits.append(Hit(SecretKind.AWS_SECRET_ACCESS_KEY, HIGH, m.start(), m.end()))
                     return
 
     def _jwts(self, text: str, positions: list[int], hits: list[Hit]) -> None:
@@ -345,9 +348,9 @@ class Detector:
             parts = m.group().split(".")
             payload = _b64decode(parts[1][:8192]) if len(parts) > 1 else None
             if payload is not None and b"kubernetes" in payload:
-                hits.append(Hit(Kind.KUBERNETES_TOKEN, HIGH, m.start(), end))
+                hits.append(Hit(SecretKind.KUBERNETES_TOKEN, HIGH, m.start(), end))
             else:
-                hits.append(Hit(Kind.JWT, LOW, m.start(), end))
+                hits.append(Hit(SecretKind.JWT, LOW, m.start(), end))
 
     def _pem(self, text: str, hits: list[Hit]) -> None:
         """BEGIN ... PRIVATE KEY followed (within 400 characters) by a base64 line, to
@@ -367,7 +370,7 @@ class Detector:
             else:
                 body = _PEM_BODY.match(text, m.end(), min(len(text), m.end() + PEM_SPAN_LIMIT))
                 stop = body.end() if body else m.end()
-            kind = Kind.SSH_PRIVATE_KEY if "OPENSSH" in m.group(1) else Kind.PRIVATE_KEY
+            kind = SecretKind.SSH_PRIVATE_KEY if "OPENSSH" in m.group(1) else SecretKind.PRIVATE_KEY
             hits.append(Hit(kind, HIGH, m.start(), stop))
             pos = max(pos, stop)
         pos, next_mac = 0, -1
@@ -380,19 +383,19 @@ class Detector:
             if next_mac - m.end() <= PEM_SPAN_LIMIT:
                 mac = _PUTTY_END.match(text, next_mac)
                 stop = mac.end() if mac else stop
-            hits.append(Hit(Kind.SSH_PRIVATE_KEY, HIGH, m.start(), stop))
+            hits.append(Hit(SecretKind.SSH_PRIVATE_KEY, HIGH, m.start(), stop))
             pos = max(pos, stop)
 
     def _gcp_text(self, text: str, hits: list[Hit]) -> None:
         if _GCP_TYPE.search(text) is None:
             return
         for m in _GCP_FIELD.finditer(text):
-            hits.append(Hit(Kind.GCP_CREDENTIALS, HIGH, m.start(1), m.end(1)))
+            hits.append(Hit(SecretKind.GCP_CREDENTIALS, HIGH, m.start(1), m.end(1)))
 
     def _aws_named(self, text: str, hits: list[Hit]) -> None:
         for pattern, kind in (
-            (_AWS_SECRET_NAMED, Kind.AWS_SECRET_ACCESS_KEY),
-            (_AWS_SESSION_NAMED, Kind.AWS_SESSION_TOKEN),
+            (_AWS_SECRET_NAMED, SecretKind.AWS_SECRET_ACCESS_KEY),
+            (_AWS_SESSION_NAMED, SecretKind.AWS_SESSION_TOKEN),
         ):
             for m in pattern.finditer(text):
                 hits.append(Hit(kind, HIGH, m.start(1), m.end(1)))
@@ -401,7 +404,7 @@ class Detector:
         if "apiVersion" not in text and "current-context" not in text:
             return
         for m in _KUBE_FIELD.finditer(text):
-            hits.append(Hit(Kind.KUBECONFIG, HIGH, m.start(1), m.end(1)))
+            hits.append(Hit(SecretKind.KUBECONFIG, HIGH, m.start(1), m.end(1)))
 
     def _assignments(self, text: str, hits: list[Hit]) -> None:
         lines = 0
@@ -416,29 +419,29 @@ class Detector:
                 start = text.index(value, m.start(2))
                 secrets.append((start, start + len(value), value))
         if lines >= ENV_DUMP_LINES and len(secrets) >= ENV_DUMP_SECRETS:
-            hits.extend(Hit(Kind.ENV_DUMP, HIGH, s, e) for s, e, _ in secrets)
+            hits.extend(Hit(SecretKind.ENV_DUMP, HIGH, s, e) for s, e, _ in secrets)
             return
         for start, end, value in secrets:
             if looks_random(value, min_len=16):
-                hits.append(Hit(Kind.SECRET_ASSIGNMENT, LOW, start, end))
+                hits.append(Hit(SecretKind.SECRET_ASSIGNMENT, LOW, start, end))
 
     def _named_value(self, value: str, key: str, gcp_object: bool) -> list[Hit]:
         """A JSON string whose object key names a secret (`{"aws_secret_access_key": ...}`)."""
         lower = key.lower().replace("-", "_")
         whole = (0, len(value))
         if gcp_object and lower in GCP_SECRET_FIELDS and len(value) >= 8:
-            return [Hit(Kind.GCP_CREDENTIALS, HIGH, *whole)]
+            return [Hit(SecretKind.GCP_CREDENTIALS, HIGH, *whole)]
         compact = lower.replace("_", "")
         if compact.endswith("secretaccesskey") and _AWS_SECRET_SHAPE.fullmatch(value):
-            return [Hit(Kind.AWS_SECRET_ACCESS_KEY, HIGH, *whole)]
+            return [Hit(SecretKind.AWS_SECRET_ACCESS_KEY, HIGH, *whole)]
         if compact.endswith("sessiontoken") and len(value) >= 100 and "\n" not in value:
-            return [Hit(Kind.AWS_SESSION_TOKEN, HIGH, *whole)]
+            return [Hit(SecretKind.AWS_SESSION_TOKEN, HIGH, *whole)]
         if lower in ("client_key_data", "id_token") and len(value) >= 16:
-            return [Hit(Kind.KUBECONFIG, HIGH, *whole)]
+            return [Hit(SecretKind.KUBECONFIG, HIGH, *whole)]
         if is_secret_name(key) and "\n" not in value:
             clean = real_value(value)
             if clean is not None and looks_random(clean, min_len=16):
-                return [Hit(Kind.SECRET_ASSIGNMENT, LOW, *whole)]
+                return [Hit(SecretKind.SECRET_ASSIGNMENT, LOW, *whole)]
         return []
 
     # -- encodings ---------------------------------------------------------------------
@@ -449,16 +452,18 @@ class Detector:
         data = text.encode("utf-8", "surrogatepass")
         for _, start, end in own.find_matches_as_indexes(data):
             if text.isascii():
-                hits.append(Hit(Kind.SIDECAR_KEY, HIGH, start, end))
+                hits.append(Hit(SecretKind.SIDECAR_KEY, HIGH, start, end))
             else:  # byte offsets to character offsets
                 before = len(data[:start].decode("utf-8", "replace"))
                 hits.append(
-                    Hit(Kind.SIDECAR_KEY, HIGH, before, before + len(data[start:end].decode()))
+                    Hit(
+                        SecretKind.SIDECAR_KEY, HIGH, before, before + len(data[start:end].decode())
+                    )
                 )
         if percent:
             decoded = urllib.parse.unquote(text).encode("utf-8", "surrogatepass")
             if own.find_matches_as_indexes(decoded):
-                hits.append(Hit(Kind.SIDECAR_KEY, HIGH, 0, len(text), "percent-encoded"))
+                hits.append(Hit(SecretKind.SIDECAR_KEY, HIGH, 0, len(text), "percent-encoded"))
 
     def _base64_runs(self, text: str, hits: list[Hit]) -> None:
         """A file encoded once (kubeconfig client-key-data, `base64 ~/.aws/credentials`):

@@ -26,9 +26,9 @@ from sidecar.credentials.decoding import (
     needs_decoding,
 )
 from sidecar.dlp.detectors import GCP_TYPES, Detector, Hit
-from sidecar.dlp.kinds import Confidence, Kind
+from sidecar.dlp.kinds import Confidence, SecretKind
 
-__all__ = ["BodyScan", "Finding", "HeadScan", "read_egress_document", "scan_body", "scan_head"]
+__all__ = ["BodyScan", "DlpFinding", "HeadScan", "read_egress_document", "scan_body", "scan_head"]
 
 # A JSON string token in raw JSON text. Outside strings, valid JSON has no '"', so the
 # n-th match is the n-th string of the document (keys included), in document order.
@@ -38,14 +38,14 @@ LOCATION_LIMIT = 200
 BODY = "body"
 
 # allowed(kind, value, location) -> True to drop a hit (the policy's allow patterns).
-AllowCheck = Callable[[Kind, str, str], bool]
+AllowCheck = Callable[[SecretKind, str, str], bool]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Finding:
+class DlpFinding:
     """One secret found in a request. Safe to log: a kind and a location, no value."""
 
-    kind: Kind
+    kind: SecretKind
     confidence: Confidence
     location: str  # "$.messages[0].content", "body", "$.input (base64)"
 
@@ -128,7 +128,7 @@ class _StringHits:
 
 @dataclasses.dataclass(slots=True)
 class BodyScan:
-    findings: tuple[Finding, ...]
+    findings: tuple[DlpFinding, ...]
     body: bytes  # the body as scanned (content codings undone)
     decoded: bool  # content codings were undone: a rewritten body goes out decoded
     parsed: bool  # this scan parsed the body (no caller's document served, or none could)
@@ -137,10 +137,10 @@ class BodyScan:
     _encoding: str = "utf-8"
 
     @property
-    def kinds(self) -> frozenset[Kind]:
+    def kinds(self) -> frozenset[SecretKind]:
         return frozenset(f.kind for f in self.findings)
 
-    def redacted(self, kinds: frozenset[Kind]) -> bytes | None:
+    def redacted(self, kinds: frozenset[SecretKind]) -> bytes | None:
         """The body with every hit of `kinds` replaced by `[REDACTED:<kind>]`; None
         when that cannot be done exactly (the caller then refuses instead)."""
         chosen = {
@@ -173,13 +173,13 @@ class BodyScan:
         return "".join(out).encode(self._encoding)
 
 
-def marker(kind: Kind) -> str:
+def marker(kind: SecretKind) -> str:
     return f"[REDACTED:{kind.value}]"
 
 
 # Markers name the most telling kind: where an env dump's value is also an AWS key,
 # the marker says aws_secret_access_key.
-_GENERIC = frozenset({Kind.ENV_DUMP, Kind.SECRET_ASSIGNMENT})
+_GENERIC = frozenset({SecretKind.ENV_DUMP, SecretKind.SECRET_ASSIGNMENT})
 
 
 def _redact_text(text: str, hits: list[Hit]) -> str:
@@ -219,7 +219,7 @@ def scan_body(
             body = decode_layers(body, codings, transfer, decode_limit or DECODED_BODY_LIMIT)
             decoded = True
         except NotInspectable:
-            finding = Finding(Kind.UNSCANNABLE_BODY, Confidence.HIGH, BODY)
+            finding = DlpFinding(SecretKind.UNSCANNABLE_BODY, Confidence.HIGH, BODY)
             return BodyScan((finding,), body, False, parsed=False)
         if needs_decoding([], transfer):
             document = None  # the caller's document was parsed from other bytes
@@ -228,7 +228,7 @@ def scan_body(
     if parsed:
         document, encoding = _parse(body)
     strings: list[_StringHits] = []
-    findings: dict[Finding, None] = {}
+    findings: dict[DlpFinding, None] = {}
 
     def keep(index: int, text: str, location: str, hits: list[Hit]) -> None:
         if allowed is not None:
@@ -238,7 +238,7 @@ def scan_body(
         strings.append(_StringHits(index, text, hits))
         for hit in hits:
             where = f"{location} ({hit.encoding})" if hit.encoding else location
-            findings[Finding(hit.kind, hit.confidence, where)] = None
+            findings[DlpFinding(hit.kind, hit.confidence, where)] = None
 
     if document is None:
         encoding = text_encoding(body) or "utf-8"
@@ -333,11 +333,11 @@ def _truncate(path: str) -> str:
 class HeadScan:
     """Secrets in the request line and headers (a harvest can ride there as well)."""
 
-    findings: tuple[Finding, ...]
-    url_kinds: frozenset[Kind]  # kinds found in the URL: not redactable, refused instead
+    findings: tuple[DlpFinding, ...]
+    url_kinds: frozenset[SecretKind]  # kinds found in the URL: not redactable, refused instead
     _headers: list[tuple[int, bool, str, list[Hit]]]  # (field index, in name?, text, hits)
 
-    def header_rewrites(self, kinds: frozenset[Kind]) -> dict[int, str | None]:
+    def header_rewrites(self, kinds: frozenset[SecretKind]) -> dict[int, str | None]:
         """Field index -> its value with `kinds` redacted, or None to drop the header
         (a secret in a header *name*: a name cannot carry the marker)."""
         out: dict[int, str | None] = {}
@@ -365,8 +365,8 @@ def scan_head(
     the headers and query parameters that carry credentials to the provider: those are
     the credential layer's (S7: stripped, replaced, or the gateway's own authentication
     to a provider without an injected key, like SigV4 or an OAuth token)."""
-    findings: dict[Finding, None] = {}
-    url_kinds: set[Kind] = set()
+    findings: dict[DlpFinding, None] = {}
+    url_kinds: set[SecretKind] = set()
     scanned: list[tuple[int, bool, str, list[Hit]]] = []
 
     def keep(text: str, location: str, hits: list[Hit]) -> list[Hit]:
@@ -374,7 +374,7 @@ def scan_head(
             hits = [h for h in hits if not allowed(h.kind, text[h.start : h.end], location)]
         for hit in hits:
             where = f"{location} ({hit.encoding})" if hit.encoding else location
-            findings[Finding(hit.kind, hit.confidence, where)] = None
+            findings[DlpFinding(hit.kind, hit.confidence, where)] = None
         return hits
 
     parts = urllib.parse.urlsplit(path)

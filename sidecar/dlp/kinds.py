@@ -11,7 +11,7 @@ class Confidence(StrEnum):
     LOW = "low"  # could be a secret: alerted by default, the request passes
 
 
-class Kind(StrEnum):
+class SecretKind(StrEnum):
     AWS_ACCESS_KEY_ID = "aws_access_key_id"
     AWS_SECRET_ACCESS_KEY = "aws_secret_access_key"
     AWS_SESSION_TOKEN = "aws_session_token"
@@ -40,50 +40,56 @@ class KindSpec:
     what: str  # what is matched (docs/dlp.md lists these)
 
 
-KINDS: dict[Kind, KindSpec] = {
-    Kind.AWS_ACCESS_KEY_ID: KindSpec("AWS access key id", "AKIA/ASIA + 16 (credentials.detect)"),
-    Kind.AWS_SECRET_ACCESS_KEY: KindSpec(
+KINDS: dict[SecretKind, KindSpec] = {
+    SecretKind.AWS_ACCESS_KEY_ID: KindSpec(
+        "AWS access key id", "AKIA/ASIA + 16 (credentials.detect)"
+    ),
+    SecretKind.AWS_SECRET_ACCESS_KEY: KindSpec(
         "AWS secret access key",
         "40 base64 characters named aws_secret_access_key / SecretAccessKey, or right after "
         "an access key id",
     ),
-    Kind.AWS_SESSION_TOKEN: KindSpec("AWS session token", "the value of aws_session_token"),
-    Kind.PRIVATE_KEY: KindSpec(
+    SecretKind.AWS_SESSION_TOKEN: KindSpec("AWS session token", "the value of aws_session_token"),
+    SecretKind.PRIVATE_KEY: KindSpec(
         "private key", "a PEM private key block with a body, raw or base64-encoded"
     ),
-    Kind.SSH_PRIVATE_KEY: KindSpec("SSH private key", "OpenSSH and PuTTY private keys"),
-    Kind.GCP_CREDENTIALS: KindSpec(
+    SecretKind.SSH_PRIVATE_KEY: KindSpec("SSH private key", "OpenSSH and PuTTY private keys"),
+    SecretKind.GCP_CREDENTIALS: KindSpec(
         "GCP credentials JSON",
         "service-account / authorized_user (ADC) JSON: private_key, private_key_id, "
         "client_secret, refresh_token",
     ),
-    Kind.GOOGLE_OAUTH_TOKEN: KindSpec("Google OAuth token", "ya29. access, 1//0 refresh tokens"),
-    Kind.GITHUB_TOKEN: KindSpec("GitHub token", "ghp_/gho_/ghu_/ghs_/ghr_, github_pat_"),
-    Kind.GITLAB_TOKEN: KindSpec("GitLab token", "glpat-, gldt-, glrt-, glptt-, ..."),
-    Kind.SLACK_TOKEN: KindSpec("Slack token", "xoxb-/xoxp-/xoxa-/xoxr-/xoxs-, xapp-"),
-    Kind.SLACK_WEBHOOK: KindSpec("Slack webhook URL", "hooks.slack.com/services/T.../B.../..."),
-    Kind.STRIPE_KEY: KindSpec("Stripe key", "sk_live_/rk_live_ (test keys: low confidence)"),
-    Kind.PROVIDER_API_KEY: KindSpec(
+    SecretKind.GOOGLE_OAUTH_TOKEN: KindSpec(
+        "Google OAuth token", "ya29. access, 1//0 refresh tokens"
+    ),
+    SecretKind.GITHUB_TOKEN: KindSpec("GitHub token", "ghp_/gho_/ghu_/ghs_/ghr_, github_pat_"),
+    SecretKind.GITLAB_TOKEN: KindSpec("GitLab token", "glpat-, gldt-, glrt-, glptt-, ..."),
+    SecretKind.SLACK_TOKEN: KindSpec("Slack token", "xoxb-/xoxp-/xoxa-/xoxr-/xoxs-, xapp-"),
+    SecretKind.SLACK_WEBHOOK: KindSpec(
+        "Slack webhook URL", "hooks.slack.com/services/T.../B.../..."
+    ),
+    SecretKind.STRIPE_KEY: KindSpec("Stripe key", "sk_live_/rk_live_ (test keys: low confidence)"),
+    SecretKind.PROVIDER_API_KEY: KindSpec(
         "LLM provider key", "the provider key families of credentials.detect"
     ),
-    Kind.JWT: KindSpec("JWT", "a signed JWT (low confidence: often a sample)"),
-    Kind.KUBERNETES_TOKEN: KindSpec(
+    SecretKind.JWT: KindSpec("JWT", "a signed JWT (low confidence: often a sample)"),
+    SecretKind.KUBERNETES_TOKEN: KindSpec(
         "Kubernetes service-account token", "a JWT whose claims name kubernetes"
     ),
-    Kind.KUBECONFIG: KindSpec(
+    SecretKind.KUBECONFIG: KindSpec(
         "kubeconfig credentials", "client-key-data, token, password of a kubeconfig"
     ),
-    Kind.ENV_DUMP: KindSpec(
+    SecretKind.ENV_DUMP: KindSpec(
         "environment dump", "4+ KEY=value lines, 2+ of them secret-named with real values"
     ),
-    Kind.SECRET_ASSIGNMENT: KindSpec(
+    SecretKind.SECRET_ASSIGNMENT: KindSpec(
         "secret assignment", "one secret-named KEY=value with a random-looking value"
     ),
-    Kind.SIDECAR_KEY: KindSpec(
+    SecretKind.SIDECAR_KEY: KindSpec(
         "the sidecar's own provider key",
         "a mounted key, raw, base64, hex, percent-encoded or in a compressed body",
     ),
-    Kind.UNSCANNABLE_BODY: KindSpec(
+    SecretKind.UNSCANNABLE_BODY: KindSpec(
         "unscannable body", "a body whose content encoding cannot be decoded within bounds"
     ),
 }

@@ -21,8 +21,8 @@ import functools
 import hashlib
 import re
 
-from sidecar.dlp.document import Finding
-from sidecar.dlp.kinds import Confidence, Kind
+from sidecar.dlp.document import DlpFinding
+from sidecar.dlp.kinds import Confidence, SecretKind
 from sidecar.policy.dlp import STRENGTH, Action, AllowRule, DlpRules
 
 __all__ = ["EffectiveRules", "Plan", "effective", "plan"]
@@ -33,20 +33,20 @@ class EffectiveRules:
     enabled: bool
     high: Action
     low: Action
-    actions: dict[Kind, Action]
+    actions: dict[SecretKind, Action]
     allow: tuple[tuple[AllowRule, re.Pattern[str] | None, re.Pattern[str] | None], ...]
 
-    def action(self, finding: Finding) -> Action:
-        if finding.kind is Kind.SIDECAR_KEY:
+    def action(self, finding: DlpFinding) -> Action:
+        if finding.kind is SecretKind.SIDECAR_KEY:
             return Action.BLOCK
         chosen = self.actions.get(finding.kind)
         if chosen is not None:
             return chosen
         return self.high if finding.confidence is Confidence.HIGH else self.low
 
-    def allowed(self, kind: Kind, value: str, location: str) -> bool:
+    def allowed(self, kind: SecretKind, value: str, location: str) -> bool:
         """True when an allow pattern covers this hit (never for the sidecar's keys)."""
-        if kind is Kind.SIDECAR_KEY:
+        if kind is SecretKind.SIDECAR_KEY:
             return False
         for rule, value_re, field_re in self.allow:
             if rule.kinds is not None and kind not in rule.kinds:
@@ -69,7 +69,7 @@ def effective(top: DlpRules | None, provider: DlpRules | None) -> EffectiveRules
     """The rules one provider's requests are judged by (cached per policy load)."""
     layers = [r for r in (top, provider) if r is not None]
     enabled, high, low = True, Action.BLOCK, Action.ALERT
-    actions: dict[Kind, Action] = {}
+    actions: dict[SecretKind, Action] = {}
     allow: list[AllowRule] = []
     for layer in layers:
         enabled = layer.enabled if layer.enabled is not None else enabled
@@ -91,32 +91,32 @@ class Plan:
     """What to do with one request."""
 
     action: Action  # the strongest; IGNORE: nothing to report
-    by_action: dict[Action, tuple[Finding, ...]]
+    by_action: dict[Action, tuple[DlpFinding, ...]]
     own_key: bool  # the sidecar's own key is in the body (gateway_holds_credential)
 
     @property
-    def redact_kinds(self) -> frozenset[Kind]:
+    def redact_kinds(self) -> frozenset[SecretKind]:
         """What a forwarded request has replaced: redact findings, and in audit mode the
         block ones too."""
         found = self.by_action.get(Action.REDACT, ()) + self.by_action.get(Action.BLOCK, ())
         return frozenset(f.kind for f in found)
 
-    def reported(self) -> tuple[Finding, ...]:
+    def reported(self) -> tuple[DlpFinding, ...]:
         return tuple(f for a in (Action.BLOCK, Action.REDACT, Action.ALERT)
                      for f in self.by_action.get(a, ()))  # fmt: skip
 
 
-def plan(findings: tuple[Finding, ...], rules: EffectiveRules) -> Plan:
-    by_action: dict[Action, list[Finding]] = {}
+def plan(findings: tuple[DlpFinding, ...], rules: EffectiveRules) -> Plan:
+    by_action: dict[Action, list[DlpFinding]] = {}
     for finding in findings:
         by_action.setdefault(rules.action(finding), []).append(finding)
     by_action.pop(Action.IGNORE, None)
     strongest = max(by_action, key=STRENGTH.__getitem__, default=Action.IGNORE)
-    own = any(f.kind is Kind.SIDECAR_KEY for f in findings)
+    own = any(f.kind is SecretKind.SIDECAR_KEY for f in findings)
     return Plan(strongest, {a: tuple(f) for a, f in by_action.items()}, own)
 
 
-def describe(findings: tuple[Finding, ...], limit: int = 6) -> str:
+def describe(findings: tuple[DlpFinding, ...], limit: int = 6) -> str:
     """`aws_secret_access_key at $.messages[1].content, ... (+3 more)`: kinds and
     fields, never a value."""
     shown = ", ".join(f.describe() for f in findings[:limit])

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from sidecar.decision import Reason
 from sidecar.hostnames import HostError, parse_host
 from sidecar.inspection.policy import FETCH_SCHEMES, RelayRules
-from sidecar.inspection.readers import Finding, Kind
+from sidecar.inspection.readers import InspectionFinding, InspectionKind
 
 MAX_URL_CHARS = 8192
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
@@ -28,14 +28,14 @@ _HOST_TEXT = re.compile(r"[^a-z0-9.*:\[\]-]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Violation:
+class InspectionViolation:
     reason: Reason
     field: str
     detail: str  # safe to log: field, host, tool name; never a path, query or secret
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Target:
+class FetchTarget:
     scheme: str
     host: str  # canonical host name or address text
     port: int | None
@@ -46,7 +46,7 @@ class BadUrl(ValueError):
     pass
 
 
-def parse_target(url: str) -> Target | None:
+def parse_target(url: str) -> FetchTarget | None:
     """What a provider would contact for `url`; None for a value that is not fetched
     (a `data:` URL, a provider resource name). Raises BadUrl when unreadable."""
     if url[:5].lower() == "data:":  # inline bytes, not a fetch (the DLP reads them)
@@ -71,12 +71,14 @@ def parse_target(url: str) -> Target | None:
         host = parse_host(parts.hostname or "")
     except HostError:
         raise BadUrl("a URL with an invalid host") from None
-    return Target(scheme, host.text, port, host.name is not None)
+    return FetchTarget(scheme, host.text, port, host.name is not None)
 
 
 def check(
-    findings: Iterable[Finding], rules: RelayRules, own_hosts: frozenset[str] = frozenset()
-) -> Violation | None:
+    findings: Iterable[InspectionFinding],
+    rules: RelayRules,
+    own_hosts: frozenset[str] = frozenset(),
+) -> InspectionViolation | None:
     """The first finding the rules refuse. `own_hosts`: the provider's own hosts (a
     Gemini file URI naming the provider's Files API is not a fetch elsewhere)."""
     for finding in findings:
@@ -86,25 +88,27 @@ def check(
     return None
 
 
-def _check_one(finding: Finding, rules: RelayRules, own_hosts: frozenset[str]) -> Violation | None:
+def _check_one(
+    finding: InspectionFinding, rules: RelayRules, own_hosts: frozenset[str]
+) -> InspectionViolation | None:
     field = finding.field
-    if finding.kind is Kind.AMBIGUOUS:
-        return Violation(
+    if finding.kind is InspectionKind.AMBIGUOUS:
+        return InspectionViolation(
             Reason.REQUEST_NOT_INSPECTABLE, field, f"{field}: {finding.value} (ambiguous)"
         )
-    if finding.kind is Kind.SERVER_TOOL:
+    if finding.kind is InspectionKind.SERVER_TOOL:
         if finding.value in rules.server_tools:
             return None
-        return Violation(
+        return InspectionViolation(
             Reason.SERVER_TOOL_NOT_ALLOWED,
             field,
             f"{field} declares provider tool {finding.value!r}, not in server_tools",
         )
-    if finding.kind is Kind.FETCH_DOMAIN:
+    if finding.kind is InspectionKind.FETCH_DOMAIN:
         domain = finding.value.strip().lower().rstrip(".")
         if _valid_domain(domain) and rules.fetch.allows_domain(domain):
             return None
-        return Violation(
+        return InspectionViolation(
             Reason.PROVIDER_FETCH_NOT_ALLOWED,
             field,
             f"{field} names domain {_printable(domain)!r}, not in fetch",
@@ -112,7 +116,7 @@ def _check_one(finding: Finding, rules: RelayRules, own_hosts: frozenset[str]) -
     try:
         target = parse_target(finding.value)
     except BadUrl as exc:
-        return Violation(Reason.PROVIDER_FETCH_NOT_ALLOWED, field, f"{field} is {exc}")
+        return InspectionViolation(Reason.PROVIDER_FETCH_NOT_ALLOWED, field, f"{field} is {exc}")
     if target is None:
         return None
     if target.is_name and target.host in own_hosts and target.scheme == "https":
@@ -122,7 +126,7 @@ def _check_one(finding: Finding, rules: RelayRules, own_hosts: frozenset[str]) -
     where = f"{target.scheme}://{_printable(target.host)}"
     if target.port is not None:
         where += f":{target.port}"
-    return Violation(
+    return InspectionViolation(
         Reason.PROVIDER_FETCH_NOT_ALLOWED,
         field,
         f"{field} asks the provider to fetch {where}, not in fetch",

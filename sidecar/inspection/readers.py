@@ -1,6 +1,6 @@
 """Per-API readers: what in a request body makes the provider fetch, call or run (issue 13).
 
-A reader walks the parsed body once, iteratively, and reports `Finding`s: a URL the
+A reader walks the parsed body once, iteratively, and reports `InspectionFinding`s: a URL the
 provider would fetch or call (MCP servers, image and file URLs, Gemini file URIs), a
 bare domain a provider container may reach (`network_policy.allowed_domains`), a
 provider-executed tool that reaches the network (web search, web fetch, URL context,
@@ -52,7 +52,7 @@ class Api(StrEnum):
         return Dialect(head) if head in Dialect.__members__.values() else Dialect.ANY
 
 
-class Kind(StrEnum):
+class InspectionKind(StrEnum):
     FETCH_URL = "fetch_url"
     FETCH_DOMAIN = "fetch_domain"
     SERVER_TOOL = "server_tool"
@@ -60,8 +60,8 @@ class Kind(StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Finding:
-    kind: Kind
+class InspectionFinding:
+    kind: InspectionKind
     field: str  # where in the body, e.g. "tools[0].server_url": safe to log
     value: str  # the URL, domain or tool name: a URL is never logged whole
 
@@ -166,7 +166,7 @@ def _network_name(kind: str) -> str | None:
 
 def _tool_findings(
     tool: dict[str, Any], field: str, dialect: Dialect, strict: bool
-) -> list[Finding]:
+) -> list[InspectionFinding]:
     kind = tool.get("type")
     if isinstance(kind, str):
         names = [kind]
@@ -178,13 +178,17 @@ def _tool_findings(
     for name in names:
         network = _network_name(name)
         if network is not None:
-            found.append(Finding(Kind.SERVER_TOOL, field, network))
+            found.append(InspectionFinding(InspectionKind.SERVER_TOOL, field, network))
         elif strict and not _safe(name, dialect):
             found.append(
-                Finding(Kind.SERVER_TOOL, field, name if _NAME.match(name) else "unrecognised")
+                InspectionFinding(
+                    InspectionKind.SERVER_TOOL, field, name if _NAME.match(name) else "unrecognised"
+                )
             )
     if kind == "mcp" and isinstance(tool.get("connector_id"), str) and "server_url" not in tool:
-        found.append(Finding(Kind.SERVER_TOOL, f"{field}.connector_id", "mcp_connector"))
+        found.append(
+            InspectionFinding(InspectionKind.SERVER_TOOL, f"{field}.connector_id", "mcp_connector")
+        )
     return found
 
 
@@ -222,15 +226,19 @@ _INTERESTING = frozenset({
 MAX_DEPTH = 128  # real request bodies (JSON schemas included) nest far less
 
 
-def read_request(document: Any, dialect: Dialect) -> list[Finding]:
+def read_request(document: Any, dialect: Dialect) -> list[InspectionFinding]:
     """Every finding in a request body, in document order. One iterative pass (no
     recursion on attacker-chosen depth), nesting bounded by MAX_DEPTH."""
-    found: list[Finding] = []
+    found: list[InspectionFinding] = []
     stack: list[tuple[Any, Path, int]] = [(document, None, 0)]
     while stack:
         value, path, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return [Finding(Kind.AMBIGUOUS, "body", f"JSON nests deeper than {MAX_DEPTH}")]
+            return [
+                InspectionFinding(
+                    InspectionKind.AMBIGUOUS, "body", f"JSON nests deeper than {MAX_DEPTH}"
+                )
+            ]
         if isinstance(value, dict):
             if not _INTERESTING.isdisjoint(value):
                 found.extend(_object_findings(value, path, dialect))
@@ -273,8 +281,8 @@ def _join(field: str, key: str) -> str:
     return f"{field}.{name}" if field else name
 
 
-def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[Finding]:
-    found: list[Finding] = []
+def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[InspectionFinding]:
+    found: list[InspectionFinding] = []
     field = _field(path)
 
     def at(key: str) -> str:
@@ -283,20 +291,28 @@ def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[
     for key in _OBJECT_ONLY.intersection(obj):
         text = obj[key]
         if isinstance(text, str) and text.lstrip()[:1] in ("{", "["):
-            found.append(Finding(Kind.AMBIGUOUS, at(key), "a JSON text where an object belongs"))
+            found.append(
+                InspectionFinding(
+                    InspectionKind.AMBIGUOUS, at(key), "a JSON text where an object belongs"
+                )
+            )
     kind = obj.get("type")
     if not isinstance(kind, str):
         kind = None
     # OpenAI: Responses input_image / input_file, Chat image_url parts, MCP tools.
     image = obj.get("image_url")
     if isinstance(image, str):
-        found.append(Finding(Kind.FETCH_URL, at("image_url"), image))
+        found.append(InspectionFinding(InspectionKind.FETCH_URL, at("image_url"), image))
     elif isinstance(image, dict) and isinstance(image.get("url"), str):
-        found.append(Finding(Kind.FETCH_URL, f"{at('image_url')}.url", image["url"]))
+        found.append(
+            InspectionFinding(InspectionKind.FETCH_URL, f"{at('image_url')}.url", image["url"])
+        )
     if isinstance(obj.get("file_url"), str):
-        found.append(Finding(Kind.FETCH_URL, at("file_url"), obj["file_url"]))
+        found.append(InspectionFinding(InspectionKind.FETCH_URL, at("file_url"), obj["file_url"]))
     if isinstance(obj.get("server_url"), str):
-        found.append(Finding(Kind.FETCH_URL, at("server_url"), obj["server_url"]))
+        found.append(
+            InspectionFinding(InspectionKind.FETCH_URL, at("server_url"), obj["server_url"])
+        )
     # Anthropic: image / document sources by URL; MCP connector servers.
     source = obj.get("source")
     if (
@@ -304,25 +320,27 @@ def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[
         and source.get("type") == "url"
         and isinstance(source.get("url"), str)
     ):
-        found.append(Finding(Kind.FETCH_URL, f"{at('source')}.url", source["url"]))
-    servers = obj.get("mcp_servers")
-    if isinstance(servers, list):
-        for index, server in enumerate(servers):
-            if isinstance(server, dict) and isinstance(server.get("url"), str):
-                found.append(
-                    Finding(Kind.FETCH_URL, f"{at('mcp_servers')}[{index}].url", server["url"])
-                )
+        found.append(
+            InspectionFinding(InspectionKind.FETCH_URL, f"{at('source')}.url", source["url"])
+        )
+    found += _item_strings(
+        obj.get("mcp_servers"), "url", at("mcp_servers"), InspectionKind.FETCH_URL
+    )
     # Gemini: file_data.file_uri (either spelling); Interactions MCP servers and media parts.
     for key in ("file_data", "fileData"):
         data = obj.get(key)
         if isinstance(data, dict):
             for uri_key in ("file_uri", "fileUri"):
                 if isinstance(data.get(uri_key), str):
-                    found.append(Finding(Kind.FETCH_URL, f"{at(key)}.{uri_key}", data[uri_key]))
+                    found.append(
+                        InspectionFinding(
+                            InspectionKind.FETCH_URL, f"{at(key)}.{uri_key}", data[uri_key]
+                        )
+                    )
     if kind == "mcp_server" and isinstance(obj.get("url"), str):
-        found.append(Finding(Kind.FETCH_URL, at("url"), obj["url"]))
+        found.append(InspectionFinding(InspectionKind.FETCH_URL, at("url"), obj["url"]))
     if kind in _MEDIA_TYPES and isinstance(obj.get("uri"), str):
-        found.append(Finding(Kind.FETCH_URL, at("uri"), obj["uri"]))
+        found.append(InspectionFinding(InspectionKind.FETCH_URL, at("uri"), obj["uri"]))
     # OpenAI containers (code interpreter, shell, POST /v1/containers): the domains the
     # container may reach, and the domains its secrets are sent to.
     policy = obj.get("network_policy")
@@ -331,12 +349,18 @@ def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[
     # Provider web search outside `tools`: Chat Completions' search models, OpenRouter's
     # web plugin.
     if "web_search_options" in obj and dialect in (Dialect.OPENAI, Dialect.ANY):
-        found.append(Finding(Kind.SERVER_TOOL, at("web_search_options"), "web_search"))
+        found.append(
+            InspectionFinding(InspectionKind.SERVER_TOOL, at("web_search_options"), "web_search")
+        )
     plugins = obj.get("plugins")
     if isinstance(plugins, list):
         for index, plugin in enumerate(plugins):
             if isinstance(plugin, dict) and plugin.get("id") == "web":
-                found.append(Finding(Kind.SERVER_TOOL, f"{at('plugins')}[{index}]", "web_search"))
+                found.append(
+                    InspectionFinding(
+                        InspectionKind.SERVER_TOOL, f"{at('plugins')}[{index}]", "web_search"
+                    )
+                )
     tools = obj.get("tools")
     if isinstance(tools, list):
         strict = dialect is not Dialect.ANY and _join(_position(path), "tools") in _TOOL_POSITIONS
@@ -348,24 +372,34 @@ def _object_findings(obj: dict[str, Any], path: Path, dialect: Dialect) -> list[
     return found
 
 
-def _network_policy(policy: dict[str, Any], field: str) -> list[Finding]:
-    found: list[Finding] = []
+def _network_policy(policy: dict[str, Any], field: str) -> list[InspectionFinding]:
+    found: list[InspectionFinding] = []
     domains = policy.get("allowed_domains")
     if isinstance(domains, list):
         for index, domain in enumerate(domains):
             if isinstance(domain, str):
                 found.append(
-                    Finding(Kind.FETCH_DOMAIN, f"{field}.allowed_domains[{index}]", domain)
-                )
-    secrets = policy.get("domain_secrets")
-    if isinstance(secrets, list):
-        for index, secret in enumerate(secrets):
-            if isinstance(secret, dict) and isinstance(secret.get("domain"), str):
-                found.append(
-                    Finding(
-                        Kind.FETCH_DOMAIN,
-                        f"{field}.domain_secrets[{index}].domain",
-                        secret["domain"],
+                    InspectionFinding(
+                        InspectionKind.FETCH_DOMAIN, f"{field}.allowed_domains[{index}]", domain
                     )
                 )
+    found += _item_strings(
+        policy.get("domain_secrets"),
+        "domain",
+        f"{field}.domain_secrets",
+        InspectionKind.FETCH_DOMAIN,
+    )
     return found
+
+
+def _item_strings(
+    items: Any, key: str, field: str, kind: InspectionKind
+) -> list[InspectionFinding]:
+    """`items[i][key]` of each object in a list that has a string there."""
+    if not isinstance(items, list):
+        return []
+    return [
+        InspectionFinding(kind, f"{field}[{index}].{key}", item[key])
+        for index, item in enumerate(items)
+        if isinstance(item, dict) and isinstance(item.get(key), str)
+    ]

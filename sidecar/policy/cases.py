@@ -90,7 +90,7 @@ class CaseResult:
 # --- reading ---------------------------------------------------------------------------
 
 
-class _CaseReader(yamlfile.Reader):
+class _CaseReader(yamlfile.YamlChecker):
     def __init__(self, file: str, problems: list[Problem]) -> None:
         super().__init__(file, problems)
         self.cases: list[Case] = []

@@ -26,7 +26,7 @@ from enum import StrEnum
 from yaml.nodes import Node
 
 from sidecar import yamlfile
-from sidecar.dlp.kinds import Kind
+from sidecar.dlp.kinds import SecretKind
 from sidecar.policy.model import SourceRef
 
 __all__ = ["Action", "AllowRule", "DlpRules", "read_dlp"]
@@ -47,7 +47,7 @@ STRENGTH = {Action.IGNORE: 0, Action.ALERT: 1, Action.REDACT: 2, Action.BLOCK: 3
 class AllowRule:
     """A known false positive. Every given condition must hold for a hit to be dropped."""
 
-    kinds: frozenset[Kind] | None  # None: any kind
+    kinds: frozenset[SecretKind] | None  # None: any kind
     value: str | None  # glob (`*`, `?`) over the secret text
     sha256: str | None  # lower-case hex digest of the secret text (UTF-8)
     field: str | None  # glob over the location ("$.messages[0].content")
@@ -61,7 +61,7 @@ class DlpRules:
     enabled: bool | None = None
     high: Action | None = None
     low: Action | None = None
-    actions: tuple[tuple[Kind, Action], ...] = ()
+    actions: tuple[tuple[SecretKind, Action], ...] = ()
     allow: tuple[AllowRule, ...] = ()
     source: SourceRef | None = None
 
@@ -71,10 +71,10 @@ _ALLOW_KEYS = ("kinds", "value", "sha256", "field")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Kinds a policy cannot change: the sidecar's own keys are always refused
 # (gateway_holds_credential, S7), in audit mode too.
-FIXED_KINDS = frozenset({Kind.SIDECAR_KEY})
+FIXED_KINDS = frozenset({SecretKind.SIDECAR_KEY})
 
 
-def read_dlp(reader: yamlfile.Reader, node: Node, key: str) -> DlpRules | None:
+def read_dlp(reader: yamlfile.YamlChecker, node: Node, key: str) -> DlpRules | None:
     """Read one `dlp:` mapping; problems go to `reader` (file:line: key: message)."""
     errors = len(reader.problems)
     fields = reader.mapping(node, key, _KEYS)
@@ -89,7 +89,7 @@ def read_dlp(reader: yamlfile.Reader, node: Node, key: str) -> DlpRules | None:
             reader.err(vnode, f"{key}.enabled", f"expected true or false, got {_d(vnode)}")
     high = _action(reader, fields["high"][1], f"{key}.high") if "high" in fields else None
     low = _action(reader, fields["low"][1], f"{key}.low") if "low" in fields else None
-    actions: list[tuple[Kind, Action]] = []
+    actions: list[tuple[SecretKind, Action]] = []
     if "actions" in fields:
         for name, (knode, vnode) in (
             reader.mapping(fields["actions"][1], f"{key}.actions", None) or {}
@@ -126,7 +126,7 @@ def _choices() -> str:
     return ", ".join(a.value for a in Action)
 
 
-def _action(reader: yamlfile.Reader, node: Node, key: str) -> Action | None:
+def _action(reader: yamlfile.YamlChecker, node: Node, key: str) -> Action | None:
     text = reader.string(node, key, f"one of {_choices()}")
     if text is None:
         return None
@@ -137,11 +137,11 @@ def _action(reader: yamlfile.Reader, node: Node, key: str) -> Action | None:
         return None
 
 
-def _kind(reader: yamlfile.Reader, node: Node, name: str, key: str) -> Kind | None:
+def _kind(reader: yamlfile.YamlChecker, node: Node, name: str, key: str) -> SecretKind | None:
     try:
-        kind = Kind(name)
+        kind = SecretKind(name)
     except ValueError:
-        known = ", ".join(k.value for k in Kind if k not in FIXED_KINDS)
+        known = ", ".join(k.value for k in SecretKind if k not in FIXED_KINDS)
         reader.err(node, key, f"unknown kind {name!r}; the kinds are: {known}")
         return None
     if kind in FIXED_KINDS:
@@ -155,12 +155,12 @@ def _kind(reader: yamlfile.Reader, node: Node, name: str, key: str) -> Kind | No
     return kind
 
 
-def _allow(reader: yamlfile.Reader, node: Node, key: str) -> AllowRule | None:
+def _allow(reader: yamlfile.YamlChecker, node: Node, key: str) -> AllowRule | None:
     errors = len(reader.problems)
     fields = reader.mapping(node, key, _ALLOW_KEYS)
     if fields is None:
         return None
-    kinds: frozenset[Kind] | None = None
+    kinds: frozenset[SecretKind] | None = None
     if "kinds" in fields:
         found = set()
         for item in reader.seq(fields["kinds"][1], f"{key}.kinds", "kind") or []:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Callable, Hashable
 
 from yaml.nodes import Node, ScalarNode
 
 from sidecar import yamlfile
-from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.netguard import METADATA_NETWORKS, metadata_text
 from sidecar.policy import overrides
 from sidecar.policy.cloud_credentials import is_typed, read_cloud_credential
@@ -40,6 +38,7 @@ from sidecar.policy.tools import read_tools
 from sidecar.policy.usage_limits import UsagePolicy, read_usage_limits
 from sidecar.policy.values import (
     ALLOWED_METHODS,
+    canonical_host,
     format_problem,
     header_problem,
     path_problem,
@@ -94,7 +93,7 @@ _quote_hint = yamlfile.quote_hint
 
 
 @dataclasses.dataclass(slots=True)
-class Draft:
+class EntryDraft:
     """An entry as read, before the files are checked against each other."""
 
     rule: str
@@ -108,12 +107,12 @@ class Draft:
     endpoint: Endpoint | None = None
 
 
-class FileReader(yamlfile.Reader):
+class FileReader(yamlfile.YamlChecker):
     """Checks one composed YAML document; appends to `problems`, returns drafts."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
         super().__init__(file, problems)
-        self.drafts: list[Draft] = []
+        self.drafts: list[EntryDraft] = []
         self.mode: tuple[Mode, int] | None = None
         self.overrides: overrides.FileOverrides | None = None
         self.usage: UsagePolicy | None = None  # issue 15
@@ -188,7 +187,7 @@ class FileReader(yamlfile.Reader):
         fields = self.mapping(node, key, _PROVIDER_KEYS, _PROVIDER_HINTS)
         if fields is None:
             return
-        draft = Draft(
+        draft = EntryDraft(
             rule=key,
             provider=name,
             source=SourceRef(self.file, _line(knode)),
@@ -273,7 +272,7 @@ class FileReader(yamlfile.Reader):
                         "invalid name: use lower-case letters, digits, '_', '.' or '-', "
                         "starting with a letter or digit",
                     )
-        draft = Draft(
+        draft = EntryDraft(
             rule=rule,
             provider=None,
             source=SourceRef(self.file, _line(node)),
@@ -364,7 +363,7 @@ class FileReader(yamlfile.Reader):
         return self._host_list(nodes or [], key, single=False)
 
     def _host_list(self, nodes: list[Node], key: str, single: bool) -> list[tuple[str, int, str]]:
-        return self._unique(nodes, key, single, self._host, lambda host: repr(host))
+        return self.unique(nodes, key, single, self._host, lambda host, _: repr(host))
 
     def _host(self, node: Node, key: str) -> str | None:
         raw = self.string(node, key, "a host name")
@@ -376,25 +375,21 @@ class FileReader(yamlfile.Reader):
         if _HOST_WITH_PORT.match(raw):
             self.err(node, key, "write the port under 'ports:', not in the host name")
             return None
-        try:
-            host = normalize_policy_host(raw)
-        except HostError as exc:
-            self.err(node, key, str(exc))
-            return None
-        if host != raw:
+        host, problem = canonical_host(raw)
+        if problem is not None:
             why = (
                 " (international names are written in their xn-- form, so that reviewers "
                 "see look-alike characters)"
-                if not raw.isascii()
+                if host != raw and not raw.isascii()
                 else ""
             )
-            self.err(node, key, f"write the host in its canonical form {host!r}{why}")
+            self.err(node, key, problem + why)
             return None
         return host
 
     def _ports(self, node: Node, key: str) -> frozenset[int]:
         nodes = self.seq(node, key, "port") or []
-        found = self._unique(nodes, key, False, self._port, lambda port: f"port {port}")
+        found = self.unique(nodes, key, False, self._port, lambda port, _: f"port {port}")
         return frozenset(port for port, _, _ in found)
 
     def _size(self, node: Node, key: str) -> int | None:
@@ -441,7 +436,7 @@ class FileReader(yamlfile.Reader):
 
     def _paths(self, node: Node, key: str) -> PathRules:
         nodes = self.seq(node, key, "path") or []
-        found = self._unique(nodes, key, False, self._path, lambda _: "path")
+        found = self.unique(nodes, key, False, self._path, lambda _path, _: "path")
         prefixes = {value: item_key for (value, is_prefix), _, item_key in found if is_prefix}
         for (value, is_prefix), line, item_key in found:
             for prefix, prefix_key in prefixes.items():
@@ -473,7 +468,7 @@ class FileReader(yamlfile.Reader):
 
     def _methods(self, node: Node, key: str) -> frozenset[str]:
         nodes = self.seq(node, key, "method") or []
-        found = self._unique(nodes, key, False, self._method, lambda method: f"method {method}")
+        found = self.unique(nodes, key, False, self._method, lambda method, _: f"method {method}")
         return frozenset(method for method, _, _ in found)
 
     def _method(self, node: Node, key: str) -> str | None:
@@ -493,30 +488,7 @@ class FileReader(yamlfile.Reader):
     def _cidr_list(
         self, nodes: list[Node], key: str, single: bool
     ) -> list[tuple[IPNetwork, int, str]]:
-        return self._unique(nodes, key, single, self._cidr, str)
-
-    def _unique[T: Hashable](
-        self,
-        nodes: list[Node],
-        key: str,
-        single: bool,
-        parse: Callable[[Node, str], T | None],
-        shown: Callable[[T], str],
-    ) -> list[tuple[T, int, str]]:
-        """Each item parsed, in order, as (value, line, key); a repeated value is an error."""
-        out: list[tuple[T, int, str]] = []
-        first: dict[T, str] = {}
-        for index, item in enumerate(nodes):
-            item_key = key if single else f"{key}[{index}]"
-            value = parse(item, item_key)
-            if value is None:
-                continue
-            if value in first:
-                self.err(item, item_key, f"{shown(value)} is listed twice (also {first[value]})")
-                continue
-            first[value] = item_key
-            out.append((value, _line(item), item_key))
-        return out
+        return self.unique(nodes, key, single, self._cidr, lambda cidr, _: str(cidr))
 
     def _cidr(self, node: Node, key: str) -> IPNetwork | None:
         text = self.string(node, key, "a CIDR such as 10.1.2.0/24")
@@ -550,7 +522,7 @@ class FileReader(yamlfile.Reader):
             return None
         return net
 
-    def _credential(self, node: Node, key: str, draft: Draft) -> CredentialSpec | None:
+    def _credential(self, node: Node, key: str, draft: EntryDraft) -> CredentialSpec | None:
         fields = self.mapping(node, key, _CREDENTIAL_KEYS)
         if fields is None:
             return None

@@ -19,7 +19,7 @@ from sidecar import yamlfile
 from sidecar.hostnames import wildcard_parents
 from sidecar.policy import overrides
 from sidecar.policy.dlp import DlpRules, one_top_level_dlp
-from sidecar.policy.entries import POLICY_VERSION, Draft, FileReader
+from sidecar.policy.entries import POLICY_VERSION, EntryDraft, FileReader
 from sidecar.policy.errors import PolicyError, Problem
 from sidecar.policy.model import IPNetwork, Mode, Policy, SourceRef
 from sidecar.policy.usage_limits import UsagePolicy, merge_usage_limits
@@ -42,7 +42,7 @@ class Merger:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
-        self.drafts: list[Draft] = []
+        self.drafts: list[EntryDraft] = []
         self.files: list[str] = []
         self.digest = hashlib.sha256()
         self.modes: list[tuple[Mode, str, int]] = []
@@ -121,7 +121,7 @@ class Merger:
                 )
 
     def _check_names(self) -> None:
-        first: dict[str, Draft] = {}
+        first: dict[str, EntryDraft] = {}
         for draft in self.drafts:
             if draft.rule.startswith("allow["):
                 continue  # index-named entries cannot collide by name within a file
@@ -192,7 +192,7 @@ class Merger:
                 seen.append((net, ref))
 
     def _check_secrets(self) -> None:
-        first: dict[str, Draft] = {}
+        first: dict[str, EntryDraft] = {}
         for draft in self.drafts:
             if draft.secret is None:
                 continue

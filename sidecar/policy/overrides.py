@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -34,7 +35,7 @@ _KEYS = ("mode", "remove")
 _RULE_ID = re.compile(r"^(providers\.[a-z0-9][a-z0-9_-]*|allow\.[a-z0-9][a-z0-9_.-]*)$")
 
 
-class Draft(Protocol):
+class SourcedRule(Protocol):
     """What the loader's entry drafts offer (rule id and where it was written)."""
 
     rule: str
@@ -54,7 +55,7 @@ class Applied:
     mode: tuple[Mode, SourceRef] | None  # the overriding mode, if any
 
 
-def read(reader: yamlfile.Reader, node: Node) -> FileOverrides:
+def read(reader: yamlfile.YamlChecker, node: Node) -> FileOverrides:
     found = FileOverrides(reader.file)
     fields = reader.mapping(node, "overrides", _KEYS)
     if fields is None:
@@ -68,29 +69,28 @@ def read(reader: yamlfile.Reader, node: Node) -> FileOverrides:
             except ValueError:
                 reader.err(vnode, "overrides.mode", f"unknown mode {text!r}: enforce or audit")
     if "remove" in fields:
-        seen: dict[str, str] = {}
         nodes = reader.seq(fields["remove"][1], "overrides.remove", "rule id") or []
-        for index, item in enumerate(nodes):
-            key = f"overrides.remove[{index}]"
-            rule = reader.string(item, key, "a rule id such as providers.xai")
-            if rule is None:
-                continue
-            if not _RULE_ID.match(rule):
-                reader.err(
-                    item,
-                    key,
-                    f"{rule!r} is not a rule id: write providers.NAME or "
-                    "allow.NAME (give an unnamed allow entry a name to remove it)",
-                )
-            elif rule in seen:
-                reader.err(item, key, f"{rule} is listed twice (also {seen[rule]})")
-            else:
-                seen[rule] = key
-                found.removals.append((rule, yamlfile.line(item), key))
+        rule_id = functools.partial(_rule_id, reader)
+        found.removals += reader.unique(
+            nodes, "overrides.remove", False, rule_id, lambda rule, _: rule
+        )
     return found
 
 
-def apply[D: Draft](
+def _rule_id(reader: yamlfile.YamlChecker, item: Node, key: str) -> str | None:
+    rule = reader.string(item, key, "a rule id such as providers.xai")
+    if rule is not None and not _RULE_ID.match(rule):
+        reader.err(
+            item,
+            key,
+            f"{rule!r} is not a rule id: write providers.NAME or "
+            "allow.NAME (give an unnamed allow entry a name to remove it)",
+        )
+        return None
+    return rule
+
+
+def apply[D: SourcedRule](
     drafts: Sequence[D], overrides: Sequence[FileOverrides], problems: list[Problem]
 ) -> tuple[list[D], Applied]:
     """The drafts left after the removals, and what the overrides decided."""
@@ -120,7 +120,7 @@ def apply[D: Draft](
     return kept, Applied(tuple(removed), _mode(overrides, problems))
 
 
-def _missing(rule: str, drafts: Sequence[Draft], file: str) -> str:
+def _missing(rule: str, drafts: Sequence[SourcedRule], file: str) -> str:
     others = sorted({d.rule for d in drafts if d.source.file != file})
     if any(d.rule == rule for d in drafts):
         return f"{rule} is defined in this file: delete it here instead of removing it"
@@ -152,9 +152,9 @@ def _mode(
     return chosen
 
 
-def _check_index_ids(drafts: Sequence[Draft], problems: list[Problem]) -> None:
+def _check_index_ids(drafts: Sequence[SourcedRule], problems: list[Problem]) -> None:
     """`allow[0]` of two files would be one rule id in logs and diffs: refuse it."""
-    first: dict[str, Draft] = {}
+    first: dict[str, SourcedRule] = {}
     for draft in drafts:
         if not draft.rule.startswith("allow["):
             continue

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from sidecar import yamlfile
-from sidecar.hostnames import HostError, normalize_policy_host
 from sidecar.inspection.policy import (
     DEFAULT_MAX_INSPECTED_BODY,
     FETCH_SCHEMES,
@@ -32,6 +31,7 @@ from sidecar.inspection.policy import (
     RelayPolicy,
     RelayRules,
 )
+from sidecar.policy.values import canonical_host
 
 RELAY_KEYS = ("fetch", "server_tools", "credential_minting", "max_inspected_body", "tenants")
 _TENANT_KEYS = ("fetch", "server_tools", "credential_minting")
@@ -43,7 +43,7 @@ Fields = dict[str, tuple[ScalarNode, Node]]
 
 
 def read_relay(
-    reader: yamlfile.Reader, fields: Fields, key: str, size: Callable[[Node, str], int | None]
+    reader: yamlfile.YamlChecker, fields: Fields, key: str, size: Callable[[Node, str], int | None]
 ) -> RelayPolicy:
     """The relay settings of one provider entry (defaults for absent keys). `size`
     reads a byte size the way the loader reads `max_request_body`."""
@@ -70,7 +70,9 @@ def read_relay(
     return RelayPolicy(rules, tuple(tenants.items()), max_body)
 
 
-def _rules(reader: yamlfile.Reader, fields: Fields, key: str, inherited: RelayRules) -> RelayRules:
+def _rules(
+    reader: yamlfile.YamlChecker, fields: Fields, key: str, inherited: RelayRules
+) -> RelayRules:
     fetch = inherited.fetch
     if "fetch" in fields:
         fetch = _fetch(reader, fields["fetch"][1], f"{key}.fetch")
@@ -91,26 +93,17 @@ def _rules(reader: yamlfile.Reader, fields: Fields, key: str, inherited: RelayRu
     return RelayRules(fetch, tools, minting)
 
 
-def _fetch(reader: yamlfile.Reader, node: Node, key: str) -> FetchList:
-    rules: list[FetchRule] = []
-    seen: dict[FetchRule, str] = {}
-    for index, item in enumerate(reader.seq(node, key, "URL or host", "URLs or hosts") or []):
-        item_key = f"{key}[{index}]"
+def _fetch(reader: yamlfile.YamlChecker, node: Node, key: str) -> FetchList:
+    def parse(item: Node, item_key: str) -> FetchRule | None:
         text = reader.string(item, item_key, "a host or scheme://host")
-        if text is None:
-            continue
-        rule = _fetch_rule(reader, item, item_key, text)
-        if rule is None:
-            continue
-        if rule in seen:
-            reader.err(item, item_key, f"{text!r} is listed twice (also {seen[rule]})")
-            continue
-        seen[rule] = item_key
-        rules.append(rule)
-    return FetchList(tuple(rules))
+        return None if text is None else _fetch_rule(reader, item, item_key, text)
+
+    nodes = reader.seq(node, key, "URL or host", "URLs or hosts") or []
+    found = reader.unique(nodes, key, False, parse, lambda _, item: repr(item.value))
+    return FetchList(tuple(rule for rule, _, _ in found))
 
 
-def _fetch_rule(reader: yamlfile.Reader, node: Node, key: str, text: str) -> FetchRule | None:
+def _fetch_rule(reader: yamlfile.YamlChecker, node: Node, key: str, text: str) -> FetchRule | None:
     scheme, rest, port = "https", text, None
     if "://" in text:
         try:
@@ -136,18 +129,14 @@ def _fetch_rule(reader: yamlfile.Reader, node: Node, key: str, text: str) -> Fet
             "write a host, '*.domain', or scheme://host[:port] (e.g. https://mcp.example.com)",
         )
         return None
-    try:
-        host = normalize_policy_host(rest)
-    except HostError as exc:
-        reader.err(node, key, str(exc))
-        return None
-    if host != rest:
-        reader.err(node, key, f"write the host in its canonical form {host!r}")
+    host, problem = canonical_host(rest)
+    if problem is not None:
+        reader.err(node, key, problem)
         return None
     return FetchRule(scheme, host, port)
 
 
-def _server_tools(reader: yamlfile.Reader, node: Node, key: str) -> frozenset[str]:
+def _server_tools(reader: yamlfile.YamlChecker, node: Node, key: str) -> frozenset[str]:
     names: set[str] = set()
     for index, item in enumerate(reader.seq(node, key, "tool name") or []):
         item_key = f"{key}[{index}]"

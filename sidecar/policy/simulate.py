@@ -47,7 +47,7 @@ class SimRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Target:
+class SimulatedTarget:
     scheme: str
     host: str
     port: int
@@ -63,7 +63,7 @@ class Simulation:
     credential_note: str  # why none would be added, or how it would be
 
 
-def parse_target(url: str) -> Target:
+def parse_target(url: str) -> SimulatedTarget:
     """Scheme, host, port and path of an absolute http(s) URL."""
     try:
         parts = urlsplit(url)
@@ -84,7 +84,7 @@ def parse_target(url: str) -> Target:
     if parts.query:
         path = f"{path}?{parts.query}"
     query = tuple(parse_qsl(parts.query, keep_blank_values=True))
-    return Target(scheme, host, port, path, query)
+    return SimulatedTarget(scheme, host, port, path, query)
 
 
 def simulate(engine: PolicyEngine, request: SimRequest) -> Simulation:
@@ -92,7 +92,7 @@ def simulate(engine: PolicyEngine, request: SimRequest) -> Simulation:
     # not pay for the credential scanners it never uses.
     from sidecar.credentials.confinement import UNLISTED, key_withheld_because
     from sidecar.credentials.inject import HeaderList, prepare_request
-    from sidecar.credentials.secrets import SecretStore
+    from sidecar.credentials.secret_store import SecretStore
 
     target = parse_target(request.url)
     attempt = Attempt(

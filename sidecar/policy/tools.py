@@ -208,7 +208,7 @@ def _unlisted_index(text: str, indexes: tuple[str, ...]) -> bool:
 # --- reading the YAML node (called by sidecar/policy/loader.py) --------------------------
 
 
-def read_tools(reader: yamlfile.Reader, node: Node, key: str) -> ToolPolicy | None:
+def read_tools(reader: yamlfile.YamlChecker, node: Node, key: str) -> ToolPolicy | None:
     """`providers.NAME.tools`; problems go to the reader (file, line, key, how to fix)."""
     fields = reader.mapping(node, key, _TOOLS_KEYS)
     if fields is None:
@@ -227,7 +227,7 @@ def read_tools(reader: yamlfile.Reader, node: Node, key: str) -> ToolPolicy | No
 
 
 def _rules(
-    reader: yamlfile.Reader, fields: dict[str, tuple[ScalarNode, Node]], key: str
+    reader: yamlfile.YamlChecker, fields: dict[str, tuple[ScalarNode, Node]], key: str
 ) -> ToolRules:
     allow = _names(reader, fields["allow"][1], f"{key}.allow") if "allow" in fields else None
     indexes: tuple[str, ...] = DEFAULT_PACKAGE_INDEXES
@@ -254,7 +254,7 @@ def _rules(
 
 
 def _argument_rule(
-    reader: yamlfile.Reader, node: Node, key: str, index: int
+    reader: yamlfile.YamlChecker, node: Node, key: str, index: int
 ) -> ArgumentRule | None:
     if isinstance(node, MappingNode):
         fields = reader.mapping(node, key, _PATTERN_KEYS)
@@ -283,7 +283,7 @@ def _argument_rule(
     return ArgumentRule(name)
 
 
-def _names(reader: yamlfile.Reader, node: Node, key: str) -> frozenset[str]:
+def _names(reader: yamlfile.YamlChecker, node: Node, key: str) -> frozenset[str]:
     names: set[str] = set()
     for item in reader.seq(node, key, "tool name") or []:
         text = reader.string(item, key, "a tool name")
@@ -296,7 +296,7 @@ def _names(reader: yamlfile.Reader, node: Node, key: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _host_list(reader: yamlfile.Reader, node: Node, key: str) -> tuple[str, ...]:
+def _host_list(reader: yamlfile.YamlChecker, node: Node, key: str) -> tuple[str, ...]:
     hosts: list[str] = []
     for item in reader.seq(node, key, "host") or []:
         text = reader.string(item, key, "a host name")

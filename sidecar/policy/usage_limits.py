@@ -103,7 +103,9 @@ class UsagePolicy:
         return dataclasses.replace(default, scope=f"tenant:{name}")
 
 
-def read_usage_limits(reader: yamlfile.Reader, node: Node, key_line: int) -> UsagePolicy | None:
+def read_usage_limits(
+    reader: yamlfile.YamlChecker, node: Node, key_line: int
+) -> UsagePolicy | None:
     """Read the section; problems go to `reader` with file, line and key."""
     top = reader.mapping(node, "usage_limits", _TOP, _HINTS)
     if top is None:
@@ -174,7 +176,7 @@ def merge_usage_limits(
 
 
 def _entry(
-    reader: yamlfile.Reader, body: Node, key: str, scope: str, default: FailureMode
+    reader: yamlfile.YamlChecker, body: Node, key: str, scope: str, default: FailureMode
 ) -> RateLimit | None:
     fields = reader.mapping(body, key, _ENTRY, _HINTS)
     if fields is None:
@@ -199,7 +201,7 @@ def _entry(
     )
 
 
-def _anomaly(reader: yamlfile.Reader, node: Node) -> AnomalyRule | None:
+def _anomaly(reader: yamlfile.YamlChecker, node: Node) -> AnomalyRule | None:
     key = "usage_limits.anomaly"
     fields = reader.mapping(node, key, _ANOMALY, _HINTS)
     if fields is None:
@@ -227,7 +229,7 @@ def _anomaly(reader: yamlfile.Reader, node: Node) -> AnomalyRule | None:
     return dataclasses.replace(rule, **values)  # type: ignore[arg-type]
 
 
-def _count(reader: yamlfile.Reader, node: Node, key: str, *, low: int) -> int | None:
+def _count(reader: yamlfile.YamlChecker, node: Node, key: str, *, low: int) -> int | None:
     if isinstance(node, ScalarNode) and node.tag == yamlfile.INT:
         try:
             value = int(str(node.value).replace("_", ""), 0)
@@ -239,7 +241,7 @@ def _count(reader: yamlfile.Reader, node: Node, key: str, *, low: int) -> int | 
     return None
 
 
-def _number(reader: yamlfile.Reader, node: Node, key: str) -> float | None:
+def _number(reader: yamlfile.YamlChecker, node: Node, key: str) -> float | None:
     if isinstance(node, ScalarNode) and node.tag in (yamlfile.INT, yamlfile.FLOAT):
         try:
             return float(str(node.value).replace("_", ""))
@@ -249,7 +251,7 @@ def _number(reader: yamlfile.Reader, node: Node, key: str) -> float | None:
     return None
 
 
-def _failure(reader: yamlfile.Reader, node: Node, where: str) -> FailureMode | None:
+def _failure(reader: yamlfile.YamlChecker, node: Node, where: str) -> FailureMode | None:
     key = f"{where}.on_backend_failure"
     if isinstance(node, ScalarNode) and node.tag == yamlfile.STR:
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from sidecar.hostnames import HostError, normalize_policy_host
+
 __all__ = [
     "ALLOWED_METHODS",
     "FORBIDDEN_CREDENTIAL_HEADERS",
@@ -50,6 +52,17 @@ FORBIDDEN_CREDENTIAL_HEADERS = frozenset(
 _SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _HEADER_TOKEN = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._~!$&'()+,;=:@/*-]*$")
+
+
+def canonical_host(raw: str) -> tuple[str, str | None]:
+    """The host a policy's `raw` text names, and the problem if it is not written so."""
+    try:
+        host = normalize_policy_host(raw)
+    except HostError as exc:
+        return raw, str(exc)
+    if host != raw:
+        return host, f"write the host in its canonical form {host!r}"
+    return host, None
 
 
 def path_problem(text: str) -> str | None:

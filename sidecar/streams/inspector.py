@@ -22,7 +22,7 @@ from sidecar.policy.tools import DeclaredTools, ToolRules, check_call
 from sidecar.streams.jsonarray import JsonArraySplitter, NotJsonArray
 from sidecar.streams.readers import (
     READERS,
-    Finding,
+    StreamFinding,
     TextSeen,
     ToolFinished,
     ToolSeen,
@@ -42,7 +42,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Violation:
+class StreamViolation:
     reason: Reason
     detail: str  # safe to log: a sanitised tool name at most, never arguments
     tool: str | None = None
@@ -118,7 +118,7 @@ class ResponseInspector:
         declared: DeclaredTools,
         patterns: RedactionPatterns | None,
         enforce_tools: bool,
-        describe: Callable[[Violation], str] | None = None,
+        describe: Callable[[StreamViolation], str] | None = None,
         framing: str = SSE,
     ) -> None:
         self.api = api
@@ -129,8 +129,8 @@ class ResponseInspector:
         self.enforce_tools = enforce_tools
         self._describe = describe or (lambda v: f"egress-sidecar: {v.detail}")
         self.framing = framing
-        self.violations: list[Violation] = []  # every one found (bounded), enforced or not
-        self.cut: Violation | None = None
+        self.violations: list[StreamViolation] = []  # every one found (bounded), enforced or not
+        self.cut: StreamViolation | None = None
         self._splitter: SseSplitter | JsonArraySplitter = (
             JsonArraySplitter() if framing == JSON_ARRAY else SseSplitter(bare_json=api == "gemini")
         )
@@ -156,20 +156,20 @@ class ResponseInspector:
             return b""
         if self.framing not in (SSE, JSON_ARRAY):
             detail = "a stream in a format the sidecar cannot read (Gemini alt=); cut"
-            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, detail))
+            return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail))
         self._held += chunk
         try:
             events = self._splitter.feed(chunk)
         except (EventTooLarge, NotJsonArray) as exc:
-            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+            return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:
             return self._release(release) + self._cut(violation)
         if self._holding() and len(self._held) > self._max_held() and release == self._base:
-            return self._cut(Violation(self._held_reason(), self._held_detail()))
+            return self._cut(StreamViolation(self._held_reason(), self._held_detail()))
         return self._release(release)
 
-    def _judge_events(self, events: list[SseEvent]) -> tuple[int, Violation | None]:
+    def _judge_events(self, events: list[SseEvent]) -> tuple[int, StreamViolation | None]:
         """(the offset up to which bytes may go, the first enforced violation). A cut
         releases only what was not held: neither a key's start nor a call's arguments."""
         release = self._base
@@ -182,7 +182,7 @@ class ResponseInspector:
                 release = event.end
         return release, None
 
-    def _read(self, event: SseEvent) -> list[Finding]:
+    def _read(self, event: SseEvent) -> list[StreamFinding]:
         if self.framing != JSON_ARRAY:
             return self.reader.event(event.name, event.data)
         doc = parse_json(event.data)
@@ -216,11 +216,11 @@ class ResponseInspector:
         if self.cut is not None:
             return b""
         if self.framing not in (SSE, JSON_ARRAY):
-            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, "unreadable format"))
+            return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, "unreadable format"))
         try:
             events = self._splitter.finish()
         except (EventTooLarge, NotJsonArray) as exc:
-            return self._cut(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+            return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:
             return self._release(release) + self._cut(violation)
@@ -234,7 +234,7 @@ class ResponseInspector:
 
     # --- not streamed / one WebSocket message ---------------------------------------------
 
-    def inspect_body(self, body: bytes) -> Violation | None:
+    def inspect_body(self, body: bytes) -> StreamViolation | None:
         """The first enforced violation in a whole body, or None (then it may pass)."""
         doc = parse_json(body)
         if doc is None:
@@ -245,10 +245,12 @@ class ResponseInspector:
                 for text in _strings(doc):
                     self.guard.scan_whole(text)
             except KeyReassembled:
-                violation = self._found(Violation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "body")
+                violation = self._found(
+                    StreamViolation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "body"
+                )
         return violation
 
-    def message(self, text: str) -> Violation | None:
+    def message(self, text: str) -> StreamViolation | None:
         """A Responses WebSocket message (one event): an enforced violation or None."""
         if self.cut is not None:
             return self.cut
@@ -259,25 +261,25 @@ class ResponseInspector:
 
     # --- judging ----------------------------------------------------------------------
 
-    def _judge(self, read: Callable[[], list[Finding]]) -> Violation | None:
+    def _judge(self, read: Callable[[], list[StreamFinding]]) -> StreamViolation | None:
         try:
             findings = read()
         except (TooManyCalls, NotJsonArray) as exc:
-            return self._found(Violation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)), "calls")
+            return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)), "calls")
         for finding in findings:
             violation = self._check(finding)
             if violation is not None and violation.enforced:
                 return violation
         return None
 
-    def _check(self, finding: Finding) -> Violation | None:
+    def _check(self, finding: StreamFinding) -> StreamViolation | None:
         if isinstance(finding, TextSeen):
             if self.guard is None:
                 return None
             try:
                 self.guard.add(finding.channel, finding.text)
             except KeyReassembled:
-                return self._found(Violation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "key")
+                return self._found(StreamViolation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "key")
             return None
         partial = isinstance(finding, ToolSeen) and finding.growing
         refused = check_call(
@@ -294,10 +296,10 @@ class ResponseInspector:
         server = f" on MCP server {safe_tool_name(finding.server)}" if finding.server else ""
         detail = f"{self.api} tool call {name!r}{server}: {why}"
         return self._found(
-            Violation(reason, detail, name, enforced=self.enforce_tools), finding.call
+            StreamViolation(reason, detail, name, enforced=self.enforce_tools), finding.call
         )
 
-    def _found(self, violation: Violation, key: str) -> Violation:
+    def _found(self, violation: StreamViolation, key: str) -> StreamViolation:
         if (violation.reason, key) not in self._seen and len(self.violations) < 32:
             self._seen.add((violation.reason, key))
             self.violations.append(violation)
@@ -312,7 +314,7 @@ class ResponseInspector:
         self._released += len(out)
         return out
 
-    def _cut(self, violation: Violation) -> bytes:
+    def _cut(self, violation: StreamViolation) -> bytes:
         if violation not in self.violations and len(self.violations) < 32:
             self.violations.append(violation)
         self.cut = violation

@@ -1,7 +1,7 @@
 """What an LLM response says, read event by event: tool calls, text, usage (pure).
 
 One reader per API family and per response, fed the JSON of each stream event (or the
-whole body of a response that is not streamed). A reader returns `Finding`s:
+whole body of a response that is not streamed). A reader returns `StreamFinding`s:
 
 - `ToolSeen` whenever a tool call's name becomes known or changes (the name the
   gateway would assemble so far: OpenAI chat concatenates name fragments);
@@ -60,7 +60,7 @@ class TextSeen:
     text: str
 
 
-Finding = ToolSeen | ToolFinished | TextSeen
+StreamFinding = ToolSeen | ToolFinished | TextSeen
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,7 +102,7 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-class Reader:
+class ResponseReader:
     """Tool-call bookkeeping shared by the four readers."""
 
     api = ""
@@ -119,24 +119,24 @@ class Reader:
 
     # --- fed by the inspector ------------------------------------------------------------
 
-    def event(self, name: str | None, data: str) -> list[Finding]:
+    def event(self, name: str | None, data: str) -> list[StreamFinding]:
         """One streamed event (SSE `event:` name and `data:`, or a WebSocket message)."""
         doc = parse_json(data)
         return self.document(doc, streamed=True) if isinstance(doc, dict) else []
 
-    def body(self, doc: Any) -> list[Finding]:
+    def body(self, doc: Any) -> list[StreamFinding]:
         """A whole response that was not streamed."""
-        out: list[Finding] = []
+        out: list[StreamFinding] = []
         for item in doc if isinstance(doc, list) else [doc]:
             if isinstance(item, dict):
                 out += self.document(item, streamed=False)
         return out + self.end()
 
-    def end(self) -> list[Finding]:
+    def end(self) -> list[StreamFinding]:
         """The stream ended: every call still open is complete as it stands."""
         return self._finish_matching("")
 
-    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[Finding]:
+    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
         raise NotImplementedError
 
     # --- helpers ------------------------------------------------------------------------
@@ -151,11 +151,13 @@ class Reader:
             call.kind = kind
         return call
 
-    def _named(self, key: str, call: _Call, name: str, *, append: bool) -> list[Finding]:
+    def _named(self, key: str, call: _Call, name: str, *, append: bool) -> list[StreamFinding]:
         call.name = (call.name + name) if append else name
         return [ToolSeen(key, call.name, call.kind, call.server, growing=append)]
 
-    def _arguments(self, key: str, call: _Call, piece: str, *, replace: bool) -> list[Finding]:
+    def _arguments(
+        self, key: str, call: _Call, piece: str, *, replace: bool
+    ) -> list[StreamFinding]:
         if replace:
             call.pieces, call.size, call.truncated = [], 0, False
         if call.size + len(piece) > MAX_ARGUMENT_CHARS:
@@ -165,7 +167,7 @@ class Reader:
             call.size += len(piece)
         return [TextSeen(f"{key}.arguments", piece)] if piece else []
 
-    def _finish(self, key: str) -> list[Finding]:
+    def _finish(self, key: str) -> list[StreamFinding]:
         call = self._calls.get(key)
         if call is None or call.finished:
             return []
@@ -176,8 +178,8 @@ class Reader:
             )
         ]
 
-    def _finish_matching(self, prefix: str) -> list[Finding]:
-        out: list[Finding] = []
+    def _finish_matching(self, prefix: str) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         for key in list(self._calls):
             if key.startswith(prefix):
                 out += self._finish(key)
@@ -188,25 +190,28 @@ class Reader:
             self.model = model[:200]
         self.usage = TokenUsage(input_tokens, output_tokens, self.model)
 
+    def _usage_fields(self, doc: dict[str, Any], input_key: str, output_key: str) -> None:
+        """`doc["usage"]` with one input and one output count (Chat, Responses)."""
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._set_usage(
+                _int(usage.get(input_key)), _int(usage.get(output_key)), doc.get("model")
+            )
 
-class ChatReader(Reader):
+
+class ChatReader(ResponseReader):
     """OpenAI Chat Completions (and the OpenAI-compatible APIs)."""
 
     api = "chat"
 
-    def event(self, name: str | None, data: str) -> list[Finding]:
+    def event(self, name: str | None, data: str) -> list[StreamFinding]:
         if data.startswith("[DONE]"):  # what the SDK stops at
             return self.end()
         return super().event(name, data)
 
-    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[Finding]:
-        out: list[Finding] = []
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            self._set_usage(
-                _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                doc.get("model"),
-            )  # fmt: skip
+    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
+        self._usage_fields(doc, "prompt_tokens", "completion_tokens")
         for position, choice in enumerate(_list(doc.get("choices"))):
             if not isinstance(choice, dict):
                 continue
@@ -218,8 +223,8 @@ class ChatReader(Reader):
                 out += self._finish_matching(f"{index}.")
         return out
 
-    def _message(self, prefix: str, message: dict[str, Any], streamed: bool) -> list[Finding]:
-        out: list[Finding] = []
+    def _message(self, prefix: str, message: dict[str, Any], streamed: bool) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         for field in ("content", "refusal", "reasoning_content", "reasoning"):
             text = _str(message.get(field))
             if text:
@@ -234,11 +239,11 @@ class ChatReader(Reader):
             out += self._fragment(f"{prefix}function_call", {"function": legacy})
         return out
 
-    def _fragment(self, key: str, fragment: dict[str, Any]) -> list[Finding]:
+    def _fragment(self, key: str, fragment: dict[str, Any]) -> list[StreamFinding]:
         function, custom = _dict(fragment.get("function")), _dict(fragment.get("custom"))
         kind = "custom" if fragment.get("type") == "custom" or custom else None
         call = self._call(key, kind)
-        out: list[Finding] = []
+        out: list[StreamFinding] = []
         for name in (_str(function.get("name")), _str(custom.get("name"))):
             if name:
                 out += self._named(key, call, name, append=True)
@@ -268,13 +273,13 @@ _RESPONSES_TEXT_DELTAS = frozenset(
 )
 
 
-class ResponsesReader(Reader):
+class ResponsesReader(ResponseReader):
     """OpenAI Responses: SSE events, WebSocket messages, or a whole Response object."""
 
     api = "responses"
 
-    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[Finding]:
-        out: list[Finding] = []
+    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         kind = _str(doc.get("type")) or ""
         response = doc.get("response")
         if isinstance(response, dict):
@@ -300,22 +305,17 @@ class ResponsesReader(Reader):
                 out.append(TextSeen(f"{key}.{doc.get('content_index')}.{kind}", delta))
         return out
 
-    def _response(self, response: dict[str, Any]) -> list[Finding]:
-        out: list[Finding] = []
+    def _response(self, response: dict[str, Any]) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         for position, item in enumerate(_list(response.get("output"))):
             if isinstance(item, dict):
                 key = _str(item.get("id")) or f"o{position}"
                 out += self._item(key, item, done=True)
-        usage = response.get("usage")
-        if isinstance(usage, dict):
-            self._set_usage(
-                _int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
-                response.get("model"),
-            )  # fmt: skip
+        self._usage_fields(response, "input_tokens", "output_tokens")
         return out
 
-    def _item(self, key: str, item: dict[str, Any], *, done: bool) -> list[Finding]:
-        out: list[Finding] = []
+    def _item(self, key: str, item: dict[str, Any], *, done: bool) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         spec = _RESPONSES_CALLS.get(_str(item.get("type")) or "")
         if spec is None:
             for part in _list(item.get("content")):  # message items: their text
@@ -344,7 +344,7 @@ class ResponsesReader(Reader):
 _ANTHROPIC_CALLS = {"tool_use": "function", "server_tool_use": "server", "mcp_tool_use": "mcp"}
 
 
-class AnthropicReader(Reader):
+class AnthropicReader(ResponseReader):
     """Anthropic Messages."""
 
     api = "anthropic"
@@ -353,9 +353,9 @@ class AnthropicReader(Reader):
         super().__init__()
         self._usage: dict[str, int] = {}
 
-    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[Finding]:
+    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
         kind = doc.get("type")
-        out: list[Finding] = []
+        out: list[StreamFinding] = []
         if kind == "message_start":
             message = _dict(doc.get("message"))
             self._add_usage(message.get("usage"), message.get("model"))
@@ -386,10 +386,10 @@ class AnthropicReader(Reader):
             out += self.end()
         return out
 
-    def _block(self, key: str, block: Any, *, done: bool) -> list[Finding]:
+    def _block(self, key: str, block: Any, *, done: bool) -> list[StreamFinding]:
         block = _dict(block)
         kind = _ANTHROPIC_CALLS.get(_str(block.get("type")) or "")
-        out: list[Finding] = []
+        out: list[StreamFinding] = []
         if kind is None:
             text = _str(block.get("text"))
             if text:
@@ -424,7 +424,7 @@ class AnthropicReader(Reader):
         )
 
 
-class GeminiReader(Reader):
+class GeminiReader(ResponseReader):
     """Gemini generateContent / streamGenerateContent (camelCase and snake_case)."""
 
     api = "gemini"
@@ -433,8 +433,8 @@ class GeminiReader(Reader):
         super().__init__()
         self._count = 0
 
-    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[Finding]:
-        out: list[Finding] = []
+    def document(self, doc: dict[str, Any], *, streamed: bool) -> list[StreamFinding]:
+        out: list[StreamFinding] = []
         usage = doc.get("usageMetadata", doc.get("usage_metadata"))
         if isinstance(usage, dict):
             self._set_usage(
@@ -457,7 +457,7 @@ class GeminiReader(Reader):
                     out += self._whole_call(f"{index}.{self._count}", call)
         return out
 
-    def _whole_call(self, key: str, function_call: dict[str, Any]) -> list[Finding]:
+    def _whole_call(self, key: str, function_call: dict[str, Any]) -> list[StreamFinding]:
         self._count += 1
         call = self._call(key, "function")
         out = self._named(key, call, _str(function_call.get("name")) or "", append=False)
@@ -466,6 +466,6 @@ class GeminiReader(Reader):
         return out + self._finish(key)
 
 
-READERS: dict[str, type[Reader]] = {
+READERS: dict[str, type[ResponseReader]] = {
     r.api: r for r in (ChatReader, ResponsesReader, AnthropicReader, GeminiReader)
 }

@@ -12,7 +12,7 @@ def read(text: bytes, allowed: tuple[str, ...] | None = ("a", "b", "nested")) ->
     problems: list[Problem] = []
     root = yamlfile.compose("f.yaml", text, problems, empty="empty file: write 'a: 1'")
     if root is not None:
-        reader = yamlfile.Reader("f.yaml", problems)
+        reader = yamlfile.YamlChecker("f.yaml", problems)
         top = reader.mapping(root, "", allowed)
         if top and "nested" in top:
             reader.mapping(top["nested"][1], "nested", None)

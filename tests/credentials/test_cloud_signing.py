@@ -20,7 +20,7 @@ from sidecar.credentials.cloud_signing import (
     sign_aws,
     strip_aws_signature,
 )
-from sidecar.credentials.secrets import Secret
+from sidecar.credentials.secret_store import Secret
 from sidecar.policy.cloud_credentials import CloudKind
 from tests.credentials import helpers as h
 from tests.support.cloud_fakes import SignedRequest, expected_signature, new_aws_credentials

@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.credentials.cloud_signing import CloudCredentialError
 from sidecar.credentials.cloud_sources import FAILURE_BACKOFF, REFRESH_MARGIN, CloudCredentialSource
-from sidecar.credentials.secrets import SecretStore
+from sidecar.credentials.secret_store import SecretStore
 from sidecar.policy.cloud_credentials import AwsWebIdentity, CloudCredential, CloudKind
 from tests.support.cloud_fakes import (
     FakeGoogleToken,
@@ -85,7 +85,7 @@ def test_multi_line_json_is_a_document_never_a_header_value(tmp_path: Path) -> N
 
 
 def test_remembered_values_are_redacted_and_counted_as_ours(tmp_path: Path) -> None:
-    from sidecar.credentials.secrets import Secret
+    from sidecar.credentials.secret_store import Secret
 
     store = SecretStore(tmp_path)
     generation = store.generation

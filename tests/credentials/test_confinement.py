@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.credentials.confinement import key_withheld_because
 from sidecar.credentials.inject import HeaderList, Outcome, prepare_request
-from sidecar.credentials.secrets import SecretStore
+from sidecar.credentials.secret_store import SecretStore
 from sidecar.decision import Decision, Reason, Verdict
 from tests.credentials import helpers as h
 

@@ -17,7 +17,7 @@ from sidecar.credentials.inject import (
     is_credential_header,
     prepare_request,
 )
-from sidecar.credentials.secrets import SecretStore
+from sidecar.credentials.secret_store import SecretStore
 from sidecar.credentials.virtual_keys import (
     VirtualKeys,
     generate_virtual_key,

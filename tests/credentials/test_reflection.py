@@ -19,7 +19,7 @@ from sidecar.credentials.reflection import (
     compile_patterns,
     needles_for,
 )
-from sidecar.credentials.secrets import SecretStore
+from sidecar.credentials.secret_store import SecretStore
 from tests.credentials import helpers as h
 
 KEY = h.openai_project_key().encode()

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from sidecar.dlp.detectors import Detector, is_secret_name, own_key_patterns
-from sidecar.dlp.kinds import Confidence, Kind
+from sidecar.dlp.kinds import Confidence, SecretKind
 from tests.support import harvest
 
 DETECTOR = Detector()
@@ -23,7 +23,7 @@ def kinds(text: str, key: str | None = None, detector: Detector = DETECTOR) -> s
     return {h.kind.value for h in detector.scan(text, key)}
 
 
-def spans(text: str, kind: Kind) -> list[str]:
+def spans(text: str, kind: SecretKind) -> list[str]:
     return [text[h.start : h.end] for h in DETECTOR.scan(text) if h.kind is kind]
 
 
@@ -153,9 +153,9 @@ def test_a_jwt_is_low_confidence_and_a_kubernetes_token_is_high() -> None:
         "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
     )
     (jwt,) = DETECTOR.scan(plain)
-    assert (jwt.kind, jwt.confidence) == (Kind.JWT, Confidence.LOW)
+    assert (jwt.kind, jwt.confidence) == (SecretKind.JWT, Confidence.LOW)
     (k8s,) = DETECTOR.scan(harvest.KUBERNETES_TOKEN)
-    assert (k8s.kind, k8s.confidence) == (Kind.KUBERNETES_TOKEN, Confidence.HIGH)
+    assert (k8s.kind, k8s.confidence) == (SecretKind.KUBERNETES_TOKEN, Confidence.HIGH)
 
 
 def test_stripe_test_keys_are_low_confidence() -> None:
@@ -165,22 +165,24 @@ def test_stripe_test_keys_are_low_confidence() -> None:
 
 def test_spans_cover_the_secret_and_nothing_around_it() -> None:
     text = f"before {AWS_ID} middle aws_secret_access_key = {AWS_SECRET}\nafter"
-    assert spans(text, Kind.AWS_ACCESS_KEY_ID) == [AWS_ID]
-    assert spans(text, Kind.AWS_SECRET_ACCESS_KEY) == [AWS_SECRET]
+    assert spans(text, SecretKind.AWS_ACCESS_KEY_ID) == [AWS_ID]
+    assert spans(text, SecretKind.AWS_SECRET_ACCESS_KEY) == [AWS_SECRET]
     pem = "intro\n" + harvest.RSA_PRIVATE_KEY + "outro"
-    (block,) = spans(pem, Kind.PRIVATE_KEY)
+    (block,) = spans(pem, SecretKind.PRIVATE_KEY)
     assert block == harvest.RSA_PRIVATE_KEY.strip()
 
 
 def test_env_dump_spans_are_the_secret_values_only() -> None:
-    found = spans(harvest.ENVIRONMENT, Kind.ENV_DUMP)
+    found = spans(harvest.ENVIRONMENT, SecretKind.ENV_DUMP)
     assert harvest.OPENAI_KEY in found and harvest.AWS_SECRET_ACCESS_KEY in found
     assert not any("/usr/local/bin" in s or "C.UTF-8" in s for s in found)
 
 
 def test_a_single_random_secret_assignment_is_low_confidence() -> None:
     hits = DETECTOR.scan("some config\nSIGNING_SECRET=Q7fK2pLx9RtV4mZs8NwY\n")
-    assert [(h.kind, h.confidence) for h in hits] == [(Kind.SECRET_ASSIGNMENT, Confidence.LOW)]
+    assert [(h.kind, h.confidence) for h in hits] == [
+        (SecretKind.SECRET_ASSIGNMENT, Confidence.LOW)
+    ]
 
 
 NAMED = [
@@ -204,7 +206,7 @@ def test_secret_named_json_fields(key: str, value: str, kind: str | None) -> Non
 def test_gcp_object_fields_are_secrets_when_the_object_is_a_credential() -> None:
     detector = DETECTOR
     hits = detector.scan(harvest.GCP_PRIVATE_KEY_ID, "private_key_id", gcp_object=True)
-    assert [h.kind for h in hits] == [Kind.GCP_CREDENTIALS]
+    assert [h.kind for h in hits] == [SecretKind.GCP_CREDENTIALS]
     assert detector.scan(harvest.GCP_PRIVATE_KEY_ID, "private_key_id", gcp_object=False) == []
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sidecar.dlp.detectors import Detector, own_key_patterns
 from sidecar.dlp.document import read_egress_document, scan_body
-from sidecar.dlp.kinds import Kind
+from sidecar.dlp.kinds import SecretKind
 from tests.support import harvest
 from tests.support.work import WorkCounter
 
@@ -81,7 +81,7 @@ def test_gzip_body_is_decoded_then_scanned_and_redacted_decoded() -> None:
     result = scan_body(gzip.compress(raw), DETECTOR, content_encoding=["gzip"])
     assert {f.describe() for f in result.findings} == {"github_token at $.input"}
     assert result.decoded
-    assert json.loads(result.redacted(frozenset({Kind.GITHUB_TOKEN})) or b"") == {
+    assert json.loads(result.redacted(frozenset({SecretKind.GITHUB_TOKEN})) or b"") == {
         "input": "[REDACTED:github_token]"
     }
 
@@ -97,7 +97,7 @@ def test_a_callers_document_of_the_content_decoded_body_is_scanned_not_parsed_ag
     for result in (plain, packed):
         assert not result.parsed
         assert {f.describe() for f in result.findings} == {"github_token at $.input"}
-        assert json.loads(result.redacted(frozenset({Kind.GITHUB_TOKEN})) or b"") == {
+        assert json.loads(result.redacted(frozenset({SecretKind.GITHUB_TOKEN})) or b"") == {
             "input": "[REDACTED:github_token]"
         }
     # A document that does not match the bytes is dropped when a transfer coding was
@@ -125,7 +125,7 @@ def test_redaction_rewrites_only_the_affected_strings() -> None:
         + b' end \\u00e9"}],\n  "z": "\\u0041"\n}'
     )
     result = scan_body(body, DETECTOR)
-    out = result.redacted(frozenset({Kind.GITHUB_TOKEN}))
+    out = result.redacted(frozenset({SecretKind.GITHUB_TOKEN}))
     assert out is not None
     assert out.startswith(b'{\n  "model" : "m",\n  "n": 1.50e+00,\n  "messages": [{"content": ')
     assert out.endswith(b'}],\n  "z": "\\u0041"\n}')
@@ -134,7 +134,7 @@ def test_redaction_rewrites_only_the_affected_strings() -> None:
 
 def test_redaction_of_kinds_not_chosen_leaves_the_body_alone() -> None:
     body = json.dumps({"a": SECRET}).encode()
-    assert scan_body(body, DETECTOR).redacted(frozenset({Kind.JWT})) == body
+    assert scan_body(body, DETECTOR).redacted(frozenset({SecretKind.JWT})) == body
 
 
 def test_allow_check_drops_hits() -> None:
@@ -189,12 +189,12 @@ def test_no_exception_on_any_json(value: Any, ascii_only: bool) -> None:
 
 
 SECRETS = [
-    (SECRET, Kind.GITHUB_TOKEN),
-    (harvest.OPENAI_KEY, Kind.PROVIDER_API_KEY),
-    (harvest.KUBERNETES_TOKEN, Kind.KUBERNETES_TOKEN),
-    (harvest.OPENSSH_PRIVATE_KEY, Kind.SSH_PRIVATE_KEY),
-    ("sk-ant-api03-" + "Zy9Xw8Vu" * 6, Kind.SIDECAR_KEY),
-    (base64.b64encode(harvest.AWS_CREDENTIALS.encode()).decode(), Kind.AWS_SECRET_ACCESS_KEY),
+    (SECRET, SecretKind.GITHUB_TOKEN),
+    (harvest.OPENAI_KEY, SecretKind.PROVIDER_API_KEY),
+    (harvest.KUBERNETES_TOKEN, SecretKind.KUBERNETES_TOKEN),
+    (harvest.OPENSSH_PRIVATE_KEY, SecretKind.SSH_PRIVATE_KEY),
+    ("sk-ant-api03-" + "Zy9Xw8Vu" * 6, SecretKind.SIDECAR_KEY),
+    (base64.b64encode(harvest.AWS_CREDENTIALS.encode()).decode(), SecretKind.AWS_SECRET_ACCESS_KEY),
 ]
 
 
@@ -232,7 +232,7 @@ def _embed(value: Any, target: int, secret: str, at: int) -> tuple[Any, int]:
 @SETTINGS
 @given(json_values, st.data(), st.sampled_from(SECRETS), st.booleans())
 def test_a_secret_anywhere_in_any_json_string_is_found_and_redacted(
-    value: Any, data: st.DataObject, secret_kind: tuple[str, Kind], ascii_only: bool
+    value: Any, data: st.DataObject, secret_kind: tuple[str, SecretKind], ascii_only: bool
 ) -> None:
     secret, kind = secret_kind
     if not isinstance(value, (dict, list)):

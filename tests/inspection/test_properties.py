@@ -9,7 +9,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.inspection.inspect import Api, inspect_body
+from sidecar.inspection.body_inspection import Api, inspect_body
 from sidecar.inspection.policy import FetchList, FetchRule, RelayRules
 
 RULES = RelayRules(fetch=FetchList((FetchRule("https", "*.example.com", None),)))

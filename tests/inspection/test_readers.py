@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.decision import Reason
-from sidecar.inspection.inspect import Api, api_for, inspect_body, minting_endpoint
+from sidecar.inspection.body_inspection import Api, api_for, inspect_body, minting_endpoint
 from sidecar.inspection.policy import FetchList, FetchRule, RelayRules
 
 OPENAI, ANTHROPIC, GEMINI = (

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from policy_helpers import REPO, dedent, load_text, problems_of
 
-from sidecar.dlp.document import Finding
-from sidecar.dlp.kinds import Confidence, Kind
+from sidecar.dlp.document import DlpFinding
+from sidecar.dlp.kinds import Confidence, SecretKind
 from sidecar.dlp.rules import describe, effective, plan
 from sidecar.policy.dlp import Action
 
@@ -43,53 +43,55 @@ providers:
 """
 
 
-def _finding(kind: Kind, confidence: Confidence = Confidence.HIGH) -> Finding:
-    return Finding(kind, confidence, "$.x")
+def _finding(kind: SecretKind, confidence: Confidence = Confidence.HIGH) -> DlpFinding:
+    return DlpFinding(kind, confidence, "$.x")
 
 
 def test_sections_merge_provider_over_top_level_over_defaults(tmp_path: Path) -> None:
     policy = load_text(tmp_path, POLICY)
     openai = effective(policy.dlp, policy.provider("openai").dlp)  # type: ignore[union-attr]
     assert openai.enabled
-    assert openai.action(_finding(Kind.PRIVATE_KEY)) is Action.REDACT  # provider high
-    assert openai.action(_finding(Kind.ENV_DUMP)) is Action.BLOCK  # provider per kind
-    assert openai.action(_finding(Kind.JWT, Confidence.LOW)) is Action.REDACT  # top per kind
-    assert openai.action(_finding(Kind.STRIPE_KEY, Confidence.LOW)) is Action.IGNORE  # top low
-    assert openai.allowed(Kind.AWS_ACCESS_KEY_ID, "AKIAFIXTURE00000001", "$.x")  # top allow
-    assert openai.allowed(Kind.GITHUB_TOKEN, "ghp_known_fixture_token", "$.x")  # provider sha
-    assert not openai.allowed(Kind.GITHUB_TOKEN, "ghp_other_token", "$.x")
+    assert openai.action(_finding(SecretKind.PRIVATE_KEY)) is Action.REDACT  # provider high
+    assert openai.action(_finding(SecretKind.ENV_DUMP)) is Action.BLOCK  # provider per kind
+    assert openai.action(_finding(SecretKind.JWT, Confidence.LOW)) is Action.REDACT  # top per kind
+    assert (
+        openai.action(_finding(SecretKind.STRIPE_KEY, Confidence.LOW)) is Action.IGNORE
+    )  # top low
+    assert openai.allowed(SecretKind.AWS_ACCESS_KEY_ID, "AKIAFIXTURE00000001", "$.x")  # top allow
+    assert openai.allowed(SecretKind.GITHUB_TOKEN, "ghp_known_fixture_token", "$.x")  # provider sha
+    assert not openai.allowed(SecretKind.GITHUB_TOKEN, "ghp_other_token", "$.x")
     assert not effective(policy.dlp, policy.provider("anthropic").dlp).enabled  # type: ignore[union-attr]
     gemini = effective(policy.dlp, policy.provider("gemini").dlp)  # type: ignore[union-attr]
-    assert gemini.action(_finding(Kind.PRIVATE_KEY)) is Action.BLOCK  # the default
-    assert gemini.action(_finding(Kind.ENV_DUMP)) is Action.ALERT  # top per kind
-    assert not gemini.allowed(Kind.GITHUB_TOKEN, "ghp_known_fixture_token", "$.x")
+    assert gemini.action(_finding(SecretKind.PRIVATE_KEY)) is Action.BLOCK  # the default
+    assert gemini.action(_finding(SecretKind.ENV_DUMP)) is Action.ALERT  # top per kind
+    assert not gemini.allowed(SecretKind.GITHUB_TOKEN, "ghp_known_fixture_token", "$.x")
 
 
 def test_no_dlp_section_means_block_high_alert_low(tmp_path: Path) -> None:
     policy = load_text(tmp_path, "version: 1\nproviders:\n  p:\n    hosts: [a.example.com]\n")
     rules = effective(policy.dlp, policy.provider("p").dlp)  # type: ignore[union-attr]
     assert rules.enabled
-    assert rules.action(_finding(Kind.GCP_CREDENTIALS)) is Action.BLOCK
-    assert rules.action(_finding(Kind.JWT, Confidence.LOW)) is Action.ALERT
+    assert rules.action(_finding(SecretKind.GCP_CREDENTIALS)) is Action.BLOCK
+    assert rules.action(_finding(SecretKind.JWT, Confidence.LOW)) is Action.ALERT
 
 
 def test_the_sidecar_own_keys_are_always_blocked_and_never_allowed(tmp_path: Path) -> None:
     policy = load_text(tmp_path, "version: 1\ndlp: {high: alert, low: ignore}\n")
     rules = effective(policy.dlp, None)
-    assert rules.action(_finding(Kind.SIDECAR_KEY)) is Action.BLOCK
-    assert not rules.allowed(Kind.SIDECAR_KEY, "anything", "$.x")
+    assert rules.action(_finding(SecretKind.SIDECAR_KEY)) is Action.BLOCK
+    assert not rules.allowed(SecretKind.SIDECAR_KEY, "anything", "$.x")
 
 
 def test_a_request_takes_its_strongest_action() -> None:
     rules = effective(None, None)
     findings = (
-        _finding(Kind.JWT, Confidence.LOW),
-        _finding(Kind.AWS_SECRET_ACCESS_KEY),
-        Finding(Kind.GITHUB_TOKEN, Confidence.HIGH, "$.messages[1].content"),
+        _finding(SecretKind.JWT, Confidence.LOW),
+        _finding(SecretKind.AWS_SECRET_ACCESS_KEY),
+        DlpFinding(SecretKind.GITHUB_TOKEN, Confidence.HIGH, "$.messages[1].content"),
     )
     result = plan(findings, rules)
     assert result.action is Action.BLOCK
-    assert result.redact_kinds == {Kind.AWS_SECRET_ACCESS_KEY, Kind.GITHUB_TOKEN}
+    assert result.redact_kinds == {SecretKind.AWS_SECRET_ACCESS_KEY, SecretKind.GITHUB_TOKEN}
     assert describe(result.reported()) == (
         "aws_secret_access_key at $.x, github_token at $.messages[1].content, jwt at $.x"
     )

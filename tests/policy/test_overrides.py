@@ -143,3 +143,12 @@ def test_check_shows_the_merged_policy_with_sources_and_removals(write_files: Wr
         lines[-1]
         == f"  removed providers.xai ({DEFAULT}:{line_of(DEFAULT, 'xai:')}) by {override}:4"
     )
+
+
+def test_removing_a_rule_twice_is_an_error(write_files: WriteFiles) -> None:
+    (override,) = write_files(
+        ("zz.yaml", "version: 1\noverrides: {remove: [providers.xai, providers.xai]}\n")
+    )
+    (problem,) = problems_of([DEFAULT, override])
+    assert (problem.line, problem.key) == (2, "overrides.remove[1]")
+    assert problem.message == "providers.xai is listed twice (also overrides.remove[0])"

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.policy.values import format_problem, header_problem, path_problem, secret_problem
+from sidecar.policy.values import (
+    canonical_host,
+    format_problem,
+    header_problem,
+    path_problem,
+    secret_problem,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,4 +93,24 @@ def test_format_problem(fmt: str, problem: str | None) -> None:
 )
 def test_secret_problem(name: str, problem: str | None) -> None:
     found = secret_problem(name)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+@pytest.mark.parametrize(
+    ("raw", "host", "problem"),
+    [
+        ("api.openai.com", "api.openai.com", None),
+        ("*.example.com", "*.example.com", None),
+        ("xn--bcher-kva.de", "xn--bcher-kva.de", None),
+        ("API.OpenAI.com", "api.openai.com", "canonical form 'api.openai.com'"),
+        ("api.openai.com.", "api.openai.com", "canonical form 'api.openai.com'"),
+        ("b\u00fccher.de", "xn--bcher-kva.de", "canonical form 'xn--bcher-kva.de'"),
+        ("exa mple.com", "exa mple.com", "invalid label"),
+        ("10.0.0.1", "10.0.0.1", "list addresses under 'cidr:'"),
+        ("", "", "empty or padded host"),
+    ],
+)
+def test_canonical_host(raw: str, host: str, problem: str | None) -> None:
+    found_host, found = canonical_host(raw)
+    assert found_host == host
     assert (found is None) if problem is None else (found is not None and problem in found)

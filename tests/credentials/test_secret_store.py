@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.credentials.secrets import (
+from sidecar.credentials.secret_store import (
     MAX_SECRET_BYTES,
     Secret,
     SecretError,

@@ -11,14 +11,14 @@ from typing import Any
 
 from sidecar.decision import Reason
 from sidecar.inspection.body import Uninspectable, decode_body, is_json, parse_json
-from sidecar.inspection.check import Violation, check
+from sidecar.inspection.check import InspectionViolation, check
 from sidecar.inspection.policy import RelayRules
 from sidecar.inspection.readers import Api, Dialect, api_for, minting_endpoint, read_request
 
 __all__ = [
     "Api",
     "Inspection",
-    "Violation",
+    "InspectionViolation",
     "api_for",
     "inspect_body",
     "minting_endpoint",
@@ -31,7 +31,7 @@ BODY_FIELD = "body"
 class Inspection:
     api: Api
     document: Any  # the parsed JSON body; None when the body is not JSON (or unreadable)
-    violation: Violation | None
+    violation: InspectionViolation | None
     inspected_bytes: int  # decoded size
 
 
@@ -67,5 +67,5 @@ def inspect_body(
     return Inspection(api, document, violation, len(body))
 
 
-def _unreadable(why: str) -> Violation:
-    return Violation(Reason.REQUEST_NOT_INSPECTABLE, BODY_FIELD, why)
+def _unreadable(why: str) -> InspectionViolation:
+    return InspectionViolation(Reason.REQUEST_NOT_INSPECTABLE, BODY_FIELD, why)
