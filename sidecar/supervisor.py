@@ -45,6 +45,7 @@ from sidecar.runner import (
     own_addresses,
 )
 from sidecar.settings import Settings
+from sidecar.shared_connections import SharedConnectionTable
 
 if TYPE_CHECKING:
     from sidecar.addons.usage import UsageGate
@@ -168,6 +169,8 @@ class Supervisor:
         self.policy = policy
         self.state = state
         self.slots = [Slot(i) for i in range(settings.workers)]
+        # Open connections counted for the pod, not per worker (sidecar/shared_connections.py)
+        self.connection_table = SharedConnectionTable.create(settings.workers)
         self.sockets: dict[str, list[socket.socket]] = {}
         self.stopping = False
         self.started = False  # every worker was ready once: from then on, restart them
@@ -358,6 +361,7 @@ class Supervisor:
             self.worker_metrics.running.set(self._ready_count())
             if pid is not None:
                 multiprocess.mark_process_dead(pid, self.state.metrics_dir)  # type: ignore[no-untyped-call]
+            self.connection_table.clear(slot.index)  # its connections died with it
             if self.stopping:
                 return
             emit("worker_exited", worker=slot.index, pid=pid, code=code)
@@ -383,7 +387,8 @@ class Supervisor:
 
         ours, theirs = socket.socketpair()
         fds = {spec: [s.fileno() for s in socks] for spec, socks in self.sockets.items()}
-        passed = [theirs.fileno(), *(fd for group in fds.values() for fd in group)]
+        table = self.connection_table.fd
+        passed = [theirs.fileno(), table, *(fd for group in fds.values() for fd in group)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -406,7 +411,7 @@ class Supervisor:
         # The policy in force at this moment, and every later one in order (_broadcast
         # runs on this loop too, and sees slot.channel from here on).
         slot.channel = transport
-        init = ("init", self.settings, self.policy, slot.index, fds)
+        init = ("init", self.settings, self.policy, slot.index, fds, table)
         transport.write(frame(init))
         code = await proc.wait()
         with contextlib.suppress(TimeoutError):

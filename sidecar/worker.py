@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sidecar.decision import Decision
+from sidecar.shared_connections import SharedConnectionTable
 
 if TYPE_CHECKING:
     from sidecar.addons.usage import UsageGate
@@ -135,6 +136,7 @@ class WorkerLink:
         self.usage_gate: UsageGate | None = None
         self._control = control
         self._listener_fds = listener_fds
+        self.connection_table: SharedConnectionTable | None = None  # set before serving
         self._writer: asyncio.StreamWriter | None = None
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -226,11 +228,12 @@ class WorkerLink:
 
 
 def share_of(settings: Settings) -> Settings:
-    """This worker's share of the pod-wide bounds: open connections (in total and per
-    source), HTTP/2 streams over all connections and the refusal rate are split evenly
-    over the workers, so the pod holds no more of them, and answers no more refusals at
-    once, than configured. A worker with more than its share of a source's connections
-    refuses early; a shared count would lift that. Byte budgets (buffered request
+    """This worker's share of the pod-wide bounds: HTTP/2 streams over all connections
+    and the refusal rate are split evenly over the workers, so the pod holds no more of
+    them, and answers no more refusals at once, than configured. Open connections (in
+    total and per source) are not split: the workers count them in one shared table
+    (sidecar/shared_connections.py), as one uneven split of a source's connections
+    made a worker refuse while another had room. Byte budgets (buffered request
     bodies, decoded responses) stay per process: one request or response must still fit
     whole in the worker that serves it, so a pod's memory ceiling grows with N
     (docs/performance.md#sizing)."""
@@ -240,8 +243,6 @@ def share_of(settings: Settings) -> Settings:
     n = settings.workers
     limits = dataclasses.replace(
         settings.limits,
-        max_connections=math.ceil(settings.limits.max_connections / n),
-        max_connections_per_source=math.ceil(settings.limits.max_connections_per_source / n),
         max_h2_streams_total=math.ceil(settings.limits.max_h2_streams_total / n),
     )
     return dataclasses.replace(settings, limits=limits, refusal_rate=settings.refusal_rate / n)
@@ -257,11 +258,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.ERROR)
     control = socket.socket(fileno=int(argv[0]))
-    kind, settings, policy, index, listener_fds = read_frame_blocking(control)
+    kind, settings, policy, index, listener_fds, table_fd = read_frame_blocking(control)
     assert kind == "init"
+    workers = settings.workers
     settings = share_of(settings)
     runner.EVENT_FIELDS["worker"] = index
     link = WorkerLink(index, control, listener_fds, policy.digest)
+    link.connection_table = SharedConnectionTable(table_fd, workers)
     pin_mmap_threshold()  # as runner.main: freed body buffers leave the RSS
     try:
         return runner.run_loop(runner.serve(settings, policy, link))

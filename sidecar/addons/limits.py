@@ -76,6 +76,7 @@ from sidecar.limits import (
     body_limit,
 )
 from sidecar.policy.model import Endpoint
+from sidecar.shared_connections import SharedConnectionCounter, SharedConnectionTable
 
 logger = logging.getLogger("egress_sidecar")
 
@@ -125,14 +126,26 @@ def _is_h1(request: http.Request) -> bool:
 
 class LimitsAddon:
     def __init__(
-        self, limits: Limits, record: Callable[[Decision], None], proxyserver: Any = None
+        self,
+        limits: Limits,
+        record: Callable[[Decision], None],
+        proxyserver: Any = None,
+        connection_table: tuple[SharedConnectionTable, int] | None = None,
     ) -> None:
         self.limits = limits
         self.record = record
         self.proxyserver = proxyserver  # mitmproxy's Proxyserver addon: connection handlers
-        self.connections = ConnectionCounter(
-            limits.max_connections, limits.max_connections_per_source
-        )
+        # One process counts alone; a worker counts in the pod's table (its own row).
+        self.connections: ConnectionCounter | SharedConnectionCounter
+        if connection_table is None:
+            self.connections = ConnectionCounter(
+                limits.max_connections, limits.max_connections_per_source
+            )
+        else:
+            table, row = connection_table
+            self.connections = SharedConnectionCounter(
+                table, row, limits.max_connections, limits.max_connections_per_source
+            )
         self._counted: dict[str, str] = {}  # client id -> source address
         # Process-wide budgets; what each stream took is released when it ends, is
         # dropped, or its connection closes (`_holding`, by client id).

@@ -25,7 +25,12 @@ from tests.alerts.alerts_helpers import FakeReceiver, write_config
 from tests.conftest import provider_policy
 from tests.support.keys import KEYS, SecretMount, key_policy
 from tests.support.sidecar import SidecarProcess
-from tests.support.workers import one_connection_per_worker, wait_for, worker_pids
+from tests.support.workers import (
+    one_connection_per_worker,
+    serving_worker,
+    wait_for,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +259,41 @@ def test_worker_that_cannot_start_stops_the_start(tmp_path):
     with pytest.raises(RuntimeError, match="sidecar exited 1"):
         sidecar.start()
     assert any("while starting" in e.get("error", "") for e in sidecar.events)
+
+
+def test_a_worker_holding_most_of_a_sources_connections_is_not_refused_early(start_sidecar):
+    """--max-connections-per-source 4 over 2 workers: three of the gateway's connections
+    on one worker and one on the other are all served (a per-worker split of 2 refused
+    the third), and a fifth, wherever it lands, is refused: the limit is the pod's."""
+    sidecar = start_sidecar(extra_args=(*WORKERS, "--max-connections-per-source", "4"))
+    wanted = {"most": 3, "rest": 1}
+    held: dict[int, list[http.client.HTTPConnection]] = {}
+    try:
+        for _ in range(80):
+            if sum(len(c) for c in held.values()) == 4 and len(held) == 2:
+                break
+            conn = plain(sidecar)  # admitted: it was answered
+            pid = serving_worker(sidecar, conn.sock.getsockname()[1])
+            mine = held.setdefault(pid, [])
+            others = [len(c) for p, c in held.items() if p != pid]
+            room = wanted["most"] if not others or max(others) <= 1 else wanted["rest"]
+            if len(mine) < room:
+                mine.append(conn)
+            else:
+                conn.close()
+                time.sleep(0.2)  # its count is released when the worker sees the close
+        counts = sorted(len(c) for c in held.values())
+        assert counts == [1, 3], f"could not place 3 + 1 connections: {counts}"
+        for conns in held.values():
+            for conn in conns:
+                assert refused_status(conn) == 403  # still served, all four
+        fifth = http.client.HTTPConnection(*_proxy(sidecar), timeout=15)
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            refused_status(fifth)
+        fifth.close()
+        refusal = sidecar.wait_for_decision(reason="too_many_connections", timeout=15)
+        assert "limit 4" in refusal["detail"]
+    finally:
+        for conns in held.values():
+            for conn in conns:
+                conn.close()
