@@ -83,11 +83,7 @@ def test_workers_in_other_processes_see_the_same_counts():
     assert "from this source" in (here.open("gw") or "")
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 2), st.booleans(), st.sampled_from("abcd")), max_size=200
-    )
-)
+@given(st.lists(st.tuples(st.integers(0, 2), st.booleans(), st.sampled_from("abcd")), max_size=200))
 def test_the_pod_never_exceeds_its_limits_whichever_worker_opens(ops):
     workers = pod(3, total=6, per_source=3)
     held: dict[tuple[int, str], int] = {}
