@@ -1,5 +1,7 @@
-"""With --workers N, each worker holds 1/N of the pod-wide bounds, so the pod as a whole
-holds no more connections and answers no more refusals at once than configured."""
+"""With --workers N, each worker holds 1/N of the pod-wide HTTP/2 stream bound and the
+refusal rate, so the pod as a whole holds no more streams and answers no more refusals at
+once than configured. Open connections are not split: the workers count them in one
+shared table (tests/core/test_shared_connections.py)."""
 
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ def settings(workers: int, **limits: int) -> Settings:
 
 def test_two_workers_hold_half_each():
     share = share_of(settings(2))
-    assert share.limits.max_connections == 512
-    assert share.limits.max_connections_per_source == 256
+    # Connection caps stay the pod's: each worker checks them against the shared table.
+    assert share.limits.max_connections == Limits().max_connections
+    assert share.limits.max_connections_per_source == Limits().max_connections_per_source
     assert share.limits.max_h2_streams_total == 256
     # Byte budgets stay per process: one body must still fit in the worker serving it.
     assert share.limits.max_decoded_bytes == Limits().max_decoded_bytes
@@ -41,6 +44,6 @@ def test_two_workers_hold_half_each():
 
 
 def test_uneven_split_rounds_up_and_one_worker_keeps_everything():
-    assert share_of(settings(3, max_connections=10)).limits.max_connections == 4
+    assert share_of(settings(3, max_h2_streams_total=10)).limits.max_h2_streams_total == 4
     one = share_of(settings(1))
     assert one.limits == Limits() and one.refusal_rate == 20.0
