@@ -28,6 +28,7 @@ from sidecar.credentials import generate_virtual_key, hash_virtual_key
 from tests.support.fakes import FakeProvider
 from tests.support.keys import KEYS
 from tests.support.sidecar import SidecarProcess
+from tests.support.websocket import websocket_tls
 
 pytestmark = pytest.mark.integration
 
@@ -550,7 +551,7 @@ def _realtime(sidecar: SidecarProcess, port: int, session: dict[str, Any]) -> li
     )
     options = {
         "proxy": sidecar.proxy_url,
-        "ssl": ssl.create_default_context(cafile=sidecar.ca_cert),
+        "ssl": websocket_tls(sidecar.ca_cert),
         "open_timeout": 60,  # the handshake on a busy machine
     }
     events: list[dict] = []

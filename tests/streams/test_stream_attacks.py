@@ -22,6 +22,7 @@ from google.genai import types as genai_types
 
 from tests.support.hostile_provider import INJECTED_TOOL, Attack, HostileProvider
 from tests.support.keys import KEYS, SecretMount
+from tests.support.websocket import websocket_tls
 
 pytestmark = pytest.mark.integration
 
@@ -417,7 +418,7 @@ def test_router_injecting_a_function_call_over_the_responses_websocket_is_droppe
     client = oai(guarded, hostile.port)
     options = {
         "proxy": guarded.proxy_url,
-        "ssl": _verify(guarded),
+        "ssl": websocket_tls(guarded.ca_cert),
         "open_timeout": 60,
     }  # busy machines
     kinds = []
@@ -442,7 +443,7 @@ def test_an_honest_responses_websocket_passes_every_event(guarded, hostile):
     client = oai(guarded, hostile.port)
     options = {
         "proxy": guarded.proxy_url,
-        "ssl": _verify(guarded),
+        "ssl": websocket_tls(guarded.ca_cert),
         "open_timeout": 60,
     }  # busy machines
     with client.responses.connect(websocket_connection_options=options) as connection:
@@ -495,7 +496,7 @@ def test_responses_websocket_declaring_a_tool_the_policy_does_not_allow_is_refus
     client = oai(guarded, hostile.port)
     options = {
         "proxy": guarded.proxy_url,
-        "ssl": _verify(guarded),
+        "ssl": websocket_tls(guarded.ca_cert),
         "open_timeout": 60,
     }  # busy machines
     bad = {"type": "function", "name": "delete_everything", "parameters": {"type": "object"}}
@@ -587,7 +588,7 @@ def _websocket_events(sidecar, port: int, tools: list[dict]) -> list[Any]:
     client = oai(sidecar, port)
     options = {
         "proxy": sidecar.proxy_url,
-        "ssl": _verify(sidecar),
+        "ssl": websocket_tls(sidecar.ca_cert),
         "open_timeout": 60,
     }  # busy machines
     events: list[Any] = []
