@@ -15,7 +15,8 @@ that namespace and vanish with the process: nothing to restore, even if the test
 process is killed. Nothing is copied and no file mode changes.
 
 Limitation: the targets themselves are not opened up, only the directories above them:
-a target directory that is itself 0700 stays closed (a `git clone` makes it 0755).
+a target directory that is itself 0700 stays closed. To open a 0700 checkout, pass its
+entries as the targets, not the checkout (tests/transparent/test_pod_netns.py does).
 """
 
 from __future__ import annotations

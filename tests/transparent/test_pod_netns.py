@@ -263,10 +263,12 @@ def _require_prerequisites() -> None:
 
 def _interpreter_wrapper(stage: Path) -> list[str]:
     """A command prefix that lets UID 1337 execute the venv's interpreter and the
-    checkout, host unchanged (/root is 0700, and so may be the folder of a clone):
-    see `tests.support.reach`. Empty when no directory on the way blocks 1337.
+    checkout, host unchanged (/root is 0700, and so may be the folder of a clone, or
+    the clone itself): see `tests.support.reach`. The checkout's entries are the
+    targets, so that a 0700 checkout is covered like any folder above it. Empty when
+    no directory on the way blocks 1337.
     """
-    return reach_prefix([VENV_BIN / "python", ROOT], stage)
+    return reach_prefix([VENV_BIN / "python", *ROOT.iterdir()], stage)
 
 
 def _policy() -> str:
