@@ -219,6 +219,17 @@ def from_values(values: Mapping[str, str | None]) -> Limits:
     return dataclasses.replace(Limits(), **changes)  # type: ignore[arg-type]
 
 
+def connection_refusal(total: int, total_limit: int, count: int, per_source: int) -> str | None:
+    """Why one more connection is refused (safe to log), or None: `total` open in all,
+    `count` from its source. One wording for a process's count and the pod's
+    (sidecar/shared_connections.py)."""
+    if total >= total_limit:
+        return f"{total} open connections, limit {total_limit}"
+    if count >= per_source:
+        return f"{count} open connections from this source, limit {per_source}"
+    return None
+
+
 class ConnectionCounter:
     """Open client connections, in total and per source address.
 
@@ -234,11 +245,10 @@ class ConnectionCounter:
 
     def open(self, source: str) -> str | None:
         """None if admitted (and counted); otherwise why not, safe to log."""
-        if self.total >= self.total_limit:
-            return f"{self.total} open connections, limit {self.total_limit}"
         count = self._by_source.get(source, 0)
-        if count >= self.per_source_limit:
-            return f"{count} open connections from this source, limit {self.per_source_limit}"
+        why = connection_refusal(self.total, self.total_limit, count, self.per_source_limit)
+        if why is not None:
+            return why
         self.total += 1
         self._by_source[source] = count + 1
         return None

@@ -435,12 +435,11 @@ class ProxyProcess:
         if worker is not None:
             worker.usage_gate = self.usage_gate
         self.ps = proxyserver.Proxyserver()
-        table = worker.connection_table if worker is not None else None
         limits = LimitsAddon(  # issue 10
             settings.limits,
             recorder,
             self.ps,
-            connection_table=(table, worker.index) if table and worker else None,
+            shared=(worker.connection_table, worker.index) if worker is not None else None,
         )
         self.credentials.decode_budget = limits.decoded  # issue 10: decoded bytes, all responses
         enforcer = Enforcer(

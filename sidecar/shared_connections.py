@@ -16,7 +16,7 @@ supervisor creates and every worker maps, one row per worker of `[total, slot...
   replacement starts, so its counts do not hold the pod's limits forever.
 
 Pure: no mitmproxy, no network. `ConnectionCounter` (sidecar/limits.py) is the
-one-process form of the same interface.
+one-process form of the same interface, with the same refusal wording.
 """
 
 from __future__ import annotations
@@ -25,10 +25,17 @@ import mmap
 import os
 import zlib
 
+from sidecar.limits import connection_refusal
+
 __all__ = ["SharedConnectionCounter", "SharedConnectionTable"]
 
 SLOTS = 4096
 _COUNTER = 4  # bytes: "i"
+_ROW = 1 + SLOTS  # a worker's total, then its per-source slots
+
+
+def _size(workers: int) -> int:
+    return workers * _ROW * _COUNTER
 
 
 class SharedConnectionTable:
@@ -37,27 +44,26 @@ class SharedConnectionTable:
     def __init__(self, fd: int, workers: int) -> None:
         self.fd = fd
         self.workers = workers
-        self._row = 1 + SLOTS
-        self._map = mmap.mmap(fd, workers * self._row * _COUNTER)
+        self._map = mmap.mmap(fd, _size(workers))
         self.counts = memoryview(self._map).cast("i")
 
     @classmethod
     def create(cls, workers: int) -> SharedConnectionTable:
         """A new zeroed table in a memory file (its fd is passed to the workers)."""
         fd = os.memfd_create("egress-sidecar-connections", 0)  # no MFD_CLOEXEC: inherited
-        os.ftruncate(fd, workers * (1 + SLOTS) * _COUNTER)
+        os.ftruncate(fd, _size(workers))
         return cls(fd, workers)
 
     def row(self, worker: int) -> int:
-        return worker * self._row
+        return worker * _ROW
 
     def clear(self, worker: int) -> None:
         """Forget a dead worker's connections (the supervisor, before restarting it)."""
         start = self.row(worker)
-        self.counts[start : start + self._row] = memoryview(bytes(self._row * _COUNTER)).cast("i")
+        self.counts[start : start + _ROW] = memoryview(bytes(_ROW * _COUNTER)).cast("i")
 
     def column(self, offset: int) -> int:
-        return sum(self.counts[w * self._row + offset] for w in range(self.workers))
+        return sum(self.counts[w * _ROW + offset] for w in range(self.workers))
 
 
 def _slot(source: str) -> int:
@@ -79,13 +85,12 @@ class SharedConnectionCounter:
 
     def open(self, source: str) -> str | None:
         """None if admitted (and counted); otherwise why not, safe to log."""
-        total = self.table.column(0)
-        if total >= self.total_limit:
-            return f"{total} open connections, limit {self.total_limit}"
         slot = _slot(source)
-        count = self.table.column(slot)
-        if count >= self.per_source_limit:
-            return f"{count} open connections from this source, limit {self.per_source_limit}"
+        why = connection_refusal(
+            self.table.column(0), self.total_limit, self.table.column(slot), self.per_source_limit
+        )
+        if why is not None:
+            return why
         counts = self.table.counts
         counts[self._base] += 1
         counts[self._base + slot] += 1

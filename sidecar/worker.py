@@ -126,9 +126,15 @@ class WorkerLink:
     """The worker's side of its supervisor: listeners, refusals out, policies in."""
 
     def __init__(
-        self, index: int, control: socket.socket, listener_fds: dict[str, list[int]], digest: str
+        self,
+        index: int,
+        control: socket.socket,
+        listener_fds: dict[str, list[int]],
+        digest: str,
+        connection_table: SharedConnectionTable,
     ) -> None:
         self.index = index
+        self.connection_table = connection_table  # open connections, counted for the pod
         self.digest = digest  # of the policy in force here
         # Usage limits and suspensions (issue 15) are shared through their store (one
         # SQLite file in --state-dir, or Redis); what the gate keeps in memory (a
@@ -136,7 +142,6 @@ class WorkerLink:
         self.usage_gate: UsageGate | None = None
         self._control = control
         self._listener_fds = listener_fds
-        self.connection_table: SharedConnectionTable | None = None  # set before serving
         self._writer: asyncio.StreamWriter | None = None
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -260,11 +265,10 @@ def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     kind, settings, policy, index, listener_fds, table_fd = read_frame_blocking(control)
     assert kind == "init"
-    workers = settings.workers
-    settings = share_of(settings)
+    settings = share_of(settings)  # workers unchanged: the table has a row for each
     runner.EVENT_FIELDS["worker"] = index
-    link = WorkerLink(index, control, listener_fds, policy.digest)
-    link.connection_table = SharedConnectionTable(table_fd, workers)
+    table = SharedConnectionTable(table_fd, settings.workers)
+    link = WorkerLink(index, control, listener_fds, policy.digest, table)
     pin_mmap_threshold()  # as runner.main: freed body buffers leave the RSS
     try:
         return runner.run_loop(runner.serve(settings, policy, link))

@@ -130,22 +130,19 @@ class LimitsAddon:
         limits: Limits,
         record: Callable[[Decision], None],
         proxyserver: Any = None,
-        connection_table: tuple[SharedConnectionTable, int] | None = None,
+        shared: tuple[SharedConnectionTable, int] | None = None,
     ) -> None:
         self.limits = limits
         self.record = record
         self.proxyserver = proxyserver  # mitmproxy's Proxyserver addon: connection handlers
-        # One process counts alone; a worker counts in the pod's table (its own row).
-        self.connections: ConnectionCounter | SharedConnectionCounter
-        if connection_table is None:
-            self.connections = ConnectionCounter(
-                limits.max_connections, limits.max_connections_per_source
-            )
-        else:
-            table, row = connection_table
-            self.connections = SharedConnectionCounter(
-                table, row, limits.max_connections, limits.max_connections_per_source
-            )
+        # One process counts alone; a worker counts in the pod's table, in its own row
+        # (`shared`: the table and the worker's index).
+        total, per_source = limits.max_connections, limits.max_connections_per_source
+        self.connections: ConnectionCounter | SharedConnectionCounter = (
+            ConnectionCounter(total, per_source)
+            if shared is None
+            else SharedConnectionCounter(*shared, total, per_source)
+        )
         self._counted: dict[str, str] = {}  # client id -> source address
         # Process-wide budgets; what each stream took is released when it ends, is
         # dropped, or its connection closes (`_holding`, by client id).
