@@ -69,8 +69,6 @@ _BUFFERED = "egress_redact_whole_body"
 _WS_REDACTOR = "egress_websocket_redactor"
 _REASON_HIT = "egress_reflected_reason_phrase"
 _CLOUD = "egress_cloud_credential"  # (credential, authority, provider): added at `request`
-# Bodies hashed for SigV4 in a worker thread above this size (a 32 MiB body takes tens
-# of milliseconds to hash: not on the event loop).
 
 
 class CredentialLayer:
@@ -297,7 +295,7 @@ class CredentialLayer:
                 service=credential.service,
             )
 
-        await off_loop_if_large(len(body), sign)  # hashing a large body
+        await off_loop_if_large(len(body), sign)  # hashing 32 MiB takes tens of ms
 
     # --- responses --------------------------------------------------------------------
 
@@ -402,8 +400,10 @@ class CredentialLayer:
         loop (mitmproxy does not touch the flow while this hook is pending); a small
         one is scanned in place, as the thread hop would cost more than the scan."""
         response = flow.response
-        size = len(response.raw_content or b"") if response is not None else 0
-        if response is not None and self._encoded(response):
+        if not flow.metadata.get(_BUFFERED) or response is None:
+            return self.reflection_found(flow, engine)  # streamed: scanned as it passed
+        size = len(response.raw_content or b"")
+        if self._encoded(response):
             size = OFF_LOOP_BYTES + 1  # a small compressed body can decode to 64 MiB
         return await off_loop_if_large(size, lambda: self.reflection_found(flow, engine))
 
