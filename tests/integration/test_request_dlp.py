@@ -150,7 +150,8 @@ def keyed_dlp(start_sidecar, provider, secrets) -> Iterator[SidecarProcess]:
 
 
 def test_aws_credentials_file_pasted_into_prompt_is_blocked(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         _chat(_openai(dlp, provider), "Fix my config:\n" + harvest.AWS_CREDENTIALS)
     assert raised.value.code == "secret_in_request"
@@ -167,7 +168,8 @@ def test_aws_credentials_file_pasted_into_prompt_is_blocked(dlp, provider):
 def test_litellm_1_82_8_harvested_file_pasted_into_prompt_is_blocked(
     dlp, provider, name, content, kind
 ):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         _chat(_openai(dlp, provider), f"{name}:\n{content}")
     assert raised.value.code == "secret_in_request"
@@ -178,7 +180,8 @@ def test_litellm_1_82_8_harvested_file_pasted_into_prompt_is_blocked(
 
 
 def test_litellm_1_82_8_whole_harvest_through_the_anthropic_sdk_is_blocked(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with pytest.raises(anthropic.PermissionDeniedError) as raised:
         _anthropic(dlp, provider).messages.create(
             model="claude-test",
@@ -195,7 +198,8 @@ def test_litellm_1_82_8_whole_harvest_through_the_anthropic_sdk_is_blocked(dlp, 
 
 
 def test_litellm_harvest_base64_encoded_in_a_tool_result_is_blocked(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     encoded = base64.b64encode(harvest.HARVEST.encode()).decode()
     with pytest.raises(openai.PermissionDeniedError):
         openai_client = _openai(dlp, provider)
@@ -241,7 +245,8 @@ def test_gzip_compressed_request_body_is_decoded_and_blocked(dlp, provider):
 
 
 def test_request_body_in_an_undecodable_encoding_is_refused(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
         answer = client.post(
             f"https://api.openai.com:{provider.port}/v1/responses",
@@ -272,7 +277,8 @@ def test_non_json_body_is_scanned_as_text(dlp, provider):
 
 
 def test_ordinary_prompts_with_ids_hashes_images_and_code_pass(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     client = _openai(dlp, provider)
     client.chat.completions.create(
         model="gpt-4o",
@@ -295,7 +301,8 @@ def test_ordinary_prompts_with_ids_hashes_images_and_code_pass(dlp, provider):
 
 
 def test_redact_mode_forwards_the_prompt_with_markers_and_never_the_secret(redacting, provider):
-    mark, before = len(provider.received), len(redacting.decisions)
+    before = redacting.settled_count()
+    mark = len(provider.received)
     _chat(_openai(redacting, provider), "Summarize these files:\n" + harvest.HARVEST)
     got = provider.received[mark:]
     assert len(got) == 1
@@ -324,7 +331,8 @@ def test_redact_mode_with_the_anthropic_sdk(redacting, provider):
 
 
 def test_alert_mode_forwards_unchanged_logs_and_counts(alerting, provider):
-    mark, before = len(provider.received), len(alerting.decisions)
+    before = alerting.settled_count()
+    mark = len(provider.received)
     _chat(_openai(alerting, provider), harvest.AWS_CREDENTIALS)
     got = provider.received[mark:]
     assert len(got) == 1
@@ -341,7 +349,8 @@ def test_alert_mode_forwards_unchanged_logs_and_counts(alerting, provider):
 
 
 def test_audit_mode_redacts_what_enforce_would_block(auditing, provider):
-    mark, before = len(provider.received), len(auditing.decisions)
+    before = auditing.settled_count()
+    mark = len(provider.received)
     _chat(_openai(auditing, provider), harvest.AWS_CREDENTIALS)
     got = provider.received[mark:]
     assert len(got) == 1 and _leaked(got[0].body) == []
@@ -366,7 +375,8 @@ def test_audit_mode_redacts_what_enforce_would_block(auditing, provider):
 def test_sidecar_own_key_in_a_prompt_is_refused_in_any_encoding(
     keyed_dlp, provider, encode: Callable[[str], str]
 ):
-    mark, before = len(provider.received), len(keyed_dlp.decisions)
+    before = keyed_dlp.settled_count()
+    mark = len(provider.received)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         _chat(_openai(keyed_dlp, provider), "remember this: " + encode(KEYS["anthropic"]))
     assert raised.value.code == "gateway_holds_credential"
@@ -381,7 +391,8 @@ def test_sidecar_own_key_in_a_prompt_is_refused_in_any_encoding(
 
 
 def test_harvest_in_a_custom_header_is_blocked(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
         answer = client.get(
             f"https://api.openai.com:{provider.port}/v1/models",
@@ -393,7 +404,8 @@ def test_harvest_in_a_custom_header_is_blocked(dlp, provider):
 
 
 def test_harvest_in_the_query_string_is_blocked(dlp, provider):
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     encoded = base64.urlsafe_b64encode(harvest.AWS_CREDENTIALS.encode()).decode()
     with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
         answer = client.get(
@@ -430,7 +442,8 @@ def test_a_gateway_oauth_token_is_the_credential_layers_refusal_not_dlp(dlp, pro
     """A gateway that sends a Google OAuth token of its own holds a cloud credential
     (issue 16): the credential layer refuses it (S7, gateway_holds_credential), before
     and instead of a DLP finding."""
-    mark, before = len(provider.received), len(dlp.decisions)
+    before = dlp.settled_count()
+    mark = len(provider.received)
     with httpx.Client(proxy=dlp.proxy_url, verify=_tls(dlp), timeout=20) as client:
         answer = client.post(
             f"https://generativelanguage.googleapis.com:{provider.port}/v1/models/g:generateContent",

@@ -133,6 +133,20 @@ class SidecarProcess:
 
     # --- records ----------------------------------------------------------------------
 
+    def settled_count(self, quiet: float = 0.2, timeout: float = 5.0) -> int:
+        """How many decision lines there are once none has arrived for `quiet` seconds.
+        A thread writes the sidecar's stdout, so the line of a request answered just
+        before can still be on its way: a test that counts "lines since" from here does
+        not count an earlier test's line as its own."""
+        count = len(self.decisions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            if len(self.decisions) == count:
+                break
+            count = len(self.decisions)
+        return count
+
     def wait_for_decision(self, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
