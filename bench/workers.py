@@ -4,6 +4,8 @@ and 32, for the trimmed single-process Master, Squid, and egress-sidecar with
 
     .venv/bin/python -m bench.workers                 # 5 rounds of 2.5 s per figure
     .venv/bin/python -m bench.workers --rounds 9 --seconds 3 --output FILE
+    git worktree add /tmp/before REV   # then, before and after in one run:
+    .venv/bin/python -m bench.workers --baseline-tree /tmp/before
 
 Targets (issue 17): 2 workers >= 1.7x one worker at concurrency 32; one worker >= 0.8x
 the trimmed Master (concurrency 32); added p50 over the trimmed Master < 1 ms at
@@ -32,6 +34,7 @@ from bench.procs import Procs
 WORKER_COUNTS = (1, 2)
 REUSEPORT = "sidecar-w2-reuseport"  # --accept-variants: the alternative to shared sockets
 UVLOOP = "sidecar-w1-uvloop"  # --uvloop: one worker on uvloop's event loop
+BASELINE = "sidecar-baseline"  # --baseline-tree: one worker of another checkout
 
 
 def sidecar_name(workers: int) -> str:
@@ -47,6 +50,7 @@ async def measure(
     profile: bool,
     variants: bool,
     uvloop: bool = False,
+    baseline_tree: str | None = None,
 ) -> dict[str, Any]:
     world = C.start_world(procs, tmp)
     trimmed = C.start_trimmed(procs, world)
@@ -62,6 +66,12 @@ async def measure(
         from sidecar.runner import LOOP_ENV
 
         sidecars.append(_variant(procs, world, UVLOOP, 1, LOOP_ENV, "uvloop"))
+    if baseline_tree:  # e.g. a worktree of an earlier commit: before/after in one run
+        ours, C.SIDECAR_TREE = C.SIDECAR_TREE, baseline_tree
+        try:
+            sidecars.append(C.start_sidecar(procs, world, label=BASELINE))
+        finally:
+            C.SIDECAR_TREE = ours
     C.wait_mitm(trimmed)
     everyone = [trimmed, squid, *sidecars]
     scenarios: dict[str, Any] = {}
@@ -113,6 +123,8 @@ def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
         "reuseport_over_w2_c32": R.ratio(rps(c32, REUSEPORT), rps(c32, w2)),
         "uvloop_over_w1_c32": R.ratio(rps(c32, UVLOOP), rps(c32, w1)),
         "uvloop_over_w1_c1": R.ratio(rps(c1, UVLOOP), rps(c1, w1)),
+        "w1_over_baseline_c32": R.ratio(rps(c32, w1), rps(c32, BASELINE)),
+        "w1_over_baseline_c1": R.ratio(rps(c1, w1), rps(c1, BASELINE)),
     }
 
 
@@ -169,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         "--uvloop", action="store_true", help="also one worker on uvloop's event loop"
     )
     parser.add_argument("--sidecar-tree", metavar="DIR", help="as for `python -m bench`")
+    parser.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also one worker of this checkout (e.g. `git worktree add DIR REV`), in the same run",
+    )
     parser.add_argument("--output", default=str(R.RESULTS / "workers-latest.json"))
     args = parser.parse_args(argv)
     if args.sidecar_tree:
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile,
                 args.accept_variants,
                 args.uvloop,
+                str(Path(args.baseline_tree).resolve()) if args.baseline_tree else None,
             )
         )
     finally:

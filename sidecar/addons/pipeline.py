@@ -2,10 +2,11 @@
 
 mitmproxy's `AddonManager` visits every registered addon for every event, and a flow
 event twice (the event itself, then `update`). A visit costs a context manager, a
-coroutine, two generators and a few `getattr`s whether the addon has the hook or not:
-about 9 µs per addon per event (`python -m bench.dispatch`), some 0.3 ms of CPU per
-request with our nine addons registered one by one. A `Pipeline` is one visit: which
-member has which hook is looked up once, here, and only those are called.
+coroutine, two generators and a few `getattr`s whether the addon has the hook or not.
+`python -m bench.dispatch` measured one flow event at 79.7 µs with our nine addons
+registered one by one, 37.8 µs as two pipelines, 29.3 µs for mitmproxy's five alone
+(a request has four flow events). A `Pipeline` is one visit: which member has which
+hook is looked up once, here, and only those are called.
 
 Behaviour is mitmproxy's: members run in the order given, an async hook is awaited
 before the next member runs, and an exception in one member is logged (as mitmproxy's
