@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import secrets
@@ -169,3 +170,8 @@ def k8s_write(directory: Path, values: dict[str, str | bytes]) -> None:
 
 def google_oauth_token() -> str:
     return "ya29.a0" + rand(150, URLSAFE)
+
+
+def bedrock_api_key() -> str:
+    """Bedrock's long-term API key: "ABSK" + base64 of "BedrockAPIKey-..." + random."""
+    return "ABSK" + base64.b64encode(b"BedrockAPIKey-" + secrets.token_bytes(60)).decode()

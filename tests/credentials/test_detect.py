@@ -25,7 +25,18 @@ PREFIXED = [
     ("fireworks_api_key", h.fireworks_key),
     ("aws_access_key_id", h.aws_key_id),
     ("google_oauth_token", h.google_oauth_token),
+    ("aws_bedrock_api_key", h.bedrock_api_key),
 ]
+
+
+def test_every_bedrock_api_key_is_found_not_only_the_random_looking_ones():
+    """The entropy test let about 1 in 80 random Bedrock keys through (as the gateway's
+    bearer, they passed as ordinary text): the prefix finds all of them."""
+    for _ in range(2000):
+        key = h.bedrock_api_key()
+        assert "aws_bedrock_api_key" in {
+            f.family for f in scan_prefixed(f"Bearer {key}", "header authorization")
+        }
 
 
 @pytest.mark.parametrize(("family", "make"), PREFIXED, ids=[p[0] for p in PREFIXED])
