@@ -207,7 +207,8 @@ class CredentialLayer:
         result = prepare_request(
             endpoint or UNLISTED,
             flow.request.headers,
-            flow.request.query,
+            # A query view parses the path on every use: none to read without a "?".
+            flow.request.query if "?" in flow.request.path else None,
             self.store,
             virtual_keys=self.virtual_keys.current if self.virtual_keys else None,
             add_key=withheld is None,

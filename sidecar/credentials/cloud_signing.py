@@ -25,19 +25,16 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from sidecar.credentials.detect import CredentialFinding
+from sidecar.credentials.fields import MultiMap, by_name
 from sidecar.credentials.secret_store import Secret
 from sidecar.credentials.virtual_keys import is_virtual_key
 from sidecar.policy.cloud_credentials import CloudKind
-
-if TYPE_CHECKING:
-    from sidecar.credentials.inject import MultiMap
 
 __all__ = [
     "DUMMY_AWS_ACCESS_KEY_ID",
@@ -139,9 +136,8 @@ def gateway_signature_findings(
 ) -> list[CredentialFinding]:
     """Credentials the gateway holds, as seen in its own signature or token."""
     findings: list[CredentialFinding] = []
-    for name in list(headers):
+    for name, values in by_name(headers):
         lower = name.lower()
-        values = headers.get_all(name)
         if kind is CloudKind.AWS_SIGV4:
             if lower == "authorization":
                 findings += _aws_key_ids(values, "header authorization")
@@ -165,10 +161,10 @@ def gateway_signature_findings(
                         )
                     )
     if kind is CloudKind.AWS_SIGV4 and query is not None:
-        for name in list(query):
+        for name, values in by_name(query, fold_case=False):
             lower = name.lower()
             if lower == "x-amz-credential":
-                findings += _aws_key_ids(query.get_all(name), "query x-amz-credential")
+                findings += _aws_key_ids(values, "query x-amz-credential")
             elif lower == "x-amz-security-token":
                 findings.append(
                     CredentialFinding(
@@ -221,12 +217,12 @@ def sign_aws(
     `path` the request target as sent (with its query). The body is hashed in full.
     """
     selected: dict[str, str] = {}
-    for name in list(headers):
+    for name, values in by_name(headers):
         lower = name.lower()
         if lower in _AWS_SIGNATURE_HEADERS or lower == "x-amzn-trace-id":
             continue
         if lower in _SIGNED_NAMES or lower.startswith(_SIGNED_PREFIXES):
-            selected[lower] = ",".join(v.strip() for v in headers.get_all(name))
+            selected[lower] = ",".join(v.strip() for v in values)
     selected["host"] = host
     request = AWSRequest(method=method, url=f"https://{host}{path}", headers=selected, data=body)
     token = keys.session_token.reveal() if keys.session_token is not None else None

@@ -40,7 +40,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 from sidecar.credentials.cloud_signing import (
     gateway_signature_findings,
@@ -48,6 +47,7 @@ from sidecar.credentials.cloud_signing import (
     strip_aws_signature,
 )
 from sidecar.credentials.detect import CredentialFinding, scan_generic, scan_prefixed
+from sidecar.credentials.fields import MultiMap, by_name
 from sidecar.credentials.secret_store import Secret, SecretStore
 from sidecar.credentials.virtual_keys import VirtualKeys, is_virtual_key
 from sidecar.decision import REASONS, Reason
@@ -65,20 +65,6 @@ __all__ = [
     "is_credential_param",
     "prepare_request",
 ]
-
-
-class MultiMap(Protocol):
-    """What `prepare_request` needs from headers and from the query.
-
-    mitmproxy's `Headers` (case-insensitive) and `Request.query` satisfy it as they are.
-    `__iter__` yields each name once; `set_all(name, [])` removes every value.
-    """
-
-    def __iter__(self) -> Iterator[str]: ...
-
-    def get_all(self, name: str) -> list[str]: ...
-
-    def set_all(self, name: str, values: list[str]) -> None: ...
 
 
 class HeaderList:
@@ -108,6 +94,11 @@ class HeaderList:
     def get(self, name: str) -> str | None:
         values = self.get_all(name)
         return values[0] if values else None
+
+    def items(self, multi: bool = False) -> list[tuple[str, str]]:
+        if multi:
+            return list(self.fields)
+        return [(name, self.get_all(name)[0]) for name in self]
 
     def __repr__(self) -> str:
         return f"HeaderList(names={[k for k, _ in self.fields]})"
@@ -251,9 +242,8 @@ def prepare_request(
     if cloud is not None:  # before anything is stripped: the gateway's own signature
         scan.findings += gateway_signature_findings(cloud.kind, headers, query)
 
-    for name in list(headers):
+    for name, values in by_name(headers):
         lower = name.lower()
-        values = headers.get_all(name)
         credential_place = is_credential_header(lower)
         location = f"header {lower}"
         before = len(scan.findings)
@@ -287,8 +277,7 @@ def prepare_request(
             scan.tainted_headers.append(name)
 
     if query is not None:
-        for name in list(query):
-            values = query.get_all(name)
+        for name, values in by_name(query, fold_case=False):
             location = f"query {name.lower()}"
             credential_place = is_credential_param(name)
             before = len(scan.findings)

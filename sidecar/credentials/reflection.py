@@ -46,10 +46,10 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
+from sidecar.credentials.fields import MultiMap, by_name
 from sidecar.credentials.prefix_automaton import PrefixAutomaton
 from sidecar.credentials.secret_store import Secret, SecretStore
 
@@ -68,14 +68,6 @@ REDACTED = b"[REDACTED]"
 HEADER_NAME_HIT = "(a header name)"  # what redact_headers reports for a dropped header
 UNNAMED_HEADER_HIT = "(a header)"  # a value hit whose name shares 8+ bytes with a key
 MIN_B64_NEEDLE = 16
-
-
-class _Headers(Protocol):
-    def __iter__(self) -> Iterator[str]: ...
-
-    def get_all(self, name: str) -> list[str]: ...
-
-    def set_all(self, name: str, values: list[str]) -> None: ...
 
 
 def _b64_cores(value: bytes) -> set[bytes]:
@@ -344,7 +336,7 @@ class ReflectionGuard:
     def redact_body(self, body: bytes) -> tuple[bytes, int]:
         return redact_bytes(self.patterns(), body)
 
-    def redact_headers(self, headers: _Headers) -> list[str]:
+    def redact_headers(self, headers: MultiMap) -> list[str]:
         """Redact header values in place and drop every header whose *name* reveals a
         key (a name cannot carry the marker: `[` is not a token character). Returns
         where keys were found, safe to log: a value hit is the lower-case header name,
@@ -353,7 +345,7 @@ class ReflectionGuard:
         if p.needle_re is None:
             return []
         hit: list[str] = []
-        for name in list(headers):
+        for name, values in by_name(headers):
             # Case-insensitively: HTTP/2 lower-cases names, and a case-folded key is
             # still most of the key.
             folded = name.encode("utf-8", "surrogateescape").lower()
@@ -361,7 +353,6 @@ class ReflectionGuard:
                 headers.set_all(name, [])  # drops every field of that name
                 hit.append(HEADER_NAME_HIT)
                 continue
-            values = headers.get_all(name)
             new: list[str] = []
             changed = False
             for value in values:

@@ -1,0 +1,45 @@
+"""Headers and query parameters as the credential code reads them.
+
+`MultiMap` is what the code needs from a multi-valued map: mitmproxy's `Headers`
+(case-insensitive names) and `Request.query` (case-sensitive) satisfy it as they are,
+and `inject.HeaderList` stands in for them outside mitmproxy.
+
+`by_name` reads every field once. Looping over the names and calling `get_all(name)`
+for each compares every field's folded name once per name (quadratic in the number of
+fields: about 300 folds per request through the sidecar, issue 17).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+__all__ = ["MultiMap", "by_name"]
+
+
+class MultiMap(Protocol):
+    """`__iter__` yields each name once (as first written); `set_all(name, [])` removes
+    every value; `items(multi=True)` yields every (name, value) field in order."""
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def get_all(self, name: str) -> list[str]: ...
+
+    def set_all(self, name: str, values: list[str]) -> None: ...
+
+    def items(self, multi: bool = ...) -> Iterable[tuple[str, str]]: ...
+
+
+def by_name(fields: MultiMap, *, fold_case: bool = True) -> list[tuple[str, list[str]]]:
+    """(name as first written, every value of that name in order), one entry per name,
+    in order of first appearance: what `[(n, fields.get_all(n)) for n in fields]` gives,
+    in one pass. `fold_case`: names are case-insensitive (headers, not a query)."""
+    grouped: dict[str, tuple[str, list[str]]] = {}
+    for name, value in fields.items(multi=True):
+        key = name.lower() if fold_case else name
+        entry = grouped.get(key)
+        if entry is None:
+            grouped[key] = (name, [value])
+        else:
+            entry[1].append(value)
+    return list(grouped.values())
