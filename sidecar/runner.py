@@ -376,9 +376,9 @@ class ProxyProcess:
         from sidecar.addons.dlp import RequestDlp
         from sidecar.addons.enforcer import Enforcer, EngineHolder
         from sidecar.addons.h2_guard import H2HostMismatches
+        from sidecar.addons.hook_table import install as install_hook_table
         from sidecar.addons.informational import install as drop_informational_responses
         from sidecar.addons.limits import LimitsAddon
-        from sidecar.addons.pipeline import Pipeline
         from sidecar.addons.request_inspection import RequestInspection
         from sidecar.addons.responses import ResponseInspection
         from sidecar.engine import PolicyEngine
@@ -417,6 +417,7 @@ class ProxyProcess:
 
         opts = options.Options()
         self.master = master = Master(opts, event_loop=asyncio.get_running_loop())
+        install_hook_table(master)  # issue 17: hook lookups once, not per event
         drop_informational_responses()  # 103 Early Hints lost the final response (HTTP/1)
         for kind in ERROR_KINDS:
             metrics.dns_errors.labels(kind)  # every series exists from the start, at 0
@@ -459,28 +460,21 @@ class ProxyProcess:
                 await self.pod.start_dns()
             except OSError as exc:
                 raise DnsListenerError(str(exc)) from None
-        # Ours in two pipelines (one mitmproxy addon each: issue 17, dispatch cost).
         master.addons.add(
-            Pipeline(
-                "before-mitmproxy",
-                enforcer,
-                self.credentials,  # S7: its hooks run right after the enforcer's
-                # After the enforcer, in this order: the request body is read once
-                # (issue 13) and its document handed on to the response inspector (14).
-                RequestInspection(holder, recorder, self.registry),
-                ResponseInspection(holder, recorder, self.credentials, self.registry),
-            ),
+            enforcer,
+            self.credentials,  # S7: its hooks run right after the enforcer's
+            # After the enforcer, in this order: the request body is read once (issue 13)
+            # and its document handed on to the response inspector (issue 14).
+            RequestInspection(holder, recorder, self.registry),
+            ResponseInspection(holder, recorder, self.credentials, self.registry),
             self.ps,
             next_layer.NextLayer(),
             limits,
             tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
-            Pipeline(
-                "after-mitmproxy",
-                ClientTlsFailures(self.registry, emit),  # issue 20
-                RequestDlp(holder, self.credentials.store, self.registry),  # issue 13
-                self.usage_gate,  # issue 15: last, after the response readers
-            ),
+            ClientTlsFailures(self.registry, emit),  # issue 20
+            RequestDlp(holder, self.credentials.store, self.registry),  # issue 13
+            self.usage_gate,  # issue 15: last, after the response readers
         )
         Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
