@@ -316,6 +316,16 @@ class FirstRequestTimer(layer.Layer):
         self._heard = False
         self._wakeup: commands.RequestWakeup | None = None
 
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        # Once the client has spoken, only our own timer's wakeup needs us (it reads the
+        # connection's state when it fires): every other event of the connection goes
+        # straight to the child, without our generator and Layer's bookkeeping (issue
+        # 17). Layer's pausing is never needed here: our commands are not blocking, and
+        # the child marks its own blocking commands as handled.
+        if self._heard and not (isinstance(event, events.Wakeup) and event.command is self._wakeup):
+            return self.child.handle_event(event)
+        return super().handle_event(event)
+
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         client = self.context.client
         if isinstance(event, events.Start):
