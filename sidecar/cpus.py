@@ -111,42 +111,52 @@ class Limit:
     file: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Source:
+    """Where one cgroup version keeps a limit: the controller's entry in
+    /proc/self/cgroup ("" for v2), its mounts under the cgroup root, its files (read
+    from one directory) and how their texts become the limit (None: unlimited)."""
+
+    controller: str
+    mounts: tuple[str, ...]
+    files: tuple[str, ...]
+    parse: Callable[..., float | None]
+
+
+CPU_SOURCES = (
+    _Source("", ("",), ("cpu.max",), quota_v2),
+    _Source("cpu", ("cpu", "cpu,cpuacct"), ("cpu.cfs_quota_us", "cpu.cfs_period_us"), quota_v1),
+)
+MEMORY_SOURCES = (
+    _Source("", ("",), ("memory.max",), memory_bytes),
+    _Source("memory", ("memory",), ("memory.limit_in_bytes",), memory_bytes),
+)
+
+
 def cpu_quota(read: Reader, root: str = CGROUP_ROOT) -> Limit | None:
     """The smallest cgroup CPU quota (v2, v1) in CPUs; None: no quota."""
-    own = cgroup_paths(read("/proc/self/cgroup") or "")
-    found: list[Limit | None] = []
-    texts = _first_readable(read, _candidates(root, own.get("")), "cpu.max")
-    if texts is not None:
-        found.append(_limit(quota_v2(texts[0]), "cpu.max"))
-    v1 = _candidates(f"{root}/cpu", own.get("cpu")) + _candidates(
-        f"{root}/cpu,cpuacct", own.get("cpu")
-    )
-    texts = _first_readable(read, v1, "cpu.cfs_quota_us", "cpu.cfs_period_us")
-    if texts is not None:
-        found.append(_limit(quota_v1(*texts), "cpu.cfs_quota_us"))
-    return _smallest(found)
+    return _smallest(read, root, CPU_SOURCES)
 
 
 def memory_limit(read: Reader, root: str = CGROUP_ROOT) -> Limit | None:
     """The smallest cgroup memory limit (v2, v1) in bytes; None: no limit."""
+    return _smallest(read, root, MEMORY_SOURCES)
+
+
+def _smallest(read: Reader, root: str, sources: tuple[_Source, ...]) -> Limit | None:
+    """A hybrid host can limit in both versions: the tighter limit holds."""
     own = cgroup_paths(read("/proc/self/cgroup") or "")
-    found: list[Limit | None] = []
-    texts = _first_readable(read, _candidates(root, own.get("")), "memory.max")
-    if texts is not None:
-        found.append(_limit(memory_bytes(texts[0]), "memory.max"))
-    v1 = _candidates(f"{root}/memory", own.get("memory"))
-    texts = _first_readable(read, v1, "memory.limit_in_bytes")
-    if texts is not None:
-        found.append(_limit(memory_bytes(texts[0]), "memory.limit_in_bytes"))
-    return _smallest(found)
-
-
-def _limit(value: float | None, file: str) -> Limit | None:
-    return None if value is None else Limit(value, file)
-
-
-def _smallest(found: list[Limit | None]) -> Limit | None:
-    limits = [limit for limit in found if limit is not None]
+    limits: list[Limit] = []
+    for source in sources:
+        bases = [
+            base
+            for mount in source.mounts
+            for base in _candidates(f"{root}/{mount}".rstrip("/"), own.get(source.controller))
+        ]
+        texts = _first_readable(read, bases, *source.files)
+        value = None if texts is None else source.parse(*texts)
+        if value is not None:
+            limits.append(Limit(value, source.files[0]))
     return min(limits, key=lambda limit: limit.value) if limits else None
 
 
