@@ -180,9 +180,9 @@ def test_the_smaller_of_v1_and_v2_quota_counts():
 
 
 @st.composite
-def cgroups(draw: st.DrawFn) -> tuple[int, int, dict[str, str], int | None]:
+def cgroups(draw: st.DrawFn) -> tuple[int, int, dict[str, str], int | None, int | None]:
     """A host, a cpuset, and cgroup files of either version with or without limits;
-    the memory limit in bytes (None: none)."""
+    the CPU quota (microseconds per 100 ms) and memory limit in bytes (None: none)."""
     host = draw(st.integers(1, 512))
     affinity = draw(st.integers(1, host))
     quota_us = draw(st.none() | st.integers(1, 600 * 100_000))
@@ -196,14 +196,18 @@ def cgroups(draw: st.DrawFn) -> tuple[int, int, dict[str, str], int | None]:
         table = v1("-1" if quota_us is None else str(quota_us), V1_UNLIMITED)
         if memory is not None:
             table[f"{V1_MEMORY_DIR}/memory.limit_in_bytes"] = str(memory)
-    return affinity, host, table, memory
+    return affinity, host, table, quota_us, memory
 
 
 @given(cgroups())
 def test_auto_stays_within_the_cpus_the_cap_and_the_memory(case):
-    affinity, host, table, memory = case
+    affinity, host, table, quota_us, memory = case
     count = cpus.auto_workers(affinity, host, table.get)
     assert 1 <= count.n <= min(affinity, cpus.MAX_WORKERS)
+    if quota_us is None and affinity == host:
+        assert count.n == 1  # no share of the node to fill
+    elif quota_us is not None:
+        assert count.n <= max(1, -(-quota_us // 100_000))  # ceil(quota)
     if memory is not None:
         assert count.n <= cpus.workers_fitting(memory)
         # The supervisor and N workers at their ceiling fit, unless one worker is all.
