@@ -66,4 +66,6 @@ VOLUME ["/tmp", "/var/run/egress-sidecar", "/var/spool/egress-sidecar"]
 USER 1337:1337
 EXPOSE 15020
 ENTRYPOINT ["egress-sidecar"]
+# --workers auto (the default): the container's CPU limit (`docker run --cpus N`), no more
+# than its memory limit fits; one worker without a CPU limit (docs/performance.md#workers)
 CMD ["run"]

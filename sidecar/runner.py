@@ -90,8 +90,9 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"egress-sidecar: policy rejected, not starting:\n{exc}\n")
         return EXIT_BAD_POLICY
     pin_mmap_threshold()  # freed body buffers leave the RSS (sidecar/memory.py)
+    emit("workers", workers=settings.workers.n, reason=settings.workers.reason)
     try:
-        if settings.workers > 1:
+        if settings.workers.n > 1:
             from sidecar.supervisor import supervise
 
             return run_loop(supervise(settings, policy))

@@ -23,7 +23,6 @@ ENV_PREFIX = "EGRESS_SIDECAR_"
 
 DEFAULT_PROXY_LISTEN = "127.0.0.1:15080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:15020"
-MAX_WORKERS = 64  # issue 17: --workers
 
 
 def bundled_policy_dir() -> Path:
@@ -243,11 +242,13 @@ def _number(kind: type[int] | type[float], low: float, high: float) -> Callable[
     return parse
 
 
-def _workers(flag: str, text: str) -> int:
-    """`auto`: the CPUs the container may use; else a count."""
+def _workers(flag: str, text: str) -> cpus.WorkerCount:
+    """`auto`: what the container's CPU and memory limits allow (sidecar/cpus.py); else
+    a count, obeyed."""
     if text.strip().lower() == "auto":
-        return min(cpus.available(), MAX_WORKERS)
-    return int(_number(int, 1, MAX_WORKERS)(flag, text))
+        return cpus.auto()
+    n = int(_number(int, 1, cpus.MAX_WORKERS)(flag, text))
+    return cpus.WorkerCount(n, f"{flag} {n}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -389,14 +390,16 @@ class Settings:
         usage_settings.UsageSettingsError,
     )
     # issue 17: worker processes (sidecar/supervisor.py); docs/performance.md#workers
-    # says why the default is 1
-    workers: int = option(
+    # says how `auto` is resolved, and why
+    workers: cpus.WorkerCount = option(  # noqa: RUF009 - returns a dataclasses.field
         "--workers",
-        "proxy processes sharing the listeners, supervised as one sidecar: 1 (default), "
-        f"N (up to {MAX_WORKERS}), or 'auto': the CPUs the container may use (cgroup quota, "
-        "CPU affinity); each costs ~100 MB (docs/performance.md#workers)",
+        f"proxy processes sharing the listeners, supervised as one sidecar: N (up to "
+        f"{cpus.MAX_WORKERS}) or 'auto': the CPUs the container may use (cgroup CPU quota, "
+        "cpuset), 1 without a CPU limit, no more than its memory limit fits "
+        f"({cpus.SUPERVISOR_MIB} + {cpus.WORKER_CEILING_MIB} N MiB); each costs ~100 MB "
+        "(docs/performance.md#workers)",
         parse=_workers,
-        default="1",
+        default="auto",
     )
 
 

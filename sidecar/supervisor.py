@@ -168,9 +168,9 @@ class Supervisor:
         self.settings = settings
         self.policy = policy
         self.state = state
-        self.slots = [Slot(i) for i in range(settings.workers)]
+        self.slots = [Slot(i) for i in range(settings.workers.n)]
         # Open connections counted for the pod, not per worker (sidecar/shared_connections.py)
-        self.connection_table = SharedConnectionTable.create(settings.workers)
+        self.connection_table = SharedConnectionTable.create(settings.workers.n)
         self.sockets: dict[str, list[socket.socket]] = {}
         self.stopping = False
         self.started = False  # every worker was ready once: from then on, restart them

@@ -245,7 +245,7 @@ def share_of(settings: Settings) -> Settings:
     import dataclasses
     import math
 
-    n = settings.workers
+    n = settings.workers.n
     limits = dataclasses.replace(
         settings.limits,
         max_h2_streams_total=math.ceil(settings.limits.max_h2_streams_total / n),
@@ -267,7 +267,7 @@ def main(argv: list[str]) -> int:
     assert kind == "init"
     settings = share_of(settings)  # workers unchanged: the table has a row for each
     runner.EVENT_FIELDS["worker"] = index
-    table = SharedConnectionTable(table_fd, settings.workers)
+    table = SharedConnectionTable(table_fd, settings.workers.n)
     link = WorkerLink(index, control, listener_fds, policy.digest, table)
     pin_mmap_threshold()  # as runner.main: freed body buffers leave the RSS
     try:

@@ -252,6 +252,8 @@ def trial(work: Path, processes: list[Process]) -> int:
             f"127.0.0.1:{outside.dns_port}",
             "--upstream-ca",
             str(provider_ca),
+            # No --workers: `auto`, one process on a machine without a CPU limit (the
+            # sidecar's `workers` event in sidecar.log says how many and why).
         ],
         sidecar_env,
         work / "sidecar.log",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import settings
+from sidecar import cpus, settings
 from sidecar.settings import Option, Settings, SettingsError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -66,6 +66,16 @@ def test_no_flags_give_the_declared_defaults():
     assert (s.reverse, s.transparent, s.dns, s.secrets_from_env) == ((), (), (), False)
 
 
+def test_workers_default_to_auto_and_a_given_count_is_obeyed(monkeypatch):
+    """`auto` (sidecar/cpus.py) by default, as by name; a count as given, even above what
+    `auto` would choose (the operator sized the pod)."""
+    assert resolve([]).workers == cpus.auto()
+    assert resolve(["--workers", "AUTO"]).workers == cpus.auto()
+    assert resolve(["--workers", "64"]).workers == cpus.WorkerCount(64, "--workers 64")
+    monkeypatch.setenv("EGRESS_SIDECAR_WORKERS", "3")
+    assert resolve([]).workers.n == 3
+
+
 def test_flag_wins_over_environment_which_wins_over_default(monkeypatch):
     monkeypatch.setenv("EGRESS_SIDECAR_LISTEN", "127.0.0.1:16000")
     monkeypatch.setenv("EGRESS_SIDECAR_ADMIN", "127.0.0.1:16001")
@@ -102,6 +112,9 @@ def test_an_empty_value_counts_as_not_given(monkeypatch):
         (["--max-connections", "0"], "--max-connections '0': expected a whole number"),
         (["--usage-redis", "http://x"], "--usage-redis: expected a redis://"),
         (["--listen", "off"], "nothing to serve: --listen off and no --reverse"),
+        (["--workers", "0"], "--workers '0': must be between 1 and 64"),
+        (["--workers", "65"], "--workers '65': must be between 1 and 64"),
+        (["--workers", "all"], "--workers 'all': not a number"),
     ],
 )
 def test_bad_values_name_the_flag_and_what_is_expected(argv, message):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sidecar.cpus import WorkerCount
 from sidecar.limits import Limits
 from sidecar.settings import Settings
 from sidecar.worker import share_of
@@ -26,7 +27,7 @@ def settings(workers: int, **limits: int) -> Settings:
         alert_spool_dir=None,
         refusal_rate=20.0,
         limits=dataclasses.replace(Limits(), **limits),
-        workers=workers,
+        workers=WorkerCount(workers, f"--workers {workers}"),
     )
 
 

@@ -11,18 +11,27 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sidecar import cpus
 from tests.conftest import provider_policy
 from tests.integration.test_explicit_proxy import connect_status
 from tests.support.sidecar import BIN, SidecarProcess
+from tests.support.workers import worker_pids
 
 pytestmark = pytest.mark.integration
 
 
 def test_bare_run_starts_on_bundled_default_and_says_where(tmp_path):
-    """`egress-sidecar run` with no options: the README's first command."""
+    """`egress-sidecar run` with no options: the README's first command. Its workers are
+    `--workers auto`'s, and its `workers` event says how many and why (on this machine,
+    a cgroup without a CPU quota: one process, "no CPU limit")."""
     env = {"XDG_STATE_HOME": str(tmp_path)}
-    sidecar = SidecarProcess([], env=env).start()
+    sidecar = SidecarProcess([], env=env, workers=None).start()
     try:
+        expected = cpus.auto()  # this process's cgroup is the sidecar's
+        said = sidecar.wait_for_event("workers")
+        assert (said["workers"], said["reason"]) == (expected.n, expected.reason)
+        assert "--workers" not in sidecar.args
+        assert len(worker_pids(sidecar)) == (0 if expected.n == 1 else expected.n)
         assert sidecar.listening["listeners"]["explicit"] == ["127.0.0.1:15080"]
         assert sidecar.listening["admin"] == "127.0.0.1:15020"
         loaded = sidecar.wait_for_event("policy_loaded")
@@ -172,6 +181,8 @@ def test_listener_that_cannot_bind_stops_the_start(tmp_path):
                 "run",
                 "--listen",
                 f"127.0.0.1:{port}",
+                "--workers",
+                "1",
                 "--admin",
                 "127.0.0.1:0",
                 "--ca-dir",
@@ -200,6 +211,8 @@ def test_admin_port_held_by_another_process_stops_the_start_with_a_clear_error(t
                 "127.0.0.1:0",
                 "--admin",
                 f"127.0.0.1:{port}",
+                "--workers",
+                "1",
                 "--ca-dir",
                 str(tmp_path / "ca"),
             ],

@@ -42,9 +42,19 @@ def loopback_args(
 
 
 class SidecarProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = [BIN, "run", *args]
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, *, workers: str | None = "1"
+    ) -> None:
+        """`workers`: the --workers given when neither `args` nor `env` say it. One by
+        default, not the sidecar's `auto`: the machine's cgroup (a CPU quota on a CI
+        runner) must not decide how many processes a test starts. None: the sidecar's
+        own default."""
         self.env = {**os.environ, **(env or {})}
+        if workers is not None and not (
+            "--workers" in args or "EGRESS_SIDECAR_WORKERS" in self.env
+        ):
+            args = [*args, "--workers", workers]
+        self.args = [BIN, "run", *args]
         self.decisions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.stderr_lines: list[str] = []
