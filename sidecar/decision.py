@@ -418,7 +418,15 @@ class Decision:
         return self.verdict is Verdict.ALLOW
 
     def with_context(self, **changes: Any) -> Decision:
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` (what `dataclasses.replace` gives, in under half its time:
+        a request makes several, issue 17). Unknown names are refused as `replace` does."""
+        unknown = changes.keys() - _DECISION_FIELDS
+        if unknown:
+            raise TypeError(f"Decision has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Decision)
+        for name in _DECISION_FIELDS:
+            _set(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
 
     def as_log_record(self) -> dict[str, Any]:
         """The canonical decision log line (one JSON object per decision)."""
@@ -451,6 +459,10 @@ class Decision:
         if self.retry_after is not None:
             record["retry_after"] = self.retry_after
         return record
+
+
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
+_set = object.__setattr__  # a frozen dataclass's own way to fill its slots
 
 
 def iso_time(ts: float) -> str:
