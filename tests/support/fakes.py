@@ -409,6 +409,8 @@ class FakeDNS:
         # A broken resolver for some names: "servfail" answers SERVFAIL, "timeout" never
         # answers.
         self.failures: dict[str, str] = {}
+        # Names answered only after this many seconds (a slow resolver).
+        self.delays: dict[str, float] = {}
         self.questions: list[tuple[str, str]] = []
         self.port = 0
         self._transport: asyncio.DatagramTransport | None = None
@@ -420,7 +422,7 @@ class FakeDNS:
     async def _start(self) -> int:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DNSProtocol(self.answer), local_addr=("127.0.0.1", 0)
+            lambda: _DNSProtocol(self.answer, self.delay_of), local_addr=("127.0.0.1", 0)
         )
         self._transport = transport
         return int(transport.get_extra_info("sockname")[1])
@@ -431,6 +433,12 @@ class FakeDNS:
 
     def asked(self, name: str) -> bool:
         return any(q == name.rstrip(".").lower() for q, _ in self.questions)
+
+    def delay_of(self, wire: bytes) -> float:
+        if not self.delays:
+            return 0.0
+        name = dns.message.from_wire(wire).question[0].name.to_text().rstrip(".").lower()
+        return self.delays.get(name, 0.0)
 
     def answer(self, wire: bytes) -> bytes | None:
         query = dns.message.from_wire(wire)
@@ -456,8 +464,13 @@ class FakeDNS:
 
 
 class _DNSProtocol(asyncio.DatagramProtocol):
-    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
+    def __init__(
+        self,
+        answer: Callable[[bytes], bytes | None],
+        delay: Callable[[bytes], float] = lambda wire: 0.0,
+    ) -> None:
         self._answer = answer
+        self._delay = delay
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -467,5 +480,10 @@ class _DNSProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
         reply = self._answer(data)
-        if reply is not None:
+        if reply is None:
+            return
+        delay = self._delay(data)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._transport.sendto, reply, addr)
+        else:
             self._transport.sendto(reply, addr)

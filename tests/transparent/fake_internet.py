@@ -72,7 +72,7 @@ class NetnsDNS(FakeDNS):
     async def _start(self) -> int:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DNSProtocol(self.answer), sock=self._sock
+            lambda: _DNSProtocol(self.answer, self.delay_of), sock=self._sock
         )
         self._transport = transport
         return int(self._sock.getsockname()[1])

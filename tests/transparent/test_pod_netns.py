@@ -1200,7 +1200,14 @@ def test_gateway_reusing_the_sidecars_dns_flow_cannot_reach_the_upstream_resolve
     script = world.work / "conntrack_reuse.py"
     script.write_text(CONNTRACK_REUSE)
     before = len(world.upstream.questions)
-    proc = world.run(child_python(), str(script), "c2VjcmV0", timeout=90)
+    # The sidecar's query socket lives until the answer: a slow one keeps it in
+    # /proc/net/udp long enough for the gateway's poller to see it (a fast answer was
+    # missed once on a busy machine, and the control below failed).
+    world.upstream.delays["api.openai.com"] = 0.5
+    try:
+        proc = world.run(child_python(), str(script), "c2VjcmV0", timeout=90)
+    finally:
+        world.upstream.delays.pop("api.openai.com", None)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     asked = [name for name, _ in world.upstream.questions[before:]]
     assert "api.openai.com" in asked, (asked, result)  # control: the sidecar did ask upstream
