@@ -128,3 +128,27 @@ def memory(pid: int) -> dict[str, float]:
         if name in ("VmRSS", "VmHWM"):
             values[name.lower() + "_mb"] = round(int(rest.split()[0]) / 1024, 1)
     return values
+
+
+def with_children(pid: int) -> list[int]:
+    """The process and its children (a supervisor's workers), the process first."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+def cpu_ms(pid: int | None) -> float:
+    """User + system CPU so far of a process (all its threads) and of its children, in
+    ms, from /proc (0 for none: a direct connection)."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for each in with_children(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited between the two reads
+        total += int(fields[11]) + int(fields[12])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")

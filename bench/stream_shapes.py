@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import ssl
 import statistics
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 
 import bench.contenders as C
 from bench.client import Conn
-from bench.procs import Procs
+from bench.procs import Procs, cpu_ms
 
 SHAPES = {
     "chat": "/v1/chat/completions",
@@ -76,14 +75,6 @@ class _Connects(logging.Handler):
 for _name in ("httpcore.connection", "httpcore2.connection"):
     logging.getLogger(_name).addHandler(_Connects())
     logging.getLogger(_name).setLevel(logging.DEBUG)
-
-
-def proxy_cpu_ms(pid: int | None) -> float:
-    """User + system CPU of a process (0 for none: direct), from /proc."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def sdk_first_delta(
@@ -136,7 +127,7 @@ def sdk_first_delta(
     for attempt in range(count + 1):
         if attempt == 1:
             _Connects.count = 0
-            cpu_before = proxy_cpu_ms(contender.pid)
+            cpu_before = cpu_ms(contender.pid)
         headers_at.clear()
         started = time.monotonic()
         first = None
@@ -164,7 +155,7 @@ def sdk_first_delta(
             cold = first - started
     return {
         # CPU the proxy process spent per warm call: unlike latency, hardly moved by load
-        "proxy_cpu_ms_per_call": round((proxy_cpu_ms(contender.pid) - cpu_before) / count, 2),
+        "proxy_cpu_ms_per_call": round((cpu_ms(contender.pid) - cpu_before) / count, 2),
         "first_delta_ms": ms(warm),
         "cold_first_delta_ms": ms([cold] if cold is not None else []),
         "first_delta_after_headers_ms": ms(after_headers),

@@ -11,6 +11,12 @@ Targets (issue 17): 2 workers >= 1.7x one worker at concurrency 32; one worker >
 the trimmed Master (concurrency 32); added p50 over the trimmed Master < 1 ms at
 concurrency 1. On a machine shared with other work, figures move between runs: the
 report prints every round, so the spread is visible next to the medians.
+
+Each contender's CPU per request (its processes' user + system time over the requests
+served, at concurrency 32) is reported too. Where the load generator and the fake
+provider share the proxies' cores, it gives the ratios the cores would allow:
+`w1_over_trimmed_by_cpu_c32` (one core each) and `w2_over_w1_on_free_cores_c32` (two
+workers on two cores of their own, supervisor included, over one worker on one).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 from bench import contenders as C
 from bench import run as R
-from bench.procs import Procs
+from bench.procs import Procs, cpu_ms
 
 WORKER_COUNTS = (1, 2)
 REUSEPORT = "sidecar-w2-reuseport"  # --accept-variants: the alternative to shared sockets
@@ -78,9 +84,9 @@ async def measure(
     for conc in (1, 32):
         log(f"small JSON, concurrency {conc}")
         collected = await R.rounds(
-            f"small_c{conc}", everyone, rounds, lambda c, n=conc: R.small(c, n, seconds), log
+            f"small_c{conc}", everyone, rounds, lambda c, n=conc: small_with_cpu(c, n, seconds), log
         )
-        scenarios[f"small_c{conc}"] = R.finish(collected, R.summarize_small)
+        scenarios[f"small_c{conc}"] = R.finish(collected, summarize)
     profiles: dict[str, Any] = {}
     if profile:
         from bench.pyspy import profile_sidecar
@@ -88,6 +94,27 @@ async def measure(
         log("py-spy: sidecar --workers 1 under load")
         profiles = await profile_sidecar(sidecars[0], tmp, seconds=10)
     return {"scenarios": scenarios, "profiles": profiles}
+
+
+async def small_with_cpu(
+    contender: C.Contender, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """`R.small`, plus the CPU the contender's processes (a supervisor's workers too)
+    used per request: a figure other work on the machine moves far less than req/s."""
+    before = cpu_ms(contender.pid)
+    measured = await R.small(contender, concurrency, seconds)
+    used = cpu_ms(contender.pid) - before
+    measured["cpu_ms_per_request"] = (
+        used / len(measured["latencies"]) if measured["latencies"] else None
+    )
+    return measured
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = R.summarize_small(rounds)
+    per_request = [r["cpu_ms_per_request"] for r in rounds if r.get("cpu_ms_per_request")]
+    summary["cpu_ms_per_request"] = round(R.med(per_request), 3) if per_request else None
+    return summary
 
 
 def _variant(
@@ -113,6 +140,15 @@ def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
         value = s.get(name, {}).get("lat_p50_ms")
         return float(value) if value is not None else None
 
+    def cpu(name: str) -> float | None:
+        value = c32.get(name, {}).get("cpu_ms_per_request")
+        return float(value) if value else None
+
+    # On one free core a CPU-bound proxy serves 1 / (CPU per request): the ratio of CPU
+    # per request is the throughput ratio without the load generator and the fake
+    # provider taking their share of the same cores.
+    w1_cpu, w2_cpu = cpu(w1), cpu(w2)
+
     return {
         "w2_over_w1_c32": R.ratio(rps(c32, w2), rps(c32, w1)),
         "w1_over_trimmed_c32": R.ratio(rps(c32, w1), rps(c32, "trimmed")),
@@ -125,6 +161,12 @@ def figures(scenarios: dict[str, Any]) -> dict[str, Any]:
         "uvloop_over_w1_c1": R.ratio(rps(c1, UVLOOP), rps(c1, w1)),
         "w1_over_baseline_c32": R.ratio(rps(c32, w1), rps(c32, BASELINE)),
         "w1_over_baseline_c1": R.ratio(rps(c1, w1), rps(c1, BASELINE)),
+        "cpu_ms_per_request_c32": {name: cpu(name) for name in c32},
+        "w1_over_trimmed_by_cpu_c32": R.ratio(cpu("trimmed"), w1_cpu),
+        "w1_over_baseline_by_cpu_c32": R.ratio(cpu(BASELINE), w1_cpu),
+        # Two workers on two cores of their own: twice the requests one core serves at
+        # w2's CPU per request (supervisor included), over one worker on one core.
+        "w2_over_w1_on_free_cores_c32": R.ratio(2 * w1_cpu, w2_cpu) if w1_cpu and w2_cpu else None,
     }
 
 
@@ -146,13 +188,22 @@ def report(result: dict[str, Any]) -> str:
                 s.get("lat_p50_ms"),
                 s.get("lat_p99_ms"),
                 s.get("errors"),
+                s.get("cpu_ms_per_request"),
             ]
             for name, s in result["scenarios"][key].items()
         ]
         out.append(
             R.table(
                 f"Small JSON over HTTPS, keep-alive, {title}",
-                ["contender", "req/s (median)", "req/s per round", "p50 ms", "p99 ms", "errors"],
+                [
+                    "contender",
+                    "req/s (median)",
+                    "req/s per round",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                    "CPU ms/request",
+                ],
                 rows,
             )
         )
@@ -162,7 +213,11 @@ def report(result: dict[str, Any]) -> str:
         met = value is not None and (value >= threshold if op == ">=" else value < threshold)
         rows.append([name, value, f"{op} {threshold}", "met" if met else "NOT met"])
     shown = {n for n, *_ in TARGETS}
-    rows += [[n, v, "", ""] for n, v in result["figures"].items() if n not in shown]
+    rows += [
+        [n, v, "", ""]
+        for n, v in result["figures"].items()
+        if n not in shown and not isinstance(v, dict)
+    ]
     out.append(R.table("Ratios (issue 17)", ["figure", "value", "target", ""], rows))
     return "\n\n".join(out)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import contenders as C
 from bench import run as R
-from bench.procs import Procs
+from bench.procs import Procs, with_children
 from bench.workers import WORKER_COUNTS, sidecar_name
 
 
@@ -32,8 +32,7 @@ def rss_mb(pid: int) -> float:
 
 def pod_rss(pid: int) -> list[float]:
     """RSS (MB) of the process and its children (the workers), the process first."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [round(rss_mb(p), 1) for p in [pid, *map(int, children)]]
+    return [round(rss_mb(p), 1) for p in with_children(pid)]
 
 
 async def measure(streams: int, tmp: Path, procs: Procs) -> dict[str, Any]:
