@@ -528,15 +528,16 @@ class GuardedHttp1Server(PhaseTimers, Http1Server):
             yield from self._answer_refusal(Reason.PROTOCOL_NOT_ALLOWED, H2_PREFACE_DETAIL)
             return
         yield from super()._handle_event(event)
-        yield from self._update_phase()
+        phase = self._phase_now()
+        if phase != self._phase:  # checked here: two generators per event otherwise
+            yield from self._set_phase(phase)
 
-    def _update_phase(self) -> layer.CommandGenerator[None]:
+    def _phase_now(self) -> str | None:
         if self._finished or self.conn.state is connection.ConnectionState.CLOSED:
-            return
-        phase = None
+            return self._phase  # unchanged
         if self.state == self.read_headers:
-            phase = "headers" if self.buf else ("first" if self.stream_id == 1 else "idle")
-        yield from self._set_phase(phase)
+            return "headers" if self.buf else ("first" if self.stream_id == 1 else "idle")
+        return None
 
     def _expired(self, phase: str, timeout: float) -> layer.CommandGenerator[None]:
         if self._phase == "linger":

@@ -237,7 +237,7 @@ def prepare_request(
     spec = endpoint.credential
     cloud = endpoint.cloud_credential if endpoint.provider is not None else None
     injecting = endpoint.provider is not None and (spec is not None or cloud is not None)
-    own_values = _own_values(store)
+    own_values = store.owners_by_value()  # ours, current and recently rotated out
     scan = _Scan()
     if cloud is not None:  # before anything is stripped: the gateway's own signature
         scan.findings += gateway_signature_findings(cloud.kind, headers, query)
@@ -414,11 +414,6 @@ def _unavailable(
         tenant=tenant_name,
         stripped=stripped,
     )
-
-
-def _own_values(store: SecretStore) -> dict[str, str]:
-    """Our own key values (current and recently rotated out) -> secret name."""
-    return {s.reveal(): s.name for s in store.redaction_values()}
 
 
 def _credential_value(

@@ -49,6 +49,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import ahocorasick_rs
+
 from sidecar.credentials.fields import MultiMap, by_name
 from sidecar.credentials.prefix_automaton import PrefixAutomaton
 from sidecar.credentials.secret_store import Secret, SecretStore
@@ -124,6 +126,10 @@ class RedactionPatterns:
     # once (a loop over the needles per header name was 37% of the proxy's loop).
     folded_re: re.Pattern[bytes] | None = None
     shortest: int = 0
+    # Exact needle finders (Aho-Corasick, in Rust): whether any needle occurs at all, in
+    # one pass over a body or over all of a message's headers at once (issue 17).
+    search: ahocorasick_rs.BytesAhoCorasick | None = None
+    folded_search: ahocorasick_rs.BytesAhoCorasick | None = None
 
     def pending(self, buf: bytes) -> int:
         """Length of the longest suffix of `buf` that could still become a needle.
@@ -141,11 +147,8 @@ class RedactionPatterns:
         return 0
 
     def may_contain(self, buf: bytes) -> bool:
-        """False only if no needle occurs in `buf` (cheap, sampled q-gram filter)."""
-        q, step, grams = self.q, self.step, self.qgrams
-        if q == 0:
-            return False
-        return any(buf[i : i + q] in grams for i in range(0, len(buf) - q + 1, step))
+        """True if a needle occurs in `buf`."""
+        return self.search is not None and bool(self.search.find_matches_as_indexes(buf))
 
     @property
     def empty(self) -> bool:
@@ -191,6 +194,8 @@ def compile_patterns(values: Iterable[Secret | bytes | str]) -> RedactionPattern
         PrefixAutomaton(ordered),
         re.compile(b"|".join(re.escape(n) for n in folded)),
         shortest,
+        ahocorasick_rs.BytesAhoCorasick(list(ordered)),
+        ahocorasick_rs.BytesAhoCorasick(folded),
     )
 
 
@@ -342,10 +347,18 @@ class ReflectionGuard:
         where keys were found, safe to log: a value hit is the lower-case header name,
         a name hit is `HEADER_NAME_HIT`, never the name itself."""
         p = self.patterns()
-        if p.needle_re is None:
+        if p.needle_re is None or p.search is None or p.folded_search is None:
+            return []
+        fields = by_name(headers)
+        # One pass over every name and every value first: most responses hold no key.
+        names = b"\n".join(n.encode("utf-8", "surrogateescape").lower() for n, _ in fields)
+        blob = b"\n".join(v.encode("utf-8", "surrogateescape") for _, vs in fields for v in vs)
+        if not (
+            p.folded_search.find_matches_as_indexes(names) or p.search.find_matches_as_indexes(blob)
+        ):
             return []
         hit: list[str] = []
-        for name, values in by_name(headers):
+        for name, values in fields:
             # Case-insensitively: HTTP/2 lower-cases names, and a case-folded key is
             # still most of the key.
             folded = name.encode("utf-8", "surrogateescape").lower()

@@ -233,6 +233,7 @@ class SecretStore:
         self._previous: dict[tuple[str, str], tuple[Secret, float]] = {}
         self._derived: dict[tuple[str, str], tuple[Secret, float]] = {}
         self._generation = 0
+        self._owners: tuple[int, dict[str, str]] | None = None  # owners_by_value's
         self._reported: dict[str, str] = {}
         self.refresh()
 
@@ -282,6 +283,15 @@ class SecretStore:
         """Increases whenever a value changes: cache compiled redactors on it."""
         return self._generation
 
+    def owners_by_value(self) -> dict[str, str]:
+        """Every `redaction_values()` value (revealed) -> its secret name; built once per
+        generation (a request that carries an `Authorization` header asks)."""
+        cached = self._owners
+        if cached is None or cached[0] != self._generation:
+            owners = {s.reveal(): s.name for s in self.redaction_values()}
+            cached = self._owners = (self._generation, owners)
+        return cached[1]
+
     def redaction_values(self) -> tuple[Secret, ...]:
         """Every value the reflection guard must catch: current ones and recently
         rotated-out ones (kept for `keep_previous_seconds`)."""
@@ -303,6 +313,8 @@ class SecretStore:
             expired = [k for k, (_, until) in kept.items() if until <= now]
             for key in expired:
                 del kept[key]
+            if expired:  # what is redacted and refused changed: caches on it rebuild
+                self._generation += 1
         env_items = self._env_items()
         for _attempt in range(5):
             try:

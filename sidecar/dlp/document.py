@@ -252,10 +252,32 @@ def scan_body(
             view = body.decode(other, "replace")
             keep(-2, view, f"{BODY} (as {other})", detector.scan(view))
         return BodyScan(tuple(findings), body, decoded, parsed, strings, False, encoding)
-    for index, text, location, key, gcp in _strings_of(document, detector):
-        hits = detector.scan(text, key, gcp_object=gcp)
+    quiet = detector.quiet(list(_every_string(document)))
+    for index, text, location, key, gcp in _strings_of(document, detector, quiet):
+        if not quiet:
+            hits = detector.scan(text, key, gcp_object=gcp)
+        elif key is not None:
+            hits = detector.scan_named(text, key, gcp_object=gcp)
+        else:
+            hits = []
         keep(index, text, location, hits + _nested_json(text, detector, hits))
     return BodyScan(tuple(findings), body, decoded, parsed, strings, True, encoding)
+
+
+def _every_string(document: Any) -> Iterator[str]:
+    """Every object key and string value of the document (what `_strings_of` yields,
+    without paths): for one `Detector.quiet` pass."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, _Object | dict):
+            for name, value in node.items() if isinstance(node, dict) else node:
+                yield name
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _nested_json(text: str, detector: Detector, hits: list[Hit]) -> list[Hit]:
@@ -278,10 +300,12 @@ def _nested_json(text: str, detector: Detector, hits: list[Hit]) -> list[Hit]:
     return found
 
 
-def _strings_of(document: Any, detector: Detector) -> Iterator[tuple[int, str, str, Any, bool]]:
+def _strings_of(
+    document: Any, detector: Detector, quiet: bool = False
+) -> Iterator[tuple[int, str, str, Any, bool]]:
     """(index, string, JSON path, object key or None, in a GCP credential object) for
     every string of the document, keys included, in document order. Iterative: depth is
-    whatever the parser accepted."""
+    whatever the parser accepted. `quiet`: no key holds a secret (`Detector.quiet`)."""
     index = 0
     stack: list[tuple[Any, str, str | None, bool]] = [(document, "$", None, False)]
     while stack:
@@ -294,7 +318,7 @@ def _strings_of(document: Any, detector: Detector) -> Iterator[tuple[int, str, s
             is_gcp = any(k == "type" and v in GCP_TYPES for k, v in pairs if isinstance(v, str))
             children: list[tuple[Any, str, str | None, bool]] = []
             for name, value in pairs:
-                label = _key_label(name, detector)
+                label = _key_label(name, None if quiet else detector)
                 children.append((_KeyString(name), f"{path}{label} (key)", None, False))
                 children.append((value, _truncate(path + label), name, is_gcp))
             stack.extend(reversed(children))
@@ -317,10 +341,11 @@ class _KeyString:
         self.text = text
 
 
-def _key_label(name: str, detector: Detector) -> str:
+def _key_label(name: str, detector: Detector | None) -> str:
     """`.name` when the key is a short identifier with nothing secret in it; else `[?]`:
-    a key is gateway-chosen text and could itself be the secret."""
-    if _SAFE_KEY.fullmatch(name) and not detector.scan(name):
+    a key is gateway-chosen text and could itself be the secret. `detector` None: the
+    key is known to hold none."""
+    if _SAFE_KEY.fullmatch(name) and (detector is None or not detector.scan(name)):
         return f".{name}"
     return "[?]"
 
@@ -382,6 +407,9 @@ def scan_head(
     url = "\n".join(
         [urllib.parse.unquote(parts.path)] + [f"{k}={v}" for k, v in params if not skip_param(k)]
     )
+    scanned_fields = [field for field in headers if not skip_header(field[0])]
+    if detector.quiet([url, *(text for field in scanned_fields for text in field)]):
+        return HeadScan((), frozenset(), [])  # the common case: nothing to look at twice
     for hit in keep(url, "url", detector.scan(url)):
         url_kinds.add(hit.kind)
     for index, (name, value) in enumerate(headers):
