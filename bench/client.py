@@ -13,6 +13,7 @@ import dataclasses
 import json
 import ssl
 import time
+from collections.abc import Callable
 
 from sidecar.streams.jsonarray import JsonArraySplitter  # pure: no mitmproxy, no network
 
@@ -244,12 +245,14 @@ async def closed_loop(
     body: bytes = SMALL_REQUEST,
     per_connection: int = 0,
     warmup: int = 1,
+    on_start: Callable[[], None] | None = None,
 ) -> LoadResult:
     """`concurrency` keep-alive connections, each sending requests back to back.
 
     Connections are opened (and warmed with `warmup` requests, so the proxy has its
     upstream connection) before the clock starts. Stops after `duration` seconds or
     `count` requests in all. `per_connection` > 0 reconnects after that many requests.
+    `on_start` is called as the clock starts (after the handshakes and warm-up).
     """
     assert duration is not None or count is not None
     context = target.ssl_context()
@@ -263,6 +266,8 @@ async def closed_loop(
     latencies: list[float] = []
     errors = 0
     remaining = [count if count is not None else -1]
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
     deadline = start + duration if duration is not None else start + 3600
 

@@ -126,10 +126,18 @@ def na(why: str) -> dict[str, str]:
 
 
 async def small(
-    contender: C.Contender, concurrency: int, seconds: float, per_connection: int = 0
+    contender: C.Contender,
+    concurrency: int,
+    seconds: float,
+    per_connection: int = 0,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     result = await closed_loop(
-        contender.target, concurrency, duration=seconds, per_connection=per_connection
+        contender.target,
+        concurrency,
+        duration=seconds,
+        per_connection=per_connection,
+        on_start=on_start,
     )
     return {"rps": result.rps, "errors": result.errors, "latencies": result.latencies}
 

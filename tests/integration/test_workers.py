@@ -160,8 +160,8 @@ def test_policy_reload_reaches_every_worker_and_a_bad_file_is_refused_once(
     assert first["ready"] and first["checks"]["workers_on_policy"]
 
     # The openai entry loses /v1/models: every worker must refuse it from now on.
-    policy.write_text(
-        provider_policy(provider.port).replace("paths: [/v1/*]", "paths: [/v1/chat/*]")
+    replace_file(
+        policy, provider_policy(provider.port).replace("paths: [/v1/*]", "paths: [/v1/chat/*]")
     )
     loaded = sidecar.wait_for_event("policy_loaded", timeout=30, after=len(sidecar.events))
     wait_for(lambda: readyz(sidecar)["policy"] == loaded["digest"], 15, "the new digest")
@@ -171,7 +171,7 @@ def test_policy_reload_reaches_every_worker_and_a_bad_file_is_refused_once(
     assert metric(sidecar, r'egress_sidecar_policy_reload_total\{result="success"\}') == 1
 
     mark = len(sidecar.events)
-    policy.write_text("version: 1\nproviders: [this is not a mapping\n")
+    replace_file(policy, "version: 1\nproviders: [this is not a mapping\n")
     sidecar.wait_for_event("policy_reload_rejected", timeout=30, after=mark)
     time.sleep(1.0)
     rejected = [e for e in sidecar.events[mark:] if e["event"] == "policy_reload_rejected"]
@@ -297,3 +297,12 @@ def test_a_worker_holding_most_of_a_sources_connections_is_not_refused_early(sta
         for conns in held.values():
             for conn in conns:
                 conn.close()
+
+
+def replace_file(path, text: str) -> None:
+    """Swap the file's content in one step, as a ConfigMap update does: the watcher
+    polling between `write_text`'s truncate and its write saw an empty file first, and
+    counted two rejected reloads (once in CI)."""
+    staging = path.with_name(path.name + ".new")
+    staging.write_text(text)
+    os.replace(staging, path)
