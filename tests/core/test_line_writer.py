@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import threading
 import time
 
 from sidecar.line_writer import LineWriter
@@ -25,8 +27,16 @@ def test_stalled_reader_never_blocks_the_writer_and_overflow_is_counted():
         writer.write(line)
     assert time.monotonic() - started < 5  # returned: nothing waited for the reader
     assert _wait(lambda: sum(lost) > 0)
+    # The reader comes back: every line not counted as lost arrives, whole and once.
+    received = bytearray()
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_until, args=(read_end, received, stop), daemon=True)
+    reader.start()
     assert writer.flush(10)
-    assert sum(lost) < 200  # what the pipe took was written, not counted
+    assert _wait(lambda: len(received) == (200 - sum(lost)) * len(line))
+    stop.set()
+    reader.join(10)
+    assert received == line * (200 - sum(lost))
     os.close(read_end)  # the reader goes: the next write fails, and it is counted
     before = sum(lost)
     writer.write(line)
@@ -34,7 +44,15 @@ def test_stalled_reader_never_blocks_the_writer_and_overflow_is_counted():
     assert sum(lost) == before + 1
     writer.write(line)  # from now on lost at once
     assert sum(lost) == before + 2
+    writer.close()
     os.close(write_end)
+
+
+def _read_until(fd: int, into: bytearray, stop: threading.Event) -> None:
+    """Read `fd` until `stop` is set (polled, so the thread never blocks in a read)."""
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.05)[0]:
+            into += os.read(fd, 65536)
 
 
 def test_lines_reach_a_reader_in_order():
@@ -43,6 +61,35 @@ def test_lines_reach_a_reader_in_order():
     for n in range(100):
         writer.write(b"%d\n" % n)
     assert writer.flush(10)
+    writer.close()
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         assert reader.read().split() == [b"%d" % n for n in range(100)]
+
+
+def test_the_shared_stdout_description_stays_blocking_for_everyone_else():
+    """Lines go through a second, non-blocking description of the pipe: O_NONBLOCK set
+    on stdout itself would reach every process sharing it (the runtime's, a shell's)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    writer = LineWriter(write_end)
+    writer.write(b"one\n")
+    assert writer.flush(10)
+    assert not fcntl.fcntl(write_end, fcntl.F_GETFL) & os.O_NONBLOCK
+    assert os.read(read_end, 100) == b"one\n"
+    writer.close()
+    os.close(write_end)
+    os.close(read_end)
+
+
+def test_lines_reach_a_regular_file_in_order(tmp_path):
+    path = tmp_path / "decisions.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = LineWriter(fd)
+    for n in range(100):
+        writer.write(b"%d\n" % n)
+    assert writer.flush(10)
+    writer.close()
+    os.close(fd)
+    assert path.read_bytes().split() == [b"%d" % n for n in range(100)]
