@@ -7,6 +7,8 @@ import select
 import threading
 import time
 
+import pytest
+
 from sidecar.line_writer import LineWriter
 
 
@@ -55,16 +57,25 @@ def _read_until(fd: int, into: bytearray, stop: threading.Event) -> None:
             into += os.read(fd, 65536)
 
 
-def test_lines_reach_a_reader_in_order():
-    read_end, write_end = os.pipe()
+@pytest.mark.parametrize("kind", ["pipe", "regular file"])
+def test_lines_reach_a_reader_in_order(kind, tmp_path):
+    if kind == "pipe":
+        read_end, write_end = os.pipe()
+    else:
+        path = tmp_path / "decisions.log"
+        write_end = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     writer = LineWriter(write_end)
     for n in range(100):
         writer.write(b"%d\n" % n)
     assert writer.flush(10)
     writer.close()
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        assert reader.read().split() == [b"%d" % n for n in range(100)]
+    if kind == "pipe":
+        with os.fdopen(read_end, "rb") as reader:
+            written = reader.read()
+    else:
+        written = path.read_bytes()
+    assert written.split() == [b"%d" % n for n in range(100)]
 
 
 def test_the_shared_stdout_description_stays_blocking_for_everyone_else():
@@ -81,15 +92,3 @@ def test_the_shared_stdout_description_stays_blocking_for_everyone_else():
     writer.close()
     os.close(write_end)
     os.close(read_end)
-
-
-def test_lines_reach_a_regular_file_in_order(tmp_path):
-    path = tmp_path / "decisions.log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    writer = LineWriter(fd)
-    for n in range(100):
-        writer.write(b"%d\n" % n)
-    assert writer.flush(10)
-    writer.close()
-    os.close(fd)
-    assert path.read_bytes().split() == [b"%d" % n for n in range(100)]
