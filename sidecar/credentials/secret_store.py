@@ -286,10 +286,12 @@ class SecretStore:
     def owners_by_value(self) -> dict[str, str]:
         """Every `redaction_values()` value (revealed) -> its secret name; built once per
         generation (a request that carries an `Authorization` header asks)."""
-        cached = self._owners
-        if cached is None or cached[0] != self._generation:
+        # The generation is read before the values: the refresh thread may install new
+        # ones meanwhile, and values read before a change must not be filed after it.
+        generation, cached = self._generation, self._owners
+        if cached is None or cached[0] != generation:
             owners = {s.reveal(): s.name for s in self.redaction_values()}
-            cached = self._owners = (self._generation, owners)
+            cached = self._owners = (generation, owners)
         return cached[1]
 
     def redaction_values(self) -> tuple[Secret, ...]:
