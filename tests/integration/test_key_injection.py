@@ -320,9 +320,7 @@ def test_refused_connect_error_body_has_no_key(keyed):
     [LEAKED_GATEWAY_KEY, KEYS["anthropic"]],
     ids=["gateway-held key", "the sidecar's own key"],
 )
-def test_key_percent_encoded_in_the_path_is_not_written_to_the_decision_line(
-    keyed, provider, key
-):
+def test_key_percent_encoded_in_the_path_is_not_written_to_the_decision_line(keyed, provider, key):
     """`%73k-proj-...` is `sk-proj-...` to anyone who reads the log: the decision's
     path is the request's as sent, so the key scrubber must see it decoded too."""
     import urllib.parse
