@@ -298,8 +298,10 @@ class SecretStore:
         """Every value the reflection guard must catch: current ones and recently
         rotated-out ones (kept for `keep_previous_seconds`)."""
         current = tuple(self._snap.secrets.values())
-        old = tuple(secret for secret, _ in self._previous.values())
-        derived = tuple(secret for secret, _ in self._derived.values())
+        # tuple(dict.values()) copies in C, under the GIL: the refresh thread may add and
+        # drop entries meanwhile, which a Python-level loop over the live dict raises on.
+        old = tuple(secret for secret, _ in tuple(self._previous.values()))
+        derived = tuple(secret for secret, _ in tuple(self._derived.values()))
         return current + old + derived
 
     # -- polling --------------------------------------------------------------

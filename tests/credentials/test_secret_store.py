@@ -399,3 +399,37 @@ def test_a_key_rotated_in_while_owners_are_built_is_known_as_ours(tmp_path: Path
         built.join(10)
     assert store.owners_by_value().get(new) == "openai"
     assert store.owners_by_value().get(old) == "openai"  # kept for keep_previous_seconds
+
+
+def test_values_are_read_whole_while_another_thread_changes_them():
+    """runner's refresh loop drops expired values on a worker thread while requests
+    read redaction_values (owners_by_value, the reflection guard): a read iterating the
+    live dicts raised 'dictionary changed size during iteration' (a request or a
+    response failed closed for nothing)."""
+    import secrets as random_values
+    import sys
+
+    store = SecretStore(None, environ={})
+    for _ in range(200):
+        store.remember(Secret("derived", random_values.token_urlsafe(24)))
+    stop = threading.Event()
+
+    def changing() -> None:
+        while not stop.is_set():
+            store.remember(Secret("derived", random_values.token_urlsafe(24)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches as often as the interpreter allows
+    thread = threading.Thread(target=changing, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1
+        reads = 0
+        while time.monotonic() < deadline:
+            assert len(store.redaction_values()) >= 200
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(10)
+        sys.setswitchinterval(interval)
+    assert reads > 10
