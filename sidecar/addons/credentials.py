@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ from sidecar.policy.model import Endpoint
 if TYPE_CHECKING:
     from sidecar.addons.enforcer import EngineHolder
 
+_PERCENT_LAYERS = 4  # percent-encoding layers a logged path is decoded through to scrub it
 logger = logging.getLogger("egress_sidecar")
 
 _INJECTED = "egress_injected"
@@ -184,12 +186,28 @@ class CredentialLayer:
             text = getattr(decision, field)
             if not text:
                 continue
-            clean = redact_known_keys(text)
-            if self.guard.patterns().may_contain(clean.encode()):
-                clean = self.guard.redact_body(clean.encode())[0].decode(errors="replace")
+            clean = self._scrubbed(text)
+            # A path is logged as sent: `/v1/%73k-proj-...` is a key to whoever decodes
+            # it. Layers of percent-encoding are undone (bounded); where one reveals a
+            # key, the decoded text is written, redacted.
+            decoded = clean
+            for _ in range(_PERCENT_LAYERS):
+                step = urllib.parse.unquote(decoded) if "%" in decoded else decoded
+                if step == decoded:
+                    break
+                decoded = step
+                if (redacted := self._scrubbed(decoded)) != decoded:
+                    clean = redacted
+                    break
             if clean != text:
                 changes[field] = clean
         return decision.with_context(**changes) if changes else decision
+
+    def _scrubbed(self, text: str) -> str:
+        clean = redact_known_keys(text)
+        if self.guard.patterns().may_contain(clean.encode()):
+            clean = self.guard.redact_body(clean.encode())[0].decode(errors="replace")
+        return clean
 
     # --- requests ---------------------------------------------------------------------
 

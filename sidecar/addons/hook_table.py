@@ -128,9 +128,20 @@ def _hooks_of(addon: Any, name: str) -> tuple[Callable[..., Any], ...]:
         if not func or isinstance(func, types.ModuleType):
             continue  # a module import named like a hook ("log") is not a hook
         if not callable(func):
-            raise exceptions.AddonManagerError(f"Addon handler {name} ({each}) not callable")
+            # mitmproxy raises this when the event reaches the addon: logged as that
+            # addon's error, and the next addon still runs. Raised while the table is
+            # built, it would stop the event for every addon (ours included).
+            calls.append(_not_callable(f"Addon handler {name} ({each}) not callable"))
+            break  # the error ends this addon's walk, as in mitmproxy
         calls.append(func)
     return tuple(calls)
+
+
+def _not_callable(message: str) -> Callable[..., Any]:
+    def call(*args: Any) -> None:
+        raise exceptions.AddonManagerError(message)
+
+    return call
 
 
 def _log_addon_error() -> None:

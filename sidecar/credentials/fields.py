@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-__all__ = ["MultiMap", "by_name"]
+__all__ = ["MultiMap", "by_name", "fold_name"]
 
 
 class MultiMap(Protocol):
@@ -30,13 +30,25 @@ class MultiMap(Protocol):
     def items(self, multi: bool = ...) -> Iterable[tuple[str, str]]: ...
 
 
+def fold_name(name: str) -> str:
+    """A header name as mitmproxy's `Headers` compares it: its bytes lower-cased, so
+    only ASCII letters fold. `str.lower()` folds more (the Kelvin sign U+212A is "k"):
+    grouping by it would merge two names mitmproxy keeps apart, and `set_all` on the
+    first would leave the second (a key as a response header name) in place."""
+    return (
+        name.lower()
+        if name.isascii()
+        else name.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
+    )
+
+
 def by_name(fields: MultiMap, *, fold_case: bool = True) -> list[tuple[str, list[str]]]:
     """(name as first written, every value of that name in order), one entry per name,
     in order of first appearance: what `[(n, fields.get_all(n)) for n in fields]` gives,
     in one pass. `fold_case`: names are case-insensitive (headers, not a query)."""
     grouped: dict[str, tuple[str, list[str]]] = {}
     for name, value in fields.items(multi=True):
-        key = name.lower() if fold_case else name
+        key = fold_name(name) if fold_case else name
         entry = grouped.get(key)
         if entry is None:
             grouped[key] = (name, [value])

@@ -47,7 +47,7 @@ from sidecar.credentials.cloud_signing import (
     strip_aws_signature,
 )
 from sidecar.credentials.detect import CredentialFinding, scan_generic, scan_prefixed
-from sidecar.credentials.fields import MultiMap, by_name
+from sidecar.credentials.fields import MultiMap, by_name, fold_name
 from sidecar.credentials.secret_store import Secret, SecretStore
 from sidecar.credentials.virtual_keys import VirtualKeys, is_virtual_key
 from sidecar.decision import REASONS, Reason
@@ -75,7 +75,7 @@ class HeaderList:
         self._fold = fold_case
 
     def _k(self, name: str) -> str:
-        return name.lower() if self._fold else name
+        return fold_name(name) if self._fold else name
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()

@@ -286,18 +286,22 @@ class SecretStore:
     def owners_by_value(self) -> dict[str, str]:
         """Every `redaction_values()` value (revealed) -> its secret name; built once per
         generation (a request that carries an `Authorization` header asks)."""
-        cached = self._owners
-        if cached is None or cached[0] != self._generation:
+        # The generation is read before the values: the refresh thread may install new
+        # ones meanwhile, and values read before a change must not be filed after it.
+        generation, cached = self._generation, self._owners
+        if cached is None or cached[0] != generation:
             owners = {s.reveal(): s.name for s in self.redaction_values()}
-            cached = self._owners = (self._generation, owners)
+            cached = self._owners = (generation, owners)
         return cached[1]
 
     def redaction_values(self) -> tuple[Secret, ...]:
         """Every value the reflection guard must catch: current ones and recently
         rotated-out ones (kept for `keep_previous_seconds`)."""
         current = tuple(self._snap.secrets.values())
-        old = tuple(secret for secret, _ in self._previous.values())
-        derived = tuple(secret for secret, _ in self._derived.values())
+        # tuple(dict.values()) copies in C, under the GIL: the refresh thread may add and
+        # drop entries meanwhile, which a Python-level loop over the live dict raises on.
+        old = tuple(secret for secret, _ in tuple(self._previous.values()))
+        derived = tuple(secret for secret, _ in tuple(self._derived.values()))
         return current + old + derived
 
     # -- polling --------------------------------------------------------------

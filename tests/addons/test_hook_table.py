@@ -105,6 +105,23 @@ def test_an_addons_error_is_logged_as_mitmproxy_logs_it_and_the_next_addon_runs(
     assert errors[0].exc_info is not None and errors[0].exc_info[0] is RuntimeError
 
 
+class NotCallable(Recording):
+    """A hook name bound to something that is not callable (an attribute set by
+    mistake): mitmproxy logs it for that addon, and every later addon still runs."""
+
+    requestheaders = "not a hook"  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("table", [False, True], ids=["mitmproxy", "hook table"])
+def test_a_non_callable_hook_is_logged_and_the_next_addon_still_runs(table, caplog):
+    seen: list[str] = []
+    with caplog.at_level(logging.ERROR):
+        dispatch(Recording("a", seen), NotCallable("x", seen), Recording("b", seen), table=table)
+    assert seen == ["a:requestheaders", "b:requestheaders"]
+    errors = [r.getMessage() for r in caplog.records if r.name == addonmanager.__name__]
+    assert len(errors) == 1 and "requestheaders" in errors[0] and "not callable" in errors[0]
+
+
 @pytest.mark.parametrize("table", [False, True], ids=["mitmproxy", "hook table"])
 def test_addon_halt_stops_the_event_for_every_later_addon(table):
     seen: list[str] = []

@@ -350,3 +350,76 @@ def test_secret_equality_and_hash():
     assert a == b and hash(a) == hash(b)
     assert a != Secret("openai", key + "x")
     assert a != Secret("other", key)
+
+
+class _RevealedSlowly(Secret):
+    """A remembered value whose first reveal() waits for the test: the refresh thread's
+    rotation lands while the proxy thread is reading the values (the GIL can switch
+    there in production; here it does every time)."""
+
+    def __init__(self, name: str, value: str, reading: threading.Event, go: threading.Event):
+        super().__init__(name, value)
+        self.reading, self.go = reading, go
+
+    def reveal(self) -> str:
+        if not self.reading.is_set():
+            self.reading.set()
+            assert self.go.wait(10)
+        return super().reveal()
+
+
+def test_a_key_rotated_in_while_owners_are_built_is_known_as_ours(tmp_path: Path):
+    """runner's refresh loop rotates keys on a worker thread while requests read
+    owners_by_value: a cache built from the values before the rotation must not be
+    filed under the generation after it, or the new key is never recognised as ours
+    (a gateway replaying it is not refused as holding the sidecar's own key)."""
+    old, new = openai_project_key(), openai_project_key()
+    k8s_write(tmp_path, {"openai": old})
+    store = SecretStore(tmp_path, keep_previous_seconds=60)
+    reading, go = threading.Event(), threading.Event()
+    store.remember(_RevealedSlowly("derived", openai_project_key(), reading, go))
+    built = threading.Thread(target=store.owners_by_value)
+    built.start()
+    try:
+        assert reading.wait(10)  # the proxy thread is building the owners
+        k8s_write(tmp_path, {"openai": new})
+        assert store.refresh() == {"openai"}  # the refresh thread's rotation
+    finally:
+        go.set()
+        built.join(10)
+    assert store.owners_by_value().get(new) == "openai"
+    assert store.owners_by_value().get(old) == "openai"  # kept for keep_previous_seconds
+
+
+def test_values_are_read_whole_while_another_thread_changes_them():
+    """runner's refresh loop drops expired values on a worker thread while requests
+    read redaction_values (owners_by_value, the reflection guard): a read iterating the
+    live dicts raised 'dictionary changed size during iteration' (a request or a
+    response failed closed for nothing)."""
+    import secrets as random_values
+    import sys
+
+    store = SecretStore(None, environ={})
+    for _ in range(200):
+        store.remember(Secret("derived", random_values.token_urlsafe(24)))
+    stop = threading.Event()
+
+    def changing() -> None:
+        while not stop.is_set():
+            store.remember(Secret("derived", random_values.token_urlsafe(24)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches as often as the interpreter allows
+    thread = threading.Thread(target=changing, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1
+        reads = 0
+        while time.monotonic() < deadline:
+            assert len(store.redaction_values()) >= 200
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(10)
+        sys.setswitchinterval(interval)
+    assert reads > 10

@@ -313,3 +313,28 @@ def test_refused_connect_error_body_has_no_key(keyed):
     assert status == 403
     for value in KEYS.values():
         assert value.encode() not in body
+
+
+@pytest.mark.parametrize(
+    "key",
+    [LEAKED_GATEWAY_KEY, KEYS["anthropic"]],
+    ids=["gateway-held key", "the sidecar's own key"],
+)
+def test_key_percent_encoded_in_the_path_is_not_written_to_the_decision_line(keyed, provider, key):
+    """`%73k-proj-...` is `sk-proj-...` to anyone who reads the log: the decision's
+    path is the request's as sent, so the key scrubber must see it decoded too."""
+    import urllib.parse
+
+    encoded = "%" + key[0].encode().hex() + key[1:]  # one character escaped
+    mark = len(keyed.decisions)
+    with http(keyed) as c:
+        response = c.get(f"https://api.openai.com:{provider.port}/v1/models/{encoded}")
+    assert response.status_code == 403  # request DLP reads the path decoded
+    deadline = time.monotonic() + 10
+    while not (lines := keyed.decisions[mark:]):
+        assert time.monotonic() < deadline, "no decision line"
+        time.sleep(0.05)
+    assert lines[-1]["decision"] == "block"
+    written = urllib.parse.unquote("".join(keyed.stdout_lines) + "".join(keyed.stderr_lines))
+    assert key not in written
+    assert key not in urllib.parse.unquote(keyed.metrics())

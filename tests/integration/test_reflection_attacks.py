@@ -318,6 +318,79 @@ def test_key_as_status_reason_phrase_is_redacted(raw_keyed, raw_upstream, test_c
     _assert_no_key_in_outputs(raw_keyed)
 
 
+def _key_as_header_name_behind_a_kelvin_twin(key: str) -> bytes:
+    """The key as a header name, after a twin with the Kelvin sign (U+212A) for its "k":
+    `str.lower()` folds the two names together, mitmproxy's `Headers` does not."""
+    twin = key.replace("k", "\u212a")
+    return (twin.encode() + b": 1\r\n" + key.encode() + b": 2\r\n").join(
+        (b"HTTP/1.1 200 OK\r\n", b"content-length: 2\r\nconnection: close\r\n\r\n{}")
+    )
+
+
+def _raw_get_through(sidecar: SidecarProcess, port: int, ca_file: str) -> bytes:
+    """A gateway in league with the upstream reads the response's raw bytes (an HTTP
+    client would refuse the non-token header name before anyone saw the key)."""
+    import socket
+
+    host, proxy_port = sidecar.listener("explicit").rsplit(":", 1)
+    sock = socket.create_connection((host, int(proxy_port)), timeout=30)
+    sock.sendall(f"CONNECT {OPENAI}:{port} HTTP/1.1\r\nHost: {OPENAI}:{port}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    tls = ssl.create_default_context(cafile=ca_file).wrap_socket(sock, server_hostname=OPENAI)
+    tls.sendall(
+        f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}:{port}\r\nauthorization: Bearer dummy\r\n"
+        "connection: close\r\n\r\n".encode()
+    )
+    raw = b""
+    while chunk := tls.recv(65536):
+        raw += chunk
+    tls.close()
+    return raw
+
+
+def test_key_as_response_header_name_behind_a_unicode_case_twin_never_reaches_the_gateway(
+    raw_keyed, raw_upstream, test_ca_file
+):
+    """Through the process, mitmproxy's pinned header validation (token names only)
+    refuses the response before any hook: the gateway gets a 502 and no key. The
+    reflection guard itself is checked on such names in
+    tests/credentials/test_unicode_case_twins.py (defence in depth)."""
+    raw_upstream.respond = keyed(_key_as_header_name_behind_a_kelvin_twin)
+    try:
+        control = _raw_get_through_upstream(raw_upstream.port, test_ca_file)
+        assert b"\r\n" + KEY.encode() + b": 2\r\n" in control  # the upstream sends it
+
+        raw = _raw_get_through(raw_keyed, raw_upstream.port, raw_keyed.ca_cert)
+    finally:
+        raw_upstream.respond = keyed(_gzip_transfer_coded)
+    assert raw_upstream.received[-1]["authorization"] == f"Bearer {KEY}"  # injected
+    assert raw.startswith(b"HTTP/1.1 502"), raw[:200]
+    assert KEY.encode().lower() not in raw.lower()
+    _assert_no_key_in_outputs(raw_keyed)
+
+
+def _raw_get_through_upstream(port: int, ca_file: str) -> bytes:
+    """The control: the upstream asked directly, with the real key."""
+    import socket
+
+    sock = direct_context(ca_file).wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname=OPENAI
+    )
+    sock.sendall(
+        f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\nauthorization: Bearer {KEY}\r\n\r\n".encode()
+    )
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    sock.close()
+    return raw
+
+
 # --- WebSocket messages after the handshake ------------------------------------------
 
 
