@@ -11,7 +11,6 @@ CONNECT tunnel: httpx itself cannot send both fields (it turns Host into :author
 
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 from typing import Any
@@ -22,6 +21,7 @@ import h2.events
 import pytest
 
 from tests.support.sidecar import SidecarProcess
+from tests.support.tunnel import open_tunnel
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +32,7 @@ def _h2_exchange(
     """CONNECT `authority`, TLS with ALPN h2, send each header block as one stream.
 
     Returns the client id the sidecar logs and every h2 event received (bounded)."""
-    host, port = sidecar.proxy_url.removeprefix("http://").rsplit(":", 1)
-    raw = socket.create_connection((host, int(port)), timeout=10)
-    raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = raw.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
+    raw = open_tunnel(sidecar.proxy_url, authority)
     client = "{}:{}".format(*raw.getsockname()[:2])
     context = ssl.create_default_context(cafile=sidecar.ca_cert)
     context.set_alpn_protocols(["h2"])

@@ -10,8 +10,6 @@ over TLS through a CONNECT tunnel; the fake provider speaks HTTP/1.1.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 
 import h2.config
@@ -20,25 +18,15 @@ import h2.events
 import pytest
 
 from tests.support.sidecar import SidecarProcess
+from tests.support.tunnel import connect_tunnel
 
 pytestmark = pytest.mark.integration
 
 
 def h2_post(sidecar: SidecarProcess, authority: str, path: str, body: bytes) -> bytes:
     """POST `body` over HTTP/2 without content-length; returns the response status."""
-    host, port = sidecar.proxy_url.removeprefix("http://").rsplit(":", 1)
-    raw = socket.create_connection((host, int(port)), timeout=10)
-    raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = raw.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    context = ssl.create_default_context(cafile=sidecar.ca_cert)
-    context.set_alpn_protocols(["h2"])
-    tls = context.wrap_socket(raw, server_hostname=authority.rsplit(":", 1)[0])
-    assert tls.selected_alpn_protocol() == "h2"
+    host = authority.rsplit(":", 1)[0]
+    tls = connect_tunnel(sidecar, authority, host, timeout=10, alpn=["h2"])
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     headers = [(":method", "POST"), (":scheme", "https"), (":authority", authority),

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support.sidecar import SidecarProcess
+from tests.support.tunnel import connect_tunnel
 
 pytestmark = pytest.mark.integration
 
@@ -123,31 +124,16 @@ def test_a_request_with_a_non_utf8_path_still_writes_its_decision_line(
     scrubber (which encodes what it scrubs) must never see them, or the decision is
     dropped from every record (no line, no metric, no alert) and the refusal goes
     unseen. The engine writes the path as printable ASCII first."""
-    import ssl
-
     mark = len(sidecar.decisions)
     authority = f"api.openai.com:{provider.port}"
-    proxy_host, proxy_port = sidecar.listener("explicit").rsplit(":", 1)
-    with socket.create_connection((proxy_host, int(proxy_port)), timeout=10) as sock:
-        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            assert chunk, answer
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        context = ssl.create_default_context(cafile=sidecar.ca_cert)
-        with context.wrap_socket(sock, server_hostname="api.openai.com") as tls:
-            tls.sendall(
-                b"GET "
-                + target
-                + b" HTTP/1.1\r\nHost: "
-                + authority.encode()
-                + b"\r\nconnection: close\r\n\r\n"
-            )
-            tls.settimeout(10)
-            while tls.recv(65536):
-                pass
+    with connect_tunnel(sidecar, authority, "api.openai.com", timeout=10) as tls:
+        tls.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: " + authority.encode() + b"\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        tls.settimeout(10)
+        while tls.recv(65536):
+            pass
     lines = lines_after(sidecar, mark)
     assert len(lines) == 1, lines
     assert "\\udc" in lines[0]["path"], lines  # the raw byte, escaped

@@ -26,6 +26,7 @@ from tests.support.h2_upstream import FakeH2Provider, h2_get
 from tests.support.keys import KEYS, key_policy
 from tests.support.raw_upstream import RawUpstream, chunked, keyed
 from tests.support.sidecar import SidecarProcess
+from tests.support.tunnel import connect_tunnel, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -256,19 +257,7 @@ def test_gzip_transfer_coding_cannot_smuggle_the_key(raw_keyed, raw_upstream, te
     te_upstream, sidecar = raw_upstream, raw_keyed
     # Control (a raw socket: httpx refuses transfer codings other than chunked; curl
     # --tr-encoding and others decode them).
-    import socket
-
-    sock = direct_context(test_ca_file).wrap_socket(
-        socket.create_connection(("127.0.0.1", te_upstream.port), timeout=30),
-        server_hostname=OPENAI,
-    )
-    sock.sendall(
-        f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\nauthorization: Bearer {KEY}\r\n\r\n".encode()
-    )
-    raw = b""
-    while chunk := sock.recv(65536):
-        raw += chunk
-    sock.close()
+    raw = _raw_get_through_upstream(te_upstream.port, test_ca_file)
     head, _, framed = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: gzip, chunked" in head and KEY.encode() not in framed
     body, rest = b"", framed
@@ -327,30 +316,15 @@ def _key_as_header_name_behind_a_kelvin_twin(key: str) -> bytes:
     )
 
 
-def _raw_get_through(sidecar: SidecarProcess, port: int, ca_file: str) -> bytes:
+def _raw_get_through(sidecar: SidecarProcess, port: int) -> bytes:
     """A gateway in league with the upstream reads the response's raw bytes (an HTTP
     client would refuse the non-token header name before anyone saw the key)."""
-    import socket
-
-    host, proxy_port = sidecar.listener("explicit").rsplit(":", 1)
-    sock = socket.create_connection((host, int(proxy_port)), timeout=30)
-    sock.sendall(f"CONNECT {OPENAI}:{port} HTTP/1.1\r\nHost: {OPENAI}:{port}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(4096)
-        assert chunk, answer
-        answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    tls = ssl.create_default_context(cafile=ca_file).wrap_socket(sock, server_hostname=OPENAI)
+    tls = connect_tunnel(sidecar, f"{OPENAI}:{port}", OPENAI)
     tls.sendall(
         f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}:{port}\r\nauthorization: Bearer dummy\r\n"
         "connection: close\r\n\r\n".encode()
     )
-    raw = b""
-    while chunk := tls.recv(65536):
-        raw += chunk
-    tls.close()
-    return raw
+    return read_to_end(tls)
 
 
 def test_key_as_response_header_name_behind_a_unicode_case_twin_never_reaches_the_gateway(
@@ -365,7 +339,7 @@ def test_key_as_response_header_name_behind_a_unicode_case_twin_never_reaches_th
         control = _raw_get_through_upstream(raw_upstream.port, test_ca_file)
         assert b"\r\n" + KEY.encode() + b": 2\r\n" in control  # the upstream sends it
 
-        raw = _raw_get_through(raw_keyed, raw_upstream.port, raw_keyed.ca_cert)
+        raw = _raw_get_through(raw_keyed, raw_upstream.port)
     finally:
         raw_upstream.respond = keyed(_gzip_transfer_coded)
     assert raw_upstream.received[-1]["authorization"] == f"Bearer {KEY}"  # injected
@@ -375,7 +349,8 @@ def test_key_as_response_header_name_behind_a_unicode_case_twin_never_reaches_th
 
 
 def _raw_get_through_upstream(port: int, ca_file: str) -> bytes:
-    """The control: the upstream asked directly, with the real key."""
+    """The control: the upstream asked directly, with the real key (a raw socket: HTTP
+    clients refuse what these upstreams send, or decode it)."""
     import socket
 
     sock = direct_context(ca_file).wrap_socket(
@@ -384,11 +359,7 @@ def _raw_get_through_upstream(port: int, ca_file: str) -> bytes:
     sock.sendall(
         f"GET /v1/x HTTP/1.1\r\nHost: {OPENAI}\r\nauthorization: Bearer {KEY}\r\n\r\n".encode()
     )
-    raw = b""
-    while chunk := sock.recv(65536):
-        raw += chunk
-    sock.close()
-    return raw
+    return read_to_end(sock)
 
 
 # --- WebSocket messages after the handshake ------------------------------------------

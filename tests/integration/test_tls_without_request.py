@@ -17,21 +17,13 @@ from typing import Any
 import pytest
 
 from tests.support.sidecar import SidecarProcess
+from tests.support.tunnel import open_tunnel
 
 pytestmark = pytest.mark.integration
 
 
 def _tunnel(sidecar: SidecarProcess, authority: str) -> socket.socket:
-    host, port = sidecar.proxy_url.removeprefix("http://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
+    return open_tunnel(sidecar.proxy_url, authority)
 
 
 def _tls(sidecar: SidecarProcess, sock: socket.socket, sni: str) -> ssl.SSLSocket:

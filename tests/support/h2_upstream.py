@@ -19,6 +19,7 @@ import h2.events
 import trustme
 
 from tests.support.fakes import BackgroundLoop
+from tests.support.tunnel import open_tunnel
 
 _CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key")
 
@@ -110,15 +111,7 @@ def h2_get(
     if proxy is None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     else:
-        proxy_host, proxy_port = proxy.removeprefix("http://").rsplit(":", 1)
-        raw = socket.create_connection((proxy_host, int(proxy_port)), timeout=timeout)
-        raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = raw.recv(4096)
-            assert chunk, "proxy closed during CONNECT"
-            reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
+        raw = open_tunnel(proxy, f"{host}:{port}", timeout)
     context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["h2"])
     sock = context.wrap_socket(raw, server_hostname=host)
