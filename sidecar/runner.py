@@ -117,6 +117,19 @@ def run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main_coroutine)
 
 
+def ensure_interception_ca(ca_dir: str) -> None:
+    """The interception CA in `ca_dir`, created (with mitmproxy's names and key size) if
+    missing. A supervisor calls it before its workers start: each worker's mitmproxy
+    would otherwise create its own CA in the same empty directory at the same moment,
+    and a worker left serving certificates of a CA that is not the one on disk fails
+    every gateway that trusts the file (seen with 2 workers and a fresh directory)."""
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME, Options
+
+    Path(ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    certs.CertStore.from_store(ca_dir, CONF_BASENAME, Options().key_size)
+
+
 def mode_specs(settings: Settings, policy: Policy) -> tuple[list[str], dict[str, str]]:
     """mitmproxy mode specs for our listeners, and a label for each (for the banner)."""
     specs: list[str] = []
@@ -477,7 +490,7 @@ class ProxyProcess:
             RequestDlp(holder, self.credentials.store, self.registry),  # issue 13
             self.usage_gate,  # issue 15: last, after the response readers
         )
-        Path(settings.ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_interception_ca(settings.ca_dir)
         try:
             _configure(opts, settings, self.specs)
         except OptionsError as exc:

@@ -41,6 +41,7 @@ from sidecar.runner import (
     addresses_text,
     credential_layer,
     emit,
+    ensure_interception_ca,
     mode_specs,
     own_addresses,
 )
@@ -217,6 +218,11 @@ class Supervisor:
                     error=f"{labels[spec]} listener failed to listen on {host}:{port}: {why}",
                 )
                 return 1
+        try:
+            ensure_interception_ca(settings.ca_dir)  # one CA, before any worker starts
+        except (OSError, ValueError) as exc:
+            emit("error", error=f"interception CA in {settings.ca_dir}: {exc}")
+            return 1
         # The workers start now, while this process builds its own part of the pod.
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}"))

@@ -306,3 +306,21 @@ def replace_file(path, text: str) -> None:
     staging = path.with_name(path.name + ".new")
     staging.write_text(text)
     os.replace(staging, path)
+
+
+def test_workers_started_on_an_empty_ca_directory_all_serve_the_ca_on_disk(
+    start_sidecar, provider, tmp_path
+):
+    """Each worker's mitmproxy creates the interception CA when the directory is empty:
+    two at once each made their own, and the gateway, which trusts the file on disk,
+    failed TLS on every connection the other worker took (seen in the namespace tests).
+    The supervisor now creates the CA before any worker starts."""
+    ca_dir = tmp_path / "fresh-ca"
+    sidecar = start_sidecar(extra_args=(*WORKERS, "--ca-dir", str(ca_dir)))
+    assert sidecar.ca_cert.startswith(str(ca_dir))
+    # Each connection verifies the worker's certificate against the CA file on disk.
+    held = one_connection_per_worker(sidecar, 2, lambda: tunnel(sidecar, provider.port))
+    assert len(held) == 2
+    for conn in held.values():
+        assert models(conn) == 200
+        conn.close()
