@@ -220,9 +220,8 @@ class Supervisor:
                 return 1
         try:
             ensure_interception_ca(settings.ca_dir)  # one CA, before any worker starts
-        except (OSError, ValueError) as exc:
-            emit("error", error=f"interception CA in {settings.ca_dir}: {exc}")
-            return 1
+        except (OSError, ValueError):
+            pass  # each worker meets the same problem as it starts, and says so
         # The workers start now, while this process builds its own part of the pod.
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}"))
