@@ -42,6 +42,7 @@ from sidecar.engine import PolicyEngine
 from sidecar.policy.loader import load_policy_bytes
 from sidecar.usage import USAGE_KEY, TokenUsage
 from sidecar.usage_store import LocalStore, RedisStore, UsageStore
+from tests.support.ports import free_port
 
 BASE = "version: 1\nproviders:\n  openai: {hosts: [api.openai.com]}\n"
 LIMITS = (
@@ -127,9 +128,7 @@ def _redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     binary = shutil.which("redis-server")
     if binary is None:
         return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp),
          "--save", "", "--appendonly", "no"],

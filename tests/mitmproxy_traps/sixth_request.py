@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import sys
 
 from mitmproxy import options
 from mitmproxy.addons import next_layer, proxyserver
 from mitmproxy.master import Master
 from mitmproxy.proxy import server_hooks
+
+from tests.support.ports import free_port
 
 REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -80,16 +81,10 @@ class _Upstream:
         await asyncio.sleep(0.1)  # let the handlers see EOF and return
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def reproduce(pin: bool, requests: int = 8, wait: float = 3.0) -> Outcome:
     upstream = _Upstream()
     upstream_port = await upstream.start()
-    listen_port = _free_port()
+    listen_port = free_port()
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     addons: list[object] = [PinAddress()] if pin else []
