@@ -122,12 +122,49 @@ def ensure_interception_ca(ca_dir: str) -> None:
     missing. A supervisor calls it before its workers start: each worker's mitmproxy
     would otherwise create its own CA in the same empty directory at the same moment,
     and a worker left serving certificates of a CA that is not the one on disk fails
-    every gateway that trusts the file (seen with 2 workers and a fresh directory)."""
+    every gateway that trusts the file (seen with 2 workers and a fresh directory).
+
+    An existing CA is only checked for shape here (its key and certificate parse and
+    belong together, ~0.05 ms), so that a bad file is a config error that names it
+    instead of mitmproxy's traceback; mitmproxy's tlsconfig then loads it once, with
+    the full key check (~40 ms)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from mitmproxy import certs
     from mitmproxy.options import CONF_BASENAME, Options
 
-    Path(ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    certs.CertStore.from_store(ca_dir, CONF_BASENAME, Options().key_size)
+    directory = Path(ca_dir)
+    ca_file = directory / f"{CONF_BASENAME}-ca.pem"
+    how = (
+        f"point --ca-dir at a directory holding {ca_file.name} (a PEM private key followed "
+        "by its CA certificate), or at an empty directory for a new CA"
+    )
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not ca_file.exists():
+            certs.CertStore.create_store(directory, CONF_BASENAME, Options().key_size)
+            return
+        raw = ca_file.read_bytes()
+    except OSError as exc:
+        is_file = directory.exists() and not directory.is_dir()
+        why = "not a directory" if is_file else (exc.strerror or str(exc))
+        raise SettingsError(f"--ca-dir {ca_dir!r}: {why}; {how}") from None
+    try:
+        key = load_pem_private_key(raw, None, unsafe_skip_rsa_key_validation=True)
+        certificate = x509.load_pem_x509_certificates(raw)[0]
+    except (ValueError, TypeError) as exc:
+        # No detail from the parser: it may quote the file, and the file holds a key.
+        what = (
+            "its private key has a passphrase (mitmproxy reads keys without one)"
+            if isinstance(exc, TypeError)
+            else "it is not a PEM private key followed by a certificate"
+        )
+        raise SettingsError(f"--ca-dir {ca_dir!r}: {ca_file.name}: {what}; {how}") from None
+    if key.public_key() != certificate.public_key():
+        raise SettingsError(
+            f"--ca-dir {ca_dir!r}: {ca_file.name}: its private key does not belong to its "
+            f"certificate; {how}"
+        )
 
 
 def mode_specs(settings: Settings, policy: Policy) -> tuple[list[str], dict[str, str]]:

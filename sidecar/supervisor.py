@@ -45,7 +45,7 @@ from sidecar.runner import (
     mode_specs,
     own_addresses,
 )
-from sidecar.settings import Settings
+from sidecar.settings import Settings, SettingsError
 from sidecar.shared_connections import SharedConnectionTable
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class Supervisor:
                 return 1
         try:
             ensure_interception_ca(settings.ca_dir)  # one CA, before any worker starts
-        except (OSError, ValueError):
+        except SettingsError:
             pass  # each worker meets the same problem as it starts, and says so
         # The workers start now, while this process builds its own part of the pod.
         for slot in self.slots:

@@ -225,3 +225,76 @@ def test_admin_port_held_by_another_process_stops_the_start_with_a_clear_error(t
     assert f"--admin 127.0.0.1:{port}: cannot listen" in result.stderr
     assert "another process holds this port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run_briefly(ca_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`run` on a CA directory, for a start that is expected to stop by itself."""
+    args = [BIN, "run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "1"]
+    return subprocess.run(
+        [*args, "--ca-dir", str(ca_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _new_ca(directory: Path) -> bytes:
+    from mitmproxy import certs
+
+    certs.CertStore.create_store(directory, "mitmproxy", 2048)
+    return (directory / "mitmproxy-ca.pem").read_bytes()
+
+
+def _pem_blocks(raw: bytes) -> list[bytes]:
+    end = b"-----\n"
+    blocks, rest = [], raw
+    while b"-----BEGIN" in rest:
+        start = rest.index(b"-----BEGIN")
+        stop = rest.index(b"-----END", start)
+        stop = rest.index(end, stop) + len(end)
+        blocks.append(rest[start:stop])
+        rest = rest[stop:]
+    return blocks
+
+
+@pytest.mark.parametrize("case", ["truncated key", "key of another ca", "not pem"])
+def test_tampered_interception_ca_stops_the_start_naming_the_file_without_quoting_it(
+    tmp_path, case
+):
+    """A CA file that is cut short, whose key belongs to another CA, or is not PEM: a
+    config_error that names the file and the fix (exit 64), no traceback, and none of
+    the file's bytes (it holds a private key) in what the sidecar prints."""
+    ca_dir = tmp_path / "ca"
+    raw = _new_ca(ca_dir)
+    key, certificate = _pem_blocks(raw)
+    if case == "truncated key":
+        tampered = key[: len(key) // 2] + b"\n" + certificate
+    elif case == "key of another ca":
+        tampered = _pem_blocks(_new_ca(tmp_path / "other"))[0] + certificate
+    else:
+        tampered = b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 8
+    (ca_dir / "mitmproxy-ca.pem").write_bytes(tampered)
+    result = _run_briefly(ca_dir)
+    assert result.returncode == 64, result.stderr
+    assert f"--ca-dir '{ca_dir}': mitmproxy-ca.pem: " in result.stderr
+    assert "point --ca-dir at a directory holding mitmproxy-ca.pem" in result.stderr
+    assert "Traceback" not in result.stderr
+    body_lines = [line for line in tampered.split(b"\n") if len(line) > 20 and b"---" not in line]
+    for line in body_lines:
+        assert line.decode() not in result.stderr + result.stdout
+
+
+def test_an_existing_interception_ca_is_served_as_is(tmp_path, dns_server, test_ca_file):
+    """The start-up check never rewrites a CA the pod was given (a Secret's file)."""
+    ca_dir = tmp_path / "ca"
+    raw = _new_ca(ca_dir)
+    before = (ca_dir / "mitmproxy-ca.pem").stat().st_mtime_ns
+    sidecar = SidecarProcess(
+        ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--ca-dir", str(ca_dir)]
+    ).start()
+    try:
+        assert (ca_dir / "mitmproxy-ca.pem").read_bytes() == raw
+        assert (ca_dir / "mitmproxy-ca.pem").stat().st_mtime_ns == before
+    finally:
+        sidecar.stop()

@@ -251,14 +251,18 @@ def test_worker_that_keeps_dying_stops_the_pod_with_an_error(start_sidecar):
 
 
 def test_worker_that_cannot_start_stops_the_start(tmp_path):
-    """Every worker fails at start (its CA directory is a file): exit 1, saying so."""
+    """Every worker fails at start (its CA directory is a file): the pod exits with the
+    worker's code (64, a config error), saying which worker and why."""
     not_a_directory = tmp_path / "ca"
     not_a_directory.write_text("")
     args = ["--workers", "2", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     sidecar = SidecarProcess([*args, "--ca-dir", str(not_a_directory)])
-    with pytest.raises(RuntimeError, match="sidecar exited 1"):
+    with pytest.raises(RuntimeError, match="sidecar exited 64"):
         sidecar.start()
     assert any("while starting" in e.get("error", "") for e in sidecar.events)
+    assert any(
+        e.get("event") == "config_error" and "not a directory" in e["error"] for e in sidecar.events
+    )
 
 
 def test_a_worker_holding_most_of_a_sources_connections_is_not_refused_early(start_sidecar):
