@@ -233,8 +233,9 @@ REASONS: dict[Reason, ReasonSpec] = {
         "past 64 MiB (decompression bomb), a WebSocket extension other than "
         "permessage-deflate (S7); an LLM API response with a stream event over 4 MiB, "
         "more than 256 tool calls, over 16 MiB held for one open call's arguments, or a "
-        "Gemini stream that is not a JSON array of objects or in a format no inspector "
-        "reads (`alt=proto`) (cut, [docs/stream-inspection.md](docs/stream-inspection.md))",
+        "Gemini stream that is not a JSON array of objects, or a Gemini response (streamed or "
+        "not) in a format no inspector reads (`alt=proto`) (cut, "
+        "[docs/stream-inspection.md](docs/stream-inspection.md))",
     ),
     # Issue 10: limits on what a peer controls protect the sidecar itself; audit mode
     # keeps them (docs/limits.md).

@@ -236,6 +236,11 @@ class ResponseInspector:
 
     def inspect_body(self, body: bytes) -> StreamViolation | None:
         """The first enforced violation in a whole body, or None (then it may pass)."""
+        if self.framing not in (SSE, JSON_ARRAY):
+            # Asked for in a format no inspector reads (Gemini alt=proto): its client reads
+            # tool calls from it, so it is refused as a stream in that format is cut.
+            detail = "a response in a format the sidecar cannot read (Gemini alt=); refused"
+            return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
         doc = parse_json(body)
         if doc is None:
             return None  # not JSON: no client reads tool calls from it

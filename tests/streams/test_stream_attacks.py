@@ -584,6 +584,22 @@ def test_an_honest_gemini_json_array_stream_passes_whole(guarded, hostile):
     assert doc[-1]["usageMetadata"]["totalTokenCount"] == 21
 
 
+def test_router_answering_in_protobuf_where_no_inspector_reads_gets_502(guarded, hostile):
+    """A non-streamed `:generateContent?alt=proto`: its client reads function calls
+    from the protobuf, which no inspector of ours reads; refused, never passed unread."""
+    hostile.attack = Attack("inject")
+    with httpx.Client(proxy=guarded.proxy_url, verify=_verify(guarded), timeout=20) as client:
+        response = client.post(
+            f"https://generativelanguage.googleapis.com:{hostile.port}"
+            "/v1beta/models/gemini-x:generateContent?alt=proto",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+        )
+    assert response.status_code == 502
+    assert INJECTED_TOOL.encode() not in response.content
+    line = decision(guarded, "response_not_inspectable", provider="gemini")
+    assert line["decision"] == "block" and "alt=" in line["detail"]
+
+
 def _websocket_events(sidecar, port: int, tools: list[dict]) -> list[Any]:
     client = oai(sidecar, port)
     options = {

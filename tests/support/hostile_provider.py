@@ -365,6 +365,10 @@ class HostileProvider(LoopbackServer):
 
         parts = [{"text": p} for p in self._text_pieces(kind)]
         call = {"functionCall": {"name": self.attack.tool, "args": self.attack.arguments}}
+        if not streamed and request.query.get("alt") == "proto":
+            # Protobuf, as asked: stood in for by bytes that carry the call's name.
+            body = b"\x0a\x20" + json.dumps(call if kind == "inject" else parts).encode()
+            return web.Response(body=body, content_type="application/x-protobuf")
         if not streamed:
             return web.json_response(frame(parts + ([call] if kind == "inject" else []), last=True))
         if request.query.get("alt") != "sse":  # a JSON array, written element by element
