@@ -300,17 +300,16 @@ class _FileReader(yamlfile.YamlChecker):
     def _providers(self, node: Node, where: str) -> dict[str, str | None]:
         result: dict[str, str | None] = {}
         if isinstance(node, SequenceNode):
-            first: dict[str, int] = {}
-            for i, item in enumerate(node.value):
+
+            def provider_name(item: Node, key: str) -> str | None:
                 name = _scalar(item, yamlfile.STR)
-                if not isinstance(name, str) or not _NAME.match(name):
-                    self.err(item, f"{where}[{i}]", "must be a provider name")
-                    continue
-                if name in first:
-                    self.err(item, f"{where}[{i}]", f"listed twice (first at line {first[name]})")
-                    continue
-                first[name] = yamlfile.line(item)
-                result[name] = None
+                if name is None or not _NAME.match(name):
+                    self.err(item, key, "must be a provider name")
+                    return None
+                return name
+
+            listed = self.unique(node.value, where, False, provider_name, lambda n, _: repr(n))
+            result = dict.fromkeys((name for name, _line, _key in listed), None)
         elif isinstance(node, MappingNode):
             for name, (knode, body) in (self.mapping(node, where, None) or {}).items():
                 pwhere = f"{where}.{_shown(name)}"

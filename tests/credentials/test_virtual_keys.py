@@ -242,7 +242,7 @@ def test_virtual_keys_every_problem_is_reported_at_once_each_with_its_line():
     )
     assert _problems(text) == [
         "vk.yaml:4: tenants.a.keys[0]: must be 'sha256:' and 64 lower-case hex digits",
-        "vk.yaml:8: tenants.b.providers[1]: listed twice (first at line 8)",
+        "vk.yaml:8: tenants.b.providers[1]: 'openai' is listed twice (also tenants.b.providers[0])",
         "vk.yaml:10: tenants.c.keys[0]: the same hash is already listed under "
         "tenants.b.keys[0] (line 7)",
         "vk.yaml:12: tenants.c.admin: unknown key 'admin': allowed keys are keys, providers, "
