@@ -588,7 +588,7 @@ def credential_layer(
     from sidecar.addons.credentials import CredentialLayer
     from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
     from sidecar.credentials.cloud_sources import CloudCredentialSource
-    from sidecar.records import CredentialMetrics
+    from sidecar.records import Children, CredentialMetrics
 
     store = SecretStore(
         settings.secrets_dir, environ=os.environ if settings.secrets_from_env else None
@@ -598,6 +598,7 @@ def credential_layer(
     except (VirtualKeyError, OSError) as exc:
         raise SettingsError(f"virtual keys file rejected:\n{exc}") from None
     counted = CredentialMetrics(registry)
+    injections = Children(counted.injections)
 
     def policy_secrets() -> set[str]:
         return {e.secret_name for e in holder.engine.policy.endpoints if e.secret_name}
@@ -611,7 +612,7 @@ def credential_layer(
             counted.available.labels(name).set(0 if name in missing else 1)
 
     def injected(provider: str | None) -> None:
-        counted.injections.labels(provider or "none").inc()  # providers come from the policy
+        injections(provider or "none").inc()  # providers come from the policy
 
     def changed(names: set[str]) -> None:
         if not report:

@@ -37,7 +37,7 @@ from sidecar.decision import Decision, Reason, Verdict
 from sidecar.inspection import body as request_body
 from sidecar.inspection.policy import DEFAULT_MAX_INSPECTED_BODY
 from sidecar.policy.tools import DeclaredTools, ToolRules
-from sidecar.records import TokenMetrics
+from sidecar.records import Children, TokenMetrics
 from sidecar.streams.declared import (
     USAGE_OPTION_HOSTS,
     declared_tools,
@@ -102,7 +102,7 @@ class ResponseInspection:
         self.holder = holder
         self.record = record
         self.credentials = credentials
-        self.tokens = TokenMetrics(registry).tokens  # declared in sidecar/records.py
+        self.tokens = Children(TokenMetrics(registry).tokens)  # declared in sidecar/records.py
 
     # --- request ----------------------------------------------------------------------
 
@@ -398,8 +398,8 @@ class ResponseInspection:
         model = usage.model if usage.model in known else OTHER_MODEL
         provider = decision.provider or "none"
         tenant = decision.tenant or "none"
-        self.tokens.labels(tenant, provider, model, "input").inc(usage.input_tokens)
-        self.tokens.labels(tenant, provider, model, "output").inc(usage.output_tokens)
+        self.tokens(tenant, provider, model, "input").inc(usage.input_tokens)
+        self.tokens(tenant, provider, model, "output").inc(usage.output_tokens)
 
     # --- helpers ----------------------------------------------------------------------
 
