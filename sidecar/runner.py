@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar import settings as settings_mod
 from sidecar.decision import Decision, iso_time
 from sidecar.hostnames import IPAddress
-from sidecar.memory import pin_mmap_threshold
+from sidecar.memory import freeze_startup_objects, pin_mmap_threshold
 from sidecar.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # the runtime imports are in the builder: `--help` loads no mitmproxy
@@ -526,6 +526,7 @@ class ProxyProcess:
         self.master.shutdown()  # no draining in mitmproxy: stop accepting, finish the loop
 
     async def running(self) -> None:
+        freeze_startup_objects()  # what the proxy built lives as long as it does (memory.py)
         if self.worker is not None:
             self.tasks.extend(
                 asyncio.create_task(t(), name="credential-refresh") for t in self.credential_tasks
