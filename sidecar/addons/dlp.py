@@ -35,7 +35,7 @@ from sidecar.addons.flows import (
     refusal_response,
 )
 from sidecar.credentials import SecretStore
-from sidecar.credentials.decoding import parse_codings
+from sidecar.credentials.decoding import header_codings
 from sidecar.credentials.inject import is_credential_header, is_credential_param
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.dlp.detectors import Detector, own_key_patterns
@@ -135,12 +135,13 @@ class RequestDlp:
         )
         result = None
         if body is not None:
+            content_encoding, transfer_encoding = header_codings(request.headers)
             scan = functools.partial(
                 scan_body,
                 body,
                 detector,
-                content_encoding=parse_codings(request.headers.get_all("content-encoding")),
-                transfer_encoding=parse_codings(request.headers.get_all("transfer-encoding")),
+                content_encoding=content_encoding,
+                transfer_encoding=transfer_encoding,
                 document=flow.metadata.get(DOCUMENT_KEY),
                 allowed=rules.allowed,
             )
