@@ -255,6 +255,8 @@ class CredentialLayer:
             # Audit mode: say why the provider will answer 401 to this one.
             detail = f"{decision.detail}; provider key not added".lstrip("; ")
             return decision.with_context(tenant=result.tenant, detail=detail)
+        if result.tenant is decision.tenant:  # no virtual key (None): a copy would be equal
+            return decision
         return decision.with_context(tenant=result.tenant)
 
     def hold_body(self, flow: http.HTTPFlow) -> None:
