@@ -36,6 +36,7 @@ from sidecar.addons.flows import (
 )
 from sidecar.credentials import SecretStore
 from sidecar.credentials.decoding import header_codings
+from sidecar.credentials.fields import values_of
 from sidecar.credentials.inject import is_credential_header, is_credential_param
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.dlp.detectors import Detector, own_key_patterns
@@ -96,9 +97,10 @@ class RequestDlp:
         if rules is None:
             return
         request = flow.request
-        declared = request.headers.get("content-length", "").strip()
+        length, transfer = values_of(request.headers, ("content-length", "transfer-encoding"))
+        declared = ", ".join(length).strip()  # as Headers.get
         bodyless = request.method in _BODYLESS and declared in ("", "0")
-        if bodyless and "transfer-encoding" not in request.headers:
+        if bodyless and not transfer:
             await self._inspect(flow, pending, rules, None)  # the URL and headers only
             return
         request.stream = False  # buffered, bounded by the body limit (addons/limits.py)

@@ -32,6 +32,9 @@ def _headers(pairs: list[tuple[str, str]]) -> Headers:
 def test_values_of_gives_what_get_all_gives_for_each_name(pairs, names):
     headers = _headers(pairs)
     assert values_of(headers, tuple(names)) == tuple(headers.get_all(n) for n in names)
+    for name, values in zip(names, values_of(headers, tuple(names)), strict=True):
+        assert ", ".join(values) == headers.get(name, "")  # what the hooks read as `get`
+        assert bool(values) is (name in headers)
     listed = HeaderList(pairs)
     assert values_of(listed, tuple(names)) == tuple(listed.get_all(n) for n in names)
 
