@@ -15,7 +15,7 @@ beside what fills such a buffer (TLS, decompression, scanning).
 Keep what the process built before serving out of garbage collection. Python's cyclic
 collector now and then walks every tracked object of its oldest generation: here that
 is mitmproxy, our modules, the policy and the pattern automata, objects that live as
-long as the process. At 32 connections those full collections took ~0.17 ms of every
+long as the process. At 32 connections those full collections took 0.11-0.17 ms of every
 request's CPU (issue 17). `gc.freeze()` moves what exists once the proxy runs into a
 permanent generation that collections skip; what requests allocate is collected as
 before. A cycle that was already garbage would never be collected, so the heap is
