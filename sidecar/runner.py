@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar import settings as settings_mod
 from sidecar.decision import Decision, iso_time
 from sidecar.hostnames import IPAddress
-from sidecar.memory import pin_mmap_threshold
+from sidecar.memory import freeze_startup_objects, pin_mmap_threshold
 from sidecar.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # the runtime imports are in the builder: `--help` loads no mitmproxy
@@ -563,6 +563,7 @@ class ProxyProcess:
         self.master.shutdown()  # no draining in mitmproxy: stop accepting, finish the loop
 
     async def running(self) -> None:
+        freeze_startup_objects()  # what the proxy built lives as long as it does (memory.py)
         if self.worker is not None:
             self.tasks.extend(
                 asyncio.create_task(t(), name="credential-refresh") for t in self.credential_tasks
@@ -625,7 +626,7 @@ def credential_layer(
     from sidecar.addons.credentials import CredentialLayer
     from sidecar.credentials import SecretStore, VirtualKeyError, VirtualKeySource
     from sidecar.credentials.cloud_sources import CloudCredentialSource
-    from sidecar.records import CredentialMetrics
+    from sidecar.records import Children, CredentialMetrics
 
     store = SecretStore(
         settings.secrets_dir, environ=os.environ if settings.secrets_from_env else None
@@ -635,6 +636,7 @@ def credential_layer(
     except (VirtualKeyError, OSError) as exc:
         raise SettingsError(f"virtual keys file rejected:\n{exc}") from None
     counted = CredentialMetrics(registry)
+    injections = Children(counted.injections)
 
     def policy_secrets() -> set[str]:
         return {e.secret_name for e in holder.engine.policy.endpoints if e.secret_name}
@@ -648,7 +650,7 @@ def credential_layer(
             counted.available.labels(name).set(0 if name in missing else 1)
 
     def injected(provider: str | None) -> None:
-        counted.injections.labels(provider or "none").inc()  # providers come from the policy
+        injections(provider or "none").inc()  # providers come from the policy
 
     def changed(names: set[str]) -> None:
         if not report:

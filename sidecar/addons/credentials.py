@@ -46,8 +46,8 @@ from sidecar.credentials.decoding import (
     DecodeBudget,
     NotInspectable,
     decode_layers,
+    header_codings,
     needs_decoding,
-    parse_codings,
 )
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.credentials.eventstream import EventStreamCutter, cut_body, is_event_stream
@@ -255,6 +255,8 @@ class CredentialLayer:
             # Audit mode: say why the provider will answer 401 to this one.
             detail = f"{decision.detail}; provider key not added".lstrip("; ")
             return decision.with_context(tenant=result.tenant, detail=detail)
+        if result.tenant is decision.tenant:  # no virtual key (None): a copy would be equal
+            return decision
         return decision.with_context(tenant=result.tenant)
 
     def hold_body(self, flow: http.HTTPFlow) -> None:
@@ -428,9 +430,7 @@ class CredentialLayer:
 
     @staticmethod
     def _encoded(response: http.Response) -> bool:
-        return needs_decoding(
-            _codings(response, "content-encoding"), _codings(response, "transfer-encoding")
-        )
+        return needs_decoding(*header_codings(response.headers))
 
     def _redact_encoded_body(self, response: http.Response) -> int:
         """Decode every layer (bounded), redact, and send the decoded bytes: exactly
@@ -439,12 +439,8 @@ class CredentialLayer:
         if not raw:
             return 0
         budget = self.decode_budget
-        decoded = decode_layers(
-            raw,
-            _codings(response, "content-encoding"),
-            _codings(response, "transfer-encoding"),
-            budget=budget,
-        )
+        content, transfer = header_codings(response.headers)
+        decoded = decode_layers(raw, content, transfer, budget=budget)
         try:  # the decoded body stays charged while we redact and hand it on
             body, count = self.guard.redact_body(decoded)
             if count and is_event_stream(response.headers.get("content-type", "")):
@@ -490,10 +486,6 @@ def redact_whole_body(flow: http.HTTPFlow) -> None:
     it in the response hook instead of through the stream redactor."""
     if flow.metadata.pop(_REDACTOR, None) is not None:
         flow.metadata[_BUFFERED] = True
-
-
-def _codings(response: http.Response, header: str) -> list[str]:
-    return parse_codings(response.headers.get_all(header))
 
 
 def _place(where: str, hit: str) -> str:

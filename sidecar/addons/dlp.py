@@ -35,7 +35,8 @@ from sidecar.addons.flows import (
     refusal_response,
 )
 from sidecar.credentials import SecretStore
-from sidecar.credentials.decoding import parse_codings
+from sidecar.credentials.decoding import header_codings
+from sidecar.credentials.fields import values_of
 from sidecar.credentials.inject import is_credential_header, is_credential_param
 from sidecar.decision import Decision, Reason, Verdict
 from sidecar.dlp.detectors import Detector, own_key_patterns
@@ -96,9 +97,10 @@ class RequestDlp:
         if rules is None:
             return
         request = flow.request
-        declared = request.headers.get("content-length", "").strip()
+        length, transfer = values_of(request.headers, ("content-length", "transfer-encoding"))
+        declared = ", ".join(length).strip()  # as Headers.get
         bodyless = request.method in _BODYLESS and declared in ("", "0")
-        if bodyless and "transfer-encoding" not in request.headers:
+        if bodyless and not transfer:
             await self._inspect(flow, pending, rules, None)  # the URL and headers only
             return
         request.stream = False  # buffered, bounded by the body limit (addons/limits.py)
@@ -135,12 +137,13 @@ class RequestDlp:
         )
         result = None
         if body is not None:
+            content_encoding, transfer_encoding = header_codings(request.headers)
             scan = functools.partial(
                 scan_body,
                 body,
                 detector,
-                content_encoding=parse_codings(request.headers.get_all("content-encoding")),
-                transfer_encoding=parse_codings(request.headers.get_all("transfer-encoding")),
+                content_encoding=content_encoding,
+                transfer_encoding=transfer_encoding,
                 document=flow.metadata.get(DOCUMENT_KEY),
                 allowed=rules.allowed,
             )

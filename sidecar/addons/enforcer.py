@@ -32,6 +32,7 @@ from sidecar.addons.tls_hello import printable_sni, refusing_tls_connection
 from sidecar.client_connections import ClientConnections, ClientConnectionState
 from sidecar.credentials import SecretStore
 from sidecar.credentials.confinement import key_withheld_because
+from sidecar.credentials.fields import values_of
 from sidecar.decision import RULE_HOST_AGREEMENT, RULE_NETGUARD, Decision, Reason, Verdict
 from sidecar.engine import Attempt, PolicyEngine
 from sidecar.hostnames import HostError, IPAddress, parse_host, split_host_port
@@ -182,8 +183,9 @@ class Enforcer:
             self.record(decision)
             flow.response = refusal_response(decision, close=True)
             return
+        host_header = request.host_header  # each read looks through every header
         host, port, mode = self._destination(
-            flow.client_conn, request.host, request.port, request.host_header
+            flow.client_conn, request.host, request.port, host_header
         )
         in_tunnel = (mode == "explicit" and state.tunnel is not None) or mode == "transparent"
         attempt = Attempt(
@@ -196,7 +198,7 @@ class Enforcer:
             path=request.path,
             # Reverse mode: the gateway addresses 127.0.0.1; the listener fixes the host.
             sni=flow.client_conn.sni if in_tunnel else None,
-            host_header=_host_part(request.host_header) if mode != "reverse" else None,
+            host_header=_host_part(host_header) if mode != "reverse" else None,
             authority=_host_part(request.authority),
         )
         engine = self.holder.engine
@@ -535,8 +537,8 @@ def _is_metadata(address: IPAddress, engine: PolicyEngine) -> bool:
 
 
 def _is_h2c_upgrade(headers: Any) -> bool:
-    upgrade = headers.get("upgrade", "").lower()
-    return "h2c" in upgrade or "http2-settings" in headers
+    upgrade, settings = values_of(headers, ("upgrade", "http2-settings"))
+    return "h2c" in ", ".join(upgrade).lower() or bool(settings)
 
 
 def _client(client: connection.Client) -> str:

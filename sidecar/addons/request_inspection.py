@@ -39,6 +39,7 @@ from sidecar.addons.flows import (
     refusal_response,
 )
 from sidecar.addons.limits import BODY_LIMIT_KEY
+from sidecar.credentials.fields import values_of
 from sidecar.decision import Decision, Reason
 from sidecar.inspection.body import NOT_JSON_TYPES
 from sidecar.inspection.body_inspection import (
@@ -111,11 +112,12 @@ class RequestInspection:
             if flow.response is not None:
                 return
         api = api_for(request.path, pending.host)
-        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        content_type, length = values_of(request.headers, ("content-type", "content-length"))
+        kind = ", ".join(content_type).split(";", 1)[0].strip().lower()  # as Headers.get
         if api is Api.OTHER and kind.startswith(NOT_JSON_TYPES):
             return  # a file or audio upload: streamed, not read (docs/request-inspection.md)
         limit = endpoint.relay.max_inspected_body
-        declared = request.headers.get("content-length", "").strip()
+        declared = ", ".join(length).strip()
         if declared.isdigit() and int(declared) > limit:
             violation = InspectionViolation(
                 Reason.REQUEST_NOT_INSPECTABLE,
@@ -149,13 +151,14 @@ class RequestInspection:
             return
         request = flow.request
         raw = request.raw_content or b""
+        encoding, content_type = values_of(request.headers, ("content-encoding", "content-type"))
         inspect = _inspector(
             raw,
             api=api,
             endpoint=endpoint,
             tenant=pending.tenant,
-            content_encoding=request.headers.get_all("content-encoding"),
-            content_type=request.headers.get("content-type", ""),
+            content_encoding=encoding,
+            content_type=", ".join(content_type),
         )
         result = await off_loop_if_large(len(raw), inspect)
         self.inspected.inc(result.inspected_bytes)

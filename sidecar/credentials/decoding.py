@@ -34,11 +34,14 @@ from typing import Any, Protocol
 import brotli
 import zstandard
 
+from sidecar.credentials.fields import MultiMap, values_of
+
 __all__ = [
     "DECODED_BODY_LIMIT",
     "MAX_LAYERS",
     "NotInspectable",
     "decode_layers",
+    "header_codings",
     "needs_decoding",
     "parse_codings",
 ]
@@ -97,6 +100,13 @@ def parse_codings(values: Iterable[str]) -> list[str]:
     """`["gzip, br", "gzip"]` (one or several header lines) -> `["gzip", "br", "gzip"]`,
     in the order they were applied."""
     return [c.strip().lower() for v in values for c in v.split(",") if c.strip()]
+
+
+def header_codings(headers: MultiMap) -> tuple[list[str], list[str]]:
+    """A message's content and transfer codings (`parse_codings` of each header), read
+    in one pass over its headers."""
+    content, transfer = values_of(headers, ("content-encoding", "transfer-encoding"))
+    return parse_codings(content), parse_codings(transfer)
 
 
 def needs_decoding(content: list[str], transfer: list[str]) -> bool:
