@@ -21,6 +21,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from tests.support.fakes import LoopbackServer
+from tests.support.keys import KEYS, SecretMount
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,7 @@ class ShapeShifter(LoopbackServer):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.answer: tuple[dict[str, str], bytes] = ({}, b"{}")
+        self.echo_key = False  # replace KEY in the body by the key the request carried
         self.paths: list[str] = []
 
     def routes(self, app: web.Application) -> None:
@@ -59,6 +61,11 @@ class ShapeShifter(LoopbackServer):
         await request.read()
         self.paths.append(request.path_qs)
         headers, body = self.answer
+        if self.echo_key:
+            sent = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
+            body = body.replace(b"KEY", sent.encode())
+            if headers.get("content-encoding") == "gzip":
+                body = gzip.compress(body)
         response = web.Response(body=body)
         for name, value in headers.items():
             for one in value.split("\n"):  # a header line per value
@@ -88,6 +95,31 @@ def guarded(start_sidecar, router):
         """)
         + tools
     )
+
+
+@pytest.fixture(scope="module")
+def keyed(start_sidecar, router, tmp_path_factory):
+    secrets = SecretMount(tmp_path_factory.mktemp("secrets") / "mount", dict(KEYS))
+    return start_sidecar(
+        textwrap.dedent(f"""\
+        version: 1
+        mode: enforce
+        providers:
+          gemini:
+            hosts: [{HOST}]
+            ports: [{router.port}]
+            addresses: [127.0.0.0/8]
+            credential: {{header: x-goog-api-key, format: "{{secret}}", secret: gemini}}
+        """),
+        extra_args=("--secrets-dir", str(secrets.root)),
+    )
+
+
+@pytest.fixture(autouse=True)
+def calm(router):
+    router.echo_key = False
+    yield
+    router.echo_key = False
 
 
 def _client(sidecar, port: int) -> genai.Client:
@@ -184,3 +216,46 @@ def test_gateway_asking_protobuf_in_another_spelling_gets_no_unread_answer(guard
         )
     assert response.status_code == 502, (query, response.status_code)
     assert INJECTED.encode() not in response.content
+
+
+def _raw_stream(sidecar, port: int, path: str) -> bytes:
+    """What a gateway reading the stream with httpx gets (decoded as httpx decodes)."""
+    with (
+        httpx.Client(
+            proxy=sidecar.proxy_url,
+            verify=ssl.create_default_context(cafile=sidecar.ca_cert),
+            timeout=20,
+        ) as client,
+        client.stream(
+            "POST",
+            f"https://{HOST}:{port}{path}",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+        ) as response,
+    ):
+        try:
+            return b"".join(response.iter_bytes())
+        except httpx.DecodingError:
+            return b""
+
+
+def test_router_gzipping_a_gemini_sse_stream_does_not_slip_a_call_past(guarded, router):
+    """A stream the gateway asked for uncompressed (identity) comes gzip-coded: the
+    inspector must judge the events the gateway will decode, not the gzip bytes."""
+    event = b"data: " + json.dumps(CALL_FRAME).encode() + b"\r\n\r\n"
+    router.answer = (
+        {"content-type": "text/event-stream", "content-encoding": "gzip"},
+        gzip.compress(event),
+    )
+    got = _raw_stream(guarded, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
+    assert INJECTED.encode() not in got
+
+
+def test_router_echoing_the_key_in_a_gzipped_stream_gets_it_redacted(keyed, router):
+    """The key the sidecar added, echoed in a gzip-coded SSE stream of an inspected API
+    path: the reflection guard decodes coded responses whole, but the stream is handed
+    to the inspector undecoded."""
+    router.echo_key = True
+    event = b'data: {"candidates": [{"content": {"parts": [{"text": "KEY"}]}}]}\r\n\r\n'
+    router.answer = ({"content-type": "text/event-stream", "content-encoding": "gzip"}, event)
+    got = _raw_stream(keyed, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
+    assert KEYS["gemini"].encode() not in got
