@@ -27,10 +27,17 @@ from sidecar.addons.enforcer import LINE_AT_END, EngineHolder
 from sidecar.addons.flows import (
     DECISION_KEY,
     DOCUMENT_KEY,
+    OFF_LOOP_BYTES,
     PENDING_DECISION_KEY,
     internal_error,
     off_loop_if_large,
     refusal_response,
+)
+from sidecar.credentials.decoding import (
+    NotInspectable,
+    decode_layers,
+    header_codings,
+    needs_decoding,
 )
 from sidecar.credentials.detect import redact_known_keys
 from sidecar.decision import Decision, Reason, Verdict
@@ -50,6 +57,7 @@ from sidecar.streams.inspector import (
     StreamViolation,
     api_for_path,
     error_document,
+    foreign_charset,
     safe_tool_name,
     stream_framing,
 )
@@ -65,6 +73,7 @@ _NOTED = "egress_inspector_noted"
 _WS = "egress_inspect_websocket"
 _RAW_USAGE = "egress_inspect_raw_usage"
 _WS_NOTED = "egress_inspect_websocket_noted"
+_WHOLE_STREAM = "egress_inspect_whole_stream"  # a stream read whole: content-coded
 _WS_ERROR_SENT = "egress_inspect_websocket_error_sent"
 _WS_HELD = "egress_inspect_websocket_held"  # server messages held while a call is open
 _WS_REPLAY = "egress_inspect_websocket_replay"  # held messages replayed, not yet gone out
@@ -170,9 +179,18 @@ class ResponseInspection:
         declared: DeclaredTools = request[0]
         streamed: bool = request[1]
         inspector = flow.metadata[_INSPECTOR] = self._inspector(flow, api, declared)
-        if not (streamed or "text/event-stream" in response.headers.get("content-type", "")):
-            response.stream = False  # read whole: a 502 can still replace it
+        content_type = response.headers.get("content-type", "")
+        shaped_as_stream = streamed or "text/event-stream" in content_type
+        if (
+            not shaped_as_stream
+            or needs_decoding(*header_codings(response.headers))
+            or foreign_charset(content_type)
+        ):
+            # Read whole: a 502 can still replace it. A content-coded stream too (we ask
+            # for identity): its events are judged once decoded, never as coded bytes.
+            response.stream = False
             redact_whole_body(flow)
+            flow.metadata[_WHOLE_STREAM] = shaped_as_stream
             return
         inner = response.stream
 
@@ -195,10 +213,15 @@ class ResponseInspection:
         inspector: ResponseInspector | None = flow.metadata.get(_INSPECTOR)
         try:
             if inspector is not None and flow.response is not None and not flow.response.stream:
-                # Bounded by mitmproxy's body_size_limit (64 MiB); a large body is parsed
-                # in a worker thread so it does not stall every other connection.
-                body = flow.response.get_content(strict=False) or b""
-                violation = await off_loop_if_large(len(body), lambda: inspector.inspect_body(body))
+                # Bounded by mitmproxy's body_size_limit (64 MiB); a large or coded body
+                # is read in a worker thread so it does not stall every other connection.
+                response = flow.response
+                size = len(response.raw_content or b"")
+                if needs_decoding(*header_codings(response.headers)):
+                    size = OFF_LOOP_BYTES + 1  # a small coded body can decode to 64 MiB
+                violation = await off_loop_if_large(
+                    size, lambda: self._judge_whole(flow, response, inspector)
+                )
                 self._note(flow, inspector)
                 if violation is not None:
                     decision = flow.metadata.get(_NOTED)
@@ -212,6 +235,39 @@ class ResponseInspection:
 
     def error(self, flow: http.HTTPFlow) -> None:
         flow.metadata.pop(_INSPECTOR, None)
+
+    def _judge_whole(
+        self, flow: http.HTTPFlow, response: http.Response, inspector: ResponseInspector
+    ) -> StreamViolation | None:
+        """A body read whole, judged as the gateway's client will read it: decoded by our
+        own bounded decoder, every layer (mitmproxy's knows one coding per header and
+        hands on what it cannot decode as it is), and then sent decoded, so the gateway
+        gets exactly the bytes judged. A stream read whole keeps its events up to a cut."""
+        if foreign_charset(response.headers.get("content-type", "")):
+            return inspector.not_inspectable("response body in a charset other than UTF-8")
+        content, transfer = header_codings(response.headers)
+        body = response.raw_content or b""
+        budget = self.credentials.decode_budget
+        charged = 0
+        if needs_decoding(content, transfer):
+            try:
+                decoded = decode_layers(body, content, transfer, budget=budget)
+            except NotInspectable as exc:
+                return inspector.not_inspectable(f"response body not inspectable: {exc}")
+            charged = len(decoded) if decoded is not body else 0
+            response.headers.pop("content-encoding", None)
+            response.headers.pop("transfer-encoding", None)
+            response.content = body = decoded  # sets content-length
+        try:
+            if not flow.metadata.get(_WHOLE_STREAM):
+                return inspector.inspect_body(body)
+            out, _cut = inspector.stream_body(body)
+            if out != body:
+                response.content = out
+            return None  # a cut stream ends with its own error event, as if streamed
+        finally:
+            if budget is not None and charged:
+                budget.give(charged)
 
     # --- the Responses WebSocket ------------------------------------------------------
 

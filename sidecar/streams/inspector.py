@@ -11,6 +11,7 @@ Buffered (a response that was not streamed): `inspect_body` judges the whole bod
 from __future__ import annotations
 
 import dataclasses
+import email.message
 import functools
 import json
 import re
@@ -39,6 +40,7 @@ SSE = "sse"
 JSON_ARRAY = "json_array"  # Gemini :streamGenerateContent without alt=sse
 UNREADABLE = "unreadable"  # Gemini alt=proto and the like: cut, never passed unread
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:/-]")
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,6 +82,19 @@ def stream_framing(api: str, query: list[tuple[str, str]]) -> str:
     if not alts or alts == {"json"}:
         return JSON_ARRAY
     return SSE if alts == {"sse"} else UNREADABLE
+
+
+def foreign_charset(content_type: str) -> bool:
+    """The content type names a charset other than UTF-8 (or ASCII). The gateway's
+    client decodes the body by it before its JSON or SSE parser (httpx's `text` and
+    `iter_lines`, which google-genai reads), while the inspectors read UTF-8 bytes:
+    JSON in latin-1 or EBCDIC would pass unread. The charset is read as httpx reads it."""
+    if "charset" not in content_type.lower():
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    charset = message.get_content_charset()
+    return charset is not None and charset not in _UTF8
 
 
 def error_document(api: str, reason: str, message: str) -> dict[str, object]:
@@ -254,6 +269,16 @@ class ResponseInspector:
                     StreamViolation(Reason.CREDENTIAL_REFLECTED, _KEY_DETAIL), "body"
                 )
         return violation
+
+    def stream_body(self, body: bytes) -> tuple[bytes, StreamViolation | None]:
+        """A stream received whole (it came content-coded and was decoded first): the
+        bytes the gateway may have, as `feed` and `finish` release them, and the cut."""
+        out = (self.feed(body) if body else b"") + self.finish()
+        return out, self.cut
+
+    def not_inspectable(self, detail: str) -> StreamViolation:
+        """A whole body refused before it is read (`detail` safe to log)."""
+        return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
 
     def message(self, text: str) -> StreamViolation | None:
         """A Responses WebSocket message (one event): an enforced violation or None."""

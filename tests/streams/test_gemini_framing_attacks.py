@@ -10,6 +10,7 @@ import gzip
 import json
 import ssl
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +137,17 @@ def _client(sidecar, port: int) -> genai.Client:
     )
 
 
+def _blocked_for(sidecar, since: int, timeout: float = 10.0) -> str:
+    """The reason of the first block line written after line `since` (waits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in sidecar.decisions[since:]:
+            if record.get("decision") == "block":
+                return str(record["reason"])
+        time.sleep(0.05)
+    raise AssertionError(f"no block line; got {sidecar.decisions[since:]}")
+
+
 def _calls_reaching_the_gateway(sidecar, port: int) -> list[str]:
     """The function calls google-genai hands the gateway (none if it raised)."""
     config = genai_types.GenerateContentConfig(
@@ -154,15 +166,19 @@ def _calls_reaching_the_gateway(sidecar, port: int) -> list[str]:
 def test_router_double_gzipping_a_gemini_answer_does_not_slip_a_call_past(guarded, router):
     """`Content-Encoding: gzip, gzip`: mitmproxy's own decoder knows one coding per
     header; httpx (google-genai, LiteLLM) undoes both."""
+    since = guarded.settled_count()
     body = gzip.compress(gzip.compress(json.dumps(CALL_FRAME).encode()))
     router.answer = ({"content-type": "application/json", "content-encoding": "gzip, gzip"}, body)
     assert INJECTED not in _calls_reaching_the_gateway(guarded, router.port)
+    assert _blocked_for(guarded, since) == "tool_call_injected"
 
 
 def test_router_sending_content_encoding_twice_does_not_slip_a_call_past(guarded, router):
+    since = guarded.settled_count()
     body = gzip.compress(gzip.compress(json.dumps(CALL_FRAME).encode()))
     router.answer = ({"content-type": "application/json", "content-encoding": "gzip\ngzip"}, body)
     assert INJECTED not in _calls_reaching_the_gateway(guarded, router.port)
+    assert _blocked_for(guarded, since) == "tool_call_injected"
 
 
 @pytest.mark.parametrize("charset", ["iso-8859-1", "cp037", "utf-16-le"])
@@ -171,13 +187,16 @@ def test_router_answering_json_in_a_declared_charset_does_not_slip_a_call_past(
 ):
     """The SDK decodes the body by the content-type's charset (httpx `response.text`)
     before its JSON parser; the inspector parses the bytes (UTF-8/16/32 only)."""
+    since = guarded.settled_count()
     body = json.dumps(CALL_FRAME, ensure_ascii=False).encode(charset)
     router.answer = ({"content-type": f"application/json; charset={charset}"}, body)
     assert INJECTED not in _calls_reaching_the_gateway(guarded, router.port)
+    assert _blocked_for(guarded, since) == "response_not_inspectable"
 
 
 def test_router_answering_a_stream_in_a_declared_charset_does_not_slip_a_call_past(guarded, router):
     """The same for `:streamGenerateContent?alt=sse`: httpx decodes lines by charset."""
+    since = guarded.settled_count()
     event = b"data: " + json.dumps(CALL_FRAME).encode() + b"\r\n\r\n"
     router.answer = (
         {"content-type": "text/event-stream; charset=cp037"},
@@ -196,6 +215,7 @@ def test_router_answering_a_stream_in_a_declared_charset_does_not_slip_a_call_pa
     except (genai_errors.APIError, ValueError, json.JSONDecodeError):
         pass
     assert INJECTED not in seen
+    assert _blocked_for(guarded, since) == "response_not_inspectable"
 
 
 @pytest.mark.parametrize(
@@ -241,21 +261,40 @@ def _raw_stream(sidecar, port: int, path: str) -> bytes:
 def test_router_gzipping_a_gemini_sse_stream_does_not_slip_a_call_past(guarded, router):
     """A stream the gateway asked for uncompressed (identity) comes gzip-coded: the
     inspector must judge the events the gateway will decode, not the gzip bytes."""
+    since = guarded.settled_count()
     event = b"data: " + json.dumps(CALL_FRAME).encode() + b"\r\n\r\n"
     router.answer = (
         {"content-type": "text/event-stream", "content-encoding": "gzip"},
         gzip.compress(event),
     )
     got = _raw_stream(guarded, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
-    assert INJECTED.encode() not in got
+    assert b"functionCall" not in got and b"curl" not in got
+    assert b"tool_call_injected" in got  # the stream ends in the provider's own error
+    assert _blocked_for(guarded, since) == "tool_call_injected"
 
 
 def test_router_echoing_the_key_in_a_gzipped_stream_gets_it_redacted(keyed, router):
     """The key the sidecar added, echoed in a gzip-coded SSE stream of an inspected API
     path: the reflection guard decodes coded responses whole, but the stream is handed
     to the inspector undecoded."""
+    since = keyed.settled_count()
     router.echo_key = True
     event = b'data: {"candidates": [{"content": {"parts": [{"text": "KEY"}]}}]}\r\n\r\n'
     router.answer = ({"content-type": "text/event-stream", "content-encoding": "gzip"}, event)
     got = _raw_stream(keyed, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
     assert KEYS["gemini"].encode() not in got
+    assert _blocked_for(keyed, since) == "credential_reflected"
+
+
+def test_an_honest_gzipped_utf8_gemini_stream_passes_decoded_and_whole(guarded, router):
+    """What Google sends (charset=UTF-8), coded anyway: every event arrives, decoded."""
+    text = {"candidates": [{"content": {"role": "model", "parts": [{"text": "caf\u00e9"}]}}]}
+    events = b"".join(b"data: " + json.dumps(text).encode() + b"\r\n\r\n" for _ in range(3))
+    router.answer = (
+        {"content-type": "text/event-stream; charset=UTF-8", "content-encoding": "gzip"},
+        gzip.compress(events),
+    )
+    assert (
+        _raw_stream(guarded, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
+        == events
+    )
