@@ -298,3 +298,27 @@ def test_an_honest_gzipped_utf8_gemini_stream_passes_decoded_and_whole(guarded, 
         _raw_stream(guarded, router.port, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
         == events
     )
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["%3AgenerateContent", "%3agenerateContent", ":generateContent/", ":GenerateContent"],
+)
+def test_gateway_spelling_generate_content_another_way_still_gets_the_answer_inspected(
+    guarded, router, method
+):
+    """The policy reads the path percent-decoded (`%3A` is `:`, as Google routes it);
+    the response inspector must read the same path, or it inspects nothing."""
+    since = guarded.settled_count()
+    router.answer = ({"content-type": "application/json"}, json.dumps(CALL_FRAME).encode())
+    with httpx.Client(
+        proxy=guarded.proxy_url,
+        verify=ssl.create_default_context(cafile=guarded.ca_cert),
+        timeout=20,
+    ) as client:
+        response = client.post(
+            f"https://{HOST}:{router.port}/v1beta/models/gemini-x{method}",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+        )
+    assert b"functionCall" not in response.content, (method, response.status_code)
+    assert _blocked_for(guarded, since) in ("tool_call_injected", "path_not_allowed")
