@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 from enum import StrEnum
 from typing import Any
 
@@ -77,10 +78,21 @@ _GEMINI_METHODS = (
 _ANTHROPIC_SUFFIXES = ("/messages", "/messages/count_tokens", "/messages/batches")
 
 
+def api_path(path: str) -> str:
+    """A request path as the provider routes it, for telling APIs apart: no query,
+    percent-decoded (Google routes `%3AgenerateContent` as `:generateContent`, and the
+    policy reads the path decoded), lower-cased, without trailing slashes. Read
+    loosely on purpose: a path inspected that the provider refuses costs nothing."""
+    path = path.split("?", 1)[0]
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return path.lower().rstrip("/")
+
+
 def api_for(path: str, host: str = "") -> Api:
     """The API a request path addresses (any prefix: OpenAI-compatible providers put the
     OpenAI paths under /openai/v1, /api/v1, /inference/v1, ...)."""
-    p = path.split("?", 1)[0].lower().rstrip("/")
+    p = api_path(path)
     if p.endswith(_GEMINI_METHODS) or p.endswith("/cachedcontents") or "bidigeneratecontent" in p:
         return Api.GEMINI_GENERATE
     if p.endswith("/interactions") and "googleapis.com" in host:

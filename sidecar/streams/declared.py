@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sidecar.inspection.readers import api_path
 from sidecar.policy.tools import DeclaredTools
 
 _RESPONSES_NAMELESS = frozenset({"local_shell", "shell", "apply_patch"})
@@ -62,7 +63,7 @@ def declared_tools(api: str, doc: Any) -> DeclaredTools:
 
 def wants_stream(api: str, path: str, doc: Any) -> bool:
     if api == "gemini":
-        return ":streamGenerateContent" in path
+        return api_path(path).endswith(":streamgeneratecontent")
     return isinstance(doc, dict) and doc.get("stream") is True
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from sidecar.credentials.reflection import RedactionPatterns
 from sidecar.decision import Reason
+from sidecar.inspection.readers import api_path
 from sidecar.policy.tools import DeclaredTools, ToolRules, check_call
 from sidecar.streams.jsonarray import JsonArraySplitter, NotJsonArray
 from sidecar.streams.readers import (
@@ -59,14 +60,14 @@ def safe_tool_name(name: str) -> str:
 
 def api_for_path(path: str) -> str | None:
     """Which reader a request path needs (query already removed or not)."""
-    path = path.split("?", 1)[0]
+    path = api_path(path)
     if path.endswith("/chat/completions"):
         return "chat"
     if path.endswith("/responses"):
         return "responses"
     if path.endswith("/messages"):
         return "anthropic"
-    if path.endswith((":generateContent", ":streamGenerateContent")):
+    if path.endswith((":generatecontent", ":streamgeneratecontent")):
         return "gemini"
     return None
 
