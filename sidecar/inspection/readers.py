@@ -84,8 +84,8 @@ def api_path(path: str) -> str:
     policy reads the path decoded), lower-cased, without trailing slashes. Read
     loosely on purpose: a path inspected that the provider refuses costs nothing."""
     path = path.split("?", 1)[0]
-    if "%" in path:
-        path = urllib.parse.unquote(path)
+    if "%" in path:  # and a "?" written %3F ends it too, whatever the provider makes of it
+        path = urllib.parse.unquote(path).split("?", 1)[0]
     return path.lower().rstrip("/")
 
 

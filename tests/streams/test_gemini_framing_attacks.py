@@ -302,7 +302,13 @@ def test_an_honest_gzipped_utf8_gemini_stream_passes_decoded_and_whole(guarded, 
 
 @pytest.mark.parametrize(
     "method",
-    ["%3AgenerateContent", "%3agenerateContent", ":generateContent/", ":GenerateContent"],
+    [
+        "%3AgenerateContent",
+        "%3agenerateContent",
+        ":generateContent/",
+        ":GenerateContent",
+        ":generateContent%3Falt=proto",
+    ],
 )
 def test_gateway_spelling_generate_content_another_way_still_gets_the_answer_inspected(
     guarded, router, method
