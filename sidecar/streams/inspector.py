@@ -76,10 +76,13 @@ def stream_framing(api: str, query: list[tuple[str, str]]) -> str:
     """How a streamed response of this request is framed. Gemini's
     `:streamGenerateContent` answers SSE with `alt=sse`, a JSON array without it (or
     with `alt=json`), and a format no inspector reads with anything else (`alt=proto`):
-    then the stream is cut rather than passed unread."""
+    then the stream is cut rather than passed unread. So is one asking with `alt` in
+    another spelling, which a server may read as `alt` where we would not."""
     if api != "gemini":
         return SSE
     alts = {value.lower() for name, value in query if name in ("alt", "$alt")}
+    if any(_odd_alt(name, value) for name, value in query):
+        return UNREADABLE  # not guessed at: no client of ours spells it so
     if not alts or alts == {"json"}:
         return JSON_ARRAY
     return SSE if alts == {"sse"} else UNREADABLE
@@ -96,6 +99,13 @@ def foreign_charset(content_type: str) -> bool:
     message["content-type"] = content_type
     charset = message.get_content_charset()
     return charset is not None and charset not in _UTF8
+
+
+def _odd_alt(name: str, value: str) -> bool:
+    """`alt` spelt so a server might read it where we do not (`ALT`, `alt `, or after
+    a `;` separator inside another parameter's value)."""
+    folded = name.strip().lower()
+    return (folded in ("alt", "$alt") and name not in ("alt", "$alt")) or "alt=" in value.lower()
 
 
 def error_document(api: str, reason: str, message: str) -> dict[str, object]:

@@ -220,10 +220,22 @@ def test_router_answering_a_stream_in_a_declared_charset_does_not_slip_a_call_pa
 
 @pytest.mark.parametrize(
     "query",
-    ["%61lt=proto", "alt=proto&alt=json", "alt=PROTO", "$alt=proto", "alt=proto;x=1"],
+    [
+        "%61lt=proto",
+        "alt=proto&alt=json",
+        "alt=PROTO",
+        "$alt=proto",
+        "alt=proto;x=1",
+        "ALT=proto",
+        "Alt=proto",
+        "%24ALT=proto",
+        "x=1;alt=proto",
+        "alt+=proto",
+    ],
 )
 def test_gateway_asking_protobuf_in_another_spelling_gets_no_unread_answer(guarded, router, query):
-    """Each spelling Google reads as alt=proto (or might): the answer is refused."""
+    """Each spelling Google reads as alt=proto, or might (`ALT`, a `;` separator, a
+    name with a trailing space): the answer is refused, never guessed at."""
     router.answer = ({"content-type": "application/x-protobuf"}, b"\x0a\x20" + INJECTED.encode())
     with httpx.Client(
         proxy=guarded.proxy_url,

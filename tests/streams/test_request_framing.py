@@ -28,3 +28,23 @@ def test_framing_is_what_the_whole_query_gives(api, path):
     assert request_framing(request, api) == stream_framing(
         api, list(request.query.items(multi=True))
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "framing"),
+    [
+        ("", "json_array"),
+        ("alt=json", "json_array"),
+        ("alt=sse&key=k", "sse"),
+        ("%24alt=SSE", "sse"),
+        ("alt=proto", "unreadable"),
+        ("alt=sse&alt=proto", "unreadable"),
+        ("ALT=proto", "unreadable"),  # a server folding case reads protobuf
+        ("Alt=sse", "unreadable"),  # ... and one that does not, a JSON array
+        ("alt+=proto", "unreadable"),
+        ("x=1;alt=proto", "unreadable"),  # a server splitting on ";"
+    ],
+)
+def test_gemini_framing_of_an_alt_spelt_oddly_is_never_guessed(query, framing):
+    path = f"/v1beta/models/gemini-pro:streamGenerateContent?{query}"
+    assert request_framing(tutils.treq(path=path.encode()), "gemini") == framing
