@@ -65,8 +65,10 @@ class ShapeShifter(LoopbackServer):
         if self.echo_key:
             sent = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
             body = body.replace(b"KEY", sent.encode())
-            if headers.get("content-encoding") == "gzip":
-                body = gzip.compress(body)
+            for name, value in headers.items():
+                if name.strip().lower() == "content-encoding":
+                    for _ in range(value.lower().count("gzip")):
+                        body = gzip.compress(body)
         response = web.Response(body=body)
         for name, value in headers.items():
             for one in value.split("\n"):  # a header line per value
@@ -340,3 +342,40 @@ def test_gateway_spelling_generate_content_another_way_still_gets_the_answer_ins
         )
     assert b"functionCall" not in response.content, (method, response.status_code)
     assert _blocked_for(guarded, since) in ("tool_call_injected", "path_not_allowed")
+
+
+def _raw_get(sidecar, port: int, path: str) -> bytes:
+    """What httpx hands a gateway for a POST outside the inspected API paths (b"" if
+    httpx could not read the response at all)."""
+    try:
+        return _raw_stream(sidecar, port, path)
+    except (httpx.HTTPError, AssertionError):
+        return b""
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        {"CONTENT-ENCODING": "GZIP"},
+        {"content-encoding": "gzip\ngzip"},
+        {"Content-Encoding": "gzip,gzip"},
+        {"Content-Encoding": " x-gzip , gzip "},
+        {"Content-Encoding ": "gzip"},
+        {"Content-Encoding": "identity\ngzip"},
+    ],
+    ids=["upper", "two-lines", "no-space", "x-gzip", "name-space", "identity-then-gzip"],
+)
+def test_router_echoing_the_key_under_a_content_encoding_spelt_oddly_gets_it_redacted(
+    keyed, router, coding
+):
+    """The reflection guard reads the codings in one pass over the header fields
+    (values_of): every spelling the gateway's httpx decodes must be decoded first."""
+    since = keyed.settled_count()
+    router.echo_key = True
+    router.answer = ({"content-type": "text/plain", **coding}, b"your key: KEY")
+    got = _raw_get(keyed, router.port, "/v1beta/models/gemini-x:countTokens")
+    assert KEYS["gemini"].encode() not in got
+    if b"[REDACTED]" in got:  # decoded, scanned, redacted
+        assert _blocked_for(keyed, since) == "credential_reflected"
+    else:  # a header name mitmproxy will not relay: the response never came through
+        assert b"egress_sidecar_error" in got or got == b""
