@@ -129,6 +129,7 @@ def ensure_interception_ca(ca_dir: str) -> None:
     instead of mitmproxy's traceback; mitmproxy's tlsconfig then loads it once, with
     the full key check (~40 ms)."""
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from mitmproxy import certs
     from mitmproxy.options import CONF_BASENAME, Options
@@ -160,6 +161,13 @@ def ensure_interception_ca(ca_dir: str) -> None:
             else "it is not a PEM private key followed by a certificate"
         )
         raise SettingsError(f"--ca-dir {ca_dir!r}: {ca_file.name}: {what}; {how}") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        # mitmproxy signs every leaf with SHA-256: an Ed25519 or Ed448 CA loads, and
+        # then no certificate can be issued (every gateway handshake fails).
+        raise SettingsError(
+            f"--ca-dir {ca_dir!r}: {ca_file.name}: its private key is not RSA or EC "
+            f"(mitmproxy signs certificates only with those); {how}"
+        )
     if key.public_key() != certificate.public_key():
         raise SettingsError(
             f"--ca-dir {ca_dir!r}: {ca_file.name}: its private key does not belong to its "

@@ -3,9 +3,15 @@ when missing, never rewritten, and a file that cannot serve refused with what an
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.x509.oid import NameOID
+from mitmproxy import certs
 
 from sidecar.runner import ensure_interception_ca
 from sidecar.settings import SettingsError
@@ -45,3 +51,44 @@ def test_a_ca_directory_that_is_a_file_is_refused_as_not_a_directory(tmp_path):
     (tmp_path / "ca").write_text("")
     with pytest.raises(SettingsError, match="not a directory; point --ca-dir at a directory"):
         ensure_interception_ca(str(tmp_path / "ca"))
+
+
+def _self_signed_ca(key, algorithm) -> bytes:
+    """A CA file (key, then certificate) mitmproxy's loader reads without complaint."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mitmproxy")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, algorithm)
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem + certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_ed25519_ca_that_mitmproxy_loads_but_cannot_sign_with_is_refused(tmp_path):
+    """It parses and its key matches its certificate, and mitmproxy loads it; then every
+    leaf certificate fails (mitmproxy signs with SHA-256), so every handshake would."""
+    ca_file = tmp_path / "mitmproxy-ca.pem"
+    ca_file.write_bytes(_self_signed_ca(ed25519.Ed25519PrivateKey.generate(), None))
+    with pytest.raises(ValueError, match="ed25519"):  # what the sidecar would meet per flow
+        certs.CertStore.from_store(tmp_path, "mitmproxy", 2048).get_cert("example.com", [])
+    with pytest.raises(SettingsError, match="not RSA or EC") as caught:
+        ensure_interception_ca(str(tmp_path))
+    assert "PRIVATE" not in str(caught.value)
+
+
+def test_an_ec_ca_mitmproxy_signs_with_passes(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "mitmproxy-ca.pem").write_bytes(_self_signed_ca(key, hashes.SHA256()))
+    ensure_interception_ca(str(tmp_path))
