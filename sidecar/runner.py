@@ -129,6 +129,7 @@ def ensure_interception_ca(ca_dir: str) -> None:
     instead of mitmproxy's traceback; mitmproxy's tlsconfig then loads it once, with
     the full key check (~40 ms)."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from mitmproxy import certs
@@ -153,13 +154,14 @@ def ensure_interception_ca(ca_dir: str) -> None:
     try:
         key = load_pem_private_key(raw, None, unsafe_skip_rsa_key_validation=True)
         certificate = x509.load_pem_x509_certificates(raw)[0]
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         # No detail from the parser: it may quote the file, and the file holds a key.
-        what = (
-            "its private key has a passphrase (mitmproxy reads keys without one)"
-            if isinstance(exc, TypeError)
-            else "it is not a PEM private key followed by a certificate"
-        )
+        if isinstance(exc, UnsupportedAlgorithm):  # not a ValueError: was a traceback
+            what = "its private key uses an algorithm or curve that cannot be loaded"
+        elif isinstance(exc, TypeError):
+            what = "its private key has a passphrase (mitmproxy reads keys without one)"
+        else:
+            what = "it is not a PEM private key followed by a certificate"
         raise SettingsError(f"--ca-dir {ca_dir!r}: {ca_file.name}: {what}; {how}") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         # mitmproxy signs every leaf with SHA-256: an Ed25519 or Ed448 CA loads, and

@@ -92,3 +92,22 @@ def test_an_ec_ca_mitmproxy_signs_with_passes(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "mitmproxy-ca.pem").write_bytes(_self_signed_ca(key, hashes.SHA256()))
     ensure_interception_ca(str(tmp_path))
+
+
+# A throwaway key on secp112r1, a curve OpenSSL knows and cryptography will not load.
+_SECP112R1_TEST_KEY = (
+    b"-----BEGIN EC PRIVATE KEY-----\n"
+    b"MD4CAQEEDr8TuyyqG6YrRGWoSUjQoAcGBSuBBAAGoSADHgAEa3v/VTjO4H7Xka/W\n"
+    b"j/CfXC731YCiB+10AqDpYQ==\n"
+    b"-----END EC PRIVATE KEY-----\n"
+)
+
+
+def test_a_ca_key_on_a_curve_that_cannot_be_loaded_is_a_config_error_not_a_traceback(tmp_path):
+    ensure_interception_ca(str(tmp_path))
+    ca_file = tmp_path / "mitmproxy-ca.pem"
+    raw = ca_file.read_bytes()
+    ca_file.write_bytes(_SECP112R1_TEST_KEY + raw[raw.index(b"-----BEGIN CERTIFICATE") :])
+    with pytest.raises(SettingsError, match="algorithm or curve that cannot be loaded") as caught:
+        ensure_interception_ca(str(tmp_path))
+    assert "MD4CAQ" not in str(caught.value)
