@@ -379,3 +379,35 @@ def test_router_echoing_the_key_under_a_content_encoding_spelt_oddly_gets_it_red
         assert _blocked_for(keyed, since) == "credential_reflected"
     else:  # a header name mitmproxy will not relay: the response never came through
         assert b"egress_sidecar_error" in got or got == b""
+
+
+def test_router_putting_a_byte_that_is_not_utf8_in_a_gemini_answer_does_not_slip_a_call_past(
+    guarded, router
+):
+    """httpx decodes the text with errors="replace" before google-genai's JSON parser;
+    the inspector's strict parse of the bytes fails on the same byte."""
+    since = guarded.settled_count()
+    body = json.dumps(CALL_FRAME).encode().replace(b"caf\\u00e9", b"caf\xe9")
+    router.answer = ({"content-type": "application/json"}, body)
+    assert INJECTED not in _calls_reaching_the_gateway(guarded, router.port)
+    assert _blocked_for(guarded, since) in ("tool_call_injected", "response_not_inspectable")
+
+
+def test_router_putting_a_byte_that_is_not_utf8_in_a_gemini_stream_does_not_slip_a_call_past(
+    guarded, router
+):
+    event = b"data: " + json.dumps(CALL_FRAME).encode().replace(b"caf\\u00e9", b"caf\xe9")
+    router.answer = ({"content-type": "text/event-stream"}, event + b"\r\n\r\n")
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
+    )
+    seen: list[str] = []
+    client = _client(guarded, router.port)
+    try:
+        for chunk in client.models.generate_content_stream(
+            model="gemini-x", contents="weather?", config=config
+        ):
+            seen += [call.name or "" for call in chunk.function_calls or []]
+    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
+        pass
+    assert INJECTED not in seen
