@@ -268,6 +268,10 @@ class ResponseInspector:
             detail = "a response in a format the sidecar cannot read (Gemini alt=); refused"
             return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
         doc = parse_json(body)
+        if doc is None and body:
+            # httpx decodes text with errors="replace" before a client's JSON parser
+            # (google-genai): a byte that is not UTF-8 must not leave the body unread.
+            doc = parse_json(body.decode("utf-8", "replace"))
         if doc is None:
             return None  # not JSON: no client reads tool calls from it
         violation = self._judge(lambda: self.reader.body(doc))
