@@ -411,3 +411,31 @@ def test_router_putting_a_byte_that_is_not_utf8_in_a_gemini_stream_does_not_slip
     except (genai_errors.APIError, ValueError, json.JSONDecodeError):
         pass
     assert INJECTED not in seen
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"],
+    ids=["U+2028", "U+2029", "NEL", "VT", "FF", "FS", "GS", "RS"],
+)
+def test_router_ending_gemini_sse_lines_where_only_httpx_splits_does_not_slip_a_call_past(
+    guarded, router, separator
+):
+    """httpx's `iter_lines` (google-genai, LiteLLM) splits lines where `str.splitlines`
+    does; SSE ends them only at CR and LF. An event ended by U+2028 twice is an event
+    to google-genai and one unfinished line to an SSE reader."""
+    event = "data: " + json.dumps(CALL_FRAME) + separator * 2
+    router.answer = ({"content-type": "text/event-stream"}, event.encode())
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
+    )
+    seen: list[str] = []
+    client = _client(guarded, router.port)
+    try:
+        for chunk in client.models.generate_content_stream(
+            model="gemini-x", contents="weather?", config=config
+        ):
+            seen += [call.name or "" for call in chunk.function_calls or []]
+    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
+        pass
+    assert INJECTED not in seen
