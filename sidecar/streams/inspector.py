@@ -31,7 +31,7 @@ from sidecar.streams.readers import (
     TooManyCalls,
     parse_json,
 )
-from sidecar.streams.sse import EventTooLarge, SseEvent, SseSplitter
+from sidecar.streams.sse import AmbiguousLineEnd, EventTooLarge, SseEvent, SseSplitter
 from sidecar.streams.textguard import DecodedTextGuard, KeyReassembled
 from sidecar.usage import TokenUsage
 
@@ -186,7 +186,7 @@ class ResponseInspector:
         self._held += chunk
         try:
             events = self._splitter.feed(chunk)
-        except (EventTooLarge, NotJsonArray) as exc:
+        except (EventTooLarge, NotJsonArray, AmbiguousLineEnd) as exc:
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:
@@ -245,7 +245,7 @@ class ResponseInspector:
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, "unreadable format"))
         try:
             events = self._splitter.finish()
-        except (EventTooLarge, NotJsonArray) as exc:
+        except (EventTooLarge, NotJsonArray, AmbiguousLineEnd) as exc:
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:

@@ -9,7 +9,13 @@ so `finish()` dispatches it too: whatever any client could act on is inspected.
 google-genai reads more than SSE: a line that does not start with `data: ` is added to
 a chunk, counting `{` and `}` (inside strings too), and the chunk is parsed as JSON
 once they balance. `SseSplitter(bare_json=True)` (Gemini) dispatches those chunks as
-events as well, so a hostile upstream cannot hide a call in unframed JSON lines.
+events as well, so a hostile upstream cannot hide a call in unframed JSON lines. And
+it reads lines with httpx's `iter_lines`, which ends a line where `str.splitlines`
+does: also at VT, FF, FS, GS, RS, NEL, U+2028 and U+2029, where other clients (and
+SSE) do not. A Gemini stream holding one of those raises `AmbiguousLineEnd`: two
+clients would read two different streams, so neither reading is judged. JSON holds
+them raw only inside a string (the controls never): an honest stream whose text holds
+a raw U+2028, U+2029 or NEL is cut too, the price of not guessing the client.
 
 Each event carries its byte offsets in the stream, so the caller can forward exactly
 the bytes of the events it accepted and cut before one it refuses. Memory is bounded:
@@ -27,6 +33,14 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 class EventTooLarge(Exception):
     """One event (or one line) is over the bound: the stream cannot be inspected."""
+
+
+class AmbiguousLineEnd(Exception):
+    """A Gemini stream holds a line end only some clients split at."""
+
+
+# UTF-8 of what `str.splitlines` ends a line at beyond CR and LF (httpx's iter_lines)
+_OTHER_LINE_END = re.compile(rb"[\x0b\x0c\x1c\x1d\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +71,11 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         buf = self._buf + chunk
+        if self._bare_json and _OTHER_LINE_END.search(buf):
+            raise AmbiguousLineEnd(
+                "a Gemini stream line ended by VT, FF, FS, GS, RS, NEL, U+2028 or U+2029, "
+                "where httpx splits lines and SSE does not"
+            )
         events: list[SseEvent] = []
         pos = 0
         for match in _LINE_END.finditer(buf):
