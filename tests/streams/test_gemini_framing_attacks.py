@@ -439,3 +439,23 @@ def test_router_ending_gemini_sse_lines_where_only_httpx_splits_does_not_slip_a_
     except (genai_errors.APIError, ValueError, json.JSONDecodeError):
         pass
     assert INJECTED not in seen
+
+
+def test_router_answering_protobuf_where_the_query_asked_no_alt_gets_502(guarded, router):
+    """The framing is read from `alt`; a client may ask protobuf another way (an
+    `Accept` header) and read function calls from it. A Gemini answer that is not JSON
+    is a format no inspector reads: refused, not passed as "no client reads it"."""
+    since = guarded.settled_count()
+    router.answer = ({"content-type": "application/x-protobuf"}, b"\x0a\x20" + INJECTED.encode())
+    with httpx.Client(
+        proxy=guarded.proxy_url,
+        verify=ssl.create_default_context(cafile=guarded.ca_cert),
+        timeout=20,
+    ) as client:
+        response = client.post(
+            f"https://{HOST}:{router.port}/v1beta/models/gemini-x:generateContent",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+            headers={"accept": "application/x-protobuf"},
+        )
+    assert response.status_code == 502 and INJECTED.encode() not in response.content
+    assert _blocked_for(guarded, since) == "response_not_inspectable"
