@@ -272,8 +272,13 @@ class ResponseInspector:
             # httpx decodes text with errors="replace" before a client's JSON parser
             # (google-genai): a byte that is not UTF-8 must not leave the body unread.
             doc = parse_json(body.decode("utf-8", "replace"))
+        if doc is None and body.strip() and self.api == "gemini":
+            # Gemini answers in formats no inspector reads when asked by other means
+            # than `alt` too (the framing only reads the query): not passed unread.
+            detail = "a Gemini response that is not JSON; refused"
+            return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
         if doc is None:
-            return None  # not JSON: no client reads tool calls from it
+            return None  # not JSON: no client of these APIs reads tool calls from it
         violation = self._judge(lambda: self.reader.body(doc))
         if violation is None and self.guard is not None:
             try:

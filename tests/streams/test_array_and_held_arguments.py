@@ -155,7 +155,10 @@ def test_an_unreadable_gemini_format_is_cut_not_passed():
 def test_an_unreadable_gemini_format_not_streamed_is_refused_not_passed():
     violation = gemini_inspector(framing="unreadable").inspect_body(b"\x0a\x05proto-bytes")
     assert violation is not None and violation.reason is Reason.RESPONSE_NOT_INSPECTABLE
-    assert gemini_inspector().inspect_body(b"\x0a\x05proto-bytes") is None  # not JSON: no reader
+    # Asked for by other means than alt= (an Accept header): still a format no one reads.
+    violation = gemini_inspector().inspect_body(b"\x0a\x05proto-bytes")
+    assert violation is not None and violation.reason is Reason.RESPONSE_NOT_INSPECTABLE
+    assert gemini_inspector().inspect_body(b"") is None  # nothing to read, nothing passed
 
 
 def test_sse_sent_where_an_array_was_asked_is_cut_as_not_inspectable():
