@@ -7,7 +7,7 @@ import pytest
 from mitmproxy.test import tutils
 
 from sidecar.addons.responses import request_framing
-from sidecar.streams.inspector import stream_framing
+from sidecar.streams.inspector import foreign_charset, stream_framing
 
 PATHS = [
     "/v1/chat/completions",
@@ -48,3 +48,21 @@ def test_framing_is_what_the_whole_query_gives(api, path):
 def test_gemini_framing_of_an_alt_spelt_oddly_is_never_guessed(query, framing):
     path = f"/v1beta/models/gemini-pro:streamGenerateContent?{query}"
     assert request_framing(tutils.treq(path=path.encode()), "gemini") == framing
+
+
+@pytest.mark.parametrize(
+    ("content_type", "foreign"),
+    [
+        ("application/json", False),
+        ("application/json; charset=utf-8", False),
+        ("application/json; charset=UTF-8", False),
+        ('text/event-stream; charset="utf-8"', False),
+        ("application/json; charset=us-ascii", False),
+        ("application/json; charset=iso-8859-1", True),
+        ("application/json; charset=cp037", True),
+        ("application/json, text/plain; charset=utf-16", True),  # two lines, joined
+        ("application/json; charset=cp037; x=charset=utf-8", True),
+    ],
+)
+def test_a_charset_httpx_would_decode_by_is_foreign_unless_utf8(content_type, foreign):
+    assert foreign_charset(content_type) is foreign
