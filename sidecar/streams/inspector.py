@@ -31,7 +31,7 @@ from sidecar.streams.readers import (
     TooManyCalls,
     parse_json,
 )
-from sidecar.streams.sse import AmbiguousLineEnd, EventTooLarge, SseEvent, SseSplitter
+from sidecar.streams.sse import EventTooLarge, LineEndEscaper, SseEvent, SseSplitter
 from sidecar.streams.textguard import DecodedTextGuard, KeyReassembled
 from sidecar.usage import TokenUsage
 
@@ -163,6 +163,9 @@ class ResponseInspector:
         self._splitter: SseSplitter | JsonArraySplitter = (
             JsonArraySplitter() if framing == JSON_ARRAY else SseSplitter(bare_json=api == "gemini")
         )
+        # SSE: the line ends only some clients split at, escaped before anything is read
+        # or forwarded, so every client splits what we forward where we did (sse.py).
+        self._line_ends = LineEndEscaper() if framing == SSE else None
         # Argument rules are judged on a whole call: in enforce mode the events carrying a
         # call's arguments are held until it is complete, so denied arguments never
         # reach the gateway piece by piece (honest text before the call is not held).
@@ -186,10 +189,17 @@ class ResponseInspector:
         if self.framing not in (SSE, JSON_ARRAY):
             detail = "a stream in a format the sidecar cannot read (Gemini alt=); cut"
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail))
+        if self._line_ends is not None:
+            chunk = self._line_ends.feed(chunk)
+            if not chunk:
+                return b""
+        return self._take(chunk)
+
+    def _take(self, chunk: bytes) -> bytes:
         self._held += chunk
         try:
             events = self._splitter.feed(chunk)
-        except (EventTooLarge, NotJsonArray, AmbiguousLineEnd) as exc:
+        except (EventTooLarge, NotJsonArray) as exc:
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:
@@ -246,20 +256,24 @@ class ResponseInspector:
             return b""
         if self.framing not in (SSE, JSON_ARRAY):
             return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, "unreadable format"))
+        rest = self._line_ends.finish() if self._line_ends is not None else b""
+        before = self._take(rest) if rest else b""
+        if self.cut is not None:
+            return before
         try:
             events = self._splitter.finish()
-        except (EventTooLarge, NotJsonArray, AmbiguousLineEnd) as exc:
-            return self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
+        except (EventTooLarge, NotJsonArray) as exc:
+            return before + self._cut(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, str(exc)))
         release, violation = self._judge_events(events)
         if violation is not None:
-            return self._release(release) + self._cut(violation)
+            return before + self._release(release) + self._cut(violation)
         violation = self._judge(self.reader.end)
         if violation is not None:
-            return self._cut(violation)
+            return before + self._cut(violation)
         out, self._held = self._held, b""
         self._base += len(out)
         self._released += len(out)
-        return out
+        return before + out
 
     # --- not streamed / one WebSocket message ---------------------------------------------
 

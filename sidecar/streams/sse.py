@@ -9,13 +9,16 @@ so `finish()` dispatches it too: whatever any client could act on is inspected.
 google-genai reads more than SSE: a line that does not start with `data: ` is added to
 a chunk, counting `{` and `}` (inside strings too), and the chunk is parsed as JSON
 once they balance. `SseSplitter(bare_json=True)` (Gemini) dispatches those chunks as
-events as well, so a hostile upstream cannot hide a call in unframed JSON lines. And
-it reads lines with httpx's `iter_lines`, which ends a line where `str.splitlines`
-does: also at VT, FF, FS, GS, RS, NEL, U+2028 and U+2029, where other clients (and
-SSE) do not. A Gemini stream holding one of those raises `AmbiguousLineEnd`: two
-clients would read two different streams, so neither reading is judged. JSON holds
-them raw only inside a string (the controls never): an honest stream whose text holds
-a raw U+2028, U+2029 or NEL is cut too, the price of not guessing the client.
+events as well, so a hostile upstream cannot hide a call in unframed JSON lines.
+
+Clients do not agree on where a line ends. SSE (and the openai and anthropic SDKs)
+end one at CR and LF only; httpx's `iter_lines`, which google-genai and LiteLLM (its
+Anthropic and Gemini streams) read, ends one where `str.splitlines` does: also at VT,
+FF, FS, GS, RS, NEL, U+2028 and U+2029. `data: {text}<U+2028>data: {call}` is one
+event of unparseable data to an SSE reader and a tool call to LiteLLM. So before a
+stream is split, `LineEndEscaper` writes each of those as its JSON escape (`\u2028`):
+inside a JSON string (the only place valid JSON holds them raw) that is the same text,
+and every client then splits the bytes we forward where we split them.
 
 Each event carries its byte offsets in the stream, so the caller can forward exactly
 the bytes of the events it accepted and cut before one it refuses. Memory is bounded:
@@ -35,12 +38,39 @@ class EventTooLarge(Exception):
     """One event (or one line) is over the bound: the stream cannot be inspected."""
 
 
-class AmbiguousLineEnd(Exception):
-    """A Gemini stream holds a line end only some clients split at."""
-
-
 # UTF-8 of what `str.splitlines` ends a line at beyond CR and LF (httpx's iter_lines)
 _OTHER_LINE_END = re.compile(rb"[\x0b\x0c\x1c\x1d\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
+# a chunk ending in these may end in the first bytes of NEL or U+2028/U+2029
+_PARTIAL_LINE_END = (b"\xe2\x80", b"\xe2", b"\xc2")
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode())
+
+
+class LineEndEscaper:
+    """Writes every line end that only some clients split at as its JSON escape (see
+    the module doc), across chunk boundaries: a chunk's last bytes that may begin one
+    wait for the next chunk (at most 2 bytes)."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk if self._tail else chunk
+        self._tail = b""
+        for partial in _PARTIAL_LINE_END:
+            if data.endswith(partial):
+                data, self._tail = data[: -len(partial)], partial
+                break
+        return _OTHER_LINE_END.sub(_escaped, data) if _OTHER_LINE_END.search(data) else data
+
+    def finish(self) -> bytes:
+        """What waited at the end of the stream: never a whole line end."""
+        rest, self._tail = self._tail, b""
+        return rest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,11 +101,6 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         buf = self._buf + chunk
-        if self._bare_json and _OTHER_LINE_END.search(buf):
-            raise AmbiguousLineEnd(
-                "a Gemini stream line ended by VT, FF, FS, GS, RS, NEL, U+2028 or U+2029, "
-                "where httpx splits lines and SSE does not"
-            )
         events: list[SseEvent] = []
         pos = 0
         for match in _LINE_END.finditer(buf):
