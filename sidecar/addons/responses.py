@@ -129,6 +129,9 @@ class ResponseInspection:
         flow.metadata[_API] = api
         flow.metadata[LINE_AT_END] = True
         flow.request.stream = False  # read whole (bounded, counted) for its declared tools
+        # The answer is judged decoded, and a coded stream can only be judged read whole:
+        # ask for identity, as key injection does, so streams stay streamed.
+        flow.request.headers["accept-encoding"] = "identity"
 
     async def request(self, flow: http.HTTPFlow) -> None:
         api = flow.metadata.get(_API)

@@ -54,6 +54,7 @@ class ShapeShifter(LoopbackServer):
         self.answer: tuple[dict[str, str], bytes] = ({}, b"{}")
         self.echo_key = False  # replace KEY in the body by the key the request carried
         self.paths: list[str] = []
+        self.accept_encodings: list[str] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._any)
@@ -61,6 +62,7 @@ class ShapeShifter(LoopbackServer):
     async def _any(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.paths.append(request.path_qs)
+        self.accept_encodings.append(request.headers.get("accept-encoding", ""))
         headers, body = self.answer
         if self.echo_key:
             sent = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
@@ -459,3 +461,20 @@ def test_router_answering_protobuf_where_the_query_asked_no_alt_gets_502(guarded
         )
     assert response.status_code == 502 and INJECTED.encode() not in response.content
     assert _blocked_for(guarded, since) == "response_not_inspectable"
+
+
+def test_inspected_calls_ask_the_provider_for_identity_so_streams_stay_streamed(guarded, router):
+    """No key added here (key injection asks for identity when it adds one): a gateway
+    asking for gzip would get a coded stream, which can only be judged read whole."""
+    router.answer = ({"content-type": "application/json"}, json.dumps(CALL_FRAME).encode())
+    with httpx.Client(
+        proxy=guarded.proxy_url,
+        verify=ssl.create_default_context(cafile=guarded.ca_cert),
+        timeout=20,
+    ) as client:
+        client.post(
+            f"https://{HOST}:{router.port}/v1beta/models/gemini-x:generateContent",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+            headers={"accept-encoding": "gzip, br"},
+        )
+    assert router.accept_encodings[-1] == "identity"
