@@ -85,38 +85,33 @@ def router(bg, test_ca) -> Iterator[ShapeShifter]:
     fake.stop()
 
 
-@pytest.fixture(scope="module")
-def guarded(start_sidecar, router):
-    tools = "    tools:\n      allow: [get_weather]\n"
-    return start_sidecar(
+def _gemini_policy(port: int, more: str) -> str:
+    """Gemini at the router, enforcing, with `more` lines under the provider."""
+    return (
         textwrap.dedent(f"""\
         version: 1
         mode: enforce
         providers:
           gemini:
             hosts: [{HOST}]
-            ports: [{router.port}]
+            ports: [{port}]
             addresses: [127.0.0.0/8]
         """)
-        + tools
+        + more
     )
+
+
+@pytest.fixture(scope="module")
+def guarded(start_sidecar, router):
+    return start_sidecar(_gemini_policy(router.port, "    tools:\n      allow: [get_weather]\n"))
 
 
 @pytest.fixture(scope="module")
 def keyed(start_sidecar, router, tmp_path_factory):
     secrets = SecretMount(tmp_path_factory.mktemp("secrets") / "mount", dict(KEYS))
+    credential = '    credential: {header: x-goog-api-key, format: "{secret}", secret: gemini}\n'
     return start_sidecar(
-        textwrap.dedent(f"""\
-        version: 1
-        mode: enforce
-        providers:
-          gemini:
-            hosts: [{HOST}]
-            ports: [{router.port}]
-            addresses: [127.0.0.0/8]
-            credential: {{header: x-goog-api-key, format: "{{secret}}", secret: gemini}}
-        """),
-        extra_args=("--secrets-dir", str(secrets.root)),
+        _gemini_policy(router.port, credential), extra_args=("--secrets-dir", str(secrets.root))
     )
 
 
@@ -167,6 +162,37 @@ def _calls_reaching_the_gateway(sidecar, port: int) -> list[str]:
     return [call.name or "" for call in answer.function_calls or []]
 
 
+def _post(sidecar, port: int, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """A raw gateway's POST of a small Gemini request through the sidecar."""
+    with httpx.Client(
+        proxy=sidecar.proxy_url,
+        verify=ssl.create_default_context(cafile=sidecar.ca_cert),
+        timeout=20,
+    ) as client:
+        return client.post(
+            f"https://{HOST}:{port}{path}",
+            json={"contents": [{"parts": [{"text": "weather?"}]}]},
+            headers=headers,
+        )
+
+
+def _streamed_calls_reaching_the_gateway(sidecar, port: int) -> list[str]:
+    """The function calls google-genai hands the gateway from a stream, until it raised."""
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
+    )
+    seen: list[str] = []
+    client = _client(sidecar, port)  # held: a client collected mid-call closes its transport
+    try:
+        for chunk in client.models.generate_content_stream(
+            model="gemini-x", contents="weather?", config=config
+        ):
+            seen += [call.name or "" for call in chunk.function_calls or []]
+    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
+        pass
+    return seen
+
+
 def test_router_double_gzipping_a_gemini_answer_does_not_slip_a_call_past(guarded, router):
     """`Content-Encoding: gzip, gzip`: mitmproxy's own decoder knows one coding per
     header; httpx (google-genai, LiteLLM) undoes both."""
@@ -206,19 +232,7 @@ def test_router_answering_a_stream_in_a_declared_charset_does_not_slip_a_call_pa
         {"content-type": "text/event-stream; charset=cp037"},
         event.decode().encode("cp037"),
     )
-    config = genai_types.GenerateContentConfig(
-        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
-    )
-    seen: list[str] = []
-    client = _client(guarded, router.port)
-    try:
-        for chunk in client.models.generate_content_stream(
-            model="gemini-x", contents="weather?", config=config
-        ):
-            seen += [call.name or "" for call in chunk.function_calls or []]
-    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
-        pass
-    assert INJECTED not in seen
+    assert INJECTED not in _streamed_calls_reaching_the_gateway(guarded, router.port)
     assert _blocked_for(guarded, since) == "response_not_inspectable"
 
 
@@ -241,15 +255,7 @@ def test_gateway_asking_protobuf_in_another_spelling_gets_no_unread_answer(guard
     """Each spelling Google reads as alt=proto, or might (`ALT`, a `;` separator, a
     name with a trailing space): the answer is refused, never guessed at."""
     router.answer = ({"content-type": "application/x-protobuf"}, b"\x0a\x20" + INJECTED.encode())
-    with httpx.Client(
-        proxy=guarded.proxy_url,
-        verify=ssl.create_default_context(cafile=guarded.ca_cert),
-        timeout=20,
-    ) as client:
-        response = client.post(
-            f"https://{HOST}:{router.port}/v1beta/models/gemini-x:generateContent?{query}",
-            json={"contents": [{"parts": [{"text": "weather?"}]}]},
-        )
+    response = _post(guarded, router.port, f"/v1beta/models/gemini-x:generateContent?{query}")
     assert response.status_code == 502, (query, response.status_code)
     assert INJECTED.encode() not in response.content
 
@@ -333,15 +339,7 @@ def test_gateway_spelling_generate_content_another_way_still_gets_the_answer_ins
     the response inspector must read the same path, or it inspects nothing."""
     since = guarded.settled_count()
     router.answer = ({"content-type": "application/json"}, json.dumps(CALL_FRAME).encode())
-    with httpx.Client(
-        proxy=guarded.proxy_url,
-        verify=ssl.create_default_context(cafile=guarded.ca_cert),
-        timeout=20,
-    ) as client:
-        response = client.post(
-            f"https://{HOST}:{router.port}/v1beta/models/gemini-x{method}",
-            json={"contents": [{"parts": [{"text": "weather?"}]}]},
-        )
+    response = _post(guarded, router.port, f"/v1beta/models/gemini-x{method}")
     assert b"functionCall" not in response.content, (method, response.status_code)
     assert _blocked_for(guarded, since) in ("tool_call_injected", "path_not_allowed")
 
@@ -400,19 +398,7 @@ def test_router_putting_a_byte_that_is_not_utf8_in_a_gemini_stream_does_not_slip
 ):
     event = b"data: " + json.dumps(CALL_FRAME).encode().replace(b"caf\\u00e9", b"caf\xe9")
     router.answer = ({"content-type": "text/event-stream"}, event + b"\r\n\r\n")
-    config = genai_types.GenerateContentConfig(
-        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
-    )
-    seen: list[str] = []
-    client = _client(guarded, router.port)
-    try:
-        for chunk in client.models.generate_content_stream(
-            model="gemini-x", contents="weather?", config=config
-        ):
-            seen += [call.name or "" for call in chunk.function_calls or []]
-    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
-        pass
-    assert INJECTED not in seen
+    assert INJECTED not in _streamed_calls_reaching_the_gateway(guarded, router.port)
 
 
 @pytest.mark.parametrize(
@@ -428,19 +414,7 @@ def test_router_ending_gemini_sse_lines_where_only_httpx_splits_does_not_slip_a_
     to google-genai and one unfinished line to an SSE reader."""
     event = "data: " + json.dumps(CALL_FRAME) + separator * 2
     router.answer = ({"content-type": "text/event-stream"}, event.encode())
-    config = genai_types.GenerateContentConfig(
-        tools=[genai_types.Tool(function_declarations=[{"name": "get_weather"}])]
-    )
-    seen: list[str] = []
-    client = _client(guarded, router.port)
-    try:
-        for chunk in client.models.generate_content_stream(
-            model="gemini-x", contents="weather?", config=config
-        ):
-            seen += [call.name or "" for call in chunk.function_calls or []]
-    except (genai_errors.APIError, ValueError, json.JSONDecodeError):
-        pass
-    assert INJECTED not in seen
+    assert INJECTED not in _streamed_calls_reaching_the_gateway(guarded, router.port)
 
 
 def test_router_answering_protobuf_where_the_query_asked_no_alt_gets_502(guarded, router):
@@ -449,16 +423,12 @@ def test_router_answering_protobuf_where_the_query_asked_no_alt_gets_502(guarded
     is a format no inspector reads: refused, not passed as "no client reads it"."""
     since = guarded.settled_count()
     router.answer = ({"content-type": "application/x-protobuf"}, b"\x0a\x20" + INJECTED.encode())
-    with httpx.Client(
-        proxy=guarded.proxy_url,
-        verify=ssl.create_default_context(cafile=guarded.ca_cert),
-        timeout=20,
-    ) as client:
-        response = client.post(
-            f"https://{HOST}:{router.port}/v1beta/models/gemini-x:generateContent",
-            json={"contents": [{"parts": [{"text": "weather?"}]}]},
-            headers={"accept": "application/x-protobuf"},
-        )
+    response = _post(
+        guarded,
+        router.port,
+        "/v1beta/models/gemini-x:generateContent",
+        headers={"accept": "application/x-protobuf"},
+    )
     assert response.status_code == 502 and INJECTED.encode() not in response.content
     assert _blocked_for(guarded, since) == "response_not_inspectable"
 
@@ -467,14 +437,10 @@ def test_inspected_calls_ask_the_provider_for_identity_so_streams_stay_streamed(
     """No key added here (key injection asks for identity when it adds one): a gateway
     asking for gzip would get a coded stream, which can only be judged read whole."""
     router.answer = ({"content-type": "application/json"}, json.dumps(CALL_FRAME).encode())
-    with httpx.Client(
-        proxy=guarded.proxy_url,
-        verify=ssl.create_default_context(cafile=guarded.ca_cert),
-        timeout=20,
-    ) as client:
-        client.post(
-            f"https://{HOST}:{router.port}/v1beta/models/gemini-x:generateContent",
-            json={"contents": [{"parts": [{"text": "weather?"}]}]},
-            headers={"accept-encoding": "gzip, br"},
-        )
+    _post(
+        guarded,
+        router.port,
+        "/v1beta/models/gemini-x:generateContent",
+        headers={"accept-encoding": "gzip, br"},
+    )
     assert router.accept_encodings[-1] == "identity"

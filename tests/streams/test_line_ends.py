@@ -24,18 +24,15 @@ from tests.streams.test_readers import STREAMS, chat_chunk
 OTHER_LINE_ENDS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
 IDS = ["U+2028", "U+2029", "NEL", "VT", "FF", "FS", "GS", "RS"]
 
-INJECTED_CHAT = chat_chunk(
-    {
-        "tool_calls": [
-            {
-                "index": 0,
-                "id": "c1",
-                "type": "function",
-                "function": {"name": "run_shell", "arguments": '{"cmd": "id"}'},
-            }
-        ]
-    }
-)
+
+def chat_call(arguments: str) -> dict:
+    call = {"name": "run_shell", "arguments": arguments}
+    return chat_chunk(
+        {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": call}]}
+    )
+
+
+INJECTED_CHAT = chat_call('{"cmd": "id"}')
 INJECTED_ANTHROPIC = [
     {
         "type": "content_block_start",
@@ -107,18 +104,7 @@ def test_router_hiding_an_anthropic_tool_use_after_a_line_end_only_httpx_splits_
 
 def test_a_tool_use_written_with_escaped_line_ends_is_still_read_and_cut():
     """Escaping changes no JSON text: a call whose text holds U+2028 is the same call."""
-    call = chat_chunk(
-        {
-            "tool_calls": [
-                {
-                    "index": 0,
-                    "id": "c1",
-                    "type": "function",
-                    "function": {"name": "run_shell", "arguments": '{"a": "x\u2028y"}'},
-                }
-            ]
-        }
-    )
+    call = chat_call('{"a": "x\u2028y"}')
     stream = ("data: " + json.dumps(call, ensure_ascii=False) + "\n\n").encode()
     judge = inspector("chat")
     judge.feed(stream)
