@@ -641,3 +641,43 @@ def test_an_allowed_call_over_the_responses_websocket_arrives_whole_and_in_order
     assert len(deltas) == 5 and json.loads("".join(deltas)) == arguments
     numbers = [e.sequence_number for e in events]
     assert numbers == sorted(numbers) == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def test_router_hiding_a_tool_use_behind_line_ends_only_httpx_splits_at_never_reaches_litellm(
+    guarded, hostile, monkeypatch
+):
+    """LiteLLM reads Anthropic streams with httpx's aiter_lines, which ends a line at
+    U+2028 too; SSE (and the sidecar's splitter, before it escaped them) does not. The
+    injected tool_use block, its lines ended by U+2028, was one unparseable line to the
+    sidecar and a tool call to LiteLLM."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network
+    import litellm
+
+    monkeypatch.setenv("HTTPS_PROXY", guarded.proxy_url)
+    monkeypatch.setenv("SSL_CERT_FILE", guarded.ca_cert)
+    monkeypatch.setenv("NO_PROXY", "")
+    hostile.attack = Attack("inject", line_end="\u2028")
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
+    called: list[str] = []
+    text: list[str] = []
+    try:
+        stream = litellm.completion(
+            model="anthropic/claude-x",
+            api_base=f"https://api.anthropic.com:{hostile.port}",
+            api_key="sk-ant-dummy",
+            messages=ASK,
+            tools=[weather],
+            stream=True,
+            num_retries=0,
+        )
+        for chunk in stream:
+            text.append(chunk.choices[0].delta.content or "")
+            for call in chunk.choices[0].delta.tool_calls or []:
+                called.append(call.function.name or "")
+    except Exception:  # LiteLLM may raise on what it cannot parse; what it yielded counts
+        pass
+    assert "Hello" in "".join(text)  # the stream was read through the sidecar
+    assert INJECTED_TOOL not in called

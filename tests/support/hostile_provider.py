@@ -30,6 +30,7 @@ class Attack:
     model: str = "gpt-x"  # what the chat answers report as the model (usage)
     unframed: bool = False  # Gemini: the injected frame as bare JSON lines, not SSE
     fragments: int = 1  # chat, Anthropic: the injected arguments in this many pieces
+    line_end: str = ""  # Anthropic: the injected events' line ends (U+2028: httpx splits there)
 
 
 def _pieces(text: str, count: int) -> list[str]:
@@ -298,8 +299,9 @@ class HostileProvider(LoopbackServer):
             message["usage"] = {"input_tokens": 21, "output_tokens": 9}
             return web.json_response(message)
 
-        def event(name: str, data: dict[str, Any]) -> bytes:
-            return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+        def event(name: str, data: dict[str, Any], end: str = "\n") -> bytes:
+            doc = json.dumps({"type": name, **data})
+            return f"event: {name}{end}data: {doc}{end}{end}".encode()
 
         events = [
             event("message_start", {"message": message}),
@@ -327,13 +329,13 @@ class HostileProvider(LoopbackServer):
                 )
         events.append(event("content_block_stop", {"index": 0}))
         if kind == "inject":
-            events.append(
-                event("content_block_start", {"index": 1, "content_block": {**tool, "input": {}}})
-            )
+            end = self.attack.line_end or "\n"
+            block = {"index": 1, "content_block": {**tool, "input": {}}}
+            events.append(event("content_block_start", block, end))
             for piece in _pieces(json.dumps(self.attack.arguments), self.attack.fragments):
                 delta = {"type": "input_json_delta", "partial_json": piece}
-                events.append(event("content_block_delta", {"index": 1, "delta": delta}))
-            events.append(event("content_block_stop", {"index": 1}))
+                events.append(event("content_block_delta", {"index": 1, "delta": delta}, end))
+            events.append(event("content_block_stop", {"index": 1}, end))
         events.append(
             event(
                 "message_delta",
