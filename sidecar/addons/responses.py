@@ -219,11 +219,12 @@ class ResponseInspection:
                 # Bounded by mitmproxy's body_size_limit (64 MiB); a large or coded body
                 # is read in a worker thread so it does not stall every other connection.
                 response = flow.response
+                codings = header_codings(response.headers)
                 size = len(response.raw_content or b"")
-                if needs_decoding(*header_codings(response.headers)):
+                if needs_decoding(*codings):
                     size = OFF_LOOP_BYTES + 1  # a small coded body can decode to 64 MiB
                 violation = await off_loop_if_large(
-                    size, lambda: self._judge_whole(flow, response, inspector)
+                    size, lambda: self._judge_whole(flow, response, codings, inspector)
                 )
                 self._note(flow, inspector)
                 if violation is not None:
@@ -240,7 +241,11 @@ class ResponseInspection:
         flow.metadata.pop(_INSPECTOR, None)
 
     def _judge_whole(
-        self, flow: http.HTTPFlow, response: http.Response, inspector: ResponseInspector
+        self,
+        flow: http.HTTPFlow,
+        response: http.Response,
+        codings: tuple[list[str], list[str]],
+        inspector: ResponseInspector,
     ) -> StreamViolation | None:
         """A body read whole, judged as the gateway's client will read it: decoded by our
         own bounded decoder, every layer (mitmproxy's knows one coding per header and
@@ -248,7 +253,7 @@ class ResponseInspection:
         gets exactly the bytes judged. A stream read whole keeps its events up to a cut."""
         if foreign_charset(response.headers.get("content-type", "")):
             return inspector.not_inspectable("response body in a charset other than UTF-8")
-        content, transfer = header_codings(response.headers)
+        content, transfer = codings  # read once by the caller
         body = response.raw_content or b""
         budget = self.credentials.decode_budget
         charged = 0

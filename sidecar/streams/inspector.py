@@ -282,8 +282,9 @@ class ResponseInspector:
         if self.framing not in (SSE, JSON_ARRAY):
             # Asked for in a format no inspector reads (Gemini alt=proto): its client reads
             # tool calls from it, so it is refused as a stream in that format is cut.
-            detail = "a response in a format the sidecar cannot read (Gemini alt=); refused"
-            return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
+            return self.not_inspectable(
+                "a response in a format the sidecar cannot read (Gemini alt=); refused"
+            )
         doc = parse_json(body)
         if doc is None and body:
             # httpx decodes text with errors="replace" before a client's JSON parser
@@ -292,8 +293,7 @@ class ResponseInspector:
         if doc is None and body.strip() and self.api == "gemini":
             # Gemini answers in formats no inspector reads when asked by other means
             # than `alt` too (the framing only reads the query): not passed unread.
-            detail = "a Gemini response that is not JSON; refused"
-            return self._found(StreamViolation(Reason.RESPONSE_NOT_INSPECTABLE, detail), "body")
+            return self.not_inspectable("a Gemini response that is not JSON; refused")
         if doc is None:
             return None  # not JSON: no client of these APIs reads tool calls from it
         violation = self._judge(lambda: self.reader.body(doc))
